@@ -1,1 +1,53 @@
-pub fn placeholder() {}
+//! `suture-object`: the relocatable-ELF layer of suture.
+//!
+//! Reads x86-64 relocatable objects ([`elf`]), splits them into functions and data objects with
+//! resolved relocation targets ([`units`]), decides what changed between an original and a
+//! patched build of one translation unit ([`diff`]), and writes the patch object holding only
+//! what must be loaded ([`emit`]).
+//!
+//! Invariants: no I/O (byte slices in, byte vectors out); no `unsafe`; deterministic output for
+//! the same inputs; malformed input yields an [`Error`], never a panic or an allocation larger
+//! than a small multiple of the input.
+
+pub mod diff;
+pub mod elf;
+pub mod emit;
+mod error;
+pub mod names;
+pub mod report;
+pub mod units;
+mod x86;
+
+pub use diff::Diff;
+pub use elf::Object;
+pub use error::{Error, Result};
+pub use report::{Report, Status};
+
+/// Diffs two parsed builds of the same translation unit.
+///
+/// Fails when the two objects are not builds of the same unit. Link-time-optimisation objects
+/// are diffed (fat ones contain code) but always reported unsupported.
+pub fn analyze<'o, 'a>(orig: &'o Object<'a>, patched: &'o Object<'a>) -> Result<Diff<'o, 'a>> {
+    if let (Some(a), Some(b)) = (&orig.source_file, &patched.source_file) {
+        if a != b {
+            return Err(Error::Mismatch(format!(
+                "the original was compiled from {a:?} but the patched object from {b:?}"
+            )));
+        }
+    }
+    let mut d = diff::diff(orig, patched);
+    for (side, obj) in [("original", orig), ("patched", patched)] {
+        if obj.is_lto() {
+            d.report.unsupported.push(report::Unsupported {
+                symbol: String::new(),
+                kind: report::UnsupportedKind::Lto,
+                reason: format!(
+                    "the {side} object holds link-time-optimisation bytecode; code is only \
+                     final after the link, so build without -flto"
+                ),
+            });
+            d.report.status = Status::Unsupported;
+        }
+    }
+    Ok(d)
+}

@@ -1,0 +1,910 @@
+//! Correlating two builds of one translation unit and deciding what the patch must contain.
+//!
+//! 1. Correlate units (functions, data) of the original and patched objects: exact names for
+//!    build-stable names, then build-stable keys (clone and static-local numbers dropped), then
+//!    by use (which correlated functions refer to them), then by identical contents.
+//! 2. Compare correlated functions: size, bytes, and every relocation's *target* (a unit, an
+//!    external symbol, the contents of a string or constant, an anonymous table), never raw
+//!    section offsets, so unrelated layout shifts are not changes.
+//! 3. Include changed and new functions, new data, and copies of changed local read-only data;
+//!    close the set over split fragments (`.cold`), which are only patched with their parent.
+//! 4. Everything included code refers to that is not included becomes a reference to the
+//!    original (or to an external symbol).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use crate::elf::{Bind, Object, SecIdx};
+use crate::names;
+use crate::report::*;
+use crate::units::{Target, Unit, UnitId, UnitKind, Units};
+use crate::x86;
+
+/// Why a patched-side unit is part of the patch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Replaces the correlated original function (a jump is written at its entry, unless it is
+    /// a fragment).
+    Changed,
+    /// A function the original does not have.
+    NewFunc,
+    /// A data object the original does not have.
+    NewData,
+    /// A copy of local read-only data whose contents changed.
+    DataCopy,
+}
+
+/// The outcome of diffing two objects; [`crate::emit`] turns it into a patch object.
+pub struct Diff<'o, 'a> {
+    pub orig: Units<'o, 'a>,
+    pub patched: Units<'o, 'a>,
+    pub p2o: Vec<Option<UnitId>>,
+    pub o2p: Vec<Option<UnitId>>,
+    pub included: BTreeMap<UnitId, Role>,
+    pub report: Report,
+}
+
+impl Diff<'_, '_> {
+    /// How included code refers to `t` (a patched-side target): `None` when the target is
+    /// inside the patch, else the original unit it stands for.
+    pub fn original_for(&self, t: &Target) -> Option<UnitId> {
+        let Target::Unit {
+            unit,
+            entry,
+            branch,
+            ..
+        } = *t
+        else {
+            return None;
+        };
+        match self.included.get(&unit) {
+            // Taking the address of a replaced function keeps the original address, so
+            // function pointers compare equal between old and new code; calls go straight to
+            // the new code.
+            Some(Role::Changed)
+                if entry && !branch && !names::is_fragment(&self.patched.unit(unit).name) =>
+            {
+                self.p2o[unit.0 as usize]
+            }
+            Some(_) => None,
+            None => self.p2o[unit.0 as usize],
+        }
+    }
+}
+
+const INIT_SECTION_PREFIXES: &[&str] = &[".init.", ".exit.", ".head.text"];
+
+pub fn diff<'o, 'a>(orig: &'o Object<'a>, patched: &'o Object<'a>) -> Diff<'o, 'a> {
+    let o = Units::new(orig);
+    let p = Units::new(patched);
+    let (o2p, p2o) = correlate(&o, &p);
+    let cmp = Cmp {
+        o: &o,
+        p: &p,
+        o2p: &o2p,
+        memo: RefCell::new(HashMap::new()),
+    };
+
+    let mut unsupported = Vec::new();
+    let mut changed: BTreeMap<UnitId, Vec<Reason>> = BTreeMap::new();
+    let mut copies = BTreeSet::new();
+
+    for b in p.ids() {
+        let ub = p.unit(b);
+        let Some(a) = p2o[b.0 as usize] else {
+            continue;
+        };
+        let ua = o.unit(a);
+        match ub.kind {
+            UnitKind::Func => {
+                let reasons = cmp.compare_func(a, b);
+                if !reasons.is_empty() {
+                    changed.insert(b, reasons);
+                }
+            }
+            UnitKind::Data => {
+                if cmp.data_equal(a, b) {
+                    continue;
+                }
+                let writable = o.is_writable(a) || p.is_writable(b);
+                if ua.len() != ub.len() && writable {
+                    unsupported.push(Unsupported {
+                        symbol: ub.name.clone(),
+                        kind: UnsupportedKind::DataSize,
+                        reason: format!(
+                            "size of data object changed from {} to {} bytes; the running code \
+                             and its existing users keep the old layout",
+                            ua.len(),
+                            ub.len()
+                        ),
+                    });
+                } else if writable {
+                    unsupported.push(Unsupported {
+                        symbol: ub.name.clone(),
+                        kind: UnsupportedKind::DataValue,
+                        reason: "initial value of existing data changed; the running program \
+                                 already holds its own value, which a code patch cannot change \
+                                 (set it from patch code instead)"
+                            .into(),
+                    });
+                } else if ub.bind != Bind::Local {
+                    unsupported.push(Unsupported {
+                        symbol: ub.name.clone(),
+                        kind: UnsupportedKind::DataValue,
+                        reason: "contents of global read-only data changed; code in other \
+                                 units keeps reading the original"
+                            .into(),
+                    });
+                } else {
+                    copies.insert(b);
+                }
+            }
+        }
+    }
+
+    // Symbols that exist on both sides but changed kind cannot be correlated.
+    let mut orig_by_name: HashMap<&str, UnitId> = HashMap::new();
+    for a in o.ids() {
+        orig_by_name.insert(o.unit(a).name.as_str(), a);
+    }
+    for b in p.ids() {
+        if p2o[b.0 as usize].is_some() {
+            continue;
+        }
+        let ub = p.unit(b);
+        if let Some(&a) = orig_by_name.get(ub.name.as_str()) {
+            let ua = o.unit(a);
+            if o2p[a.0 as usize].is_none() && (ua.kind != ub.kind || ua.tls != ub.tls) {
+                unsupported.push(Unsupported {
+                    symbol: ub.name.clone(),
+                    kind: UnsupportedKind::SymbolType,
+                    reason: format!("symbol changed from {} to {}", describe(ua), describe(ub)),
+                });
+            }
+        }
+        if ub.kind == UnitKind::Data && ub.tls {
+            unsupported.push(Unsupported {
+                symbol: ub.name.clone(),
+                kind: UnsupportedKind::NewTls,
+                reason: "new thread-local variable; a running process cannot grow its \
+                         thread-local storage (use a global or heap data keyed by thread)"
+                    .into(),
+            });
+        }
+    }
+
+    // What goes into the patch.
+    let mut included: BTreeMap<UnitId, Role> = BTreeMap::new();
+    for &b in changed.keys() {
+        included.insert(b, Role::Changed);
+    }
+    for b in p.ids() {
+        if p2o[b.0 as usize].is_none() {
+            let role = match p.unit(b).kind {
+                UnitKind::Func => Role::NewFunc,
+                UnitKind::Data => Role::NewData,
+            };
+            included.insert(b, role);
+        }
+    }
+    for &b in &copies {
+        included.insert(b, Role::DataCopy);
+    }
+    close_over_fragments(&p, &p2o, &mut included, &mut changed);
+
+    for (&b, role) in &included {
+        if *role != Role::Changed {
+            continue;
+        }
+        let ub = p.unit(b);
+        let section = &p.obj.section(ub.section).name;
+        if INIT_SECTION_PREFIXES.iter().any(|x| section.starts_with(x)) {
+            unsupported.push(Unsupported {
+                symbol: ub.name.clone(),
+                kind: UnsupportedKind::InitCode,
+                reason: format!(
+                    "start-up code in {section} changed; it has already run and its memory \
+                     may be freed"
+                ),
+            });
+        }
+    }
+
+    let mut d = Diff {
+        orig: o,
+        patched: p,
+        p2o,
+        o2p,
+        included,
+        report: Report {
+            schema: SCHEMA,
+            status: Status::NoChange,
+            source_file: patched.source_file.clone(),
+            changed_functions: Vec::new(),
+            new_functions: Vec::new(),
+            new_data: Vec::new(),
+            references: Vec::new(),
+            unsupported,
+            removed_functions: Vec::new(),
+        },
+    };
+    let references = collect_references(&d);
+    d.report.references = references.0;
+    d.report.unsupported.extend(references.1);
+    fill_report(&mut d, changed);
+    d
+}
+
+fn describe(u: &Unit) -> &'static str {
+    match (u.kind, u.tls) {
+        (UnitKind::Func, _) => "a function",
+        (UnitKind::Data, true) => "a thread-local variable",
+        (UnitKind::Data, false) => "a data object",
+    }
+}
+
+/// Correlates units of the two objects; returns (orig -> patched, patched -> orig).
+fn correlate(o: &Units, p: &Units) -> (Vec<Option<UnitId>>, Vec<Option<UnitId>>) {
+    let mut o2p = vec![None; o.units.len()];
+    let mut p2o = vec![None; p.units.len()];
+    let compatible = |a: UnitId, b: UnitId| {
+        let (ua, ub) = (o.unit(a), p.unit(b));
+        ua.kind == ub.kind && ua.tls == ub.tls
+    };
+    let pair =
+        |o2p: &mut Vec<Option<UnitId>>, p2o: &mut Vec<Option<UnitId>>, a: UnitId, b: UnitId| {
+            o2p[a.0 as usize] = Some(b);
+            p2o[b.0 as usize] = Some(a);
+        };
+
+    // 1. Exact names that carry no build-dependent number, unique on both sides.
+    let index = |u: &Units, stable_only: bool| {
+        let mut m: HashMap<String, Vec<UnitId>> = HashMap::new();
+        for id in u.ids() {
+            let unit = u.unit(id);
+            if !stable_only || unit.has_stable_name() || unit.bind != Bind::Local {
+                m.entry(unit.name.clone()).or_default().push(id);
+            }
+        }
+        m
+    };
+    let (on, pn) = (index(o, true), index(p, true));
+    for (name, bs) in &pn {
+        if let (Some(as_), [b]) = (on.get(name), bs.as_slice()) {
+            if let [a] = as_.as_slice() {
+                if compatible(*a, *b) {
+                    pair(&mut o2p, &mut p2o, *a, *b);
+                }
+            }
+        }
+    }
+
+    // 2-4. Build-stable keys, iterated: each round's matches give later rounds more referrers.
+    loop {
+        let mut progress = false;
+        let mut groups: BTreeMap<&str, (Vec<UnitId>, Vec<UnitId>)> = BTreeMap::new();
+        for a in o.ids().filter(|a| o2p[a.0 as usize].is_none()) {
+            groups.entry(o.unit(a).key.as_str()).or_default().0.push(a);
+        }
+        for b in p.ids().filter(|b| p2o[b.0 as usize].is_none()) {
+            groups.entry(p.unit(b).key.as_str()).or_default().1.push(b);
+        }
+        for (as_, bs) in groups.values() {
+            if as_.is_empty() || bs.is_empty() {
+                continue;
+            }
+            // Referrers of each candidate, in original-side ids.
+            let refs_o = |a: UnitId| -> HashSet<UnitId> {
+                o.referrers[a.0 as usize].iter().map(|r| r.0).collect()
+            };
+            let refs_p = |b: UnitId, p2o: &[Option<UnitId>]| -> HashSet<UnitId> {
+                p.referrers[b.0 as usize]
+                    .iter()
+                    .filter_map(|r| p2o[r.0 .0 as usize])
+                    .collect()
+            };
+            // By use: the best-overlapping pair, when the best is unambiguous both ways.
+            let mut scores = Vec::new();
+            for &a in as_ {
+                let ra = refs_o(a);
+                for &b in bs {
+                    if !compatible(a, b) {
+                        continue;
+                    }
+                    let n = refs_p(b, &p2o).intersection(&ra).count();
+                    if n > 0 {
+                        scores.push((n, a, b));
+                    }
+                }
+            }
+            scores.sort_by_key(|x| std::cmp::Reverse(x.0));
+            let mut used_a = HashSet::new();
+            let mut used_b = HashSet::new();
+            for (i, &(n, a, b)) in scores.iter().enumerate() {
+                if used_a.contains(&a) || used_b.contains(&b) {
+                    continue;
+                }
+                let tie = scores.iter().enumerate().any(|(j, &(m, a2, b2))| {
+                    j != i
+                        && m == n
+                        && (a2 == a) != (b2 == b)
+                        && !used_a.contains(&a2)
+                        && !used_b.contains(&b2)
+                });
+                if tie {
+                    continue;
+                }
+                used_a.insert(a);
+                used_b.insert(b);
+                pair(&mut o2p, &mut p2o, a, b);
+                progress = true;
+            }
+            let rest_a: Vec<_> = as_
+                .iter()
+                .copied()
+                .filter(|a| !used_a.contains(a))
+                .collect();
+            let rest_b: Vec<_> = bs.iter().copied().filter(|b| !used_b.contains(b)).collect();
+            // One candidate each: pair unless their uses say they are different things (a
+            // static local of one function is not the new static local of another).
+            if let ([a], [b]) = (rest_a.as_slice(), rest_b.as_slice()) {
+                let (ra, rb) = (refs_o(*a), refs_p(*b, &p2o));
+                let disjoint_uses = o.unit(*a).kind == UnitKind::Data
+                    && !ra.is_empty()
+                    && !rb.is_empty()
+                    && ra.is_disjoint(&rb);
+                if compatible(*a, *b) && !disjoint_uses {
+                    pair(&mut o2p, &mut p2o, *a, *b);
+                    progress = true;
+                }
+                continue;
+            }
+            // Several: identical contents identify renumbered clones.
+            for &b in &rest_b {
+                let found = rest_a.iter().copied().find(|&a| {
+                    o2p[a.0 as usize].is_none()
+                        && compatible(a, b)
+                        && o.bytes(a) == p.bytes(b)
+                        && o.unit(a).len() == p.unit(b).len()
+                });
+                if let Some(a) = found {
+                    pair(&mut o2p, &mut p2o, a, b);
+                    progress = true;
+                }
+            }
+        }
+        if !progress {
+            break;
+        }
+    }
+    (o2p, p2o)
+}
+
+/// (anonymous piece?, original index, patched index, original start, patched start).
+type MemoKey = (bool, u32, u32, u64, u64);
+
+struct Cmp<'c, 'o, 'a> {
+    o: &'c Units<'o, 'a>,
+    p: &'c Units<'o, 'a>,
+    o2p: &'c [Option<UnitId>],
+    /// Equality of data units and anonymous sections; `true` while a comparison is in progress
+    /// (tables that point back into their function are equal unless something else differs).
+    memo: RefCell<HashMap<MemoKey, bool>>,
+}
+
+fn show_bytes(s: &[u8]) -> String {
+    let text = String::from_utf8_lossy(s);
+    let mut out: String = text.chars().take(60).collect();
+    if text.chars().count() > 60 {
+        out.push_str("...");
+    }
+    format!("{out:?}")
+}
+
+impl Cmp<'_, '_, '_> {
+    fn name_o(&self, t: &Target) -> String {
+        target_name(self.o, t)
+    }
+    fn name_p(&self, t: &Target) -> String {
+        target_name(self.p, t)
+    }
+
+    /// Why two relocation targets differ, or `None` when they are equivalent.
+    fn target_diff(&self, a: &Target, b: &Target) -> Option<Reason> {
+        let relocation = |detail: String| {
+            Some(Reason {
+                kind: ReasonKind::Relocation,
+                detail,
+            })
+        };
+        match (a, b) {
+            (
+                Target::Unit {
+                    unit: ua, rel: ra, ..
+                },
+                Target::Unit {
+                    unit: ub, rel: rb, ..
+                },
+            ) => {
+                if self.o2p[ua.0 as usize] != Some(*ub) {
+                    return relocation(format!(
+                        "refers to {} instead of {}",
+                        self.name_p(b),
+                        self.name_o(a)
+                    ));
+                }
+                if ra != rb {
+                    return relocation(format!(
+                        "refers to {}{:+} instead of {}{:+}",
+                        self.name_p(b),
+                        rb,
+                        self.name_o(a),
+                        ra
+                    ));
+                }
+                let unit = self.o.unit(*ua);
+                if unit.kind == UnitKind::Data
+                    && !self.o.is_writable(*ua)
+                    && !self.data_equal(*ua, *ub)
+                {
+                    return Some(Reason {
+                        kind: ReasonKind::Data,
+                        detail: format!("read-only data {} changed", unit.name),
+                    });
+                }
+                None
+            }
+            (
+                Target::External {
+                    sym: sa,
+                    addend: aa,
+                },
+                Target::External {
+                    sym: sb,
+                    addend: ab,
+                },
+            ) => {
+                let (na, nb) = (&self.o.obj.symbol(*sa).name, &self.p.obj.symbol(*sb).name);
+                (na != nb || aa != ab)
+                    .then(|| relocation(format!("refers to {nb}{ab:+} instead of {na}{aa:+}")))
+                    .flatten()
+            }
+            (
+                Target::Str {
+                    sec: sa,
+                    start: xa,
+                    rel: ra,
+                },
+                Target::Str {
+                    sec: sb,
+                    start: xb,
+                    rel: rb,
+                },
+            ) => {
+                let (s1, s2) = (self.o.string_at(*sa, *xa), self.p.string_at(*sb, *xb));
+                if s1 != s2 || ra != rb {
+                    return Some(Reason {
+                        kind: ReasonKind::String,
+                        detail: format!("string {} became {}", show_bytes(s1), show_bytes(s2)),
+                    });
+                }
+                None
+            }
+            (
+                Target::Const {
+                    sec: sa,
+                    start: xa,
+                    len: la,
+                    rel: ra,
+                },
+                Target::Const {
+                    sec: sb,
+                    start: xb,
+                    len: lb,
+                    rel: rb,
+                },
+            ) => {
+                let c1 = self.o.obj.section(*sa).bytes(*xa, xa + la);
+                let c2 = self.p.obj.section(*sb).bytes(*xb, xb + lb);
+                (c1 != c2 || ra != rb)
+                    .then(|| {
+                        Some(Reason {
+                            kind: ReasonKind::Data,
+                            detail: format!("constant in {} changed", self.o.obj.section(*sa).name),
+                        })
+                    })
+                    .flatten()
+            }
+            (
+                Target::Anon {
+                    sec: sa,
+                    offset: oa,
+                    at: ta,
+                },
+                Target::Anon {
+                    sec: sb,
+                    offset: ob,
+                    at: tb,
+                },
+            ) => {
+                let (pa, pb) = (self.o.anon_piece(*sa, *ta), self.p.anon_piece(*sb, *tb));
+                if oa - pa.0 as i64 != ob - pb.0 as i64 || !self.anon_equal(*sa, pa, *sb, pb) {
+                    return Some(Reason {
+                        kind: ReasonKind::Data,
+                        detail: format!(
+                            "unnamed data in {} (a jump table, constant or literal) changed",
+                            self.p.obj.section(*sb).name
+                        ),
+                    });
+                }
+                None
+            }
+            (
+                Target::Absolute {
+                    sym: sa,
+                    addend: aa,
+                },
+                Target::Absolute {
+                    sym: sb,
+                    addend: ab,
+                },
+            ) => {
+                let (x, y) = (self.o.obj.symbol(*sa), self.p.obj.symbol(*sb));
+                (x.name != y.name || x.value != y.value || aa != ab)
+                    .then(|| relocation(format!("refers to {} instead of {}", y.name, x.name)))
+                    .flatten()
+            }
+            _ => relocation(format!(
+                "refers to {} instead of {}",
+                self.name_p(b),
+                self.name_o(a)
+            )),
+        }
+    }
+
+    /// Compares relocation lists of two byte ranges (offsets relative to the range starts).
+    fn relocs_diff<'r>(
+        &self,
+        a: impl Iterator<Item = (&'r crate::elf::Reloc, Target)>,
+        a_start: u64,
+        b: impl Iterator<Item = (&'r crate::elf::Reloc, Target)>,
+        b_start: u64,
+        out: &mut Vec<Reason>,
+    ) {
+        let a: Vec<_> = a.collect();
+        let b: Vec<_> = b.collect();
+        if a.len() != b.len() {
+            out.push(Reason {
+                kind: ReasonKind::Relocation,
+                detail: format!("{} relocations instead of {}", b.len(), a.len()),
+            });
+            return;
+        }
+        for ((ra, ta), (rb, tb)) in a.iter().zip(&b) {
+            if ra.offset - a_start != rb.offset - b_start || ra.r_type != rb.r_type {
+                out.push(Reason {
+                    kind: ReasonKind::Relocation,
+                    detail: format!("relocation at +{:#x} changed kind", rb.offset - b_start),
+                });
+                return;
+            }
+            if let Some(r) = self.target_diff(ta, tb) {
+                if !out.contains(&r) {
+                    out.push(r);
+                }
+            }
+        }
+    }
+
+    fn compare_func(&self, a: UnitId, b: UnitId) -> Vec<Reason> {
+        let (ua, ub) = (self.o.unit(a), self.p.unit(b));
+        let (ba, bb) = (self.o.bytes(a), self.p.bytes(b));
+        let mut reasons = Vec::new();
+        if ua.len() != ub.len() {
+            reasons.push(Reason {
+                kind: ReasonKind::Size,
+                detail: format!("{} bytes instead of {}", ub.len(), ua.len()),
+            });
+        }
+        if ba != bb {
+            let detail = if x86::differ_only_in_immediates(ba, bb) {
+                "only immediate operands differ (for example __LINE__ after lines moved)"
+            } else {
+                "instructions differ"
+            };
+            reasons.push(Reason {
+                kind: ReasonKind::Code,
+                detail: detail.into(),
+            });
+        }
+        if reasons.is_empty() {
+            self.relocs_diff(
+                self.o.relocs(a),
+                ua.start,
+                self.p.relocs(b),
+                ub.start,
+                &mut reasons,
+            );
+        }
+        reasons
+    }
+
+    fn data_equal(&self, a: UnitId, b: UnitId) -> bool {
+        let key = (false, a.0, b.0, 0, 0);
+        if let Some(&v) = self.memo.borrow().get(&key) {
+            return v;
+        }
+        self.memo.borrow_mut().insert(key, true);
+        let (ua, ub) = (self.o.unit(a), self.p.unit(b));
+        let (sa, sb) = (
+            self.o.obj.section(ua.section),
+            self.p.obj.section(ub.section),
+        );
+        let mut equal = ua.len() == ub.len()
+            && sa.is_nobits() == sb.is_nobits()
+            && self.o.bytes(a) == self.p.bytes(b);
+        if equal {
+            let mut reasons = Vec::new();
+            self.relocs_diff(
+                self.o.relocs(a),
+                ua.start,
+                self.p.relocs(b),
+                ub.start,
+                &mut reasons,
+            );
+            equal = reasons.is_empty();
+        }
+        self.memo.borrow_mut().insert(key, equal);
+        equal
+    }
+
+    /// Compares two anonymous pieces `[start, end)` of sections `a` and `b`.
+    fn anon_equal(&self, a: SecIdx, pa: (u64, u64), b: SecIdx, pb: (u64, u64)) -> bool {
+        let key = (true, a.0, b.0, pa.0, pb.0);
+        if let Some(&v) = self.memo.borrow().get(&key) {
+            return v;
+        }
+        self.memo.borrow_mut().insert(key, true);
+        let (sa, sb) = (self.o.obj.section(a), self.p.obj.section(b));
+        let mut equal = pa.1 - pa.0 == pb.1 - pb.0
+            && sa.is_nobits() == sb.is_nobits()
+            && sa.bytes(pa.0, pa.1) == sb.bytes(pb.0, pb.1);
+        if equal {
+            let mut reasons = Vec::new();
+            self.relocs_diff(
+                self.o.section_relocs(a, pa.0, pa.1),
+                pa.0,
+                self.p.section_relocs(b, pb.0, pb.1),
+                pb.0,
+                &mut reasons,
+            );
+            equal = reasons.is_empty();
+        }
+        self.memo.borrow_mut().insert(key, equal);
+        equal
+    }
+}
+
+/// A readable name for a relocation target, for messages.
+pub fn target_name(u: &Units, t: &Target) -> String {
+    match *t {
+        Target::Unit { unit, .. } => u.unit(unit).name.clone(),
+        Target::External { sym, .. } | Target::Absolute { sym, .. } => {
+            u.obj.symbol(sym).name.clone()
+        }
+        Target::Str { sec, start, .. } => format!("string {}", show_bytes(u.string_at(sec, start))),
+        Target::Const { sec, .. } => format!("a constant in {}", u.obj.section(sec).name),
+        Target::Anon { sec, .. } => format!("unnamed data in {}", u.obj.section(sec).name),
+    }
+}
+
+/// Split fragments and their parents are only ever patched together: a `.cold` part jumps back
+/// into the body of the function it was split from.
+fn close_over_fragments(
+    p: &Units,
+    p2o: &[Option<UnitId>],
+    included: &mut BTreeMap<UnitId, Role>,
+    changed: &mut BTreeMap<UnitId, Vec<Reason>>,
+) {
+    let mut work: Vec<UnitId> = included.keys().copied().collect();
+    while let Some(u) = work.pop() {
+        if p.unit(u).kind != UnitKind::Func {
+            continue;
+        }
+        let u_fragment = names::is_fragment(&p.unit(u).name);
+        let mut add = Vec::new();
+        // Forward: fragments it jumps into, or any function entered other than at its start.
+        for (_, t) in p.relocs(u) {
+            if let Target::Unit { unit, entry, .. } = t {
+                let g = p.unit(unit);
+                if unit != u && g.kind == UnitKind::Func && (names::is_fragment(&g.name) || !entry)
+                {
+                    add.push((unit, u));
+                }
+            }
+        }
+        // Backward: functions that jump into it other than at its start, or that own it.
+        for &(r, entry) in &p.referrers[u.0 as usize] {
+            if p.unit(r).kind == UnitKind::Func && (u_fragment || !entry) {
+                add.push((r, u));
+            }
+        }
+        for (g, because) in add {
+            if included.contains_key(&g) || p2o[g.0 as usize].is_none() {
+                continue;
+            }
+            included.insert(g, Role::Changed);
+            changed.insert(
+                g,
+                vec![Reason {
+                    kind: ReasonKind::Fragment,
+                    detail: format!(
+                        "split part of the same function as {}, patched together",
+                        p.unit(because).name
+                    ),
+                }],
+            );
+            work.push(g);
+        }
+    }
+}
+
+fn symbol_kind(u: &Unit) -> SymbolKind {
+    match (u.kind, u.tls, u.ifunc) {
+        (UnitKind::Func, _, true) => SymbolKind::Ifunc,
+        (UnitKind::Func, _, false) => SymbolKind::Function,
+        (UnitKind::Data, true, _) => SymbolKind::Tls,
+        (UnitKind::Data, false, _) => SymbolKind::Object,
+    }
+}
+
+/// Original and external symbols the included units refer to, plus references that cannot be
+/// resolved in a running program.
+fn collect_references(d: &Diff) -> (Vec<Reference>, Vec<Unsupported>) {
+    let p = &d.patched;
+    let o = &d.orig;
+    let mut refs: BTreeMap<String, Reference> = BTreeMap::new();
+    let mut bad = Vec::new();
+    for &u in d.included.keys() {
+        for (_, t) in p.relocs(u) {
+            if let Some(a) = d.original_for(&t) {
+                let ua = o.unit(a);
+                let local = ua.bind == Bind::Local;
+                let file = if local {
+                    o.obj.file_of(ua.sym).map(str::to_string)
+                } else {
+                    None
+                };
+                let patch_symbol = names::reference_name(&ua.name, local, file.as_deref());
+                refs.entry(patch_symbol.clone()).or_insert(Reference {
+                    name: ua.name.clone(),
+                    kind: symbol_kind(ua),
+                    binding: ua.bind,
+                    scope: RefScope::Original,
+                    file,
+                    size: ua.len(),
+                    patch_symbol,
+                });
+                continue;
+            }
+            match t {
+                Target::External { sym, .. } => {
+                    let s = p.obj.symbol(sym);
+                    if s.name.is_empty() {
+                        continue;
+                    }
+                    refs.entry(s.name.clone()).or_insert(Reference {
+                        name: s.name.clone(),
+                        kind: match s.kind {
+                            crate::elf::SymKind::Tls => SymbolKind::Tls,
+                            crate::elf::SymKind::Func => SymbolKind::Function,
+                            crate::elf::SymKind::Object => SymbolKind::Object,
+                            _ => SymbolKind::Unknown,
+                        },
+                        binding: s.bind,
+                        scope: RefScope::External,
+                        file: None,
+                        size: 0,
+                        patch_symbol: s.name.clone(),
+                    });
+                }
+                Target::Anon { sec, .. } => {
+                    let section = p.obj.section(sec);
+                    if section.is_write() && !section.name.starts_with(".data.rel.ro") {
+                        let name = p.unit(u).name.clone();
+                        if !bad.iter().any(|x: &Unsupported| x.symbol == name) {
+                            bad.push(Unsupported {
+                                symbol: name,
+                                kind: UnsupportedKind::UnnamedData,
+                                reason: format!(
+                                    "uses writable data in {} that has no symbol, so the \
+                                     running original cannot be located (build with \
+                                     -fdata-sections)",
+                                    section.name
+                                ),
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    (refs.into_values().collect(), bad)
+}
+
+fn fill_report(d: &mut Diff, changed: BTreeMap<UnitId, Vec<Reason>>) {
+    let nothing_included = d.included.is_empty();
+    let (o, p) = (&d.orig, &d.patched);
+    let section_name = |u: &Unit| p.obj.section(u.section).name.clone();
+    let mut changed_functions = Vec::new();
+    let mut new_functions = Vec::new();
+    let mut new_data = Vec::new();
+    for (&b, role) in &d.included {
+        let ub = p.unit(b);
+        match role {
+            Role::Changed => {
+                let a = d.p2o[b.0 as usize].expect("changed units are correlated");
+                let ua = o.unit(a);
+                let mut reasons = changed.get(&b).cloned().unwrap_or_default();
+                reasons.sort();
+                changed_functions.push(ChangedFunction {
+                    name: ub.name.clone(),
+                    original_name: ua.name.clone(),
+                    section: section_name(ub),
+                    binding: ub.bind,
+                    file: (ua.bind == Bind::Local)
+                        .then(|| o.obj.file_of(ua.sym).map(str::to_string))
+                        .flatten(),
+                    original_size: ua.len(),
+                    patched_size: ub.len(),
+                    fragment: names::is_fragment(&ub.name),
+                    reasons,
+                });
+            }
+            Role::NewFunc | Role::NewData | Role::DataCopy => {
+                let entry = NewSymbol {
+                    name: ub.name.clone(),
+                    kind: symbol_kind(ub),
+                    section: section_name(ub),
+                    binding: ub.bind,
+                    size: ub.len(),
+                    replaces: (*role == Role::DataCopy)
+                        .then(|| d.p2o[b.0 as usize].map(|a| o.unit(a).name.clone()))
+                        .flatten(),
+                };
+                if *role == Role::NewFunc {
+                    new_functions.push(entry);
+                } else {
+                    new_data.push(entry);
+                }
+            }
+        }
+    }
+    let mut removed: Vec<String> = o
+        .ids()
+        .filter(|a| d.o2p[a.0 as usize].is_none() && o.unit(*a).kind == UnitKind::Func)
+        .map(|a| o.unit(a).name.clone())
+        .collect();
+    removed.sort();
+    changed_functions.sort_by(|x, y| x.name.cmp(&y.name));
+    new_functions.sort_by(|x, y| x.name.cmp(&y.name));
+    new_data.sort_by(|x, y| x.name.cmp(&y.name));
+    let r = &mut d.report;
+    r.unsupported
+        .sort_by(|x, y| (x.kind, &x.symbol).cmp(&(y.kind, &y.symbol)));
+    r.unsupported
+        .dedup_by(|x, y| x.kind == y.kind && x.symbol == y.symbol);
+    r.status = if !r.unsupported.is_empty() {
+        Status::Unsupported
+    } else if nothing_included {
+        // New global functions or data count as changes: other units' patches may use them.
+        Status::NoChange
+    } else {
+        Status::Patchable
+    };
+    r.changed_functions = changed_functions;
+    r.new_functions = new_functions;
+    r.new_data = new_data;
+    r.removed_functions = removed;
+}

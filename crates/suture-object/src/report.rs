@@ -1,0 +1,152 @@
+//! The differ's verdict, as serialised by `suture diff --json`.
+//!
+//! The schema is documented in `docs/diff-json.md`; the `schema` field names its version.
+//! Fields are only ever added within one schema version.
+
+use serde::Serialize;
+
+pub const SCHEMA: &str = "suture.diff/1";
+
+/// Overall verdict; maps to the CLI exit status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Something changed (a function, or new functions or data) and every change can be
+    /// live-patched (exit 0).
+    Patchable,
+    /// Nothing that runs changed and nothing was added (exit 3).
+    NoChange,
+    /// At least one change cannot be live-patched (exit 2).
+    Unsupported,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReasonKind {
+    /// The function's size differs.
+    Size,
+    /// Its machine code differs.
+    Code,
+    /// A relocation points at a different symbol, offset or kind of reference.
+    Relocation,
+    /// A string literal it uses has different contents.
+    String,
+    /// Read-only data it uses (a constant, a jump table, a `const` object) differs.
+    Data,
+    /// It is a cold/split part of an included function, or a function whose split part changed:
+    /// the two are only ever patched together.
+    Fragment,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Reason {
+    pub kind: ReasonKind,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ChangedFunction {
+    /// Name in the patched object.
+    pub name: String,
+    /// Name in the original object (clone numbers may differ).
+    pub original_name: String,
+    pub section: String,
+    pub binding: crate::elf::Bind,
+    /// Source file of a local (static) original, to tell same-named statics apart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    pub original_size: u64,
+    pub patched_size: u64,
+    /// True for split parts (`.cold`) that are never entered by a call: they are copied with
+    /// their parent but no jump is written at their start.
+    pub fragment: bool,
+    pub reasons: Vec<Reason>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SymbolKind {
+    Function,
+    Object,
+    Tls,
+    Ifunc,
+    Unknown,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NewSymbol {
+    pub name: String,
+    pub kind: SymbolKind,
+    pub section: String,
+    pub binding: crate::elf::Bind,
+    pub size: u64,
+    /// For read-only data whose contents changed: the original object the copy stands in for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefScope {
+    /// Defined by the original translation unit: found in the patched binary's symbol table.
+    Original,
+    /// Defined elsewhere (another unit, a library such as libc, the kernel).
+    External,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Reference {
+    /// The symbol as named in the original object.
+    pub name: String,
+    pub kind: SymbolKind,
+    pub binding: crate::elf::Bind,
+    pub scope: RefScope,
+    /// Source file of a local symbol (its `STT_FILE`), to tell same-named statics apart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Size in the original object (0 for external symbols).
+    pub size: u64,
+    /// Name of the symbol in the emitted patch object.
+    pub patch_symbol: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnsupportedKind {
+    /// The initial value of an existing writable object changed.
+    DataValue,
+    /// The size of an existing data object changed.
+    DataSize,
+    /// A symbol changed between function and data, or into/out of TLS.
+    SymbolType,
+    /// Code that runs only at start-up (and is freed afterwards) changed.
+    InitCode,
+    /// Patched code uses writable data that has no symbol, so the original cannot be found.
+    UnnamedData,
+    /// The object holds link-time-optimisation bytecode instead of final code.
+    Lto,
+    /// A new thread-local variable: a running process cannot grow its TLS blocks.
+    NewTls,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Unsupported {
+    pub symbol: String,
+    pub kind: UnsupportedKind,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    pub status: Status,
+    /// The translation unit's source file name (first `STT_FILE` of the patched object).
+    pub source_file: Option<String>,
+    pub changed_functions: Vec<ChangedFunction>,
+    pub new_functions: Vec<NewSymbol>,
+    pub new_data: Vec<NewSymbol>,
+    pub references: Vec<Reference>,
+    pub unsupported: Vec<Unsupported>,
+    /// Functions of the original that the patched object no longer has (informational).
+    pub removed_functions: Vec<String>,
+}

@@ -1,0 +1,138 @@
+//! Just enough x86-64 decoding for the differ: where each instruction ends (to find what a
+//! PC-relative relocation really points at), whether an instruction is a direct branch, and
+//! whether two same-shaped instruction streams differ only in immediate operands.
+
+use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind};
+
+/// One decoded instruction: its offset in the section, length and whether it is a direct
+/// `call`/`jmp`/`jcc` with a relative target.
+#[derive(Clone, Copy, Debug)]
+pub struct Insn {
+    pub start: u64,
+    pub len: u8,
+    pub direct_branch: bool,
+}
+
+/// Decodes a code section linearly. Undecodable bytes (padding, data in text) become one-byte
+/// pseudo-instructions so decoding always resynchronises and always terminates.
+pub fn decode(code: &[u8]) -> Vec<Insn> {
+    let mut out = Vec::with_capacity(code.len() / 4 + 1);
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut insn = Instruction::default();
+    while decoder.can_decode() {
+        let start = decoder.position() as u64;
+        decoder.decode_out(&mut insn);
+        if insn.is_invalid() {
+            out.push(Insn {
+                start,
+                len: 1,
+                direct_branch: false,
+            });
+            // An invalid decode still advances; restart right after the first byte.
+            let _ = decoder.set_position(start as usize + 1);
+            continue;
+        }
+        out.push(Insn {
+            start,
+            len: insn.len() as u8,
+            // Direct call/jmp/jcc: the only instructions with a relative branch operand.
+            direct_branch: insn.op_count() > 0
+                && matches!(
+                    insn.op0_kind(),
+                    OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+                ),
+        });
+    }
+    out
+}
+
+/// The instruction containing byte `offset`, if any.
+pub fn insn_at(insns: &[Insn], offset: u64) -> Option<Insn> {
+    let i = insns.partition_point(|x| x.start <= offset);
+    let insn = *insns.get(i.checked_sub(1)?)?;
+    (offset < insn.start + u64::from(insn.len)).then_some(insn)
+}
+
+/// True when `a` and `b` decode to the same instructions of the same lengths and every byte
+/// that differs lies inside an immediate operand (typically `__LINE__` passed to a logging or
+/// assert helper after lines moved).
+pub fn differ_only_in_immediates(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() || a == b {
+        return false;
+    }
+    let mut da = Decoder::with_ip(64, a, 0, DecoderOptions::NONE);
+    let mut db = Decoder::with_ip(64, b, 0, DecoderOptions::NONE);
+    let (mut ia, mut ib) = (Instruction::default(), Instruction::default());
+    while da.can_decode() {
+        if !db.can_decode() {
+            return false;
+        }
+        let start = da.position();
+        da.decode_out(&mut ia);
+        db.decode_out(&mut ib);
+        if ia.is_invalid() || ib.is_invalid() || ia.code() != ib.code() || ia.len() != ib.len() {
+            return false;
+        }
+        let end = start + ia.len();
+        if a[start..end] == b[start..end] {
+            continue;
+        }
+        let co = da.get_constant_offsets(&ia);
+        let mut imm = Vec::new();
+        if co.has_immediate() {
+            let o = start + co.immediate_offset();
+            imm.push(o..o + co.immediate_size());
+        }
+        if co.has_immediate2() {
+            let o = start + co.immediate_offset2();
+            imm.push(o..o + co.immediate_size2());
+        }
+        let only_imm = (start..end)
+            .filter(|&i| a[i] != b[i])
+            .all(|i| imm.iter().any(|r| r.contains(&i)));
+        if !only_imm {
+            return false;
+        }
+    }
+    !db.can_decode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_lengths_and_branches() {
+        // call rel32; lea rax,[rip+0]; ret
+        let code = [0xe8, 0, 0, 0, 0, 0x48, 0x8d, 0x05, 0, 0, 0, 0, 0xc3];
+        let insns = decode(&code);
+        assert_eq!(insns.len(), 3);
+        assert!(insns[0].direct_branch);
+        assert!(!insns[1].direct_branch);
+        assert_eq!(
+            insn_at(&insns, 8).map(|i| i.start + u64::from(i.len)),
+            Some(12)
+        );
+        assert!(insn_at(&insns, 13).is_none());
+    }
+
+    #[test]
+    fn invalid_bytes_resynchronise() {
+        let code = [0x06, 0x06, 0xc3]; // 0x06 is invalid in 64-bit mode
+        let insns = decode(&code);
+        assert_eq!(insns.len(), 3);
+        assert_eq!(insns[2].start, 2);
+    }
+
+    #[test]
+    fn immediate_only_differences() {
+        // mov edx, 17 / mov edx, 19
+        let a = [0xba, 17, 0, 0, 0, 0xc3];
+        let b = [0xba, 19, 0, 0, 0, 0xc3];
+        assert!(differ_only_in_immediates(&a, &b));
+        // mov edx,17 vs mov ecx,17: the opcode differs
+        let c = [0xb9, 17, 0, 0, 0, 0xc3];
+        assert!(!differ_only_in_immediates(&a, &c));
+        assert!(!differ_only_in_immediates(&a, &a));
+    }
+}
