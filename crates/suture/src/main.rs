@@ -1,1 +1,121 @@
-fn main() {}
+//! The `suture` command line. Glue only: every decision lives in the library crates.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+mod demo;
+mod diff_cmd;
+
+/// Exit statuses, documented in `--help` and README.md.
+pub mod exit {
+    /// Success: patchable changes found / the command did what was asked.
+    pub const OK: u8 = 0;
+    /// An error: unreadable or malformed input, mismatched objects, a failed tool.
+    pub const ERROR: u8 = 1;
+    /// At least one change cannot be live-patched.
+    pub const UNSUPPORTED: u8 = 2;
+    /// No functional change.
+    pub const NO_CHANGE: u8 = 3;
+}
+
+const EXIT_HELP: &str = "\
+Exit status:
+  0  success (for `diff`: patchable changes found)
+  1  error (unreadable or malformed input, mismatched objects, bad arguments)
+  2  at least one change cannot be live-patched
+  3  no functional change";
+
+#[derive(Parser)]
+#[command(
+    name = "suture",
+    version,
+    about = "Live patching for running processes and the Linux kernel",
+    after_help = EXIT_HELP
+)]
+struct Cli {
+    /// Log level for diagnostics on stderr (error, warn, info, debug, trace); also SUTURE_LOG.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compare two builds of one translation unit and decide what a live patch must contain.
+    ///
+    /// Both inputs are x86-64 relocatable objects (.o) of the same source file, compiled with
+    /// -ffunction-sections -fdata-sections by gcc or clang at any optimisation level.
+    #[command(after_help = EXIT_HELP)]
+    Diff {
+        /// The object built from the deployed source.
+        original: PathBuf,
+        /// The object built from the fixed source.
+        patched: PathBuf,
+        /// Print the report as JSON (schema `suture.diff/1`, see docs/diff-json.md).
+        #[arg(long)]
+        json: bool,
+        /// Write the patch object (only the selected code and data) to this file.
+        #[arg(short = 'o', long = "output", value_name = "PATCH.o")]
+        output: Option<PathBuf>,
+    },
+    /// Run suture on a built-in example: compile a small service before and after a fix, show
+    /// what changed and write the patch object.
+    Demo {
+        /// Keep the working directory (printed) instead of deleting it.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Usage errors must not look like "unsupported change" (clap's default is 2).
+            return ExitCode::from(if e.use_stderr() {
+                exit::ERROR
+            } else {
+                exit::OK
+            });
+        }
+    };
+    init_logging(cli.log.as_deref());
+    let result = match cli.command {
+        Command::Diff {
+            original,
+            patched,
+            json,
+            output,
+        } => diff_cmd::run(&original, &patched, json, output.as_deref()),
+        Command::Demo { keep } => demo::run(keep),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("suture: error: {e:#}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+fn init_logging(level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_env("SUTURE_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Reads a whole file with its path in the error.
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
