@@ -1,0 +1,85 @@
+//! The C fixture corpus (tests/cases): every case is compiled at test time in each of its
+//! configs, diffed, checked against its expectations and golden decisions, and its patch
+//! object validated with binutils. One test per case and config.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use support::*;
+
+fn run_case(case: &Case, config: &str, cache: &Path) -> Result<(), Failed> {
+    let (cc, opt) = split_config(config)?;
+    let mut flags = vec![opt];
+    flags.extend(case.cflags.iter().cloned());
+    let unit = format!("{}.c", case.name);
+    let read =
+        |f: &str| std::fs::read_to_string(case.dir.join(f)).map_err(|e| format!("{}: {e}", f));
+    let orig_o = compile(cc, &flags, &unit, &read("orig.c")?, cache)?;
+    let patched_o = compile(cc, &flags, &unit, &read("patched.c")?, cache)?;
+    let orig_bytes = std::fs::read(&orig_o).map_err(|e| e.to_string())?;
+    let patched_bytes = std::fs::read(&patched_o).map_err(|e| e.to_string())?;
+    let a = suture_object::Object::parse(&orig_bytes).map_err(|e| e.to_string())?;
+    let b = suture_object::Object::parse(&patched_bytes).map_err(|e| e.to_string())?;
+    let d = match suture_object::analyze(&a, &b) {
+        Ok(d) => d,
+        Err(e) => {
+            return match &case.expect.error {
+                Some(want) if e.to_string().contains(want.as_str()) => Ok(()),
+                _ => Err(format!("differ failed: {e}").into()),
+            }
+        }
+    };
+    if let Some(want) = &case.expect.error {
+        return Err(format!("expected an error containing {want:?}, got a report").into());
+    }
+    let fails = check(&case.expect, &d.report);
+    if !fails.is_empty() {
+        return Err(format!(
+            "{}\n\ndecisions:\n{}",
+            fails.join("\n"),
+            decisions(&d.report)
+        )
+        .into());
+    }
+    golden(
+        &case.dir.join("golden").join(format!("{config}.txt")),
+        &decisions(&d.report),
+    )?;
+    if d.report.status == suture_object::Status::Patchable {
+        let bytes = suture_object::emit::emit(&d).map_err(|e| format!("emit: {e}"))?;
+        let work = cache.join("emitted").join(&case.name).join(config);
+        validate_patch_object(&bytes, &work)?;
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cases");
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("corpus");
+    let have_clang = tool_version("clang").is_some();
+    let mut trials = Vec::new();
+    for dir in cases_in(&root) {
+        let case = match parse_case(&dir) {
+            Ok(c) => c,
+            Err(e) => {
+                let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+                trials.push(Trial::test(format!("{name}::case"), move || Err(e.into())));
+                continue;
+            }
+        };
+        for config in case.configs.clone() {
+            let ignored = config.starts_with("clang") && !have_clang;
+            let case = case.clone();
+            let cache = cache.clone();
+            let name = format!("{}::{config}", case.name);
+            trials.push(
+                Trial::test(name, move || run_case(&case, &config, &cache))
+                    .with_ignored_flag(ignored),
+            );
+        }
+    }
+    libtest_mimic::run(&args, trials).exit();
+}

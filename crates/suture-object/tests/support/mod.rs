@@ -1,0 +1,358 @@
+//! Shared machinery of the fixture tests: case files, compiling at test time with a cache,
+//! checking decisions against expectations and goldens, validating emitted patch objects.
+#![allow(dead_code)]
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use suture_object::report::{RefScope, Report, Status};
+
+/// What a case expects (see tests/cases/README.md).
+#[derive(Debug, Default, Clone)]
+pub struct Expect {
+    pub status: Option<String>,
+    pub changed: Vec<String>,
+    pub not_changed: Vec<String>,
+    pub new_function: Vec<String>,
+    pub new_data: Vec<String>,
+    pub references: Vec<String>,
+    pub unsupported: Vec<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub name: String,
+    pub dir: PathBuf,
+    pub description: String,
+    pub configs: Vec<String>,
+    pub cflags: Vec<String>,
+    /// Other `key: value` lines (e.g. `file:` of kernel cases).
+    pub extra: Vec<(String, String)>,
+    pub expect: Expect,
+}
+
+pub fn parse_case(dir: &Path) -> Result<Case, String> {
+    let path = dir.join("case.txt");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut case = Case {
+        name: dir.file_name().unwrap().to_string_lossy().into_owned(),
+        dir: dir.to_path_buf(),
+        description: String::new(),
+        configs: vec!["gcc-O2".into()],
+        cflags: Vec::new(),
+        extra: Vec::new(),
+        expect: Expect::default(),
+    };
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(c) = line.strip_prefix('#') {
+            if case.description.is_empty() {
+                case.description = c.trim().to_string();
+            }
+            continue;
+        }
+        let (key, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("{}:{}: expected `key: value`", path.display(), n + 1))?;
+        let list = || {
+            value
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let e = &mut case.expect;
+        match key.trim() {
+            "configs" => case.configs = list(),
+            "cflags" => case.cflags = list(),
+            "status" => e.status = Some(value.trim().to_string()),
+            "changed" => e.changed.extend(list()),
+            "not-changed" => e.not_changed.extend(list()),
+            "new-function" => e.new_function.extend(list()),
+            "new-data" => e.new_data.extend(list()),
+            "references" => e.references.extend(list()),
+            "unsupported" => e.unsupported.extend(list()),
+            "error" => e.error = Some(value.trim().to_string()),
+            other => case
+                .extra
+                .push((other.to_string(), value.trim().to_string())),
+        }
+    }
+    Ok(case)
+}
+
+pub fn cases_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.join("case.txt").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+pub fn tool_version(tool: &str) -> Option<String> {
+    let out = Command::new(tool).arg("--version").output().ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    })
+}
+
+/// Splits `gcc-O2` into (`gcc`, `-O2`).
+pub fn split_config(config: &str) -> Result<(&str, String), String> {
+    let (cc, opt) = config
+        .split_once('-')
+        .ok_or_else(|| format!("bad config {config:?}: expected <compiler>-O<level>"))?;
+    if !opt.starts_with('O') {
+        return Err(format!(
+            "bad config {config:?}: expected <compiler>-O<level>"
+        ));
+    }
+    Ok((cc, format!("-{opt}")))
+}
+
+/// Compiles `source` (its contents, under the file name `unit_name`) with `cc`, caching the
+/// object by the hash of source, flags and compiler version.
+pub fn compile(
+    cc: &str,
+    flags: &[String],
+    unit_name: &str,
+    source: &str,
+    cache: &Path,
+) -> Result<PathBuf, String> {
+    let version = tool_version(cc).ok_or_else(|| format!("{cc} is not installed"))?;
+    let mut h = DefaultHasher::new();
+    (cc, flags, unit_name, source, &version).hash(&mut h);
+    let dir = cache.join(format!("{:016x}", h.finish()));
+    let obj = dir.join("unit.o");
+    if obj.is_file() {
+        return Ok(obj);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join(unit_name), source).map_err(|e| e.to_string())?;
+    let tmp = dir.join(format!("unit.o.tmp{}", std::process::id()));
+    let out = Command::new(cc)
+        .current_dir(&dir)
+        .args(["-c", "-g", "-ffunction-sections", "-fdata-sections"])
+        .args(flags)
+        .arg(unit_name)
+        .arg("-o")
+        .arg(&tmp)
+        .output()
+        .map_err(|e| format!("cannot run {cc}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cc} {} failed:\n{}",
+            flags.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    std::fs::rename(&tmp, &obj).map_err(|e| e.to_string())?;
+    Ok(obj)
+}
+
+/// `name` from a case file matches a reported symbol when equal or a prefix up to a dot.
+pub fn matches(expected: &str, reported: &str) -> bool {
+    reported == expected
+        || (reported.starts_with(expected) && reported[expected.len()..].starts_with('.'))
+}
+
+pub fn status_word(s: Status) -> &'static str {
+    match s {
+        Status::Patchable => "patchable",
+        Status::NoChange => "no-change",
+        Status::Unsupported => "unsupported",
+    }
+}
+
+/// Checks a report against a case's expectations; returns the failed assertions.
+pub fn check(e: &Expect, r: &Report) -> Vec<String> {
+    let mut fails = Vec::new();
+    if let Some(s) = &e.status {
+        if s != status_word(r.status) {
+            fails.push(format!("status is {}, expected {s}", status_word(r.status)));
+        }
+    }
+    let changed: Vec<&str> = r
+        .changed_functions
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    let new_fn: Vec<&str> = r.new_functions.iter().map(|f| f.name.as_str()).collect();
+    let new_data: Vec<&str> = r.new_data.iter().map(|f| f.name.as_str()).collect();
+    let refs: Vec<&str> = r
+        .references
+        .iter()
+        .filter(|x| x.scope == RefScope::Original || x.scope == RefScope::External)
+        .map(|x| x.name.as_str())
+        .collect();
+    let unsupported: Vec<&str> = r.unsupported.iter().map(|u| u.symbol.as_str()).collect();
+    let mut need = |what: &str, list: &[String], have: &[&str]| {
+        for n in list {
+            if !have.iter().any(|h| matches(n, h)) {
+                fails.push(format!("{what} {n:?} missing (have {have:?})"));
+            }
+        }
+    };
+    need("changed function", &e.changed, &changed);
+    need("new function", &e.new_function, &new_fn);
+    need("new data", &e.new_data, &new_data);
+    need("reference to", &e.references, &refs);
+    need("unsupported symbol", &e.unsupported, &unsupported);
+    for n in &e.not_changed {
+        if let Some(h) = changed.iter().chain(&new_fn).find(|h| matches(n, h)) {
+            fails.push(format!("{n:?} must not be changed or new, but {h:?} is"));
+        }
+    }
+    // A symbol the patch copies must not also be a reference to the original, and vice versa.
+    for x in &r.references {
+        if x.scope == RefScope::Original
+            && r.new_data
+                .iter()
+                .any(|d| d.replaces.is_none() && d.name == x.name)
+        {
+            fails.push(format!("{} is both new data and a reference", x.name));
+        }
+    }
+    fails
+}
+
+/// The decisions of a report as stable text, for golden files.
+pub fn decisions(r: &Report) -> String {
+    let mut s = format!("status: {}\n", status_word(r.status));
+    for f in &r.changed_functions {
+        let kinds: Vec<String> = f
+            .reasons
+            .iter()
+            .map(|x| {
+                serde_json::to_value(x.kind)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let mut kinds = kinds;
+        kinds.dedup();
+        s += &format!("changed: {} ({})\n", f.name, kinds.join(", "));
+    }
+    for f in &r.new_functions {
+        s += &format!("new-function: {}\n", f.name);
+    }
+    for f in &r.new_data {
+        match &f.replaces {
+            Some(o) => s += &format!("new-data: {} (replaces {o})\n", f.name),
+            None => s += &format!("new-data: {}\n", f.name),
+        }
+    }
+    for u in &r.unsupported {
+        let k = serde_json::to_value(u.kind).unwrap();
+        s += &format!("unsupported: {} ({})\n", u.symbol, k.as_str().unwrap());
+    }
+    for x in &r.references {
+        let scope = match x.scope {
+            RefScope::Original => "uses-original",
+            RefScope::External => "uses-external",
+        };
+        s += &format!("{scope}: {}\n", x.name);
+    }
+    for f in &r.removed_functions {
+        s += &format!("removed: {f}\n");
+    }
+    s
+}
+
+pub fn blessing() -> bool {
+    std::env::var_os("SUTURE_BLESS").is_some_and(|v| v != "0")
+}
+
+/// Compares `actual` with the golden file, or rewrites it when blessing.
+pub fn golden(path: &Path, actual: &str) -> Result<(), String> {
+    if blessing() {
+        std::fs::create_dir_all(path.parent().unwrap()).map_err(|e| e.to_string())?;
+        std::fs::write(path, actual).map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    let expected = std::fs::read_to_string(path).map_err(|_| {
+        format!(
+            "no golden file {} (run with SUTURE_BLESS=1 to create it, then review it)",
+            path.display()
+        )
+    })?;
+    if expected != actual {
+        return Err(format!(
+            "decisions differ from {} (SUTURE_BLESS=1 rewrites it when intended)\n--- golden\n{expected}--- actual\n{actual}",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The emitted object must pass `readelf -a` without a warning and link with `ld -r`.
+pub fn validate_patch_object(bytes: &[u8], dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let obj = dir.join("patch.o");
+    std::fs::write(&obj, bytes).map_err(|e| e.to_string())?;
+    let out = Command::new("readelf")
+        .args(["-a", "-W"])
+        .arg(&obj)
+        .output()
+        .map_err(|e| format!("cannot run readelf: {e}"))?;
+    if !out.status.success() || !out.stderr.is_empty() {
+        return Err(format!(
+            "readelf -a complains about the patch object:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let linked = dir.join("linked.o");
+    let out = Command::new("ld")
+        .arg("-r")
+        .arg("-o")
+        .arg(&linked)
+        .arg(&obj)
+        .output()
+        .map_err(|e| format!("cannot run ld: {e}"))?;
+    if !out.status.success() || !out.stderr.is_empty() {
+        return Err(format!(
+            "ld -r rejects the patch object:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    // Our own reader must accept what we wrote, and every changed function must be defined.
+    let o = suture_object::Object::parse(bytes).map_err(|e| format!("re-reading: {e}"))?;
+    let manifest = o
+        .sections
+        .iter()
+        .find(|s| s.name == suture_object::emit::MANIFEST_SECTION)
+        .ok_or("no manifest section")?;
+    let report: serde_json::Value =
+        serde_json::from_slice(manifest.data).map_err(|e| format!("manifest: {e}"))?;
+    for f in report["changed_functions"]
+        .as_array()
+        .ok_or("manifest lacks functions")?
+    {
+        let name = f["name"].as_str().unwrap_or_default();
+        if !o
+            .symbols
+            .iter()
+            .any(|s| s.name == name && s.section().is_some())
+        {
+            return Err(format!(
+                "changed function {name} is not defined in the patch object"
+            ));
+        }
+    }
+    Ok(())
+}
