@@ -8,6 +8,11 @@
 
 /// The build-stable key of a symbol name.
 pub fn stable_key(name: &str) -> String {
+    // The kernel's `__UNIQUE_ID_<name><counter>`: the counter is per translation unit.
+    if let Some(rest) = name.strip_prefix("__UNIQUE_ID_") {
+        let base = rest.trim_end_matches(|c: char| c.is_ascii_digit());
+        return format!("__UNIQUE_ID_{}", stable_key(base));
+    }
     if !name.contains('.') || name.starts_with('.') {
         return name.to_string();
     }
@@ -79,6 +84,10 @@ mod tests {
         assert_eq!(stable_key("foo.llvm.8812345"), "foo.llvm");
         assert_eq!(stable_key(".text.foo"), ".text.foo");
         assert_ne!(stable_key("foo.isra.0"), stable_key("foo.constprop.0"));
+        assert_eq!(
+            stable_key("__UNIQUE_ID___addressable_tcp_abort1050"),
+            stable_key("__UNIQUE_ID___addressable_tcp_abort1051")
+        );
     }
 
     #[test]

@@ -127,9 +127,11 @@ impl<'o, 'a> Units<'o, 'a> {
             let section = obj.section(sec);
             // Strings and constants in mergeable sections are compared by contents, not by
             // the labels some compilers keep for them (clang's `.L.str.N`).
+            // `.discard.*` sections never reach the running program (the linker drops them).
             if !section.is_alloc()
                 || section.flags & elf::SHF_MERGE.0 != 0
                 || s.name.starts_with(".L")
+                || section.name.starts_with(".discard")
             {
                 continue;
             }
