@@ -303,41 +303,43 @@ fn correlate(o: &Units, p: &Units) -> (Vec<Option<UnitId>>, Vec<Option<UnitId>>)
                     .filter_map(|r| p2o[r.0 .0 as usize])
                     .collect()
             };
-            // By use: the best-overlapping pair, when the best is unambiguous both ways.
-            let mut scores = Vec::new();
+            // By use: pair candidates that are each other's unique best overlap of referrers.
+            let mut best_a: HashMap<UnitId, (usize, Option<UnitId>)> = HashMap::new();
+            let mut best_b: HashMap<UnitId, (usize, Option<UnitId>)> = HashMap::new();
+            let refs_b: Vec<HashSet<UnitId>> = bs.iter().map(|&b| refs_p(b, &p2o)).collect();
             for &a in as_ {
                 let ra = refs_o(a);
-                for &b in bs {
+                if ra.is_empty() {
+                    continue;
+                }
+                for (&b, rb) in bs.iter().zip(&refs_b) {
                     if !compatible(a, b) {
                         continue;
                     }
-                    let n = refs_p(b, &p2o).intersection(&ra).count();
-                    if n > 0 {
-                        scores.push((n, a, b));
+                    let n = rb.intersection(&ra).count();
+                    if n == 0 {
+                        continue;
+                    }
+                    for (best, key, other) in [(&mut best_a, a, b), (&mut best_b, b, a)] {
+                        let e = best.entry(key).or_insert((0, None));
+                        if n > e.0 {
+                            *e = (n, Some(other));
+                        } else if n == e.0 {
+                            e.1 = None; // a tie: ambiguous
+                        }
                     }
                 }
             }
-            scores.sort_by_key(|x| std::cmp::Reverse(x.0));
             let mut used_a = HashSet::new();
             let mut used_b = HashSet::new();
-            for (i, &(n, a, b)) in scores.iter().enumerate() {
-                if used_a.contains(&a) || used_b.contains(&b) {
-                    continue;
+            for (&a, &(_, b)) in &best_a {
+                let Some(b) = b else { continue };
+                if best_b.get(&b).and_then(|e| e.1) == Some(a) {
+                    used_a.insert(a);
+                    used_b.insert(b);
+                    pair(&mut o2p, &mut p2o, a, b);
+                    progress = true;
                 }
-                let tie = scores.iter().enumerate().any(|(j, &(m, a2, b2))| {
-                    j != i
-                        && m == n
-                        && (a2 == a) != (b2 == b)
-                        && !used_a.contains(&a2)
-                        && !used_b.contains(&b2)
-                });
-                if tie {
-                    continue;
-                }
-                used_a.insert(a);
-                used_b.insert(b);
-                pair(&mut o2p, &mut p2o, a, b);
-                progress = true;
             }
             let rest_a: Vec<_> = as_
                 .iter()

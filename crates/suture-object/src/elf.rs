@@ -153,6 +153,8 @@ pub struct Object<'a> {
     pub symbols: Vec<Symbol>,
     /// Name of the first `STT_FILE` symbol: the translation unit's source file.
     pub source_file: Option<String>,
+    /// The input was LLVM bitcode (clang -flto), not ELF; the object is empty.
+    pub llvm_bitcode: bool,
 }
 
 fn lossy(bytes: &[u8]) -> String {
@@ -162,6 +164,16 @@ fn lossy(bytes: &[u8]) -> String {
 impl<'a> Object<'a> {
     /// Parses an x86-64 ELF64 relocatable object.
     pub fn parse(data: &'a [u8]) -> Result<Self> {
+        // clang -flto writes LLVM bitcode (raw, or in the bitcode wrapper) instead of ELF: an
+        // empty object flagged as LTO, so it is refused like a gcc LTO object.
+        if data.starts_with(b"BC\xc0\xde") || data.starts_with(&[0xde, 0xc0, 0x17, 0x0b]) {
+            return Ok(Object {
+                sections: Vec::new(),
+                symbols: Vec::new(),
+                source_file: None,
+                llvm_bitcode: true,
+            });
+        }
         if data.len() < 16 || &data[..4] != b"\x7fELF" {
             return Err(Error::NotElf);
         }
@@ -383,6 +395,7 @@ impl<'a> Object<'a> {
             sections,
             symbols,
             source_file,
+            llvm_bitcode: false,
         })
     }
 
@@ -401,9 +414,10 @@ impl<'a> Object<'a> {
     }
     /// True when the object carries GCC or LLVM link-time-optimisation bytecode.
     pub fn is_lto(&self) -> bool {
-        self.sections.iter().any(|s| {
-            s.name.starts_with(".gnu.lto_") || s.name == ".llvm.lto" || s.name == ".llvmbc"
-        })
+        self.llvm_bitcode
+            || self.sections.iter().any(|s| {
+                s.name.starts_with(".gnu.lto_") || s.name == ".llvm.lto" || s.name == ".llvmbc"
+            })
     }
 }
 
