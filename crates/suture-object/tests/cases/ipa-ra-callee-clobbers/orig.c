@@ -1,0 +1,28 @@
+/* Volume levels of an audio mixing service. */
+#include <stdio.h>
+
+#define LEVEL_MAX 100
+
+__attribute__((noinline)) static int level_clamp(int v)
+{
+    if (v < 0)
+        return 0;
+    if (v > LEVEL_MAX)
+        return LEVEL_MAX;
+    return v;
+}
+
+int level_sum(const int *levels, int n)
+{
+    int sum = 0;
+
+    for (int i = 0; i < n; i++)
+        sum += level_clamp(levels[i]);
+    return sum;
+}
+
+void level_apply(int *dst, const int *src, int n, int gain)
+{
+    for (int i = 0; i < n; i++)
+        dst[i] = level_clamp(src[i] * gain / 16);
+}

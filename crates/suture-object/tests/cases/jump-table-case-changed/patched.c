@@ -1,0 +1,47 @@
+/* Opcode dispatcher of a tiny bytecode VM used for request filters. */
+#include <stdint.h>
+
+enum op {
+    OP_NOP, OP_PUSH, OP_POP, OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_AND,
+    OP_OR, OP_XOR, OP_NOT, OP_EQ, OP_LT, OP_JMP, OP_JZ, OP_HALT,
+};
+
+struct vm {
+    int64_t stack[64];
+    unsigned int sp;
+    unsigned int pc;
+    int halted;
+};
+
+int vm_step(struct vm *m, const uint8_t *code, unsigned int len)
+{
+    uint8_t op = code[m->pc++];
+    int64_t a, b;
+
+    switch (op) {
+    case OP_NOP: break;
+    case OP_PUSH: m->stack[m->sp++] = (int8_t)code[m->pc++]; break;
+    case OP_POP: m->sp--; break;
+    case OP_ADD: b = m->stack[--m->sp]; a = m->stack[--m->sp]; m->stack[m->sp++] = a + b; break;
+    case OP_SUB: b = m->stack[--m->sp]; a = m->stack[--m->sp]; m->stack[m->sp++] = a - b; break;
+    case OP_MUL: b = m->stack[--m->sp]; a = m->stack[--m->sp]; m->stack[m->sp++] = a * b; break;
+    case OP_DIV:
+        b = m->stack[--m->sp];
+        a = m->stack[--m->sp];
+        if (b == 0)     /* a filter dividing by zero killed the worker with SIGFPE */
+            return -1;
+        m->stack[m->sp++] = a / b;
+        break;
+    case OP_AND: b = m->stack[--m->sp]; a = m->stack[--m->sp]; m->stack[m->sp++] = a & b; break;
+    case OP_OR: b = m->stack[--m->sp]; a = m->stack[--m->sp]; m->stack[m->sp++] = a | b; break;
+    case OP_XOR: b = m->stack[--m->sp]; a = m->stack[--m->sp]; m->stack[m->sp++] = a ^ b; break;
+    case OP_NOT: m->stack[m->sp - 1] = !m->stack[m->sp - 1]; break;
+    case OP_EQ: b = m->stack[--m->sp]; a = m->stack[--m->sp]; m->stack[m->sp++] = a == b; break;
+    case OP_LT: b = m->stack[--m->sp]; a = m->stack[--m->sp]; m->stack[m->sp++] = a < b; break;
+    case OP_JMP: m->pc = code[m->pc]; break;
+    case OP_JZ: a = m->stack[--m->sp]; m->pc = a ? m->pc + 1 : code[m->pc]; break;
+    case OP_HALT: m->halted = 1; break;
+    default: return -1;
+    }
+    return m->pc < len ? 0 : -1;
+}
