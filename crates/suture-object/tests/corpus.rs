@@ -20,39 +20,8 @@ fn run_case(case: &Case, config: &str, cache: &Path) -> Result<(), Failed> {
     let patched_o = compile(cc, &flags, &unit, &read("patched.c")?, cache)?;
     let orig_bytes = std::fs::read(&orig_o).map_err(|e| e.to_string())?;
     let patched_bytes = std::fs::read(&patched_o).map_err(|e| e.to_string())?;
-    let a = suture_object::Object::parse(&orig_bytes).map_err(|e| e.to_string())?;
-    let b = suture_object::Object::parse(&patched_bytes).map_err(|e| e.to_string())?;
-    let d = match suture_object::analyze(&a, &b) {
-        Ok(d) => d,
-        Err(e) => {
-            return match &case.expect.error {
-                Some(want) if e.to_string().contains(want.as_str()) => Ok(()),
-                _ => Err(format!("differ failed: {e}").into()),
-            }
-        }
-    };
-    if let Some(want) = &case.expect.error {
-        return Err(format!("expected an error containing {want:?}, got a report").into());
-    }
-    let fails = check(&case.expect, &d.report);
-    if !fails.is_empty() {
-        return Err(format!(
-            "{}\n\ndecisions:\n{}",
-            fails.join("\n"),
-            decisions(&d.report)
-        )
-        .into());
-    }
-    golden(
-        &case.dir.join("golden").join(format!("{config}.txt")),
-        &decisions(&d.report),
-    )?;
-    if d.report.status == suture_object::Status::Patchable {
-        let bytes = suture_object::emit::emit(&d).map_err(|e| format!("emit: {e}"))?;
-        let work = cache.join("emitted").join(&case.name).join(config);
-        validate_patch_object(&bytes, &work)?;
-    }
-    Ok(())
+    let work = cache.join("emitted").join(&case.name).join(config);
+    judge(case, config, &orig_bytes, &patched_bytes, &work).map_err(Failed::from)
 }
 
 fn main() {

@@ -356,3 +356,104 @@ pub fn validate_patch_object(bytes: &[u8], dir: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Diffs two objects and checks everything a case promises: expectations, golden decisions
+/// (`golden/<label>.txt` in the case directory) and, when patchable, a valid patch object.
+pub fn judge(
+    case: &Case,
+    label: &str,
+    orig: &[u8],
+    patched: &[u8],
+    work: &Path,
+) -> Result<(), String> {
+    let a = suture_object::Object::parse(orig).map_err(|e| format!("original: {e}"))?;
+    let b = suture_object::Object::parse(patched).map_err(|e| format!("patched: {e}"))?;
+    let d = match suture_object::analyze(&a, &b) {
+        Ok(d) => d,
+        Err(e) => {
+            return match &case.expect.error {
+                Some(want) if e.to_string().contains(want.as_str()) => Ok(()),
+                _ => Err(format!("differ failed: {e}")),
+            }
+        }
+    };
+    if let Some(want) = &case.expect.error {
+        return Err(format!(
+            "expected an error containing {want:?}, got a report"
+        ));
+    }
+    let fails = check(&case.expect, &d.report);
+    if !fails.is_empty() {
+        return Err(format!(
+            "{}\n\ndecisions:\n{}",
+            fails.join("\n"),
+            decisions(&d.report)
+        ));
+    }
+    golden(
+        &case.dir.join("golden").join(format!("{label}.txt")),
+        &decisions(&d.report),
+    )?;
+    if d.report.status == suture_object::Status::Patchable {
+        let bytes = suture_object::emit::emit(&d).map_err(|e| format!("emit: {e}"))?;
+        validate_patch_object(&bytes, work)?;
+    }
+    Ok(())
+}
+
+/// Hash of files, for caching objects built by scripts.
+pub fn hash_files(files: &[&Path], extra: &str) -> String {
+    let mut h = DefaultHasher::new();
+    extra.hash(&mut h);
+    for f in files {
+        std::fs::read(f).unwrap_or_default().hash(&mut h);
+    }
+    format!("{:016x}", h.finish())
+}
+
+/// Runs a build script that writes `out/orig.o` and `out/patched.o`, serialised with other
+/// users of `lock` (a shared source tree), and caches the result under `out`.
+pub fn build_with_script(
+    script: &Path,
+    args: &[&std::ffi::OsStr],
+    out: &Path,
+    lock: &Path,
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let (o, p) = (out.join("orig.o"), out.join("patched.o"));
+    if !(o.is_file() && p.is_file()) {
+        std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
+        let res = Command::new("flock")
+            .arg(lock)
+            .arg("bash")
+            .arg(script)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !res.status.success() {
+            let err = String::from_utf8_lossy(&res.stderr);
+            let tail: Vec<&str> = err.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            let _ = std::fs::remove_file(&o);
+            let _ = std::fs::remove_file(&p);
+            return Err(format!("{} failed:\n{}", script.display(), tail.join("\n")));
+        }
+    }
+    let read = |f: &Path| std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()));
+    Ok((read(&o)?, read(&p)?))
+}
+
+/// For tiers that need prepared source trees: the tree from `var`, or why the tier cannot run.
+/// Locally an unset variable skips the tier; under CI it is an error.
+pub fn tier_root(var: &str, tier: &str) -> Result<Option<PathBuf>, String> {
+    match std::env::var_os(var) {
+        Some(v) => Ok(Some(PathBuf::from(v))),
+        None if std::env::var_os("CI").is_some() => Err(format!(
+            "{var} is not set: the {tier} tier must run in CI (scripts/test.sh prepares it)"
+        )),
+        None => {
+            eprintln!("note: {tier} tier skipped: set {var} (scripts/test.sh does)");
+            Ok(None)
+        }
+    }
+}
