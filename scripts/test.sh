@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# Runs suture's whole test suite. As root, installs the Debian packages it needs first.
+# Runs suture's whole test suite, including the tiers that need prepared source trees:
+#   - real Linux kernel translation units (Debian's linux-source, Debian's config and gcc-12),
+#   - translation units of real C projects (Debian source packages, Debian's build flags).
+# As root it installs the Debian packages it needs. Trees are cached in $SUTURE_CACHE
+# (default /var/tmp/suture, ~3 GB); a second run reuses them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+exec </dev/null
 
-packages=(gcc clang binutils patch make)
+cache=${SUTURE_CACHE:-/var/tmp/suture}
+mkdir -p "$cache"
+
+packages=(gcc clang binutils patch make util-linux)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,6 +26,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
         exit 1
     fi
 fi
+
+echo "==> preparing the kernel tree in $cache/kernel-tree"
+bash scripts/kernel-tree.sh "$cache/kernel-tree"
+export SUTURE_KERNEL_TREE="$cache/kernel-tree"
+export SUTURE_DEBIAN_SRC="$cache/debian-src"
+export SUTURE_REAL_BUILD="$cache/real-build"
+mkdir -p "$SUTURE_DEBIAN_SRC"
 
 echo "==> cargo test"
 if cargo nextest --version >/dev/null 2>&1; then
