@@ -339,6 +339,24 @@ pub fn validate_patch_object(bytes: &[u8], dir: &Path) -> Result<(), String> {
         .ok_or("no manifest section")?;
     let report: serde_json::Value =
         serde_json::from_slice(manifest.data).map_err(|e| format!("manifest: {e}"))?;
+    // Every undefined symbol is a reference the manifest declares (the loader resolves them).
+    let declared: Vec<&str> = report["references"]
+        .as_array()
+        .ok_or("manifest lacks references")?
+        .iter()
+        .filter_map(|r| r["patch_symbol"].as_str())
+        .collect();
+    for s in &o.symbols {
+        if s.place == suture_object::elf::Place::Undefined
+            && !s.name.is_empty()
+            && !declared.contains(&s.name.as_str())
+        {
+            return Err(format!(
+                "undefined symbol {} is not declared in the manifest",
+                s.name
+            ));
+        }
+    }
     for f in report["changed_functions"]
         .as_array()
         .ok_or("manifest lacks functions")?
