@@ -1,0 +1,11 @@
+//! `suture-process`: live patching of running processes.
+//!
+//! The only crate of suture that calls ptrace. Its promise: a target is left running either
+//! fully patched or untouched, and never receives a stray stop or trap after suture detaches.
+//!
+//! Modules:
+//! - [`ids`]: typed process, thread and address values.
+//! - [`link`]: laying out a patch object for a given place in a target and applying its
+//!   relocations (pure computation: no ptrace, testable on bytes).
+pub mod ids;
+pub mod link;
