@@ -9,3 +9,4 @@
 //!   relocations (pure computation: no ptrace, testable on bytes).
 pub mod ids;
 pub mod link;
+pub mod symbols;
