@@ -1,0 +1,307 @@
+//! The record a live patch keeps inside its target.
+//!
+//! Every patch region starts with this header, so `suture status` and `suture revert` work from
+//! the process alone, even when suture's own files are gone: the header names the patch and the
+//! object it patches, and keeps the original bytes of every function entry it redirected.
+//!
+//! Layout, version 1 (little-endian):
+//! ```text
+//!  0  magic        b"SUTURE\0\x01"
+//!  8  length       u32  total header bytes
+//! 12  state        u32  1 = loaded (not live), 2 = live, 3 = reverted
+//! 16  region_size  u64
+//! 24  applied_at   u64  seconds since the epoch
+//! 32  n_redirects  u32
+//! 36  reserved     u32
+//! 40  patch_id     u16 length + UTF-8
+//!     build_id     u16 length + bytes (of the patched object)
+//!     object       u16 length + UTF-8 (its path as the target maps it)
+//!     redirects    n × { from u64, to u64, len u8, saved [u8; 15] }
+//! ```
+//! Data read back from a target is untrusted: [`Header::decode`] bounds every field.
+
+use thiserror::Error;
+
+pub const MAGIC: &[u8; 8] = b"SUTURE\0\x01";
+/// The most a header may occupy (and the most `decode` reads).
+pub const MAX_LEN: usize = 64 * 1024;
+const MAX_REDIRECTS: usize = 2048;
+const REDIRECT_LEN: usize = 8 + 8 + 1 + 15;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// Code is in place but no function is redirected yet.
+    Loaded,
+    /// Every redirect is written.
+    Live,
+    /// The redirects were undone; the region is about to be unmapped.
+    Reverted,
+}
+
+impl State {
+    fn code(self) -> u32 {
+        match self {
+            State::Loaded => 1,
+            State::Live => 2,
+            State::Reverted => 3,
+        }
+    }
+    fn from_code(c: u32) -> Option<State> {
+        Some(match c {
+            1 => State::Loaded,
+            2 => State::Live,
+            3 => State::Reverted,
+            _ => return None,
+        })
+    }
+}
+
+/// One redirected function entry: the jump written at `from` and the bytes it replaced.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Redirect {
+    pub from: u64,
+    pub to: u64,
+    /// Original bytes at `from` (as many as the jump overwrote).
+    pub saved: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Header {
+    pub state: State,
+    pub region_size: u64,
+    pub applied_at: u64,
+    pub patch_id: String,
+    pub build_id: Vec<u8>,
+    pub object: String,
+    pub redirects: Vec<Redirect>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum HeaderError {
+    #[error("no suture header (magic mismatch)")]
+    NoMagic,
+    #[error("suture header truncated at byte {0}")]
+    Truncated(usize),
+    #[error("suture header field {0} is invalid")]
+    Invalid(&'static str),
+    #[error("suture header would exceed {MAX_LEN} bytes")]
+    TooLarge,
+}
+
+fn put_str(out: &mut Vec<u8>, s: &[u8]) -> Result<(), HeaderError> {
+    let n = u16::try_from(s.len()).map_err(|_| HeaderError::TooLarge)?;
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(s);
+    Ok(())
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], HeaderError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .ok_or(HeaderError::Truncated(self.at))?;
+        let s = self
+            .b
+            .get(self.at..end)
+            .ok_or(HeaderError::Truncated(self.at))?;
+        self.at = end;
+        Ok(s)
+    }
+    fn u16(&mut self) -> Result<u16, HeaderError> {
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+    fn u32(&mut self) -> Result<u32, HeaderError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, HeaderError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], HeaderError> {
+        let n = self.u16()? as usize;
+        self.take(n)
+    }
+}
+
+impl Header {
+    pub fn encode(&self) -> Result<Vec<u8>, HeaderError> {
+        if self.redirects.len() > MAX_REDIRECTS {
+            return Err(HeaderError::TooLarge);
+        }
+        let mut out = Vec::with_capacity(256 + self.redirects.len() * REDIRECT_LEN);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&0u32.to_le_bytes()); // length, patched below
+        out.extend_from_slice(&self.state.code().to_le_bytes());
+        out.extend_from_slice(&self.region_size.to_le_bytes());
+        out.extend_from_slice(&self.applied_at.to_le_bytes());
+        out.extend_from_slice(&(self.redirects.len() as u32).to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        put_str(&mut out, self.patch_id.as_bytes())?;
+        put_str(&mut out, &self.build_id)?;
+        put_str(&mut out, self.object.as_bytes())?;
+        for r in &self.redirects {
+            if r.saved.len() > 15 {
+                return Err(HeaderError::Invalid("saved bytes"));
+            }
+            out.extend_from_slice(&r.from.to_le_bytes());
+            out.extend_from_slice(&r.to.to_le_bytes());
+            out.push(r.saved.len() as u8);
+            let mut saved = [0u8; 15];
+            saved[..r.saved.len()].copy_from_slice(&r.saved);
+            out.extend_from_slice(&saved);
+        }
+        if out.len() > MAX_LEN {
+            return Err(HeaderError::TooLarge);
+        }
+        let len = out.len() as u32;
+        out[8..12].copy_from_slice(&len.to_le_bytes());
+        Ok(out)
+    }
+
+    /// Offset of the `state` field, for updating it in place with one small write.
+    pub const STATE_OFFSET: u64 = 12;
+
+    pub fn state_bytes(state: State) -> [u8; 4] {
+        state.code().to_le_bytes()
+    }
+
+    /// Decodes a header from bytes read at the start of a candidate region.
+    pub fn decode(b: &[u8]) -> Result<Header, HeaderError> {
+        if b.len() < 8 || &b[..8] != MAGIC {
+            return Err(HeaderError::NoMagic);
+        }
+        let mut r = Reader { b, at: 8 };
+        let len = r.u32()? as usize;
+        if len > MAX_LEN || len > b.len() {
+            return Err(HeaderError::Truncated(b.len()));
+        }
+        let mut r = Reader {
+            b: &b[..len],
+            at: 12,
+        };
+        let state = State::from_code(r.u32()?).ok_or(HeaderError::Invalid("state"))?;
+        let region_size = r.u64()?;
+        let applied_at = r.u64()?;
+        let n = r.u32()? as usize;
+        let _reserved = r.u32()?;
+        if n > MAX_REDIRECTS {
+            return Err(HeaderError::Invalid("redirect count"));
+        }
+        let text = |s: &[u8], what| {
+            std::str::from_utf8(s)
+                .map(str::to_string)
+                .map_err(|_| HeaderError::Invalid(what))
+        };
+        let patch_id = text(r.bytes()?, "patch id")?;
+        let build_id = r.bytes()?.to_vec();
+        let object = text(r.bytes()?, "object")?;
+        let mut redirects = Vec::with_capacity(n);
+        for _ in 0..n {
+            let from = r.u64()?;
+            let to = r.u64()?;
+            let k = r.take(1)?[0] as usize;
+            let saved = r.take(15)?;
+            if k > 15 {
+                return Err(HeaderError::Invalid("saved length"));
+            }
+            redirects.push(Redirect {
+                from,
+                to,
+                saved: saved[..k].to_vec(),
+            });
+        }
+        Ok(Header {
+            state,
+            region_size,
+            applied_at,
+            patch_id,
+            build_id,
+            object,
+            redirects,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Header {
+        Header {
+            state: State::Live,
+            region_size: 0x5000,
+            applied_at: 1_700_000_000,
+            patch_id: "service.patch".into(),
+            build_id: vec![0xab; 20],
+            object: "/usr/sbin/service".into(),
+            redirects: vec![
+                Redirect {
+                    from: 0x5555_0000_1130,
+                    to: 0x5555_8000_1000,
+                    saved: vec![0xf3, 0x0f, 0x1e, 0xfa, 0x55],
+                },
+                Redirect {
+                    from: 0x5555_0000_2000,
+                    to: 0x5555_8000_1100,
+                    saved: vec![0x41, 0x57, 0x41, 0x56, 0x41],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let h = sample();
+        let b = h.encode().unwrap();
+        assert_eq!(Header::decode(&b).unwrap(), h);
+        // Trailing bytes (the rest of the page) are ignored.
+        let mut padded = b.clone();
+        padded.resize(4096, 0);
+        assert_eq!(Header::decode(&padded).unwrap(), h);
+    }
+
+    #[test]
+    fn state_updates_in_place() {
+        let mut b = sample().encode().unwrap();
+        let at = Header::STATE_OFFSET as usize;
+        b[at..at + 4].copy_from_slice(&Header::state_bytes(State::Reverted));
+        assert_eq!(Header::decode(&b).unwrap().state, State::Reverted);
+    }
+
+    #[test]
+    fn hostile_bytes_are_errors() {
+        let b = sample().encode().unwrap();
+        assert_eq!(Header::decode(&b[..4]), Err(HeaderError::NoMagic));
+        for cut in 8..b.len() {
+            assert!(Header::decode(&b[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad = b.clone();
+        bad[12] = 9;
+        assert_eq!(Header::decode(&bad), Err(HeaderError::Invalid("state")));
+        let mut huge = b.clone();
+        huge[32..36].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Header::decode(&huge).is_err());
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            let mut m = b.clone();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let i = (x % m.len() as u64) as usize;
+            m[i] ^= (x >> 32) as u8 | 1;
+            let _ = Header::decode(&m); // must not panic
+        }
+    }
+}
