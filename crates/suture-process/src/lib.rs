@@ -7,6 +7,7 @@
 //! - [`ids`]: typed process, thread and address values.
 //! - [`link`]: laying out a patch object for a given place in a target and applying its
 //!   relocations (pure computation: no ptrace, testable on bytes).
+pub mod commit;
 pub mod header;
 pub mod ids;
 pub mod link;

@@ -1,0 +1,268 @@
+//! The commit routine: the switch to (or back from) patched code, executed by the target.
+//!
+//! Writing several jumps with one `pwrite` each from suture would leave a half-patched process
+//! if suture were killed between two writes. Instead one stopped thread of the target is pointed
+//! at this routine. It opens `/proc/self/mem`, writes every jump (and the header's new state),
+//! closes the file, makes a marker `getpid` system call, restores every general-purpose register
+//! and the flags from the commit block, and jumps back to where the thread was stopped.
+//!
+//! - If suture dies before the thread is pointed here, nothing was written.
+//! - Once the thread runs the routine, it completes alone: no breakpoint, no tracer needed.
+//! - If a write fails, the routine writes back the bytes it had already replaced and leaves the
+//!   header state unchanged, so the target runs its original code.
+//!
+//! suture follows the routine with `PTRACE_SYSCALL` and, at the marker, restores the thread's
+//! registers itself (the fast path); the routine's own restore runs only when suture is gone.
+//! The routine uses no stack except 256 bytes below the thread's red zone to restore the flags.
+//!
+//! Layout of the commit block (read-only for the target; written by suture through
+//! `/proc/PID/mem`):
+//! ```text
+//!   0   saved registers: rax rbx rcx rdx rsi rdi rbp rsp r8 .. r15 rip rflags  (18 × u64)
+//! 144   "/proc/self/mem\0"
+//! 160   state value (u32) written to the header when every jump is in place
+//! 168   writes: n × { bytes [u8; 16] } — new bytes, then the original bytes (for undo)
+//! ```
+
+/// General-purpose registers in the order of the commit block.
+pub const REGS: [&str; 18] = [
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15", "rip", "rflags",
+];
+
+const PATH_OFF: u64 = 144;
+const STATE_OFF: u64 = 160;
+const WRITES_OFF: u64 = 168;
+const SLOT: u64 = 16;
+
+const SYS_OPEN: u32 = 2;
+const SYS_CLOSE: u32 = 3;
+const SYS_PWRITE64: u32 = 18;
+const SYS_GETPID: u32 = 39;
+/// The marker system call suture waits for.
+pub const MARKER_SYSCALL: u64 = SYS_GETPID as u64;
+
+/// One write the routine performs: `new` at `addr`, and `old` to put back on failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    pub addr: u64,
+    pub new: Vec<u8>,
+    pub old: Vec<u8>,
+}
+
+/// Generated routine and block, for given addresses.
+pub struct Commit {
+    /// Machine code, to be placed at `code_addr`.
+    pub code: Vec<u8>,
+    /// The commit block, to be placed at `block_addr` (registers filled in by
+    /// [`Commit::block_with_registers`]).
+    pub block: Vec<u8>,
+}
+
+struct Asm {
+    code: Vec<u8>,
+    base: u64,
+}
+
+impl Asm {
+    fn here(&self) -> u64 {
+        self.base + self.code.len() as u64
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.code.extend_from_slice(b);
+    }
+    /// `mov r32, imm32` for eax (0), edx (2), esi (6).
+    fn mov_r32(&mut self, reg: u8, imm: u32) {
+        self.code.push(0xb8 + reg);
+        self.bytes(&imm.to_le_bytes());
+    }
+    /// `movabs r64, imm64`; `reg` 0-15.
+    fn movabs(&mut self, reg: u8, imm: u64) {
+        self.code.push(if reg >= 8 { 0x49 } else { 0x48 });
+        self.code.push(0xb8 + (reg & 7));
+        self.bytes(&imm.to_le_bytes());
+    }
+    fn syscall(&mut self) {
+        self.bytes(&[0x0f, 0x05]);
+    }
+    /// `mov reg, [rip + (target - next)]`; `reg` 0-15.
+    fn load_rip(&mut self, reg: u8, target: u64) {
+        self.code.push(if reg >= 8 { 0x4c } else { 0x48 });
+        self.code.push(0x8b);
+        self.code.push(((reg & 7) << 3) | 0b101);
+        let next = self.here() + 4;
+        self.bytes(&(target.wrapping_sub(next) as i32).to_le_bytes());
+    }
+    /// A `jcc rel32` / `jmp rel32` with the displacement to patch later; returns its offset.
+    fn jump_placeholder(&mut self, opcode: &[u8]) -> usize {
+        self.bytes(opcode);
+        let at = self.code.len();
+        self.bytes(&[0; 4]);
+        at
+    }
+    fn patch_jump(&mut self, at: usize, target: u64) {
+        let next = self.base + at as u64 + 4;
+        let d = target.wrapping_sub(next) as i32;
+        self.code[at..at + 4].copy_from_slice(&d.to_le_bytes());
+    }
+}
+
+// Register numbers as x86 encodes them.
+const RAX: u8 = 0;
+const RDX: u8 = 2;
+const RSI: u8 = 6;
+const RDI: u8 = 7;
+const R10: u8 = 10;
+/// Block index of each register, in encoding order rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8..
+const BLOCK_INDEX: [usize; 16] = [0, 2, 3, 1, 7, 6, 4, 5, 8, 9, 10, 11, 12, 13, 14, 15];
+
+impl Commit {
+    /// Generates the routine for code at `code_addr` and its block at `block_addr`, performing
+    /// `writes` and then storing `state` (4 bytes) at `state_addr`.
+    ///
+    /// Every write must be at most 16 bytes and its `old` bytes as long as its `new` bytes.
+    pub fn generate(
+        code_addr: u64,
+        block_addr: u64,
+        writes: &[Write],
+        state_addr: u64,
+        state: [u8; 4],
+    ) -> Commit {
+        let mut block = vec![0u8; (WRITES_OFF + 2 * SLOT * writes.len() as u64) as usize];
+        block[PATH_OFF as usize..PATH_OFF as usize + 15].copy_from_slice(b"/proc/self/mem\0");
+        block[STATE_OFF as usize..STATE_OFF as usize + 4].copy_from_slice(&state);
+        for (i, w) in writes.iter().enumerate() {
+            assert!(w.new.len() <= SLOT as usize && w.old.len() == w.new.len());
+            let at = (WRITES_OFF + 2 * SLOT * i as u64) as usize;
+            block[at..at + w.new.len()].copy_from_slice(&w.new);
+            let at = at + SLOT as usize;
+            block[at..at + w.old.len()].copy_from_slice(&w.old);
+        }
+        let new_slot = |i: usize| block_addr + WRITES_OFF + 2 * SLOT * i as u64;
+        let old_slot = |i: usize| new_slot(i) + SLOT;
+
+        let mut a = Asm {
+            code: Vec::new(),
+            base: code_addr,
+        };
+        // fd = open("/proc/self/mem", O_RDWR)
+        a.mov_r32(RAX, SYS_OPEN);
+        a.movabs(RDI, block_addr + PATH_OFF);
+        a.mov_r32(RSI, 2);
+        a.bytes(&[0x31, 0xd2]); // xor edx, edx
+        a.syscall();
+        a.bytes(&[0x48, 0x85, 0xc0]); // test rax, rax
+        let open_failed = a.jump_placeholder(&[0x0f, 0x88]); // js
+        a.bytes(&[0x49, 0x89, 0xc4]); // mov r12, rax
+
+        // pwrite64(fd, new_i, len_i, addr_i) for each write; on a short write, undo.
+        let mut failed_at = Vec::new();
+        let pwrite = |a: &mut Asm, src: u64, len: usize, dst: u64| {
+            a.mov_r32(RAX, SYS_PWRITE64);
+            a.bytes(&[0x4c, 0x89, 0xe7]); // mov rdi, r12
+            a.movabs(RSI, src);
+            a.mov_r32(RDX, len as u32);
+            a.movabs(R10, dst);
+            a.syscall();
+        };
+        for (i, w) in writes.iter().enumerate() {
+            pwrite(&mut a, new_slot(i), w.new.len(), w.addr);
+            a.bytes(&[0x48, 0x3d]); // cmp rax, imm32
+            a.bytes(&(w.new.len() as u32).to_le_bytes());
+            failed_at.push(a.jump_placeholder(&[0x0f, 0x85])); // jne undo_i
+        }
+        // Every jump is in place: publish the state (if that fails, undo every write).
+        pwrite(&mut a, block_addr + STATE_OFF, 4, state_addr);
+        a.bytes(&[0x48, 0x3d]); // cmp rax, 4
+        a.bytes(&4u32.to_le_bytes());
+        failed_at.push(a.jump_placeholder(&[0x0f, 0x85])); // jne undo_n
+        let done = a.jump_placeholder(&[0xe9]);
+
+        // undo_i: write back the original bytes of writes i-1 .. 0 (write i did not happen).
+        let mut undo_entry = vec![0u64; writes.len() + 1];
+        for i in (0..=writes.len()).rev() {
+            undo_entry[i] = a.here();
+            if i > 0 {
+                let j = i - 1;
+                pwrite(&mut a, old_slot(j), writes[j].old.len(), writes[j].addr);
+            }
+        }
+        // Fall through from the undo chain into close.
+        let close_at = a.here();
+        a.mov_r32(RAX, SYS_CLOSE);
+        a.bytes(&[0x4c, 0x89, 0xe7]); // mov rdi, r12
+        a.syscall();
+        let finish = a.here();
+        a.mov_r32(RAX, SYS_GETPID);
+        a.syscall();
+        // Restore: rflags through a scratch slot below the red zone, then every register.
+        let reg = |name: &str| {
+            block_addr
+                + 8 * REGS
+                    .iter()
+                    .position(|r| *r == name)
+                    .expect("known register") as u64
+        };
+        a.load_rip(4, reg("rsp")); // mov rsp, [saved rsp]
+        a.bytes(&[0x48, 0x8d, 0xa4, 0x24, 0x00, 0xfe, 0xff, 0xff]); // lea rsp, [rsp-0x200]
+        a.bytes(&[0xff, 0x35]); // push qword [rip + rflags]
+        let next = a.here() + 4;
+        a.bytes(&(reg("rflags").wrapping_sub(next) as i32).to_le_bytes());
+        a.code.push(0x9d); // popfq
+        for (enc, &idx) in BLOCK_INDEX.iter().enumerate() {
+            a.load_rip(enc as u8, block_addr + 8 * idx as u64);
+        }
+        a.bytes(&[0xff, 0x25]); // jmp qword [rip + saved rip]
+        let next = a.here() + 4;
+        a.bytes(&(reg("rip").wrapping_sub(next) as i32).to_le_bytes());
+
+        a.patch_jump(open_failed, finish);
+        a.patch_jump(done, close_at);
+        for (i, at) in failed_at.into_iter().enumerate() {
+            a.patch_jump(at, undo_entry[i]);
+        }
+        Commit {
+            code: a.code,
+            block,
+        }
+    }
+
+    /// The block with the thread's registers filled in (values in [`REGS`] order).
+    pub fn block_with_registers(&self, regs: &[u64; 18]) -> Vec<u8> {
+        let mut b = self.block.clone();
+        for (i, v) in regs.iter().enumerate() {
+            b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_holds_path_state_and_writes() {
+        let w = vec![Write {
+            addr: 0x401000,
+            new: vec![0xe9, 1, 2, 3, 4],
+            old: vec![0x55, 0x48, 0x89, 0xe5, 0x90],
+        }];
+        let c = Commit::generate(0x10000, 0x20000, &w, 0x30000, [2, 0, 0, 0]);
+        assert_eq!(&c.block[144..159], b"/proc/self/mem\0");
+        assert_eq!(&c.block[160..164], &[2, 0, 0, 0]);
+        assert_eq!(&c.block[168..173], &[0xe9, 1, 2, 3, 4]);
+        assert_eq!(&c.block[184..189], &[0x55, 0x48, 0x89, 0xe5, 0x90]);
+        let regs: [u64; 18] = std::array::from_fn(|i| i as u64 * 0x1111);
+        let b = c.block_with_registers(&regs);
+        assert_eq!(
+            u64::from_le_bytes(b[16 * 8..17 * 8].try_into().unwrap()),
+            16 * 0x1111
+        );
+        // The routine ends with an indirect jump through the saved rip.
+        let n = c.code.len();
+        assert_eq!(&c.code[n - 6..n - 4], &[0xff, 0x25]);
+        let disp = i32::from_le_bytes(c.code[n - 4..].try_into().unwrap()) as i64;
+        assert_eq!(0x10000 + n as i64 + disp, 0x20000 + 16 * 8);
+    }
+}
