@@ -11,4 +11,5 @@ pub mod commit;
 pub mod header;
 pub mod ids;
 pub mod link;
+pub mod stack;
 pub mod symbols;

@@ -1,0 +1,227 @@
+//! The consistency check: is any thread executing, anywhere on its stack, a function that is
+//! about to be replaced?
+//!
+//! Each thread's stack is read in one bulk copy ([`StackSnapshot`]) and unwound with the
+//! `.eh_frame` of the mapped objects and of live patch regions. When unwinding cannot reach the
+//! end of the stack (missing unwind info, hand-written assembly), the check falls back to a
+//! conservative scan: any word of the stack that points into a busy function counts as a frame.
+//! A false "busy" only delays the patch; a false "clear" could break the target, so every doubt
+//! resolves to busy.
+
+use std::ops::Range;
+
+use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
+use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
+use object::{Object as _, ObjectSection as _};
+
+/// Code that must not be on any stack at the switch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BusyRange {
+    pub range: Range<u64>,
+    pub name: String,
+}
+
+/// A copy of one thread's stack from `base` upwards.
+#[derive(Clone, Debug, Default)]
+pub struct StackSnapshot {
+    pub base: u64,
+    pub bytes: Vec<u8>,
+}
+
+impl StackSnapshot {
+    fn read(&self, addr: u64) -> Option<u64> {
+        let off = addr.checked_sub(self.base)? as usize;
+        let b = self.bytes.get(off..off.checked_add(8)?)?;
+        Some(u64::from_le_bytes(b.try_into().ok()?))
+    }
+}
+
+/// What the check found on one thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finding {
+    Clear,
+    /// `depth` 0 is the instruction pointer; `exact` is false for the conservative scan.
+    Busy {
+        name: String,
+        depth: usize,
+        exact: bool,
+    },
+}
+
+/// Unwind information of the objects in one target.
+#[derive(Default)]
+pub struct UnwindInfo {
+    unwinder: UnwinderX86_64<Vec<u8>>,
+    /// Code ranges that have unwind information. A frame outside them means framehop fell
+    /// back to frame pointers, which -O2 code does not keep: such an unwind is not trusted.
+    ranges: Vec<Range<u64>>,
+}
+
+const MAX_FRAMES: usize = 1024;
+
+impl UnwindInfo {
+    /// Adds an ELF file mapped with load `bias`, whose executable code occupies `code`.
+    /// Files without `.eh_frame` are skipped (the conservative scan covers them).
+    pub fn add_elf(&mut self, name: &str, file: &[u8], bias: u64, code: Range<u64>) {
+        let Ok(elf) = object::File::parse(file) else {
+            return;
+        };
+        let section = |n: &str| {
+            elf.section_by_name(n).and_then(|s| {
+                let data = s.data().ok()?.to_vec();
+                Some((s.address()..s.address() + s.size(), data))
+            })
+        };
+        let eh_frame = section(".eh_frame");
+        if eh_frame.is_none() {
+            return;
+        }
+        let hdr = section(".eh_frame_hdr");
+        let text = section(".text");
+        let info = ExplicitModuleSectionInfo {
+            base_svma: 0,
+            text_svma: text.as_ref().map(|t| t.0.clone()),
+            text: text.map(|t| t.1),
+            eh_frame_svma: eh_frame.as_ref().map(|t| t.0.clone()),
+            eh_frame: eh_frame.map(|t| t.1),
+            eh_frame_hdr_svma: hdr.as_ref().map(|t| t.0.clone()),
+            eh_frame_hdr: hdr.map(|t| t.1),
+            ..Default::default()
+        };
+        self.ranges.push(code.clone());
+        self.unwinder
+            .add_module(Module::new(name.to_string(), code, bias, info));
+    }
+
+    /// Adds a live patch region whose linked `.eh_frame` bytes sit at `eh_frame_addr`.
+    pub fn add_patch(
+        &mut self,
+        name: &str,
+        code: Range<u64>,
+        eh_frame_addr: u64,
+        eh_frame: Vec<u8>,
+    ) {
+        let len = eh_frame.len() as u64;
+        let info = ExplicitModuleSectionInfo {
+            base_svma: 0,
+            eh_frame_svma: Some(eh_frame_addr..eh_frame_addr + len),
+            eh_frame: Some(eh_frame),
+            ..Default::default()
+        };
+        self.ranges.push(code.clone());
+        self.unwinder
+            .add_module(Module::new(name.to_string(), code, 0, info));
+    }
+
+    pub fn module_count(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// Checks one thread given its `rip`, `rsp`, `rbp` and stack snapshot.
+    pub fn check(
+        &self,
+        rip: u64,
+        rsp: u64,
+        rbp: u64,
+        stack: &StackSnapshot,
+        busy: &[BusyRange],
+    ) -> Finding {
+        let hit = |pc: u64| busy.iter().find(|b| b.range.contains(&pc));
+        let mut cache = CacheX86_64::<_>::new();
+        let mut read = |addr: u64| stack.read(addr).ok_or(());
+        let mut frames = self.unwinder.iter_frames(
+            rip,
+            UnwindRegsX86_64::new(rip, rsp, rbp),
+            &mut cache,
+            &mut read,
+        );
+        let mut complete = false;
+        for depth in 0..MAX_FRAMES {
+            match frames.next() {
+                Ok(Some(frame)) => {
+                    // A return address points after the call: look up the call itself.
+                    let pc = match frame {
+                        FrameAddress::InstructionPointer(pc) => pc,
+                        FrameAddress::ReturnAddress(ra) => ra.get() - 1,
+                    };
+                    if let Some(b) = hit(pc) {
+                        return Finding::Busy {
+                            name: b.name.clone(),
+                            depth,
+                            exact: true,
+                        };
+                    }
+                    if !self.ranges.iter().any(|r| r.contains(&pc)) {
+                        break;
+                    }
+                }
+                Ok(None) => {
+                    complete = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if complete {
+            return Finding::Clear;
+        }
+        // Unwinding stopped early: scan every word above the stack pointer.
+        let from = rsp.saturating_sub(stack.base) as usize;
+        let words = stack.bytes.get(from..).unwrap_or(&[]);
+        for (i, w) in words.chunks_exact(8).enumerate() {
+            let v = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            if let Some(b) = hit(v.wrapping_sub(1)) {
+                return Finding::Busy {
+                    name: b.name.clone(),
+                    depth: i + 1,
+                    exact: false,
+                };
+            }
+        }
+        match hit(rip) {
+            Some(b) => Finding::Busy {
+                name: b.name.clone(),
+                depth: 0,
+                exact: true,
+            },
+            None => Finding::Clear,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_unwind_info_the_scan_is_conservative() {
+        let info = UnwindInfo::default();
+        let busy = [BusyRange {
+            range: 0x1000..0x1100,
+            name: "handler".into(),
+        }];
+        // A return address into `handler` sits two words above rsp.
+        let mut bytes = vec![0u8; 64];
+        bytes[16..24].copy_from_slice(&0x1050u64.to_le_bytes());
+        let stack = StackSnapshot {
+            base: 0x7000,
+            bytes,
+        };
+        match info.check(0x5000, 0x7000, 0, &stack, &busy) {
+            Finding::Busy { name, exact, .. } => {
+                assert_eq!(name, "handler");
+                assert!(!exact);
+            }
+            other => panic!("expected busy, got {other:?}"),
+        }
+        let clean = StackSnapshot {
+            base: 0x7000,
+            bytes: vec![0u8; 64],
+        };
+        assert_eq!(info.check(0x5000, 0x7000, 0, &clean, &busy), Finding::Clear);
+        assert!(matches!(
+            info.check(0x1004, 0x7000, 0, &clean, &busy),
+            Finding::Busy { depth: 0, .. }
+        ));
+    }
+}
