@@ -219,11 +219,18 @@ impl<'a> Object<'a> {
                 sh.data(endian, data)
                     .map_err(|e| Error::Malformed(format!("section {} contents: {e}", index.0)))?
             };
+            let align = sh.sh_addralign(endian);
+            if align > 1 && !align.is_power_of_two() {
+                return Err(Error::Malformed(format!(
+                    "section {:?} has alignment {align:#x}, not a power of two",
+                    lossy(name)
+                )));
+            }
             sections.push(Section {
                 name: lossy(name),
                 sh_type: sh_type.0,
                 flags: sh.sh_flags(endian).0,
-                align: sh.sh_addralign(endian),
+                align,
                 entsize: sh.sh_entsize(endian),
                 size,
                 data: bytes,

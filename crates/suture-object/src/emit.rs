@@ -32,6 +32,9 @@ pub const MANIFEST_SECTION: &str = ".suture.patch";
 
 const SHF_GROUP: u64 = 0x200;
 
+/// Largest section alignment a patch object may ask for (an x86-64 huge page).
+const MAX_ALIGN: u64 = 1 << 21;
+
 struct Emitter<'d, 'o, 'a> {
     d: &'d Diff<'o, 'a>,
     out: WObject<'static>,
@@ -43,6 +46,8 @@ struct Emitter<'d, 'o, 'a> {
     absolute: HashMap<String, SymbolId>,
     /// Copied anonymous sections whose relocations still need writing.
     pending_anon: Vec<SecIdx>,
+    /// The first problem met while building the object (see [`Emitter::alignment`]).
+    error: Option<Error>,
 }
 
 fn st_info(bind: Bind, kind: u8) -> elf::SymbolInfo {
@@ -71,26 +76,54 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
         data: &[u8],
         align: u64,
     ) -> SectionId {
-        // The kind only steers `object`'s defaults; type and flags are set explicitly below.
-        let kind = if sh_type == elf::SHT_NOBITS.0 {
-            SectionKind::UninitializedData
-        } else {
-            SectionKind::Other
-        };
+        if sh_type == elf::SHT_NOBITS.0 {
+            return self.bss_section(name, flags, data.len() as u64, align);
+        }
+        let align = self.alignment(name, align);
         let id = self
             .out
-            .add_section(Vec::new(), name.as_bytes().to_vec(), kind);
+            .add_section(Vec::new(), name.as_bytes().to_vec(), SectionKind::Other);
         let s = self.out.section_mut(id);
+        // The kind only steers `object`'s defaults; type and flags are set explicitly.
         s.flags = SectionFlags::Elf {
             sh_type: elf::SectionType(sh_type),
             sh_flags: elf::SectionFlags(flags),
         };
-        if sh_type == elf::SHT_NOBITS.0 {
-            s.append_bss(data.len() as u64, align.max(1));
-        } else {
-            s.set_data(data.to_vec(), align.max(1));
-        }
+        s.set_data(data.to_vec(), align);
         id
+    }
+
+    /// An `SHT_NOBITS` section of `size` bytes (nothing is allocated for its contents).
+    fn bss_section(&mut self, name: &str, flags: u64, size: u64, align: u64) -> SectionId {
+        let align = self.alignment(name, align);
+        let id = self.out.add_section(
+            Vec::new(),
+            name.as_bytes().to_vec(),
+            SectionKind::UninitializedData,
+        );
+        let s = self.out.section_mut(id);
+        s.flags = SectionFlags::Elf {
+            sh_type: elf::SHT_NOBITS,
+            sh_flags: elf::SectionFlags(flags),
+        };
+        s.append_bss(size, align);
+        id
+    }
+
+    /// A section alignment the writer can honour: a power of two of at most [`MAX_ALIGN`]
+    /// (the writer pads the file to it). Anything else is recorded as the emitter's error and
+    /// replaced by 1 so emission can run to its end.
+    fn alignment(&mut self, name: &str, align: u64) -> u64 {
+        let align = align.max(1);
+        if align.is_power_of_two() && align <= MAX_ALIGN {
+            return align;
+        }
+        self.error.get_or_insert_with(|| {
+            Error::Unsupported(format!(
+                "section {name} requires alignment {align:#x}; at most {MAX_ALIGN:#x} is supported"
+            ))
+        });
+        1
     }
 
     fn symbol(
@@ -131,14 +164,13 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
                 format!("{}.{}", src.name, unit.name)
             };
             let flags = src.flags & !SHF_GROUP & !(elf::SHF_MERGE.0 | elf::SHF_STRINGS.0);
-            let data = if src.is_nobits() {
-                vec![0; unit.len() as usize]
-            } else {
-                p.bytes(u).to_vec()
-            };
             // Keep the alignment the unit had inside its section.
             let align = if whole { src.align } else { src.align.min(16) };
-            let sec = self.section(&name, src.sh_type, flags, &data, align);
+            let sec = if src.is_nobits() {
+                self.bss_section(&name, flags, unit.len(), align)
+            } else {
+                self.section(&name, src.sh_type, flags, p.bytes(u), align)
+            };
             let bind = match role {
                 Role::Changed | Role::DataCopy => Bind::Local,
                 Role::NewFunc | Role::NewData => unit.bind,
@@ -196,7 +228,10 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
             .section(sec)
             .bytes(start, start + len)
             .to_vec();
-        self.add_rodata(sec, start, &bytes, len.clamp(1, 64), "const")
+        // Aligned like the constant was in its section: the largest power of two dividing its
+        // size (an entry size need not be a power of two), at most 64.
+        let align = 1 << len.trailing_zeros().min(6);
+        self.add_rodata(sec, start, &bytes, align, "const")
     }
 
     fn add_rodata(
@@ -236,13 +271,12 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
             None => {
                 let src = self.d.patched.obj.section(sec);
                 let flags = src.flags & !SHF_GROUP & !(elf::SHF_MERGE.0 | elf::SHF_STRINGS.0);
-                let data = if src.is_nobits() {
-                    vec![0; src.size as usize]
+                let (name, size, data) = (src.name.clone(), src.size, src.data);
+                let id = if src.is_nobits() {
+                    self.bss_section(&name, flags, size, src.align)
                 } else {
-                    src.data.to_vec()
+                    self.section(&name, src.sh_type, flags, data, src.align)
                 };
-                let name = src.name.clone();
-                let id = self.section(&name, src.sh_type, flags, &data, src.align);
                 self.anon.insert(sec, id);
                 self.pending_anon.push(sec);
                 id
@@ -483,6 +517,7 @@ pub fn emit(d: &Diff) -> Result<Vec<u8>> {
         anon: HashMap::new(),
         absolute: HashMap::new(),
         pending_anon: Vec::new(),
+        error: None,
     };
     e.define_units();
     e.relocate_units()?;
@@ -490,5 +525,8 @@ pub fn emit(d: &Diff) -> Result<Vec<u8>> {
     e.section(".note.GNU-stack", elf::SHT_PROGBITS.0, 0, &[], 1);
     let manifest = serde_json::to_vec(&d.report).map_err(|e| Error::Write(e.to_string()))?;
     e.section(MANIFEST_SECTION, elf::SHT_PROGBITS.0, 0, &manifest, 1);
+    if let Some(err) = e.error {
+        return Err(err);
+    }
     e.out.write().map_err(|e| Error::Write(e.to_string()))
 }

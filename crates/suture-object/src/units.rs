@@ -103,6 +103,8 @@ pub struct Units<'o, 'a> {
     /// For each unit, the units referring to it: (referrer, reference lands on entry).
     pub referrers: Vec<Vec<(UnitId, bool)>>,
     insns: Vec<OnceCell<Vec<Insn>>>,
+    /// For each section, the unit ending at each offset (the last in `by_section` order).
+    ending_at: Vec<HashMap<u64, UnitId>>,
 }
 
 /// Relocation types whose value is relative to the place being relocated.
@@ -210,6 +212,10 @@ impl<'o, 'a> Units<'o, 'a> {
             }
         }
 
+        let ending_at = by_section
+            .iter()
+            .map(|list| list.iter().map(|&u| (units[u.0 as usize].end, u)).collect())
+            .collect();
         let mut this = Units {
             obj,
             units,
@@ -219,6 +225,7 @@ impl<'o, 'a> Units<'o, 'a> {
             anon_cuts: vec![Vec::new(); nsec],
             referrers: Vec::new(),
             insns: (0..nsec).map(|_| OnceCell::new()).collect(),
+            ending_at,
         };
         this.resolve_all();
         this
@@ -275,7 +282,8 @@ impl<'o, 'a> Units<'o, 'a> {
                     return Some(u);
                 }
             }
-            if let Some(&u) = list[..i].iter().rev().find(|u| self.unit(**u).end == t) {
+            // (A unit ending at t starts at or before it, so it is in `list[..i]`.)
+            if let Some(&u) = self.ending_at[sec.0 as usize].get(&t) {
                 return Some(u);
             }
         }
