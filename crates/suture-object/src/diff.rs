@@ -83,6 +83,8 @@ pub fn diff<'o, 'a>(orig: &'o Object<'a>, patched: &'o Object<'a>) -> Diff<'o, '
         p: &p,
         o2p: &o2p,
         memo: RefCell::new(HashMap::new()),
+        log: RefCell::new(Vec::new()),
+        depth: std::cell::Cell::new(0),
     };
 
     let mut unsupported = Vec::new();
@@ -173,6 +175,12 @@ pub fn diff<'o, 'a>(orig: &'o Object<'a>, patched: &'o Object<'a>) -> Diff<'o, '
         }
     }
 
+    code_address_tables(&p, &p2o, &mut changed, &mut copies, &mut unsupported);
+    refuse_escaped_copies(&p, &changed, &mut copies, &mut unsupported);
+    refuse_alias_splits(&o, &p, &mut unsupported);
+    refuse_ambiguous_statics(&o, &p, &o2p, &p2o, &mut unsupported);
+    refuse_new_constructors(&o, &p, &p2o, &mut unsupported);
+
     // What goes into the patch.
     let mut included: BTreeMap<UnitId, Role> = BTreeMap::new();
     for &b in changed.keys() {
@@ -198,6 +206,29 @@ pub fn diff<'o, 'a>(orig: &'o Object<'a>, patched: &'o Object<'a>) -> Diff<'o, '
         }
         let ub = p.unit(b);
         let section = &p.obj.section(ub.section).name;
+        if ub.ifunc {
+            unsupported.push(Unsupported {
+                symbol: ub.name.clone(),
+                kind: UnsupportedKind::IfuncResolver,
+                reason: "IFUNC resolver changed; it ran when the program was loaded and its \
+                         choice is already in place"
+                    .into(),
+            });
+        }
+        if let Some(&(_, at)) = p
+            .unrelocatable
+            .iter()
+            .find(|(sec, at)| *sec == ub.section && (ub.start..ub.end).contains(at))
+        {
+            unsupported.push(Unsupported {
+                symbol: ub.name.clone(),
+                kind: UnsupportedKind::ShortBranch,
+                reason: format!(
+                    "a short jump at {section}+{at:#x} leaves the function for a neighbour in \
+                     the same section, which a copy of the function cannot reach"
+                ),
+            });
+        }
         if INIT_SECTION_PREFIXES.iter().any(|x| section.starts_with(x)) {
             unsupported.push(Unsupported {
                 symbol: ub.name.clone(),
@@ -259,10 +290,20 @@ fn correlate(o: &Units, p: &Units) -> (Vec<Option<UnitId>>, Vec<Option<UnitId>>)
 
     // 1. Exact names that carry no build-dependent number, unique on both sides.
     let index = |u: &Units, stable_only: bool| {
+        let mut family: HashMap<&str, usize> = HashMap::new();
+        for id in u.ids() {
+            *family.entry(u.unit(id).key.as_str()).or_default() += 1;
+        }
         let mut m: HashMap<String, Vec<UnitId>> = HashMap::new();
         for id in u.ids() {
             let unit = u.unit(id);
-            if !stable_only || unit.has_stable_name() || unit.bind != Bind::Local {
+            // clang names static locals `fn.var`, `fn.var.1`, ...: the unnumbered one is only
+            // its family's first member, not a stable identity.
+            let alone = family[unit.key.as_str()] == 1;
+            if !stable_only
+                || unit.bind != Bind::Local
+                || (unit.has_stable_name() && (alone || unit.kind == UnitKind::Func))
+            {
                 m.entry(unit.name.clone()).or_default().push(id);
             }
         }
@@ -304,6 +345,11 @@ fn correlate(o: &Units, p: &Units) -> (Vec<Option<UnitId>>, Vec<Option<UnitId>>)
                     .collect()
             };
             // By use: pair candidates that are each other's unique best overlap of referrers.
+            // (Huge families of identical statics are not worth a quadratic search: they stay
+            // unpaired and are refused below if writable.)
+            if as_.len() * bs.len() > 1 << 16 {
+                continue;
+            }
             let mut best_a: HashMap<UnitId, (usize, Option<UnitId>)> = HashMap::new();
             let mut best_b: HashMap<UnitId, (usize, Option<UnitId>)> = HashMap::new();
             let refs_b: Vec<HashSet<UnitId>> = bs.iter().map(|&b| refs_p(b, &p2o)).collect();
@@ -351,9 +397,10 @@ fn correlate(o: &Units, p: &Units) -> (Vec<Option<UnitId>>, Vec<Option<UnitId>>)
             // static local of one function is not the new static local of another).
             if let ([a], [b]) = (rest_a.as_slice(), rest_b.as_slice()) {
                 let (ra, rb) = (refs_o(*a), refs_p(*b, &p2o));
+                let users_b = &p.referrers[b.0 as usize];
                 let disjoint_uses = o.unit(*a).kind == UnitKind::Data
                     && !ra.is_empty()
-                    && !rb.is_empty()
+                    && !users_b.is_empty()
                     && ra.is_disjoint(&rb);
                 if compatible(*a, *b) && !disjoint_uses {
                     pair(&mut o2p, &mut p2o, *a, *b);
@@ -361,8 +408,14 @@ fn correlate(o: &Units, p: &Units) -> (Vec<Option<UnitId>>, Vec<Option<UnitId>>)
                 }
                 continue;
             }
-            // Several: identical contents identify renumbered clones.
+            // Several: identical contents identify renumbered clones. Never writable data:
+            // zero-initialised counters all look alike, and binding one to another's running
+            // value is worse than refusing.
             for &b in &rest_b {
+                // (Zero-sized objects, such as lockdep keys without lockdep, hold no state.)
+                if p.unit(b).kind == UnitKind::Data && p.is_writable(b) && !p.unit(b).is_empty() {
+                    continue;
+                }
                 let found = rest_a.iter().copied().find(|&a| {
                     o2p[a.0 as usize].is_none()
                         && compatible(a, b)
@@ -392,7 +445,15 @@ struct Cmp<'c, 'o, 'a> {
     /// Equality of data units and anonymous sections; `true` while a comparison is in progress
     /// (tables that point back into their function are equal unless something else differs).
     memo: RefCell<HashMap<MemoKey, bool>>,
+    /// Keys in the order they were memoised, to forget results that relied on an assumption
+    /// that turned out false.
+    log: RefCell<Vec<MemoKey>>,
+    depth: std::cell::Cell<usize>,
 }
+
+/// Deeper chains of read-only data are treated as changed (a safe answer) rather than
+/// compared recursively.
+const MAX_DATA_DEPTH: usize = 256;
 
 fn show_bytes(s: &[u8]) -> String {
     let text = String::from_utf8_lossy(s);
@@ -631,12 +692,41 @@ impl Cmp<'_, '_, '_> {
         reasons
     }
 
-    fn data_equal(&self, a: UnitId, b: UnitId) -> bool {
-        let key = (false, a.0, b.0, 0, 0);
+    /// Memoised, cycle-safe comparison. While `key` is being compared it is assumed equal
+    /// (tables pointing back into their function compare equal unless something else
+    /// differs). If it turns out different, every "equal" concluded under that assumption is
+    /// forgotten.
+    fn memoised(&self, key: MemoKey, compare: impl FnOnce() -> bool) -> bool {
         if let Some(&v) = self.memo.borrow().get(&key) {
             return v;
         }
+        if self.depth.get() >= MAX_DATA_DEPTH {
+            return false;
+        }
+        let mark = self.log.borrow().len();
         self.memo.borrow_mut().insert(key, true);
+        self.log.borrow_mut().push(key);
+        self.depth.set(self.depth.get() + 1);
+        let equal = compare();
+        self.depth.set(self.depth.get() - 1);
+        if !equal {
+            let mut memo = self.memo.borrow_mut();
+            let mut log = self.log.borrow_mut();
+            for k in log.drain(mark + 1..) {
+                if memo.get(&k) == Some(&true) {
+                    memo.remove(&k);
+                }
+            }
+            memo.insert(key, false);
+        }
+        equal
+    }
+
+    fn data_equal(&self, a: UnitId, b: UnitId) -> bool {
+        self.memoised((false, a.0, b.0, 0, 0), || self.data_equal_now(a, b))
+    }
+
+    fn data_equal_now(&self, a: UnitId, b: UnitId) -> bool {
         let (ua, ub) = (self.o.unit(a), self.p.unit(b));
         let (sa, sb) = (
             self.o.obj.section(ua.section),
@@ -656,17 +746,17 @@ impl Cmp<'_, '_, '_> {
             );
             equal = reasons.is_empty();
         }
-        self.memo.borrow_mut().insert(key, equal);
         equal
     }
 
     /// Compares two anonymous pieces `[start, end)` of sections `a` and `b`.
     fn anon_equal(&self, a: SecIdx, pa: (u64, u64), b: SecIdx, pb: (u64, u64)) -> bool {
-        let key = (true, a.0, b.0, pa.0, pb.0);
-        if let Some(&v) = self.memo.borrow().get(&key) {
-            return v;
-        }
-        self.memo.borrow_mut().insert(key, true);
+        self.memoised((true, a.0, b.0, pa.0, pb.0), || {
+            self.anon_equal_now(a, pa, b, pb)
+        })
+    }
+
+    fn anon_equal_now(&self, a: SecIdx, pa: (u64, u64), b: SecIdx, pb: (u64, u64)) -> bool {
         let (sa, sb) = (self.o.obj.section(a), self.p.obj.section(b));
         let mut equal = pa.1 - pa.0 == pb.1 - pb.0
             && sa.is_nobits() == sb.is_nobits()
@@ -682,7 +772,6 @@ impl Cmp<'_, '_, '_> {
             );
             equal = reasons.is_empty();
         }
-        self.memo.borrow_mut().insert(key, equal);
         equal
     }
 }
@@ -767,9 +856,54 @@ fn collect_references(d: &Diff) -> (Vec<Reference>, Vec<Unsupported>) {
     let o = &d.orig;
     let mut refs: BTreeMap<String, Reference> = BTreeMap::new();
     let mut bad = Vec::new();
+    // Everything the patch object will carry: included units, the anonymous sections they
+    // reach (copied whole, transitively), and the unwind records of included functions.
+    let mut sources: Vec<(UnitId, Target, bool)> = Vec::new();
+    let mut anon_seen: BTreeSet<SecIdx> = BTreeSet::new();
+    let mut anon_work: Vec<(SecIdx, UnitId)> = Vec::new();
     for &u in d.included.keys() {
         for (_, t) in p.relocs(u) {
-            if let Some(a) = d.original_for(&t) {
+            sources.push((u, t, false));
+        }
+    }
+    if let Ok(Some((sec, fdes))) = p.eh_frame_records() {
+        let section = p.obj.section(sec);
+        let mut cies = BTreeSet::new();
+        for f in &fdes {
+            if let Some(u) = f.unit.filter(|u| d.included.contains_key(u)) {
+                cies.insert((f.cie, u));
+                for (_, t) in p.section_relocs_of(sec, f.at as u64, (f.at + f.len) as u64) {
+                    sources.push((u, t, true));
+                }
+            }
+        }
+        for (cie, u) in cies {
+            let len = section.data.get(cie..cie + 4).map_or(0, |b| {
+                u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize
+            });
+            for (_, t) in p.section_relocs_of(sec, cie as u64, (cie + 4 + len) as u64) {
+                sources.push((u, t, true));
+            }
+        }
+    }
+    let mut i = 0;
+    while i < sources.len() || !anon_work.is_empty() {
+        if i == sources.len() {
+            let (sec, u) = anon_work.pop().expect("not empty");
+            let size = p.obj.section(sec).size;
+            sources.extend(p.section_relocs(sec, 0, size).map(|(_, t)| (u, t, false)));
+            continue;
+        }
+        let (u, t, describes) = sources[i];
+        i += 1;
+        if let Target::Anon { sec, .. } = t {
+            if anon_seen.insert(sec) {
+                anon_work.push((sec, u));
+            }
+        }
+        {
+            let own = matches!(t, Target::Unit { unit, .. } if describes && d.included.contains_key(&unit));
+            if let Some(a) = d.original_for(&t).filter(|_| !own) {
                 let ua = o.unit(a);
                 let local = ua.bind == Bind::Local;
                 let file = if local {
@@ -909,4 +1043,235 @@ fn fill_report(d: &mut Diff, changed: BTreeMap<UnitId, Vec<Reason>>) {
     r.new_functions = new_functions;
     r.new_data = new_data;
     r.removed_functions = removed;
+}
+
+/// Named data holding addresses *inside* a changed function (computed-goto label tables) must
+/// point into the new code: copy it when it is local read-only data (its users then change
+/// too), otherwise refuse.
+fn code_address_tables(
+    p: &Units,
+    p2o: &[Option<UnitId>],
+    changed: &mut BTreeMap<UnitId, Vec<Reason>>,
+    copies: &mut BTreeSet<UnitId>,
+    unsupported: &mut Vec<Unsupported>,
+) {
+    loop {
+        let mut progress = false;
+        for b in p.ids() {
+            let ub = p.unit(b);
+            if ub.kind != UnitKind::Data || p2o[b.0 as usize].is_none() || copies.contains(&b) {
+                continue;
+            }
+            let into = p.relocs(b).find_map(|(_, t)| match t {
+                Target::Unit {
+                    unit, entry: false, ..
+                } if changed.contains_key(&unit) && p.unit(unit).kind == UnitKind::Func => {
+                    Some(unit)
+                }
+                _ => None,
+            });
+            let Some(f) = into else { continue };
+            if p.is_writable(b) || ub.bind != Bind::Local {
+                if !unsupported.iter().any(|x| x.symbol == ub.name) {
+                    unsupported.push(Unsupported {
+                        symbol: ub.name.clone(),
+                        kind: UnsupportedKind::EscapedData,
+                        reason: format!(
+                            "holds addresses inside the changed function {}, and the running \
+                             program may have copied them",
+                            p.unit(f).name
+                        ),
+                    });
+                }
+                continue;
+            }
+            copies.insert(b);
+            progress = true;
+            for &(r, _) in &p.referrers[b.0 as usize] {
+                if p.unit(r).kind == UnitKind::Func && p2o[r.0 as usize].is_some() {
+                    changed.entry(r).or_insert_with(|| {
+                        vec![Reason {
+                            kind: ReasonKind::Data,
+                            detail: format!(
+                                "uses {}, which holds addresses inside changed code",
+                                ub.name
+                            ),
+                        }]
+                    });
+                }
+            }
+        }
+        if !progress {
+            break;
+        }
+    }
+}
+
+/// A changed read-only table of pointers is copied for the patched code, but if its only users
+/// changed *because of* it, the table is what the fix is about, and its address may already
+/// have been handed out (registered at start-up): the copy would never be used.
+fn refuse_escaped_copies(
+    p: &Units,
+    changed: &BTreeMap<UnitId, Vec<Reason>>,
+    copies: &mut BTreeSet<UnitId>,
+    unsupported: &mut Vec<Unsupported>,
+) {
+    let mut refused = Vec::new();
+    for &b in copies.iter() {
+        // Tables of function pointers (ops, callbacks) are what programs register at start-up;
+        // tables of values or data pointers are read through the table.
+        let holds_code = p.relocs(b).any(|(_, t)| {
+            matches!(t, Target::Unit { unit, .. } if p.unit(unit).kind == UnitKind::Func)
+                || matches!(t, Target::External { sym, .. }
+                    if p.obj.symbol(sym).kind == crate::elf::SymKind::Func)
+        });
+        if !holds_code {
+            continue;
+        }
+        let data_only = p.referrers[b.0 as usize].iter().any(|&(r, _)| {
+            changed
+                .get(&r)
+                .is_some_and(|rs| rs.iter().all(|x| x.kind == ReasonKind::Data))
+        });
+        if data_only {
+            refused.push(b);
+            unsupported.push(Unsupported {
+                symbol: p.unit(b).name.clone(),
+                kind: UnsupportedKind::EscapedData,
+                reason: "a read-only table of function pointers changed; its address may \
+                         already be stored elsewhere (registered at start-up), where the running \
+                         program keeps using the original"
+                    .into(),
+            });
+        }
+    }
+    for b in refused {
+        copies.remove(&b);
+    }
+}
+
+/// Aliases are one function with several names: a jump at its entry redirects every name, so
+/// names that became separate functions cannot be patched apart.
+fn refuse_alias_splits(o: &Units, p: &Units, unsupported: &mut Vec<Unsupported>) {
+    let mut unit_of_name: HashMap<&str, UnitId> = HashMap::new();
+    for b in p.ids() {
+        for n in &p.unit(b).names {
+            unit_of_name.insert(n.as_str(), b);
+        }
+    }
+    for a in o.ids() {
+        let names = &o.unit(a).names;
+        if names.len() < 2 {
+            continue;
+        }
+        let units: BTreeSet<UnitId> = names
+            .iter()
+            .filter_map(|n| unit_of_name.get(n.as_str()).copied())
+            .collect();
+        if units.len() > 1 {
+            unsupported.push(Unsupported {
+                symbol: o.unit(a).name.clone(),
+                kind: UnsupportedKind::AliasSplit,
+                reason: format!(
+                    "{} were one function under several names and are now separate; a jump \
+                     at the shared entry cannot tell their callers apart",
+                    names.join(", ")
+                ),
+            });
+        }
+    }
+}
+
+/// Writable statics that correlation could not tell apart: binding one to another's running
+/// value (or resetting it) would be silently wrong.
+fn refuse_ambiguous_statics(
+    o: &Units,
+    p: &Units,
+    o2p: &[Option<UnitId>],
+    p2o: &[Option<UnitId>],
+    unsupported: &mut Vec<Unsupported>,
+) {
+    let mut groups: BTreeMap<&str, (usize, Vec<UnitId>)> = BTreeMap::new();
+    for a in o.ids() {
+        let u = o.unit(a);
+        if u.kind == UnitKind::Data
+            && o2p[a.0 as usize].is_none()
+            && o.is_writable(a)
+            && !u.is_empty()
+        {
+            groups.entry(u.key.as_str()).or_default().0 += 1;
+        }
+    }
+    for b in p.ids() {
+        let u = p.unit(b);
+        if u.kind == UnitKind::Data
+            && p2o[b.0 as usize].is_none()
+            && p.is_writable(b)
+            && !u.is_empty()
+        {
+            if let Some(g) = groups.get_mut(u.key.as_str()) {
+                g.1.push(b);
+            }
+        }
+    }
+    for (key, (n_orig, bs)) in groups {
+        let total_p = p.ids().filter(|&b| p.unit(b).key == key).count();
+        if bs.is_empty() || (n_orig < 2 && total_p < 2) {
+            continue;
+        }
+        unsupported.push(Unsupported {
+            symbol: p.unit(bs[0]).name.clone(),
+            kind: UnsupportedKind::AmbiguousData,
+            reason: format!(
+                "{} static variables named {key} cannot be matched to the original's {n_orig}: \
+                 they have the same users and contents, and a wrong match would hand one \
+                 variable another's running value",
+                bs.len()
+            ),
+        });
+    }
+}
+
+/// Constructors run when a program starts; one added by the fix would never run.
+fn refuse_new_constructors(
+    o: &Units,
+    p: &Units,
+    p2o: &[Option<UnitId>],
+    unsupported: &mut Vec<Unsupported>,
+) {
+    let ctor_targets = |u: &Units| -> Vec<Target> {
+        let mut v = Vec::new();
+        for (i, s) in u.obj.sections.iter().enumerate() {
+            let n = &s.name;
+            if n.starts_with(".init_array")
+                || n.starts_with(".ctors")
+                || n.starts_with(".preinit_array")
+            {
+                v.extend(u.targets[i].iter().copied());
+            }
+        }
+        v
+    };
+    let orig: BTreeSet<UnitId> = ctor_targets(o)
+        .into_iter()
+        .filter_map(|t| match t {
+            Target::Unit { unit, .. } => Some(unit),
+            _ => None,
+        })
+        .collect();
+    for t in ctor_targets(p) {
+        let Target::Unit { unit, .. } = t else {
+            continue;
+        };
+        let known = p2o[unit.0 as usize].is_some_and(|a| orig.contains(&a));
+        if !known {
+            unsupported.push(Unsupported {
+                symbol: p.unit(unit).name.clone(),
+                kind: UnsupportedKind::NewConstructor,
+                reason: "new constructor; constructors run when the program starts, so it would \
+                         never run in the running process (call it from patched code instead)"
+                    .into(),
+            });
+        }
+    }
 }

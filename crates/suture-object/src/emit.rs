@@ -32,8 +32,10 @@ pub const MANIFEST_SECTION: &str = ".suture.patch";
 
 const SHF_GROUP: u64 = 0x200;
 
-/// Largest section alignment a patch object may ask for (an x86-64 huge page).
-const MAX_ALIGN: u64 = 1 << 21;
+/// Largest section alignment a patch object may ask for: a page. The writer pads the file to
+/// each section's alignment, so this also bounds how much larger than its input a patch object
+/// can get per section.
+const MAX_ALIGN: u64 = 4096;
 
 struct Emitter<'d, 'o, 'a> {
     d: &'d Diff<'o, 'a>,
@@ -110,9 +112,9 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
         id
     }
 
-    /// A section alignment the writer can honour: a power of two of at most [`MAX_ALIGN`]
-    /// (the writer pads the file to it). Anything else is recorded as the emitter's error and
-    /// replaced by 1 so emission can run to its end.
+    /// A section alignment the writer can honour: a power of two of at most [`MAX_ALIGN`].
+    /// Anything else is recorded as the emitter's error and replaced by 1 so emission can run
+    /// to its end.
     fn alignment(&mut self, name: &str, align: u64) -> u64 {
         let align = align.max(1);
         if align.is_power_of_two() && align <= MAX_ALIGN {
@@ -165,7 +167,13 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
             };
             let flags = src.flags & !SHF_GROUP & !(elf::SHF_MERGE.0 | elf::SHF_STRINGS.0);
             // Keep the alignment the unit had inside its section.
-            let align = if whole { src.align } else { src.align.min(16) };
+            // A unit carved out of a shared section is aligned as its start was: the largest
+            // power of two dividing it, at most the section's alignment.
+            let align = if whole || unit.start == 0 {
+                src.align
+            } else {
+                src.align.min(1 << unit.start.trailing_zeros().min(63))
+            };
             let sec = if src.is_nobits() {
                 self.bss_section(&name, flags, unit.len(), align)
             } else {
@@ -212,9 +220,13 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
         if let Some(&s) = self.string_syms.get(&(sec, start)) {
             return s;
         }
+        let section = self.d.patched.obj.section(sec);
+        let width = section.entsize.clamp(1, 16);
         let mut bytes = self.d.patched.string_at(sec, start).to_vec();
-        bytes.push(0);
-        self.add_rodata(sec, start, &bytes, 1, "str")
+        bytes.extend(std::iter::repeat_n(0, width as usize));
+        // Keep the string's alignment: wide literals are read a character at a time.
+        let align = section.align.clamp(width, 64);
+        self.add_rodata(sec, start, &bytes, align, "str")
     }
 
     fn const_symbol(&mut self, sec: SecIdx, start: u64, len: u64) -> SymbolId {
@@ -393,6 +405,12 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
             let relocs: Vec<_> = p.relocs(u).map(|(r, t)| (*r, t)).collect();
             self.relocate(out_sec, relocs, p.unit(u).start, false)?;
         }
+        self.flush_anon()
+    }
+
+    /// Writes the relocations of anonymous sections copied so far (copying may reach more).
+    fn flush_anon(&mut self) -> Result<()> {
+        let p = &self.d.patched;
         while let Some(sec) = self.pending_anon.pop() {
             let out_sec = self.anon[&sec];
             let size = p.obj.section(sec).size;
@@ -408,56 +426,19 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
     /// Copies the CIEs and FDEs that describe included functions.
     fn eh_frame(&mut self) -> Result<()> {
         let p = &self.d.patched;
-        let Some((idx, src)) = p
-            .obj
-            .sections
-            .iter()
-            .enumerate()
-            .find(|(_, s)| s.name == ".eh_frame" && !s.is_nobits())
-        else {
+        let Some((sec, records)) = p.eh_frame_records()? else {
             return Ok(());
         };
-        let sec = SecIdx(idx as u32);
+        let src = p.obj.section(sec);
         let data = src.data;
         let read32 = |at: usize| -> Option<u32> {
             Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
         };
-        // (offset, length) of each record, and for FDEs the offset of their CIE.
-        let mut at = 0usize;
-        let mut keep: Vec<(usize, usize, usize)> = Vec::new();
-        while at + 4 <= data.len() {
-            let Some(len) = read32(at) else { break };
-            if len == 0 {
-                break;
-            }
-            if len == u32::MAX {
-                return Err(Error::Unsupported("64-bit .eh_frame records".into()));
-            }
-            let total = 4 + len as usize;
-            if at + total > data.len() || len < 4 {
-                return Err(Error::Malformed(format!(
-                    ".eh_frame record at {at:#x} overruns the section"
-                )));
-            }
-            let id = read32(at + 4).unwrap_or(0) as usize;
-            if id != 0 {
-                let cie = (at + 4).checked_sub(id).ok_or_else(|| {
-                    Error::Malformed(format!(
-                        ".eh_frame FDE at {at:#x} points before the section"
-                    ))
-                })?;
-                // The FDE's first relocation (pc_begin) names the function it describes.
-                let pc = src.relocs.iter().find(|r| r.offset == (at + 8) as u64);
-                if let Some(r) = pc {
-                    if let Target::Unit { unit, .. } = p.resolve(sec, r) {
-                        if self.d.included.contains_key(&unit) {
-                            keep.push((at, total, cie));
-                        }
-                    }
-                }
-            }
-            at += total;
-        }
+        let keep: Vec<(usize, usize, usize)> = records
+            .iter()
+            .filter(|f| f.unit.is_some_and(|u| self.d.included.contains_key(&u)))
+            .map(|f| (f.at, f.len, f.cie))
+            .collect();
         if keep.is_empty() {
             return Ok(());
         }
@@ -522,6 +503,7 @@ pub fn emit(d: &Diff) -> Result<Vec<u8>> {
     e.define_units();
     e.relocate_units()?;
     e.eh_frame()?;
+    e.flush_anon()?;
     e.section(".note.GNU-stack", elf::SHT_PROGBITS.0, 0, &[], 1);
     let manifest = serde_json::to_vec(&d.report).map_err(|e| Error::Write(e.to_string()))?;
     e.section(MANIFEST_SECTION, elf::SHT_PROGBITS.0, 0, &manifest, 1);

@@ -127,6 +127,20 @@ pub enum UnsupportedKind {
     Lto,
     /// A new thread-local variable: a running process cannot grow its TLS blocks.
     NewTls,
+    /// Several same-named statics that nothing tells apart (same users, same contents).
+    AmbiguousData,
+    /// Two names of one function (aliases) became separate functions.
+    AliasSplit,
+    /// An IFUNC resolver changed; it ran when the program was loaded.
+    IfuncResolver,
+    /// A new constructor (`.init_array`); it would never run in a running program.
+    NewConstructor,
+    /// Data holding code addresses or pointers that the running program may already have
+    /// copied elsewhere, so a patched copy would not take effect.
+    EscapedData,
+    /// A branch out of a function that cannot be relocated (a short jump into a neighbour in
+    /// a shared section).
+    ShortBranch,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -40,6 +40,8 @@ pub struct Unit {
     pub bind: Bind,
     pub tls: bool,
     pub ifunc: bool,
+    /// Every name of the unit (aliases share one address), sorted.
+    pub names: Vec<String>,
 }
 
 impl Unit {
@@ -96,6 +98,12 @@ pub struct Units<'o, 'a> {
     pub by_section: Vec<Vec<UnitId>>,
     /// Unit defined by each symbol (including aliases).
     pub by_symbol: Vec<Option<UnitId>>,
+    /// Relocations of each section: the object's, plus ones synthesized for branches the
+    /// assembler resolved itself inside sections shared by several functions.
+    pub relocs: Vec<Vec<Reloc>>,
+    /// Branches out of a function that cannot be relocated (short jumps to a neighbour in a
+    /// shared section): (section, offset).
+    pub unrelocatable: Vec<(SecIdx, u64)>,
     /// Resolved target of every relocation of every allocated section (parallel to `relocs`).
     pub targets: Vec<Vec<Target>>,
     /// For sections without symbols: every offset something refers to, sorted.
@@ -105,6 +113,15 @@ pub struct Units<'o, 'a> {
     insns: Vec<OnceCell<Vec<Insn>>>,
     /// For each section, the unit ending at each offset (the last in `by_section` order).
     ending_at: Vec<HashMap<u64, UnitId>>,
+}
+
+/// One `.eh_frame` FDE: where it is, its CIE, and the unit it describes.
+#[derive(Clone, Copy, Debug)]
+pub struct Fde {
+    pub at: usize,
+    pub len: usize,
+    pub cie: usize,
+    pub unit: Option<UnitId>,
 }
 
 /// Relocation types whose value is relative to the place being relocated.
@@ -184,7 +201,14 @@ impl<'o, 'a> Units<'o, 'a> {
                 end: start + size,
                 bind: s.bind,
                 tls: s.kind == SymKind::Tls || obj.section(sec).is_tls(),
-                ifunc: s.kind == SymKind::Ifunc,
+                ifunc: syms.iter().any(|&i| obj.symbol(i).kind == SymKind::Ifunc),
+                names: {
+                    let mut n: Vec<String> =
+                        syms.iter().map(|&i| obj.symbol(i).name.clone()).collect();
+                    n.sort();
+                    n.dedup();
+                    n
+                },
             });
             by_section[sec.0 as usize].push(id);
             for &i in syms {
@@ -221,14 +245,70 @@ impl<'o, 'a> Units<'o, 'a> {
             units,
             by_section,
             by_symbol,
+            relocs: obj.sections.iter().map(|s| s.relocs.clone()).collect(),
+            unrelocatable: Vec::new(),
             targets: vec![Vec::new(); nsec],
             anon_cuts: vec![Vec::new(); nsec],
             referrers: Vec::new(),
             insns: (0..nsec).map(|_| OnceCell::new()).collect(),
             ending_at,
         };
+        this.synthesize_branch_relocs();
         this.resolve_all();
         this
+    }
+
+    /// In a section holding several functions the assembler resolves calls and jumps between
+    /// them itself, leaving no relocation. A function copied out of such a section would then
+    /// branch to garbage: make those branches explicit relocations against the section symbol.
+    fn synthesize_branch_relocs(&mut self) {
+        for (i, section) in self.obj.sections.iter().enumerate() {
+            let sec = SecIdx(i as u32);
+            let units = &self.by_section[i];
+            if !section.is_exec() || units.len() < 2 {
+                continue;
+            }
+            let Some(section_sym) = section.section_symbol else {
+                continue;
+            };
+            let mut extra = Vec::new();
+            let mut unrelocatable = Vec::new();
+            for insn in self.insns(sec) {
+                let Some(target) = insn.branch_target else {
+                    continue;
+                };
+                let Some(u) = self.unit_at_strict(sec, insn.start as i64) else {
+                    continue;
+                };
+                let unit = self.unit(u);
+                if (unit.start..unit.end).contains(&target) {
+                    continue;
+                }
+                let end = insn.start + u64::from(insn.len);
+                if insn.rel_size != 4 {
+                    unrelocatable.push((sec, insn.start));
+                    continue;
+                }
+                let field = end - 4;
+                if self.relocs[i]
+                    .binary_search_by_key(&field, |r| r.offset)
+                    .is_ok()
+                {
+                    continue;
+                }
+                extra.push(Reloc {
+                    offset: field,
+                    r_type: 2, // R_X86_64_PC32
+                    sym: section_sym,
+                    addend: target as i64 - 4,
+                });
+            }
+            self.unrelocatable.extend(unrelocatable);
+            if !extra.is_empty() {
+                self.relocs[i].extend(extra);
+                self.relocs[i].sort_by_key(|r| r.offset);
+            }
+        }
     }
 
     pub fn unit(&self, u: UnitId) -> &Unit {
@@ -253,16 +333,33 @@ impl<'o, 'a> Units<'o, 'a> {
         start: u64,
         end: u64,
     ) -> impl Iterator<Item = (&Reloc, Target)> + '_ {
-        let section = self.obj.section(sec);
-        let lo = section.relocs.partition_point(|r| r.offset < start);
-        let hi = section.relocs.partition_point(|r| r.offset < end);
+        let relocs = &self.relocs[sec.0 as usize];
+        let lo = relocs.partition_point(|r| r.offset < start);
+        let hi = relocs.partition_point(|r| r.offset < end);
         let targets = &self.targets[sec.0 as usize];
         (lo..hi).filter_map(move |i| {
-            let r = &section.relocs[i];
+            let r = &relocs[i];
             let t = *targets.get(i)?;
             (r.r_type != 0).then_some((r, t))
         })
     }
+    /// Relocations of a section range resolved on the spot (for sections whose targets are
+    /// not precomputed, such as `.eh_frame`).
+    pub fn section_relocs_of(
+        &self,
+        sec: SecIdx,
+        start: u64,
+        end: u64,
+    ) -> impl Iterator<Item = (&Reloc, Target)> + '_ {
+        let relocs = &self.relocs[sec.0 as usize];
+        let lo = relocs.partition_point(|r| r.offset < start);
+        let hi = relocs.partition_point(|r| r.offset < end);
+        relocs[lo..hi]
+            .iter()
+            .filter(|r| r.r_type != 0)
+            .map(move |r| (r, self.resolve(sec, r)))
+    }
+
     /// Decoded instructions of a code section (decoded on first use).
     pub fn insns(&self, sec: SecIdx) -> &[Insn] {
         self.insns[sec.0 as usize].get_or_init(|| x86::decode(self.obj.section(sec).data))
@@ -271,34 +368,69 @@ impl<'o, 'a> Units<'o, 'a> {
     /// The unit covering offset `t` of `sec` (or ending exactly at it, for one-past-the-end
     /// pointers; or the only unit of the section).
     pub fn unit_at(&self, sec: SecIdx, t: i64) -> Option<UnitId> {
+        if let Some(u) = self.unit_at_strict(sec, t) {
+            return Some(u);
+        }
         let list = &self.by_section[sec.0 as usize];
-        if t >= 0 {
-            let t = t as u64;
-            let i = list.partition_point(|u| self.unit(*u).start <= t);
-            // The last unit starting at or before t that covers it (ranges rarely nest, so
-            // looking a few units back is enough).
-            for &u in list[..i].iter().rev().take(8) {
-                if t < self.unit(u).end {
-                    return Some(u);
-                }
-            }
-            // (A unit ending at t starts at or before it, so it is in `list[..i]`.)
-            if let Some(&u) = self.ending_at[sec.0 as usize].get(&t) {
+        let size = self.obj.section(sec).size;
+        // One past the end of the last object (`&arr[N]`), when nothing follows it.
+        if t >= 0 && t as u64 == size {
+            if let Some(&u) = self.ending_at[sec.0 as usize].get(&size) {
                 return Some(u);
             }
         }
-        if list.len() == 1 {
-            return Some(list[0]);
+        // A unit filling its whole section owns every offset into it (`arr[i - 1]` bases).
+        if let [u] = list.as_slice() {
+            let unit = self.unit(*u);
+            if unit.start == 0 && unit.end == size {
+                return Some(*u);
+            }
         }
         None
+    }
+
+    /// The unit whose bytes cover offset `t` of `sec`.
+    pub fn unit_at_strict(&self, sec: SecIdx, t: i64) -> Option<UnitId> {
+        let list = &self.by_section[sec.0 as usize];
+        if t < 0 {
+            return None;
+        }
+        let t = t as u64;
+        let i = list.partition_point(|u| self.unit(*u).start <= t);
+        // The last unit starting at or before t that covers it (ranges rarely nest, so
+        // looking a few units back is enough).
+        list[..i]
+            .iter()
+            .rev()
+            .take(8)
+            .copied()
+            .find(|&u| t < self.unit(u).end)
     }
 
     /// Where an instruction-relative reference really lands, relative to the raw target:
     /// the distance from the relocated field to the end of its instruction.
     fn pc_adjust(&self, sec: SecIdx, r: &Reloc) -> (i64, bool) {
         let section = self.obj.section(sec);
-        if !section.is_exec() || !is_pc_relative(r.r_type) {
+        if !is_pc_relative(r.r_type) {
             return (0, false);
+        }
+        if !section.is_exec() {
+            // A table entry `.long target - table` (jump tables, relative lookup tables):
+            // its value is relative to the table's start, the enclosing object or the last
+            // offset code refers to.
+            let table = match self.unit_at_strict(sec, r.offset as i64) {
+                Some(u) => self.unit(u).start,
+                None => {
+                    let cuts = &self.anon_cuts[sec.0 as usize];
+                    let i = cuts.partition_point(|&c| c <= r.offset);
+                    if i > 0 {
+                        cuts[i - 1]
+                    } else {
+                        0
+                    }
+                }
+            };
+            return (table as i64 - r.offset as i64, false);
         }
         match x86::insn_at(self.insns(sec), r.offset) {
             Some(insn) => (
@@ -340,6 +472,8 @@ impl<'o, 'a> Units<'o, 'a> {
                     None
                 };
                 if let Some(u) = named.or_else(|| self.unit_at(tsec, t)) {
+                    // (`unit_at` only falls back beyond a unit's bytes when nothing unnamed
+                    // can be there.)
                     let unit = self.unit(u);
                     return Target::Unit {
                         unit: u,
@@ -350,11 +484,14 @@ impl<'o, 'a> Units<'o, 'a> {
                 }
                 if section.is_merge_strings() && !section.is_nobits() {
                     let data = section.data;
+                    let k = section.entsize.clamp(1, 16) as usize;
                     let at = (t.max(0) as usize).min(data.len());
-                    let start = data[..at]
-                        .iter()
-                        .rposition(|&b| b == 0)
-                        .map_or(0, |p| p + 1);
+                    let at = at - at % k;
+                    // Characters are `k` bytes wide; a string ends with a zero character.
+                    let mut start = at;
+                    while start >= k && data[start - k..start].iter().any(|&b| b != 0) {
+                        start -= k;
+                    }
                     return Target::Str {
                         sec: tsec,
                         start: start as u64,
@@ -381,29 +518,37 @@ impl<'o, 'a> Units<'o, 'a> {
     }
 
     fn resolve_all(&mut self) {
-        let mut targets = vec![Vec::new(); self.obj.sections.len()];
-        for (i, section) in self.obj.sections.iter().enumerate() {
-            if !section.is_alloc() || section.relocs.is_empty() || section.name == ".eh_frame" {
-                continue;
+        // Code first: its references define where unnamed data starts (`anon_cuts`), which
+        // table entries in data need to find their table.
+        let n = self.obj.sections.len();
+        let mut targets = vec![Vec::new(); n];
+        for pass_exec in [true, false] {
+            for (i, section) in self.obj.sections.iter().enumerate() {
+                if !section.is_alloc()
+                    || self.relocs[i].is_empty()
+                    || section.name == ".eh_frame"
+                    || section.is_exec() != pass_exec
+                {
+                    continue;
+                }
+                let sec = SecIdx(i as u32);
+                targets[i] = self.relocs[i]
+                    .iter()
+                    .map(|r| self.resolve(sec, r))
+                    .collect();
             }
-            let sec = SecIdx(i as u32);
-            targets[i] = section
-                .relocs
-                .iter()
-                .map(|r| self.resolve(sec, r))
-                .collect();
-        }
-        let mut cuts = vec![Vec::new(); self.obj.sections.len()];
-        for t in targets.iter().flatten() {
-            if let Target::Anon { sec, at, .. } = *t {
-                cuts[sec.0 as usize].push(at.max(0) as u64);
+            let mut cuts = vec![Vec::new(); n];
+            for t in targets.iter().flatten() {
+                if let Target::Anon { sec, at, .. } = *t {
+                    cuts[sec.0 as usize].push(at.max(0) as u64);
+                }
             }
+            for c in &mut cuts {
+                c.sort_unstable();
+                c.dedup();
+            }
+            self.anon_cuts = cuts;
         }
-        for c in &mut cuts {
-            c.sort_unstable();
-            c.dedup();
-        }
-        self.anon_cuts = cuts;
         self.targets = targets;
         let mut referrers = vec![Vec::new(); self.units.len()];
         for u in self.ids() {
@@ -422,6 +567,63 @@ impl<'o, 'a> Units<'o, 'a> {
         self.referrers = referrers;
     }
 
+    /// The FDEs of `.eh_frame` with the unit each describes (from its `pc_begin` relocation).
+    pub fn eh_frame_records(&self) -> crate::Result<Option<(SecIdx, Vec<Fde>)>> {
+        use crate::Error;
+        let Some(idx) = self
+            .obj
+            .sections
+            .iter()
+            .position(|s| s.name == ".eh_frame" && !s.is_nobits())
+        else {
+            return Ok(None);
+        };
+        let sec = SecIdx(idx as u32);
+        let src = self.obj.section(sec);
+        let data = src.data;
+        let read32 = |at: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
+        };
+        let mut out = Vec::new();
+        let mut at = 0usize;
+        while at + 4 <= data.len() {
+            let Some(len) = read32(at) else { break };
+            if len == 0 {
+                break;
+            }
+            if len == u32::MAX {
+                return Err(Error::Unsupported("64-bit .eh_frame records".into()));
+            }
+            let total = 4 + len as usize;
+            if at + total > data.len() || len < 4 {
+                return Err(Error::Malformed(format!(
+                    ".eh_frame record at {at:#x} overruns the section"
+                )));
+            }
+            let id = read32(at + 4).unwrap_or(0) as usize;
+            if id != 0 {
+                let cie = (at + 4).checked_sub(id).ok_or_else(|| {
+                    Error::Malformed(format!(
+                        ".eh_frame FDE at {at:#x} points before the section"
+                    ))
+                })?;
+                let pc = src.relocs_in((at + 8) as u64, (at + 9) as u64).first();
+                let unit = pc.and_then(|r| match self.resolve(sec, r) {
+                    Target::Unit { unit, .. } => Some(unit),
+                    _ => None,
+                });
+                out.push(Fde {
+                    at,
+                    len: total,
+                    cie,
+                    unit,
+                });
+            }
+            at += total;
+        }
+        Ok(Some((sec, out)))
+    }
+
     /// The byte range `[start, end)` of the anonymous datum at `at`: from the last referenced
     /// offset at or before it to the next referenced offset (or the section end).
     pub fn anon_piece(&self, sec: SecIdx, at: i64) -> (u64, u64) {
@@ -436,12 +638,15 @@ impl<'o, 'a> Units<'o, 'a> {
 
     /// The NUL-terminated string at `start` of a mergeable string section.
     pub fn string_at(&self, sec: SecIdx, start: u64) -> &'a [u8] {
-        let data = self.obj.section(sec).data;
+        let section = self.obj.section(sec);
+        let data = section.data;
+        // Characters are `entsize` bytes wide (wide and UTF-16/32 literals).
+        let k = section.entsize.clamp(1, 16) as usize;
         let s = (start as usize).min(data.len());
         let end = data[s..]
-            .iter()
-            .position(|&b| b == 0)
-            .map_or(data.len(), |p| s + p);
+            .chunks(k)
+            .position(|c| c.iter().all(|&b| b == 0))
+            .map_or(data.len(), |p| s + p * k);
         &data[s..end]
     }
 

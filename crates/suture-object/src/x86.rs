@@ -11,6 +11,26 @@ pub struct Insn {
     pub start: u64,
     pub len: u8,
     pub direct_branch: bool,
+    /// For direct branches: the target's offset in the section.
+    pub branch_target: Option<u64>,
+    /// For direct branches: the size of the displacement (1 or 4 bytes).
+    pub rel_size: u8,
+}
+
+/// Size of the displacement of a direct branch encoded in `bytes` (1 for short forms).
+fn branch_rel_size(bytes: &[u8]) -> u8 {
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            0xf2 | 0xf3 | 0x2e | 0x3e | 0x26 | 0x36 | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 => i += 1,
+            0x40..=0x4f => i += 1,
+            _ => break,
+        }
+    }
+    match bytes.get(i) {
+        Some(0xeb | 0x70..=0x7f | 0xe0..=0xe3) => 1,
+        _ => 4,
+    }
 }
 
 /// Decodes a code section linearly. Undecodable bytes (padding, data in text) become one-byte
@@ -27,20 +47,30 @@ pub fn decode(code: &[u8]) -> Vec<Insn> {
                 start,
                 len: 1,
                 direct_branch: false,
+                branch_target: None,
+                rel_size: 0,
             });
             // An invalid decode still advances; restart right after the first byte.
             let _ = decoder.set_position(start as usize + 1);
             continue;
         }
+        // Direct call/jmp/jcc: the only instructions with a relative branch operand.
+        let direct_branch = insn.op_count() > 0
+            && matches!(
+                insn.op0_kind(),
+                OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+            );
+        let end = (start as usize + insn.len()).min(code.len());
         out.push(Insn {
             start,
             len: insn.len() as u8,
-            // Direct call/jmp/jcc: the only instructions with a relative branch operand.
-            direct_branch: insn.op_count() > 0
-                && matches!(
-                    insn.op0_kind(),
-                    OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
-                ),
+            direct_branch,
+            branch_target: direct_branch.then(|| insn.near_branch_target()),
+            rel_size: if direct_branch {
+                branch_rel_size(&code[start as usize..end])
+            } else {
+                0
+            },
         });
     }
     out
@@ -114,6 +144,11 @@ mod tests {
             Some(12)
         );
         assert!(insn_at(&insns, 13).is_none());
+        assert_eq!(insns[0].branch_target, Some(5));
+        assert_eq!(insns[0].rel_size, 4);
+        // jmp short +2; nop; nop
+        let short = decode(&[0xeb, 0x02, 0x90, 0x90]);
+        assert_eq!((short[0].branch_target, short[0].rel_size), (Some(4), 1));
     }
 
     #[test]
