@@ -21,7 +21,23 @@ fn run_case(case: &Case, config: &str, cache: &Path) -> Result<(), Failed> {
     let orig_bytes = std::fs::read(&orig_o).map_err(|e| e.to_string())?;
     let patched_bytes = std::fs::read(&patched_o).map_err(|e| e.to_string())?;
     let work = cache.join("emitted").join(&case.name).join(config);
-    judge(case, config, &orig_bytes, &patched_bytes, &work).map_err(Failed::from)
+    let verdict = judge(case, config, &orig_bytes, &patched_bytes, &work);
+    // A known limitation is a strict expected failure: once it passes, the marker must go.
+    match (known_limitation(case), verdict) {
+        (None, v) => v.map_err(Failed::from),
+        (Some(_), Err(_)) => Ok(()),
+        (Some(why), Ok(())) => Err(format!(
+            "known limitation now passes ({why}): remove `known-limitation` from case.txt"
+        )
+        .into()),
+    }
+}
+
+fn known_limitation(case: &Case) -> Option<&str> {
+    case.extra
+        .iter()
+        .find(|(k, _)| k == "known-limitation")
+        .map(|(_, v)| v.as_str())
 }
 
 fn main() {

@@ -1,0 +1,6 @@
+#include <wchar.h>
+
+const wchar_t *banner(int verbose)
+{
+	return verbose ? L"Access granted" : L"";
+}
