@@ -8,8 +8,14 @@
 //! - [`link`]: laying out a patch object for a given place in a target and applying its
 //!   relocations (pure computation: no ptrace, testable on bytes).
 pub mod commit;
+pub mod error;
 pub mod header;
 pub mod ids;
 pub mod link;
+pub mod maps;
+pub mod mem;
+pub mod remote;
 pub mod stack;
+pub mod stop;
 pub mod symbols;
+mod sys;

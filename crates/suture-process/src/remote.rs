@@ -1,0 +1,435 @@
+//! System calls run inside a stopped target by borrowing one of its threads.
+//!
+//! The borrowed thread gets the system call's number and arguments in its registers and its
+//! `rip` on an existing `syscall` instruction (`0f 05`) of the target (in the vDSO, else libc
+//! or any executable mapping; any two such bytes do, instruction boundaries do not matter).
+//! suture single-steps that one instruction, reads `rax` and puts every register back. `orig_rax`
+//! is set to -1 so that a thread stopped inside an interrupted system call does not restart it
+//! on our behalf; restoring the registers afterwards restores the pending restart too.
+//!
+//! Find the [`SyscallSite`] before stopping the target (it reads the target's memory), then
+//! [`StoppedProcess::remote`] picks a thread and checks the site is still intact.
+//!
+//! A signal that the borrowed thread dequeues instead of executing the instruction is held for
+//! re-injection at resume and the step retried. Faults caused by the instruction itself are
+//! discarded and reported.
+
+use crate::error::{Error, Result, TargetState};
+use crate::ids::{Pid, RemoteAddr, Tid};
+use crate::maps::{MapName, Maps};
+use crate::mem::ProcessMemory;
+use crate::stop::{HeldSignal, SeccompMode, StopKind, StoppedProcess, Tracer, PTRACE_EVENT_STOP};
+use crate::sys::{self, WaitStatus};
+use nix::errno::Errno;
+use nix::sys::ptrace;
+use std::ops::BitOr;
+
+/// x86-64 system call numbers used here.
+pub mod nr {
+    pub const MMAP: u64 = 9;
+    pub const MPROTECT: u64 = 10;
+    pub const MUNMAP: u64 = 11;
+}
+
+const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
+const MAP_PRIVATE: u64 = 0x02;
+const MAP_ANONYMOUS: u64 = 0x20;
+const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
+/// How often one remote system call may be pre-empted by signal or group stops before giving up.
+const MAX_STEP_ATTEMPTS: usize = 64;
+
+/// Memory protection bits (`PROT_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Prot(pub u32);
+
+impl Prot {
+    pub const NONE: Prot = Prot(0);
+    pub const READ: Prot = Prot(1);
+    pub const WRITE: Prot = Prot(2);
+    pub const EXEC: Prot = Prot(4);
+    pub const RW: Prot = Prot(3);
+    pub const RX: Prot = Prot(5);
+
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+impl BitOr for Prot {
+    type Output = Prot;
+    fn bitor(self, rhs: Prot) -> Prot {
+        Prot(self.0 | rhs.0)
+    }
+}
+
+/// The address of a `syscall` instruction in an executable mapping of a target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallSite {
+    pid: Pid,
+    addr: RemoteAddr,
+}
+
+impl SyscallSite {
+    /// Search the running (or stopped) process `pid`.
+    pub fn find(pid: Pid) -> Result<SyscallSite> {
+        let maps = Maps::read(pid)?;
+        let mem = ProcessMemory::open(pid)?;
+        SyscallSite::find_in(&maps, &mem)
+    }
+
+    /// Search the executable mappings of `maps`: the vDSO first, then libc, then any other.
+    pub fn find_in(maps: &Maps, mem: &ProcessMemory) -> Result<SyscallSite> {
+        let pid = mem.pid();
+        let is_libc = |n: &MapName| match n {
+            MapName::Path(p) => p
+                .file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with("libc.so") || f.starts_with("libc-")),
+            _ => false,
+        };
+        let exec: Vec<_> = maps
+            .iter()
+            .filter(|m| m.perms.exec && m.end.0 <= crate::maps::USER_TOP)
+            .collect();
+        let order = exec
+            .iter()
+            .filter(|m| m.is_pseudo("vdso"))
+            .chain(exec.iter().filter(|m| is_libc(&m.name)))
+            .chain(
+                exec.iter()
+                    .filter(|m| !m.is_pseudo("vdso") && !is_libc(&m.name)),
+            );
+        for m in order {
+            let Ok(len) = usize::try_from(m.len()) else {
+                continue;
+            };
+            let Ok(bytes) = mem.read_vec(m.start, len) else {
+                continue; // e.g. [vvar]-like or execute-only pages
+            };
+            if let Some(i) = bytes.windows(2).position(|w| w == SYSCALL_INSN) {
+                let addr = m.start.offset(i as u64);
+                tracing::debug!(pid = pid.0, addr = %addr, mapping = ?m.name, "syscall site");
+                return Ok(SyscallSite { pid, addr });
+            }
+        }
+        Err(Error::NoSyscallSite { pid })
+    }
+
+    pub fn addr(&self) -> RemoteAddr {
+        self.addr
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+}
+
+impl StoppedProcess {
+    /// Borrow a thread for remote system calls through `site`. Refuses processes under a seccomp
+    /// filter or strict mode (a filter may kill the process for an unexpected `mmap`); see
+    /// [`remote_ignoring_seccomp`](StoppedProcess::remote_ignoring_seccomp).
+    pub fn remote(&mut self, site: &SyscallSite) -> Result<Remote<'_>> {
+        match self.seccomp() {
+            SeccompMode::Disabled => self.remote_ignoring_seccomp(site),
+            SeccompMode::Strict => Err(Error::Seccomp {
+                pid: self.pid(),
+                mode: "strict mode",
+            }),
+            SeccompMode::Filter => Err(Error::Seccomp {
+                pid: self.pid(),
+                mode: "filter",
+            }),
+        }
+    }
+
+    /// [`remote`](StoppedProcess::remote) for a caller that knows the process's seccomp filter
+    /// allows `mmap`, `mprotect` and `munmap` (with `PROT_EXEC`).
+    pub fn remote_ignoring_seccomp(&mut self, site: &SyscallSite) -> Result<Remote<'_>> {
+        let pid = self.pid();
+        if site.pid != pid {
+            return Err(Error::SyscallSiteChanged {
+                pid,
+                addr: site.addr,
+            });
+        }
+        let mut bytes = [0u8; 2];
+        self.mem().read(site.addr, &mut bytes)?;
+        if bytes != SYSCALL_INSN {
+            return Err(Error::SyscallSiteChanged {
+                pid,
+                addr: site.addr,
+            });
+        }
+        let tid = self
+            .call(|t| t.pick_thread())?
+            .ok_or(Error::NoUsableThread { pid })?;
+        tracing::debug!(pid = pid.0, tid = tid.0, site = %site.addr, "borrowing thread");
+        Ok(Remote {
+            sp: self,
+            site: site.addr,
+            tid,
+        })
+    }
+}
+
+/// A thread of a stopped process borrowed for system calls. Each call leaves the thread's
+/// registers exactly as they were.
+#[derive(Debug)]
+pub struct Remote<'a> {
+    sp: &'a mut StoppedProcess,
+    site: RemoteAddr,
+    tid: Tid,
+}
+
+impl Remote<'_> {
+    /// The borrowed thread.
+    pub fn tid(&self) -> Tid {
+        self.tid
+    }
+
+    /// Run system call `nr` with up to six arguments; returns the raw `rax` (a value in
+    /// `-4095..=-1` is `-errno`).
+    pub fn syscall(&mut self, nr: u64, args: [u64; 6]) -> Result<u64> {
+        let (tid, site) = (self.tid, self.site);
+        self.sp
+            .call(move |t| t.remote_syscall(tid, site, nr, args))?
+    }
+
+    fn checked(&mut self, name: &'static str, nr: u64, args: [u64; 6]) -> Result<u64> {
+        let ret = self.syscall(nr, args)?;
+        let signed = ret as i64;
+        if (-4095..0).contains(&signed) {
+            let errno = Errno::from_raw(-signed as i32);
+            tracing::debug!(pid = self.sp.pid().0, tid = self.tid.0, name, %errno, "remote system call failed");
+            return Err(Error::RemoteSyscall {
+                pid: self.sp.pid(),
+                tid: self.tid,
+                name,
+                errno,
+            });
+        }
+        Ok(ret)
+    }
+
+    /// `mmap(addr, len, prot, flags, fd, offset)` as given.
+    pub fn mmap(
+        &mut self,
+        addr: RemoteAddr,
+        len: u64,
+        prot: Prot,
+        flags: u64,
+        fd: i64,
+        offset: u64,
+    ) -> Result<RemoteAddr> {
+        let args = [addr.0, len, u64::from(prot.0), flags, fd as u64, offset];
+        self.checked("mmap", nr::MMAP, args).map(RemoteAddr)
+    }
+
+    /// Private anonymous memory at exactly `at` (`MAP_FIXED_NOREPLACE`: fails with `EEXIST`
+    /// rather than replace anything).
+    pub fn mmap_anonymous_at(
+        &mut self,
+        at: RemoteAddr,
+        len: u64,
+        prot: Prot,
+    ) -> Result<RemoteAddr> {
+        let flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE;
+        let got = self.mmap(at, len, prot, flags, -1, 0)?;
+        if got != at {
+            // A kernel older than 4.17 takes the unknown flag as a mere hint.
+            let _ = self.munmap(got, len);
+            return Err(Error::RemoteMmapMisplaced {
+                pid: self.sp.pid(),
+                name: "mmap",
+                wanted: at,
+                got,
+            });
+        }
+        Ok(got)
+    }
+
+    /// Private anonymous memory wherever the kernel puts it (`hint` may be null).
+    pub fn mmap_anonymous(&mut self, hint: RemoteAddr, len: u64, prot: Prot) -> Result<RemoteAddr> {
+        self.mmap(hint, len, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    }
+
+    pub fn mprotect(&mut self, addr: RemoteAddr, len: u64, prot: Prot) -> Result<()> {
+        self.checked(
+            "mprotect",
+            nr::MPROTECT,
+            [addr.0, len, u64::from(prot.0), 0, 0, 0],
+        )
+        .map(drop)
+    }
+
+    pub fn munmap(&mut self, addr: RemoteAddr, len: u64) -> Result<()> {
+        self.checked("munmap", nr::MUNMAP, [addr.0, len, 0, 0, 0, 0])
+            .map(drop)
+    }
+}
+
+/// Signals that the `syscall` instruction itself can raise.
+fn is_fault_signal(sig: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP | libc::SIGSYS
+    )
+}
+
+impl Tracer {
+    /// A thread that can run a system call: not stopped inside one (event stops), preferably
+    /// holding no signal, preferably the leader.
+    pub(crate) fn pick_thread(&self) -> Option<Tid> {
+        let usable = |k: StopKind| !matches!(k, StopKind::Event(_));
+        self.threads
+            .iter()
+            .filter(|(_, th)| usable(th.stop) && th.held.is_empty())
+            .map(|(&tid, _)| tid)
+            .next()
+            .or_else(|| {
+                self.threads
+                    .iter()
+                    .find(|(_, th)| usable(th.stop))
+                    .map(|(&tid, _)| tid)
+            })
+    }
+
+    pub(crate) fn remote_syscall(
+        &mut self,
+        tid: Tid,
+        site: RemoteAddr,
+        nr: u64,
+        args: [u64; 6],
+    ) -> Result<u64> {
+        match self.threads.get(&tid) {
+            None => return Err(Error::UnknownThread { pid: self.pid, tid }),
+            Some(th) if matches!(th.stop, StopKind::Event(_)) => {
+                return Err(Error::ThreadInSyscall { pid: self.pid, tid })
+            }
+            Some(_) => {}
+        }
+        let saved = self.getregs(tid)?;
+        let mut regs = saved;
+        regs.rax = nr;
+        regs.rdi = args[0];
+        regs.rsi = args[1];
+        regs.rdx = args[2];
+        regs.r10 = args[3];
+        regs.r8 = args[4];
+        regs.r9 = args[5];
+        regs.rip = site.0;
+        regs.orig_rax = u64::MAX; // -1: no system call to restart
+        self.setregs_raw(tid, regs)?;
+        let result = self.step_syscall(tid, site);
+        if !self.threads.contains_key(&tid) {
+            return result; // the thread died; nothing to restore
+        }
+        let restored = self.setregs_raw(tid, saved);
+        let ret = result?;
+        restored?;
+        tracing::trace!(
+            pid = self.pid.0,
+            tid = tid.0,
+            nr,
+            ret = ret as i64,
+            "remote system call"
+        );
+        Ok(ret)
+    }
+
+    fn step_err(&self, tid: Tid, detail: String) -> Error {
+        Error::RemoteStep {
+            pid: self.pid,
+            tid,
+            detail,
+            state: TargetState::Stopped,
+        }
+    }
+
+    /// Single-step the `syscall` at `site` until it has run; returns `rax`.
+    fn step_syscall(&mut self, tid: Tid, site: RemoteAddr) -> Result<u64> {
+        let after = site.offset(SYSCALL_INSN.len() as u64);
+        for _ in 0..MAX_STEP_ATTEMPTS {
+            ptrace::step(nix::unistd::Pid::from_raw(tid.0), None)
+                .map_err(|e| self.ptrace_step_err(tid, "SINGLESTEP", e))?;
+            // A single `mmap`/`mprotect`/`munmap` cannot block for long: wait without timeout
+            // (the registers cannot be restored while the thread runs).
+            let status = sys::wait_thread(tid.0, false)
+                .map_err(|e| self.ptrace_step_err(tid, "waitpid", e))?
+                .ok_or_else(|| self.step_err(tid, "waitpid reported nothing".into()))?;
+            match status {
+                WaitStatus::SignalStop(sig) => {
+                    let info = ptrace::getsiginfo(nix::unistd::Pid::from_raw(tid.0))
+                        .map_err(|e| self.ptrace_step_err(tid, "GETSIGINFO", e))?;
+                    let rip = RemoteAddr(self.getregs(tid)?.rip);
+                    let th = self.threads.get_mut(&tid).expect("checked by the caller");
+                    th.stop = StopKind::Signal(sig);
+                    let from_kernel = info.si_code > 0;
+                    if sig == libc::SIGTRAP && from_kernel && rip == after {
+                        let rax = self.getregs(tid)?.rax;
+                        return Ok(rax);
+                    }
+                    if from_kernel && is_fault_signal(sig) {
+                        // Raised by our instruction: discard it.
+                        return Err(self.step_err(
+                            tid,
+                            format!("the system call raised signal {sig} at {rip}"),
+                        ));
+                    }
+                    // Someone else's signal, dequeued before the instruction ran: hold it.
+                    th.held.push(HeldSignal { signo: sig, info });
+                    tracing::debug!(
+                        pid = self.pid.0,
+                        tid = tid.0,
+                        sig,
+                        "signal during remote system call; held"
+                    );
+                    if rip != site {
+                        return Err(self.step_err(
+                            tid,
+                            format!("signal {sig} stopped it at {rip}, not at {site}"),
+                        ));
+                    }
+                }
+                WaitStatus::EventStop { sig, event } if event == PTRACE_EVENT_STOP => {
+                    // A pending interrupt or group stop came first; the instruction has not run.
+                    let th = self.threads.get_mut(&tid).expect("checked by the caller");
+                    th.stop = if sig == libc::SIGTRAP {
+                        StopKind::Interrupt
+                    } else {
+                        StopKind::GroupStop(sig)
+                    };
+                }
+                WaitStatus::EventStop { event, .. } => {
+                    if let Some(th) = self.threads.get_mut(&tid) {
+                        th.stop = StopKind::Event(event);
+                    }
+                    return Err(self.step_err(tid, format!("unexpected ptrace event {event}")));
+                }
+                WaitStatus::Exited(_) | WaitStatus::Killed(_) => {
+                    self.threads.remove(&tid);
+                    return Err(Error::RemoteStep {
+                        pid: self.pid,
+                        tid,
+                        detail: format!("the thread ended ({status:?})"),
+                        state: TargetState::Exited,
+                    });
+                }
+            }
+        }
+        Err(self.step_err(
+            tid,
+            format!("{MAX_STEP_ATTEMPTS} attempts were pre-empted by signals or stops"),
+        ))
+    }
+
+    fn ptrace_step_err(&self, tid: Tid, op: &'static str, errno: Errno) -> Error {
+        Error::Ptrace {
+            pid: self.pid,
+            tid,
+            op,
+            errno,
+            state: TargetState::Stopped,
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The few raw system calls that nix cannot express safely enough for suture.
+//!
+//! nix models signals as an enum of the 31 standard signals, so its `waitpid` fails with `EINVAL`
+//! *after consuming* a stop for a real-time signal (`SIGRTMIN`..`SIGRTMAX`), and its
+//! `ptrace::detach` cannot pass one back. glibc itself uses real-time signals (thread
+//! cancellation, `setxid` broadcasts that deadlock when lost), so losing them is not acceptable.
+//! This module keeps signal numbers as plain integers. It is the only module with `unsafe`.
+#![allow(unsafe_code)]
+
+use nix::errno::Errno;
+use std::ptr;
+
+/// A decoded wait status of one traced thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaitStatus {
+    /// The thread exited with this status (only the thread-group leader reports the process's).
+    Exited(i32),
+    /// The thread was killed by this signal.
+    Killed(i32),
+    /// Signal-delivery-stop: the thread is about to handle this signal (a single-step trap
+    /// arrives this way too, as `SIGTRAP`).
+    SignalStop(i32),
+    /// A `PTRACE_EVENT_*` stop; `PTRACE_EVENT_STOP` covers interrupt stops, group stops and the
+    /// first stop of an automatically attached new thread.
+    EventStop { sig: i32, event: i32 },
+}
+
+fn decode(status: libc::c_int) -> Option<WaitStatus> {
+    if libc::WIFEXITED(status) {
+        Some(WaitStatus::Exited(libc::WEXITSTATUS(status)))
+    } else if libc::WIFSIGNALED(status) {
+        Some(WaitStatus::Killed(libc::WTERMSIG(status)))
+    } else if libc::WIFSTOPPED(status) {
+        let sig = libc::WSTOPSIG(status);
+        let event = (status >> 16) & 0xff;
+        if event == 0 {
+            Some(WaitStatus::SignalStop(sig))
+        } else {
+            Some(WaitStatus::EventStop { sig, event })
+        }
+    } else {
+        None
+    }
+}
+
+/// `waitpid(tid, __WALL [| WNOHANG])`. `Ok(None)`: nothing to report yet (only with `nohang`).
+pub(crate) fn wait_thread(tid: i32, nohang: bool) -> Result<Option<WaitStatus>, Errno> {
+    let flags = libc::__WALL | if nohang { libc::WNOHANG } else { 0 };
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid writes one c_int through the pointer, which points to a live local.
+        let r = unsafe { libc::waitpid(tid, &mut status, flags) };
+        match r {
+            -1 => match Errno::last() {
+                Errno::EINTR => continue,
+                e => return Err(e),
+            },
+            0 => return Ok(None),
+            _ => return Ok(decode(status)),
+        }
+    }
+}
+
+/// `PTRACE_DETACH` that resumes the thread with `sig` (0: none). The signal is delivered only
+/// when the thread is in a signal-delivery-stop.
+pub(crate) fn detach(tid: i32, sig: i32) -> Result<(), Errno> {
+    // SAFETY: PTRACE_DETACH dereferences no pointer: `addr` is ignored and `data` carries the
+    // signal number by value.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_DETACH,
+            tid,
+            ptr::null_mut::<libc::c_void>(),
+            sig as usize as *mut libc::c_void,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// `tgkill(tgid, tid, sig)`: queue `sig` for one thread (the receiver sees `SI_TKILL` from us).
+pub(crate) fn tgkill(tgid: i32, tid: i32, sig: i32) -> Result<(), Errno> {
+    // SAFETY: tgkill takes three integers and dereferences nothing.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::c_long::from(tgid),
+            libc::c_long::from(tid),
+            libc::c_long::from(sig),
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// `rt_tgsigqueueinfo(tgid, tid, sig, info)`: queue `sig` for one thread with its full siginfo.
+/// The kernel accepts this from another process only for negative `si_code`s other than
+/// `SI_TKILL` (`sigqueue`, timers, message queues, asynchronous I/O).
+pub(crate) fn tgsigqueueinfo(
+    tgid: i32,
+    tid: i32,
+    sig: i32,
+    info: &libc::siginfo_t,
+) -> Result<(), Errno> {
+    let info: *const libc::siginfo_t = info;
+    // SAFETY: the kernel only reads a siginfo_t through the pointer, which comes from a live
+    // reference to a complete siginfo_t.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_tgsigqueueinfo,
+            libc::c_long::from(tgid),
+            libc::c_long::from(tid),
+            libc::c_long::from(sig),
+            info,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_statuses() {
+        assert_eq!(decode(42 << 8), Some(WaitStatus::Exited(42)));
+        assert_eq!(decode(9), Some(WaitStatus::Killed(9)));
+        // A stop for SIGRTMIN+3 (37), which nix cannot represent.
+        assert_eq!(decode((37 << 8) | 0x7f), Some(WaitStatus::SignalStop(37)));
+        // PTRACE_EVENT_STOP (128) with SIGTRAP.
+        assert_eq!(
+            decode((128 << 16) | (5 << 8) | 0x7f),
+            Some(WaitStatus::EventStop { sig: 5, event: 128 })
+        );
+        assert_eq!(decode(0xffff), None); // WIFCONTINUED
+    }
+}
