@@ -7,6 +7,7 @@
 //! - [`ids`]: typed process, thread and address values.
 //! - [`link`]: laying out a patch object for a given place in a target and applying its
 //!   relocations (pure computation: no ptrace, testable on bytes).
+pub mod apply;
 pub mod commit;
 pub mod error;
 pub mod header;

@@ -433,3 +433,96 @@ impl Tracer {
         }
     }
 }
+
+/// How many system-call stops a commit routine may pass before it is considered stuck (it
+/// makes `3 + writes` system calls, each giving an entry and an exit stop).
+const MAX_ROUTINE_STOPS: usize = 20_000;
+
+impl StoppedProcess {
+    /// Runs code the caller placed in the target on one stopped thread, the other threads
+    /// staying stopped: the thread starts at `entry` and is followed from system call to system
+    /// call until the exit of system call `marker`; then its registers become `restore`.
+    ///
+    /// The routine must be able to finish on its own (if suture dies, the kernel detaches the
+    /// thread and it runs on): see [`crate::commit`].
+    pub fn run_routine(
+        &mut self,
+        tid: Tid,
+        entry: RemoteAddr,
+        marker: u64,
+        restore: Registers,
+    ) -> Result<()> {
+        self.call(move |t| t.run_routine(tid, entry, marker, restore))?
+    }
+}
+
+use crate::stop::Registers;
+
+impl Tracer {
+    fn run_routine(
+        &mut self,
+        tid: Tid,
+        entry: RemoteAddr,
+        marker: u64,
+        restore: Registers,
+    ) -> Result<()> {
+        if !self.threads.contains_key(&tid) {
+            return Err(Error::UnknownThread { pid: self.pid, tid });
+        }
+        let mut regs = self.getregs(tid)?;
+        regs.rip = entry.0;
+        regs.orig_rax = u64::MAX; // not inside a system call any more
+        self.setregs_raw(tid, regs)?;
+        let npid = nix::unistd::Pid::from_raw(tid.0);
+        let mut in_marker = false;
+        for _ in 0..MAX_ROUTINE_STOPS {
+            ptrace::syscall(npid, None).map_err(|e| self.ptrace_step_err(tid, "SYSCALL", e))?;
+            let status = sys::wait_thread(tid.0, false)
+                .map_err(|e| self.ptrace_step_err(tid, "waitpid", e))?
+                .ok_or_else(|| self.step_err(tid, "waitpid reported nothing".into()))?;
+            match status {
+                WaitStatus::SignalStop(sig) => {
+                    let info = ptrace::getsiginfo(npid)
+                        .map_err(|e| self.ptrace_step_err(tid, "GETSIGINFO", e))?;
+                    let syscall_stop = sig == libc::SIGTRAP
+                        && (info.si_code == libc::SIGTRAP || info.si_code == libc::SIGTRAP | 0x80);
+                    if syscall_stop {
+                        let r = self.getregs(tid)?;
+                        if r.orig_rax == marker {
+                            if in_marker {
+                                // The marker's exit: every write is done.
+                                self.setregs_raw(tid, restore)?;
+                                let th = self.threads.get_mut(&tid).expect("checked above");
+                                th.stop = StopKind::Signal(libc::SIGTRAP);
+                                return Ok(());
+                            }
+                            in_marker = true;
+                        }
+                        continue;
+                    }
+                    if info.si_code > 0 && is_fault_signal(sig) {
+                        // The routine faulted: it cannot have written anything half-way (each
+                        // write is one system call), so put the thread back as it was.
+                        let _ = self.setregs_raw(tid, restore);
+                        return Err(
+                            self.step_err(tid, format!("the commit routine raised signal {sig}"))
+                        );
+                    }
+                    let th = self.threads.get_mut(&tid).expect("checked above");
+                    th.held.push(HeldSignal { signo: sig, info });
+                }
+                WaitStatus::EventStop { .. } => continue,
+                WaitStatus::Exited(_) | WaitStatus::Killed(_) => {
+                    self.threads.remove(&tid);
+                    return Err(Error::RemoteStep {
+                        pid: self.pid,
+                        tid,
+                        detail: format!("the thread ended while committing ({status:?})"),
+                        state: TargetState::Exited,
+                    });
+                }
+            }
+        }
+        Err(self.step_err(tid, "the commit routine did not finish".into()))
+    }
+}

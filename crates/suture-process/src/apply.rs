@@ -1,0 +1,750 @@
+//! Applying, reverting and listing live patches in a running process.
+//!
+//! Apply, in order, and what the target is doing meanwhile:
+//! 1. *(running)* Parse the patch, read the patched object's and libraries' symbols and unwind
+//!    tables, resolve every symbol, choose a free range within rel32 reach, link the patch for
+//!    it, generate the commit routine.
+//! 2. *(stopped briefly)* Map the region at that address with its final protections (W^X).
+//! 3. *(running)* Write code, data, header (state "loaded") and routine through /proc/PID/mem.
+//! 4. *(stopped: the stop window)* Check every thread's stack; if a replaced function is busy,
+//!    resume and retry until the timeout. Otherwise one thread runs the commit routine, which
+//!    writes every jump and sets the header to "live".
+//!
+//! Any failure after step 2 unmaps the region: the target keeps running its original code.
+
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::commit::{Commit, Write, MARKER_SYSCALL};
+use crate::header::{Header, HeaderError, Redirect, State, MAGIC};
+use crate::ids::{Pid, RemoteAddr, Tid};
+use crate::link::{LinkError, Plan, Request, Resolver, Segment, Value, PAGE};
+use crate::maps::{MapName, Maps};
+use crate::mem::ProcessMemory;
+use crate::remote::{Prot, SyscallSite};
+use crate::stack::{BusyRange, Finding, StackSnapshot, UnwindInfo};
+use crate::stop::{Registers, StoppedProcess};
+use crate::symbols::{ElfSymbols, Mapped, TargetResolver};
+
+/// What happened to the target when an operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Nothing in the target changed.
+    Untouched,
+    /// Memory was mapped and released again; the code was never switched.
+    RolledBack,
+}
+
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    #[error("{0} (target untouched)")]
+    Patch(String),
+    #[error("{0} (target untouched)")]
+    Link(#[from] LinkError),
+    #[error("{source}")]
+    Process {
+        #[source]
+        source: crate::error::Error,
+        outcome: Outcome,
+    },
+    #[error("{function} is still running in thread {tid} after {waited:?}; the patch was not applied ({outcome})", outcome = outcome_word(*.outcome))]
+    Busy {
+        function: String,
+        tid: Tid,
+        waited: Duration,
+        outcome: Outcome,
+    },
+    #[error("{0} ({outcome})", outcome = outcome_word(*.1))]
+    Target(String, Outcome),
+}
+
+fn outcome_word(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Untouched => "target untouched",
+        Outcome::RolledBack => "target rolled back to its original code",
+    }
+}
+
+impl ApplyError {
+    fn process(source: crate::error::Error, outcome: Outcome) -> ApplyError {
+        ApplyError::Process { source, outcome }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ApplyOptions {
+    /// How long to keep retrying while a replaced function is busy.
+    pub timeout: Duration,
+    /// Name recorded in the target for status and revert.
+    pub patch_id: String,
+    /// Path (or path suffix) of the mapped object the patch is for; default the executable.
+    pub object: Option<String>,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            timeout: Duration::from_secs(3),
+            patch_id: "patch".into(),
+            object: None,
+        }
+    }
+}
+
+/// A patch that is live in a process.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Applied {
+    pub pid: i32,
+    pub base: u64,
+    pub size: u64,
+    pub redirects: Vec<Redirect>,
+    /// Stop attempts needed (more than 1 when a replaced function was busy).
+    pub attempts: u32,
+    /// How long the target was stopped for the switch (the last attempt), as suture saw it.
+    pub stop_window_us: u64,
+}
+
+/// A patch found in a process by its header.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LivePatch {
+    pub pid: i32,
+    pub base: u64,
+    pub header: Header,
+}
+
+struct ChangedFn {
+    name: String,
+    request: Request,
+    size: u64,
+}
+
+fn manifest_functions(plan: &Plan) -> Result<Vec<ChangedFn>, ApplyError> {
+    let obj = plan.object();
+    let section = obj
+        .sections
+        .iter()
+        .find(|s| s.name == suture_object::emit::MANIFEST_SECTION)
+        .ok_or_else(|| {
+            ApplyError::Patch("the patch object has no .suture.patch manifest".into())
+        })?;
+    let v: serde_json::Value = serde_json::from_slice(section.data)
+        .map_err(|e| ApplyError::Patch(format!("the patch manifest is not valid JSON: {e}")))?;
+    if v["schema"] != suture_object::report::SCHEMA {
+        return Err(ApplyError::Patch(format!(
+            "the patch manifest has schema {}, this suture reads {}",
+            v["schema"],
+            suture_object::report::SCHEMA
+        )));
+    }
+    let mut out = Vec::new();
+    for f in v["changed_functions"].as_array().into_iter().flatten() {
+        if f["fragment"].as_bool() == Some(true) {
+            continue;
+        }
+        let name = f["name"].as_str().unwrap_or_default().to_string();
+        let original = f["original_name"].as_str().unwrap_or_default().to_string();
+        let request = match (f["binding"].as_str(), f["file"].as_str()) {
+            (Some("local"), file) => Request::Local {
+                file: file.unwrap_or_default().to_string(),
+                name: original,
+            },
+            _ => Request::Global {
+                name: original,
+                weak: false,
+            },
+        };
+        out.push(ChangedFn {
+            name,
+            request,
+            size: f["original_size"].as_u64().unwrap_or(0),
+        });
+    }
+    if out.is_empty() {
+        return Err(ApplyError::Patch("the patch replaces no function".into()));
+    }
+    Ok(out)
+}
+
+/// The mapped ELF files of a process: the patched object first, then the others in map order.
+struct Loaded {
+    mapped: Vec<Mapped>,
+    files: Vec<(String, Vec<u8>, u64, std::ops::Range<u64>)>,
+    patched: usize,
+}
+
+impl Loaded {
+    /// The executable first, then the libraries in map order (the dynamic linker's order
+    /// for the common case).
+    fn search(&self) -> Vec<&Mapped> {
+        let mut v: Vec<&Mapped> = self.mapped.iter().filter(|m| m.is_exec).collect();
+        v.extend(self.mapped.iter().filter(|m| !m.is_exec));
+        v
+    }
+}
+
+fn load_objects(pid: Pid, maps: &Maps, object: Option<&str>) -> Result<Loaded, ApplyError> {
+    let exe = std::fs::read_link(format!("/proc/{}/exe", pid.0)).map_err(|e| {
+        ApplyError::Target(
+            format!("cannot read /proc/{}/exe: {e}", pid.0),
+            Outcome::Untouched,
+        )
+    })?;
+    let wanted = |p: &std::path::Path| match object {
+        Some(o) => p.to_string_lossy().ends_with(o),
+        None => p == exe,
+    };
+    let mut mapped = Vec::new();
+    let mut files = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut patched_at = None;
+    for m in maps.iter() {
+        let (MapName::Path(path), 0) = (&m.name, m.offset) else {
+            continue;
+        };
+        if !seen.insert(path.clone()) {
+            continue;
+        }
+        let Some(open) = m.open_path(pid) else {
+            continue;
+        };
+        let Ok(bytes) = std::fs::read(&open) else {
+            continue;
+        };
+        let name = path.to_string_lossy().into_owned();
+        let Ok(symbols) = ElfSymbols::parse(&name, &bytes) else {
+            continue;
+        };
+        let bias = symbols.bias(m.start);
+        let code = maps
+            .of_path(path)
+            .filter(|x| x.perms.exec)
+            .map(|x| x.start.0..x.end.0)
+            .next()
+            .unwrap_or(0..0);
+        if wanted(path) && patched_at.is_none() {
+            patched_at = Some(mapped.len());
+        }
+        mapped.push(Mapped {
+            path: name.clone(),
+            symbols,
+            bias,
+            is_exec: *path == exe,
+        });
+        files.push((name, bytes, bias, code));
+    }
+    let Some(patched) = patched_at else {
+        return Err(ApplyError::Target(
+            format!(
+                "the process does not map {}",
+                object.map_or_else(|| exe.display().to_string(), str::to_string)
+            ),
+            Outcome::Untouched,
+        ));
+    };
+    Ok(Loaded {
+        mapped,
+        files,
+        patched,
+    })
+}
+
+fn regs_array(r: &Registers) -> [u64; 18] {
+    [
+        r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12,
+        r.r13, r.r14, r.r15, r.rip, r.eflags,
+    ]
+}
+
+/// Registers for the routine's own restore: a thread interrupted inside a restartable system
+/// call resumes by re-executing it.
+fn restartable(mut r: Registers) -> Registers {
+    let rax = r.rax as i64;
+    if (r.orig_rax as i64) >= 0 {
+        match rax {
+            -514..=-512 => {
+                r.rax = r.orig_rax;
+                r.rip -= 2;
+            }
+            -516 => {
+                r.rax = 219; // restart_syscall
+                r.rip -= 2;
+            }
+            _ => {}
+        }
+    }
+    r
+}
+
+/// Reads every thread's stack (from its stack pointer to the end of its mapping, at most
+/// `cap` bytes) in one copy each.
+fn snapshot(mem: &ProcessMemory, maps: &Maps, rsp: u64, cap: u64) -> StackSnapshot {
+    let end = maps
+        .find(RemoteAddr(rsp))
+        .map_or(rsp + 4096, |m| m.end.0)
+        .min(rsp.saturating_add(cap));
+    let mut bytes = vec![0u8; end.saturating_sub(rsp) as usize];
+    if mem.read(RemoteAddr(rsp), &mut bytes).is_err() {
+        bytes.clear();
+    }
+    StackSnapshot { base: rsp, bytes }
+}
+
+const STACK_CAP: u64 = 1 << 20;
+
+/// Finds the free range for a region of `size` bytes near `center`.
+fn place(maps: &Maps, center: RemoteAddr, size: u64) -> Result<RemoteAddr, ApplyError> {
+    maps.free_range_near(center, size, PAGE).ok_or_else(|| {
+        ApplyError::Target(
+            format!("no free address range of {size} bytes within 2 GiB of {center}"),
+            Outcome::Untouched,
+        )
+    })
+}
+
+fn jump(from: u64, to: u64) -> Result<Vec<u8>, ApplyError> {
+    let rel = (to as i64) - (from as i64 + 5);
+    let rel = i32::try_from(rel).map_err(|_| {
+        ApplyError::Target(
+            format!("{to:#x} is out of jump range of {from:#x}"),
+            Outcome::Untouched,
+        )
+    })?;
+    let mut v = vec![0xe9];
+    v.extend_from_slice(&rel.to_le_bytes());
+    Ok(v)
+}
+
+fn unmap(pid: Pid, site: &SyscallSite, base: RemoteAddr, size: u64) -> Outcome {
+    let done = StoppedProcess::stop(pid).and_then(|mut sp| {
+        let r = sp.remote(site).and_then(|mut rm| rm.munmap(base, size));
+        sp.resume().and(r)
+    });
+    match done {
+        Ok(()) => Outcome::RolledBack,
+        Err(e) => {
+            tracing::error!(pid = pid.0, %e, "could not release the patch region");
+            Outcome::RolledBack
+        }
+    }
+}
+
+/// Applies a patch object to a running process.
+pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, ApplyError> {
+    // 1. Everything that can be done while the target runs.
+    let plan = Plan::new(patch, PAGE)?;
+    let functions = manifest_functions(&plan)?;
+    let maps = Maps::read(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    let mem = ProcessMemory::open(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    let loaded = load_objects(pid, &maps, opts.object.as_deref())?;
+    let patched = &loaded.mapped[loaded.patched];
+    let resolver = TargetResolver {
+        patched,
+        search: loaded.search(),
+    };
+    let mut originals = Vec::new();
+    for f in &functions {
+        let Value::Address(from) =
+            resolver
+                .resolve(&f.request)
+                .map_err(|reason| LinkError::Unresolved {
+                    symbol: f.request.name().to_string(),
+                    reason,
+                })?
+        else {
+            return Err(ApplyError::Patch(format!(
+                "{} has no address",
+                f.request.name()
+            )));
+        };
+        originals.push((f, from));
+    }
+    let mut unwind = UnwindInfo::default();
+    for (name, bytes, bias, code) in &loaded.files {
+        unwind.add_elf(name, bytes, *bias, code.clone());
+    }
+    let dummy = Commit::generate(
+        0,
+        0,
+        &vec![
+            Write {
+                addr: 0,
+                new: vec![0; 5],
+                old: vec![0; 5]
+            };
+            originals.len()
+        ],
+        0,
+        [0; 4],
+    );
+    let code_pages = (dummy.code.len() as u64).div_ceil(PAGE).max(1);
+    let block_pages = (dummy.block.len() as u64).div_ceil(PAGE).max(1);
+    let plan_size = plan.region_size();
+    let size = plan_size + (code_pages + block_pages) * PAGE;
+    let center = RemoteAddr(originals.iter().map(|(_, a)| a.0).min().unwrap_or(0));
+    let base = place(&maps, center, size)?;
+    let linked = plan.link(base, &resolver)?;
+    let code_addr = base.offset(plan_size);
+    let block_addr = code_addr.offset(code_pages * PAGE);
+
+    let mut writes = Vec::new();
+    let mut redirects = Vec::new();
+    let mut busy = Vec::new();
+    for (f, from) in &originals {
+        let to = *linked.symbols.get(&f.name).ok_or_else(|| {
+            ApplyError::Patch(format!("the patch object does not define {}", f.name))
+        })?;
+        let new = jump(from.0, to.0)?;
+        let old = mem
+            .read_vec(*from, new.len())
+            .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+        busy.push(BusyRange {
+            range: from.0..from.0 + f.size.max(new.len() as u64),
+            name: f.request.name().to_string(),
+        });
+        redirects.push(Redirect {
+            from: from.0,
+            to: to.0,
+            saved: old.clone(),
+        });
+        writes.push(Write {
+            addr: from.0,
+            new,
+            old,
+        });
+    }
+    let header = Header {
+        state: State::Loaded,
+        region_size: size,
+        applied_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        patch_id: opts.patch_id.clone(),
+        build_id: patched.symbols.build_id.clone().unwrap_or_default(),
+        object: patched.path.clone(),
+        redirects: redirects.clone(),
+    };
+    let header_bytes = header
+        .encode()
+        .map_err(|e| ApplyError::Patch(e.to_string()))?;
+    let commit = Commit::generate(
+        code_addr.0,
+        block_addr.0,
+        &writes,
+        base.0 + Header::STATE_OFFSET,
+        Header::state_bytes(State::Live),
+    );
+    let site = SyscallSite::find_in(&maps, &mem)
+        .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+
+    // 2. Map the region with its final protections.
+    let text_at = base.offset(plan.segment_offset(Segment::Text));
+    let text_len = plan.segment_offset(Segment::Rodata) - plan.segment_offset(Segment::Text);
+    let data_at = base.offset(plan.segment_offset(Segment::Data));
+    let data_len = plan_size - plan.segment_offset(Segment::Data);
+    {
+        let mut sp =
+            StoppedProcess::stop(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+        let mapped = (|| {
+            let mut rm = sp.remote(&site)?;
+            rm.mmap_anonymous_at(base, size, Prot::READ)?;
+            let r = (|| {
+                if text_len > 0 {
+                    rm.mprotect(text_at, text_len, Prot::READ | Prot::EXEC)?;
+                }
+                if data_len > 0 {
+                    rm.mprotect(data_at, data_len, Prot::READ | Prot::WRITE)?;
+                }
+                rm.mprotect(code_addr, code_pages * PAGE, Prot::READ | Prot::EXEC)
+            })();
+            if r.is_err() {
+                let _ = rm.munmap(base, size);
+            }
+            r
+        })();
+        let resumed = sp.resume();
+        mapped.map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+        resumed.map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    }
+    let fail = |e: ApplyError| -> ApplyError {
+        let outcome = unmap(pid, &site, base, size);
+        match e {
+            ApplyError::Process { source, .. } => ApplyError::Process { source, outcome },
+            ApplyError::Busy {
+                function,
+                tid,
+                waited,
+                ..
+            } => ApplyError::Busy {
+                function,
+                tid,
+                waited,
+                outcome,
+            },
+            ApplyError::Target(m, _) => ApplyError::Target(m, outcome),
+            other => ApplyError::Target(other.to_string(), outcome),
+        }
+    };
+
+    // 3. Write everything while the target runs (nothing refers to the region yet).
+    let written = (|| {
+        mem.write(base, &header_bytes)?;
+        for (_, addr, bytes) in &linked.segments {
+            mem.write(*addr, bytes)?;
+        }
+        mem.write(code_addr, &commit.code)?;
+        mem.write(block_addr, &commit.block)
+    })();
+    written.map_err(|e| fail(ApplyError::process(e, Outcome::Untouched)))?;
+
+    // 4. The switch.
+    let started = Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let t0 = Instant::now();
+        let mut sp = StoppedProcess::stop(pid)
+            .map_err(|e| fail(ApplyError::process(e, Outcome::Untouched)))?;
+        let regs = sp
+            .all_regs()
+            .map_err(|e| fail(ApplyError::process(e, Outcome::Untouched)))?;
+        let mut blocked = None;
+        for (tid, r) in &regs {
+            let stack = snapshot(sp.mem(), &maps, r.rsp, STACK_CAP);
+            if let Finding::Busy { name, .. } = unwind.check(r.rip, r.rsp, r.rbp, &stack, &busy) {
+                blocked = Some((name, *tid));
+                break;
+            }
+        }
+        if let Some((function, tid)) = blocked {
+            let _ = sp.resume();
+            if started.elapsed() >= opts.timeout {
+                return Err(fail(ApplyError::Busy {
+                    function,
+                    tid,
+                    waited: started.elapsed(),
+                    outcome: Outcome::Untouched,
+                }));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        let (tid, saved) = regs[0];
+        let block = commit.block_with_registers(&regs_array(&restartable(saved)));
+        let run = sp
+            .mem()
+            .write(block_addr, &block)
+            .and_then(|()| sp.run_routine(tid, code_addr, MARKER_SYSCALL, saved));
+        let state = sp.mem().read_vec(base.offset(Header::STATE_OFFSET), 4);
+        let resumed = sp.resume();
+        let window = t0.elapsed();
+        let live = matches!(&state, Ok(b) if b[..] == Header::state_bytes(State::Live));
+        if !live {
+            let detail = match run {
+                Err(e) => e.to_string(),
+                Ok(()) => "the commit routine could not write the jumps".into(),
+            };
+            return Err(fail(ApplyError::Target(detail, Outcome::Untouched)));
+        }
+        if let Err(e) = resumed {
+            tracing::warn!(pid = pid.0, %e, "resuming after the switch");
+        }
+        tracing::info!(pid = pid.0, patch = %opts.patch_id, functions = redirects.len(), "patch applied");
+        return Ok(Applied {
+            pid: pid.0,
+            base: base.0,
+            size,
+            redirects,
+            attempts,
+            stop_window_us: window.as_micros() as u64,
+        });
+    }
+}
+
+/// Patches live in a process, found by the headers at the start of their regions.
+pub fn status(pid: Pid) -> Result<Vec<LivePatch>, crate::error::Error> {
+    let maps = Maps::read(pid)?;
+    let mem = ProcessMemory::open(pid)?;
+    let mut out = Vec::new();
+    for m in maps.iter() {
+        if !matches!(m.name, MapName::Anonymous) || !m.perms.read || m.perms.write || m.perms.exec {
+            continue;
+        }
+        let mut magic = [0u8; 8];
+        if mem.read(m.start, &mut magic).is_err() || &magic != MAGIC {
+            continue;
+        }
+        let Ok(bytes) = mem.read_vec(m.start, PAGE as usize) else {
+            continue;
+        };
+        match Header::decode(&bytes) {
+            Ok(header) => out.push(LivePatch {
+                pid: pid.0,
+                base: m.start.0,
+                header,
+            }),
+            Err(HeaderError::NoMagic) => {}
+            Err(e) => tracing::warn!(pid = pid.0, base = m.start.0, %e, "unreadable suture header"),
+        }
+    }
+    Ok(out)
+}
+
+/// Reverts the live patch `patch_id` (the most recent one with that id): the same switch in
+/// reverse, checking that no thread runs patch code, then releases its memory.
+pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, ApplyError> {
+    let patches = status(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    let Some(p) = patches
+        .iter()
+        .filter(|p| p.header.patch_id == patch_id && p.header.state == State::Live)
+        .max_by_key(|p| (p.header.applied_at, p.base))
+        .cloned()
+    else {
+        return Err(ApplyError::Target(
+            format!("no live patch {patch_id:?} in process {}", pid.0),
+            Outcome::Untouched,
+        ));
+    };
+    let maps = Maps::read(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    let mem = ProcessMemory::open(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    // Refuse when a later patch redirected the same entries: revert in reverse order.
+    for q in &patches {
+        if q.base != p.base
+            && q.header.state == State::Live
+            && q.header.applied_at >= p.header.applied_at
+            && q.header
+                .redirects
+                .iter()
+                .any(|r| p.header.redirects.iter().any(|x| x.from == r.from))
+            && q.base > 0
+        {
+            let current = mem
+                .read_vec(RemoteAddr(p.header.redirects[0].from), 5)
+                .unwrap_or_default();
+            let ours =
+                jump(p.header.redirects[0].from, p.header.redirects[0].to).unwrap_or_default();
+            if current != ours {
+                return Err(ApplyError::Target(
+                    format!(
+                        "patch {:?} was applied on top of {patch_id:?}; revert it first",
+                        q.header.patch_id
+                    ),
+                    Outcome::Untouched,
+                ));
+            }
+        }
+    }
+    let mut writes = Vec::new();
+    for r in &p.header.redirects {
+        let current = mem
+            .read_vec(RemoteAddr(r.from), r.saved.len())
+            .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+        writes.push(Write {
+            addr: r.from,
+            new: r.saved.clone(),
+            old: current,
+        });
+    }
+    // The routine goes in the region's own commit pages (the last pages before the block).
+    let region = maps
+        .find(RemoteAddr(p.base))
+        .map(|m| m.start.0..m.end.0)
+        .unwrap_or(p.base..p.base + p.header.region_size);
+    let code_page = maps
+        .iter()
+        .filter(|m| {
+            m.start.0 >= region.start && m.end.0 <= p.base + p.header.region_size && m.perms.exec
+        })
+        .map(|m| m.start.0)
+        .max()
+        .ok_or_else(|| {
+            ApplyError::Target(
+                "the patch region has no code pages".into(),
+                Outcome::Untouched,
+            )
+        })?;
+    let block_addr = maps
+        .iter()
+        .filter(|m| m.start.0 > code_page && m.start.0 < p.base + p.header.region_size)
+        .map(|m| m.start.0)
+        .min()
+        .unwrap_or(code_page + PAGE);
+    let commit = Commit::generate(
+        code_page,
+        block_addr,
+        &writes,
+        p.base + Header::STATE_OFFSET,
+        Header::state_bytes(State::Reverted),
+    );
+    mem.write(RemoteAddr(code_page), &commit.code)
+        .and_then(|()| mem.write(RemoteAddr(block_addr), &commit.block))
+        .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    // Busy: any code of the patch region.
+    let busy: Vec<BusyRange> = maps
+        .iter()
+        .filter(|m| m.start.0 >= p.base && m.end.0 <= p.base + p.header.region_size && m.perms.exec)
+        .map(|m| BusyRange {
+            range: m.start.0..m.end.0,
+            name: format!("patch {patch_id} code"),
+        })
+        .collect();
+    let unwind = UnwindInfo::default();
+    let site = SyscallSite::find_in(&maps, &mem)
+        .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    let started = Instant::now();
+    loop {
+        let mut sp =
+            StoppedProcess::stop(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+        let regs = sp
+            .all_regs()
+            .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+        let mut blocked = None;
+        for (tid, r) in &regs {
+            let stack = snapshot(sp.mem(), &maps, r.rsp, STACK_CAP);
+            if let Finding::Busy { name, .. } = unwind.check(r.rip, r.rsp, r.rbp, &stack, &busy) {
+                blocked = Some((name, *tid));
+                break;
+            }
+        }
+        if let Some((function, tid)) = blocked {
+            let _ = sp.resume();
+            if started.elapsed() >= timeout {
+                return Err(ApplyError::Busy {
+                    function,
+                    tid,
+                    waited: started.elapsed(),
+                    outcome: Outcome::Untouched,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        let (tid, saved) = regs[0];
+        let block = commit.block_with_registers(&regs_array(&restartable(saved)));
+        let run = sp
+            .mem()
+            .write(RemoteAddr(block_addr), &block)
+            .and_then(|()| sp.run_routine(tid, RemoteAddr(code_page), MARKER_SYSCALL, saved));
+        let state = sp
+            .mem()
+            .read_vec(RemoteAddr(p.base + Header::STATE_OFFSET), 4);
+        let reverted = matches!(&state, Ok(b) if b[..] == Header::state_bytes(State::Reverted));
+        if reverted {
+            // Nothing can run the patch code any more: release it in the same stop.
+            if let Ok(mut rm) = sp.remote(&site) {
+                let _ = rm.munmap(RemoteAddr(p.base), p.header.region_size);
+            }
+        }
+        let _ = sp.resume();
+        if !reverted {
+            let detail = match run {
+                Err(e) => e.to_string(),
+                Ok(()) => "the commit routine could not restore the original bytes".into(),
+            };
+            return Err(ApplyError::Target(detail, Outcome::Untouched));
+        }
+        tracing::info!(pid = pid.0, patch = patch_id, "patch reverted");
+        return Ok(p);
+    }
+}

@@ -1,0 +1,158 @@
+//! End to end on a real process: build a program, diff a fix of one of its units, apply the
+//! patch to the running program, watch its behaviour change, check status, revert.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use suture_process::apply::{apply, revert, status, ApplyOptions};
+use suture_process::header::State;
+use suture_process::ids::Pid;
+
+const MAIN: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+int version(void);
+int scaled(int);
+static void *worker(void *arg) {
+    (void)arg;
+    for (;;) { volatile int v = version() + scaled(1); (void)v; usleep(100); }
+    return 0;
+}
+int main(void) {
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) pthread_create(&t[i], 0, worker, 0);
+    setvbuf(stdout, 0, _IOLBF, 0);
+    for (;;) { printf("v=%d s=%d\n", version(), scaled(10)); usleep(2000); }
+}
+"#;
+
+const LIB: &str = r#"
+static int calls;
+int factor = 3;
+static int helper(int x) { return x * factor; }
+int version(void) { calls++; return 1; }
+int scaled(int x) { return helper(x) + (calls > 0); }
+"#;
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn gcc(dir: &Path, args: &[&str]) {
+    let ok = Command::new("gcc")
+        .current_dir(dir)
+        .args(args)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "gcc {args:?}");
+}
+
+fn build(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let flags = ["-O2", "-g", "-ffunction-sections", "-fdata-sections", "-c"];
+    std::fs::create_dir_all(dir.join("orig")).unwrap();
+    std::fs::create_dir_all(dir.join("fixed")).unwrap();
+    std::fs::write(dir.join("main.c"), MAIN).unwrap();
+    std::fs::write(dir.join("orig/lib.c"), LIB).unwrap();
+    let fixed = LIB
+        .replace("calls++; return 1;", "calls++; return 2;")
+        .replace("return x * factor;", "return x * factor + 1000;");
+    std::fs::write(dir.join("fixed/lib.c"), fixed).unwrap();
+    let mut args = flags.to_vec();
+    args.extend(["main.c", "-o", "main.o"]);
+    gcc(dir, &args);
+    for side in ["orig", "fixed"] {
+        let mut args = flags.to_vec();
+        args.extend(["lib.c", "-o", "lib.o"]);
+        gcc(&dir.join(side), &args);
+    }
+    gcc(dir, &["main.o", "orig/lib.o", "-o", "prog", "-lpthread"]);
+    let a = std::fs::read(dir.join("orig/lib.o")).unwrap();
+    let b = std::fs::read(dir.join("fixed/lib.o")).unwrap();
+    let (a, b) = (
+        suture_object::Object::parse(&a).unwrap(),
+        suture_object::Object::parse(&b).unwrap(),
+    );
+    let d = suture_object::analyze(&a, &b).unwrap();
+    assert_eq!(d.report.status, suture_object::Status::Patchable);
+    (dir.join("prog"), suture_object::emit::emit(&d).unwrap())
+}
+
+/// Waits until the program prints a line containing `want`.
+fn wait_for(lines: &mpsc::Receiver<String>, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(l) = lines.recv_timeout(Duration::from_millis(100)) {
+            if l.contains(want) {
+                return l;
+            }
+        }
+    }
+    panic!("the program never printed {want:?}");
+}
+
+#[test]
+fn apply_changes_behaviour_and_revert_restores_it() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-e2e");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (prog, patch) = build(&dir);
+    let mut child = Kill(Command::new(&prog).stdout(Stdio::piped()).spawn().unwrap());
+    let out = BufReader::new(child.0.stdout.take().unwrap());
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    wait_for(&lines, "v=1 s=31");
+    let pid = Pid(child.0.id() as i32);
+
+    let opts = ApplyOptions {
+        patch_id: "lib-fix".into(),
+        ..Default::default()
+    };
+    let applied = apply(pid, &patch, &opts).expect("apply");
+    assert_eq!(applied.redirects.len(), 2, "{applied:?}");
+    // New code runs: version() is 2 and the changed static helper (inlined into scaled) adds
+    // 1000, reading the original global `factor` and static `calls`.
+    wait_for(&lines, "v=2 s=1031");
+    let live = status(pid).unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].header.patch_id, "lib-fix");
+    assert_eq!(live[0].header.state, State::Live);
+    assert!(live[0].header.object.ends_with("prog"));
+
+    revert(pid, "lib-fix", Duration::from_secs(3)).expect("revert");
+    wait_for(&lines, "v=1 s=31");
+    assert!(
+        status(pid).unwrap().is_empty(),
+        "region released after revert"
+    );
+
+    // Apply again, then the program must still be healthy (no crash, no stray stop).
+    apply(pid, &patch, &opts).expect("second apply");
+    wait_for(&lines, "v=2 s=1031");
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the program is still running"
+    );
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", pid.0)).unwrap();
+    let st = state
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    assert!(st != "T" && st != "t", "target left stopped: {st}");
+}
