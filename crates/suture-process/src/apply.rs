@@ -395,10 +395,14 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         let to = *linked.symbols.get(&f.name).ok_or_else(|| {
             ApplyError::Patch(format!("the patch object does not define {}", f.name))
         })?;
-        let new = jump(from.0, to.0)?;
+        let mut new = jump(from.0, to.0)?;
+        // At an 8-byte aligned entry (gcc aligns functions to 16), write 8 bytes: one aligned
+        // store, so no thread can ever execute half a jump.
+        let width = if from.0 % 8 == 0 { 8 } else { new.len() };
         let old = mem
-            .read_vec(*from, new.len())
+            .read_vec(*from, width)
             .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+        new.extend_from_slice(&old[new.len()..]);
         busy.push(BusyRange {
             range: from.0..from.0 + f.size.max(new.len() as u64),
             name: f.request.name().to_string(),
@@ -467,6 +471,7 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         mapped.map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
         resumed.map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     }
+    crate::failpoint::hit("apply:mapped");
     let fail = |e: ApplyError| -> ApplyError {
         let outcome = unmap(pid, &site, base, size);
         match e {
@@ -497,6 +502,7 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         mem.write(block_addr, &commit.block)
     })();
     written.map_err(|e| fail(ApplyError::process(e, Outcome::Untouched)))?;
+    crate::failpoint::hit("apply:written");
 
     // 4. The switch.
     let started = Instant::now();
@@ -530,6 +536,7 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
+        crate::failpoint::hit("apply:stopped");
         let (tid, saved) = regs[0];
         let block = commit.block_with_registers(&regs_array(&restartable(saved)));
         let run = sp

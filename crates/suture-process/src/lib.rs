@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod commit;
 pub mod error;
+pub mod failpoint;
 pub mod header;
 pub mod ids;
 pub mod link;

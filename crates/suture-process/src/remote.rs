@@ -473,6 +473,7 @@ impl Tracer {
         regs.rip = entry.0;
         regs.orig_rax = u64::MAX; // not inside a system call any more
         self.setregs_raw(tid, regs)?;
+        crate::failpoint::hit("commit:started");
         let npid = nix::unistd::Pid::from_raw(tid.0);
         let mut in_marker = false;
         for _ in 0..MAX_ROUTINE_STOPS {
@@ -487,6 +488,7 @@ impl Tracer {
                     let syscall_stop = sig == libc::SIGTRAP
                         && (info.si_code == libc::SIGTRAP || info.si_code == libc::SIGTRAP | 0x80);
                     if syscall_stop {
+                        crate::failpoint::hit("commit:midway");
                         let r = self.getregs(tid)?;
                         if r.orig_rax == marker {
                             if in_marker {

@@ -11,32 +11,9 @@ use suture_process::apply::{apply, revert, status, ApplyOptions};
 use suture_process::header::State;
 use suture_process::ids::Pid;
 
-const MAIN: &str = r#"
-#include <pthread.h>
-#include <stdio.h>
-#include <unistd.h>
-int version(void);
-int scaled(int);
-static void *worker(void *arg) {
-    (void)arg;
-    for (;;) { volatile int v = version() + scaled(1); (void)v; usleep(100); }
-    return 0;
-}
-int main(void) {
-    pthread_t t[4];
-    for (int i = 0; i < 4; i++) pthread_create(&t[i], 0, worker, 0);
-    setvbuf(stdout, 0, _IOLBF, 0);
-    for (;;) { printf("v=%d s=%d\n", version(), scaled(10)); usleep(2000); }
-}
-"#;
-
-const LIB: &str = r#"
-static int calls;
-int factor = 3;
-static int helper(int x) { return x * factor; }
-int version(void) { calls++; return 1; }
-int scaled(int x) { return helper(x) + (calls > 0); }
-"#;
+const MAIN: &str = include_str!("fixtures/versioned/main.c");
+const LIB: &str = include_str!("fixtures/versioned/lib.c");
+const FIXED: &str = include_str!("fixtures/versioned/lib.fixed.c");
 
 struct Kill(Child);
 impl Drop for Kill {
@@ -62,10 +39,7 @@ fn build(dir: &Path) -> (PathBuf, Vec<u8>) {
     std::fs::create_dir_all(dir.join("fixed")).unwrap();
     std::fs::write(dir.join("main.c"), MAIN).unwrap();
     std::fs::write(dir.join("orig/lib.c"), LIB).unwrap();
-    let fixed = LIB
-        .replace("calls++; return 1;", "calls++; return 2;")
-        .replace("return x * factor;", "return x * factor + 1000;");
-    std::fs::write(dir.join("fixed/lib.c"), fixed).unwrap();
+    std::fs::write(dir.join("fixed/lib.c"), FIXED).unwrap();
     let mut args = flags.to_vec();
     args.extend(["main.c", "-o", "main.o"]);
     gcc(dir, &args);
