@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod demo;
 mod diff_cmd;
+mod process_cmd;
 
 /// Exit statuses, documented in `--help` and README.md.
 pub mod exit {
@@ -62,6 +63,58 @@ enum Command {
         #[arg(short = 'o', long = "output", value_name = "PATCH.o")]
         output: Option<PathBuf>,
     },
+    /// Apply a patch object (from `suture diff -o`) to running processes, without restarting
+    /// them. Exit status 0 only when it is live in every process asked.
+    Apply {
+        /// The patch object.
+        patch: PathBuf,
+        /// Process to patch (repeat for several).
+        #[arg(long = "pid", value_name = "PID", required_unless_present = "all")]
+        pids: Vec<i32>,
+        /// Every process that maps the patched object (see --object).
+        #[arg(long, conflicts_with = "pids")]
+        all: bool,
+        /// The mapped object the patch is for: a path or path suffix (default: the
+        /// executable of each process; required with --all).
+        #[arg(long, value_name = "PATH", required_if_eq("all", "true"))]
+        object: Option<String>,
+        /// Name recorded in the process for status and revert (default: the file stem).
+        #[arg(long, value_name = "NAME")]
+        id: Option<String>,
+        /// Seconds to keep retrying while a function being replaced is running.
+        #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
+        timeout: f64,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revert a live patch by its id (the name shown by `suture status`).
+    Revert {
+        /// The patch id.
+        id: String,
+        /// Process to revert in (repeat for several).
+        #[arg(long = "pid", value_name = "PID", required_unless_present = "all")]
+        pids: Vec<i32>,
+        /// Every process where the patch is live.
+        #[arg(long, conflicts_with = "pids")]
+        all: bool,
+        /// Seconds to keep retrying while patched code is running.
+        #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
+        timeout: f64,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the live patches of one process or of every process, read from the processes
+    /// themselves (no state on disk).
+    Status {
+        /// Only this process.
+        #[arg(long, value_name = "PID")]
+        pid: Option<i32>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run suture on a built-in example: compile a small service before and after a fix, show
     /// what changed and write the patch object.
     Demo {
@@ -92,6 +145,23 @@ fn main() -> ExitCode {
             json,
             output,
         } => diff_cmd::run(&original, &patched, json, output.as_deref()),
+        Command::Apply {
+            patch,
+            pids,
+            all,
+            object,
+            id,
+            timeout,
+            json,
+        } => process_cmd::apply(&patch, &pids, all, object, id, timeout, json),
+        Command::Revert {
+            id,
+            pids,
+            all,
+            timeout,
+            json,
+        } => process_cmd::revert(&id, &pids, all, timeout, json),
+        Command::Status { pid, json } => process_cmd::status(pid, json),
         Command::Demo { keep } => demo::run(keep),
     };
     match result {

@@ -1,0 +1,252 @@
+//! Killing suture with SIGKILL at every injected point of `suture apply` never leaves the
+//! target half-patched, stopped, or crashed: before the commit it runs its original code, once
+//! the commit has started it ends up running the new code (the target finishes the switch).
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../suture-process/tests/fixtures/versioned"
+);
+const OLD: &str = "v=1 s=31";
+const NEW: &str = "v=2 s=1031";
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn gcc(dir: &Path, args: &[&str]) {
+    assert!(Command::new("gcc")
+        .current_dir(dir)
+        .args(args)
+        .status()
+        .unwrap()
+        .success());
+}
+
+fn suture() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_suture"))
+}
+
+/// Builds the program and, with `suture diff -o`, the patch of lib.c.
+fn build(dir: &Path) -> (PathBuf, PathBuf) {
+    let _ = std::fs::remove_dir_all(dir);
+    for side in ["orig", "fixed"] {
+        std::fs::create_dir_all(dir.join(side)).unwrap();
+    }
+    let f = Path::new(FIXTURES);
+    std::fs::copy(f.join("main.c"), dir.join("main.c")).unwrap();
+    std::fs::copy(f.join("lib.c"), dir.join("orig/lib.c")).unwrap();
+    std::fs::copy(f.join("lib.fixed.c"), dir.join("fixed/lib.c")).unwrap();
+    let c = ["-c", "-O2", "-g", "-ffunction-sections", "-fdata-sections"];
+    gcc(dir, &[&c[..], &["main.c", "-o", "main.o"]].concat());
+    for side in ["orig", "fixed"] {
+        gcc(
+            &dir.join(side),
+            &[&c[..], &["lib.c", "-o", "lib.o"]].concat(),
+        );
+    }
+    gcc(dir, &["main.o", "orig/lib.o", "-o", "prog", "-lpthread"]);
+    let patch = dir.join("lib.patch.o");
+    let st = suture()
+        .args(["diff", "orig/lib.o", "fixed/lib.o", "-o"])
+        .arg(&patch)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        st.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    (dir.join("prog"), patch)
+}
+
+fn start(prog: &Path) -> (Kill, mpsc::Receiver<String>) {
+    let mut child = Kill(Command::new(prog).stdout(Stdio::piped()).spawn().unwrap());
+    let out = BufReader::new(child.0.stdout.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Lines printed during `for`.
+fn lines_for(rx: &mpsc::Receiver<String>, d: Duration) -> Vec<String> {
+    let end = Instant::now() + d;
+    let mut v = Vec::new();
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        if let Ok(l) = rx.recv_timeout(left) {
+            v.push(l);
+        }
+    }
+    v
+}
+
+fn state(pid: u32) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    s.rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn sigkill_at_every_point_leaves_old_or_new_code_never_a_mixture() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kill");
+    let (prog, patch) = build(&dir);
+    let points = [
+        ("apply:mapped", false),
+        ("apply:written", false),
+        ("apply:stopped", false),
+        ("commit:started", true),
+        ("commit:midway", true),
+    ];
+    for (point, switched) in points {
+        let (child, rx) = start(&prog);
+        assert!(lines_for(&rx, Duration::from_millis(100))
+            .iter()
+            .any(|l| l == OLD));
+        let pid = child.0.id();
+        let out = suture()
+            .arg("apply")
+            .arg(&patch)
+            .args(["--pid", &pid.to_string()])
+            .env("SUTURE_FAILPOINT", point)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{point}: suture was not killed there"
+        );
+        // Let the target settle, then everything it prints must be one version only.
+        let _ = lines_for(&rx, Duration::from_millis(50));
+        let after = lines_for(&rx, Duration::from_millis(300));
+        assert!(
+            after.len() > 20,
+            "{point}: the target stopped printing: {after:?}"
+        );
+        let want = if switched { NEW } else { OLD };
+        assert!(
+            after.iter().all(|l| l == want),
+            "{point}: expected only {want:?}, got {:?}",
+            after
+                .iter()
+                .filter(|l| *l != want)
+                .take(5)
+                .collect::<Vec<_>>()
+        );
+        let st = state(pid);
+        assert!(
+            st != "T" && st != "t",
+            "{point}: target left stopped ({st})"
+        );
+        // The process itself says what happened: live after the switch, merely loaded (not
+        // switched, reclaimable) before it.
+        let status = suture()
+            .args(["status", "--json", "--pid", &pid.to_string()])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        let states: Vec<&str> = v["patches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["header"]["state"].as_str().unwrap())
+            .collect();
+        if switched {
+            assert_eq!(states, ["live"], "{point}");
+        } else {
+            assert!(states.iter().all(|s| *s == "loaded"), "{point}: {states:?}");
+        }
+    }
+}
+
+#[test]
+fn apply_status_revert_through_the_cli() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-apply");
+    let (prog, patch) = build(&dir);
+    let (child, rx) = start(&prog);
+    assert!(lines_for(&rx, Duration::from_millis(100))
+        .iter()
+        .any(|l| l == OLD));
+    let pid = child.0.id().to_string();
+    let out = suture()
+        .arg("apply")
+        .arg(&patch)
+        .args(["--pid", &pid, "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["patch"], "lib.patch");
+    assert_eq!(v["processes"][0]["applied"], true);
+    let _ = lines_for(&rx, Duration::from_millis(30));
+    assert!(lines_for(&rx, Duration::from_millis(100))
+        .iter()
+        .all(|l| l == NEW));
+
+    let out = suture().args(["status", "--pid", &pid]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("lib.patch (live)") && text.contains("2 functions"),
+        "{text}"
+    );
+
+    let out = suture()
+        .args(["revert", "lib.patch", "--pid", &pid])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = lines_for(&rx, Duration::from_millis(30));
+    assert!(lines_for(&rx, Duration::from_millis(100))
+        .iter()
+        .all(|l| l == OLD));
+    let out = suture().args(["status", "--pid", &pid]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no live patches"));
+
+    // Errors: a process that does not exist, a patch that is not live.
+    let out = suture()
+        .arg("apply")
+        .arg(&patch)
+        .args(["--pid", "999999999"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("999999999"));
+    let out = suture()
+        .args(["revert", "nope", "--pid", &pid])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no live patch"));
+}
