@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Stop-window benchmark (method of shared/bench/README.md): the stopwatch probe's main thread
+# spins calling version(); any gap between two iterations is time the process was stopped.
+# For each thread count, CYCLES times: apply a patch making version() return 2, then revert;
+# an operation's stop window is the largest gap starting inside it. Prints a Markdown table.
+#
+#   scripts/bench-stop.sh [CYCLES] [STOPWATCH.c]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cycles=${1:-100}
+src=${2:-../shared/bench/stopwatch.c}
+[ -f "$src" ] || { echo "no stopwatch.c at $src" >&2; exit 1; }
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+cargo build --release -q -p suture
+suture=$PWD/target/release/suture
+mkdir -p "$work/orig" "$work/fixed"
+cp "$src" "$work/orig/stopwatch.c"
+sed 's/^\treturn 1;$/\treturn 2;/' "$src" > "$work/fixed/stopwatch.c"
+for side in orig fixed; do
+    (cd "$work/$side" && gcc -c -O2 -g -ffunction-sections -fdata-sections stopwatch.c -o stopwatch.o)
+done
+gcc -pthread "$work/orig/stopwatch.o" -o "$work/stopwatch"
+"$suture" diff "$work/orig/stopwatch.o" "$work/fixed/stopwatch.o" -o "$work/patch.o" >/dev/null
+
+echo "| threads | operation | min ms | median ms | p90 ms | cycles |"
+echo "|---|---|---|---|---|---|"
+for extra in 0 8 64; do
+    "$work/stopwatch" "$extra" > "$work/gaps.$extra" &
+    pid=$!
+    sleep 0.3
+    : > "$work/ops.$extra"
+    for _ in $(seq "$cycles"); do
+        for op in apply revert; do
+            t0=$(python3 -c 'import time; print(time.monotonic_ns())')
+            if [ "$op" = apply ]; then
+                "$suture" apply "$work/patch.o" --pid "$pid" --id bench >/dev/null
+            else
+                "$suture" revert bench --pid "$pid" >/dev/null
+            fi
+            t1=$(python3 -c 'import time; print(time.monotonic_ns())')
+            echo "$op $t0 $t1" >> "$work/ops.$extra"
+        done
+    done
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    python3 - "$work/gaps.$extra" "$work/ops.$extra" "$((extra + 1))" <<'PY'
+import statistics, sys
+gaps = []
+for line in open(sys.argv[1]):
+    f = line.split()
+    if f and f[0] == "GAP":
+        gaps.append((int(f[1]), int(f[2])))
+res = {"apply": [], "revert": []}
+for line in open(sys.argv[2]):
+    op, t0, t1 = line.split()
+    t0, t1 = int(t0), int(t1)
+    inside = [g for s, g in gaps if t0 <= s <= t1]
+    res[op].append(max(inside) / 1e6 if inside else 0.0)
+for op, v in res.items():
+    v.sort()
+    p90 = v[min(len(v) - 1, int(round(0.9 * (len(v) - 1))))]
+    print(f"| {sys.argv[3]} | {op} | {v[0]:.3f} | {statistics.median(v):.3f} | {p90:.3f} | {len(v)} |")
+PY
+done
