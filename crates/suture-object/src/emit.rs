@@ -224,8 +224,9 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
         let width = section.entsize.clamp(1, 16);
         let mut bytes = self.d.patched.string_at(sec, start).to_vec();
         bytes.extend(std::iter::repeat_n(0, width as usize));
-        // Keep the string's alignment: wide literals are read a character at a time.
-        let align = section.align.clamp(width, 64);
+        // Keep the string's alignment: wide literals are read a character at a time. (A
+        // character width that is not a power of two, from a corrupt `sh_entsize`, rounds up.)
+        let align = section.align.clamp(width, 64).next_power_of_two();
         self.add_rodata(sec, start, &bytes, align, "str")
     }
 
