@@ -505,67 +505,119 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
     crate::failpoint::hit("apply:written");
 
     // 4. The switch.
+    let done = switch(
+        pid,
+        &Switch {
+            maps: &maps,
+            unwind: &unwind,
+            busy: &busy,
+            commit: &commit,
+            code_addr,
+            block_addr,
+            state_addr: base.offset(Header::STATE_OFFSET),
+            want: State::Live,
+            timeout: opts.timeout,
+            failpoint: "apply:stopped",
+        },
+        |_| {},
+    )
+    .map_err(fail)?;
+    tracing::info!(pid = pid.0, patch = %opts.patch_id, functions = redirects.len(), "patch applied");
+    Ok(Applied {
+        pid: pid.0,
+        base: base.0,
+        size,
+        redirects,
+        attempts: done.attempts,
+        stop_window_us: done.window.as_micros() as u64,
+    })
+}
+
+/// Everything the switch needs, prepared before the target is stopped.
+struct Switch<'a> {
+    maps: &'a Maps,
+    unwind: &'a UnwindInfo,
+    busy: &'a [BusyRange],
+    commit: &'a Commit,
+    code_addr: RemoteAddr,
+    block_addr: RemoteAddr,
+    state_addr: RemoteAddr,
+    /// The header state the routine writes when every write is done.
+    want: State,
+    timeout: Duration,
+    failpoint: &'static str,
+}
+
+struct Switched {
+    attempts: u32,
+    window: Duration,
+}
+
+/// Stops the target until no thread runs a busy range (retrying until the timeout), then has
+/// one thread run the commit routine, and checks the header state it leaves. `then` runs in
+/// the same stop after a successful switch (revert releases the region there).
+fn switch(
+    pid: Pid,
+    sw: &Switch,
+    then: impl FnOnce(&mut StoppedProcess),
+) -> Result<Switched, ApplyError> {
     let started = Instant::now();
     let mut attempts = 0;
     loop {
         attempts += 1;
         let t0 = Instant::now();
-        let mut sp = StoppedProcess::stop(pid)
-            .map_err(|e| fail(ApplyError::process(e, Outcome::Untouched)))?;
+        let mut sp =
+            StoppedProcess::stop(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
         let regs = sp
             .all_regs()
-            .map_err(|e| fail(ApplyError::process(e, Outcome::Untouched)))?;
-        let mut blocked = None;
-        for (tid, r) in &regs {
-            let stack = snapshot(sp.mem(), &maps, r.rsp, STACK_CAP);
-            if let Finding::Busy { name, .. } = unwind.check(r.rip, r.rsp, r.rbp, &stack, &busy) {
-                blocked = Some((name, *tid));
-                break;
+            .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+        let blocked = regs.iter().find_map(|(tid, r)| {
+            let stack = snapshot(sp.mem(), sw.maps, r.rsp, STACK_CAP);
+            match sw.unwind.check(r.rip, r.rsp, r.rbp, &stack, sw.busy) {
+                Finding::Busy { name, .. } => Some((name, *tid)),
+                Finding::Clear => None,
             }
-        }
+        });
         if let Some((function, tid)) = blocked {
             let _ = sp.resume();
-            if started.elapsed() >= opts.timeout {
-                return Err(fail(ApplyError::Busy {
+            if started.elapsed() >= sw.timeout {
+                return Err(ApplyError::Busy {
                     function,
                     tid,
                     waited: started.elapsed(),
                     outcome: Outcome::Untouched,
-                }));
+                });
             }
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
-        crate::failpoint::hit("apply:stopped");
+        crate::failpoint::hit(sw.failpoint);
         let (tid, saved) = regs[0];
-        let block = commit.block_with_registers(&regs_array(&restartable(saved)));
+        let block = sw
+            .commit
+            .block_with_registers(&regs_array(&restartable(saved)));
         let run = sp
             .mem()
-            .write(block_addr, &block)
-            .and_then(|()| sp.run_routine(tid, code_addr, MARKER_SYSCALL, saved));
-        let state = sp.mem().read_vec(base.offset(Header::STATE_OFFSET), 4);
+            .write(sw.block_addr, &block)
+            .and_then(|()| sp.run_routine(tid, sw.code_addr, MARKER_SYSCALL, saved));
+        let state = sp.mem().read_vec(sw.state_addr, 4);
+        let switched = matches!(&state, Ok(b) if b[..] == Header::state_bytes(sw.want));
+        if switched {
+            then(&mut sp);
+        }
         let resumed = sp.resume();
         let window = t0.elapsed();
-        let live = matches!(&state, Ok(b) if b[..] == Header::state_bytes(State::Live));
-        if !live {
+        if !switched {
             let detail = match run {
                 Err(e) => e.to_string(),
-                Ok(()) => "the commit routine could not write the jumps".into(),
+                Ok(()) => "the commit routine could not write every jump".into(),
             };
-            return Err(fail(ApplyError::Target(detail, Outcome::Untouched)));
+            return Err(ApplyError::Target(detail, Outcome::Untouched));
         }
         if let Err(e) = resumed {
             tracing::warn!(pid = pid.0, %e, "resuming after the switch");
         }
-        tracing::info!(pid = pid.0, patch = %opts.patch_id, functions = redirects.len(), "patch applied");
-        return Ok(Applied {
-            pid: pid.0,
-            base: base.0,
-            size,
-            redirects,
-            attempts,
-            stop_window_us: window.as_micros() as u64,
-        });
+        return Ok(Switched { attempts, window });
     }
 }
 
@@ -699,59 +751,28 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
     let unwind = UnwindInfo::default();
     let site = SyscallSite::find_in(&maps, &mem)
         .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-    let started = Instant::now();
-    loop {
-        let mut sp =
-            StoppedProcess::stop(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-        let regs = sp
-            .all_regs()
-            .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-        let mut blocked = None;
-        for (tid, r) in &regs {
-            let stack = snapshot(sp.mem(), &maps, r.rsp, STACK_CAP);
-            if let Finding::Busy { name, .. } = unwind.check(r.rip, r.rsp, r.rbp, &stack, &busy) {
-                blocked = Some((name, *tid));
-                break;
-            }
-        }
-        if let Some((function, tid)) = blocked {
-            let _ = sp.resume();
-            if started.elapsed() >= timeout {
-                return Err(ApplyError::Busy {
-                    function,
-                    tid,
-                    waited: started.elapsed(),
-                    outcome: Outcome::Untouched,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(10));
-            continue;
-        }
-        let (tid, saved) = regs[0];
-        let block = commit.block_with_registers(&regs_array(&restartable(saved)));
-        let run = sp
-            .mem()
-            .write(RemoteAddr(block_addr), &block)
-            .and_then(|()| sp.run_routine(tid, RemoteAddr(code_page), MARKER_SYSCALL, saved));
-        let state = sp
-            .mem()
-            .read_vec(RemoteAddr(p.base + Header::STATE_OFFSET), 4);
-        let reverted = matches!(&state, Ok(b) if b[..] == Header::state_bytes(State::Reverted));
-        if reverted {
-            // Nothing can run the patch code any more: release it in the same stop.
+    let (base, size) = (RemoteAddr(p.base), p.header.region_size);
+    switch(
+        pid,
+        &Switch {
+            maps: &maps,
+            unwind: &unwind,
+            busy: &busy,
+            commit: &commit,
+            code_addr: RemoteAddr(code_page),
+            block_addr: RemoteAddr(block_addr),
+            state_addr: base.offset(Header::STATE_OFFSET),
+            want: State::Reverted,
+            timeout,
+            failpoint: "revert:stopped",
+        },
+        // Nothing can run the patch code any more: release it in the same stop.
+        |sp| {
             if let Ok(mut rm) = sp.remote(&site) {
-                let _ = rm.munmap(RemoteAddr(p.base), p.header.region_size);
+                let _ = rm.munmap(base, size);
             }
-        }
-        let _ = sp.resume();
-        if !reverted {
-            let detail = match run {
-                Err(e) => e.to_string(),
-                Ok(()) => "the commit routine could not restore the original bytes".into(),
-            };
-            return Err(ApplyError::Target(detail, Outcome::Untouched));
-        }
-        tracing::info!(pid = pid.0, patch = patch_id, "patch reverted");
-        return Ok(p);
-    }
+        },
+    )?;
+    tracing::info!(pid = pid.0, patch = patch_id, "patch reverted");
+    Ok(p)
 }
