@@ -130,3 +130,180 @@ fn apply_changes_behaviour_and_revert_restores_it() {
         .unwrap();
     assert!(st != "T" && st != "t", "target left stopped: {st}");
 }
+
+/// The unit patched lives in a shared library the program loads: the patch is bound to the
+/// library (`object`), its statics resolve in the library's symbol table.
+#[test]
+fn patches_a_function_inside_a_shared_library() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-so");
+    let _ = std::fs::remove_dir_all(&dir);
+    for side in ["orig", "fixed"] {
+        std::fs::create_dir_all(dir.join(side)).unwrap();
+    }
+    std::fs::write(dir.join("main.c"), MAIN).unwrap();
+    std::fs::write(dir.join("orig/lib.c"), LIB).unwrap();
+    std::fs::write(dir.join("fixed/lib.c"), FIXED).unwrap();
+    let c = [
+        "-c",
+        "-O2",
+        "-g",
+        "-fPIC",
+        "-ffunction-sections",
+        "-fdata-sections",
+    ];
+    for side in ["orig", "fixed"] {
+        gcc(
+            &dir.join(side),
+            &[&c[..], &["lib.c", "-o", "lib.o"]].concat(),
+        );
+    }
+    gcc(&dir, &["-shared", "orig/lib.o", "-o", "libver.so"]);
+    gcc(
+        &dir,
+        &[
+            "-O2",
+            "main.c",
+            "-L.",
+            "-lver",
+            "-Wl,-rpath,$ORIGIN",
+            "-lpthread",
+            "-o",
+            "prog",
+        ],
+    );
+    let a = std::fs::read(dir.join("orig/lib.o")).unwrap();
+    let b = std::fs::read(dir.join("fixed/lib.o")).unwrap();
+    let (a, b) = (
+        suture_object::Object::parse(&a).unwrap(),
+        suture_object::Object::parse(&b).unwrap(),
+    );
+    let d = suture_object::analyze(&a, &b).unwrap();
+    let patch = suture_object::emit::emit(&d).unwrap();
+
+    let mut child = Kill(
+        Command::new(dir.join("prog"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let out = BufReader::new(child.0.stdout.take().unwrap());
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    wait_for(&lines, "v=1 s=31");
+    let pid = Pid(child.0.id() as i32);
+    let opts = ApplyOptions {
+        patch_id: "so-fix".into(),
+        object: Some("libver.so".into()),
+        ..Default::default()
+    };
+    apply(pid, &patch, &opts).expect("apply to the library");
+    wait_for(&lines, "v=2 s=1031");
+    assert!(status(pid).unwrap()[0].header.object.ends_with("libver.so"));
+    revert(pid, "so-fix", Duration::from_secs(3)).expect("revert");
+    wait_for(&lines, "v=1 s=31");
+}
+
+/// A function that never returns (an event loop) is busy forever: apply must give up after
+/// its timeout naming the function and the thread, and leave the target untouched with the
+/// patch memory released.
+#[test]
+fn a_function_that_never_returns_is_refused_by_name() {
+    const SPIN: &str = "int spin(volatile int *stop) { while (!*stop) { } return 1; }\n";
+    const MAIN_SPIN: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+int spin(volatile int *);
+static volatile int never;
+static void *loop(void *a) { (void)a; spin(&never); return 0; }
+int main(void) {
+    pthread_t t;
+    pthread_create(&t, 0, loop, 0);
+    setvbuf(stdout, 0, _IOLBF, 0);
+    for (;;) { printf("alive\n"); usleep(2000); }
+}
+"#;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-busy");
+    let _ = std::fs::remove_dir_all(&dir);
+    for side in ["orig", "fixed"] {
+        std::fs::create_dir_all(dir.join(side)).unwrap();
+    }
+    std::fs::write(dir.join("main.c"), MAIN_SPIN).unwrap();
+    std::fs::write(dir.join("orig/spin.c"), SPIN).unwrap();
+    std::fs::write(
+        dir.join("fixed/spin.c"),
+        SPIN.replace("return 1;", "return 2;"),
+    )
+    .unwrap();
+    let c = ["-c", "-O2", "-ffunction-sections", "-fdata-sections"];
+    for side in ["orig", "fixed"] {
+        gcc(
+            &dir.join(side),
+            &[&c[..], &["spin.c", "-o", "spin.o"]].concat(),
+        );
+    }
+    gcc(
+        &dir,
+        &["-O2", "main.c", "orig/spin.o", "-lpthread", "-o", "prog"],
+    );
+    let a = std::fs::read(dir.join("orig/spin.o")).unwrap();
+    let b = std::fs::read(dir.join("fixed/spin.o")).unwrap();
+    let (a, b) = (
+        suture_object::Object::parse(&a).unwrap(),
+        suture_object::Object::parse(&b).unwrap(),
+    );
+    let patch = suture_object::emit::emit(&suture_object::analyze(&a, &b).unwrap()).unwrap();
+
+    let mut child = Kill(
+        Command::new(dir.join("prog"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let out = BufReader::new(child.0.stdout.take().unwrap());
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    wait_for(&lines, "alive");
+    let pid = Pid(child.0.id() as i32);
+    let maps_before = std::fs::read_to_string(format!("/proc/{}/maps", pid.0)).unwrap();
+    let opts = ApplyOptions {
+        patch_id: "spin-fix".into(),
+        timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    match apply(pid, &patch, &opts) {
+        Err(e @ suture_process::apply::ApplyError::Busy { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("spin") && msg.contains("thread"), "{msg}");
+            assert!(
+                msg.contains("rolled back") || msg.contains("untouched"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected a busy refusal, got {other:?}"),
+    }
+    assert!(
+        status(pid).unwrap().is_empty(),
+        "nothing left in the target"
+    );
+    let maps_after = std::fs::read_to_string(format!("/proc/{}/maps", pid.0)).unwrap();
+    assert_eq!(
+        maps_before.lines().count(),
+        maps_after.lines().count(),
+        "region released"
+    );
+    wait_for(&lines, "alive");
+    assert!(child.0.try_wait().unwrap().is_none());
+}
