@@ -94,7 +94,9 @@ fn build(tag: &str, src: &str, flags: &[&str], output: &str) -> Vec<u8> {
 }
 
 fn build_file(tag: &str, file: &str, src: &str, flags: &[&str], output: &str) -> Vec<u8> {
-    let dir = work_dir().join(tag);
+    // One directory per test process: nextest runs tests in parallel processes, which must not
+    // compile the same fixture into the same files.
+    let dir = work_dir().join(format!("{tag}.{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(file), src).unwrap();
     let out = Command::new("gcc")
