@@ -28,15 +28,18 @@ pub fn run(original: &Path, patched: &Path, json: bool, output: Option<&Path>) -
     }
 
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        crate::out(&format!("{}\n", serde_json::to_string_pretty(report)?));
     } else {
-        print!("{}", human(report));
+        let mut text = human(report);
         if let Some(out) = output {
             match wrote {
-                Some(n) => println!("\nWrote patch object {} ({n} bytes).", out.display()),
-                None => println!("\nNot writing {}: nothing to patch.", out.display()),
+                Some(n) => {
+                    text += &format!("\nWrote patch object {} ({n} bytes).\n", out.display())
+                }
+                None => text += &format!("\nNot writing {}: nothing to patch.\n", out.display()),
             }
         }
+        crate::out(&text);
     }
     Ok(match report.status {
         Status::Patchable => exit::OK,

@@ -185,6 +185,23 @@ fn init_logging(level: Option<&str>) {
         .try_init();
 }
 
+/// Writes command output to stdout. A closed pipe (`suture status | head`) ends the program
+/// quietly, as other command-line tools do, instead of panicking.
+pub fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(exit::OK.into());
+        }
+        eprintln!("suture: error: cannot write output: {e}");
+        std::process::exit(exit::ERROR.into());
+    }
+}
+
 /// Reads a whole file with its path in the error.
 pub fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))

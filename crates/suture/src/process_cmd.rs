@@ -173,21 +173,26 @@ pub fn status(pid: Option<i32>, json: bool) -> Result<u8> {
         );
         return Ok(exit::OK);
     }
+    let mut text = String::new();
     if live.is_empty() {
-        println!("no live patches");
+        text.push_str("no live patches\n");
     }
     for l in &live {
         let state = serde_json::to_value(l.header.state)?;
-        println!(
-            "process {}: {} ({}) on {} [build-id {}], {} functions, region {:#x}",
-            l.pid,
-            l.header.patch_id,
-            state.as_str().unwrap_or("?"),
-            l.header.object,
-            hex(&l.header.build_id),
-            l.header.redirects.len(),
-            l.base
+        text += &format!(
+            "{}\n",
+            format_args!(
+                "process {}: {} ({}) on {} [build-id {}], {} functions, region {:#x}",
+                l.pid,
+                l.header.patch_id,
+                state.as_str().unwrap_or("?"),
+                l.header.object,
+                hex(&l.header.build_id),
+                l.header.redirects.len(),
+                l.base
+            )
         );
     }
+    crate::out(&text);
     Ok(exit::OK)
 }

@@ -175,3 +175,30 @@ fn demo_runs_and_cleans_up() {
         "{text}"
     );
 }
+
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let d = work("epipe");
+    // 3,000 changed functions: far more JSON than a pipe buffers.
+    let src = |k: i32| -> String {
+        (0..3000)
+            .map(|i| format!("int f{i}(int x) {{ return x * {} + {i}; }}\n", k + i))
+            .collect()
+    };
+    let a = object(&d, "a", &src(1));
+    let b = object(&d, "b", &src(2));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_suture"))
+        .arg("diff")
+        .arg(&a)
+        .arg(&b)
+        .arg("--json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away at once, like `| head -0`
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
