@@ -40,15 +40,6 @@ pub fn is_fragment(name: &str) -> bool {
     name.split('.').skip(1).any(|p| p == "cold")
 }
 
-/// Names for compiler-generated local data whose identity does not matter (their contents do).
-pub fn is_compiler_local_data(name: &str) -> bool {
-    let base = name.split('.').next().unwrap_or(name);
-    matches!(
-        base,
-        "__func__" | "__PRETTY_FUNCTION__" | "__FUNCTION__" | "CSWTCH" | "C" | "__compound_literal"
-    ) || name.starts_with(".L")
-}
-
 /// Prefix of patch-object symbols that stand for a *local* symbol of the original unit.
 pub const LOCAL_PREFIX: &str = "suture.local::";
 
