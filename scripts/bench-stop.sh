@@ -4,6 +4,9 @@
 # For each thread count, CYCLES times: apply a patch making version() return 2, then revert;
 # an operation's stop window is the largest gap starting inside it. Prints a Markdown table.
 #
+# A second probe adds 100 functions that the patch also changes (101 redirects), to compare
+# the stop window with 1 and with 101 patched functions.
+#
 #   scripts/bench-stop.sh [CYCLES] [STOPWATCH.c]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,36 +17,49 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 cargo build --release -q -p suture
 suture=$PWD/target/release/suture
-mkdir -p "$work/orig" "$work/fixed"
-cp "$src" "$work/orig/stopwatch.c"
-sed 's/^\treturn 1;$/\treturn 2;/' "$src" > "$work/fixed/stopwatch.c"
-for side in orig fixed; do
-    (cd "$work/$side" && gcc -c -O2 -g -ffunction-sections -fdata-sections stopwatch.c -o stopwatch.o)
-done
-gcc -pthread "$work/orig/stopwatch.o" -o "$work/stopwatch"
-"$suture" diff "$work/orig/stopwatch.o" "$work/fixed/stopwatch.o" -o "$work/patch.o" >/dev/null
+# build NAME EXTRA_FUNCTIONS: probe binary and patch for it in $work/NAME/
+build() {
+    local d="$work/$1" n=$2
+    mkdir -p "$d/orig" "$d/fixed"
+    cp "$src" "$d/orig/stopwatch.c"
+    for i in $(seq 0 $((n - 1))); do
+        echo "__attribute__((noinline)) int extra$i(int x) { return x + $i; }" >> "$d/orig/stopwatch.c"
+    done
+    sed -e 's/^\treturn 1;$/\treturn 2;/' -e 's/return x + \([0-9]*\); }/return x + \1 + 1; }/' \
+        "$d/orig/stopwatch.c" > "$d/fixed/stopwatch.c"
+    for side in orig fixed; do
+        (cd "$d/$side" && gcc -c -O2 -g -ffunction-sections -fdata-sections stopwatch.c -o stopwatch.o)
+    done
+    gcc -pthread "$d/orig/stopwatch.o" -o "$d/stopwatch"
+    "$suture" diff "$d/orig/stopwatch.o" "$d/fixed/stopwatch.o" -o "$d/patch.o" >/dev/null
+}
+build one 0
+build wide 100
 
-echo "| threads | operation | min ms | median ms | p90 ms | cycles |"
-echo "|---|---|---|---|---|---|"
-for extra in 0 8 64; do
-    "$work/stopwatch" "$extra" > "$work/gaps.$extra" &
+echo "| functions | threads | operation | min ms | median ms | p90 ms | cycles |"
+echo "|---|---|---|---|---|---|---|"
+for set in "one 0" "one 8" "one 64" "wide 0" "wide 64"; do
+    read -r name extra <<< "$set"
+    d="$work/$name"
+    funcs=$([ "$name" = one ] && echo 1 || echo 101)
+    "$d/stopwatch" "$extra" > "$d/gaps.$extra" &
     pid=$!
     sleep 0.3
-    : > "$work/ops.$extra"
+    : > "$d/ops.$extra"
     for _ in $(seq "$cycles"); do
         for op in apply revert; do
             t0=$(python3 -c 'import time; print(time.monotonic_ns())')
             if [ "$op" = apply ]; then
-                "$suture" apply "$work/patch.o" --pid "$pid" --id bench >/dev/null
+                "$suture" apply "$d/patch.o" --pid "$pid" --id bench >/dev/null
             else
                 "$suture" revert bench --pid "$pid" >/dev/null
             fi
             t1=$(python3 -c 'import time; print(time.monotonic_ns())')
-            echo "$op $t0 $t1" >> "$work/ops.$extra"
+            echo "$op $t0 $t1" >> "$d/ops.$extra"
         done
     done
     kill "$pid"; wait "$pid" 2>/dev/null || true
-    python3 - "$work/gaps.$extra" "$work/ops.$extra" "$((extra + 1))" <<'PY'
+    python3 - "$d/gaps.$extra" "$d/ops.$extra" "$((extra + 1))" "$funcs" <<'PY'
 import statistics, sys
 gaps = []
 for line in open(sys.argv[1]):
@@ -59,6 +75,6 @@ for line in open(sys.argv[2]):
 for op, v in res.items():
     v.sort()
     p90 = v[min(len(v) - 1, int(round(0.9 * (len(v) - 1))))]
-    print(f"| {sys.argv[3]} | {op} | {v[0]:.3f} | {statistics.median(v):.3f} | {p90:.3f} | {len(v)} |")
+    print(f"| {sys.argv[4]} | {sys.argv[3]} | {op} | {v[0]:.3f} | {statistics.median(v):.3f} | {p90:.3f} | {len(v)} |")
 PY
 done
