@@ -93,10 +93,14 @@ fn build(tag: &str, src: &str, flags: &[&str], output: &str) -> Vec<u8> {
     build_file(tag, "unit.c", src, flags, output)
 }
 
+/// Where fixture `tag` is built. One directory per test process: nextest runs tests in
+/// parallel processes, which must not compile the same fixture into the same files.
+fn fixture_dir(tag: &str) -> PathBuf {
+    work_dir().join(format!("{tag}.{}", std::process::id()))
+}
+
 fn build_file(tag: &str, file: &str, src: &str, flags: &[&str], output: &str) -> Vec<u8> {
-    // One directory per test process: nextest runs tests in parallel processes, which must not
-    // compile the same fixture into the same files.
-    let dir = work_dir().join(format!("{tag}.{}", std::process::id()));
+    let dir = fixture_dir(tag);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(file), src).unwrap();
     let out = Command::new("gcc")
@@ -922,7 +926,7 @@ fn none_relocations_are_ignored_and_not_emitted() {
     let orig = compile("none/orig", NONE_ORIG, CFLAGS);
     let patched = compile("none/patched", &patched_src, CFLAGS);
     for side in ["none/orig", "none/patched"] {
-        let out = tool("readelf", &["-rW", "unit.o"], &work_dir().join(side));
+        let out = tool("readelf", &["-rW", "unit.o"], &fixture_dir(side));
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             text.matches("R_X86_64_NONE").count() >= 2,
