@@ -442,7 +442,15 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
     let site = SyscallSite::find_in(&maps, &mem)
         .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
 
-    // 2. Map the region with its final protections.
+    // Regions an interrupted apply or revert left behind (never switched, or switched back).
+    let leftovers: Vec<(RemoteAddr, u64)> = status(pid)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.header.state != State::Live)
+        .map(|p| (RemoteAddr(p.base), p.header.region_size))
+        .collect();
+
+    // 2. Map the region with its final protections (and release leftovers in the same stop).
     let text_at = base.offset(plan.segment_offset(Segment::Text));
     let text_len = plan.segment_offset(Segment::Rodata) - plan.segment_offset(Segment::Text);
     let data_at = base.offset(plan.segment_offset(Segment::Data));
@@ -452,6 +460,9 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
             StoppedProcess::stop(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
         let mapped = (|| {
             let mut rm = sp.remote(&site)?;
+            for &(at, len) in &leftovers {
+                rm.munmap(at, len)?;
+            }
             rm.mmap_anonymous_at(base, size, Prot::READ)?;
             let r = (|| {
                 if text_len > 0 {

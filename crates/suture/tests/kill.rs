@@ -177,6 +177,35 @@ fn sigkill_at_every_point_leaves_old_or_new_code_never_a_mixture() {
             assert_eq!(states, ["live"], "{point}");
         } else {
             assert!(states.iter().all(|s| *s == "loaded"), "{point}: {states:?}");
+            // The next apply reclaims what the killed one left and switches normally.
+            let out = suture()
+                .arg("apply")
+                .arg(&patch)
+                .args(["--pid", &pid.to_string(), "--json"])
+                .output()
+                .unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{point}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let status = suture()
+                .args(["status", "--json", "--pid", &pid.to_string()])
+                .output()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+            let states: Vec<&str> = v["patches"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["header"]["state"].as_str().unwrap())
+                .collect();
+            assert_eq!(states, ["live"], "{point}: leftovers not reclaimed");
+            let _ = lines_for(&rx, Duration::from_millis(30));
+            assert!(lines_for(&rx, Duration::from_millis(100))
+                .iter()
+                .all(|l| l == NEW));
         }
     }
 }
