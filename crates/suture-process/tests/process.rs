@@ -48,8 +48,17 @@ fn programs() -> &'static Programs {
 }
 
 fn compile(dir: &Path, src: &Path, name: &str, flags: &[&str]) -> PathBuf {
-    let out = dir.join(name);
-    // Several test processes (nextest) may compile at once: build privately, rename atomically.
+    use std::hash::{Hash, Hasher};
+    // Several test processes (nextest) compile at once, and each may already run a target
+    // built from this file: never replace a built program (a running target would then map a
+    // deleted file). Name it by what it is built from, and publish it with a hard link, which
+    // fails if another process published it first.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (std::fs::read(src).unwrap(), flags).hash(&mut h);
+    let out = dir.join(format!("{name}-{:016x}", h.finish()));
+    if out.exists() {
+        return out;
+    }
     let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
     let status = Command::new("gcc")
         .args(["-O2", "-g", "-Wall", "-o"])
@@ -59,7 +68,12 @@ fn compile(dir: &Path, src: &Path, name: &str, flags: &[&str]) -> PathBuf {
         .status()
         .expect("gcc runs");
     assert!(status.success(), "gcc failed on {}", src.display());
-    std::fs::rename(&tmp, &out).unwrap();
+    match std::fs::hard_link(&tmp, &out) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => panic!("publishing {}: {e}", out.display()),
+    }
+    let _ = std::fs::remove_file(&tmp);
     out
 }
 
