@@ -728,35 +728,24 @@ impl Cmp<'_, '_, '_> {
 
     fn data_equal_now(&self, a: UnitId, b: UnitId) -> bool {
         let (ua, ub) = (self.o.unit(a), self.p.unit(b));
-        let (sa, sb) = (
-            self.o.obj.section(ua.section),
-            self.p.obj.section(ub.section),
-        );
-        let mut equal = ua.len() == ub.len()
-            && sa.is_nobits() == sb.is_nobits()
-            && self.o.bytes(a) == self.p.bytes(b);
-        if equal {
-            let mut reasons = Vec::new();
-            self.relocs_diff(
-                self.o.relocs(a),
-                ua.start,
-                self.p.relocs(b),
-                ub.start,
-                &mut reasons,
-            );
-            equal = reasons.is_empty();
-        }
-        equal
+        self.range_equal(
+            ua.section,
+            (ua.start, ua.end),
+            ub.section,
+            (ub.start, ub.end),
+        )
     }
 
     /// Compares two anonymous pieces `[start, end)` of sections `a` and `b`.
     fn anon_equal(&self, a: SecIdx, pa: (u64, u64), b: SecIdx, pb: (u64, u64)) -> bool {
         self.memoised((true, a.0, b.0, pa.0, pb.0), || {
-            self.anon_equal_now(a, pa, b, pb)
+            self.range_equal(a, pa, b, pb)
         })
     }
 
-    fn anon_equal_now(&self, a: SecIdx, pa: (u64, u64), b: SecIdx, pb: (u64, u64)) -> bool {
+    /// Bytes and relocation targets of `[start, end)` of section `a` (original) and `b`
+    /// (patched) are equivalent.
+    fn range_equal(&self, a: SecIdx, pa: (u64, u64), b: SecIdx, pb: (u64, u64)) -> bool {
         let (sa, sb) = (self.o.obj.section(a), self.p.obj.section(b));
         let mut equal = pa.1 - pa.0 == pb.1 - pb.0
             && sa.is_nobits() == sb.is_nobits()
