@@ -678,31 +678,29 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
     };
     let maps = Maps::read(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let mem = ProcessMemory::open(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-    // Refuse when a later patch redirected the same entries: revert in reverse order.
-    for q in &patches {
-        if q.base != p.base
-            && q.header.state == State::Live
-            && q.header.applied_at >= p.header.applied_at
-            && q.header
-                .redirects
-                .iter()
-                .any(|r| p.header.redirects.iter().any(|x| x.from == r.from))
-            && q.base > 0
-        {
-            let current = mem
-                .read_vec(RemoteAddr(p.header.redirects[0].from), 5)
-                .unwrap_or_default();
-            let ours =
-                jump(p.header.redirects[0].from, p.header.redirects[0].to).unwrap_or_default();
-            if current != ours {
-                return Err(ApplyError::Target(
-                    format!(
-                        "patch {:?} was applied on top of {patch_id:?}; revert it first",
-                        q.header.patch_id
-                    ),
-                    Outcome::Untouched,
-                ));
-            }
+    // Every entry must still hold this patch's jump; if not, a later patch replaced it and
+    // must be reverted first (reverse order).
+    for r in &p.header.redirects {
+        let current = mem
+            .read_vec(RemoteAddr(r.from), 5)
+            .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+        if jump(r.from, r.to).ok().as_deref() != Some(&current[..]) {
+            let later = patches.iter().find(|q| {
+                q.base != p.base
+                    && q.header.state == State::Live
+                    && q.header.redirects.iter().any(|x| x.from == r.from)
+            });
+            let why = match later {
+                Some(q) => format!(
+                    "patch {:?} was applied on top of {patch_id:?}; revert it first",
+                    q.header.patch_id
+                ),
+                None => format!(
+                    "the entry at {:#x} no longer holds the jump of {patch_id:?}",
+                    r.from
+                ),
+            };
+            return Err(ApplyError::Target(why, Outcome::Untouched));
         }
     }
     let mut writes = Vec::new();

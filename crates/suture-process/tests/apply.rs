@@ -307,3 +307,48 @@ int main(void) {
     wait_for(&lines, "alive");
     assert!(child.0.try_wait().unwrap().is_none());
 }
+
+/// A second patch stacked on the first: reverting the first is refused while the second is
+/// live on top of it; reverting in reverse order restores the original.
+#[test]
+fn stacked_patches_revert_in_reverse_order() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-stacked");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (prog, patch) = build(&dir);
+    let mut child = Kill(Command::new(&prog).stdout(Stdio::piped()).spawn().unwrap());
+    let out = BufReader::new(child.0.stdout.take().unwrap());
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    wait_for(&lines, "v=1 s=31");
+    let pid = Pid(child.0.id() as i32);
+    let first = ApplyOptions {
+        patch_id: "first".into(),
+        ..Default::default()
+    };
+    let second = ApplyOptions {
+        patch_id: "second".into(),
+        ..Default::default()
+    };
+    apply(pid, &patch, &first).expect("first");
+    apply(pid, &patch, &second).expect("second, on top");
+    wait_for(&lines, "v=2 s=1031");
+    assert_eq!(status(pid).unwrap().len(), 2);
+    match revert(pid, "first", Duration::from_secs(1)) {
+        Err(e) => assert!(
+            e.to_string().contains("\"second\" was applied on top"),
+            "{e}"
+        ),
+        Ok(_) => panic!("reverting the lower patch first must be refused"),
+    }
+    revert(pid, "second", Duration::from_secs(3)).expect("revert second");
+    wait_for(&lines, "v=2 s=1031");
+    revert(pid, "first", Duration::from_secs(3)).expect("revert first");
+    wait_for(&lines, "v=1 s=31");
+    assert!(status(pid).unwrap().is_empty());
+}
