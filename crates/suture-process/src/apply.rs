@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::commit::{Commit, Write, MARKER_SYSCALL};
+use crate::commit::{Commit, Write, MARKER_CANDIDATES, MARKER_SYSCALL};
 use crate::header::{Header, HeaderError, Redirect, State, MAGIC};
 use crate::ids::{Pid, RemoteAddr, Tid};
 use crate::link::{LinkError, Plan, Request, Resolver, Segment, Value, PAGE};
 use crate::maps::{MapName, Maps};
 use crate::mem::ProcessMemory;
-use crate::remote::{Prot, SyscallSite};
+use crate::remote::{Prot, RoutineEnd, SyscallSite};
 use crate::stack::{BusyRange, Finding, StackSnapshot, UnwindInfo};
 use crate::stop::{Registers, StoppedProcess};
 use crate::symbols::{ElfSymbols, Mapped, TargetResolver};
@@ -377,6 +377,8 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         ],
         0,
         [0; 4],
+        0,
+        0,
     );
     let code_pages = (dummy.code.len() as u64).div_ceil(PAGE).max(1);
     let block_pages = (dummy.block.len() as u64).div_ceil(PAGE).max(1);
@@ -438,6 +440,8 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         &writes,
         base.0 + Header::STATE_OFFSET,
         Header::state_bytes(State::Live),
+        pid.0,
+        marker_signal(pid),
     );
     let site = SyscallSite::find_in(&maps, &mem)
         .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
@@ -603,14 +607,12 @@ fn switch(
             continue;
         }
         crate::failpoint::hit(sw.failpoint);
-        let (tid, saved) = regs[0];
-        let block = sw
-            .commit
-            .block_with_registers(&regs_array(&restartable(saved)));
+        let (tid, saved, end) = routine_thread(&sp, &regs, sw.commit);
+        let block = sw.commit.block_for(tid.0, &regs_array(&restartable(saved)));
         let run = sp
             .mem()
             .write(sw.block_addr, &block)
-            .and_then(|()| sp.run_routine(tid, sw.code_addr, MARKER_SYSCALL, saved));
+            .and_then(|()| sp.run_routine(tid, sw.code_addr, end, saved));
         let state = sp.mem().read_vec(sw.state_addr, 4);
         let switched = matches!(&state, Ok(b) if b[..] == Header::state_bytes(sw.want));
         if switched {
@@ -630,6 +632,62 @@ fn switch(
         }
         return Ok(Switched { attempts, window });
     }
+}
+
+/// The marker signal for a commit routine in `pid`: the first of [`MARKER_CANDIDATES`] the
+/// process does not catch (0 when it catches them all). Read before the stop; a handler
+/// installed in between only matters if suture also dies while the routine runs.
+fn marker_signal(pid: Pid) -> i32 {
+    let status = std::fs::read_to_string(crate::maps::live_proc_dir(pid).join("status"));
+    let caught = status.ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    });
+    match caught {
+        Some(caught) => MARKER_CANDIDATES
+            .into_iter()
+            .find(|&sig| caught & (1 << (sig - 1)) == 0)
+            .unwrap_or(0),
+        None => 0,
+    }
+}
+
+/// Chooses the thread that runs the commit routine and how suture learns it finished: the
+/// first thread that does not block the marker signal runs at full speed to the marker's
+/// signal-delivery-stop; without one, the first thread is followed system call by system call.
+fn routine_thread(
+    sp: &StoppedProcess,
+    regs: &[(Tid, Registers)],
+    commit: &Commit,
+) -> (Tid, Registers, RoutineEnd) {
+    let sig = commit.marker_signal;
+    let kinds = sp.stop_kinds().unwrap_or_default();
+    let hijackable = |tid: Tid| {
+        !kinds
+            .iter()
+            .any(|(t, k)| *t == tid && matches!(k, crate::stop::StopKind::Event(_)))
+    };
+    if sig != 0 && !crate::failpoint::armed("commit:midway") {
+        for (tid, r) in regs {
+            if !hijackable(*tid) {
+                continue;
+            }
+            if matches!(sp.signal_mask(*tid), Ok(mask) if mask & (1 << (sig - 1)) == 0) {
+                let end = RoutineEnd::Signal {
+                    signo: sig,
+                    rip: commit.marker_rip,
+                };
+                return (*tid, *r, end);
+            }
+        }
+    }
+    let (tid, r) = regs[0];
+    let end = RoutineEnd::Syscall {
+        nr: MARKER_SYSCALL,
+        rip: commit.marker_rip,
+    };
+    (tid, r, end)
 }
 
 /// Patches live in a process, found by the headers at the start of their regions.
@@ -744,6 +802,8 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
         &writes,
         p.base + Header::STATE_OFFSET,
         Header::state_bytes(State::Reverted),
+        pid.0,
+        marker_signal(pid),
     );
     mem.write(RemoteAddr(code_page), &commit.code)
         .and_then(|()| mem.write(RemoteAddr(block_addr), &commit.block))

@@ -3,17 +3,26 @@
 //! Writing several jumps with one `pwrite` each from suture would leave a half-patched process
 //! if suture were killed between two writes. Instead one stopped thread of the target is pointed
 //! at this routine. It opens `/proc/self/mem`, writes every jump (and the header's new state),
-//! closes the file, makes a marker `getpid` system call, restores every general-purpose register
-//! and the flags from the commit block, and jumps back to where the thread was stopped.
+//! closes the file, sends its own thread the *marker signal* with `tgkill`, restores every
+//! general-purpose register and the flags from the commit block, and jumps back to where the
+//! thread was stopped.
 //!
 //! - If suture dies before the thread is pointed here, nothing was written.
 //! - Once the thread runs the routine, it completes alone: no breakpoint, no tracer needed.
 //! - If a write fails, the routine writes back the bytes it had already replaced and leaves the
 //!   header state unchanged, so the target runs its original code.
 //!
-//! suture follows the routine with `PTRACE_SYSCALL` and, at the marker, restores the thread's
-//! registers itself (the fast path); the routine's own restore runs only when suture is gone.
-//! The routine uses no stack except 256 bytes below the thread's red zone to restore the flags.
+//! How suture learns that the routine has finished, without a stop per system call: the marker
+//! signal is one whose default action is to be ignored (`SIGURG`, `SIGWINCH` or `SIGCHLD`), that
+//! the target does not catch and that the chosen thread does not block. While suture traces the
+//! thread, the signal gives a signal-delivery-stop at a known address; suture restores the
+//! thread's registers there and discards the signal (the fast path: the routine runs at full
+//! speed, however many jumps it writes). If suture is gone, the signal is ignored by the kernel
+//! and the routine restores the registers itself. When no such signal exists for any stopped
+//! thread, the routine sends signal 0 (no signal at all) and suture follows it with
+//! `PTRACE_SYSCALL` instead, skipping the `tgkill` at its entry (the slow path: two stops per
+//! system call). The routine uses no stack except 256 bytes below the thread's red zone to
+//! restore the flags.
 //!
 //! Layout of the commit block (read-only for the target; written by suture through
 //! `/proc/PID/mem`):
@@ -21,6 +30,7 @@
 //!   0   saved registers: rax rbx rcx rdx rsi rdi rbp rsp r8 .. r15 rip rflags  (18 × u64)
 //! 144   "/proc/self/mem\0"
 //! 160   state value (u32) written to the header when every jump is in place
+//! 164   thread id (u32) of the thread running the routine, for tgkill
 //! 168   writes: n × { bytes [u8; 16] } — new bytes, then the original bytes (for undo)
 //! ```
 
@@ -32,15 +42,20 @@ pub const REGS: [&str; 18] = [
 
 const PATH_OFF: u64 = 144;
 const STATE_OFF: u64 = 160;
+const TID_OFF: u64 = 164;
 const WRITES_OFF: u64 = 168;
 const SLOT: u64 = 16;
 
 const SYS_OPEN: u32 = 2;
 const SYS_CLOSE: u32 = 3;
 const SYS_PWRITE64: u32 = 18;
-const SYS_GETPID: u32 = 39;
-/// The marker system call suture waits for.
-pub const MARKER_SYSCALL: u64 = SYS_GETPID as u64;
+const SYS_TGKILL: u32 = 234;
+/// The marker system call: suture's slow path waits for its entry and skips it.
+pub const MARKER_SYSCALL: u64 = SYS_TGKILL as u64;
+
+/// Signals whose default action is to be ignored, in order of preference for the marker.
+/// `SIGCONT` is left out: sending it resumes a stopped process.
+pub const MARKER_CANDIDATES: [i32; 3] = [libc::SIGURG, libc::SIGWINCH, libc::SIGCHLD];
 
 /// One write the routine performs: `new` at `addr`, and `old` to put back on failure.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +72,11 @@ pub struct Commit {
     /// The commit block, to be placed at `block_addr` (registers filled in by
     /// [`Commit::block_with_registers`]).
     pub block: Vec<u8>,
+    /// The address just after the marker `tgkill`: where its signal-delivery-stop (fast path)
+    /// or its system-call stops (slow path) happen.
+    pub marker_rip: u64,
+    /// The marker signal the routine sends (0: none; suture must follow system calls).
+    pub marker_signal: i32,
 }
 
 struct Asm {
@@ -118,7 +138,8 @@ const BLOCK_INDEX: [usize; 16] = [0, 2, 3, 1, 7, 6, 4, 5, 8, 9, 10, 11, 12, 13, 
 
 impl Commit {
     /// Generates the routine for code at `code_addr` and its block at `block_addr`, performing
-    /// `writes` and then storing `state` (4 bytes) at `state_addr`.
+    /// `writes` and then storing `state` (4 bytes) at `state_addr`; it ends by sending
+    /// `marker_signal` (0: none) to its own thread of process `tgid`.
     ///
     /// Every write must be at most 16 bytes and its `old` bytes as long as its `new` bytes.
     pub fn generate(
@@ -127,6 +148,8 @@ impl Commit {
         writes: &[Write],
         state_addr: u64,
         state: [u8; 4],
+        tgid: i32,
+        marker_signal: i32,
     ) -> Commit {
         let mut block = vec![0u8; (WRITES_OFF + 2 * SLOT * writes.len() as u64) as usize];
         block[PATH_OFF as usize..PATH_OFF as usize + 15].copy_from_slice(b"/proc/self/mem\0");
@@ -193,8 +216,15 @@ impl Commit {
         a.bytes(&[0x4c, 0x89, 0xe7]); // mov rdi, r12
         a.syscall();
         let finish = a.here();
-        a.mov_r32(RAX, SYS_GETPID);
+        // tgkill(tgid, tid, marker_signal)
+        a.mov_r32(RAX, SYS_TGKILL);
+        a.mov_r32(RDI, tgid as u32);
+        a.bytes(&[0x8b, 0x35]); // mov esi, [rip + tid]
+        let next = a.here() + 4;
+        a.bytes(&((block_addr + TID_OFF).wrapping_sub(next) as i32).to_le_bytes());
+        a.mov_r32(RDX, marker_signal as u32);
         a.syscall();
+        let marker_rip = a.here();
         // Restore: rflags through a scratch slot below the red zone, then every register.
         let reg = |name: &str| {
             block_addr
@@ -224,15 +254,18 @@ impl Commit {
         Commit {
             code: a.code,
             block,
+            marker_rip,
+            marker_signal,
         }
     }
 
-    /// The block with the thread's registers filled in (values in [`REGS`] order).
-    pub fn block_with_registers(&self, regs: &[u64; 18]) -> Vec<u8> {
+    /// The block for thread `tid`, with its registers filled in (values in [`REGS`] order).
+    pub fn block_for(&self, tid: i32, regs: &[u64; 18]) -> Vec<u8> {
         let mut b = self.block.clone();
         for (i, v) in regs.iter().enumerate() {
             b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
         }
+        b[TID_OFF as usize..TID_OFF as usize + 4].copy_from_slice(&(tid as u32).to_le_bytes());
         b
     }
 }
@@ -248,17 +281,30 @@ mod tests {
             new: vec![0xe9, 1, 2, 3, 4],
             old: vec![0x55, 0x48, 0x89, 0xe5, 0x90],
         }];
-        let c = Commit::generate(0x10000, 0x20000, &w, 0x30000, [2, 0, 0, 0]);
+        let c = Commit::generate(
+            0x10000,
+            0x20000,
+            &w,
+            0x30000,
+            [2, 0, 0, 0],
+            77,
+            libc::SIGURG,
+        );
         assert_eq!(&c.block[144..159], b"/proc/self/mem\0");
         assert_eq!(&c.block[160..164], &[2, 0, 0, 0]);
         assert_eq!(&c.block[168..173], &[0xe9, 1, 2, 3, 4]);
         assert_eq!(&c.block[184..189], &[0x55, 0x48, 0x89, 0xe5, 0x90]);
         let regs: [u64; 18] = std::array::from_fn(|i| i as u64 * 0x1111);
-        let b = c.block_with_registers(&regs);
+        let b = c.block_for(1234, &regs);
+        assert_eq!(&b[164..168], &1234u32.to_le_bytes());
         assert_eq!(
             u64::from_le_bytes(b[16 * 8..17 * 8].try_into().unwrap()),
             16 * 0x1111
         );
+        // The marker tgkill ends just before marker_rip.
+        let m = (c.marker_rip - 0x10000) as usize;
+        assert_eq!(&c.code[m - 2..m], &[0x0f, 0x05]);
+        assert_eq!(c.marker_signal, libc::SIGURG);
         // The routine ends with an indirect jump through the saved rip.
         let n = c.code.len();
         assert_eq!(&c.code[n - 6..n - 4], &[0xff, 0x25]);

@@ -3,12 +3,19 @@
 //!
 //! Points: `apply:mapped` (region mapped, nothing written), `apply:written` (code written, not
 //! switched), `apply:stopped` (switch stop taken, stacks checked), `commit:started` (a thread
-//! is pointed at the commit routine), `commit:midway` (the routine made its first system call),
-//! `revert:stopped` (revert's switch stop taken).
+//! is pointed at the commit routine), `commit:running` (the routine was let run to its marker
+//! signal), `commit:midway` (the routine made its first system call; this point makes suture
+//! follow the routine system call by system call, the path it takes when no marker signal is
+//! usable), `revert:stopped` (revert's switch stop taken).
 
 pub fn hit(point: &str) {
     if std::env::var_os("SUTURE_FAILPOINT").is_some_and(|v| v == point) {
         tracing::warn!(point, "failpoint: killing suture");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
+}
+
+/// Whether `SUTURE_FAILPOINT` names `point` (for points that change how suture proceeds).
+pub fn armed(point: &str) -> bool {
+    std::env::var_os("SUTURE_FAILPOINT").is_some_and(|v| v == point)
 }

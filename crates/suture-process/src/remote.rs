@@ -434,14 +434,25 @@ impl Tracer {
     }
 }
 
-/// How many system-call stops a commit routine may pass before it is considered stuck (it
+/// How many stops a commit routine may pass before it is considered stuck (the slow path
 /// makes `3 + writes` system calls, each giving an entry and an exit stop).
 const MAX_ROUTINE_STOPS: usize = 20_000;
 
+/// How suture learns that a routine it started has finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoutineEnd {
+    /// The routine sends this signal to its own thread (`tgkill`, `SI_TKILL`) just before
+    /// `rip`: the thread runs freely until that signal-delivery-stop, which is discarded.
+    Signal { signo: i32, rip: u64 },
+    /// Follow the routine with `PTRACE_SYSCALL` until the entry of system call `nr` just
+    /// before `rip`, skip that call, and stop at its exit.
+    Syscall { nr: u64, rip: u64 },
+}
+
 impl StoppedProcess {
     /// Runs code the caller placed in the target on one stopped thread, the other threads
-    /// staying stopped: the thread starts at `entry` and is followed from system call to system
-    /// call until the exit of system call `marker`; then its registers become `restore`.
+    /// staying stopped: the thread starts at `entry` and runs until `end`; then its registers
+    /// become `restore`. Signals that arrive meanwhile are held for re-injection.
     ///
     /// The routine must be able to finish on its own (if suture dies, the kernel detaches the
     /// thread and it runs on): see [`crate::commit`].
@@ -449,10 +460,23 @@ impl StoppedProcess {
         &mut self,
         tid: Tid,
         entry: RemoteAddr,
-        marker: u64,
+        end: RoutineEnd,
         restore: Registers,
     ) -> Result<()> {
-        self.call(move |t| t.run_routine(tid, entry, marker, restore))?
+        self.call(move |t| t.run_routine(tid, entry, end, restore))?
+    }
+
+    /// The signal mask of a stopped thread (bit `n - 1` for signal `n`).
+    pub fn signal_mask(&self, tid: Tid) -> Result<u64> {
+        self.call(move |t| {
+            sys::getsigmask(tid.0).map_err(|e| Error::Ptrace {
+                pid: t.pid,
+                tid,
+                op: "GETSIGMASK",
+                errno: e,
+                state: TargetState::Stopped,
+            })
+        })?
     }
 }
 
@@ -463,7 +487,7 @@ impl Tracer {
         &mut self,
         tid: Tid,
         entry: RemoteAddr,
-        marker: u64,
+        end: RoutineEnd,
         restore: Registers,
     ) -> Result<()> {
         if !self.threads.contains_key(&tid) {
@@ -477,7 +501,16 @@ impl Tracer {
         let npid = nix::unistd::Pid::from_raw(tid.0);
         let mut in_marker = false;
         for _ in 0..MAX_ROUTINE_STOPS {
-            ptrace::syscall(npid, None).map_err(|e| self.ptrace_step_err(tid, "SYSCALL", e))?;
+            match end {
+                RoutineEnd::Signal { .. } => {
+                    ptrace::cont(npid, None).map_err(|e| self.ptrace_step_err(tid, "CONT", e))?
+                }
+                RoutineEnd::Syscall { .. } => ptrace::syscall(npid, None)
+                    .map_err(|e| self.ptrace_step_err(tid, "SYSCALL", e))?,
+            }
+            if let RoutineEnd::Signal { .. } = end {
+                crate::failpoint::hit("commit:running");
+            }
             let status = sys::wait_thread(tid.0, false)
                 .map_err(|e| self.ptrace_step_err(tid, "waitpid", e))?
                 .ok_or_else(|| self.step_err(tid, "waitpid reported nothing".into()))?;
@@ -485,22 +518,38 @@ impl Tracer {
                 WaitStatus::SignalStop(sig) => {
                     let info = ptrace::getsiginfo(npid)
                         .map_err(|e| self.ptrace_step_err(tid, "GETSIGINFO", e))?;
-                    let syscall_stop = sig == libc::SIGTRAP
-                        && (info.si_code == libc::SIGTRAP || info.si_code == libc::SIGTRAP | 0x80);
-                    if syscall_stop {
-                        crate::failpoint::hit("commit:midway");
-                        let r = self.getregs(tid)?;
-                        if r.orig_rax == marker {
-                            if in_marker {
-                                // The marker's exit: every write is done.
-                                self.setregs_raw(tid, restore)?;
-                                let th = self.threads.get_mut(&tid).expect("checked above");
-                                th.stop = StopKind::Signal(libc::SIGTRAP);
+                    match end {
+                        RoutineEnd::Signal { signo, rip } if sig == signo => {
+                            // Our own tgkill, at our address (not a SIGURG from elsewhere).
+                            let from_us = info.si_code == libc::SI_TKILL
+                                && sys::sender_pid(&info) == self.pid.0;
+                            if from_us && self.getregs(tid)?.rip == rip {
+                                self.finish_routine(tid, sig, restore)?;
                                 return Ok(());
                             }
-                            in_marker = true;
                         }
-                        continue;
+                        RoutineEnd::Syscall { nr, rip }
+                            if sig == libc::SIGTRAP
+                                && (info.si_code == libc::SIGTRAP
+                                    || info.si_code == libc::SIGTRAP | 0x80) =>
+                        {
+                            crate::failpoint::hit("commit:midway");
+                            let mut r = self.getregs(tid)?;
+                            if in_marker {
+                                // The stop after the marker's entry is its exit: every write
+                                // is done (the entry's number was replaced by -1).
+                                self.finish_routine(tid, libc::SIGTRAP, restore)?;
+                                return Ok(());
+                            }
+                            if r.orig_rax == nr && r.rip == rip {
+                                // Its entry: skip the call (no signal is ever sent).
+                                r.orig_rax = u64::MAX;
+                                self.setregs_raw(tid, r)?;
+                                in_marker = true;
+                            }
+                            continue;
+                        }
+                        _ => {}
                     }
                     if info.si_code > 0 && is_fault_signal(sig) {
                         // The routine faulted: it cannot have written anything half-way (each
@@ -526,5 +575,14 @@ impl Tracer {
             }
         }
         Err(self.step_err(tid, "the commit routine did not finish".into()))
+    }
+
+    /// The routine is done: give the thread its registers back. It stays in a
+    /// signal-delivery-stop for `sig`, which resuming discards (it is not held).
+    fn finish_routine(&mut self, tid: Tid, sig: i32, restore: Registers) -> Result<()> {
+        self.setregs_raw(tid, restore)?;
+        let th = self.threads.get_mut(&tid).expect("checked by the caller");
+        th.stop = StopKind::Signal(sig);
+        Ok(())
     }
 }

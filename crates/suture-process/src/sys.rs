@@ -115,6 +115,30 @@ pub(crate) fn tgsigqueueinfo(
     Errno::result(r).map(drop)
 }
 
+/// `PTRACE_GETSIGMASK`: the blocked-signal mask of a stopped tracee (bit `n - 1`: signal `n`).
+pub(crate) fn getsigmask(tid: i32) -> Result<u64, Errno> {
+    let mut mask: u64 = 0;
+    // SAFETY: with `addr` = 8 (the size of the kernel's sigset_t on x86-64) the kernel writes
+    // exactly 8 bytes through `data`, which points to a live u64.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETSIGMASK,
+            tid,
+            8usize as *mut libc::c_void,
+            (&mut mask as *mut u64).cast::<libc::c_void>(),
+        )
+    };
+    Errno::result(r).map(|_| mask)
+}
+
+/// `si_pid` of a siginfo sent by `kill`, `tgkill` or `sigqueue` (`si_code` `SI_USER`,
+/// `SI_TKILL`, `SI_QUEUE`); callers check `si_code` first.
+pub(crate) fn sender_pid(info: &libc::siginfo_t) -> i32 {
+    // SAFETY: si_pid reads the kill variant of the siginfo union, which the kernel fills for
+    // these codes; for any other code it reads initialised bytes of the same union.
+    unsafe { info.si_pid() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

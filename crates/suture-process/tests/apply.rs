@@ -34,10 +34,15 @@ fn gcc(dir: &Path, args: &[&str]) {
 }
 
 fn build(dir: &Path) -> (PathBuf, Vec<u8>) {
+    build_with_main(dir, MAIN)
+}
+
+/// Builds `main` with the versioned library unit and the patch for that unit.
+fn build_with_main(dir: &Path, main: &str) -> (PathBuf, Vec<u8>) {
     let flags = ["-O2", "-g", "-ffunction-sections", "-fdata-sections", "-c"];
     std::fs::create_dir_all(dir.join("orig")).unwrap();
     std::fs::create_dir_all(dir.join("fixed")).unwrap();
-    std::fs::write(dir.join("main.c"), MAIN).unwrap();
+    std::fs::write(dir.join("main.c"), main).unwrap();
     std::fs::write(dir.join("orig/lib.c"), LIB).unwrap();
     std::fs::write(dir.join("fixed/lib.c"), FIXED).unwrap();
     let mut args = flags.to_vec();
@@ -351,4 +356,61 @@ fn stacked_patches_revert_in_reverse_order() {
     revert(pid, "first", Duration::from_secs(3)).expect("revert first");
     wait_for(&lines, "v=1 s=31");
     assert!(status(pid).unwrap().is_empty());
+}
+
+/// Starts `cmd` with its stdout read line by line on a thread.
+fn spawn_lines(cmd: &mut Command) -> (Kill, mpsc::Receiver<String>) {
+    let mut child = Kill(cmd.stdout(Stdio::piped()).spawn().unwrap());
+    let out = BufReader::new(child.0.stdout.take().unwrap());
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    (child, lines)
+}
+
+/// The commit routine tells suture it is done with a signal that is ignored by default. A
+/// program that catches some of those signals, catches all of them, or blocks all of them must
+/// never see one: not delivered to a handler, not left pending (suture then picks another
+/// signal, or follows the routine system call by system call).
+#[test]
+fn the_commit_marker_signal_never_reaches_the_program() {
+    const MARKER_MAIN: &str = include_str!("fixtures/marker/main.c");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-marker");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (prog, patch) = build_with_main(&dir, MARKER_MAIN);
+    for mode in ["catch-urg", "catch-all", "block-all"] {
+        let (child, lines) = spawn_lines(Command::new(&prog).arg(mode));
+        wait_for(&lines, "v=1 s=31 caught=0 pending=0");
+        let pid = Pid(child.0.id() as i32);
+        let opts = ApplyOptions {
+            patch_id: "marker".into(),
+            ..Default::default()
+        };
+        for _ in 0..5 {
+            let t = Instant::now();
+            let a = apply(pid, &patch, &opts).unwrap_or_else(|e| panic!("{mode}: apply: {e}"));
+            eprintln!(
+                "{mode}: apply {:?} window {} us attempts {}",
+                t.elapsed(),
+                a.stop_window_us,
+                a.attempts
+            );
+            wait_for(&lines, "v=2 s=1031 caught=0 pending=0");
+            revert(pid, "marker", Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("{mode}: revert: {e}"));
+            wait_for(&lines, "v=1 s=31 caught=0 pending=0");
+        }
+        // Everything printed from now on still shows no marker signal.
+        let end = Instant::now() + Duration::from_millis(200);
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            if let Ok(l) = lines.recv_timeout(left) {
+                assert!(l.ends_with("caught=0 pending=0"), "{mode}: {l}");
+            }
+        }
+    }
 }

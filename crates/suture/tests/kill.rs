@@ -118,6 +118,7 @@ fn sigkill_at_every_point_leaves_old_or_new_code_never_a_mixture() {
         ("apply:written", false),
         ("apply:stopped", false),
         ("commit:started", true),
+        ("commit:running", true),
         ("commit:midway", true),
     ];
     for (point, switched) in points {
