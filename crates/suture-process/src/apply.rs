@@ -81,6 +81,9 @@ pub struct ApplyOptions {
     pub patch_id: String,
     /// Path (or path suffix) of the mapped object the patch is for; default the executable.
     pub object: Option<String>,
+    /// A live patch (by id) that this one replaces in the same switch: its jumps are removed,
+    /// or overwritten by this patch's, atomically, and its memory is released.
+    pub replace: Option<String>,
 }
 
 impl Default for ApplyOptions {
@@ -89,6 +92,7 @@ impl Default for ApplyOptions {
             timeout: Duration::from_secs(3),
             patch_id: "patch".into(),
             object: None,
+            replace: None,
         }
     }
 }
@@ -104,6 +108,8 @@ pub struct Applied {
     pub attempts: u32,
     /// How long the target was stopped for the switch (the last attempt), as suture saw it.
     pub stop_window_us: u64,
+    /// The id of the patch this one replaced, if any.
+    pub replaced: Option<String>,
 }
 
 /// A patch found in a process by its header.
@@ -337,6 +343,15 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
     let functions = manifest_functions(&plan)?;
     let maps = Maps::read(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let mem = ProcessMemory::open(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    let replaced = match &opts.replace {
+        Some(id) => {
+            let patches = status(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+            let p = latest_live(&patches, id, pid)?;
+            check_on_top(&mem, &patches, &p)?;
+            Some(p)
+        }
+        None => None,
+    };
     let loaded = load_objects(pid, &maps, opts.object.as_deref())?;
     let patched = &loaded.mapped[loaded.patched];
     let resolver = TargetResolver {
@@ -370,10 +385,11 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         &vec![
             Write {
                 addr: 0,
-                new: vec![0; 5],
-                old: vec![0; 5]
+                new: vec![0; 8],
+                old: vec![0; 8]
             };
-            originals.len()
+            // Each function, each entry of a replaced patch, its header state.
+            originals.len() + replaced.as_ref().map_or(0, |p| p.header.redirects.len() + 1)
         ],
         0,
         [0; 4],
@@ -404,7 +420,26 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         let old = mem
             .read_vec(*from, width)
             .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-        new.extend_from_slice(&old[new.len()..]);
+        // Over a replaced patch's jump, keep the original bytes it saved: reverting this patch
+        // must give back the original function, not the replaced patch.
+        let prior = replaced
+            .as_ref()
+            .and_then(|p| p.header.redirects.iter().find(|r| r.from == from.0));
+        let original = match prior {
+            Some(r) if r.saved.len() == width => r.saved.clone(),
+            Some(r) => {
+                return Err(ApplyError::Target(
+                    format!(
+                        "the replaced patch saved {} bytes at {:#x}, this one needs {width}",
+                        r.saved.len(),
+                        r.from
+                    ),
+                    Outcome::Untouched,
+                ))
+            }
+            None => old.clone(),
+        };
+        new.extend_from_slice(&original[new.len()..]);
         busy.push(BusyRange {
             range: from.0..from.0 + f.size.max(new.len() as u64),
             name: f.request.name().to_string(),
@@ -412,12 +447,35 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         redirects.push(Redirect {
             from: from.0,
             to: to.0,
-            saved: old.clone(),
+            saved: original,
         });
         writes.push(Write {
             addr: from.0,
             new,
             old,
+        });
+    }
+    if let Some(p) = &replaced {
+        // Entries only the replaced patch redirects go back to their original bytes; its
+        // code must not be running; its header says "reverted" once the switch is done.
+        for r in &p.header.redirects {
+            if redirects.iter().any(|x| x.from == r.from) {
+                continue;
+            }
+            let current = mem
+                .read_vec(RemoteAddr(r.from), r.saved.len())
+                .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+            writes.push(Write {
+                addr: r.from,
+                new: r.saved.clone(),
+                old: current,
+            });
+        }
+        busy.extend(region_code(&maps, p));
+        writes.push(Write {
+            addr: p.base + Header::STATE_OFFSET,
+            new: Header::state_bytes(State::Reverted).to_vec(),
+            old: Header::state_bytes(State::Live).to_vec(),
         });
     }
     let header = Header {
@@ -534,7 +592,14 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
             timeout: opts.timeout,
             failpoint: "apply:stopped",
         },
-        |_| {},
+        // Nothing can run the replaced patch's code any more: release it in the same stop.
+        |sp| {
+            if let Some(p) = &replaced {
+                if let Ok(mut rm) = sp.remote(&site) {
+                    let _ = rm.munmap(RemoteAddr(p.base), p.header.region_size);
+                }
+            }
+        },
     )
     .map_err(fail)?;
     tracing::info!(pid = pid.0, patch = %opts.patch_id, functions = redirects.len(), "patch applied");
@@ -545,6 +610,7 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         redirects,
         attempts: done.attempts,
         stop_window_us: done.window.as_micros() as u64,
+        replaced: replaced.map(|p| p.header.patch_id),
     })
 }
 
@@ -719,25 +785,29 @@ pub fn status(pid: Pid) -> Result<Vec<LivePatch>, crate::error::Error> {
     Ok(out)
 }
 
-/// Reverts the live patch `patch_id` (the most recent one with that id): the same switch in
-/// reverse, checking that no thread runs patch code, then releases its memory.
-pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, ApplyError> {
-    let patches = status(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-    let Some(p) = patches
+/// The most recent live patch with this id.
+fn latest_live(patches: &[LivePatch], patch_id: &str, pid: Pid) -> Result<LivePatch, ApplyError> {
+    patches
         .iter()
         .filter(|p| p.header.patch_id == patch_id && p.header.state == State::Live)
         .max_by_key(|p| (p.header.applied_at, p.base))
         .cloned()
-    else {
-        return Err(ApplyError::Target(
-            format!("no live patch {patch_id:?} in process {}", pid.0),
-            Outcome::Untouched,
-        ));
-    };
-    let maps = Maps::read(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-    let mem = ProcessMemory::open(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-    // Every entry must still hold this patch's jump; if not, a later patch replaced it and
-    // must be reverted first (reverse order).
+        .ok_or_else(|| {
+            ApplyError::Target(
+                format!("no live patch {patch_id:?} in process {}", pid.0),
+                Outcome::Untouched,
+            )
+        })
+}
+
+/// Refuses when a later patch was applied over one of `p`'s entries: stacked patches come off
+/// in reverse order.
+fn check_on_top(
+    mem: &ProcessMemory,
+    patches: &[LivePatch],
+    p: &LivePatch,
+) -> Result<(), ApplyError> {
+    let patch_id = &p.header.patch_id;
     for r in &p.header.redirects {
         let current = mem
             .read_vec(RemoteAddr(r.from), 5)
@@ -761,6 +831,28 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
             return Err(ApplyError::Target(why, Outcome::Untouched));
         }
     }
+    Ok(())
+}
+
+/// The code pages of a patch region: busy while any thread runs them.
+fn region_code(maps: &Maps, p: &LivePatch) -> Vec<BusyRange> {
+    maps.iter()
+        .filter(|m| m.start.0 >= p.base && m.end.0 <= p.base + p.header.region_size && m.perms.exec)
+        .map(|m| BusyRange {
+            range: m.start.0..m.end.0,
+            name: format!("patch {} code", p.header.patch_id),
+        })
+        .collect()
+}
+
+/// Reverts the live patch `patch_id` (the most recent one with that id): the same switch in
+/// reverse, checking that no thread runs patch code, then releases its memory.
+pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, ApplyError> {
+    let patches = status(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    let p = latest_live(&patches, patch_id, pid)?;
+    let maps = Maps::read(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    let mem = ProcessMemory::open(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    check_on_top(&mem, &patches, &p)?;
     let mut writes = Vec::new();
     for r in &p.header.redirects {
         let current = mem
@@ -808,15 +900,7 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
     mem.write(RemoteAddr(code_page), &commit.code)
         .and_then(|()| mem.write(RemoteAddr(block_addr), &commit.block))
         .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-    // Busy: any code of the patch region.
-    let busy: Vec<BusyRange> = maps
-        .iter()
-        .filter(|m| m.start.0 >= p.base && m.end.0 <= p.base + p.header.region_size && m.perms.exec)
-        .map(|m| BusyRange {
-            range: m.start.0..m.end.0,
-            name: format!("patch {patch_id} code"),
-        })
-        .collect();
+    let busy = region_code(&maps, &p);
     let unwind = UnwindInfo::default();
     let site = SyscallSite::find_in(&maps, &mem)
         .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;

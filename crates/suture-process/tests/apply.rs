@@ -414,3 +414,79 @@ fn the_commit_marker_signal_never_reaches_the_program() {
         }
     }
 }
+
+/// Compiles `src` as a fixed version of the library unit of `build` (in `dir/<name>/`) and
+/// returns the patch from the original unit to it.
+fn patch_to(dir: &Path, name: &str, src: &str) -> Vec<u8> {
+    let side = dir.join(name);
+    std::fs::create_dir_all(&side).unwrap();
+    std::fs::write(side.join("lib.c"), src).unwrap();
+    gcc(
+        &side,
+        &[
+            "-O2",
+            "-g",
+            "-ffunction-sections",
+            "-fdata-sections",
+            "-c",
+            "lib.c",
+            "-o",
+            "lib.o",
+        ],
+    );
+    let a = std::fs::read(dir.join("orig/lib.o")).unwrap();
+    let b = std::fs::read(side.join("lib.o")).unwrap();
+    let (a, b) = (
+        suture_object::Object::parse(&a).unwrap(),
+        suture_object::Object::parse(&b).unwrap(),
+    );
+    let d = suture_object::analyze(&a, &b).unwrap();
+    assert_eq!(d.report.status, suture_object::Status::Patchable);
+    suture_object::emit::emit(&d).unwrap()
+}
+
+/// A newer version of a live patch replaces it in one switch: functions both versions change
+/// move to the new code, functions only the old version changed go back to the original, the
+/// old region is released, and reverting the new version gives the original program back.
+#[test]
+fn a_live_patch_is_replaced_by_its_newer_version() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-replace");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (prog, v1) = build(&dir);
+    // Version 2 of the fix: version() reports 3 and helper() is the original again.
+    let v2 = patch_to(
+        &dir,
+        "v2",
+        &LIB.replace("calls++; return 1;", "calls++; return 3;"),
+    );
+    let (child, lines) = spawn_lines(&mut Command::new(&prog));
+    wait_for(&lines, "v=1 s=31");
+    let pid = Pid(child.0.id() as i32);
+    let opts = |id: &str, replace: Option<&str>| ApplyOptions {
+        patch_id: id.into(),
+        replace: replace.map(Into::into),
+        ..Default::default()
+    };
+    apply(pid, &v1, &opts("fix", None)).expect("v1");
+    wait_for(&lines, "v=2 s=1031");
+    let a = apply(pid, &v2, &opts("fix-v2", Some("fix"))).expect("v2 replaces v1");
+    assert_eq!(a.replaced.as_deref(), Some("fix"));
+    wait_for(&lines, "v=3 s=31");
+    let live = status(pid).unwrap();
+    assert_eq!(live.len(), 1, "the replaced region is released: {live:?}");
+    assert_eq!(live[0].header.patch_id, "fix-v2");
+    // Replacing a patch that is not live, or one with another patch on top, is refused and
+    // changes nothing.
+    let e = apply(pid, &v1, &opts("x", Some("fix"))).unwrap_err();
+    assert!(e.to_string().contains("no live patch \"fix\""), "{e}");
+    apply(pid, &v1, &opts("top", None)).expect("stacked on top");
+    wait_for(&lines, "v=2 s=1031");
+    let e = apply(pid, &v2, &opts("y", Some("fix-v2"))).unwrap_err();
+    assert!(e.to_string().contains("\"top\" was applied on top"), "{e}");
+    revert(pid, "top", Duration::from_secs(3)).expect("revert top");
+    wait_for(&lines, "v=3 s=31");
+    // Reverting the newer version restores the original code, not the version it replaced.
+    revert(pid, "fix-v2", Duration::from_secs(3)).expect("revert v2");
+    wait_for(&lines, "v=1 s=31");
+    assert!(status(pid).unwrap().is_empty());
+}

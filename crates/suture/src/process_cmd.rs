@@ -71,6 +71,7 @@ pub fn apply(
         timeout: seconds(timeout)?,
         patch_id: id.clone(),
         object,
+        ..Default::default()
     };
     let mut results = Vec::new();
     let mut failed = 0;
