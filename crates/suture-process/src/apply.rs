@@ -25,7 +25,7 @@ use crate::mem::ProcessMemory;
 use crate::remote::{Prot, RoutineEnd, SyscallSite};
 use crate::stack::{BusyRange, Finding, StackSnapshot, UnwindInfo};
 use crate::stop::{Registers, StoppedProcess};
-use crate::symbols::{ElfSymbols, Mapped, TargetResolver};
+use crate::symbols::{ElfSymbols, LiveResolver, Mapped, TargetResolver};
 
 /// What happened to the target when an operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -354,9 +354,12 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
     };
     let loaded = load_objects(pid, &maps, opts.object.as_deref())?;
     let patched = &loaded.mapped[loaded.patched];
-    let resolver = TargetResolver {
-        patched,
-        search: loaded.search(),
+    let resolver = LiveResolver {
+        target: TargetResolver {
+            patched,
+            search: loaded.search(),
+        },
+        memory: &mem,
     };
     let mut originals = Vec::new();
     for f in &functions {

@@ -13,6 +13,21 @@
 //! GOT slots are created for GOT-relative references (the static linker would have relaxed
 //! them; a runtime loader must provide them). Calls that cannot reach their target with a
 //! 32-bit displacement go through a 14-byte absolute stub (`jmp *0(%rip); .quad target`).
+//!
+//! Thread-local variables (a patch cannot add any; it uses the target's):
+//! - Local-exec and initial-exec code (`TPOFF32`, `GOTTPOFF`) needs the variable's offset from
+//!   the thread pointer: known for the executable's block ([`Value::TlsOffset`]) and for a
+//!   library block in static TLS when the process has a `TPOFF64` slot for it.
+//! - General- and local-dynamic code (`TLSGD`, `TLSLD` + `DTPOFF32`, what `-fPIC` produces)
+//!   is linked as written when the module id is known ([`Value::Tls`], read by the resolver
+//!   from a GOT slot ld.so filled for `DTPMOD64`): the `lea` points at a `tls_index`
+//!   {module, offset} of the patch's own, in its read-only GOT area, and the call goes to the
+//!   target's `__tls_get_addr`, which finds (or allocates) each thread's block, so static
+//!   and dynamic (dlopen) TLS both work. When only the thread-pointer offset is known (the
+//!   executable, whose own GD/LD accesses the static linker relaxed away), the sequence is
+//!   rewritten to local-exec exactly as the static linker does ([`relax_tls`]); an unexpected
+//!   instruction sequence is refused rather than guessed at. Neither known: the resolver
+//!   refuses the symbol. TLS descriptors (`-mtls-dialect=gnu2`) are refused.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -42,6 +57,8 @@ const R_DTPOFF32: u32 = 21;
 const R_GOTTPOFF: u32 = 22;
 const R_TPOFF32: u32 = 23;
 const R_PC64: u32 = 24;
+const R_GOTPC32_TLSDESC: u32 = 34;
+const R_TLSDESC_CALL: u32 = 35;
 const R_GOTPCRELX: u32 = 41;
 const R_REX_GOTPCRELX: u32 = 42;
 
@@ -104,6 +121,15 @@ pub enum Value {
     Address(RemoteAddr),
     /// A thread-local variable of the static TLS block: its offset from the thread pointer.
     TlsOffset(i64),
+    /// A thread-local variable of a module (a shared library) whose TLS module id is known:
+    /// `__tls_get_addr(&{module, offset})` finds it in every thread, in static or dynamic
+    /// (dlopen) TLS. `tp_offset` is its thread-pointer offset when the block is known to be
+    /// in static TLS (needed only by initial-exec code).
+    Tls {
+        module: u64,
+        offset: u64,
+        tp_offset: Option<i64>,
+    },
     /// A weak symbol the target does not define (resolves to 0).
     Absent,
 }
@@ -134,6 +160,19 @@ enum Slot {
     Address(u32),
     /// Thread-pointer offset of a TLS symbol (GOTTPOFF).
     TpOff(u32),
+    /// A `tls_index` {module id, offset} for a general-dynamic access (TLSGD): two words.
+    TlsIndex(u32),
+    /// A `tls_index` {module id, 0} for a local-dynamic access (TLSLD): two words.
+    TlsModule(u32),
+}
+
+impl Slot {
+    fn words(self) -> u64 {
+        match self {
+            Slot::Address(_) | Slot::TpOff(_) => 1,
+            Slot::TlsIndex(_) | Slot::TlsModule(_) => 2,
+        }
+    }
 }
 
 /// The layout of a patch object, independent of where it will live.
@@ -170,6 +209,77 @@ fn is_branch(r_type: u32, code: &[u8], offset: u64) -> bool {
     let before = |n: usize| o.checked_sub(n).and_then(|i| code.get(i)).copied();
     matches!(before(1), Some(0xe8 | 0xe9))
         || (before(2) == Some(0x0f) && before(1).is_some_and(|b| b & 0xf0 == 0x80))
+}
+
+/// A general- or local-dynamic TLS access rewritten to local-exec because the variable's
+/// thread-pointer offset is known: the bytes replacing the sequence and the relocation (the
+/// call of `__tls_get_addr`) they make obsolete.
+#[derive(Debug, PartialEq, Eq)]
+struct Relaxed {
+    start: usize,
+    bytes: Vec<u8>,
+    call_reloc: u64,
+}
+
+/// `mov %fs:0, %rax`
+const MOV_FS0_RAX: [u8; 9] = [0x64, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0];
+
+/// Rewrites the TLSGD or TLSLD sequence whose relocation is at `offset` of `code`, as the
+/// static linker would for an executable:
+/// - GD (16 bytes, `data16 lea x@tlsgd(%rip),%rdi; data16 data16 rex64 call __tls_get_addr`,
+///   or the `-fno-plt` form with `call *__tls_get_addr@GOTPCREL(%rip)`) becomes
+///   `mov %fs:0,%rax; lea tp_offset(%rax),%rax`: `%rax` holds the variable's address as the call
+///   would have returned it.
+/// - LD (12 bytes `lea x@tlsld(%rip),%rdi; call __tls_get_addr`, 13 with the `-fno-plt` call)
+///   becomes `mov %fs:0,%rax` padded with prefixes; the `DTPOFF32` offsets that follow are then
+///   linked as thread-pointer offsets.
+///
+/// Any other instruction sequence is refused (`None`): guessing would corrupt code.
+fn relax_tls(r_type: u32, code: &[u8], offset: u64, tp_offset: i64) -> Option<Relaxed> {
+    let o = offset as usize;
+    let at = |from: usize, len: usize| code.get(from..from.checked_add(len)?);
+    match r_type {
+        R_TLSGD => {
+            let start = o.checked_sub(4)?;
+            if at(start, 4)? != [0x66, 0x48, 0x8d, 0x3d] {
+                return None;
+            }
+            let call = at(o + 4, 4)?;
+            if call != [0x66, 0x66, 0x48, 0xe8] && call != [0x66, 0x48, 0xff, 0x15] {
+                return None;
+            }
+            at(o + 8, 4)?;
+            let tp = i32::try_from(tp_offset).ok()?;
+            let mut bytes = MOV_FS0_RAX.to_vec();
+            bytes.extend_from_slice(&[0x48, 0x8d, 0x80]);
+            bytes.extend_from_slice(&tp.to_le_bytes());
+            Some(Relaxed {
+                start,
+                bytes,
+                call_reloc: offset + 8,
+            })
+        }
+        R_TLSLD => {
+            let start = o.checked_sub(3)?;
+            if at(start, 3)? != [0x48, 0x8d, 0x3d] {
+                return None;
+            }
+            let (len, call_reloc) = match at(o + 4, 2)? {
+                [0xe8, _] => (12, offset + 5),
+                [0xff, 0x15] => (13, offset + 6),
+                _ => return None,
+            };
+            at(start, len)?;
+            let mut bytes = vec![0x66; len - MOV_FS0_RAX.len()];
+            bytes.extend_from_slice(&MOV_FS0_RAX);
+            Some(Relaxed {
+                start,
+                bytes,
+                call_reloc,
+            })
+        }
+        _ => None,
+    }
 }
 
 fn align_up(v: u64, a: u64) -> u64 {
@@ -228,11 +338,12 @@ impl<'a> Plan<'a> {
                 let slot = match r.r_type {
                     R_GOTPCREL | R_GOTPCRELX | R_REX_GOTPCRELX => Some(Slot::Address(r.sym.0)),
                     R_GOTTPOFF => Some(Slot::TpOff(r.sym.0)),
+                    R_TLSGD => Some(Slot::TlsIndex(r.sym.0)),
+                    R_TLSLD => Some(Slot::TlsModule(r.sym.0)),
                     _ => None,
                 };
                 if let Some(slot) = slot {
-                    let n = got.len() as u64;
-                    got.entry(slot).or_insert(n);
+                    got.entry(slot).or_insert(0);
                 }
                 let sym = obj.symbol(r.sym);
                 let section = obj.section(sec);
@@ -248,11 +359,12 @@ impl<'a> Plan<'a> {
         }
         // GOT slots at the end of rodata, stubs at the end of text.
         let ro = sizes.entry(Segment::Rodata).or_default();
-        let got_base = align_up(*ro, 8);
-        *ro = got_base + 8 * got.len() as u64;
-        for v in got.values_mut() {
-            *v = got_base + *v * 8;
+        let mut at = align_up(*ro, 16);
+        for (slot, v) in got.iter_mut() {
+            *v = at;
+            at += 8 * slot.words();
         }
+        *ro = at;
         let text = sizes.entry(Segment::Text).or_default();
         let stub_base = align_up(*text, 16);
         *text = stub_base + STUB_SIZE * stubs.len() as u64;
@@ -370,29 +482,95 @@ impl<'a> Plan<'a> {
             match values.get(&sym) {
                 Some(Value::Address(a)) => Ok(a.0),
                 Some(Value::Absent) => Ok(0),
-                Some(Value::TlsOffset(_)) | None => Err(LinkError::Unresolved {
-                    symbol: obj.symbol(SymIdx(sym)).name.clone(),
-                    reason: "no address".into(),
-                }),
+                Some(Value::TlsOffset(_) | Value::Tls { .. }) | None => {
+                    Err(LinkError::Unresolved {
+                        symbol: obj.symbol(SymIdx(sym)).name.clone(),
+                        reason: "no address".into(),
+                    })
+                }
             }
         };
         let tpoff_of = |sym: u32| -> Result<i64, LinkError> {
             match values.get(&sym) {
                 Some(Value::TlsOffset(o)) => Ok(*o),
+                Some(Value::Tls {
+                    tp_offset: Some(o), ..
+                }) => Ok(*o),
+                Some(Value::Tls { module, .. }) => Err(LinkError::Unresolved {
+                    symbol: obj.symbol(SymIdx(sym)).name.clone(),
+                    reason: format!(
+                        "its TLS module {module} has no known offset from the thread pointer \
+                         (no R_X86_64_TPOFF64 slot in the process), which initial-exec code \
+                         needs; build the patch's unit with -fPIC and the default TLS model"
+                    ),
+                }),
                 _ => Err(LinkError::Unresolved {
                     symbol: obj.symbol(SymIdx(sym)).name.clone(),
-                    reason: "not a thread-local variable of the static TLS block".into(),
+                    reason: "not a thread-local variable".into(),
                 }),
             }
         };
-        // GOT slots.
+        // GOT slots and tls_index pairs (pairs of accesses relaxed below stay unused).
         for (slot, &off) in &self.got {
-            let v = match *slot {
-                Slot::Address(sym) => addr_of(sym)?,
-                Slot::TpOff(sym) => tpoff_of(sym)? as u64,
+            let words: Vec<u64> = match *slot {
+                Slot::Address(sym) => vec![addr_of(sym)?],
+                Slot::TpOff(sym) => vec![tpoff_of(sym)? as u64],
+                Slot::TlsIndex(sym) => match values.get(&sym) {
+                    Some(Value::Tls { module, offset, .. }) => vec![*module, *offset],
+                    _ => vec![0, 0],
+                },
+                Slot::TlsModule(sym) => match values.get(&sym) {
+                    Some(Value::Tls { module, .. }) => vec![*module, 0],
+                    _ => vec![0, 0],
+                },
             };
             let buf = segs.get_mut(&Segment::Rodata).expect("rodata exists");
-            buf[off as usize..off as usize + 8].copy_from_slice(&v.to_le_bytes());
+            for (i, w) in words.iter().enumerate() {
+                let o = off as usize + 8 * i;
+                buf[o..o + 8].copy_from_slice(&w.to_le_bytes());
+            }
+        }
+        // TLS accesses: a variable with a known module id keeps its call of __tls_get_addr
+        // (with our tls_index); one known only by its thread-pointer offset (the executable's,
+        // or a library's static block) is relaxed to local-exec.
+        let mut consumed: std::collections::HashSet<(SecIdx, u64)> = Default::default();
+        for (&sec, p) in &self.placed {
+            let s = obj.section(sec);
+            for r in s
+                .relocs
+                .iter()
+                .filter(|r| matches!(r.r_type, R_TLSGD | R_TLSLD))
+            {
+                let sym = obj.symbol(r.sym);
+                let tp = match values.get(&r.sym.0) {
+                    Some(Value::Tls { .. }) => continue,
+                    Some(Value::TlsOffset(tp)) => *tp,
+                    _ => {
+                        return Err(LinkError::Unresolved {
+                            symbol: sym.name.clone(),
+                            reason: "a dynamic TLS access refers to a symbol that is not \
+                                     thread-local"
+                                .into(),
+                        })
+                    }
+                };
+                let Some(relaxed) = relax_tls(r.r_type, s.data, r.offset, tp) else {
+                    return Err(LinkError::UnsupportedRelocation {
+                        r_type: r.r_type,
+                        section: format!(
+                            "{} (the access to {} is not the standard __tls_get_addr \
+                             sequence, so it cannot be rewritten to use its static TLS offset)",
+                            s.name, sym.name
+                        ),
+                        offset: r.offset,
+                    });
+                };
+                let buf = segs.get_mut(&p.segment).expect("segment exists");
+                let at = p.offset as usize + relaxed.start;
+                buf[at..at + relaxed.bytes.len()].copy_from_slice(&relaxed.bytes);
+                consumed.insert((sec, r.offset));
+                consumed.insert((sec, relaxed.call_reloc));
+            }
         }
         // Far-call stubs: jmp *0(%rip); .quad target
         for (&sym, &off) in &self.stubs {
@@ -406,7 +584,7 @@ impl<'a> Plan<'a> {
         for (&sec, p) in &self.placed {
             let s = obj.section(sec);
             for r in &s.relocs {
-                if r.r_type == R_NONE {
+                if r.r_type == R_NONE || consumed.contains(&(sec, r.offset)) {
                     continue;
                 }
                 let place = seg_base(p.segment).offset(p.offset + r.offset);
@@ -482,12 +660,59 @@ impl<'a> Plan<'a> {
                         v.to_le_bytes().to_vec()
                     }
                     R_TPOFF64 => tpoff_of(r.sym.0)?.wrapping_add(a).to_le_bytes().to_vec(),
-                    R_TLSGD | R_TLSLD | R_DTPOFF32 | R_DTPOFF64 | R_DTPMOD64 => {
+                    // Not relaxed: PC-relative to our tls_index, passed to __tls_get_addr.
+                    R_TLSGD | R_TLSLD => {
+                        let slot = if r.r_type == R_TLSGD {
+                            Slot::TlsIndex(r.sym.0)
+                        } else {
+                            Slot::TlsModule(r.sym.0)
+                        };
+                        let pair = seg_base(Segment::Rodata).offset(self.got[&slot]).0 as i64;
+                        let v = pair.wrapping_add(a).wrapping_sub(p_);
+                        let v =
+                            i32::try_from(v).map_err(|_| err_range(pair as u64, "tls_index"))?;
+                        v.to_le_bytes().to_vec()
+                    }
+                    // Offset within the module's block after a TLSLD call, or from the thread
+                    // pointer after a TLSLD sequence relaxed to local-exec.
+                    R_DTPOFF32 | R_DTPOFF64 => {
+                        let v = match values.get(&r.sym.0) {
+                            Some(Value::Tls { offset, .. }) => *offset as i64,
+                            Some(Value::TlsOffset(tp)) => *tp,
+                            _ => {
+                                return Err(LinkError::Unresolved {
+                                    symbol: sym.name.clone(),
+                                    reason: "not a thread-local variable".into(),
+                                })
+                            }
+                        }
+                        .wrapping_add(a);
+                        if r.r_type == R_DTPOFF64 {
+                            v.to_le_bytes().to_vec()
+                        } else {
+                            i32::try_from(v)
+                                .map_err(|_| err_range(v as u64, "TLS offset"))?
+                                .to_le_bytes()
+                                .to_vec()
+                        }
+                    }
+                    R_DTPMOD64 => {
                         return Err(LinkError::UnsupportedRelocation {
                             r_type: r.r_type,
                             section: format!(
-                                "{} (dynamic TLS of {}; build the patch's unit without -fPIC \
-                                 or reference the variable through a function)",
+                                "{} (a TLS module id of {} stored in data; only code accesses \
+                                 to thread-local variables are linked)",
+                                s.name, sym.name
+                            ),
+                            offset: r.offset,
+                        })
+                    }
+                    R_GOTPC32_TLSDESC | R_TLSDESC_CALL => {
+                        return Err(LinkError::UnsupportedRelocation {
+                            r_type: r.r_type,
+                            section: format!(
+                                "{} (TLS descriptor access to {}: build the patch's unit with \
+                                 the default -mtls-dialect=gnu)",
                                 s.name, sym.name
                             ),
                             offset: r.offset,
@@ -559,6 +784,55 @@ mod tests {
         assert!(!is_branch(R_PC32, &code, 19));
         assert!(is_branch(R_PLT32, &code, 19));
         assert!(!is_branch(R_PC32, &code, 0));
+    }
+
+    #[test]
+    fn general_dynamic_tls_relaxes_to_local_exec() {
+        // data16 lea x@tlsgd(%rip),%rdi; data16 data16 rex64 call __tls_get_addr@PLT
+        let mut code = vec![0x90, 0x66, 0x48, 0x8d, 0x3d, 0, 0, 0, 0];
+        code.extend_from_slice(&[0x66, 0x66, 0x48, 0xe8, 0, 0, 0, 0, 0xc3]);
+        let r = relax_tls(R_TLSGD, &code, 5, -0x10).unwrap();
+        assert_eq!(r.start, 1);
+        assert_eq!(r.call_reloc, 13);
+        // mov %fs:0,%rax; lea -0x10(%rax),%rax: the same 16 bytes.
+        let want = [
+            0x64, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0, 0x48, 0x8d, 0x80, 0xf0, 0xff, 0xff, 0xff,
+        ];
+        assert_eq!(r.bytes, want);
+        // The -fno-plt form: call *__tls_get_addr@GOTPCREL(%rip).
+        code[9..13].copy_from_slice(&[0x66, 0x48, 0xff, 0x15]);
+        assert_eq!(relax_tls(R_TLSGD, &code, 5, -0x10).unwrap().bytes, want);
+        // Anything else is refused, as is a truncated sequence.
+        code[9] = 0x90;
+        assert_eq!(relax_tls(R_TLSGD, &code, 5, -0x10), None);
+        assert_eq!(relax_tls(R_TLSGD, &code[..12], 5, -0x10), None);
+        assert_eq!(relax_tls(R_TLSGD, &code, 2, -0x10), None);
+    }
+
+    #[test]
+    fn local_dynamic_tls_relaxes_to_the_thread_pointer() {
+        // lea x@tlsld(%rip),%rdi; call __tls_get_addr@PLT
+        let code = [0x48, 0x8d, 0x3d, 0, 0, 0, 0, 0xe8, 0, 0, 0, 0];
+        let r = relax_tls(R_TLSLD, &code, 3, 0).unwrap();
+        assert_eq!((r.start, r.call_reloc), (0, 8));
+        assert_eq!(
+            r.bytes,
+            [0x66, 0x66, 0x66, 0x64, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0]
+        );
+        // call *__tls_get_addr@GOTPCREL(%rip): one byte longer, one prefix more.
+        let code = [0x48, 0x8d, 0x3d, 0, 0, 0, 0, 0xff, 0x15, 0, 0, 0, 0];
+        let r = relax_tls(R_TLSLD, &code, 3, 0).unwrap();
+        assert_eq!((r.bytes.len(), r.call_reloc), (13, 9));
+        assert_eq!(relax_tls(R_TLSLD, &code[..12], 3, 0), None);
+        assert_eq!(relax_tls(R_TLSLD, &[0x90; 12], 3, 0), None);
+    }
+
+    #[test]
+    fn tls_index_pairs_take_two_words() {
+        assert_eq!(Slot::Address(1).words(), 1);
+        assert_eq!(Slot::TpOff(1).words(), 1);
+        assert_eq!(Slot::TlsIndex(1).words(), 2);
+        assert_eq!(Slot::TlsModule(1).words(), 2);
     }
 
     #[test]

@@ -1,0 +1,602 @@
+//! The "must work for" cases of live patching, each on a fixture program compiled at test time
+//! (`tests/fixtures/<case>/`): the program prints what it computes, and each test checks the
+//! output before the patch, while it is live, and after revert.
+//!
+//! - `tls_*`: thread-local variables of a shared library (general- and local-dynamic access
+//!   through `__tls_get_addr`), of a PIE executable (accesses relaxed to local-exec), of a
+//!   library loaded with `dlopen` (dynamic TLS), and a refusal when nothing in the process
+//!   records where a library's TLS is. Several threads, each with its own values. The library
+//!   and the executable are patched in the same process and reverted in either order.
+//! - `ifunc_*`: calls of libc IFUNCs (`strlen`, `memcpy`) and of an IFUNC defined by the
+//!   executable, and a refusal for an IFUNC nothing has resolved.
+//! - `stacking_*`: two different patches of one function, and patches of two functions
+//!   reverted in either order.
+//! - `new_code_and_data_*`: new functions and globals, the original's static local and
+//!   unchanged static function, libc's `stderr`; PIE and non-PIE executables.
+//!
+//! Every child process is killed on drop; work directories are per test.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use suture_process::apply::{apply, revert, status, ApplyOptions};
+use suture_process::ids::Pid;
+use suture_process::link::{Plan, PAGE};
+use suture_process::symbols::ElfSymbols;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+const UNIT_FLAGS: [&str; 5] = ["-c", "-O2", "-g", "-ffunction-sections", "-fdata-sections"];
+
+// ---- building ------------------------------------------------------------------------------
+
+fn fixture(case: &str, file: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(case)
+        .join(file);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// A fresh work directory for one test.
+fn work_dir(test: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("coverage-{test}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn gcc(dir: &Path, args: &[&str]) {
+    let out = Command::new("gcc")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("gcc runs");
+    assert!(
+        out.status.success(),
+        "gcc {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Compiles `source` as `<unit>.c` in `dir/<side>/` (the file name must match between the
+/// original and the fixed side: statics are named by it). Returns the object's path.
+fn object(dir: &Path, side: &str, unit: &str, source: &str, extra: &[&str]) -> PathBuf {
+    let d = dir.join(side);
+    std::fs::create_dir_all(&d).unwrap();
+    let c = format!("{unit}.c");
+    let o = format!("{unit}.o");
+    std::fs::write(d.join(&c), source).unwrap();
+    let mut args = UNIT_FLAGS.to_vec();
+    args.extend_from_slice(extra);
+    args.extend([c.as_str(), "-o", o.as_str()]);
+    gcc(&d, &args);
+    d.join(o)
+}
+
+/// The patch object `suture diff` makes of two builds of a unit.
+fn patch(orig: &Path, fixed: &Path) -> Vec<u8> {
+    let a = std::fs::read(orig).unwrap();
+    let b = std::fs::read(fixed).unwrap();
+    let (a, b) = (
+        suture_object::Object::parse(&a).unwrap(),
+        suture_object::Object::parse(&b).unwrap(),
+    );
+    let d = suture_object::analyze(&a, &b).unwrap();
+    assert_eq!(
+        d.report.status,
+        suture_object::Status::Patchable,
+        "{}",
+        serde_json::to_string_pretty(&d.report).unwrap()
+    );
+    suture_object::emit::emit(&d).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+// ---- running -------------------------------------------------------------------------------
+
+/// A running fixture program, killed on drop; its stdout and stderr lines arrive on channels.
+struct Program {
+    child: Child,
+    out: Receiver<String>,
+    err: Receiver<String>,
+    pid: Pid,
+}
+
+fn lines_of(r: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Program {
+    fn spawn(cmd: &mut Command) -> Program {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = lines_of(child.stdout.take().unwrap());
+        let err = lines_of(child.stderr.take().unwrap());
+        let pid = Pid(child.id() as i32);
+        Program {
+            child,
+            out,
+            err,
+            pid,
+        }
+    }
+
+    /// Waits until every line in `want` has been printed on stdout (in any order, later than
+    /// anything read so far) and returns the last line read.
+    fn expect_all(&self, want: &[String]) -> String {
+        let mut pending: BTreeSet<&String> = want.iter().collect();
+        let deadline = Instant::now() + PATIENCE;
+        let mut last = String::new();
+        while !pending.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.out.recv_timeout(left) {
+                Ok(l) => {
+                    pending.remove(&l);
+                    last = l;
+                }
+                Err(_) => panic!(
+                    "process {} never printed {pending:?} (last line {last:?})",
+                    self.pid
+                ),
+            }
+        }
+        last
+    }
+
+    /// The next stdout line that satisfies `pred`.
+    fn expect(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.out.recv_timeout(left) {
+                Ok(l) if pred(&l) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("process {} never printed {what}", self.pid),
+            }
+        }
+    }
+
+    /// The next stderr line starting with `prefix`.
+    fn expect_err(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.err.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("process {} never printed {prefix:?} on stderr", self.pid),
+            }
+        }
+    }
+
+    fn assert_alive(&mut self) {
+        assert!(self.child.try_wait().unwrap().is_none(), "the program died");
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid.0)).unwrap();
+        let state = stat.rsplit(')').next().unwrap().split_whitespace().next();
+        assert!(
+            !matches!(state, Some("T" | "t")),
+            "target left stopped: {state:?}"
+        );
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn opts(id: &str, object: Option<&str>) -> ApplyOptions {
+    ApplyOptions {
+        patch_id: id.into(),
+        object: object.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+fn revert_now(pid: Pid, id: &str) {
+    revert(pid, id, Duration::from_secs(3)).unwrap_or_else(|e| panic!("revert {id}: {e}"));
+}
+
+/// A value of `key=` in a line like `c=12 r=0`.
+fn field(line: &str, key: &str) -> i64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}
+
+// ---- thread-local storage ------------------------------------------------------------------
+
+/// Builds the library's patch: returns (libtls.so original object, patch).
+fn libtls(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let pic = ["-fPIC"];
+    let orig = object(dir, "orig", "libtls", &fixture("tls", "libtls.c"), &pic);
+    let fixed = object(
+        dir,
+        "fixed",
+        "libtls",
+        &fixture("tls", "libtls.fixed.c"),
+        &pic,
+    );
+    let p = patch(&orig, &fixed);
+    (orig, p)
+}
+
+/// TLS of a shared library (general- and local-dynamic accesses linked with a `tls_index`
+/// of the patch's own and a call of `__tls_get_addr`) and of a PIE executable built with
+/// `-fPIC` (the same access models relaxed to local-exec), in three threads with distinct
+/// values, the two patches live at once and reverted in the order they were applied (they
+/// patch different objects). A library whose TLS nothing in the process touches is refused.
+#[test]
+fn tls_of_a_library_and_of_the_executable_patched_in_one_process() {
+    let dir = work_dir("tls");
+    let pic = ["-fPIC"];
+    let (lib_o, lib_patch) = libtls(&dir);
+    let exe_o = object(&dir, "orig", "exetls", &fixture("tls", "exetls.c"), &pic);
+    let exe_fixed = object(
+        &dir,
+        "fixed",
+        "exetls",
+        &fixture("tls", "exetls.fixed.c"),
+        &pic,
+    );
+    let cold_o = object(&dir, "orig", "libcold", &fixture("tls", "libcold.c"), &pic);
+    let cold_fixed = object(
+        &dir,
+        "fixed",
+        "libcold",
+        &fixture("tls", "libcold.fixed.c"),
+        &pic,
+    );
+    let ie = ["-fPIC", "-ftls-model=initial-exec"];
+    let ie_o = object(&dir, "orig", "libie", &fixture("tls", "libie.c"), &ie);
+    let ie_fixed = object(
+        &dir,
+        "fixed",
+        "libie",
+        &fixture("tls", "libie.fixed.c"),
+        &ie,
+    );
+    let exe_patch = patch(&exe_o, &exe_fixed);
+    let cold_patch = patch(&cold_o, &cold_fixed);
+    let ie_patch = patch(&ie_o, &ie_fixed);
+    // The patches really use the dynamic access models this test is about.
+    for (name, p) in [("library", &lib_patch), ("executable", &exe_patch)] {
+        let requests = Plan::new(p, PAGE).unwrap().requests();
+        assert!(
+            requests.iter().any(|r| r.name() == "__tls_get_addr"),
+            "the {name} patch does not call __tls_get_addr: {requests:?}"
+        );
+    }
+    std::fs::write(dir.join("main.c"), fixture("tls", "main.c")).unwrap();
+    gcc(&dir, &["-shared", s(&lib_o), "-o", "libtls.so"]);
+    gcc(&dir, &["-shared", s(&cold_o), "-o", "libcold.so"]);
+    gcc(&dir, &["-shared", s(&ie_o), "-o", "libie.so"]);
+    gcc(
+        &dir,
+        &[
+            "-O2",
+            "-fPIE",
+            "-pie",
+            "main.c",
+            s(&exe_o),
+            "-L.",
+            "-ltls",
+            "-lcold",
+            "-lie",
+            "-Wl,-rpath,$ORIGIN",
+            "-lpthread",
+            "-o",
+            "prog",
+        ],
+    );
+    let mut prog = Program::spawn(&mut Command::new(dir.join("prog")));
+    let pid = prog.pid;
+    type F = dyn Fn(i64) -> i64;
+    let state3 = |lib: &F, exe: &F, ie: &F| -> Vec<String> {
+        (1..=3)
+            .map(|i| format!("T{i} lib={} exe={} ie={} cold=1", lib(i), exe(i), ie(i)))
+            .collect()
+    };
+    let state = |lib: &F, exe: &F| state3(lib, exe, &|i| 8 * i);
+    prog.expect_all(&state(&|i| 101 * i, &|i| 11 * i));
+
+    // Nothing records where libcold's TLS is: refused by name, target untouched.
+    let e = apply(pid, &cold_patch, &opts("cold", Some("libcold.so")))
+        .expect_err("a library TLS nothing located must be refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("cold_tls") && msg.contains("module id") && msg.contains("untouched"),
+        "{msg}"
+    );
+    assert!(status(pid).unwrap().is_empty());
+
+    apply(pid, &lib_patch, &opts("lib-tls", Some("libtls.so"))).expect("apply to the library");
+    prog.expect_all(&state(&|i| 1001 * i + 500, &|i| 11 * i));
+    apply(pid, &exe_patch, &opts("exe-tls", None)).expect("apply to the executable");
+    prog.expect_all(&state(&|i| 1001 * i + 500, &|i| 101 * i + 50));
+    // An initial-exec library: only its R_X86_64_TPOFF64 slots say where its static TLS is.
+    apply(pid, &ie_patch, &opts("ie-tls", Some("libie.so"))).expect("apply to libie");
+    let all_live = |ie: &F| state3(&|i| 1001 * i + 500, &|i| 101 * i + 50, ie);
+    prog.expect_all(&all_live(&|i| 71 * i + 30));
+    assert_eq!(status(pid).unwrap().len(), 3);
+    revert_now(pid, "ie-tls");
+    prog.expect_all(&all_live(&|i| 8 * i + 3));
+    let state = |lib: &F, exe: &F| state3(lib, exe, &|i| 8 * i + 3);
+    let live = status(pid).unwrap();
+    assert_eq!(live.len(), 2, "{live:?}");
+    assert!(live.iter().any(|p| p.header.object.ends_with("libtls.so")));
+    assert!(live.iter().any(|p| p.header.object.ends_with("prog")));
+
+    // The library's patch first: the executable's stays live. The original code now reads
+    // what the patch wrote into each thread's variables.
+    revert_now(pid, "lib-tls");
+    prog.expect_all(&state(&|i| 101 * i + 50, &|i| 101 * i + 50));
+    revert_now(pid, "exe-tls");
+    prog.expect_all(&state(&|i| 101 * i + 50, &|i| 11 * i + 5));
+    assert!(status(pid).unwrap().is_empty());
+    prog.assert_alive();
+}
+
+/// A library loaded with `dlopen` has dynamic TLS (blocks allocated per thread by
+/// `__tls_get_addr`, outside the static TLS area): the patch reaches each thread's block
+/// through its module id. Initial-exec code cannot reach it and is refused.
+#[test]
+fn tls_of_a_dlopened_library_is_reached_through_its_module() {
+    let dir = work_dir("tls-dlopen");
+    let (lib_o, lib_patch) = libtls(&dir);
+    std::fs::write(dir.join("dlmain.c"), fixture("tls", "dlmain.c")).unwrap();
+    gcc(&dir, &["-shared", s(&lib_o), "-o", "libtls.so"]);
+    gcc(
+        &dir,
+        &["-O2", "dlmain.c", "-ldl", "-lpthread", "-o", "dlprog"],
+    );
+    let lib = dir.join("libtls.so");
+    let mut prog = Program::spawn(Command::new(dir.join("dlprog")).arg(&lib));
+    let pid = prog.pid;
+    let state = |f: &dyn Fn(i64) -> i64| -> Vec<String> {
+        (1..=3).map(|i| format!("T{i} lib={}", f(i))).collect()
+    };
+    prog.expect_all(&state(&|i| 101 * i));
+
+    let ie = ["-fPIC", "-ftls-model=initial-exec"];
+    let ie_orig = object(&dir, "ie-orig", "libtls", &fixture("tls", "libtls.c"), &ie);
+    let ie_fixed = object(
+        &dir,
+        "ie-fixed",
+        "libtls",
+        &fixture("tls", "libtls.fixed.c"),
+        &ie,
+    );
+    let ie_patch = patch(&ie_orig, &ie_fixed);
+    let e = apply(pid, &ie_patch, &opts("dl-ie", Some("libtls.so")))
+        .expect_err("initial-exec access to dynamic TLS must be refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("thread pointer") && msg.contains("untouched"),
+        "{msg}"
+    );
+    assert!(status(pid).unwrap().is_empty());
+    prog.expect_all(&state(&|i| 101 * i));
+
+    apply(pid, &lib_patch, &opts("dl-tls", Some("libtls.so"))).expect("apply");
+    prog.expect_all(&state(&|i| 1001 * i + 500));
+    revert_now(pid, "dl-tls");
+    prog.expect_all(&state(&|i| 101 * i + 50));
+    prog.assert_alive();
+}
+
+// ---- IFUNC ---------------------------------------------------------------------------------
+
+/// The patch calls libc's `strlen` and `memcpy` (IFUNCs in libc) and the executable's own
+/// IFUNC `add_one`: each resolves to the implementation the process already uses. A patch
+/// calling `sub_one`, an IFUNC nothing in the process has resolved, is refused by name.
+#[test]
+fn ifunc_symbols_of_libc_and_of_the_executable() {
+    let dir = work_dir("ifunc");
+    let orig = object(&dir, "orig", "text", &fixture("ifunc", "text.c"), &[]);
+    let fixed = object(
+        &dir,
+        "fixed",
+        "text",
+        &fixture("ifunc", "text.fixed.c"),
+        &[],
+    );
+    let cold = object(&dir, "cold", "text", &fixture("ifunc", "text.cold.c"), &[]);
+    let ifuncs = object(&dir, "orig", "ifuncs", &fixture("ifunc", "ifuncs.c"), &[]);
+    let good = patch(&orig, &fixed);
+    let bad = patch(&orig, &cold);
+    let requests = Plan::new(&good, PAGE).unwrap().requests();
+    for want in ["strlen", "memcpy", "add_one"] {
+        assert!(
+            requests.iter().any(|r| r.name() == want),
+            "the patch does not call {want}: {requests:?}"
+        );
+    }
+    std::fs::write(dir.join("main.c"), fixture("ifunc", "main.c")).unwrap();
+    gcc(&dir, &["-O2", "main.c", s(&orig), s(&ifuncs), "-o", "prog"]);
+    let exe = ElfSymbols::parse("prog", &std::fs::read(dir.join("prog")).unwrap()).unwrap();
+    assert!(exe.globals["add_one"].ifunc && exe.globals["sub_one"].ifunc);
+
+    let mut prog = Program::spawn(&mut Command::new(dir.join("prog")));
+    let pid = prog.pid;
+    prog.expect_all(&["m=1 a=2".to_string()]);
+    // The libc the program runs really implements both as IFUNCs.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", pid.0)).unwrap();
+    let libc = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("/libc.so"))
+        .expect("libc mapped");
+    let libc = ElfSymbols::parse(libc, &std::fs::read(libc).unwrap()).unwrap();
+    assert!(libc.globals["strlen"].ifunc && libc.globals["memcpy"].ifunc);
+
+    let e = apply(pid, &bad, &opts("cold", None)).expect_err("an unresolved IFUNC is refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("sub_one") && msg.contains("IFUNC") && msg.contains("untouched"),
+        "{msg}"
+    );
+    assert!(status(pid).unwrap().is_empty());
+
+    apply(pid, &good, &opts("ifunc", None)).expect("apply");
+    // strlen("hello") = 5, add_one(5) = 6, memcpy copied the word: 6 * 1000 + 'o'.
+    prog.expect_all(&["m=6111 a=2".to_string()]);
+    revert_now(pid, "ifunc");
+    prog.expect_all(&["m=1 a=2".to_string()]);
+    prog.assert_alive();
+}
+
+// ---- stacking ------------------------------------------------------------------------------
+
+/// Patch A and then a different patch B replace the same function: B's code runs; reverting A
+/// under B is refused; reverting B brings A's code back, reverting A the original. Patches of
+/// two different functions revert in either order.
+#[test]
+fn stacking_two_patches_of_one_function_and_of_two_functions() {
+    let dir = work_dir("stack");
+    let orig = object(&dir, "orig", "f", &fixture("stack", "f.c"), &[]);
+    let sides: Vec<Vec<u8>> = ["f.a.c", "f.b.c", "f.g.c"]
+        .iter()
+        .map(|file| {
+            let fixed = object(&dir, file, "f", &fixture("stack", file), &[]);
+            patch(&orig, &fixed)
+        })
+        .collect();
+    let (a, b, g) = (&sides[0], &sides[1], &sides[2]);
+    std::fs::write(dir.join("main.c"), fixture("stack", "main.c")).unwrap();
+    gcc(&dir, &["-O2", "main.c", s(&orig), "-o", "prog"]);
+    let mut prog = Program::spawn(&mut Command::new(dir.join("prog")));
+    let pid = prog.pid;
+    let line = |f: i32, g: i32| vec![format!("f={f} g={g}")];
+    prog.expect_all(&line(1, 10));
+
+    apply(pid, a, &opts("A", None)).expect("A");
+    prog.expect_all(&line(2, 10));
+    apply(pid, b, &opts("B", None)).expect("B on top of A");
+    prog.expect_all(&line(3, 10));
+    let e = revert(pid, "A", Duration::from_secs(1)).expect_err("A is under B");
+    assert!(e.to_string().contains("\"B\" was applied on top"), "{e}");
+    prog.expect_all(&line(3, 10));
+    revert_now(pid, "B");
+    prog.expect_all(&line(2, 10));
+    revert_now(pid, "A");
+    prog.expect_all(&line(1, 10));
+    assert!(status(pid).unwrap().is_empty());
+
+    // Different functions: any order.
+    apply(pid, a, &opts("A", None)).expect("A again");
+    apply(pid, g, &opts("G", None)).expect("G");
+    prog.expect_all(&line(2, 20));
+    revert_now(pid, "A");
+    prog.expect_all(&line(1, 20));
+    revert_now(pid, "G");
+    prog.expect_all(&line(1, 10));
+    apply(pid, a, &opts("A", None)).expect("A once more");
+    apply(pid, g, &opts("G", None)).expect("G once more");
+    prog.expect_all(&line(2, 20));
+    revert_now(pid, "G");
+    prog.expect_all(&line(2, 10));
+    revert_now(pid, "A");
+    prog.expect_all(&line(1, 10));
+    assert!(status(pid).unwrap().is_empty());
+    prog.assert_alive();
+}
+
+// ---- new code and data, PIE and non-PIE ------------------------------------------------------
+
+/// New functions and new globals (zero and initialised), the original's static local (the
+/// counter carries on from where the original left it) and unchanged static function, and
+/// libc's `stderr`.
+fn new_code_and_data(test: &str, pie: bool) {
+    let dir = work_dir(test);
+    let (cflag, lflag) = if pie {
+        ("-fPIE", "-pie")
+    } else {
+        ("-fno-pie", "-no-pie")
+    };
+    let orig = object(
+        &dir,
+        "orig",
+        "unit",
+        &fixture("features", "unit.c"),
+        &[cflag],
+    );
+    let fixed = object(
+        &dir,
+        "fixed",
+        "unit",
+        &fixture("features", "unit.fixed.c"),
+        &[cflag],
+    );
+    let p = patch(&orig, &fixed);
+    std::fs::write(dir.join("main.c"), fixture("features", "main.c")).unwrap();
+    gcc(
+        &dir,
+        &["-O2", cflag, lflag, "main.c", s(&orig), "-o", "prog"],
+    );
+    let exe = ElfSymbols::parse("prog", &std::fs::read(dir.join("prog")).unwrap()).unwrap();
+    assert_eq!(exe.relocatable, pie, "ET_DYN exactly when PIE");
+
+    let mut prog = Program::spawn(&mut Command::new(dir.join("prog")));
+    let pid = prog.pid;
+    // Let the original count a while, so that a restarted counter would show.
+    let before = prog.expect("c >= 50", |l| field(l, "c") >= 50 && field(l, "r") == 0);
+    let before = field(&before, "c");
+    apply(pid, &p, &opts("features", None)).expect("apply");
+    // The first line computed by the patched counter (main calls counter before report, so
+    // report is patched too): twice(base()) + bonus = 2 * 7 + 5, and the counter carries on
+    // the original's static local.
+    let live = prog.expect("a patched counter", |l| field(l, "c") > 1_000_000);
+    assert_eq!(field(&live, "r"), 19, "{live}");
+    let live = field(&live, "c");
+    assert!(
+        live - 1_000_000 > before,
+        "the patched counter must carry on the original's static local: {before} then {live}"
+    );
+    // patched_calls (a new zero-initialised global) counts on libc's stderr.
+    let first = prog.expect_err("report ");
+    let n: i64 = first["report ".len()..].parse().unwrap();
+    assert!(n >= 1, "{first}");
+    prog.expect_err(&format!("report {}", n + 1));
+    revert_now(pid, "features");
+    let after = prog.expect("the original counter", |l| field(l, "c") < 1_000_000);
+    assert_eq!(field(&after, "r"), 0, "{after}");
+    let after = field(&after, "c");
+    assert!(
+        after > live - 1_000_000,
+        "original code, same static local: {live} then {after}"
+    );
+    assert!(status(pid).unwrap().is_empty());
+    prog.assert_alive();
+}
+
+#[test]
+fn new_code_and_data_in_a_pie_executable() {
+    new_code_and_data("features-pie", true);
+}
+
+#[test]
+fn new_code_and_data_in_a_non_pie_executable() {
+    new_code_and_data("features-nopie", false);
+}
