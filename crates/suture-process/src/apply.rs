@@ -382,6 +382,7 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
     for (name, bytes, bias, code) in &loaded.files {
         unwind.add_elf(name, bytes, *bias, code.clone());
     }
+    add_live_patches(&mut unwind, &mem, &maps, &status(pid).unwrap_or_default());
     let dummy = Commit::generate(
         0,
         0,
@@ -491,6 +492,9 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         build_id: patched.symbols.build_id.clone().unwrap_or_default(),
         object: patched.path.clone(),
         redirects: redirects.clone(),
+        eh_frame: linked
+            .eh_frame
+            .map(|(at, len)| ((at.0 - base.0) as u32, len as u32)),
     };
     let header_bytes = header
         .encode()
@@ -837,6 +841,29 @@ fn check_on_top(
     Ok(())
 }
 
+/// Adds the unwind rules (`.eh_frame`, located by the header) of every live patch, so a thread
+/// inside patch code is unwound exactly.
+fn add_live_patches(
+    unwind: &mut UnwindInfo,
+    mem: &ProcessMemory,
+    maps: &Maps,
+    patches: &[LivePatch],
+) {
+    for p in patches.iter().filter(|p| p.header.state == State::Live) {
+        let Some((off, len)) = p.header.eh_frame else {
+            continue;
+        };
+        let at = p.base + u64::from(off);
+        let Ok(bytes) = mem.read_vec(RemoteAddr(at), len as usize) else {
+            continue;
+        };
+        for code in region_code(maps, p) {
+            let name = format!("patch {}", p.header.patch_id);
+            unwind.add_patch(&name, code.range, at, bytes.clone());
+        }
+    }
+}
+
 /// The code pages of a patch region: busy while any thread runs them.
 fn region_code(maps: &Maps, p: &LivePatch) -> Vec<BusyRange> {
     maps.iter()
@@ -904,7 +931,13 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
         .and_then(|()| mem.write(RemoteAddr(block_addr), &commit.block))
         .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let busy = region_code(&maps, &p);
-    let unwind = UnwindInfo::default();
+    // Unwind exactly through the program's files and every live patch's code (the scan of
+    // every stack word remains the fallback when an unwind is incomplete).
+    let mut unwind = UnwindInfo::default();
+    for (name, bytes, bias, code) in &load_objects(pid, &maps, None)?.files {
+        unwind.add_elf(name, bytes, *bias, code.clone());
+    }
+    add_live_patches(&mut unwind, &mem, &maps, &patches);
     let site = SyscallSite::find_in(&maps, &mem)
         .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let (base, size) = (RemoteAddr(p.base), p.header.region_size);

@@ -17,6 +17,8 @@
 //!     build_id     u16 length + bytes (of the patched object)
 //!     object       u16 length + UTF-8 (its path as the target maps it)
 //!     redirects    n × { from u64, to u64, len u8, saved [u8; 15] }
+//!     eh_frame     { offset u32, length u32 } of the patch's unwind rules in the region
+//!                  (optional: absent in headers written before it existed; 0, 0 = none)
 //! ```
 //! Data read back from a target is untrusted: [`Header::decode`] bounds every field.
 
@@ -75,6 +77,9 @@ pub struct Header {
     pub build_id: Vec<u8>,
     pub object: String,
     pub redirects: Vec<Redirect>,
+    /// Offset from the region's start and length of the patch's `.eh_frame`, so stack checks
+    /// can unwind through patch code.
+    pub eh_frame: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -162,6 +167,9 @@ impl Header {
             saved[..r.saved.len()].copy_from_slice(&r.saved);
             out.extend_from_slice(&saved);
         }
+        let (off, len) = self.eh_frame.unwrap_or((0, 0));
+        out.extend_from_slice(&off.to_le_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
         if out.len() > MAX_LEN {
             return Err(HeaderError::TooLarge);
         }
@@ -222,6 +230,15 @@ impl Header {
                 saved: saved[..k].to_vec(),
             });
         }
+        let eh_frame = if r.at + 8 <= r.b.len() {
+            let (off, len) = (r.u32()?, r.u32()?);
+            if u64::from(off) + u64::from(len) > region_size {
+                return Err(HeaderError::Invalid("eh_frame range"));
+            }
+            (len > 0).then_some((off, len))
+        } else {
+            None
+        };
         Ok(Header {
             state,
             region_size,
@@ -230,6 +247,7 @@ impl Header {
             build_id,
             object,
             redirects,
+            eh_frame,
         })
     }
 }
@@ -258,7 +276,27 @@ mod tests {
                     saved: vec![0x41, 0x57, 0x41, 0x56, 0x41],
                 },
             ],
+            eh_frame: Some((0x1000, 0x80)),
         }
+    }
+
+    /// Headers written before the `.eh_frame` record existed still decode, without it; a range
+    /// outside the region is refused.
+    #[test]
+    fn eh_frame_record_is_optional_and_bounded() {
+        let mut b = sample().encode().unwrap();
+        b.truncate(b.len() - 8);
+        let len = b.len() as u32;
+        b[8..12].copy_from_slice(&len.to_le_bytes());
+        let old = Header::decode(&b).unwrap();
+        assert_eq!(old.eh_frame, None);
+        assert_eq!(old.redirects, sample().redirects);
+        let mut h = sample();
+        h.eh_frame = Some((0x4ff0, 0x20));
+        assert_eq!(
+            Header::decode(&h.encode().unwrap()),
+            Err(HeaderError::Invalid("eh_frame range"))
+        );
     }
 
     #[test]

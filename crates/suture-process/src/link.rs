@@ -197,6 +197,8 @@ pub struct Linked {
     pub symbols: HashMap<String, RemoteAddr>,
     /// Resolved value of every request, for the record.
     pub resolved: BTreeMap<Request, Value>,
+    /// Where the patch's `.eh_frame` (unwind rules of its code) lies, and its length.
+    pub eh_frame: Option<(RemoteAddr, u64)>,
 }
 
 /// True when the relocated field at `offset` of `code` is the displacement of a direct call,
@@ -751,11 +753,16 @@ impl<'a> Plan<'a> {
             .into_iter()
             .map(|(seg, bytes)| (seg, seg_base(seg), bytes))
             .collect();
+        let eh_frame = (1..obj.sections.len())
+            .map(|i| SecIdx(i as u32))
+            .find(|&sec| obj.section(sec).name == ".eh_frame" && obj.section(sec).size > 0)
+            .and_then(|sec| Some((self.section_addr(base, sec)?, obj.section(sec).size)));
         Ok(Linked {
             base,
             segments,
             symbols,
             resolved,
+            eh_frame,
         })
     }
 }

@@ -490,3 +490,128 @@ fn a_live_patch_is_replaced_by_its_newer_version() {
     wait_for(&lines, "v=1 s=31");
     assert!(status(pid).unwrap().is_empty());
 }
+
+/// A live frame may hold a stale address of patch code (here a variable of `main`; in real
+/// programs, often an uninitialised buffer that once held deeper frames). Revert unwinds
+/// through the program and the patch exactly, so such a word does not make the patch look
+/// busy; only a real frame in patch code does.
+#[test]
+fn revert_is_not_blocked_by_a_stale_patch_address_in_a_live_frame() {
+    const MAIN_STALE: &str = r#"
+#include <stdio.h>
+#include <unistd.h>
+int version(void);
+void *where(void);
+int main(void) {
+    setvbuf(stdout, 0, _IOLBF, 0);
+    void *volatile keep = 0;
+    for (;;) {
+        void *w = where();
+        if (w) keep = w;
+        printf("v=%d keep=%s\n", version(), keep ? "patch" : "none");
+        usleep(2000);
+    }
+}
+"#;
+    const LIB_STALE: &str = "int version(void) { return 1; }\nvoid *where(void) { return 0; }\n";
+    let fixed = LIB_STALE.replace("return 1;", "return 2;").replace(
+        "void *where(void) { return 0; }",
+        "void *where(void) { here: __asm__ volatile(\"\"); return &&here; }",
+    );
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-stale");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("orig")).unwrap();
+    std::fs::write(dir.join("main.c"), MAIN_STALE).unwrap();
+    std::fs::write(dir.join("orig/lib.c"), LIB_STALE).unwrap();
+    let flags = ["-O2", "-g", "-ffunction-sections", "-fdata-sections", "-c"];
+    let mut args = flags.to_vec();
+    args.extend(["lib.c", "-o", "lib.o"]);
+    gcc(&dir.join("orig"), &args);
+    let patch = patch_to(&dir, "fixed", &fixed);
+    gcc(&dir, &["-O2", "-g", "main.c", "orig/lib.o", "-o", "prog"]);
+    let (child, lines) = spawn_lines(&mut Command::new(dir.join("prog")));
+    wait_for(&lines, "v=1 keep=none");
+    let pid = Pid(child.0.id() as i32);
+    let opts = ApplyOptions {
+        patch_id: "stale".into(),
+        ..Default::default()
+    };
+    apply(pid, &patch, &opts).expect("apply");
+    wait_for(&lines, "v=2 keep=patch");
+    // The address of patch code now sits in main's frame for good.
+    revert(pid, "stale", Duration::from_secs(1)).expect("revert despite the stale address");
+    wait_for(&lines, "v=1 keep=patch");
+    assert!(status(pid).unwrap().is_empty());
+}
+
+/// Stack checks unwind through the code of live patches (their `.eh_frame`, located by the
+/// header): a thread sleeping inside patch A's code, whose caller's frame holds a stale
+/// address inside `g`, does not make `g` look busy when patch B replaces `g`.
+#[test]
+fn stack_checks_unwind_through_patch_code() {
+    const MAIN_UNWIND: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+int f(void);
+int g(void *volatile *out);
+static void *worker(void *arg) {
+    (void)arg;
+    void *volatile keep = 0;
+    g(&keep);
+    for (;;) f();
+    return 0;
+}
+int main(void) {
+    setvbuf(stdout, 0, _IOLBF, 0);
+    pthread_t t;
+    pthread_create(&t, 0, worker, 0);
+    for (;;) {
+        printf("f=%d g=%d\n", f(), g(0));
+        usleep(2000);
+    }
+}
+"#;
+    const LIB_UNWIND: &str = "#include <unistd.h>\n\
+        int f(void) { return 1; }\n\
+        int g(void *volatile *out) { if (out) { __asm__ volatile(\"nop; nop\"); here: *out = &&here; } return 1; }\n";
+    // Patched f sleeps: the worker, which calls it in a loop, then almost always sits in it.
+    let a = LIB_UNWIND.replace("{ return 1; }", "{ usleep(3000); return 2; }");
+    let b = LIB_UNWIND.replace("} return 1; }", "} return 2; }");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-unwind-patch");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("orig")).unwrap();
+    std::fs::write(dir.join("main.c"), MAIN_UNWIND).unwrap();
+    std::fs::write(dir.join("orig/lib.c"), LIB_UNWIND).unwrap();
+    let flags = ["-O2", "-g", "-ffunction-sections", "-fdata-sections", "-c"];
+    let mut args = flags.to_vec();
+    args.extend(["lib.c", "-o", "lib.o"]);
+    gcc(&dir.join("orig"), &args);
+    let patch_a = patch_to(&dir, "a", &a);
+    let patch_b = patch_to(&dir, "b", &b);
+    gcc(
+        &dir,
+        &[
+            "-O2",
+            "-g",
+            "main.c",
+            "orig/lib.o",
+            "-o",
+            "prog",
+            "-lpthread",
+        ],
+    );
+    let (child, lines) = spawn_lines(&mut Command::new(dir.join("prog")));
+    wait_for(&lines, "f=1 g=1");
+    let pid = Pid(child.0.id() as i32);
+    let opts = |id: &str| ApplyOptions {
+        patch_id: id.into(),
+        timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    apply(pid, &patch_a, &opts("a")).expect("apply a");
+    wait_for(&lines, "f=2 g=1");
+    // The worker now sleeps inside patch A's f nearly all the time.
+    apply(pid, &patch_b, &opts("b")).expect("apply b while a thread runs patch A's code");
+    wait_for(&lines, "f=2 g=2");
+}
