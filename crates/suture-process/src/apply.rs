@@ -191,7 +191,8 @@ impl Loaded {
 }
 
 fn load_objects(pid: Pid, maps: &Maps, object: Option<&str>) -> Result<Loaded, ApplyError> {
-    let exe = std::fs::read_link(format!("/proc/{}/exe", pid.0)).map_err(|e| {
+    // Through a live thread: the leader's own exe link is gone once the main thread exited.
+    let exe = std::fs::read_link(crate::maps::live_proc_dir(pid).join("exe")).map_err(|e| {
         ApplyError::Target(
             format!("cannot read /proc/{}/exe: {e}", pid.0),
             Outcome::Untouched,
@@ -324,7 +325,10 @@ fn jump(from: u64, to: u64) -> Result<Vec<u8>, ApplyError> {
 
 fn unmap(pid: Pid, site: &SyscallSite, base: RemoteAddr, size: u64) -> Outcome {
     let done = StoppedProcess::stop(pid).and_then(|mut sp| {
-        let r = sp.remote(site).and_then(|mut rm| rm.munmap(base, size));
+        // The munmap was checked against the target's seccomp filters before mapping.
+        let r = sp
+            .remote_ignoring_seccomp(site)
+            .and_then(|mut rm| rm.munmap(base, size));
         sp.resume().and(r)
     });
     match done {
@@ -341,6 +345,8 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
     // 1. Everything that can be done while the target runs.
     let plan = Plan::new(patch, PAGE)?;
     let functions = manifest_functions(&plan)?;
+    // Refusals that need no file of the target (gone, zombie, traced, no permission, 32-bit).
+    crate::stop::precheck(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let maps = Maps::read(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let mem = ProcessMemory::open(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let replaced = match &opts.replace {
@@ -527,20 +533,64 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
     {
         let mut sp =
             StoppedProcess::stop(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+        // Every system call suture will make in the target, with its exact arguments, must
+        // pass the seccomp filters of every thread (see crate::seccomp).
+        let calls = {
+            use crate::seccomp::Injected;
+            let ip = site.addr().0 + 2;
+            let fd = crate::seccomp::lowest_free_fd(pid).unwrap_or(3);
+            let fixed = 0x32; // MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED
+            let mut c = vec![Injected::mmap(ip, base.0, size, 1, 0x10_0022, -1, 0)];
+            if text_len > 0 {
+                c.push(Injected::mmap(ip, text_at.0, text_len, 5, fixed, -1, 0));
+            }
+            if data_len > 0 {
+                c.push(Injected::mprotect(ip, data_at.0, data_len, 3));
+            }
+            c.push(Injected::mmap(
+                ip,
+                code_addr.0,
+                code_pages * PAGE,
+                5,
+                fixed,
+                -1,
+                0,
+            ));
+            c.push(Injected::munmap(ip, base.0, size));
+            for &(at, len) in &leftovers {
+                c.push(Injected::munmap(ip, at.0, len));
+            }
+            if let Some(p) = &replaced {
+                c.push(Injected::munmap(ip, p.base, p.header.region_size));
+            }
+            // The commit routine's calls (the thread that runs it is chosen in the switch:
+            // the leader's tid stands for it).
+            c.extend(commit.syscalls(fd, pid.0 as u64));
+            c
+        };
+        if let Err(e) = sp.check_seccomp(&calls) {
+            let _ = sp.resume();
+            return Err(ApplyError::process(e, Outcome::Untouched));
+        }
         let mapped = (|| {
-            let mut rm = sp.remote(&site)?;
+            let mut rm = sp.remote_ignoring_seccomp(&site)?;
             for &(at, len) in &leftovers {
                 rm.munmap(at, len)?;
             }
             rm.mmap_anonymous_at(base, size, Prot::READ)?;
             let r = (|| {
+                // Executable pages are mapped executable from the start (MAP_FIXED over our own
+                // fresh region): PR_SET_MDWE and MemoryDenyWriteExecute forbid gaining
+                // PROT_EXEC through mprotect, not mapping read-execute memory.
+                let fixed = 0x32; // MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED
                 if text_len > 0 {
-                    rm.mprotect(text_at, text_len, Prot::READ | Prot::EXEC)?;
+                    rm.mmap(text_at, text_len, Prot::READ | Prot::EXEC, fixed, -1, 0)?;
                 }
                 if data_len > 0 {
                     rm.mprotect(data_at, data_len, Prot::READ | Prot::WRITE)?;
                 }
-                rm.mprotect(code_addr, code_pages * PAGE, Prot::READ | Prot::EXEC)
+                rm.mmap(code_addr, code_pages * PAGE, Prot::RX, fixed, -1, 0)
+                    .map(drop)
             })();
             if r.is_err() {
                 let _ = rm.munmap(base, size);
@@ -602,7 +652,8 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         // Nothing can run the replaced patch's code any more: release it in the same stop.
         |sp| {
             if let Some(p) = &replaced {
-                if let Ok(mut rm) = sp.remote(&site) {
+                // Checked with the other calls before mapping.
+                if let Ok(mut rm) = sp.remote_ignoring_seccomp(&site) {
                     let _ = rm.munmap(RemoteAddr(p.base), p.header.region_size);
                 }
             }
@@ -957,7 +1008,15 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
         },
         // Nothing can run the patch code any more: release it in the same stop.
         |sp| {
-            if let Ok(mut rm) = sp.remote(&site) {
+            let unmap = [crate::seccomp::Injected::munmap(
+                site.addr().0 + 2,
+                base.0,
+                size,
+            )];
+            if sp.check_seccomp(&unmap).is_err() {
+                return; // left in state "reverted"; a later apply releases it
+            }
+            if let Ok(mut rm) = sp.remote_ignoring_seccomp(&site) {
                 let _ = rm.munmap(base, size);
             }
         },

@@ -2,7 +2,8 @@
 //!
 //! Writing several jumps with one `pwrite` each from suture would leave a half-patched process
 //! if suture were killed between two writes. Instead one stopped thread of the target is pointed
-//! at this routine. It opens `/proc/self/mem`, writes every jump (and the header's new state),
+//! at this routine. It opens `/proc/thread-self/mem` (`/proc/self/mem` has no memory once the
+//! main thread has exited), writes every jump (and the header's new state),
 //! closes the file, sends its own thread the *marker signal* with `tgkill`, restores every
 //! general-purpose register and the flags from the commit block, and jumps back to where the
 //! thread was stopped.
@@ -28,10 +29,10 @@
 //! `/proc/PID/mem`):
 //! ```text
 //!   0   saved registers: rax rbx rcx rdx rsi rdi rbp rsp r8 .. r15 rip rflags  (18 × u64)
-//! 144   "/proc/self/mem\0"
-//! 160   state value (u32) written to the header when every jump is in place
-//! 164   thread id (u32) of the thread running the routine, for tgkill
-//! 168   writes: n × { bytes [u8; 16] } — new bytes, then the original bytes (for undo)
+//! 144   "/proc/thread-self/mem\0"
+//! 168   state value (u32) written to the header when every jump is in place
+//! 172   thread id (u32) of the thread running the routine, for tgkill
+//! 176   writes: n × { bytes [u8; 16] } — new bytes, then the original bytes (for undo)
 //! ```
 
 /// General-purpose registers in the order of the commit block.
@@ -41,9 +42,10 @@ pub const REGS: [&str; 18] = [
 ];
 
 const PATH_OFF: u64 = 144;
-const STATE_OFF: u64 = 160;
-const TID_OFF: u64 = 164;
-const WRITES_OFF: u64 = 168;
+const STATE_OFF: u64 = 168;
+const TID_OFF: u64 = 172;
+const WRITES_OFF: u64 = 176;
+const PATH: &[u8] = b"/proc/thread-self/mem\0";
 const SLOT: u64 = 16;
 
 const SYS_OPEN: u32 = 2;
@@ -77,7 +79,21 @@ pub struct Commit {
     pub marker_rip: u64,
     /// The marker signal the routine sends (0: none; suture must follow system calls).
     pub marker_signal: i32,
+    /// Every system call the routine can make, for the seccomp check.
+    calls: Vec<Call>,
 }
+
+/// A system call of the routine: number, arguments, address after its `syscall`.
+#[derive(Clone, Debug)]
+struct Call {
+    nr: u32,
+    args: [u64; 6],
+    ip: u64,
+}
+
+/// Stand-ins for the argument values known only when the routine runs.
+const FD_ARG: u64 = u64::MAX - 1;
+const TID_ARG: u64 = u64::MAX - 2;
 
 struct Asm {
     code: Vec<u8>,
@@ -152,7 +168,7 @@ impl Commit {
         marker_signal: i32,
     ) -> Commit {
         let mut block = vec![0u8; (WRITES_OFF + 2 * SLOT * writes.len() as u64) as usize];
-        block[PATH_OFF as usize..PATH_OFF as usize + 15].copy_from_slice(b"/proc/self/mem\0");
+        block[PATH_OFF as usize..PATH_OFF as usize + PATH.len()].copy_from_slice(PATH);
         block[STATE_OFF as usize..STATE_OFF as usize + 4].copy_from_slice(&state);
         for (i, w) in writes.iter().enumerate() {
             assert!(w.new.len() <= SLOT as usize && w.old.len() == w.new.len());
@@ -168,25 +184,35 @@ impl Commit {
             code: Vec::new(),
             base: code_addr,
         };
-        // fd = open("/proc/self/mem", O_RDWR)
+        let mut calls = Vec::new();
+        let mut record = |a: &Asm, nr: u32, args: [u64; 6]| {
+            calls.push(Call {
+                nr,
+                args,
+                ip: a.here(),
+            })
+        };
+        // fd = open("/proc/thread-self/mem", O_RDWR)
         a.mov_r32(RAX, SYS_OPEN);
         a.movabs(RDI, block_addr + PATH_OFF);
         a.mov_r32(RSI, 2);
         a.bytes(&[0x31, 0xd2]); // xor edx, edx
         a.syscall();
+        record(&a, SYS_OPEN, [block_addr + PATH_OFF, 2, 0, 0, 0, 0]);
         a.bytes(&[0x48, 0x85, 0xc0]); // test rax, rax
         let open_failed = a.jump_placeholder(&[0x0f, 0x88]); // js
         a.bytes(&[0x49, 0x89, 0xc4]); // mov r12, rax
 
         // pwrite64(fd, new_i, len_i, addr_i) for each write; on a short write, undo.
         let mut failed_at = Vec::new();
-        let pwrite = |a: &mut Asm, src: u64, len: usize, dst: u64| {
+        let mut pwrite = |a: &mut Asm, src: u64, len: usize, dst: u64| {
             a.mov_r32(RAX, SYS_PWRITE64);
             a.bytes(&[0x4c, 0x89, 0xe7]); // mov rdi, r12
             a.movabs(RSI, src);
             a.mov_r32(RDX, len as u32);
             a.movabs(R10, dst);
             a.syscall();
+            record(a, SYS_PWRITE64, [FD_ARG, src, len as u64, dst, 0, 0]);
         };
         for (i, w) in writes.iter().enumerate() {
             pwrite(&mut a, new_slot(i), w.new.len(), w.addr);
@@ -215,6 +241,7 @@ impl Commit {
         a.mov_r32(RAX, SYS_CLOSE);
         a.bytes(&[0x4c, 0x89, 0xe7]); // mov rdi, r12
         a.syscall();
+        record(&a, SYS_CLOSE, [FD_ARG, 0, 0, 0, 0, 0]);
         let finish = a.here();
         // tgkill(tgid, tid, marker_signal)
         a.mov_r32(RAX, SYS_TGKILL);
@@ -225,6 +252,11 @@ impl Commit {
         a.mov_r32(RDX, marker_signal as u32);
         a.syscall();
         let marker_rip = a.here();
+        record(
+            &a,
+            SYS_TGKILL,
+            [tgid as u64, TID_ARG, marker_signal as u64, 0, 0, 0],
+        );
         // Restore: rflags through a scratch slot below the red zone, then every register.
         let reg = |name: &str| {
             block_addr
@@ -256,7 +288,30 @@ impl Commit {
             block,
             marker_rip,
             marker_signal,
+            calls,
         }
+    }
+
+    /// Every system call the routine can make, with its exact arguments, for a routine run by
+    /// thread `tid` whose `open` returns `fd`.
+    pub fn syscalls(&self, fd: u64, tid: u64) -> Vec<crate::seccomp::Injected> {
+        self.calls
+            .iter()
+            .map(|c| {
+                let args = c.args.map(|v| match v {
+                    FD_ARG => fd,
+                    TID_ARG => tid,
+                    v => v,
+                });
+                let name = match c.nr {
+                    SYS_OPEN => "open",
+                    SYS_PWRITE64 => "pwrite64",
+                    SYS_CLOSE => "close",
+                    _ => "tgkill",
+                };
+                crate::seccomp::Injected::new(name, c.nr, args, c.ip)
+            })
+            .collect()
     }
 
     /// The block for thread `tid`, with its registers filled in (values in [`REGS`] order).
@@ -290,13 +345,27 @@ mod tests {
             77,
             libc::SIGURG,
         );
-        assert_eq!(&c.block[144..159], b"/proc/self/mem\0");
-        assert_eq!(&c.block[160..164], &[2, 0, 0, 0]);
-        assert_eq!(&c.block[168..173], &[0xe9, 1, 2, 3, 4]);
-        assert_eq!(&c.block[184..189], &[0x55, 0x48, 0x89, 0xe5, 0x90]);
+        assert_eq!(&c.block[144..166], b"/proc/thread-self/mem\0");
+        assert_eq!(&c.block[168..172], &[2, 0, 0, 0]);
+        assert_eq!(&c.block[176..181], &[0xe9, 1, 2, 3, 4]);
+        assert_eq!(&c.block[192..197], &[0x55, 0x48, 0x89, 0xe5, 0x90]);
+        // open, the write, its undo, the state, close, the marker: each with the address
+        // after its `syscall` instruction.
+        let calls = c.syscalls(5, 1234);
+        let names: Vec<&str> = calls.iter().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            ["open", "pwrite64", "pwrite64", "pwrite64", "close", "tgkill"]
+        );
+        for call in &calls {
+            let at = (call.ip - 0x10000) as usize;
+            assert_eq!(&c.code[at - 2..at], &[0x0f, 0x05], "{}", call.name);
+        }
+        assert_eq!(calls[1].args[..4], [5, 0x20000 + 176, 5, 0x401000]);
+        assert_eq!(calls[5].args[..3], [77, 1234, libc::SIGURG as u64]);
         let regs: [u64; 18] = std::array::from_fn(|i| i as u64 * 0x1111);
         let b = c.block_for(1234, &regs);
-        assert_eq!(&b[164..168], &1234u32.to_le_bytes());
+        assert_eq!(&b[172..176], &1234u32.to_le_bytes());
         assert_eq!(
             u64::from_le_bytes(b[16 * 8..17 * 8].try_into().unwrap()),
             16 * 0x1111

@@ -126,6 +126,10 @@ pub enum Error {
     SyscallSiteChanged { pid: Pid, addr: RemoteAddr },
     #[error("Process {pid} runs under a seccomp {mode}, which could kill it for a remote system call; target still stopped")]
     Seccomp { pid: Pid, mode: &'static str },
+    #[error("Process {pid} runs under a seccomp filter that forbids what suture must do: {detail}; target still stopped")]
+    SeccompForbids { pid: Pid, detail: String },
+    #[error("Cannot read the seccomp filters of thread {tid} of process {pid} (PTRACE_SECCOMP_GET_FILTER: {errno}; it needs CAP_SYS_ADMIN, and suture must not run under seccomp itself); target still stopped")]
+    SeccompUnreadable { pid: Pid, tid: Tid, errno: Errno },
     #[error("No thread of process {pid} is stopped where it can run a system call; target still stopped")]
     NoUsableThread { pid: Pid },
     #[error("Thread {tid} is not a stopped thread of process {pid}")]

@@ -7,6 +7,8 @@
 //! - [`ids`]: typed process, thread and address values.
 //! - [`link`]: laying out a patch object for a given place in a target and applying its
 //!   relocations (pure computation: no ptrace, testable on bytes).
+//! - [`seccomp`]: whether the target's seccomp filters let suture's injected system calls run
+//!   (a classic-BPF interpreter over the filters fetched from every thread).
 pub mod apply;
 pub mod commit;
 pub mod error;
@@ -17,6 +19,7 @@ pub mod link;
 pub mod maps;
 pub mod mem;
 pub mod remote;
+pub mod seccomp;
 pub mod stack;
 pub mod stop;
 pub mod symbols;

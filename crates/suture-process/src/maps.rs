@@ -201,6 +201,13 @@ impl Maps {
         let text = std::fs::read(&path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
                 Error::NoSuchProcess { pid }
+            } else if source.kind() == std::io::ErrorKind::PermissionDenied {
+                // The kernel's ptrace access check (another user, not dumpable, Yama, ...).
+                Error::PermissionDenied {
+                    pid,
+                    reason: format!("cannot read {}: {source}", path.display()),
+                    state: TargetState::Untouched,
+                }
             } else {
                 Error::Proc {
                     path: path.clone(),

@@ -801,11 +801,11 @@ fn parse_status(text: &str) -> Status {
 }
 
 /// Facts about the target read before attaching.
-struct PrecheckInfo {
+pub(crate) struct PrecheckInfo {
     seccomp: SeccompMode,
 }
 
-fn precheck(pid: Pid) -> Result<PrecheckInfo> {
+pub(crate) fn precheck(pid: Pid) -> Result<PrecheckInfo> {
     if pid.0 <= 0 {
         return Err(Error::NoSuchProcess { pid });
     }

@@ -139,6 +139,44 @@ pub(crate) fn sender_pid(info: &libc::siginfo_t) -> i32 {
     unsafe { info.si_pid() }
 }
 
+/// `PTRACE_SECCOMP_GET_FILTER`: the classic-BPF program of seccomp filter `index` (0: the most
+/// recently installed) of the stopped tracee `tid`, as raw 8-byte `sock_filter` records.
+/// Needs `CAP_SYS_ADMIN`; `ENOENT` past the last filter.
+pub(crate) fn seccomp_filter(tid: i32, index: u64) -> Result<Vec<[u8; 8]>, Errno> {
+    const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+    // The kernel never returns more than BPF_MAXINSNS instructions for one filter.
+    const MAX_INSNS: usize = 4096;
+    // SAFETY: with a null `data` the kernel only returns the instruction count; it reads and
+    // writes no memory of ours.
+    let n = unsafe {
+        libc::ptrace(
+            PTRACE_SECCOMP_GET_FILTER,
+            tid,
+            index as usize as *mut libc::c_void,
+            ptr::null_mut::<libc::c_void>(),
+        )
+    };
+    let n = usize::try_from(Errno::result(n)?).map_err(|_| Errno::EINVAL)?;
+    if n == 0 || n > MAX_INSNS {
+        return Err(Errno::EINVAL);
+    }
+    let mut buf = vec![[0u8; 8]; n];
+    // SAFETY: `buf` holds `n` 8-byte records, exactly the `n * sizeof(struct sock_filter)` bytes
+    // the kernel writes for this filter (filters never change once installed, and the tracee
+    // is stopped, so it cannot install another one that would shift the index meanwhile).
+    let got = unsafe {
+        libc::ptrace(
+            PTRACE_SECCOMP_GET_FILTER,
+            tid,
+            index as usize as *mut libc::c_void,
+            buf.as_mut_ptr().cast::<libc::c_void>(),
+        )
+    };
+    let got = usize::try_from(Errno::result(got)?).map_err(|_| Errno::EINVAL)?;
+    buf.truncate(got.min(n));
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

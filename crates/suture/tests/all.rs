@@ -1,0 +1,263 @@
+//! `suture apply --all --object PATH`, `suture status` and `suture revert --all` on several
+//! real processes, and a refusal through the CLI (no permission to trace).
+//!
+//! The fixture is the refusals program of suture-process (`answer()` is 1 + x; the fix makes
+//! it 2 + x): it prints `tick N answer=A sigs=S` every 2 ms.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../suture-process/tests/fixtures/refusals"
+);
+
+fn work(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("all")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn gcc(dir: &Path, args: &[&str]) {
+    let st = Command::new("gcc")
+        .current_dir(dir)
+        .args(args)
+        .status()
+        .expect("gcc runs");
+    assert!(st.success(), "gcc {args:?}");
+}
+
+fn suture(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_suture"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Builds `dir/prog` and, with `suture diff -o`, `dir/answer.patch.o`.
+fn build(dir: &Path) -> (PathBuf, PathBuf) {
+    let f = Path::new(FIXTURE);
+    for (side, src) in [("orig", "answer.c"), ("fixed", "answer.fixed.c")] {
+        std::fs::create_dir_all(dir.join(side)).unwrap();
+        std::fs::copy(f.join(src), dir.join(side).join("answer.c")).unwrap();
+        gcc(
+            &dir.join(side),
+            &[
+                "-c",
+                "-O2",
+                "-ffunction-sections",
+                "-fdata-sections",
+                "answer.c",
+                "-o",
+                "answer.o",
+            ],
+        );
+    }
+    std::fs::copy(f.join("main.c"), dir.join("main.c")).unwrap();
+    gcc(
+        dir,
+        &["-O2", "main.c", "orig/answer.o", "-lpthread", "-o", "prog"],
+    );
+    let patch = dir.join("answer.patch.o");
+    let out = suture(&[
+        "diff",
+        dir.join("orig/answer.o").to_str().unwrap(),
+        dir.join("fixed/answer.o").to_str().unwrap(),
+        "-o",
+        patch.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    (dir.join("prog"), patch)
+}
+
+/// A running fixture, killed on drop.
+struct Running {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Running {
+    fn start(prog: &Path) -> Running {
+        let mut child = Command::new(prog)
+            .arg("plain")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let r = Running { child, lines };
+        r.wait_for("answer=1");
+        r
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits for a line printed after this call that contains `want`.
+    fn wait_for(&self, want: &str) {
+        while self.lines.try_recv().is_ok() {}
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(want) => return,
+                Ok(_) => {}
+                Err(e) => panic!("process {} never printed {want:?}: {e}", self.pid()),
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The (pid, patch id) pairs `suture status --json` reports for `pids`.
+fn live(pids: &[i32]) -> Vec<(i32, String)> {
+    let out = suture(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let mut found: Vec<(i32, String)> = v["patches"]
+        .as_array()
+        .expect("a patches array")
+        .iter()
+        .map(|p| {
+            (
+                p["pid"].as_i64().unwrap() as i32,
+                p["header"]["patch_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .filter(|(pid, _)| pids.contains(pid))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn apply_all_patches_every_process_of_the_object_and_revert_all_reverts_them() {
+    let dir = work("apply-all");
+    let (prog, patch) = build(&dir);
+    let a = Running::start(&prog);
+    let b = Running::start(&prog);
+    // Another program that does not map `prog` must be left alone.
+    let other = Running::start(&{
+        let p = dir.join("other");
+        std::fs::copy(&prog, &p).unwrap();
+        p
+    });
+    let id = format!("all-{}", std::process::id());
+    let out = suture(&[
+        "apply",
+        patch.to_str().unwrap(),
+        "--all",
+        "--object",
+        prog.to_str().unwrap(),
+        "--id",
+        &id,
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let mut applied: Vec<i32> = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .inspect(|p| assert_eq!(p["applied"], true, "{p}"))
+        .map(|p| p["pid"].as_i64().unwrap() as i32)
+        .collect();
+    applied.sort();
+    let mut both = vec![a.pid(), b.pid()];
+    both.sort();
+    assert_eq!(applied, both, "{}", text(&out));
+    a.wait_for("answer=2 sigs=0");
+    b.wait_for("answer=2 sigs=0");
+    other.wait_for("answer=1");
+
+    let pids = [a.pid(), b.pid(), other.pid()];
+    assert_eq!(
+        live(&pids),
+        both.iter().map(|&p| (p, id.clone())).collect::<Vec<_>>()
+    );
+
+    let out = suture(&["revert", &id, "--all"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for p in &both {
+        assert!(
+            stdout.contains(&format!("reverted in process {p}")),
+            "{stdout}"
+        );
+    }
+    a.wait_for("answer=1 sigs=0");
+    b.wait_for("answer=1 sigs=0");
+    assert!(live(&pids).is_empty());
+}
+
+/// suture running as an unprivileged user may not trace a root process: exit 1, a message
+/// naming the reason, and the target carries on untouched.
+#[test]
+fn apply_without_permission_is_refused() {
+    let dir = work("no-permission");
+    let (prog, patch) = build(&dir);
+    let t = Running::start(&prog);
+    // The unprivileged user must be able to reach the suture binary and the patch.
+    let mut p = patch.clone();
+    while let Some(parent) = p.parent() {
+        let meta = std::fs::metadata(parent).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert!(
+            meta.permissions().mode() & 0o001 != 0,
+            "{} is not searchable by other users",
+            parent.display()
+        );
+        p = parent.to_path_buf();
+    }
+    let pid = t.pid().to_string();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_suture"))
+        .args(["apply", patch.to_str().unwrap(), "--pid", &pid])
+        .output()
+        .expect("setpriv runs");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("No permission to trace process {pid}"))
+            && stderr.contains("untouched"),
+        "{}",
+        text(&out)
+    );
+    t.wait_for("answer=1 sigs=0");
+    assert!(live(&[t.pid()]).is_empty());
+}
