@@ -43,7 +43,9 @@ pub enum ApplyError {
     Patch(String),
     #[error("{0} (target untouched)")]
     Link(#[from] LinkError),
-    #[error("{source}")]
+    /// The process-level error, with the outcome of the whole operation in place of the
+    /// target state the failing step reported (apply resumes, and may roll back, afterwards).
+    #[error("{}; {}", without_state(&source.to_string()), outcome_word(*.outcome))]
     Process {
         #[source]
         source: crate::error::Error,
@@ -64,6 +66,14 @@ fn outcome_word(o: Outcome) -> &'static str {
     match o {
         Outcome::Untouched => "target untouched",
         Outcome::RolledBack => "target rolled back to its original code",
+    }
+}
+
+/// `message` without a trailing "; target ..." state.
+fn without_state(message: &str) -> &str {
+    match message.rfind("; target ") {
+        Some(at) => &message[..at],
+        None => message,
     }
 }
 

@@ -311,6 +311,11 @@ fn seccomp_filter_killing_on_executable_mappings_is_refused() {
     // The apply is refused and the target lives on, unchanged.
     let msg = apply(t.pid, &patch, &opts("kill")).unwrap_err().to_string();
     assert!(msg.contains("seccomp"), "{msg}");
+    // The message states what happened to the target in the end, not mid-way.
+    assert!(
+        msg.ends_with("; target untouched") && !msg.contains("still stopped"),
+        "{msg}"
+    );
     t.assert_unchanged("answer=1");
     assert_eq!(before, maps(t.pid));
 }
