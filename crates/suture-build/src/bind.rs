@@ -1,0 +1,262 @@
+//! Binding a patch to the deployed file: its build-id, symbol addresses from an unstripped
+//! twin with that build-id, and the proof that every original symbol the patch relies on is
+//! byte-identical in the deployed file and in the rebuild the patch was computed from.
+//!
+//! The twin is, in order of preference: the rebuild's output when it has the deployed file's
+//! build-id; the deployed file itself when it is not stripped; a debug file found by build-id
+//! (`<debug-dir>/.build-id/xx/yyyy.debug`). The comparison reads the deployed file's bytes at
+//! the twin's addresses and the rebuild's bytes at the rebuild's own addresses: equal bytes
+//! (which include every PC-relative displacement) mean the code the patch was diffed against
+//! is the code that runs.
+
+use std::path::{Path, PathBuf};
+
+use suture_bundle::{hex, Symbol, Twin};
+use suture_object::report::{RefScope, Report, SymbolKind};
+
+use crate::elfinfo::{lookup, ElfInfo};
+use crate::BuildError;
+
+/// An original symbol a patch relies on, as the differ names it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Wanted {
+    pub name: String,
+    pub file: Option<String>,
+    pub kind: &'static str,
+    pub role: &'static str,
+    /// Defined in another unit or library: only recorded when the output defines it.
+    pub external: bool,
+}
+
+fn kind_word(k: SymbolKind) -> &'static str {
+    match k {
+        SymbolKind::Function | SymbolKind::Ifunc => "function",
+        SymbolKind::Tls => "tls",
+        _ => "object",
+    }
+}
+
+/// The replaced functions and referenced symbols of a unit's report.
+pub fn wanted(report: &Report) -> Vec<Wanted> {
+    let mut v = Vec::new();
+    for f in &report.changed_functions {
+        if f.fragment {
+            continue;
+        }
+        v.push(Wanted {
+            name: f.original_name.clone(),
+            file: f.file.clone(),
+            kind: "function",
+            role: "replaced",
+            external: false,
+        });
+    }
+    for r in &report.references {
+        v.push(Wanted {
+            name: r.name.clone(),
+            file: r.file.clone(),
+            kind: kind_word(r.kind),
+            role: "referenced",
+            external: r.scope == RefScope::External,
+        });
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The result of binding.
+pub struct Binding {
+    pub build_id: Vec<u8>,
+    pub twin: Twin,
+    pub symbols: Vec<Symbol>,
+    /// Facts worth printing (e.g. "the rebuild's build-id differs, but ...").
+    pub notes: Vec<String>,
+}
+
+/// `<dir>/.build-id/xx/yyyy.debug` for each debug directory.
+pub fn debug_file(dirs: &[PathBuf], build_id: &[u8]) -> Option<PathBuf> {
+    let h = hex(build_id);
+    if h.len() < 3 {
+        return None;
+    }
+    dirs.iter()
+        .map(|d| {
+            d.join(".build-id")
+                .join(&h[..2])
+                .join(format!("{}.debug", &h[2..]))
+        })
+        .find(|p| p.is_file())
+}
+
+fn compilers(e: &ElfInfo) -> String {
+    if e.comment.is_empty() {
+        "(no .comment)".into()
+    } else {
+        e.comment.join("; ")
+    }
+}
+
+/// Binds a patch computed from `rebuild` to `deployed` (which may be `rebuild` itself).
+pub fn bind(
+    rebuild: &ElfInfo,
+    deployed: &ElfInfo,
+    debug_dirs: &[PathBuf],
+    wanted: &[Wanted],
+) -> Result<Binding, BuildError> {
+    let deployed_id = deployed.build_id.clone().ok_or_else(|| {
+        BuildError::Bind(format!(
+            "{} has no GNU build-id note; a patch must be bound to one (link with \
+             -Wl,--build-id)",
+            deployed.path
+        ))
+    })?;
+    let rebuild_id = rebuild.build_id.clone().unwrap_or_default();
+    let same_build = rebuild_id == deployed_id;
+    let debug;
+    let (twin, twin_kind): (&ElfInfo, &str) = if same_build && rebuild.symbols.has_symtab {
+        (rebuild, "rebuild")
+    } else if deployed.symbols.has_symtab {
+        (deployed, "deployed")
+    } else if let Some(p) = debug_file(debug_dirs, &deployed_id) {
+        debug = ElfInfo::read(&p).map_err(BuildError::Bind)?;
+        if debug.build_id.as_deref() != Some(&deployed_id) {
+            return Err(BuildError::Bind(format!(
+                "debug file {} does not carry build-id {}",
+                p.display(),
+                hex(&deployed_id)
+            )));
+        }
+        (&debug, "debug-file")
+    } else {
+        return Err(BuildError::Bind(format!(
+            "the rebuild does not match {}: build-id {} (deployed) vs {} (rebuild of {}); \
+             compiler: deployed {} vs rebuild {}; {} is stripped and no debug file \
+             .build-id/{}/{}.debug exists under {}, so no function can be located or compared \
+             (install its debug symbols, or rebuild exactly as it was built: same compiler, \
+             flags and paths)",
+            deployed.path,
+            hex(&deployed_id),
+            hex(&rebuild_id),
+            rebuild.path,
+            compilers(deployed),
+            compilers(rebuild),
+            deployed.path,
+            &hex(&deployed_id)[..2.min(hex(&deployed_id).len())],
+            hex(&deployed_id).get(2..).unwrap_or(""),
+            debug_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let mut symbols = Vec::new();
+    let mut differ = Vec::new();
+    for w in wanted {
+        let in_twin = lookup(&twin.symbols, &w.name, w.file.as_deref());
+        let in_rebuild = lookup(&rebuild.symbols, &w.name, w.file.as_deref());
+        let (t, r) = match (in_twin, in_rebuild) {
+            (Ok(t), Ok(r)) => (t, r),
+            // Defined outside this output (libc, another library): resolved at apply time.
+            (Err(_), Err(_)) if w.external => continue,
+            (Err(e), _) => {
+                differ.push(format!("{}: not found in {} ({e})", w.name, twin.path));
+                continue;
+            }
+            (Ok(_), Err(e)) => {
+                differ.push(format!("{}: not found in the rebuild ({e})", w.name));
+                continue;
+            }
+        };
+        if t.tls || r.tls {
+            symbols.push(Symbol {
+                name: w.name.clone(),
+                file: w.file.clone(),
+                kind: "tls".into(),
+                role: w.role.into(),
+                address: t.value,
+                size: t.size,
+                sha256: None,
+            });
+            continue;
+        }
+        let dep = deployed.bytes_at(t.value, t.size);
+        let reb = rebuild.bytes_at(r.value, r.size);
+        if t.size != r.size {
+            differ.push(format!(
+                "{}: {} bytes deployed vs {} in the rebuild",
+                w.name, t.size, r.size
+            ));
+        } else if dep.is_some() != reb.is_some() || dep != reb {
+            differ.push(format!("{}: bytes differ", w.name));
+        }
+        symbols.push(Symbol {
+            name: w.name.clone(),
+            file: w.file.clone(),
+            kind: w.kind.into(),
+            role: w.role.into(),
+            address: t.value,
+            size: t.size,
+            sha256: dep.map(suture_bundle::sha256_hex),
+        });
+    }
+    if !differ.is_empty() {
+        return Err(BuildError::Bind(format!(
+            "the rebuild does not match {}: build-id {} (deployed) vs {} (rebuild {}); \
+             compiler: deployed {} vs rebuild {}; symbols the patch relies on that differ: {}",
+            deployed.path,
+            hex(&deployed_id),
+            hex(&rebuild_id),
+            rebuild.path,
+            compilers(deployed),
+            compilers(rebuild),
+            differ.join("; ")
+        )));
+    }
+    let mut notes = Vec::new();
+    if !same_build {
+        notes.push(format!(
+            "{}: build-id {} differs from the rebuild's {}, but all {} symbols the patch relies \
+             on are byte-identical (addresses from {} {})",
+            deployed.path,
+            hex(&deployed_id),
+            hex(&rebuild_id),
+            symbols.len(),
+            twin_kind,
+            twin.path
+        ));
+    }
+    Ok(Binding {
+        build_id: deployed_id,
+        twin: Twin {
+            kind: twin_kind.into(),
+            path: twin.path.clone(),
+        },
+        symbols,
+        notes,
+    })
+}
+
+/// Checks, against the bytes of a mapped file, that every symbol recorded in a bundle still
+/// has the recorded SHA-256 (apply-time proof of byte identity). Returns the mismatches.
+pub fn verify_symbols(file: &[u8], symbols: &[Symbol]) -> Vec<String> {
+    let mut bad = Vec::new();
+    for s in symbols {
+        let Some(want) = &s.sha256 else { continue };
+        match crate::elfinfo::bytes_at(file, s.address, s.size) {
+            Some(b) if suture_bundle::sha256_hex(b) == *want => {}
+            Some(_) => bad.push(format!("{} at {:#x}: bytes differ", s.name, s.address)),
+            None => bad.push(format!(
+                "{} at {:#x}: not in the file's loaded segments",
+                s.name, s.address
+            )),
+        }
+    }
+    bad
+}
+
+/// Default debug-file directories.
+pub fn default_debug_dirs() -> Vec<PathBuf> {
+    vec![Path::new("/usr/lib/debug").to_path_buf()]
+}

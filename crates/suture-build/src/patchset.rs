@@ -1,0 +1,369 @@
+//! The fix as files: which files a unified diff touches, their patched contents (produced by
+//! `patch(1)` on copies, never in the source tree), what kind of file each is, and whether a
+//! change alters a structure's definition.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::BuildError;
+
+/// What a touched file is, for deciding how (and whether) it can be live-patched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileKind {
+    /// A C or C++ translation unit.
+    Source,
+    /// A header (`.h`, `.hpp`, ...).
+    Header,
+    /// Assembly: its machine code is written by hand, not diffed.
+    Assembly,
+    /// A build file (Makefile, CMakeLists.txt, configure.ac, ...).
+    Build,
+    /// Anything else (documentation, tests, data files).
+    Other,
+}
+
+pub fn kind_of(rel: &Path) -> FileKind {
+    let name = rel
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = rel
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let build_names = [
+        "Makefile",
+        "makefile",
+        "GNUmakefile",
+        "Makefile.am",
+        "Makefile.in",
+        "CMakeLists.txt",
+        "configure",
+        "configure.ac",
+        "configure.in",
+        "meson.build",
+        "meson_options.txt",
+        "rules",
+        "Kbuild",
+        "Kconfig",
+    ];
+    if build_names.contains(&name.as_str())
+        || matches!(ext.as_str(), "mk" | "am" | "cmake" | "m4" | "ac")
+    {
+        return FileKind::Build;
+    }
+    match ext.as_str() {
+        "c" | "cc" | "cpp" | "cxx" | "c++" | "C" => FileKind::Source,
+        "h" | "hh" | "hpp" | "hxx" | "h++" | "inc" | "def" => FileKind::Header,
+        "s" | "S" | "sx" | "asm" => FileKind::Assembly,
+        _ => FileKind::Other,
+    }
+}
+
+/// One file the diff touches.
+#[derive(Clone, Debug)]
+pub struct Touched {
+    /// Path relative to the source tree.
+    pub rel: PathBuf,
+    /// Absolute path in the source tree (may not exist for a file the diff creates).
+    pub path: PathBuf,
+    /// The patched contents, in the work directory.
+    pub patched: PathBuf,
+    /// True when the diff creates the file.
+    pub created: bool,
+    /// True when the diff deletes the file.
+    pub deleted: bool,
+    pub kind: FileKind,
+}
+
+/// Paths named by `---`/`+++` lines, with `/dev/null` kept as is.
+fn diff_paths(diff: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut old: Option<String> = None;
+    for line in diff.lines() {
+        if let Some(rest) = line.strip_prefix("--- ") {
+            old = Some(header_path(rest));
+        } else if let Some(rest) = line.strip_prefix("+++ ") {
+            if let Some(o) = old.take() {
+                out.push((o, header_path(rest)));
+            }
+        }
+    }
+    out
+}
+
+/// The path of a `---`/`+++` header line (a tab or the timestamp ends it).
+fn header_path(rest: &str) -> String {
+    let p = rest.split('\t').next().unwrap_or(rest).trim_end();
+    p.strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or(p)
+        .to_string()
+}
+
+fn strip(p: &str, n: usize) -> Option<PathBuf> {
+    let parts: Vec<&str> = p
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
+    (parts.len() > n).then(|| parts[n..].iter().collect())
+}
+
+/// The `-p` level under which the diff's paths exist in `source` (1 for git-style `a/` and
+/// `b/` prefixes, 0 for plain paths).
+fn strip_level(source: &Path, pairs: &[(String, String)]) -> usize {
+    for n in [1, 0, 2, 3] {
+        let ok = pairs.iter().all(|(o, nw)| {
+            let p = if o == "/dev/null" { nw } else { o };
+            if p == "/dev/null" {
+                return true;
+            }
+            match strip(p, n) {
+                Some(rel) => o == "/dev/null" || source.join(rel).exists(),
+                None => false,
+            }
+        });
+        if ok {
+            return n;
+        }
+    }
+    1
+}
+
+/// Applies `diff` to copies of the files it touches (under `work/patched`), leaving the
+/// source tree untouched.
+pub fn apply(source: &Path, diff_text: &str, work: &Path) -> Result<Vec<Touched>, BuildError> {
+    let pairs = diff_paths(diff_text);
+    if pairs.is_empty() {
+        return Err(BuildError::Diff(
+            "the diff names no files (expected a unified diff with ---/+++ lines)".into(),
+        ));
+    }
+    let level = strip_level(source, &pairs);
+    let diff_file = work.join("fix.patch");
+    std::fs::write(&diff_file, diff_text).map_err(|e| BuildError::io(&diff_file, e))?;
+    let root = work.join("patched");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).map_err(|e| BuildError::io(&root, e))?;
+    let mut touched = Vec::new();
+    for (o, n) in &pairs {
+        let created = o == "/dev/null";
+        let deleted = n == "/dev/null";
+        let name = if created { n } else { o };
+        let rel = strip(name, level)
+            .ok_or_else(|| BuildError::Diff(format!("cannot place {name} in the source tree")))?;
+        if rel
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(BuildError::Diff(format!(
+                "{} points outside the source tree",
+                rel.display()
+            )));
+        }
+        // Several diffs concatenated may change one file twice: patch(1) applies them in
+        // order to the same copy.
+        if let Some(t) = touched.iter_mut().find(|t: &&mut Touched| t.rel == rel) {
+            t.deleted = deleted;
+            continue;
+        }
+        let path = source.join(&rel);
+        let copy = root.join(&rel);
+        if let Some(parent) = copy.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| BuildError::io(parent, e))?;
+        }
+        if !created {
+            std::fs::copy(&path, &copy).map_err(|e| {
+                BuildError::Diff(format!(
+                    "the diff changes {} but the source tree has no such file: {e}",
+                    rel.display()
+                ))
+            })?;
+        }
+        touched.push(Touched {
+            kind: kind_of(&rel),
+            rel,
+            path,
+            patched: copy,
+            created,
+            deleted,
+        });
+    }
+    let out = Command::new("patch")
+        .arg(format!("-p{level}"))
+        .args(["--batch", "--forward", "--no-backup-if-mismatch", "-r", "-"])
+        .arg("-d")
+        .arg(&root)
+        .arg("-i")
+        .arg(std::path::absolute(&diff_file).unwrap_or(diff_file))
+        .output()
+        .map_err(|e| BuildError::Tool(format!("cannot run patch(1): {e}")))?;
+    if !out.status.success() {
+        return Err(BuildError::Diff(format!(
+            "the diff does not apply to {}:\n{}{}",
+            source.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(touched)
+}
+
+/// Structure, union and class definitions in C/C++ text: name → body with comments and
+/// whitespace normalised away.
+pub fn structs(text: &str) -> Vec<(String, String)> {
+    let clean = strip_comments(text);
+    let bytes = clean.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let word_start = i;
+        if bytes[i].is_ascii_alphabetic() || bytes[i] == b'_' {
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
+            }
+            let word = &clean[word_start..i];
+            let prev_ok = word_start == 0 || !is_ident(bytes[word_start - 1]);
+            if prev_ok && matches!(word, "struct" | "union" | "class") {
+                // `struct NAME {` (a definition) as opposed to `struct NAME *p;`.
+                let mut j = i;
+                while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                let name_start = j;
+                while j < bytes.len() && is_ident(bytes[j]) {
+                    j += 1;
+                }
+                let name = clean[name_start..j].to_string();
+                while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                if j < bytes.len() && bytes[j] == b'{' {
+                    let mut depth = 0usize;
+                    let body_start = j;
+                    while j < bytes.len() {
+                        match bytes[j] {
+                            b'{' => depth += 1,
+                            b'}' => {
+                                depth -= 1;
+                                if depth == 0 {
+                                    break;
+                                }
+                            }
+                            _ => {}
+                        }
+                        j += 1;
+                    }
+                    let body = clean[body_start..j.min(clean.len())]
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    let name = if name.is_empty() {
+                        format!("<anonymous {word} at offset {word_start}>")
+                    } else {
+                        format!("{word} {name}")
+                    };
+                    out.push((name, body));
+                    // Nested definitions are part of the outer body.
+                    i = j;
+                }
+            }
+            continue;
+        }
+        i += 1;
+    }
+    out
+}
+
+fn is_ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+fn strip_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '/' && chars.peek() == Some(&'*') {
+            chars.next();
+            let mut prev = ' ';
+            for d in chars.by_ref() {
+                if prev == '*' && d == '/' {
+                    break;
+                }
+                prev = d;
+            }
+            out.push(' ');
+        } else if c == '/' && chars.peek() == Some(&'/') {
+            for d in chars.by_ref() {
+                if d == '\n' {
+                    out.push('\n');
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Named structures whose definition differs between the two texts (changed or removed):
+/// running code holds data laid out the old way, so such changes cannot be live-patched.
+pub fn changed_structs(orig: &str, patched: &str) -> Vec<String> {
+    let a = structs(orig);
+    let b = structs(patched);
+    let mut out = Vec::new();
+    for (name, body) in &a {
+        if name.starts_with('<') {
+            continue;
+        }
+        match b.iter().find(|(n, _)| n == name) {
+            Some((_, nb)) if nb == body => {}
+            Some(_) => out.push(format!("{name} changes its definition")),
+            None => out.push(format!("{name} is removed")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_levels() {
+        let d = "diff --git a/src/x.c b/src/x.c\n--- a/src/x.c\t2024-01-01\n+++ b/src/x.c\n@@ -1 +1 @@\n";
+        assert_eq!(
+            diff_paths(d),
+            vec![("a/src/x.c".to_string(), "b/src/x.c".to_string())]
+        );
+        assert_eq!(strip("a/src/x.c", 1), Some(PathBuf::from("src/x.c")));
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(kind_of(Path::new("src/Makefile.am")), FileKind::Build);
+        assert_eq!(kind_of(Path::new("CMakeLists.txt")), FileKind::Build);
+        assert_eq!(kind_of(Path::new("a/b.S")), FileKind::Assembly);
+        assert_eq!(kind_of(Path::new("a/b.h")), FileKind::Header);
+        assert_eq!(kind_of(Path::new("a/b.c")), FileKind::Source);
+        assert_eq!(kind_of(Path::new("README")), FileKind::Other);
+    }
+
+    #[test]
+    fn struct_changes_are_found_and_comments_ignored() {
+        let a = "struct conn { int fd; /* the socket */ char *buf; };\nstruct conn *c;\n";
+        let b = "struct conn { int fd; // socket\n char *buf; };\nstruct conn *c; int x;\n";
+        assert!(changed_structs(a, b).is_empty());
+        let c = "struct conn { int fd; long len; char *buf; };\n";
+        assert_eq!(
+            changed_structs(a, c),
+            vec!["struct conn changes its definition".to_string()]
+        );
+        assert_eq!(
+            changed_structs("typedef union u { int a; } u_t;", ""),
+            vec!["union u is removed".to_string()]
+        );
+    }
+}

@@ -1,0 +1,806 @@
+//! The `suture build` pipeline (see the crate documentation for the steps).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::Serialize;
+use suture_bundle::{hex, Bundle, Function, Manifest, Target, Unit as BundleUnit};
+use suture_object::report::{Report, Status};
+
+use crate::bind::{self, Wanted};
+use crate::elfinfo::ElfInfo;
+use crate::patchset::{self, FileKind};
+use crate::record;
+use crate::units::{Compiler, Graph};
+use crate::{abs, tail, BuildError};
+
+/// Inputs of [`build`].
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// The source tree, in the state of the deployed build.
+    pub source: PathBuf,
+    /// The fix, a unified diff (paths relative to `source`, with or without `a/` `b/`).
+    pub diff: PathBuf,
+    /// The project's build command, run with `sh -c` in `source`.
+    pub build_cmd: String,
+    /// Deployed files to bind bundles to (none: bind to the build's own outputs).
+    pub targets: Vec<PathBuf>,
+    /// Where bundles, the build log and suture's working files go.
+    pub out_dir: PathBuf,
+    /// Patch id recorded in processes (default: the diff's file stem).
+    pub patch_id: Option<String>,
+    /// `suture <version>`, recorded in manifests.
+    pub created_by: String,
+    /// Directories holding `.build-id/xx/yyyy.debug` files.
+    pub debug_dirs: Vec<PathBuf>,
+    /// The program to run as the compiler wrapper (the `suture` binary).
+    pub wrapper_exe: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Bundles were written.
+    Written,
+    /// At least one change cannot be live-patched; nothing written.
+    Refused,
+    /// The diff changes nothing in any compiled output; nothing written.
+    NoChange,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FileReport {
+    pub file: String,
+    pub kind: FileKind,
+    /// `patched`, `no-change`, `not-compiled`, `refused`.
+    pub verdict: &'static str,
+    pub detail: String,
+    /// Translation units rebuilt for this file (sources relative to the tree).
+    pub units: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct UnsupportedItem {
+    pub symbol: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct UnitReport {
+    pub source: String,
+    pub object: Option<String>,
+    pub outputs: Vec<String>,
+    /// `patchable`, `no-change`, `unsupported` (the differ's verdict).
+    pub status: Status,
+    pub changed_functions: Vec<String>,
+    pub unsupported: Vec<UnsupportedItem>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Refusal {
+    pub file: String,
+    pub symbol: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BundleReport {
+    pub path: String,
+    /// The build's output the patch was computed for.
+    pub output: String,
+    /// The file the bundle is bound to (a `--target`, or the output itself).
+    pub target: String,
+    pub build_id: String,
+    pub twin: suture_bundle::Twin,
+    pub functions: Vec<String>,
+    pub units: Vec<String>,
+    pub symbols_verified: usize,
+}
+
+/// What `suture build` did (schema `suture.build/1`, printed by `--json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct BuildReport {
+    pub schema: &'static str,
+    pub outcome: Outcome,
+    pub files: Vec<FileReport>,
+    pub units: Vec<UnitReport>,
+    pub refusals: Vec<Refusal>,
+    pub bundles: Vec<BundleReport>,
+    /// Outputs the fix changes that got no bundle (no `--target` names them).
+    pub skipped: Vec<String>,
+    pub notes: Vec<String>,
+    pub build_log: String,
+}
+
+fn rel(source: &Path, p: &Path) -> String {
+    p.strip_prefix(source).unwrap_or(p).display().to_string()
+}
+
+/// Creates the wrapper directory: a symlink to the wrapper for every compiler name in PATH.
+fn wrapper_dir(dir: &Path, exe: &Path) -> Result<(), BuildError> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| BuildError::io(dir, e))?;
+    let mut names = BTreeSet::new();
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                if let Some(n) = e.file_name().to_str() {
+                    if record::is_compiler_name(n) {
+                        names.insert(n.to_string());
+                    }
+                }
+            }
+        }
+    }
+    for n in names {
+        let link = dir.join(&n);
+        std::os::unix::fs::symlink(exe, &link).map_err(|e| BuildError::io(&link, e))?;
+    }
+    Ok(())
+}
+
+/// Where the records of a source tree's builds live: they outlast one run, so a second
+/// `suture build` on an already built tree (where make compiles nothing) still knows every
+/// command. `$SUTURE_CACHE_DIR`, else `$XDG_CACHE_HOME/suture`, else `~/.cache/suture`; one
+/// directory per source tree (by the SHA-256 of its canonical path).
+pub fn records_dir(source: &Path, out_dir: &Path) -> PathBuf {
+    let base = std::env::var_os("SUTURE_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("suture")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/suture")))
+        .unwrap_or_else(|| out_dir.join(".suture"));
+    let key = suture_bundle::sha256_hex(source.as_os_str().as_encoded_bytes());
+    base.join("build").join(&key[..16])
+}
+
+fn run_build(
+    opts: &BuildOptions,
+    source: &Path,
+    records: &Path,
+    log: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<record::Invocation>, BuildError> {
+    std::fs::create_dir_all(records).map_err(|e| BuildError::io(records, e))?;
+    std::fs::write(
+        records.join("source"),
+        source.as_os_str().as_encoded_bytes(),
+    )
+    .map_err(|e| BuildError::io(records, e))?;
+    // A stable path: build systems that cache the compiler's path (CMake) find it next time.
+    let wrap = records.join("bin");
+    wrapper_dir(&wrap, &opts.wrapper_exe)?;
+    let commands = records.join("commands.jsonl");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![wrap.clone()];
+    paths.extend(std::env::split_paths(&path));
+    let new_path = std::env::join_paths(paths).map_err(|e| BuildError::Tool(e.to_string()))?;
+    progress(&format!(
+        "running the build: {} (in {}, log {})",
+        opts.build_cmd,
+        source.display(),
+        log.display()
+    ));
+    let logf = std::fs::File::create(log).map_err(|e| BuildError::io(log, e))?;
+    let errf = logf.try_clone().map_err(|e| BuildError::io(log, e))?;
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(&opts.build_cmd)
+        .current_dir(source)
+        .env("PATH", new_path)
+        .env(record::LOG_ENV, &commands)
+        .env(record::WRAP_DIR_ENV, &wrap)
+        .stdin(Stdio::null())
+        .stdout(logf)
+        .stderr(errf)
+        .status()
+        .map_err(|e| BuildError::Tool(format!("cannot run sh: {e}")))?;
+    if !status.success() {
+        return Err(BuildError::BuildFailed {
+            cmd: opts.build_cmd.clone(),
+            status: status.to_string(),
+            log: log.display().to_string(),
+            tail: tail(log, 30),
+        });
+    }
+    Ok(record::read_log(&commands))
+}
+
+/// Merges several units' patch objects into one (`ld -r`), with one combined
+/// `.suture.patch` manifest (the per-unit ones would otherwise be concatenated).
+fn merge(objects: &[Vec<u8>], reports: &[Report], dir: &Path) -> Result<Vec<u8>, BuildError> {
+    if let [one] = objects {
+        return Ok(one.clone());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| BuildError::io(dir, e))?;
+    let run = |cmd: &mut Command| -> Result<(), BuildError> {
+        let out = cmd
+            .output()
+            .map_err(|e| BuildError::Tool(format!("cannot run {cmd:?}: {e}")))?;
+        if !out.status.success() {
+            return Err(BuildError::Tool(format!(
+                "{cmd:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(())
+    };
+    let mut stripped = Vec::new();
+    for (i, o) in objects.iter().enumerate() {
+        let p = dir.join(format!("unit{i}.o"));
+        std::fs::write(&p, o).map_err(|e| BuildError::io(&p, e))?;
+        let s = dir.join(format!("unit{i}.nomanifest.o"));
+        run(Command::new("objcopy")
+            .arg(format!(
+                "--remove-section={}",
+                suture_object::emit::MANIFEST_SECTION
+            ))
+            .arg(&p)
+            .arg(&s))?;
+        stripped.push(s);
+    }
+    let merged = dir.join("merged.o");
+    run(Command::new("ld")
+        .arg("-r")
+        .arg("-o")
+        .arg(&merged)
+        .args(&stripped))?;
+    let mut manifest =
+        serde_json::to_value(&reports[0]).map_err(|e| BuildError::Object(e.to_string()))?;
+    for r in &reports[1..] {
+        let v = serde_json::to_value(r).map_err(|e| BuildError::Object(e.to_string()))?;
+        for key in [
+            "changed_functions",
+            "new_functions",
+            "new_data",
+            "references",
+            "unsupported",
+            "removed_functions",
+        ] {
+            if let (Some(a), Some(b)) = (manifest[key].as_array_mut(), v[key].as_array()) {
+                a.extend(b.iter().cloned());
+            }
+        }
+    }
+    manifest["source_file"] = serde_json::Value::Null;
+    let mpath = dir.join("manifest.json");
+    std::fs::write(&mpath, manifest.to_string()).map_err(|e| BuildError::io(&mpath, e))?;
+    let fin = dir.join("patch.o");
+    run(Command::new("objcopy")
+        .arg("--add-section")
+        .arg(format!(
+            "{}={}",
+            suture_object::emit::MANIFEST_SECTION,
+            mpath.display()
+        ))
+        .arg(&merged)
+        .arg(&fin))?;
+    std::fs::read(&fin).map_err(|e| BuildError::io(&fin, e))
+}
+
+struct UnitResult {
+    idx: usize,
+    report: Report,
+    patch: Option<Vec<u8>>,
+}
+
+/// Runs the whole pipeline. `progress` receives one line per step.
+pub fn build(
+    opts: &BuildOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BuildReport, BuildError> {
+    let source = opts
+        .source
+        .canonicalize()
+        .map_err(|e| BuildError::io(&opts.source, e))?;
+    if !source.is_dir() {
+        return Err(BuildError::Usage(format!(
+            "{} is not a directory",
+            source.display()
+        )));
+    }
+    let diff_text =
+        std::fs::read_to_string(&opts.diff).map_err(|e| BuildError::io(&opts.diff, e))?;
+    std::fs::create_dir_all(&opts.out_dir).map_err(|e| BuildError::io(&opts.out_dir, e))?;
+    let out_dir = abs(&opts.out_dir);
+    if out_dir.starts_with(&source) {
+        return Err(BuildError::Usage(format!(
+            "the output directory {} is inside the source tree; choose one outside it",
+            out_dir.display()
+        )));
+    }
+    let state = out_dir.join(".suture");
+    let work = state.join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| BuildError::io(&work, e))?;
+    let epoch = std::env::var("SOURCE_DATE_EPOCH").unwrap_or_else(|_| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs().to_string())
+            .unwrap_or_else(|_| "0".into())
+    });
+
+    // 1. The fix, applied to copies (fails fast when the diff does not apply).
+    let touched = patchset::apply(&source, &diff_text, &work)?;
+    progress(&format!(
+        "the diff touches {} file(s): {}",
+        touched.len(),
+        touched
+            .iter()
+            .map(|t| t.rel.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+
+    // 2. The project's own build, recorded.
+    let log = state.join("build.log");
+    let records = records_dir(&source, &out_dir);
+    let invocations = run_build(opts, &source, &records, &log, progress)?;
+    let graph = Graph::new(&invocations);
+    if graph.units.is_empty() {
+        return Err(BuildError::Usage(format!(
+            "the build compiled nothing that suture saw (it was probably already built, and \
+             no earlier record exists in {}); clean the tree (e.g. `make clean`) or pass a \
+             --build-cmd that compiles, then run again",
+            records.display()
+        )));
+    }
+    progress(&format!(
+        "recorded {} compiled unit(s) and {} linked output(s)",
+        graph.units.len(),
+        graph.links.len()
+    ));
+
+    // 3. Which units each touched file affects.
+    let compiler = Compiler {
+        mounts: &[],
+        epoch: epoch.clone(),
+    };
+    let mut refusals = Vec::new();
+    let mut files = Vec::new();
+    let mut affected: BTreeMap<usize, Vec<usize>> = BTreeMap::new(); // unit -> files
+    let mut deps_cache: BTreeMap<usize, Vec<PathBuf>> = BTreeMap::new();
+    let mut mounts = Vec::new();
+    for (fi, t) in touched.iter().enumerate() {
+        let name = t.rel.display().to_string();
+        let refuse = |reason: &str, refusals: &mut Vec<Refusal>| {
+            refusals.push(Refusal {
+                file: name.clone(),
+                symbol: String::new(),
+                reason: reason.to_string(),
+            });
+        };
+        let mut report = FileReport {
+            file: name.clone(),
+            kind: t.kind,
+            verdict: "not-compiled",
+            detail: String::new(),
+            units: Vec::new(),
+        };
+        match (t.kind, t.created, t.deleted) {
+            (FileKind::Build, ..) => {
+                let r = "build file: a live patch cannot change how the program is configured \
+                         or built";
+                refuse(r, &mut refusals);
+                report.verdict = "refused";
+                report.detail = r.into();
+            }
+            (FileKind::Assembly, ..) => {
+                let r = "assembly source: its machine code is written by hand and cannot be \
+                         diffed; suture live-patches compiled C and C++";
+                refuse(r, &mut refusals);
+                report.verdict = "refused";
+                report.detail = r.into();
+            }
+            (FileKind::Header, true, _) => {
+                let r = "new header: the compiler can only be shown patched copies of files \
+                         that exist in the source tree";
+                refuse(r, &mut refusals);
+                report.verdict = "refused";
+                report.detail = r.into();
+            }
+            (FileKind::Source | FileKind::Header, _, true) => {
+                let r = "the diff deletes this file: a build change";
+                refuse(r, &mut refusals);
+                report.verdict = "refused";
+                report.detail = r.into();
+            }
+            (FileKind::Source, true, _) => {
+                report.detail = "new file: the build does not compile it".into();
+            }
+            (FileKind::Other, ..) => {
+                report.detail = "not a source file: not compiled into any output".into();
+            }
+            (FileKind::Source | FileKind::Header, false, false) => {
+                let path = abs(&t.path);
+                mounts.push((abs(&t.patched), path.clone()));
+                let mut users = Vec::new();
+                for (ui, u) in graph.units.iter().enumerate() {
+                    let uses = if t.kind == FileKind::Source {
+                        u.compile.source == path
+                    } else if u.outputs.is_empty() {
+                        // Not linked anywhere (e.g. configure's test programs, long gone).
+                        false
+                    } else {
+                        let deps = match deps_cache.entry(ui) {
+                            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                            std::collections::btree_map::Entry::Vacant(e) => {
+                                progress(&format!(
+                                    "listing the headers of {}",
+                                    rel(&source, &u.compile.source)
+                                ));
+                                e.insert(compiler.deps(&u.compile)?)
+                            }
+                        };
+                        deps.contains(&path)
+                    };
+                    if uses {
+                        users.push(ui);
+                    }
+                }
+                let linked: Vec<usize> = users
+                    .iter()
+                    .copied()
+                    .filter(|&u| !graph.units[u].outputs.is_empty())
+                    .collect();
+                if users.is_empty() {
+                    report.detail = "the build never compiles it".into();
+                } else if linked.is_empty() {
+                    report.detail = "compiled, but not linked into any executable or shared \
+                                     library the build produced"
+                        .into();
+                } else {
+                    // Structure definitions matter only where the file is compiled: a header
+                    // of a feature the build leaves out may change freely.
+                    let orig = std::fs::read_to_string(&path).unwrap_or_default();
+                    let new = std::fs::read_to_string(&t.patched).unwrap_or_default();
+                    for s in patchset::changed_structs(&orig, &new) {
+                        refusals.push(Refusal {
+                            file: name.clone(),
+                            symbol: s.clone(),
+                            reason: format!(
+                                "{s}: the running program holds data laid out by the old \
+                                 definition, so code using the new layout cannot be loaded \
+                                 into it"
+                            ),
+                        });
+                        report.verdict = "refused";
+                        report.detail = s.to_string();
+                    }
+                    for u in linked {
+                        affected.entry(u).or_default().push(fi);
+                        report
+                            .units
+                            .push(rel(&source, &graph.units[u].compile.source));
+                    }
+                    if report.verdict != "refused" {
+                        report.verdict = "pending";
+                    }
+                }
+            }
+        }
+        files.push(report);
+    }
+
+    // 4. Rebuild the affected units both ways and diff them.
+    let patched_compiler = Compiler {
+        mounts: &mounts,
+        epoch,
+    };
+    let mut results: Vec<UnitResult> = Vec::new();
+    let total = affected.len();
+    for (n, (&ui, _)) in affected.iter().enumerate() {
+        let unit = &graph.units[ui];
+        let src = rel(&source, &unit.compile.source);
+        progress(&format!(
+            "[{}/{total}] rebuilding {src} (original and patched)",
+            n + 1
+        ));
+        let dir = work.join(format!("unit{ui}"));
+        std::fs::create_dir_all(&dir).map_err(|e| BuildError::io(&dir, e))?;
+        let (a, b) = (dir.join("orig.o"), dir.join("patched.o"));
+        compiler.compile(&unit.compile, &a, false, &dir.join("orig.log"))?;
+        patched_compiler.compile(&unit.compile, &b, true, &dir.join("patched.log"))?;
+        let (ab, bb) = (
+            std::fs::read(&a).map_err(|e| BuildError::io(&a, e))?,
+            std::fs::read(&b).map_err(|e| BuildError::io(&b, e))?,
+        );
+        let oa = suture_object::Object::parse(&ab)
+            .map_err(|e| BuildError::Object(format!("{}: {e}", a.display())))?;
+        let ob = suture_object::Object::parse(&bb)
+            .map_err(|e| BuildError::Object(format!("{}: {e}", b.display())))?;
+        let d = suture_object::analyze(&oa, &ob)
+            .map_err(|e| BuildError::Object(format!("{src}: {e}")))?;
+        let patch = if d.report.status == Status::Patchable {
+            Some(
+                suture_object::emit::emit(&d)
+                    .map_err(|e| BuildError::Object(format!("{src}: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let words = match d.report.status {
+            Status::Patchable => format!(
+                "changed: {}",
+                d.report
+                    .changed_functions
+                    .iter()
+                    .filter(|f| !f.fragment)
+                    .map(|f| f.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Status::NoChange => "no change in the compiled code".into(),
+            Status::Unsupported => "cannot be live-patched".into(),
+        };
+        progress(&format!("[{}/{total}] {src}: {words}", n + 1));
+        results.push(UnitResult {
+            idx: ui,
+            report: d.report.clone(),
+            patch,
+        });
+    }
+
+    // 5. Verdicts per unit and per file.
+    let mut units = Vec::new();
+    for r in &results {
+        let u = &graph.units[r.idx];
+        let src = rel(&source, &u.compile.source);
+        for x in &r.report.unsupported {
+            refusals.push(Refusal {
+                file: src.clone(),
+                symbol: x.symbol.clone(),
+                reason: x.reason.clone(),
+            });
+        }
+        units.push(UnitReport {
+            source: src,
+            object: u.compile.output.as_ref().map(|o| o.display().to_string()),
+            outputs: u.outputs.iter().map(|o| o.display().to_string()).collect(),
+            status: r.report.status,
+            changed_functions: r
+                .report
+                .changed_functions
+                .iter()
+                .filter(|f| !f.fragment)
+                .map(|f| f.name.clone())
+                .collect(),
+            unsupported: r
+                .report
+                .unsupported
+                .iter()
+                .map(|x| UnsupportedItem {
+                    symbol: x.symbol.clone(),
+                    reason: x.reason.clone(),
+                })
+                .collect(),
+        });
+    }
+    for (fi, f) in files.iter_mut().enumerate() {
+        if f.verdict != "pending" {
+            continue;
+        }
+        let mine: Vec<&UnitResult> = results
+            .iter()
+            .filter(|r| affected.get(&r.idx).is_some_and(|v| v.contains(&fi)))
+            .collect();
+        if mine.iter().any(|r| r.report.status == Status::Unsupported) {
+            f.verdict = "refused";
+            f.detail = "a change in its code cannot be live-patched".into();
+        } else if mine.iter().any(|r| r.report.status == Status::Patchable) {
+            f.verdict = "patched";
+        } else {
+            f.verdict = "no-change";
+            f.detail = "no change in any compiled output (the changed code is not compiled \
+                        in this configuration)"
+                .into();
+        }
+    }
+
+    let mut report = BuildReport {
+        schema: "suture.build/1",
+        outcome: Outcome::NoChange,
+        files,
+        units,
+        refusals,
+        bundles: Vec::new(),
+        skipped: Vec::new(),
+        notes: Vec::new(),
+        build_log: log.display().to_string(),
+    };
+    if !report.refusals.is_empty() {
+        report.outcome = Outcome::Refused;
+        return Ok(report);
+    }
+    let mut per_output: BTreeMap<PathBuf, Vec<&UnitResult>> = BTreeMap::new();
+    for r in results.iter().filter(|r| r.patch.is_some()) {
+        for o in &graph.units[r.idx].outputs {
+            per_output.entry(o.clone()).or_default().push(r);
+        }
+    }
+    if per_output.is_empty() {
+        return Ok(report);
+    }
+
+    // 6. Bind each changed output to what is deployed and write its bundle.
+    let mut jobs: Vec<(PathBuf, Option<PathBuf>)> = Vec::new();
+    if opts.targets.is_empty() {
+        jobs.extend(per_output.keys().map(|o| (o.clone(), None)));
+    } else {
+        let outputs: Vec<(PathBuf, ElfInfo)> = graph
+            .links
+            .iter()
+            .filter_map(|l| Some((l.output.clone(), ElfInfo::read(&l.output).ok()?)))
+            .collect();
+        let mut used = BTreeSet::new();
+        for t in &opts.targets {
+            let ti = ElfInfo::read(t).map_err(BuildError::Bind)?;
+            let by_id: Vec<&PathBuf> = outputs
+                .iter()
+                .filter(|(_, o)| o.build_id.is_some() && o.build_id == ti.build_id)
+                .map(|(p, _)| p)
+                .collect();
+            let by_name: Vec<&PathBuf> = outputs
+                .iter()
+                .filter(|(_, o)| {
+                    o.file_name() == ti.file_name() || (o.soname.is_some() && o.soname == ti.soname)
+                })
+                .map(|(p, _)| p)
+                .collect();
+            let out = match (by_id.as_slice(), by_name.as_slice()) {
+                ([one, ..], _) | ([], [one]) => (*one).clone(),
+                ([], []) => {
+                    return Err(BuildError::Bind(format!(
+                        "no output of the build corresponds to {} (build-id {}; the build \
+                         produced {})",
+                        t.display(),
+                        ti.build_id.as_deref().map(hex).unwrap_or_default(),
+                        outputs
+                            .iter()
+                            .map(|(p, _)| rel(&source, p))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+                ([], many) => {
+                    return Err(BuildError::Bind(format!(
+                        "{} could be any of {}",
+                        t.display(),
+                        many.iter()
+                            .map(|p| rel(&source, p))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+            };
+            if !per_output.contains_key(&out) {
+                report.notes.push(format!(
+                    "{}: the fix changes nothing in it (its build output {})",
+                    t.display(),
+                    rel(&source, &out)
+                ));
+                continue;
+            }
+            used.insert(out.clone());
+            jobs.push((out, Some(t.clone())));
+        }
+        for o in per_output.keys() {
+            if !used.contains(o) {
+                report.skipped.push(o.display().to_string());
+            }
+        }
+    }
+    let patch_id = opts.patch_id.clone().unwrap_or_else(|| {
+        opts.diff
+            .file_stem()
+            .map_or_else(|| "patch".into(), |s| s.to_string_lossy().into_owned())
+    });
+    let mut written_names = BTreeSet::new();
+    for (bi, (output, target)) in jobs.iter().enumerate() {
+        let rs = &per_output[output];
+        let rebuild = ElfInfo::read(output).map_err(BuildError::Bind)?;
+        let deployed = match target {
+            Some(t) => ElfInfo::read(t).map_err(BuildError::Bind)?,
+            None => ElfInfo::read(output).map_err(BuildError::Bind)?,
+        };
+        // Replaced functions are found by name in the merged object: names must be unique.
+        let mut seen = BTreeMap::new();
+        for r in rs {
+            for f in r.report.changed_functions.iter().filter(|f| !f.fragment) {
+                let src = rel(&source, &graph.units[r.idx].compile.source);
+                if let Some(other) = seen.insert(f.name.clone(), src.clone()) {
+                    return Err(BuildError::Object(format!(
+                        "{} and {src} both replace a function named {}; one bundle cannot \
+                         tell them apart (split the fix into two diffs)",
+                        other, f.name
+                    )));
+                }
+            }
+        }
+        let objects: Vec<Vec<u8>> = rs.iter().filter_map(|r| r.patch.clone()).collect();
+        let reports: Vec<Report> = rs.iter().map(|r| r.report.clone()).collect();
+        let patch_object = merge(&objects, &reports, &work.join(format!("merge{bi}")))?;
+        let mut wanted: Vec<Wanted> = reports.iter().flat_map(bind::wanted).collect();
+        wanted.sort();
+        wanted.dedup();
+        let binding = bind::bind(&rebuild, &deployed, &opts.debug_dirs, &wanted)?;
+        report.notes.extend(binding.notes.iter().cloned());
+        let mut functions = Vec::new();
+        let mut bunits = Vec::new();
+        for r in rs {
+            let src = rel(&source, &graph.units[r.idx].compile.source);
+            for f in r.report.changed_functions.iter().filter(|f| !f.fragment) {
+                functions.push(Function {
+                    name: f.original_name.clone(),
+                    file: f.file.clone(),
+                    unit: src.clone(),
+                });
+            }
+            bunits.push(BundleUnit {
+                source: src,
+                report: serde_json::to_value(&r.report)
+                    .map_err(|e| BuildError::Object(e.to_string()))?,
+            });
+        }
+        let manifest = Manifest {
+            format: suture_bundle::MANIFEST_FORMAT.into(),
+            patch_id: patch_id.clone(),
+            created_by: opts.created_by.clone(),
+            target: Target {
+                build_id: hex(&binding.build_id),
+                file_name: deployed.file_name(),
+                soname: deployed.soname.clone(),
+                arch: "x86_64".into(),
+            },
+            twin: binding.twin.clone(),
+            functions: functions.clone(),
+            symbols: binding.symbols.clone(),
+            units: bunits.clone(),
+        };
+        let bytes = suture_bundle::encode(&Bundle {
+            manifest,
+            patch_object,
+        })
+        .map_err(|e| BuildError::Object(e.to_string()))?;
+        let mut name = format!("{}.suture", deployed.file_name());
+        let mut k = 2;
+        while !written_names.insert(name.clone()) {
+            name = format!("{}.{k}.suture", deployed.file_name());
+            k += 1;
+        }
+        let path = out_dir.join(&name);
+        std::fs::write(&path, &bytes).map_err(|e| BuildError::io(&path, e))?;
+        progress(&format!(
+            "wrote {} for {} (build-id {}): {}",
+            path.display(),
+            deployed.path,
+            hex(&binding.build_id),
+            functions
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        report.bundles.push(BundleReport {
+            path: path.display().to_string(),
+            output: output.display().to_string(),
+            target: deployed.path.clone(),
+            build_id: hex(&binding.build_id),
+            twin: binding.twin,
+            functions: functions.into_iter().map(|f| f.name).collect(),
+            units: bunits.into_iter().map(|u| u.source).collect(),
+            symbols_verified: binding
+                .symbols
+                .iter()
+                .filter(|s| s.sha256.is_some())
+                .count(),
+        });
+    }
+    if !report.bundles.is_empty() {
+        report.outcome = Outcome::Written;
+    }
+    Ok(report)
+}

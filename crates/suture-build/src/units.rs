@@ -1,0 +1,244 @@
+//! Translation units of the recorded build: which outputs each is linked into, which headers
+//! it includes, and recompiling it as built (original) or with the fix (patched).
+//!
+//! The patched compile runs the recorded command unchanged except for the output and section
+//! flags, inside a private mount namespace (`unshare --mount`, plus `--user --map-root-user`
+//! when not root) in which each patched copy is bind-mounted over its original path. The
+//! compiler therefore sees the same paths (`__FILE__`, debug info, `#include "..."` lookup
+//! relative to the including file) as the real build, the source tree is never written, and
+//! the namespace vanishes with the process whatever happens to suture.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::record::{self, Compile, Event, Invocation, Link};
+use crate::{tail, BuildError};
+
+/// A translation unit and the outputs (executables, shared libraries) it is linked into.
+#[derive(Clone, Debug)]
+pub struct Unit {
+    pub compile: Compile,
+    pub outputs: Vec<PathBuf>,
+}
+
+/// The recorded build: every unit (the last compile of each object) and every linked output
+/// that still exists.
+pub struct Graph {
+    pub units: Vec<Unit>,
+    pub links: Vec<Link>,
+}
+
+fn is_linked_elf(p: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 18];
+    let ok = std::fs::File::open(p)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok();
+    // ELF magic and e_type ET_EXEC (2) or ET_DYN (3).
+    ok && head[..4] == *b"\x7fELF" && matches!(head[16], 2 | 3)
+}
+
+/// Archive members (name, bytes).
+fn archive_members(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let Ok(data) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    let Ok(ar) = object::read::archive::ArchiveFile::parse(&*data) else {
+        return Vec::new();
+    };
+    ar.members()
+        .filter_map(Result::ok)
+        .filter_map(|m| {
+            let name = String::from_utf8_lossy(m.name()).into_owned();
+            Some((name, m.data(&*data).ok()?.to_vec()))
+        })
+        .collect()
+}
+
+impl Graph {
+    pub fn new(invocations: &[Invocation]) -> Graph {
+        let mut compiles: BTreeMap<PathBuf, Compile> = BTreeMap::new();
+        let mut links: BTreeMap<PathBuf, Link> = BTreeMap::new();
+        for inv in invocations {
+            for ev in record::classify(inv) {
+                match ev {
+                    Event::Compile(c) => {
+                        if let Some(o) = &c.output {
+                            compiles.insert(o.clone(), c);
+                        }
+                    }
+                    Event::Link(l) => {
+                        links.insert(l.output.clone(), l);
+                    }
+                }
+            }
+        }
+        let links: Vec<Link> = links
+            .into_values()
+            .filter(|l| is_linked_elf(&l.output))
+            .collect();
+        let mut outputs_of: HashMap<PathBuf, Vec<PathBuf>> = HashMap::new();
+        let mut inline: Vec<Unit> = Vec::new();
+        let mut by_name: HashMap<String, Vec<&PathBuf>> = HashMap::new();
+        for o in compiles.keys() {
+            if let Some(n) = o.file_name() {
+                by_name
+                    .entry(n.to_string_lossy().into_owned())
+                    .or_default()
+                    .push(o);
+            }
+        }
+        for l in &links {
+            let mut objs: Vec<PathBuf> = l.objects.clone();
+            let mut archives = l.archives.clone();
+            for lib in &l.libs {
+                for d in &l.libdirs {
+                    let so = d.join(format!("lib{lib}.so"));
+                    let a = d.join(format!("lib{lib}.a"));
+                    if so.exists() {
+                        break;
+                    }
+                    if a.exists() {
+                        archives.push(a);
+                        break;
+                    }
+                }
+            }
+            for a in &archives {
+                // Members are matched to recorded objects by name and identical contents.
+                for (name, bytes) in archive_members(a) {
+                    for cand in by_name.get(&name).into_iter().flatten() {
+                        if std::fs::read(cand).is_ok_and(|b| b == bytes) {
+                            objs.push((*cand).clone());
+                        }
+                    }
+                }
+            }
+            for o in objs {
+                if compiles.contains_key(&o) {
+                    outputs_of.entry(o).or_default().push(l.output.clone());
+                }
+            }
+            for u in &l.units {
+                inline.push(Unit {
+                    compile: u.clone(),
+                    outputs: vec![l.output.clone()],
+                });
+            }
+        }
+        let mut units: Vec<Unit> = compiles
+            .into_iter()
+            .map(|(o, c)| {
+                let mut outputs = outputs_of.remove(&o).unwrap_or_default();
+                outputs.sort();
+                outputs.dedup();
+                Unit {
+                    compile: c,
+                    outputs,
+                }
+            })
+            .collect();
+        units.extend(inline);
+        Graph { units, links }
+    }
+}
+
+/// How to run one compile.
+pub struct Compiler<'a> {
+    /// `(patched copy, original path)` pairs to bind-mount for patched compiles.
+    pub mounts: &'a [(PathBuf, PathBuf)],
+    /// Fixed `SOURCE_DATE_EPOCH` so `__DATE__`/`__TIME__` agree between the two compiles.
+    pub epoch: String,
+}
+
+impl Compiler<'_> {
+    fn command(&self, unit: &Compile, args: &[String], patched: bool) -> Command {
+        let mut cmd = if patched && !self.mounts.is_empty() {
+            let mut c = Command::new("unshare");
+            if !nix_is_root() {
+                c.args(["--user", "--map-root-user"]);
+            }
+            c.args(["--mount", "--propagation", "private", "--", "sh", "-c"]);
+            c.arg(
+                "while [ \"$1\" != -- ]; do mount --bind -- \"$1\" \"$2\" || exit 125; \
+                 shift 2; done; shift; exec \"$@\"",
+            );
+            c.arg("suture-bind");
+            for (copy, orig) in self.mounts {
+                c.arg(copy).arg(orig);
+            }
+            c.arg("--").arg(&unit.compiler).args(args);
+            c
+        } else {
+            let mut c = Command::new(&unit.compiler);
+            c.args(args);
+            c
+        };
+        cmd.current_dir(&unit.cwd)
+            .env("SOURCE_DATE_EPOCH", &self.epoch)
+            .env_remove(record::LOG_ENV)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Compiles `unit` to `out` (patched: with the fix visible). Errors carry the compiler's
+    /// output.
+    pub fn compile(
+        &self,
+        unit: &Compile,
+        out: &Path,
+        patched: bool,
+        log: &Path,
+    ) -> Result<(), BuildError> {
+        let args = record::unit_args(unit, out);
+        let logf = std::fs::File::create(log).map_err(|e| BuildError::io(log, e))?;
+        let errf = logf.try_clone().map_err(|e| BuildError::io(log, e))?;
+        let status = self
+            .command(unit, &args, patched)
+            .stdout(logf)
+            .stderr(errf)
+            .status()
+            .map_err(|e| {
+                BuildError::Tool(format!("cannot run {}: {e}", unit.compiler.display()))
+            })?;
+        if !status.success() {
+            return Err(BuildError::Compile(format!(
+                "{} {} does not compile ({status}):\n{}",
+                if patched {
+                    "the patched"
+                } else {
+                    "the original"
+                },
+                unit.source.display(),
+                tail(log, 25)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The headers `unit` includes (absolute paths).
+    pub fn deps(&self, unit: &Compile) -> Result<Vec<PathBuf>, BuildError> {
+        let args = record::deps_args(unit);
+        let out = self.command(unit, &args, false).output().map_err(|e| {
+            BuildError::Tool(format!("cannot run {}: {e}", unit.compiler.display()))
+        })?;
+        if !out.status.success() {
+            return Err(BuildError::Compile(format!(
+                "cannot list the headers of {}: {}",
+                unit.source.display(),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(record::parse_deps(
+            &unit.cwd,
+            &String::from_utf8_lossy(&out.stdout),
+        ))
+    }
+}
+
+fn nix_is_root() -> bool {
+    // The owner of /proc/self is the effective user.
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}

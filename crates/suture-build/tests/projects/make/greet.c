@@ -1,0 +1,6 @@
+#include "greet.h"
+
+int scale(int x)
+{
+	return 2 * x;
+}

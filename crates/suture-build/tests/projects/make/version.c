@@ -1,0 +1,6 @@
+#include "util.h"
+
+int version(void)
+{
+	return 1;
+}
