@@ -11,7 +11,8 @@ exec </dev/null
 cache=${SUTURE_CACHE:-/var/tmp/suture}
 mkdir -p "$cache"
 
-packages=(gcc clang binutils patch make util-linux gcc-multilib)
+packages=(gcc clang binutils patch make util-linux gcc-multilib cmake autoconf automake libtool
+    diffutils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

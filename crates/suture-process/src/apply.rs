@@ -91,6 +91,10 @@ pub struct ApplyOptions {
     pub patch_id: String,
     /// Path (or path suffix) of the mapped object the patch is for; default the executable.
     pub object: Option<String>,
+    /// Symbols of the patched object to use where its file lacks them (a stripped deployed
+    /// file): link-time values from an unstripped twin with the same build-id, as recorded in a
+    /// patch bundle. See [`ElfSymbols::add_missing`].
+    pub symbols: Option<std::sync::Arc<ElfSymbols>>,
     /// A live patch (by id) that this one replaces in the same switch: its jumps are removed,
     /// or overwritten by this patch's, atomically, and its memory is released.
     pub replace: Option<String>,
@@ -102,6 +106,7 @@ impl Default for ApplyOptions {
             timeout: Duration::from_secs(3),
             patch_id: "patch".into(),
             object: None,
+            symbols: None,
             replace: None,
         }
     }
@@ -368,7 +373,10 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         }
         None => None,
     };
-    let loaded = load_objects(pid, &maps, opts.object.as_deref())?;
+    let mut loaded = load_objects(pid, &maps, opts.object.as_deref())?;
+    if let Some(extra) = &opts.symbols {
+        loaded.mapped[loaded.patched].symbols.add_missing(extra);
+    }
     let patched = &loaded.mapped[loaded.patched];
     let resolver = LiveResolver {
         target: TargetResolver {

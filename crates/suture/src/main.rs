@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+mod build_cmd;
 mod demo;
 mod diff_cmd;
 mod process_cmd;
@@ -66,21 +67,28 @@ enum Command {
     /// Apply a patch object (from `suture diff -o`) to running processes, without restarting
     /// them. Exit status 0 only when it is live in every process asked.
     Apply {
-        /// The patch object.
+        /// A patch bundle (from `suture build`) or a patch object (from `suture diff -o`).
         patch: PathBuf,
         /// Process to patch (repeat for several).
         #[arg(long = "pid", value_name = "PID", required_unless_present = "all")]
         pids: Vec<i32>,
-        /// Every process that maps the patched object (see --object).
+        /// Every process that maps the patched object: for a bundle, every process mapping a
+        /// file with the bundle's build-id; for a patch object, see --object.
         #[arg(long, conflicts_with = "pids")]
         all: bool,
-        /// The mapped object the patch is for: a path or path suffix (default: the
-        /// executable of each process; required with --all).
-        #[arg(long, value_name = "PATH", required_if_eq("all", "true"))]
+        /// For a bare patch object: the mapped object it is for, a path or path suffix
+        /// (default: the executable of each process; required with --all). A bundle selects
+        /// its object by build-id instead.
+        #[arg(long, value_name = "PATH")]
         object: Option<String>,
         /// Name recorded in the process for status and revert (default: the file stem).
         #[arg(long, value_name = "NAME")]
         id: Option<String>,
+        /// Replace this live patch (by id) in the same switch: functions both change move to
+        /// the new code, functions only the old one changed get their original code back, and
+        /// the old patch's memory is released. For shipping a newer version of a fix.
+        #[arg(long, value_name = "ID")]
+        replace: Option<String>,
         /// Seconds to keep retrying while a function being replaced is running.
         #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
         timeout: f64,
@@ -115,6 +123,46 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Build live-patch bundles from a source tree and a fix (a unified diff).
+    ///
+    /// Runs the project's build through a compiler wrapper that records every compile and
+    /// link, rebuilds only the translation units the diff affects (original and patched, with
+    /// one section per function), diffs them, and writes one bundle per changed executable or
+    /// shared library into OUTDIR, bound to its GNU build-id. The source tree is never
+    /// modified. Exit 0: bundles written; 2: a change cannot be live-patched (reasons per file
+    /// and symbol); 3: no change in any compiled output; 1: error (e.g. the build failed).
+    #[command(after_help = EXIT_HELP)]
+    Build {
+        /// The source tree, as it was when the deployed binaries were built.
+        #[arg(long, value_name = "DIR", required = true)]
+        source: Option<PathBuf>,
+        /// The fix: a unified diff (`git diff` or `diff -u`; -p1 or -p0 paths).
+        #[arg(long, value_name = "FIX.patch", required = true)]
+        diff: Option<PathBuf>,
+        /// The project's build command, run with `sh -c` in DIR (CC/CXX are taken from PATH,
+        /// where suture's compiler wrapper comes first).
+        #[arg(long = "build-cmd", value_name = "CMD", default_value = "make")]
+        build_cmd: String,
+        /// A deployed binary or library (may be stripped) to bind the bundle to: its build-id,
+        /// with every original symbol the patch relies on proved byte-identical. Repeatable.
+        #[arg(long = "target", value_name = "PATH")]
+        targets: Vec<PathBuf>,
+        /// Directory for the bundles (`<file>.suture`), the build log and work files; outside
+        /// the source tree. Compile records are kept per tree in $SUTURE_CACHE_DIR (default
+        /// ~/.cache/suture).
+        #[arg(short = 'o', long = "output", value_name = "OUTDIR", required = true)]
+        output: Option<PathBuf>,
+        /// Patch id recorded in processes (default: the diff's file stem).
+        #[arg(long, value_name = "NAME")]
+        id: Option<String>,
+        /// Where to look for debug files by build-id (`DIR/.build-id/xx/yyyy.debug`); default
+        /// /usr/lib/debug. Repeatable.
+        #[arg(long = "debug-dir", value_name = "DIR")]
+        debug_dirs: Vec<PathBuf>,
+        /// Print the result as JSON (schema `suture.build/1`, see docs/bundle.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// Run suture on a built-in example: compile a small service before and after a fix, show
     /// what changed and write the patch object.
     Demo {
@@ -125,6 +173,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Started by a build as `cc`, `gcc`, ... under `suture build`: be the compiler wrapper.
+    if let Some(code) = build_cmd::wrapper_mode() {
+        return ExitCode::from(code);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -151,9 +203,21 @@ fn main() -> ExitCode {
             all,
             object,
             id,
+            replace,
             timeout,
             json,
-        } => process_cmd::apply(&patch, &pids, all, object, id, timeout, json),
+        } => process_cmd::apply(
+            &patch,
+            process_cmd::ApplyRequest {
+                pids,
+                all,
+                object,
+                id,
+                replace,
+                timeout,
+                json,
+            },
+        ),
         Command::Revert {
             id,
             pids,
@@ -162,6 +226,25 @@ fn main() -> ExitCode {
             json,
         } => process_cmd::revert(&id, &pids, all, timeout, json),
         Command::Status { pid, json } => process_cmd::status(pid, json),
+        Command::Build {
+            source,
+            diff,
+            build_cmd,
+            targets,
+            output,
+            id,
+            debug_dirs,
+            json,
+        } => build_cmd::run(build_cmd::Args {
+            source,
+            diff,
+            build_cmd,
+            targets,
+            output,
+            id,
+            debug_dirs,
+            json,
+        }),
         Command::Demo { keep } => demo::run(keep),
     };
     match result {

@@ -10,7 +10,7 @@ use suture_process::ids::Pid;
 
 use crate::exit;
 
-fn all_pids() -> Vec<i32> {
+pub(crate) fn all_pids() -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut v: Vec<i32> = std::fs::read_dir("/proc")
         .map(|rd| {
@@ -42,16 +42,33 @@ fn seconds(s: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(s))
 }
 
-pub fn apply(
-    patch: &Path,
-    pids: &[i32],
-    all: bool,
-    object: Option<String>,
-    id: Option<String>,
-    timeout: f64,
-    json: bool,
-) -> Result<u8> {
+/// What `suture apply` was asked to do.
+pub struct ApplyRequest {
+    pub pids: Vec<i32>,
+    pub all: bool,
+    pub object: Option<String>,
+    pub id: Option<String>,
+    /// A live patch id this one replaces atomically.
+    pub replace: Option<String>,
+    pub timeout: f64,
+    pub json: bool,
+}
+
+pub fn apply(patch: &Path, req: ApplyRequest) -> Result<u8> {
     let bytes = crate::read(patch)?;
+    if suture_bundle::is_bundle(&bytes) {
+        let timeout = seconds(req.timeout)?;
+        return crate::build_cmd::apply_bundle(patch, &bytes, &req, timeout);
+    }
+    let ApplyRequest {
+        pids,
+        all,
+        object,
+        id,
+        replace,
+        timeout,
+        json,
+    } = req;
     let id = id.unwrap_or_else(|| {
         patch
             .file_stem()
@@ -71,6 +88,7 @@ pub fn apply(
         timeout: seconds(timeout)?,
         patch_id: id.clone(),
         object,
+        replace,
         ..Default::default()
     };
     let mut results = Vec::new();

@@ -1,0 +1,661 @@
+//! `suture build` end to end on the fixture projects in `crates/suture-build/tests/projects`
+//! (plain make, autotools + libtool, CMake): build, diff → bundles, apply the bundles to the
+//! running program and check its output changes, revert; and every refusal the builder owes
+//! (data, structure layout, assembly, build file), the "not compiled" verdict, build-id
+//! binding of stripped deployed copies, and apply refusing a binary of another build.
+//!
+//! Each test copies its project into its own directory under the target dir, so tests run in
+//! parallel; every spawned program is killed by a guard.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn projects() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../suture-build/tests/projects")
+}
+
+fn work(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("build")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn sh(dir: &Path, cmd: &str) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Copies a fixture project to `<work>/src`.
+fn project(kind: &str, name: &str) -> (PathBuf, PathBuf) {
+    let w = work(name);
+    let src = w.join("src");
+    sh(
+        &w,
+        &format!(
+            "cp -r '{}' '{}'",
+            projects().join(kind).display(),
+            src.display()
+        ),
+    );
+    (w, src)
+}
+
+/// A unified diff replacing `from` by `to` in each file (paths relative to `src`).
+fn make_diff(w: &Path, src: &Path, edits: &[(&str, &str, &str)]) -> PathBuf {
+    let mut text = String::new();
+    for (i, (rel, from, to)) in edits.iter().enumerate() {
+        let orig = std::fs::read_to_string(src.join(rel)).unwrap_or_default();
+        let new = if from.is_empty() {
+            to.to_string()
+        } else {
+            assert!(orig.contains(from), "{rel} has no {from:?}");
+            orig.replace(from, to)
+        };
+        let a = w.join(format!("edit{i}.orig"));
+        let b = w.join(format!("edit{i}.new"));
+        std::fs::write(&a, &orig).unwrap();
+        std::fs::write(&b, &new).unwrap();
+        let old_label = if orig.is_empty() {
+            "/dev/null".to_string()
+        } else {
+            format!("a/{rel}")
+        };
+        let out = Command::new("diff")
+            .args(["-u", "--label", &old_label, "--label", &format!("b/{rel}")])
+            .arg(&a)
+            .arg(&b)
+            .output()
+            .unwrap();
+        text += &String::from_utf8_lossy(&out.stdout);
+    }
+    let p = w.join("fix.patch");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn suture<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_suture"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `suture build --json`; returns the exit code and the report.
+fn build(
+    src: &Path,
+    diff: &Path,
+    out: &Path,
+    build_cmd: &str,
+    extra: &[&str],
+) -> (i32, serde_json::Value, Output) {
+    let mut args: Vec<String> = vec![
+        "build".into(),
+        "--source".into(),
+        src.display().to_string(),
+        "--diff".into(),
+        diff.display().to_string(),
+        "--build-cmd".into(),
+        build_cmd.into(),
+        "-o".into(),
+        out.display().to_string(),
+        "--json".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    // Records of the tree's builds are kept per test (they outlast one run by design).
+    let o = Command::new(env!("CARGO_BIN_EXE_suture"))
+        .args(&args)
+        .env("SUTURE_CACHE_DIR", out.parent().unwrap().join("cache"))
+        .output()
+        .unwrap();
+    let code = o.status.code().unwrap_or(-1);
+    let v = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+    (code, v, o)
+}
+
+/// A running fixture program; killed on drop.
+struct Running {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    fn spawn(exe: &Path, env: &[(&str, &Path)]) -> Running {
+        let mut cmd = Command::new(exe);
+        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l2 = lines.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(l);
+            }
+        });
+        Running { child, lines }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// Waits until a line printed after this call contains `want`.
+    fn wait_for(&self, want: &str) {
+        let start = self.lines.lock().unwrap().len();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            {
+                let l = self.lines.lock().unwrap();
+                if l[start..].iter().any(|x| x.contains(want)) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {want:?}; last: {:?}",
+                self.lines.lock().unwrap().last()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ok(o: &Output) {
+    assert!(o.status.success(), "{}", text(o));
+}
+
+const UTIL_FIX: (&str, &str, &str) = (
+    "util.c",
+    "return pad(n > max_len ? max_len : n);",
+    "return pad(n >= max_len ? max_len - 1 : n);",
+);
+const VERSION_FIX: (&str, &str, &str) = ("version.c", "return 1;", "return 2;");
+const LIB_FIX: (&str, &str, &str) = ("greet.c", "return 2 * x;", "return 3 * x;");
+const BEFORE: &str = "limit=8 scale=20 answer=42 v=1";
+const AFTER: &str = "limit=7 scale=30 answer=42 v=2";
+
+fn bundle_of<'v>(report: &'v serde_json::Value, file: &str) -> &'v serde_json::Value {
+    report["bundles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| {
+            let p = b["path"].as_str().unwrap();
+            p.ends_with(&format!("/{file}.suture")) || p.contains(&format!("/{file}."))
+        })
+        .unwrap_or_else(|| panic!("no bundle for {file}: {report:#}"))
+}
+
+/// Builds, applies the program's and the library's bundles to `exe` running, reverts.
+fn round_trip(src: &Path, w: &Path, build_cmd: &str, exe: &Path, env: &[(&str, &Path)]) {
+    let util_before = std::fs::read(src.join("util.c")).unwrap();
+    let diff = make_diff(w, src, &[UTIL_FIX, VERSION_FIX, LIB_FIX]);
+    let out = w.join("out");
+    let (code, report, o) = build(src, &diff, &out, build_cmd, &[]);
+    assert_eq!(code, 0, "{}", text(&o));
+    assert_eq!(report["outcome"], "written");
+    let prog = bundle_of(&report, "prog");
+    // Two units merged into one patch object for the program.
+    assert_eq!(prog["units"].as_array().unwrap().len(), 2, "{prog:#}");
+    let lib = bundle_of(&report, "libgreet.so")["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The source tree is as it was.
+    assert_eq!(std::fs::read(src.join("util.c")).unwrap(), util_before);
+
+    let p = Running::spawn(exe, env);
+    p.wait_for(BEFORE);
+    let pid = p.pid();
+    ok(&suture(&[
+        "apply",
+        out.join("prog.suture").to_str().unwrap(),
+        "--pid",
+        &pid,
+    ]));
+    ok(&suture(&["apply", &lib, "--pid", &pid, "--id", "lib"]));
+    p.wait_for(AFTER);
+    ok(&suture(&["revert", "lib", "--pid", &pid]));
+    ok(&suture(&["revert", "fix", "--pid", &pid]));
+    p.wait_for(BEFORE);
+}
+
+#[test]
+fn make_project_round_trip() {
+    let (w, src) = project("make", "make-round-trip");
+    round_trip(&src, &w, "make", &src.join("prog"), &[]);
+}
+
+/// Debian's build flags (`dpkg-buildflags`: hardening, `-ffile-prefix-map`, fortify, PIE).
+#[test]
+fn debian_build_flags_round_trip() {
+    let (w, src) = project("make", "debian-flags");
+    round_trip(
+        &src,
+        &w,
+        "make CFLAGS=\"$(dpkg-buildflags --get CFLAGS) $(dpkg-buildflags --get CPPFLAGS)\" \
+         LDFLAGS=\"$(dpkg-buildflags --get LDFLAGS)\"",
+        &src.join("prog"),
+        &[],
+    );
+}
+
+#[test]
+fn autotools_project_round_trip() {
+    let (w, src) = project("autotools", "autotools-round-trip");
+    sh(&src, "autoreconf -fi");
+    let libs = src.join(".libs");
+    round_trip(
+        &src,
+        &w,
+        "./configure CFLAGS='-O2 -g' && make",
+        &src.join(".libs/prog"),
+        &[("LD_LIBRARY_PATH", &libs)],
+    );
+}
+
+#[test]
+fn cmake_project_round_trip() {
+    let (w, src) = project("cmake", "cmake-round-trip");
+    round_trip(
+        &src,
+        &w,
+        "cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo && cmake --build build",
+        &src.join("build/prog"),
+        &[],
+    );
+}
+
+/// Runs `suture build` on the make project with one edit; returns (exit code, report).
+fn make_case(name: &str, edit: (&str, &str, &str)) -> (i32, serde_json::Value, Output) {
+    let (w, src) = project("make", name);
+    let diff = make_diff(&w, &src, &[edit]);
+    build(&src, &diff, &w.join("out"), "make", &[])
+}
+
+fn refusal_mentions(report: &serde_json::Value, file: &str, words: &[&str]) {
+    let r = report["refusals"].as_array().unwrap();
+    assert!(
+        r.iter().any(|x| x["file"] == file
+            && words.iter().all(|w| {
+                x["reason"].as_str().unwrap().contains(w) || x["symbol"].as_str().unwrap() == *w
+            })),
+        "no refusal of {file} with {words:?}: {report:#}"
+    );
+    assert!(report["bundles"].as_array().unwrap().is_empty());
+}
+
+/// A header change rebuilds every unit that includes it; only the units whose code changed
+/// are patched.
+#[test]
+fn header_change_patches_the_units_using_it() {
+    let (code, report, o) = make_case("header", ("util.h", "\treturn n;\n", "\treturn n - 1;\n"));
+    assert_eq!(code, 0, "{}", text(&o));
+    let f = &report["files"][0];
+    assert_eq!(f["verdict"], "patched", "{report:#}");
+    let mut rebuilt: Vec<&str> = f["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    rebuilt.sort_unstable();
+    assert_eq!(rebuilt, ["main.c", "util.c", "version.c"], "{report:#}");
+    let b = bundle_of(&report, "prog");
+    assert_eq!(b["functions"], serde_json::json!(["clamp_len"]), "{b:#}");
+    assert_eq!(b["units"], serde_json::json!(["util.c"]), "{b:#}");
+}
+
+#[test]
+fn data_change_is_refused_naming_the_symbol() {
+    let (code, report, o) = make_case(
+        "refuse-data",
+        (
+            "util.c",
+            "the_counter = { 0, 100 };",
+            "the_counter = { 0, 200 };",
+        ),
+    );
+    assert_eq!(code, 2, "{}", text(&o));
+    refusal_mentions(&report, "util.c", &["the_counter"]);
+}
+
+#[test]
+fn header_struct_change_is_refused() {
+    let (code, report, o) = make_case(
+        "refuse-struct",
+        ("util.h", "\tint limit;\n", "\tint limit;\n\tint misses;\n"),
+    );
+    assert_eq!(code, 2, "{}", text(&o));
+    refusal_mentions(&report, "util.h", &["struct counter"]);
+}
+
+#[test]
+fn assembly_change_is_refused() {
+    let (code, report, o) = make_case("refuse-asm", ("answer.S", "$42", "$43"));
+    assert_eq!(code, 2, "{}", text(&o));
+    refusal_mentions(&report, "answer.S", &["assembly"]);
+}
+
+#[test]
+fn build_file_change_is_refused() {
+    let (code, report, o) = make_case("refuse-build-file", ("Makefile", "-O2 -g", "-O1 -g"));
+    assert_eq!(code, 2, "{}", text(&o));
+    refusal_mentions(&report, "Makefile", &["build file"]);
+}
+
+#[test]
+fn disabled_code_is_reported_not_compiled() {
+    let (code, report, o) = make_case("not-compiled", ("util.c", "return x * 3;", "return x * 4;"));
+    assert_eq!(code, 3, "{}", text(&o));
+    assert_eq!(report["outcome"], "no-change");
+    assert_eq!(report["files"][0]["verdict"], "no-change", "{report:#}");
+    // A header only a disabled feature includes may even change a structure.
+    let (code, report, o) = make_case(
+        "not-compiled-header",
+        ("extra.h", "\tint calls;\n", "\tint calls;\n\tint misses;\n"),
+    );
+    assert_eq!(code, 3, "{}", text(&o));
+    assert_eq!(report["files"][0]["verdict"], "not-compiled", "{report:#}");
+    // A file the build never compiles.
+    let (code, report, o) = make_case(
+        "never-compiled",
+        ("extra.c", "", "int f(void) { return 1; }\n"),
+    );
+    assert_eq!(code, 3, "{}", text(&o));
+    assert_eq!(report["files"][0]["verdict"], "not-compiled", "{report:#}");
+}
+
+/// Every file of a tree, with its contents.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            v.extend(snapshot(&p));
+        } else {
+            v.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    v.sort();
+    v
+}
+
+/// A fix that does not compile is an error showing the compiler's message; neither that nor a
+/// successful run changes a byte of the tree (the build's own outputs aside).
+#[test]
+fn source_tree_is_never_modified() {
+    let (w, src) = project("make", "untouched");
+    let good = w.join("good.patch");
+    std::fs::copy(make_diff(&w, &src, &[UTIL_FIX]), &good).unwrap();
+    let (code, _, o) = build(&src, &good, &w.join("out"), "make", &[]);
+    assert_eq!(code, 0, "{}", text(&o));
+    let before = snapshot(&src);
+    let bad = w.join("bad.patch");
+    std::fs::copy(
+        make_diff(
+            &w,
+            &src,
+            &[("util.c", "the_counter.hits++;", "the_counter.hits++ oops;")],
+        ),
+        &bad,
+    )
+    .unwrap();
+    let (code, _, o) = build(&src, &bad, &w.join("out"), "make", &[]);
+    assert_eq!(code, 1, "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("does not compile") && err.contains("oops"),
+        "{err}"
+    );
+    assert!(snapshot(&src) == before, "the failed run changed the tree");
+    let (code, _, o) = build(&src, &good, &w.join("out"), "make", &[]);
+    assert_eq!(code, 0, "{}", text(&o));
+    assert!(snapshot(&src) == before, "the second run changed the tree");
+}
+
+/// On a tree built without suture, make compiles nothing: suture says so instead of
+/// pretending the diff touches nothing.
+#[test]
+fn already_built_tree_without_records_is_explained() {
+    let (w, src) = project("make", "prebuilt");
+    sh(&src, "make");
+    let diff = make_diff(&w, &src, &[UTIL_FIX]);
+    let (code, _, o) = build(&src, &diff, &w.join("out"), "make", &[]);
+    assert_eq!(code, 1, "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("compiled nothing") && err.contains("make clean"),
+        "{err}"
+    );
+    // After a clean, the records exist and a second run needs no rebuild.
+    let (code, _, o) = build(&src, &diff, &w.join("out"), "make clean && make", &[]);
+    assert_eq!(code, 0, "{}", text(&o));
+    let (code, _, o) = build(&src, &diff, &w.join("out"), "make", &[]);
+    assert_eq!(code, 0, "{}", text(&o));
+}
+
+#[test]
+fn build_failure_shows_the_log_tail() {
+    let (w, src) = project("make", "build-fails");
+    let diff = make_diff(&w, &src, &[UTIL_FIX]);
+    let (code, _, o) = build(
+        &src,
+        &diff,
+        &w.join("out"),
+        "echo compiling; echo broken-toolchain >&2; exit 7",
+        &[],
+    );
+    assert_eq!(code, 1, "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("the build failed") && err.contains("broken-toolchain"),
+        "{err}"
+    );
+}
+
+/// A stripped deployed copy of the same build binds (addresses from the rebuild, its twin),
+/// and the bundle applies to the stripped program; a different build is refused at build
+/// time (naming what differs) and at apply time (by build-id).
+#[test]
+fn targets_bind_by_build_id() {
+    let (w, src) = project("make", "targets");
+    let deployed = w.join("deployed");
+    std::fs::create_dir_all(&deployed).unwrap();
+    sh(&src, "make");
+    sh(
+        &w,
+        "strip -o deployed/prog src/prog && strip -o deployed/libgreet.so src/libgreet.so",
+    );
+    sh(&src, "make clean");
+    let diff = make_diff(&w, &src, &[UTIL_FIX, VERSION_FIX]);
+    let out = w.join("out");
+    let target = deployed.join("prog");
+    let (code, report, o) = build(
+        &src,
+        &diff,
+        &out,
+        "make",
+        &["--target", target.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{}", text(&o));
+    let b = bundle_of(&report, "prog");
+    assert_eq!(b["target"], target.to_str().unwrap());
+    assert_eq!(b["twin"]["kind"], "rebuild");
+    assert!(b["symbols_verified"].as_u64().unwrap() >= 2, "{b:#}");
+
+    // `--all` finds the process by build-id (unique to this test's build: paths are in it).
+    let p = Running::spawn(&target, &[]);
+    p.wait_for(BEFORE);
+    let o = suture(&["apply", out.join("prog.suture").to_str().unwrap(), "--all"]);
+    ok(&o);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("live in process {}", p.pid())),
+        "{}",
+        text(&o)
+    );
+    p.wait_for("limit=7 scale=20 answer=42 v=2");
+    ok(&suture(&["revert", "fix", "--pid", &p.pid()]));
+    p.wait_for(BEFORE);
+
+    // A damaged bundle is refused before anything else happens.
+    let mut damaged = std::fs::read(out.join("prog.suture")).unwrap();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0x20;
+    std::fs::write(w.join("damaged.suture"), &damaged).unwrap();
+    let o = suture(&[
+        "apply",
+        w.join("damaged.suture").to_str().unwrap(),
+        "--pid",
+        &p.pid(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("integrity check failed"),
+        "{}",
+        text(&o)
+    );
+
+    // Same build-id, other bytes: apply re-checks the recorded digests and refuses.
+    let tampered = w.join("tampered");
+    std::fs::create_dir_all(&tampered).unwrap();
+    let info = suture_build::elfinfo::ElfInfo::read(&src.join("prog")).unwrap();
+    let sym = suture_build::elfinfo::lookup(&info.symbols, "the_counter", Some("util.c")).unwrap();
+    let at =
+        info.bytes_at(sym.value, sym.size).unwrap().as_ptr() as usize - info.data.as_ptr() as usize;
+    let mut data = info.data.clone();
+    data[at + 4] ^= 1; // the_counter.limit, 100 -> 101: the program's output does not change
+    std::fs::write(tampered.join("prog"), &data).unwrap();
+    sh(
+        &w,
+        "chmod 755 tampered/prog && cp src/libgreet.so tampered/",
+    );
+    let t = Running::spawn(&tampered.join("prog"), &[]);
+    t.wait_for(BEFORE);
+    let o = suture(&[
+        "apply",
+        out.join("prog.suture").to_str().unwrap(),
+        "--pid",
+        &t.pid(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("not its bytes") && err.contains("the_counter"),
+        "{err}"
+    );
+    t.wait_for(BEFORE);
+
+    // Another build of the same source (other flags): different build-id and code.
+    let other = w.join("other");
+    sh(
+        &w,
+        &format!("cp -r '{}' other", projects().join("make").display()),
+    );
+    sh(
+        &other,
+        "make CFLAGS='-O1 -g' && mkdir deployed && strip -o deployed/prog prog",
+    );
+    let stripped = other.join("deployed/prog");
+    let (code, _, o) = build(
+        &src,
+        &diff,
+        &w.join("out2"),
+        "make",
+        &["--target", stripped.to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("does not match") && err.contains("build-id") && err.contains("stripped"),
+        "{err}"
+    );
+    // With its debug file, the functions are compared and the differing ones named.
+    let dbg = w.join("debug");
+    let id = {
+        let r = Command::new("readelf")
+            .args(["-n"])
+            .arg(other.join("prog"))
+            .output()
+            .unwrap();
+        let t = String::from_utf8_lossy(&r.stdout).to_string();
+        t.lines()
+            .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_string))
+            .unwrap()
+    };
+    let dfile = dbg
+        .join(".build-id")
+        .join(&id[..2])
+        .join(format!("{}.debug", &id[2..]));
+    std::fs::create_dir_all(dfile.parent().unwrap()).unwrap();
+    sh(
+        &other,
+        &format!("objcopy --only-keep-debug prog '{}'", dfile.display()),
+    );
+    let (code, _, o) = build(
+        &src,
+        &diff,
+        &w.join("out3"),
+        "make",
+        &[
+            "--target",
+            stripped.to_str().unwrap(),
+            "--debug-dir",
+            dbg.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1, "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("clamp_len") && err.contains("differ"), "{err}");
+
+    // The bundle for the first build cannot be applied to the other build's program.
+    let q = Running::spawn(&other.join("prog"), &[]);
+    q.wait_for(BEFORE);
+    let o = suture(&[
+        "apply",
+        out.join("prog.suture").to_str().unwrap(),
+        "--pid",
+        &q.pid(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("built for build-id") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    q.wait_for(BEFORE);
+}
