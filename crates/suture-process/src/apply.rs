@@ -11,6 +11,19 @@
 //!    writes every jump and sets the header to "live".
 //!
 //! Any failure after step 2 unmaps the region: the target keeps running its original code.
+//!
+//! **Patch memory is never released once the patch has been live.** After a revert (or a
+//! replacement) nothing jumps into the region any more, but the program may still hold
+//! pointers into it: a string constant of the patch passed to a library call in flight or
+//! stored in a heap object, a new global, the address of a new function registered as a
+//! callback. Unmapping would turn those into crashes (the stress test found exactly that: a
+//! thread inside `snprintf` with the patch's format string). So a reverted region stays mapped
+//! with its header in state "reverted", and the next apply of the same patch id whose linked
+//! code and read-only data are byte-identical at that address reuses it (steps 2 and 3 write
+//! only the header and the routine; the data segment keeps its values). Repeated
+//! apply/revert cycles of one patch therefore use one region; each distinct patch that was
+//! live costs its few pages for the life of the process. Regions left "loaded" by an
+//! interrupted apply were never live and are reclaimed.
 
 use std::time::{Duration, Instant};
 
@@ -429,8 +442,14 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
     let plan_size = plan.region_size();
     let size = plan_size + (code_pages + block_pages) * PAGE;
     let center = RemoteAddr(originals.iter().map(|(_, a)| a.0).min().unwrap_or(0));
-    let base = place(&maps, center, size)?;
-    let linked = plan.link(base, &resolver)?;
+    let (base, linked, reused) = match reusable(&mem, &plan, &resolver, pid, &opts.patch_id, size)?
+    {
+        Some((base, linked)) => (base, linked, true),
+        None => {
+            let base = place(&maps, center, size)?;
+            (base, plan.link(base, &resolver)?, false)
+        }
+    };
     let code_addr = base.offset(plan_size);
     let block_addr = code_addr.offset(code_pages * PAGE);
 
@@ -535,20 +554,21 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
     let site = SyscallSite::find_in(&maps, &mem)
         .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
 
-    // Regions an interrupted apply or revert left behind (never switched, or switched back).
+    // Regions an interrupted apply left behind (never switched, so nothing points into them).
     let leftovers: Vec<(RemoteAddr, u64)> = status(pid)
         .unwrap_or_default()
         .into_iter()
-        .filter(|p| p.header.state != State::Live)
+        .filter(|p| p.header.state == State::Loaded)
         .map(|p| (RemoteAddr(p.base), p.header.region_size))
         .collect();
 
-    // 2. Map the region with its final protections (and release leftovers in the same stop).
+    // 2. Map the region with its final protections (and release leftovers in the same stop);
+    //    a reused region is mapped already.
     let text_at = base.offset(plan.segment_offset(Segment::Text));
     let text_len = plan.segment_offset(Segment::Rodata) - plan.segment_offset(Segment::Text);
     let data_at = base.offset(plan.segment_offset(Segment::Data));
     let data_len = plan_size - plan.segment_offset(Segment::Data);
-    {
+    if !reused || !leftovers.is_empty() {
         let mut sp =
             StoppedProcess::stop(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
         // Every system call suture will make in the target, with its exact arguments, must
@@ -578,9 +598,6 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
             for &(at, len) in &leftovers {
                 c.push(Injected::munmap(ip, at.0, len));
             }
-            if let Some(p) = &replaced {
-                c.push(Injected::munmap(ip, p.base, p.header.region_size));
-            }
             // The commit routine's calls (the thread that runs it is chosen in the switch:
             // the leader's tid stands for it).
             c.extend(commit.syscalls(fd, pid.0 as u64));
@@ -594,6 +611,9 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
             let mut rm = sp.remote_ignoring_seccomp(&site)?;
             for &(at, len) in &leftovers {
                 rm.munmap(at, len)?;
+            }
+            if reused {
+                return Ok(());
             }
             rm.mmap_anonymous_at(base, size, Prot::READ)?;
             let r = (|| {
@@ -621,7 +641,16 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
     }
     crate::failpoint::hit("apply:mapped");
     let fail = |e: ApplyError| -> ApplyError {
-        let outcome = unmap(pid, &site, base, size);
+        let outcome = if reused {
+            // Never switched this time; the region stays retired (it may be referenced).
+            let _ = mem.write(
+                base.offset(Header::STATE_OFFSET),
+                &Header::state_bytes(State::Reverted),
+            );
+            Outcome::Untouched
+        } else {
+            unmap(pid, &site, base, size)
+        };
         match e {
             ApplyError::Process { source, .. } => ApplyError::Process { source, outcome },
             ApplyError::Busy {
@@ -643,8 +672,12 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
     // 3. Write everything while the target runs (nothing refers to the region yet).
     let written = (|| {
         mem.write(base, &header_bytes)?;
-        for (_, addr, bytes) in &linked.segments {
-            mem.write(*addr, bytes)?;
+        // A reused region's code and read-only data are identical already; its data keeps
+        // the values the program gave it.
+        if !reused {
+            for (_, addr, bytes) in &linked.segments {
+                mem.write(*addr, bytes)?;
+            }
         }
         mem.write(code_addr, &commit.code)?;
         mem.write(block_addr, &commit.block)
@@ -667,15 +700,8 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
             timeout: opts.timeout,
             failpoint: "apply:stopped",
         },
-        // Nothing can run the replaced patch's code any more: release it in the same stop.
-        |sp| {
-            if let Some(p) = &replaced {
-                // Checked with the other calls before mapping.
-                if let Ok(mut rm) = sp.remote_ignoring_seccomp(&site) {
-                    let _ = rm.munmap(RemoteAddr(p.base), p.header.region_size);
-                }
-            }
-        },
+        // The replaced patch's region stays mapped, retired (see the module comment).
+        |_| {},
     )
     .map_err(fail)?;
     tracing::info!(pid = pid.0, patch = %opts.patch_id, functions = redirects.len(), "patch applied");
@@ -861,6 +887,41 @@ pub fn status(pid: Pid) -> Result<Vec<LivePatch>, crate::error::Error> {
     Ok(out)
 }
 
+/// A retired (reverted) region of patch `patch_id`, of `size` bytes, where the patch links to
+/// exactly the code and read-only data the region holds: it can be switched again as it is.
+fn reusable<'p>(
+    mem: &ProcessMemory,
+    plan: &Plan<'p>,
+    resolver: &dyn Resolver,
+    pid: Pid,
+    patch_id: &str,
+    size: u64,
+) -> Result<Option<(RemoteAddr, crate::link::Linked)>, ApplyError> {
+    let mut retired: Vec<LivePatch> = status(pid)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| {
+            p.header.state == State::Reverted
+                && p.header.patch_id == patch_id
+                && p.header.region_size == size
+        })
+        .collect();
+    retired.sort_by_key(|p| std::cmp::Reverse((p.header.applied_at, p.base)));
+    for p in retired {
+        let base = RemoteAddr(p.base);
+        let linked = plan.link(base, resolver)?;
+        let same = linked
+            .segments
+            .iter()
+            .filter(|(seg, _, _)| *seg != Segment::Data)
+            .all(|(_, at, bytes)| mem.read_vec(*at, bytes.len()).is_ok_and(|b| b == *bytes));
+        if same {
+            return Ok(Some((base, linked)));
+        }
+    }
+    Ok(None)
+}
+
 /// The most recent live patch with this id.
 fn latest_live(patches: &[LivePatch], patch_id: &str, pid: Pid) -> Result<LivePatch, ApplyError> {
     patches
@@ -1007,9 +1068,7 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
         unwind.add_elf(name, bytes, *bias, code.clone());
     }
     add_live_patches(&mut unwind, &mem, &maps, &patches);
-    let site = SyscallSite::find_in(&maps, &mem)
-        .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-    let (base, size) = (RemoteAddr(p.base), p.header.region_size);
+    let base = RemoteAddr(p.base);
     switch(
         pid,
         &Switch {
@@ -1024,20 +1083,9 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
             timeout,
             failpoint: "revert:stopped",
         },
-        // Nothing can run the patch code any more: release it in the same stop.
-        |sp| {
-            let unmap = [crate::seccomp::Injected::munmap(
-                site.addr().0 + 2,
-                base.0,
-                size,
-            )];
-            if sp.check_seccomp(&unmap).is_err() {
-                return; // left in state "reverted"; a later apply releases it
-            }
-            if let Ok(mut rm) = sp.remote_ignoring_seccomp(&site) {
-                let _ = rm.munmap(base, size);
-            }
-        },
+        // The region stays mapped, retired: the program may still point into it (see the
+        // module comment); the next apply of this patch reuses it.
+        |_| {},
     )?;
     tracing::info!(pid = pid.0, patch = patch_id, "patch reverted");
     Ok(p)

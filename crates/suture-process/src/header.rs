@@ -37,7 +37,8 @@ pub enum State {
     Loaded,
     /// Every redirect is written.
     Live,
-    /// The redirects were undone; the region is about to be unmapped.
+    /// The redirects were undone. The region stays mapped (the program may still point into
+    /// it) and is reused by the next apply of the same patch.
     Reverted,
 }
 

@@ -113,10 +113,7 @@ fn apply_changes_behaviour_and_revert_restores_it() {
 
     revert(pid, "lib-fix", Duration::from_secs(3)).expect("revert");
     wait_for(&lines, "v=1 s=31");
-    assert!(
-        status(pid).unwrap().is_empty(),
-        "region released after revert"
-    );
+    assert!(no_live(pid), "nothing live after revert");
 
     // Apply again, then the program must still be healthy (no crash, no stray stop).
     apply(pid, &patch, &opts).expect("second apply");
@@ -299,10 +296,7 @@ int main(void) {
         }
         other => panic!("expected a busy refusal, got {other:?}"),
     }
-    assert!(
-        status(pid).unwrap().is_empty(),
-        "nothing left in the target"
-    );
+    assert!(no_live(pid), "nothing left in the target");
     let maps_after = std::fs::read_to_string(format!("/proc/{}/maps", pid.0)).unwrap();
     assert_eq!(
         maps_before.lines().count(),
@@ -355,7 +349,7 @@ fn stacked_patches_revert_in_reverse_order() {
     wait_for(&lines, "v=2 s=1031");
     revert(pid, "first", Duration::from_secs(3)).expect("revert first");
     wait_for(&lines, "v=1 s=31");
-    assert!(status(pid).unwrap().is_empty());
+    assert!(no_live(pid));
 }
 
 /// Starts `cmd` with its stdout read line by line on a thread.
@@ -472,9 +466,19 @@ fn a_live_patch_is_replaced_by_its_newer_version() {
     let a = apply(pid, &v2, &opts("fix-v2", Some("fix"))).expect("v2 replaces v1");
     assert_eq!(a.replaced.as_deref(), Some("fix"));
     wait_for(&lines, "v=3 s=31");
-    let live = status(pid).unwrap();
-    assert_eq!(live.len(), 1, "the replaced region is released: {live:?}");
+    let all = status(pid).unwrap();
+    let live: Vec<_> = all
+        .iter()
+        .filter(|p| p.header.state == State::Live)
+        .collect();
+    assert_eq!(live.len(), 1, "{all:?}");
     assert_eq!(live[0].header.patch_id, "fix-v2");
+    // The replaced version's memory stays mapped, retired (the program may point into it).
+    assert!(
+        all.iter()
+            .any(|p| p.header.patch_id == "fix" && p.header.state == State::Reverted),
+        "{all:?}"
+    );
     // Replacing a patch that is not live, or one with another patch on top, is refused and
     // changes nothing.
     let e = apply(pid, &v1, &opts("x", Some("fix"))).unwrap_err();
@@ -488,7 +492,7 @@ fn a_live_patch_is_replaced_by_its_newer_version() {
     // Reverting the newer version restores the original code, not the version it replaced.
     revert(pid, "fix-v2", Duration::from_secs(3)).expect("revert v2");
     wait_for(&lines, "v=1 s=31");
-    assert!(status(pid).unwrap().is_empty());
+    assert!(no_live(pid));
 }
 
 /// A live frame may hold a stale address of patch code (here a variable of `main`; in real
@@ -541,7 +545,7 @@ int main(void) {
     // The address of patch code now sits in main's frame for good.
     revert(pid, "stale", Duration::from_secs(1)).expect("revert despite the stale address");
     wait_for(&lines, "v=1 keep=patch");
-    assert!(status(pid).unwrap().is_empty());
+    assert!(no_live(pid));
 }
 
 /// Stack checks unwind through the code of live patches (their `.eh_frame`, located by the
@@ -614,4 +618,72 @@ int main(void) {
     // The worker now sleeps inside patch A's f nearly all the time.
     apply(pid, &patch_b, &opts("b")).expect("apply b while a thread runs patch A's code");
     wait_for(&lines, "f=2 g=2");
+}
+
+/// No patch is live in `pid` (reverted regions stay mapped, retired: see apply.rs).
+fn no_live(pid: Pid) -> bool {
+    status(pid)
+        .unwrap()
+        .iter()
+        .all(|p| p.header.state != suture_process::header::State::Live)
+}
+
+/// The program keeps a pointer to a string constant of the patch across the revert (here in a
+/// local; in real programs often in a heap object or a library call in flight). Revert must
+/// not release that memory: the program goes on printing the string, and the next apply of the
+/// same patch reuses the retired region instead of mapping a new one.
+#[test]
+fn revert_keeps_patch_memory_the_program_may_point_into() {
+    const MAIN_PTR: &str = r#"
+#include <stdio.h>
+#include <unistd.h>
+const char *name(void);
+int main(void) {
+    setvbuf(stdout, 0, _IOLBF, 0);
+    const char *keep = name();
+    for (unsigned long i = 0;; i++) {
+        const char *now = name();
+        if (now[0] == 't') keep = now;
+        printf("now=%s keep=%s\n", now, keep);
+        usleep(2000);
+    }
+}
+"#;
+    const LIB_PTR: &str = "const char *name(void) { return \"one\"; }\n";
+    let fixed = LIB_PTR.replace("\"one\"", "\"two, from the patch\"");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-retain");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("orig")).unwrap();
+    std::fs::write(dir.join("main.c"), MAIN_PTR).unwrap();
+    std::fs::write(dir.join("orig/lib.c"), LIB_PTR).unwrap();
+    let flags = ["-O2", "-g", "-ffunction-sections", "-fdata-sections", "-c"];
+    let mut args = flags.to_vec();
+    args.extend(["lib.c", "-o", "lib.o"]);
+    gcc(&dir.join("orig"), &args);
+    let patch = patch_to(&dir, "fixed", &fixed);
+    gcc(&dir, &["-O2", "-g", "main.c", "orig/lib.o", "-o", "prog"]);
+    let (mut child, lines) = spawn_lines(&mut Command::new(dir.join("prog")));
+    wait_for(&lines, "now=one keep=one");
+    let pid = Pid(child.0.id() as i32);
+    let opts = ApplyOptions {
+        patch_id: "name".into(),
+        ..Default::default()
+    };
+    let first = apply(pid, &patch, &opts).expect("apply");
+    wait_for(&lines, "now=two, from the patch keep=two, from the patch");
+    revert(pid, "name", Duration::from_secs(3)).expect("revert");
+    // The original code runs; the pointer into the patch's rodata stays valid.
+    wait_for(&lines, "now=one keep=two, from the patch");
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(child.0.try_wait().unwrap().is_none(), "the program died");
+    let retired = status(pid).unwrap();
+    assert_eq!(retired.len(), 1, "{retired:?}");
+    assert_eq!(retired[0].header.state, State::Reverted);
+    // Apply again: the same region is switched again, nothing new is mapped.
+    let again = apply(pid, &patch, &opts).expect("apply again");
+    assert_eq!(again.base, first.base, "the retired region is reused");
+    assert_eq!(status(pid).unwrap().len(), 1);
+    wait_for(&lines, "now=two, from the patch");
+    revert(pid, "name", Duration::from_secs(3)).expect("revert again");
+    wait_for(&lines, "now=one keep=two, from the patch");
 }

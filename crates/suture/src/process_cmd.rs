@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use suture_process::apply::{self, ApplyOptions, LivePatch};
+use suture_process::header::State;
 use suture_process::ids::Pid;
 
 use crate::exit;
@@ -193,9 +194,13 @@ pub fn status(pid: Option<i32>, json: bool) -> Result<u8> {
         return Ok(exit::OK);
     }
     let mut text = String::new();
-    if live.is_empty() {
+    if !live.iter().any(|l| l.header.state == State::Live) {
         text.push_str("no live patches\n");
     }
+    // Live patches first; then regions kept after a revert ("reverted": the program may still
+    // point into them, and the next apply of that patch reuses them) and leftovers of an
+    // interrupted apply ("loaded": reclaimed by the next apply).
+    live.sort_by_key(|l| (l.header.state != State::Live, l.pid, l.base));
     for l in &live {
         let state = serde_json::to_value(l.header.state)?;
         text += &format!(

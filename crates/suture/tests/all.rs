@@ -147,6 +147,7 @@ fn live(pids: &[i32]) -> Vec<(i32, String)> {
         .as_array()
         .expect("a patches array")
         .iter()
+        .filter(|p| p["header"]["state"] == "live")
         .map(|p| {
             (
                 p["pid"].as_i64().unwrap() as i32,
