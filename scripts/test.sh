@@ -12,7 +12,7 @@ cache=${SUTURE_CACHE:-/var/tmp/suture}
 mkdir -p "$cache"
 
 packages=(gcc clang binutils patch make util-linux gcc-multilib cmake autoconf automake libtool
-    diffutils)
+    diffutils procps)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

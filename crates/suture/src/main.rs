@@ -163,8 +163,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run suture on a built-in example: compile a small service before and after a fix, show
-    /// what changed and write the patch object.
+    /// Run suture on a built-in example: start a small network service with a memory leak bug,
+    /// show the leak, patch it live under load from a shipped fix, show the leak is gone,
+    /// revert, and clean up (needs gcc, make and patch).
     Demo {
         /// Keep the working directory (printed) instead of deleting it.
         #[arg(long)]

@@ -161,22 +161,6 @@ fn usage_errors_exit_1_not_2() {
 }
 
 #[test]
-fn demo_runs_and_cleans_up() {
-    let out = suture(&["demo".as_ref()]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("patchable") && text.contains("Wrote the patch object"),
-        "{text}"
-    );
-}
-
-#[test]
 fn a_closed_pipe_ends_quietly() {
     let d = work("epipe");
     // 3,000 changed functions: far more JSON than a pipe buffers.
