@@ -54,8 +54,10 @@ pub enum Outcome {
 pub enum ApplyError {
     #[error("{0} (target untouched)")]
     Patch(String),
+    /// (The link error is the whole message, not a source: printing the error chain must not
+    /// repeat it.)
     #[error("{0} (target untouched)")]
-    Link(#[from] LinkError),
+    Link(LinkError),
     /// The process-level error, with the outcome of the whole operation in place of the
     /// target state the failing step reported (apply resumes, and may roll back, afterwards).
     #[error("{}; {}", without_state(&source.to_string()), outcome_word(*.outcome))]
@@ -64,11 +66,13 @@ pub enum ApplyError {
         source: crate::error::Error,
         outcome: Outcome,
     },
-    #[error("{function} is still running in thread {tid} after {waited:?}; the patch was not applied ({outcome})", outcome = outcome_word(*.outcome))]
+    #[error("{function} is still running in thread {tid} after {waited:?}; the patch was not {done} ({outcome})", outcome = outcome_word(*.outcome))]
     Busy {
         function: String,
         tid: Tid,
         waited: Duration,
+        /// What did not happen: "applied" or "reverted".
+        done: &'static str,
         outcome: Outcome,
     },
     #[error("{0} ({outcome})", outcome = outcome_word(*.1))]
@@ -87,6 +91,12 @@ fn without_state(message: &str) -> &str {
     match message.rfind("; target ") {
         Some(at) => &message[..at],
         None => message,
+    }
+}
+
+impl From<LinkError> for ApplyError {
+    fn from(e: LinkError) -> Self {
+        ApplyError::Link(e)
     }
 }
 
@@ -657,11 +667,13 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
                 function,
                 tid,
                 waited,
+                done,
                 ..
             } => ApplyError::Busy {
                 function,
                 tid,
                 waited,
+                done,
                 outcome,
             },
             ApplyError::Target(m, _) => ApplyError::Target(m, outcome),
@@ -768,6 +780,11 @@ fn switch(
                     function,
                     tid,
                     waited: started.elapsed(),
+                    done: if sw.want == State::Reverted {
+                        "reverted"
+                    } else {
+                        "applied"
+                    },
                     outcome: Outcome::Untouched,
                 });
             }
