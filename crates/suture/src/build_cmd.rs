@@ -165,7 +165,7 @@ fn find_object(
 
 /// The bundle's symbols as a symbol table for the patched object (used where the mapped file
 /// is stripped).
-fn bundle_symbols(m: &suture_bundle::Manifest) -> suture_process::symbols::ElfSymbols {
+pub(crate) fn bundle_symbols(m: &suture_bundle::Manifest) -> suture_process::symbols::ElfSymbols {
     use suture_process::symbols::{ElfSymbols, Sym};
     let mut t = ElfSymbols {
         has_symtab: true,

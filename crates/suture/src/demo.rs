@@ -173,24 +173,12 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 struct PatchFile {
     /// The source file it changes, relative to the source tree.
     unit: String,
-    /// The patch object (`suture diff -o` format).
+    /// The patch object of the bundle `suture build` wrote.
     bytes: Vec<u8>,
     /// The functions it replaces.
     functions: Vec<String>,
-    /// The differ's human report.
-    report: String,
-}
-
-/// The `.c` files a unified diff changes (from its `+++ b/PATH` lines).
-fn changed_units(diff: &str) -> Vec<String> {
-    let mut v: Vec<String> = diff
-        .lines()
-        .filter_map(|l| l.strip_prefix("+++ "))
-        .map(|p| p.split('\t').next().unwrap_or(p).trim())
-        .map(|p| p.split_once('/').map_or(p, |(_, rest)| rest).to_string())
-        .collect();
-    v.dedup();
-    v
+    /// The symbols the bundle records for the deployed binary.
+    symbols: std::sync::Arc<suture_process::symbols::ElfSymbols>,
 }
 
 /// Builds live patches for the service built by `make` in `deployed` (from the pristine
@@ -199,51 +187,40 @@ fn changed_units(diff: &str) -> Vec<String> {
 /// (each changed unit is rebuilt with the project's own rule, `make UNIT.o`, in a patched copy
 /// of the sources and diffed against the deployed object).
 fn build_patch(source: &Path, diff: &Path, deployed: &Path, work: &Path) -> Result<Vec<PatchFile>> {
-    let fixed = work.join("fixed");
-    copy_tree(source, &fixed)?;
-    run_tool(
-        Command::new("patch")
-            .current_dir(&fixed)
-            .args(["-s", "-p1", "-i"])
-            .arg(diff),
-        "patch (applying the fix to a copy of the sources)",
-    )?;
-    let text = std::fs::read_to_string(diff)?;
-    let units = changed_units(&text);
-    if units.is_empty() {
-        bail!("{} changes no file", diff.display());
+    let opts = suture_build::BuildOptions {
+        source: source.to_path_buf(),
+        diff: diff.to_path_buf(),
+        build_cmd: "make".into(),
+        targets: vec![deployed.to_path_buf()],
+        out_dir: work.join("out"),
+        patch_id: Some(PATCH_ID.into()),
+        created_by: format!("suture {}", env!("CARGO_PKG_VERSION")),
+        debug_dirs: Vec::new(),
+        wrapper_exe: std::env::current_exe()?,
+    };
+    let report = suture_build::build(&opts, &mut |line| detail(line))
+        .map_err(|e| anyhow::anyhow!("suture build: {e}"))?;
+    if report.bundles.is_empty() {
+        let why: Vec<String> = report
+            .refusals
+            .iter()
+            .map(|r| format!("{} {}: {}", r.file, r.symbol, r.reason))
+            .collect();
+        bail!(
+            "suture build wrote no bundle ({:?}): {}",
+            report.outcome,
+            why.join("; ")
+        );
     }
     let mut out = Vec::new();
-    for unit in units {
-        if !unit.ends_with(".c") {
-            bail!("the fix changes {unit}, which is not a C translation unit");
-        }
-        let object = Path::new(&unit).with_extension("o");
-        make(&fixed, &[&object.to_string_lossy()])?;
-        let orig = crate::read(&deployed.join(&object))?;
-        let new = crate::read(&fixed.join(&object))?;
-        let a = suture_object::Object::parse(&orig)
-            .with_context(|| format!("reading the deployed {}", object.display()))?;
-        let b = suture_object::Object::parse(&new)
-            .with_context(|| format!("reading the fixed {}", object.display()))?;
-        let d = suture_object::analyze(&a, &b)?;
-        let report = crate::diff_cmd::human(&d.report);
-        if d.report.status != suture_object::Status::Patchable {
-            bail!("{unit}: the fix cannot be live-patched:\n{report}");
-        }
-        let bytes = suture_object::emit::emit(&d)?;
-        let functions = d
-            .report
-            .changed_functions
-            .iter()
-            .map(|f| f.name.clone())
-            .collect();
-        std::fs::write(work.join(object.with_extension("patch.o")), &bytes)?;
+    for b in &report.bundles {
+        let bytes = crate::read(Path::new(&b.path))?;
+        let bundle = suture_bundle::decode(&bytes).with_context(|| b.path.clone())?;
         out.push(PatchFile {
-            unit,
-            bytes,
-            functions,
-            report,
+            unit: b.units.join(", "),
+            functions: b.functions.clone(),
+            symbols: std::sync::Arc::new(crate::build_cmd::bundle_symbols(&bundle.manifest)),
+            bytes: bundle.patch_object,
         });
     }
     Ok(out)
@@ -510,7 +487,7 @@ fn run_in(dir: &Path) -> Result<u8> {
     let fix = dir.join("fix.diff");
     std::fs::write(&fix, FIX)?;
 
-    step("Building it as deployed: make (gcc -O2 -g -ffunction-sections -fdata-sections)");
+    step("Building it as deployed: make (gcc -O2 -g, reproducible paths)");
     copy_tree(&src, &deployed)?;
     make(&deployed, &[])?;
     let exe = deployed.join("service");
@@ -530,11 +507,15 @@ fn run_in(dir: &Path) -> Result<u8> {
 
     step("The fix (fix.diff):");
     detail(FIX.trim_end());
-    step("Building the live patch: rebuilding the changed unit before and after the fix, then diffing");
-    let patches = build_patch(&src, &fix, &deployed, dir)?;
+    step(&format!(
+        "Building the live patch: suture build --source {} --diff fix.diff --target {} -o {}",
+        src.display(),
+        exe.display(),
+        dir.join("out").display()
+    ));
+    let patches = build_patch(&src, &fix, &exe, dir)?;
     for p in &patches {
-        detail(&format!("{}:", p.unit));
-        detail(p.report.trim_end());
+        detail(&format!("{}: replaces {}", p.unit, p.functions.join(", ")));
     }
 
     let load = Load::start(port)?;
@@ -549,14 +530,15 @@ fn run_in(dir: &Path) -> Result<u8> {
     step(&format!(
         "Applying the patch to the running service (pid {pid}) while the clients keep it busy"
     ));
-    let opts = ApplyOptions {
-        patch_id: PATCH_ID.into(),
-        timeout: Duration::from_secs(3),
-        object: None,
-        ..Default::default()
-    };
     let mut windows = Vec::new();
     for p in &patches {
+        let opts = ApplyOptions {
+            patch_id: PATCH_ID.into(),
+            timeout: Duration::from_secs(3),
+            object: Some(exe.to_string_lossy().into_owned()),
+            symbols: Some(p.symbols.clone()),
+            ..Default::default()
+        };
         let applied = apply::apply(Pid(pid), &p.bytes, &opts)
             .with_context(|| format!("applying the patch of {}", p.unit))?;
         detail(&format!(
@@ -685,11 +667,6 @@ fn wait_service(timeout: Duration) -> Result<std::process::ExitStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_shipped_fix_changes_proto_c() {
-        assert_eq!(changed_units(FIX), ["proto.c"]);
-    }
 
     #[test]
     fn leaked_bytes_are_shown_readably() {
