@@ -35,6 +35,29 @@ export SUTURE_DEBIAN_SRC="$cache/debian-src"
 export SUTURE_REAL_BUILD="$cache/real-build"
 mkdir -p "$SUTURE_DEBIAN_SRC"
 
+# The booted-guest tier (tests/kernel_guest.rs): QEMU (TCG) boots Debian's stock kernel, whose
+# image scripts/guest-kernel.sh fetches into the cache. Without recommends: no GUI, no firmware
+# beyond the BIOS.
+guest_packages=(qemu-system-x86 busybox-static)
+guest_missing=()
+for p in "${guest_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || guest_missing+=("$p")
+done
+if [ "${#guest_missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "==> installing ${guest_missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${guest_missing[@]}"
+    else
+        echo "missing Debian packages: ${guest_missing[*]} (run as root to install them)" >&2
+        exit 1
+    fi
+fi
+echo "==> preparing the guest kernel in $cache/guest"
+bash scripts/guest-kernel.sh "$cache/guest"
+export SUTURE_GUEST_CACHE="$cache/guest"
+
 echo "==> cargo test"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod build_cmd;
 mod demo;
 mod diff_cmd;
+mod kernel_cmd;
 mod process_cmd;
 
 /// Exit statuses, documented in `--help` and README.md.
@@ -122,6 +123,12 @@ enum Command {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Manage live patches of the running Linux kernel (livepatch modules, through
+    /// /sys/kernel/livepatch): load, unload, status.
+    Kernel {
+        #[command(subcommand)]
+        command: kernel_cmd::KernelCommand,
     },
     /// Build live-patch bundles from a source tree and a fix (a unified diff).
     ///
@@ -247,6 +254,7 @@ fn main() -> ExitCode {
             json,
         }),
         Command::Demo { keep } => demo::run(keep),
+        Command::Kernel { command } => kernel_cmd::run(command),
     };
     match result {
         Ok(code) => ExitCode::from(code),

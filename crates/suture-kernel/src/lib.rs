@@ -1,0 +1,8 @@
+//! Kernel live patches for the running Linux kernel.
+//!
+//! - [`livepatch`]: the runtime side, `/sys/kernel/livepatch`: load a patch module, wait for
+//!   the transition (reporting the tasks that block it), unload, status.
+//! - [`kbuild`]: build an out-of-tree module directory against a kernel headers tree.
+
+pub mod kbuild;
+pub mod livepatch;
