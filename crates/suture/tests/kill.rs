@@ -247,8 +247,40 @@ fn apply_status_revert_through_the_cli() {
         "{text}"
     );
 
+    // A newer version replaces it in one switch (--replace); the old one is retired.
     let out = suture()
-        .args(["revert", "lib.patch", "--pid", &pid])
+        .arg("apply")
+        .arg(&patch)
+        .args([
+            "--pid",
+            &pid,
+            "--id",
+            "lib.patch.v2",
+            "--replace",
+            "lib.patch",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["processes"][0]["result"]["replaced"], "lib.patch");
+    let out = suture().args(["status", "--pid", &pid]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("lib.patch.v2 (live)") && text.contains("lib.patch (reverted)"),
+        "{text}"
+    );
+    assert!(lines_for(&rx, Duration::from_millis(100))
+        .iter()
+        .all(|l| l == NEW));
+    let out = suture()
+        .args(["revert", "lib.patch.v2", "--pid", &pid])
         .output()
         .unwrap();
     assert_eq!(
