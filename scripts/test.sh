@@ -11,8 +11,9 @@ exec </dev/null
 cache=${SUTURE_CACHE:-/var/tmp/suture}
 mkdir -p "$cache"
 
-packages=(gcc clang binutils patch make util-linux gcc-multilib cmake autoconf automake libtool
-    diffutils procps)
+packages=(gcc clang binutils patch make util-linux gcc-multilib cmake autoconf automake libtool diffutils
+    dpkg-dev debhelper quilt pkg-config bc libevent-dev libsasl2-dev libssl-dev sasl2-bin
+    libsasl2-modules procps)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -34,6 +35,10 @@ export SUTURE_KERNEL_TREE="$cache/kernel-tree"
 export SUTURE_DEBIAN_SRC="$cache/debian-src"
 export SUTURE_REAL_BUILD="$cache/real-build"
 mkdir -p "$SUTURE_DEBIAN_SRC"
+
+echo "==> preparing the memcached security-update case in $cache/memcached"
+bash scripts/memcached-case.sh "$cache"
+export SUTURE_MEMCACHED_CASE="$cache/memcached"
 
 # The booted-guest tier (tests/kernel_guest.rs): QEMU (TCG) boots Debian's stock kernel, whose
 # image scripts/guest-kernel.sh fetches into the cache. Without recommends: no GUI, no firmware
