@@ -4,5 +4,9 @@
 //!   the transition (reporting the tasks that block it), unload, status.
 //! - [`kbuild`]: build an out-of-tree module directory against a kernel headers tree.
 
+pub mod generate;
+pub mod kallsyms;
 pub mod kbuild;
+pub mod klp;
 pub mod livepatch;
+pub mod tree;

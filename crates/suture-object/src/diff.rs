@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use crate::elf::{Bind, Object, SecIdx};
 use crate::names;
 use crate::report::*;
+use crate::special::{self, Entry};
 use crate::units::{Target, Unit, UnitId, UnitKind, Units};
 use crate::x86;
 
@@ -141,6 +142,43 @@ pub fn diff<'o, 'a>(orig: &'o Object<'a>, patched: &'o Object<'a>) -> Diff<'o, '
                     copies.insert(b);
                 }
             }
+        }
+    }
+
+    // Functions whose code is the same but whose descriptor entries (jump labels, bug and
+    // exception tables, alternatives, ...) differ.
+    let o_entries = special::entries_by_unit(&o);
+    let p_entries = special::entries_by_unit(&p);
+    for b in p.ids() {
+        let Some(a) = p2o[b.0 as usize] else { continue };
+        if p.unit(b).kind != UnitKind::Func || changed.contains_key(&b) {
+            continue;
+        }
+        if let Some(r) = cmp.entries_diff(&o_entries[a.0 as usize], &p_entries[b.0 as usize]) {
+            changed.insert(b, vec![r]);
+        }
+    }
+    for (sec, f) in special::unknown_tables_into(&p, |u| changed.contains_key(&u)) {
+        unsupported.push(Unsupported {
+            symbol: p.unit(f).name.clone(),
+            kind: UnsupportedKind::SpecialSection,
+            reason: format!(
+                "{sec} (a section without symbols that describes code) has entries pointing \
+                 inside this function; suture does not know its layout, so it cannot carry \
+                 them with the patched copy"
+            ),
+        });
+    }
+    for (side, obj) in [("original", orig), ("patched", patched)] {
+        for name in special::malformed_tables(obj) {
+            unsupported.push(Unsupported {
+                symbol: String::new(),
+                kind: UnsupportedKind::SpecialSection,
+                reason: format!(
+                    "{name} of the {side} object is not a whole number of entries of the \
+                     layout suture knows (Linux 6.1, x86-64); its entries cannot be carried"
+                ),
+            });
         }
     }
 
@@ -692,6 +730,99 @@ impl Cmp<'_, '_, '_> {
         reasons
     }
 
+    /// Why the descriptor entries of two correlated functions differ, if they do. Entries are
+    /// compared in table order: their position in the function, their bytes (minus ignored
+    /// fields such as `__bug_table` line numbers), what their relocations point at, the
+    /// parallel `.orc_unwind` entry and an alternative's replacement code.
+    fn entries_diff(&self, ea: &[Entry], eb: &[Entry]) -> Option<Reason> {
+        let metadata = |detail: String| {
+            Some(Reason {
+                kind: ReasonKind::Metadata,
+                detail,
+            })
+        };
+        let count = |es: &[Entry], name: &str| es.iter().filter(|e| e.table.name == name).count();
+        for t in special::TABLES {
+            let (na, nb) = (count(ea, t.name), count(eb, t.name));
+            if na != nb {
+                return metadata(format!("{nb} entries in {} instead of {na}", t.name));
+            }
+        }
+        for (x, y) in ea.iter().zip(eb) {
+            let name = x.table.name;
+            if x.rel != y.rel {
+                return metadata(format!(
+                    "a {name} entry moved from +{:#x} to +{:#x}",
+                    x.rel, y.rel
+                ));
+            }
+            let (sa, sb) = (self.o.obj.section(x.sec), self.p.obj.section(y.sec));
+            let (mut ba, mut bb) = (
+                sa.bytes(x.start(), x.end()).to_vec(),
+                sb.bytes(y.start(), y.end()).to_vec(),
+            );
+            if let Some((lo, hi)) = x.table.ignore {
+                for v in [&mut ba, &mut bb] {
+                    for byte in v.iter_mut().take(hi as usize).skip(lo as usize) {
+                        *byte = 0;
+                    }
+                }
+            }
+            if ba != bb {
+                return metadata(format!("the {name} entry at +{:#x} differs", y.rel));
+            }
+            let mut reasons = Vec::new();
+            self.relocs_diff(
+                self.o.section_relocs(x.sec, x.start(), x.end()),
+                x.start(),
+                self.p.section_relocs(y.sec, y.start(), y.end()),
+                y.start(),
+                &mut reasons,
+            );
+            if let Some(r) = reasons.first() {
+                return metadata(format!("the {name} entry at +{:#x}: {}", y.rel, r.detail));
+            }
+            if let Some((par, size)) = x.table.parallel {
+                let pa = special::section_named(self.o.obj, par).map(|s| {
+                    self.o
+                        .obj
+                        .section(s)
+                        .bytes(x.index * size, (x.index + 1) * size)
+                });
+                let pb = special::section_named(self.p.obj, par).map(|s| {
+                    self.p
+                        .obj
+                        .section(s)
+                        .bytes(y.index * size, (y.index + 1) * size)
+                });
+                if pa != pb {
+                    return metadata(format!("the {par} entry at +{:#x} differs", y.rel));
+                }
+            }
+            match (
+                special::replacement(self.o, x),
+                special::replacement(self.p, y),
+            ) {
+                (None, None) => {}
+                (Some((sa, a0, a1)), Some((sb, b0, b1))) => {
+                    if !self.range_equal(sa, (a0, a1), sb, (b0, b1)) {
+                        return metadata(format!(
+                            "the replacement code of the alternative at +{:#x} differs",
+                            y.rel
+                        ));
+                    }
+                }
+                _ => {
+                    return metadata(format!(
+                        "the replacement code of the alternative at +{:#x} differs",
+                        y.rel
+                    ))
+                }
+            }
+        }
+        None
+    }
+
     /// Memoised, cycle-safe comparison. While `key` is being compared it is assumed equal
     /// (tables pointing back into their function compare equal unless something else
     /// differs). If it turns out different, every "equal" concluded under that assumption is
@@ -853,6 +984,22 @@ fn collect_references(d: &Diff) -> (Vec<Reference>, Vec<Unsupported>) {
     for &u in d.included.keys() {
         for (_, t) in p.relocs(u) {
             sources.push((u, t, false));
+        }
+    }
+    // Descriptor entries carried with included functions (see `emit::special`).
+    let entries = special::entries_by_unit(p);
+    for &u in d.included.keys() {
+        for e in entries[u.0 as usize].iter().filter(|e| e.table.carry) {
+            for (_, t) in p.section_relocs(e.sec, e.start(), e.end()) {
+                if !matches!(t, Target::Anon { .. }) || special::replacement(p, e).is_none() {
+                    sources.push((u, t, true));
+                }
+            }
+            if let Some((rsec, r0, r1)) = special::replacement(p, e) {
+                for (_, t) in p.section_relocs(rsec, r0, r1) {
+                    sources.push((u, t, true));
+                }
+            }
         }
     }
     if let Ok(Some((sec, fdes))) = p.eh_frame_records() {

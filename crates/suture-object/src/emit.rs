@@ -25,6 +25,7 @@ use crate::diff::{Diff, Role};
 use crate::elf::{Bind, Reloc, SecIdx, SymKind};
 use crate::error::{Error, Result};
 use crate::names;
+use crate::special;
 use crate::units::{Target, UnitId, UnitKind};
 
 /// Name of the section carrying the JSON manifest.
@@ -424,6 +425,110 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
         Ok(())
     }
 
+    /// Copies the descriptor-table entries of included functions (see [`crate::special`]):
+    /// one output section per table, entries in unit then entry order, relocations rewritten
+    /// so that references into included code point at the patch's copy. An alternative's
+    /// replacement bytes go to `.altinstr_replacement`, `.orc_unwind` follows `.orc_unwind_ip`.
+    fn special(&mut self) -> Result<()> {
+        let p = &self.d.patched;
+        let entries = special::entries_by_unit(p);
+        let included: Vec<UnitId> = self
+            .d
+            .included
+            .iter()
+            .filter(|(u, _)| p.unit(**u).kind == UnitKind::Func)
+            .map(|(u, _)| *u)
+            .collect();
+        let mut repl_out: Option<(SectionId, SymbolId)> = None;
+        for t in special::TABLES.iter().filter(|t| t.carry) {
+            let mine: Vec<&special::Entry> = included
+                .iter()
+                .flat_map(|u| entries[u.0 as usize].iter())
+                .filter(|e| e.table.name == t.name)
+                .collect();
+            let Some(first) = mine.first() else { continue };
+            let src = p.obj.section(first.sec);
+            let flags = src.flags & !SHF_GROUP;
+            let mut data = Vec::new();
+            let mut relocs = Vec::new();
+            let mut parallel = Vec::new();
+            let mut repl_relocs: Vec<(u64, Reloc, Target)> = Vec::new();
+            let mut alt_links = Vec::new();
+            for e in &mine {
+                let at = data.len() as u64;
+                data.extend_from_slice(src.bytes(e.start(), e.end()));
+                for (r, target) in p.section_relocs(e.sec, e.start(), e.end()) {
+                    if let Some((rsec, r0, r1)) = special::replacement(p, e)
+                        .filter(|_| r.offset == e.start() + special::ALT_REPL)
+                    {
+                        // The replacement code moves to the patch's `.altinstr_replacement`.
+                        let (rs, _) = *repl_out.get_or_insert_with(|| {
+                            let s = self.section(
+                                special::ALTINSTR_REPLACEMENT,
+                                elf::SHT_PROGBITS.0,
+                                p.obj.section(rsec).flags & !SHF_GROUP,
+                                &[],
+                                1,
+                            );
+                            (s, self.out.section_symbol(s))
+                        });
+                        let bytes = p.obj.section(rsec).bytes(r0, r1);
+                        let new_at = self.out.append_section_data(rs, bytes, 1);
+                        for (rr, rt) in p.section_relocs(rsec, r0, r1) {
+                            let mut moved = *rr;
+                            moved.offset = rr.offset - r0 + new_at;
+                            repl_relocs.push((new_at, moved, rt));
+                        }
+                        alt_links.push((at + special::ALT_REPL, r.r_type, new_at as i64));
+                        continue;
+                    }
+                    let mut moved = *r;
+                    moved.offset = r.offset - e.start() + at;
+                    relocs.push((moved, target));
+                }
+                if let Some((par, size)) = t.parallel {
+                    let sec = special::section_named(p.obj, par)
+                        .ok_or_else(|| Error::Malformed(format!("{} without {par}", t.name)))?;
+                    let s = p.obj.section(sec);
+                    if (e.index + 1) * size > s.size {
+                        return Err(Error::Malformed(format!(
+                            "{par} is shorter than {}",
+                            t.name
+                        )));
+                    }
+                    parallel.extend_from_slice(s.bytes(e.index * size, (e.index + 1) * size));
+                }
+            }
+            let out_sec = self.section(t.name, src.sh_type, flags, &data, src.align);
+            self.relocate(out_sec, relocs, 0, true)?;
+            if let Some((rs, rsym)) = repl_out {
+                let rel: Vec<_> = repl_relocs.drain(..).map(|(_, r, t)| (r, t)).collect();
+                self.relocate(rs, rel, 0, true)?;
+                for (offset, r_type, addend) in alt_links.drain(..) {
+                    self.out
+                        .add_relocation(
+                            out_sec,
+                            Relocation {
+                                offset,
+                                symbol: rsym,
+                                addend,
+                                flags: RelocationFlags::Elf {
+                                    r_type: elf::RelocationType(r_type),
+                                },
+                            },
+                        )
+                        .map_err(|e| Error::Write(e.to_string()))?;
+                }
+            }
+            if let Some((par, _)) = t.parallel {
+                let psec = special::section_named(p.obj, par).expect("checked above");
+                let ps = p.obj.section(psec);
+                self.section(par, ps.sh_type, ps.flags & !SHF_GROUP, &parallel, ps.align);
+            }
+        }
+        Ok(())
+    }
+
     /// Copies the CIEs and FDEs that describe included functions.
     fn eh_frame(&mut self) -> Result<()> {
         let p = &self.d.patched;
@@ -504,6 +609,7 @@ pub fn emit(d: &Diff) -> Result<Vec<u8>> {
     e.define_units();
     e.relocate_units()?;
     e.eh_frame()?;
+    e.special()?;
     e.flush_anon()?;
     e.section(".note.GNU-stack", elf::SHT_PROGBITS.0, 0, &[], 1);
     let manifest = serde_json::to_vec(&d.report).map_err(|e| Error::Write(e.to_string()))?;

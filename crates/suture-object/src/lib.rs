@@ -15,6 +15,7 @@ pub mod emit;
 mod error;
 pub mod names;
 pub mod report;
+pub mod special;
 pub mod units;
 mod x86;
 

@@ -36,6 +36,9 @@ pub enum ReasonKind {
     /// It is a cold/split part of an included function, or a function whose split part changed:
     /// the two are only ever patched together.
     Fragment,
+    /// An entry of a descriptor table that belongs to it (kernel jump label, bug table,
+    /// exception table, alternative, ...) differs: another key, other flags, other fixup.
+    Metadata,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -141,6 +144,9 @@ pub enum UnsupportedKind {
     /// A branch out of a function that cannot be relocated (a short jump into a neighbour in
     /// a shared section).
     ShortBranch,
+    /// A changed function has entries in a symbol-less table suture does not know, or a known
+    /// descriptor table (kernel special section) does not have the layout suture knows.
+    SpecialSection,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -411,7 +411,9 @@ impl<'o, 'a> Units<'o, 'a> {
     /// the distance from the relocated field to the end of its instruction.
     fn pc_adjust(&self, sec: SecIdx, r: &Reloc) -> (i64, bool) {
         let section = self.obj.section(sec);
-        if !is_pc_relative(r.r_type) {
+        // Descriptor tables hold plain `S + A` values (`.long 1b - .`): the kernel adds the
+        // field's own address back, so the target is the raw one.
+        if !is_pc_relative(r.r_type) || crate::special::is_descriptor_section(&section.name) {
             return (0, false);
         }
         if !section.is_exec() {

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod build_cmd;
 mod demo;
 mod diff_cmd;
+mod kernel_build;
 mod kernel_cmd;
 mod process_cmd;
 
@@ -141,10 +142,10 @@ enum Command {
     #[command(after_help = EXIT_HELP)]
     Build {
         /// The source tree, as it was when the deployed binaries were built.
-        #[arg(long, value_name = "DIR", required = true)]
+        #[arg(long, value_name = "DIR", required_unless_present = "kernel")]
         source: Option<PathBuf>,
         /// The fix: a unified diff (`git diff` or `diff -u`; -p1 or -p0 paths).
-        #[arg(long, value_name = "FIX.patch", required = true)]
+        #[arg(long, value_name = "FIX.patch", required_unless_present = "kernel")]
         diff: Option<PathBuf>,
         /// The project's build command, run with `sh -c` in DIR (CC/CXX are taken from PATH,
         /// where suture's compiler wrapper comes first).
@@ -157,7 +158,12 @@ enum Command {
         /// Directory for the bundles (`<file>.suture`), the build log and work files; outside
         /// the source tree. Compile records are kept per tree in $SUTURE_CACHE_DIR (default
         /// ~/.cache/suture).
-        #[arg(short = 'o', long = "output", value_name = "OUTDIR", required = true)]
+        #[arg(
+            short = 'o',
+            long = "output",
+            value_name = "OUTDIR",
+            required_unless_present = "kernel"
+        )]
         output: Option<PathBuf>,
         /// Patch id recorded in processes (default: the diff's file stem).
         #[arg(long, value_name = "NAME")]
@@ -166,6 +172,26 @@ enum Command {
         /// /usr/lib/debug. Repeatable.
         #[arg(long = "debug-dir", value_name = "DIR")]
         debug_dirs: Vec<PathBuf>,
+        /// Build a kernel livepatch module instead: --source is a kernel tree prepared by
+        /// scripts/kernel-tree.sh, OUTDIR receives `<name>.ko` (name from --id, default
+        /// suture_<diff stem>).
+        #[arg(long)]
+        kernel: bool,
+        /// (--kernel) A copy of the target kernel's /proc/kallsyms, read as root: livepatch
+        /// symbol positions (sympos) are computed from it. Needed when vmlinux is patched.
+        #[arg(long, value_name = "FILE", requires = "kernel")]
+        kallsyms: Option<PathBuf>,
+        /// (--kernel) Where the target's stock modules are (its /lib/modules/<release>),
+        /// searched for `<module>.ko` when the fix changes a loadable module. Repeatable.
+        #[arg(long = "modules", value_name = "DIR", requires = "kernel")]
+        modules: Vec<PathBuf>,
+        /// (--kernel) The target's headers tree (default: the headers package KSRC was
+        /// prepared from, as recorded by scripts/kernel-tree.sh).
+        #[arg(long, value_name = "DIR", requires = "kernel")]
+        headers: Option<PathBuf>,
+        /// (--kernel) A cumulative patch: enabling it replaces every livepatch already loaded.
+        #[arg(long, requires = "kernel")]
+        replace: bool,
         /// Print the result as JSON (schema `suture.build/1`, see docs/bundle.md).
         #[arg(long)]
         json: bool,
@@ -237,12 +263,37 @@ fn main() -> ExitCode {
         Command::Build {
             source,
             diff,
+            output,
+            id,
+            kernel: true,
+            kallsyms,
+            modules,
+            headers,
+            replace,
+            json,
+            ..
+        } => kernel_build::run(kernel_build::Args {
+            source,
+            diff,
+            output,
+            name: id,
+            headers,
+            kallsyms,
+            modules,
+            replace,
+            json,
+        }),
+        Command::Build {
+            source,
+            diff,
             build_cmd,
             targets,
             output,
             id,
             debug_dirs,
+            kernel: false,
             json,
+            ..
         } => build_cmd::run(build_cmd::Args {
             source,
             diff,

@@ -1,0 +1,765 @@
+//! Generating a livepatch module from suture patch objects of kernel translation units.
+//!
+//! Input: for each changed translation unit, its original object, the patch object
+//! [`suture_object::emit::emit`] wrote and the differ's report, plus the kernel object the
+//! unit is part of (`vmlinux` or a module name). Output: one `<name>.ko` with one `klp_object`
+//! per kernel object, built by kbuild against the target's headers package and finalised by
+//! [`crate::klp::finalize`].
+//!
+//! The generated module:
+//! - `klp_func` per replaced function (`old_name` as in the original object, `old_sympos` from
+//!   [`crate::kallsyms::sympos`], `new_func` the patch's copy through a global alias);
+//! - `klp_object` per kernel object (`name = NULL` for vmlinux). A module's patch code refers
+//!   to non-exported vmlinux symbols through `.klp.rela.vmlinux.*` sections, which the module
+//!   loader applies when the patch module loads (Linux 6.1 `apply_relocations`); no vmlinux
+//!   object is needed for them;
+//! - callbacks: new functions of the fix named `suture_pre_patch`, `suture_post_patch`,
+//!   `suture_pre_unpatch`, `suture_post_unpatch` (signatures of `struct klp_callbacks`:
+//!   `int (*)(struct klp_object *)` for pre-patch, `void (*)(struct klp_object *)` for the
+//!   others) become the callbacks of their unit's object. Define them without `static` (or
+//!   with `__used`) so the compiler keeps them;
+//! - `.replace = true` for a cumulative patch (`replace`): enabling it atomically replaces
+//!   every earlier livepatch.
+//!
+//! Shadow variables need nothing from suture: `klp_shadow_alloc/get/get_or_alloc/free[_all]`
+//! are exported by vmlinux, so the fix includes `<linux/livepatch.h>` and calls them; they
+//! become ordinary (modversioned) references of the module.
+//!
+//! Refused, per symbol: functions without an ftrace entry (`notrace`, `noinstr`: no
+//! `call __fentry__` at their start, so livepatch cannot redirect them), references to symbols
+//! the target does not have, duplicated names that cannot be told apart, jump labels,
+//! alternatives and paravirt sites whose relocations need a non-exported symbol of a *module*
+//! (the module loader processes those tables before livepatch resolves module symbols; vmlinux
+//! symbols are resolved before them), kernels built with LTO or IBT.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use object::read::elf::{FileHeader, SectionHeader, Sym as _};
+use object::{elf, LittleEndian as LE};
+use suture_object::report::Report;
+
+use crate::kallsyms::{self, ObjectSymbols, UnitHint};
+use crate::kbuild::{self, Headers};
+use crate::klp::{self, KlpSym, Plan};
+
+/// Callback names a fix can define, and the `klp_callbacks` field each fills.
+pub const CALLBACKS: [(&str, &str); 4] = [
+    ("suture_pre_patch", "pre_patch"),
+    ("suture_post_patch", "post_patch"),
+    ("suture_pre_unpatch", "pre_unpatch"),
+    ("suture_post_unpatch", "post_unpatch"),
+];
+
+/// Tables the module loader processes when the module loads, before livepatch resolves any
+/// symbol: their relocations must not need livepatch.
+const LOAD_TIME_TABLES: [&str; 4] = [
+    "__jump_table",
+    ".altinstructions",
+    ".altinstr_replacement",
+    ".parainstructions",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the change cannot be live-patched:\n{}", list(.0))]
+    Refused(Vec<Refusal>),
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Kbuild(#[from] kbuild::Error),
+    #[error(transparent)]
+    Symbols(#[from] kallsyms::Error),
+    #[error(transparent)]
+    Elf(#[from] klp::Error),
+    #[error("{what}: {err}")]
+    Io { what: String, err: std::io::Error },
+}
+
+fn list(r: &[Refusal]) -> String {
+    r.iter()
+        .map(|x| format!("  {} ({}): {}", x.symbol, x.unit, x.reason))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |err| Error::Io { what, err }
+}
+
+/// One reason a change cannot become part of the module.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Refusal {
+    pub unit: String,
+    pub symbol: String,
+    pub reason: String,
+}
+
+/// One patched translation unit.
+pub struct Unit<'a> {
+    /// Source path relative to the tree (`fs/proc/cmdline.c`).
+    pub source: String,
+    /// `vmlinux` or the module's name (`KBUILD_MODNAME`).
+    pub object: String,
+    pub orig: &'a [u8],
+    pub patch: &'a [u8],
+    pub report: &'a Report,
+}
+
+pub struct Options {
+    /// Module name (also the `/sys/kernel/livepatch/<name>` directory).
+    pub name: String,
+    pub replace: bool,
+    pub headers: Headers,
+    /// Copy of the target's `/proc/kallsyms` (needed when vmlinux is patched).
+    pub kallsyms: Option<PathBuf>,
+    /// Directories to look for the stock `<module>.ko` of patched modules in (searched
+    /// recursively), e.g. the target's `/lib/modules/<release>`.
+    pub module_dirs: Vec<PathBuf>,
+    pub out_dir: PathBuf,
+}
+
+/// What was generated.
+#[derive(Debug, serde::Serialize)]
+pub struct Module {
+    pub path: PathBuf,
+    pub name: String,
+    pub vermagic: String,
+    pub objects: Vec<ObjectSummary>,
+    pub klp_sections: Vec<(String, usize)>,
+    pub klp_symbols: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ObjectSummary {
+    pub object: String,
+    /// `name,sympos` of every replaced function.
+    pub functions: Vec<String>,
+    pub callbacks: Vec<String>,
+}
+
+#[derive(Default)]
+struct ObjectPlan {
+    funcs: Vec<(String, usize, String)>,
+    callbacks: BTreeMap<&'static str, String>,
+}
+
+/// Refuses kernel configurations livepatch modules built this way cannot serve.
+pub fn check_config(headers: &Headers) -> Result<(), Error> {
+    let cfg = std::fs::read_to_string(headers.dir.join(".config"))
+        .map_err(io(format!("reading {}/.config", headers.dir.display())))?;
+    let set = |k: &str| cfg.lines().any(|l| l == format!("{k}=y"));
+    if !set("CONFIG_LIVEPATCH") {
+        return Err(Error::Setup(
+            "the target kernel is built without CONFIG_LIVEPATCH".into(),
+        ));
+    }
+    for (k, why) in [
+        (
+            "CONFIG_LTO_CLANG",
+            "its code is only final after link-time optimisation, so objects of single units do not match it",
+        ),
+        (
+            "CONFIG_X86_KERNEL_IBT",
+            "indirect-branch tracking seals function entries that suture would have to keep",
+        ),
+    ] {
+        if set(k) {
+            return Err(Error::Setup(format!(
+                "the target kernel is built with {k}: {why}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `headers.cc` is the compiler the kernel was built with.
+pub fn check_compiler(headers: &Headers) -> Result<(), Error> {
+    let out = std::process::Command::new(&headers.cc)
+        .arg("--version")
+        .output()
+        .map_err(io(format!(
+            "running {} (the kernel's compiler per CONFIG_CC_VERSION_TEXT)",
+            headers.cc
+        )))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or("").trim();
+    if first != headers.cc_version_text {
+        return Err(Error::Setup(format!(
+            "{} reports {first:?} but the kernel was built with {:?} (CONFIG_CC_VERSION_TEXT of \
+             {}); modules built with another compiler may not match the running code",
+            headers.cc,
+            headers.cc_version_text,
+            headers.dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Exported symbols of the headers' `Module.symvers`: name → exporting object.
+pub fn read_symvers(headers: &Headers) -> Result<HashMap<String, String>, Error> {
+    let path = headers.dir.join("Module.symvers");
+    let text = std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let (_crc, name, obj) = (f.next()?, f.next()?, f.next()?);
+            Some((name.to_string(), obj.rsplit('/').next()?.to_string()))
+        })
+        .collect())
+}
+
+/// Finds `<module>.ko` under `dirs` (module names use `_` where file names may use `-`).
+pub fn find_module(dirs: &[PathBuf], module: &str) -> Option<PathBuf> {
+    fn walk(dir: &Path, want: &str, depth: usize) -> Option<PathBuf> {
+        if depth > 12 {
+            return None;
+        }
+        let mut entries: Vec<_> = std::fs::read_dir(dir).ok()?.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in &entries {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().replace('-', "_");
+            if name == want && p.is_file() {
+                return Some(p);
+            }
+        }
+        for e in &entries {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                if let Some(p) = walk(&e.path(), want, depth + 1) {
+                    return Some(p);
+                }
+            }
+        }
+        None
+    }
+    let want = format!("{module}.ko");
+    dirs.iter().find_map(|d| walk(d, &want, 0))
+}
+
+/// A module name livepatch accepts, from anything: `[a-z0-9_]`, at most 55 characters.
+pub fn module_name(from: &str) -> String {
+    let mut s: String = from
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.truncate(55);
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        s.insert_str(0, "p_");
+    }
+    s
+}
+
+struct Undefined {
+    name: String,
+}
+
+struct PatchObjectInfo {
+    undefined: Vec<Undefined>,
+    /// (relocation section name, symbol name) for every relocation in load-time tables.
+    load_time_refs: Vec<(String, String)>,
+}
+
+fn inspect_patch(data: &[u8]) -> Result<PatchObjectInfo, String> {
+    let hdr = elf::FileHeader64::<LE>::parse(data).map_err(|e| e.to_string())?;
+    let sections = hdr.sections(LE, data).map_err(|e| e.to_string())?;
+    let symtab = sections
+        .symbols(LE, data, elf::SHT_SYMTAB)
+        .map_err(|e| e.to_string())?;
+    let mut undefined = Vec::new();
+    for s in symtab.iter() {
+        if s.st_shndx(LE) == elf::SHN_UNDEF && s.st_name(LE) != 0 {
+            let name = String::from_utf8_lossy(symtab.symbol_name(LE, s).unwrap_or_default());
+            undefined.push(Undefined {
+                name: name.into_owned(),
+            });
+        }
+    }
+    let mut load_time_refs = Vec::new();
+    for sec in sections.iter() {
+        if sec.sh_type(LE) != elf::SHT_RELA {
+            continue;
+        }
+        let target = sections
+            .section(object::SectionIndex(sec.sh_info(LE) as usize))
+            .ok()
+            .and_then(|t| sections.section_name(LE, t).ok())
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .unwrap_or_default();
+        if !LOAD_TIME_TABLES.contains(&target.as_str()) {
+            continue;
+        }
+        let relas = sec
+            .data_as_array::<elf::Rela64<LE>, _>(LE, data)
+            .map_err(|e| e.to_string())?;
+        for r in relas {
+            let idx = r.r_sym(LE, false) as usize;
+            let Ok(s) = symtab.symbol(object::SymbolIndex(idx)) else {
+                continue;
+            };
+            if s.st_shndx(LE) == elf::SHN_UNDEF {
+                let name = String::from_utf8_lossy(symtab.symbol_name(LE, s).unwrap_or_default());
+                load_time_refs.push((target.clone(), name.into_owned()));
+            }
+        }
+    }
+    Ok(PatchObjectInfo {
+        undefined,
+        load_time_refs,
+    })
+}
+
+/// Does the original function `name` start with an ftrace call (`call __fentry__`)?
+fn has_fentry(orig: &suture_object::Object, name: &str) -> Option<bool> {
+    let sym = orig
+        .symbols
+        .iter()
+        .find(|s| s.name == name && s.kind == suture_object::elf::SymKind::Func)?;
+    let sec = sym.section()?;
+    let section = orig.section(sec);
+    Some(
+        section
+            .relocs_in(sym.value, sym.value + 16)
+            .iter()
+            .any(|r| orig.symbol(r.sym).name == "__fentry__"),
+    )
+}
+
+/// Builds the livepatch module.
+pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
+    check_config(&opts.headers)?;
+    check_compiler(&opts.headers)?;
+    let symvers = read_symvers(&opts.headers)?;
+    let mut refusals = Vec::new();
+    let refuse = |refusals: &mut Vec<Refusal>, unit: &Unit, symbol: &str, reason: String| {
+        refusals.push(Refusal {
+            unit: unit.source.clone(),
+            symbol: symbol.to_string(),
+            reason,
+        })
+    };
+
+    // Symbol tables of every kernel object involved.
+    let mut tables: HashMap<String, ObjectSymbols> = HashMap::new();
+    let objects: BTreeSet<&str> = units.iter().map(|u| u.object.as_str()).collect();
+    for &o in &objects {
+        if o == "vmlinux" {
+            continue;
+        }
+        let ko = find_module(&opts.module_dirs, o).ok_or_else(|| {
+            Error::Setup(format!(
+                "the fix changes module {o}, but no {o}.ko of the target kernel was found{}; \
+                 pass the target's /lib/modules/<release> directory with --modules",
+                if opts.module_dirs.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " in {}",
+                        opts.module_dirs
+                            .iter()
+                            .map(|d| d.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            ))
+        })?;
+        tables.insert(o.to_string(), kallsyms::read_module(&ko)?);
+    }
+    let vmlinux = match &opts.kallsyms {
+        Some(p) => Some(kallsyms::read_kallsyms(p)?),
+        None => None,
+    };
+
+    let mut plans: Vec<Plan> = Vec::new();
+    let mut objs: BTreeMap<String, ObjectPlan> = BTreeMap::new();
+    for (ui, unit) in units.iter().enumerate() {
+        let orig = suture_object::Object::parse(unit.orig)
+            .map_err(|e| Error::Setup(format!("{}: original object: {e}", unit.source)))?;
+        let info = inspect_patch(unit.patch)
+            .map_err(|e| Error::Setup(format!("{}: patch object: {e}", unit.source)))?;
+        let names: Vec<String> = orig
+            .symbols
+            .iter()
+            .filter(|s| {
+                s.section().is_some()
+                    && matches!(
+                        s.kind,
+                        suture_object::elf::SymKind::Func | suture_object::elf::SymKind::Object
+                    )
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        let file = unit.source.rsplit('/').next();
+        let hint = UnitHint {
+            names: &names,
+            file,
+        };
+        let own_table = |o: &str| -> Option<&ObjectSymbols> {
+            if o == "vmlinux" {
+                vmlinux.as_ref()
+            } else {
+                tables.get(o)
+            }
+        };
+        if own_table(&unit.object).is_none() {
+            return Err(Error::Setup(format!(
+                "{} is part of vmlinux: pass a copy of the target's /proc/kallsyms (read as \
+                 root) with --kallsyms, which livepatch positions are computed from",
+                unit.source
+            )));
+        }
+        let mut plan = Plan::default();
+        let op = objs.entry(unit.object.clone()).or_default();
+        for (fi, f) in unit
+            .report
+            .changed_functions
+            .iter()
+            .filter(|f| !f.fragment)
+            .enumerate()
+        {
+            match has_fentry(&orig, &f.original_name) {
+                Some(true) => {}
+                Some(false) => {
+                    refuse(
+                        &mut refusals,
+                        unit,
+                        &f.original_name,
+                        "has no ftrace entry (no call __fentry__ at its start: notrace, noinstr \
+                         or an assembly entry point), so livepatch cannot redirect it"
+                            .into(),
+                    );
+                    continue;
+                }
+                None => {
+                    refuse(
+                        &mut refusals,
+                        unit,
+                        &f.original_name,
+                        "is not a function of the original object".into(),
+                    );
+                    continue;
+                }
+            }
+            let table = own_table(&unit.object).expect("checked above");
+            let pos = match kallsyms::sympos(table, &f.original_name, &hint) {
+                Ok(p) => p,
+                Err(e) => {
+                    refuse(&mut refusals, unit, &f.original_name, e);
+                    continue;
+                }
+            };
+            let alias = format!("__suture_new_{ui}_{fi}");
+            plan.aliases.push((f.name.clone(), alias.clone()));
+            op.funcs.push((f.original_name.clone(), pos, alias));
+        }
+        for nf in &unit.report.new_functions {
+            if let Some((_, field)) = CALLBACKS.iter().find(|(n, _)| *n == nf.name) {
+                let alias = format!("__suture_cb_{ui}_{field}");
+                if op.callbacks.insert(field, alias.clone()).is_some() {
+                    refuse(
+                        &mut refusals,
+                        unit,
+                        &nf.name,
+                        format!("a second {field} callback for {}", unit.object),
+                    );
+                }
+                plan.aliases.push((nf.name.clone(), alias));
+            }
+        }
+        for u in &info.undefined {
+            let (name, local) = match suture_object::names::parse_local_reference(&u.name) {
+                Some((_, n)) => (n.to_string(), true),
+                None => (u.name.clone(), false),
+            };
+            if !local && symvers.contains_key(&name) {
+                continue; // exported: an ordinary, modversioned reference
+            }
+            // Where the symbol lives: the unit's own object first, then vmlinux.
+            let in_own = own_table(&unit.object).is_some_and(|t| t.contains(&name));
+            let object = if in_own || local {
+                unit.object.clone()
+            } else if unit.object != "vmlinux"
+                && vmlinux.as_ref().is_some_and(|t| t.contains(&name))
+            {
+                "vmlinux".to_string()
+            } else if unit.object != "vmlinux" && vmlinux.is_none() {
+                refuse(
+                    &mut refusals,
+                    unit,
+                    &name,
+                    "is not exported and not defined by the module; pass the target's \
+                     /proc/kallsyms with --kallsyms to resolve it in vmlinux"
+                        .into(),
+                );
+                continue;
+            } else {
+                refuse(
+                    &mut refusals,
+                    unit,
+                    &name,
+                    format!(
+                        "is neither exported (Module.symvers) nor a symbol of {} in the \
+                         target kernel",
+                        unit.object
+                    ),
+                );
+                continue;
+            };
+            let table = own_table(&object).expect("tables of used objects are loaded");
+            // Only the unit's own statics are disambiguated by its ranges; another unit's
+            // global is unique or refused.
+            let empty: [String; 0] = [];
+            let h = if object == unit.object {
+                UnitHint {
+                    names: &names,
+                    file,
+                }
+            } else {
+                UnitHint {
+                    names: &empty,
+                    file: None,
+                }
+            };
+            match kallsyms::sympos(table, &name, &h) {
+                Ok(sympos) => {
+                    plan.klp.insert(
+                        u.name.clone(),
+                        KlpSym {
+                            object,
+                            name,
+                            sympos,
+                        },
+                    );
+                }
+                Err(e) => refuse(&mut refusals, unit, &name, e),
+            }
+        }
+        // vmlinux-specific livepatch relocations are applied by the module loader itself
+        // (`apply_relocations`, before `module_finalize` and jump labels); module-specific
+        // ones only when livepatch initialises the object, after those tables were processed.
+        let late: HashSet<&str> = plan
+            .klp
+            .iter()
+            .filter(|(_, k)| k.object != "vmlinux")
+            .map(|(n, _)| n.as_str())
+            .collect();
+        for (table, sym) in &info.load_time_refs {
+            if late.contains(sym.as_str()) {
+                refuse(
+                    &mut refusals,
+                    unit,
+                    sym,
+                    format!(
+                        "is referenced from {table} (a jump label, alternative or paravirt \
+                         site of the patched code) but is a non-exported symbol of the module: \
+                         the module loader processes {table} before livepatch resolves \
+                         module symbols"
+                    ),
+                );
+            }
+        }
+        plans.push(plan);
+    }
+    if !refusals.is_empty() {
+        return Err(Error::Refused(refusals));
+    }
+    if objs.values().all(|o| o.funcs.is_empty()) {
+        return Err(Error::Setup(
+            "the fix replaces no function, so there is nothing to live-patch".into(),
+        ));
+    }
+
+    // The kbuild directory.
+    let build = opts.out_dir.join("build");
+    if build.exists() {
+        std::fs::remove_dir_all(&build).map_err(io(format!("clearing {}", build.display())))?;
+    }
+    std::fs::create_dir_all(&build).map_err(io(format!("creating {}", build.display())))?;
+    let mut objects = vec![format!("{}_main.o", opts.name)];
+    for (i, (unit, plan)) in units.iter().zip(&plans).enumerate() {
+        let prepared = klp::prepare(unit.patch, plan)?;
+        let file = format!("suture_patch_{i}.o");
+        std::fs::write(build.join(&file), prepared).map_err(io(format!("writing {file}")))?;
+        // modpost reads every object's kbuild command file (for the module's srcversion).
+        let path = build.join(&file);
+        let p = path.display();
+        std::fs::write(
+            build.join(format!(".{file}.cmd")),
+            format!(
+                "savedcmd_{p} := true\nsource_{p} := {p}\ndeps_{p} := \\\n\n{p}: $(deps_{p})\n$(deps_{p}):\n"
+            ),
+        )
+        .map_err(io(format!("writing .{file}.cmd")))?;
+        objects.push(file);
+    }
+    let c = c_source(opts, &objs);
+    std::fs::write(build.join(format!("{}_main.c", opts.name)), c)
+        .map_err(io("writing the module source"))?;
+    std::fs::write(
+        build.join("Kbuild"),
+        format!(
+            "obj-m := {name}.o\n{name}-y := {objs}\n",
+            name = opts.name,
+            objs = objects.join(" ")
+        ),
+    )
+    .map_err(io("writing Kbuild"))?;
+    let kos = kbuild::build_module(&build, &opts.headers)?;
+    let built = kos
+        .iter()
+        .find(|p| p.file_stem().is_some_and(|s| s == opts.name.as_str()))
+        .ok_or_else(|| Error::Setup(format!("kbuild did not produce {}.ko", opts.name)))?;
+    let data = std::fs::read(built).map_err(io(format!("reading {}", built.display())))?;
+    let (out, summary) = klp::finalize(&data)?;
+    let path = opts.out_dir.join(format!("{}.ko", opts.name));
+    std::fs::write(&path, &out).map_err(io(format!("writing {}", path.display())))?;
+    let vermagic = modinfo(&out, "vermagic").unwrap_or_default();
+    Ok(Module {
+        path,
+        name: opts.name.clone(),
+        vermagic,
+        objects: objs
+            .iter()
+            .map(|(o, p)| ObjectSummary {
+                object: o.clone(),
+                functions: p
+                    .funcs
+                    .iter()
+                    .map(|(n, pos, _)| format!("{n},{pos}"))
+                    .collect(),
+                callbacks: p.callbacks.keys().map(|s| s.to_string()).collect(),
+            })
+            .collect(),
+        klp_sections: summary.klp_sections,
+        klp_symbols: summary.klp_symbols,
+    })
+}
+
+/// A `key=value` of a module's `.modinfo`.
+pub fn modinfo(ko: &[u8], key: &str) -> Option<String> {
+    let hdr = elf::FileHeader64::<LE>::parse(ko).ok()?;
+    let sections = hdr.sections(LE, ko).ok()?;
+    let (_, sec) = sections.section_by_name(LE, b".modinfo")?;
+    let data = sec.data(LE, ko).ok()?;
+    data.split(|&b| b == 0).find_map(|e| {
+        let e = std::str::from_utf8(e).ok()?;
+        e.strip_prefix(key)?.strip_prefix('=').map(str::to_string)
+    })
+}
+
+fn c_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_ascii_graphic() || c == ' ' => out.push(c),
+            c => {
+                let _ = write!(out, "\\x{:02x}", c as u32 & 0xff);
+            }
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn c_source(opts: &Options, objs: &BTreeMap<String, ObjectPlan>) -> String {
+    let mut c = String::new();
+    let _ = writeln!(
+        c,
+        "// SPDX-License-Identifier: GPL-2.0\n\
+         /* Generated by suture: livepatch module {}. Do not edit. */\n\
+         #include <linux/module.h>\n\
+         #include <linux/kernel.h>\n\
+         #include <linux/livepatch.h>\n",
+        opts.name
+    );
+    for p in objs.values() {
+        for (_, _, alias) in &p.funcs {
+            let _ = writeln!(c, "extern void {alias}(void);");
+        }
+        for (field, alias) in &p.callbacks {
+            let ret = if *field == "pre_patch" { "int" } else { "void" };
+            let _ = writeln!(c, "extern {ret} {alias}(struct klp_object *obj);");
+        }
+    }
+    for (i, p) in objs.values().enumerate() {
+        let _ = writeln!(c, "\nstatic struct klp_func suture_funcs_{i}[] = {{");
+        for (name, pos, alias) in &p.funcs {
+            let _ = writeln!(
+                c,
+                "\t{{ .old_name = {}, .new_func = {alias}, .old_sympos = {pos} }},",
+                c_string(name)
+            );
+        }
+        let _ = writeln!(c, "\t{{ }}\n}};");
+    }
+    let _ = writeln!(c, "\nstatic struct klp_object suture_objs[] = {{");
+    for (i, (name, p)) in objs.iter().enumerate() {
+        let oname = if name == "vmlinux" {
+            "NULL".to_string()
+        } else {
+            c_string(name)
+        };
+        let _ = write!(
+            c,
+            "\t{{\n\t\t.name = {oname},\n\t\t.funcs = suture_funcs_{i},\n"
+        );
+        if !p.callbacks.is_empty() {
+            let _ = writeln!(c, "\t\t.callbacks = {{");
+            for (field, alias) in &p.callbacks {
+                let _ = writeln!(c, "\t\t\t.{field} = {alias},");
+            }
+            let _ = writeln!(c, "\t\t}},");
+        }
+        let _ = writeln!(c, "\t}},");
+    }
+    let _ = writeln!(
+        c,
+        "\t{{ }}\n}};\n\n\
+         static struct klp_patch suture_patch = {{\n\
+         \t.mod = THIS_MODULE,\n\
+         \t.objs = suture_objs,\n\
+         \t.replace = {},\n\
+         }};\n\n\
+         static int __init suture_patch_init(void)\n{{\n\treturn klp_enable_patch(&suture_patch);\n}}\n\n\
+         static void __exit suture_patch_exit(void)\n{{\n}}\n\n\
+         module_init(suture_patch_init);\n\
+         module_exit(suture_patch_exit);\n\
+         MODULE_LICENSE(\"GPL\");\n\
+         MODULE_DESCRIPTION(\"suture live patch {}\");\n\
+         MODULE_INFO(livepatch, \"Y\");",
+        if opts.replace { "true" } else { "false" },
+        opts.name
+    );
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names_are_kernel_safe() {
+        assert_eq!(module_name("fix-cmdline.patch"), "fix_cmdline_patch");
+        assert_eq!(module_name("1x"), "p_1x");
+        assert_eq!(module_name(&"a".repeat(80)).len(), 55);
+    }
+
+    #[test]
+    fn c_strings_are_escaped() {
+        assert_eq!(c_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
+    }
+}

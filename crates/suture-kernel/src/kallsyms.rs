@@ -1,0 +1,312 @@
+//! Symbols of the target kernel, and the `sympos` livepatch needs to tell same-named symbols
+//! apart.
+//!
+//! Livepatch finds a symbol by object (`vmlinux` or a module), name and position: position 0
+//! means "the name is unique in that object", position N (1-based) means "the N-th symbol of
+//! that name in the object's kallsyms order". Debian's image ships no `System.map` (an 83-byte
+//! stub), so the symbols of vmlinux come from a copy of the target's `/proc/kallsyms` (read as
+//! root: addresses are needed), and those of a module from its stock `.ko` (a module's kallsyms
+//! are its symbol table in file order, minus undefined, unnamed and init-section symbols).
+//!
+//! Disambiguation (the decision, documented in ARCHITECTURE.md): a name that is unique in its
+//! object gets sympos 0. A duplicated name must belong to the translation unit being patched:
+//! - in vmlinux, the Debian kernel is not built with `-ffunction-sections`, so a unit's code is
+//!   one contiguous range of `.text` (and its data one range of each data section). The unit's
+//!   other symbols whose names are unique in kallsyms give those ranges; the candidate inside
+//!   the range of its kind (text, data, read-only data, bss) wins. No candidate or several in
+//!   the range is a refusal naming the symbol.
+//! - in a module, the `.ko` keeps each unit's `STT_FILE` symbol before its local symbols: the
+//!   candidate that follows the unit's file symbol wins.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use object::read::elf::{FileHeader, SectionHeader, Sym as _};
+use object::{elf, LittleEndian as LE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {err}")]
+    Read { path: String, err: std::io::Error },
+    #[error("{path}: {what}")]
+    Format { path: String, what: String },
+}
+
+/// One symbol of an object, in kallsyms order.
+#[derive(Clone, Debug)]
+pub struct Sym {
+    pub name: String,
+    pub addr: u64,
+    /// The kallsyms type letter, lower-cased (`t`, `d`, `r`, `b`, ...).
+    pub class: char,
+    /// For `.ko` symbols: the source file of the preceding `STT_FILE` symbol.
+    pub file: Option<String>,
+}
+
+/// The symbols of one object (vmlinux or one module), in kallsyms order.
+#[derive(Clone, Debug, Default)]
+pub struct ObjectSymbols {
+    pub syms: Vec<Sym>,
+    by_name: HashMap<String, Vec<usize>>,
+}
+
+impl ObjectSymbols {
+    fn new(syms: Vec<Sym>) -> Self {
+        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, s) in syms.iter().enumerate() {
+            by_name.entry(s.name.clone()).or_default().push(i);
+        }
+        ObjectSymbols { syms, by_name }
+    }
+
+    /// Indices of the symbols called `name`, in kallsyms order.
+    pub fn named(&self, name: &str) -> &[usize] {
+        self.by_name.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        !self.named(name).is_empty()
+    }
+}
+
+/// The vmlinux part of a `/proc/kallsyms` copy (lines without a `[module]` column).
+pub fn read_kallsyms(path: &Path) -> Result<ObjectSymbols, Error> {
+    let text = std::fs::read_to_string(path).map_err(|err| Error::Read {
+        path: path.display().to_string(),
+        err,
+    })?;
+    let mut syms = Vec::new();
+    let mut nonzero = false;
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(addr), Some(kind), Some(name)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if f.next().is_some() {
+            continue; // a module's symbol: "addr t name [module]"
+        }
+        let addr = u64::from_str_radix(addr, 16).map_err(|_| Error::Format {
+            path: path.display().to_string(),
+            what: format!("not a kallsyms line: {line:?}"),
+        })?;
+        nonzero |= addr != 0;
+        let class = kind.chars().next().unwrap_or('?').to_ascii_lowercase();
+        syms.push(Sym {
+            name: name.to_string(),
+            addr,
+            class,
+            file: None,
+        });
+    }
+    if syms.is_empty() {
+        return Err(Error::Format {
+            path: path.display().to_string(),
+            what: "no vmlinux symbols (is this a copy of /proc/kallsyms?)".into(),
+        });
+    }
+    if !nonzero {
+        return Err(Error::Format {
+            path: path.display().to_string(),
+            what: "every address is zero: copy /proc/kallsyms as root (kptr_restrict hides \
+                   addresses from other users), they are needed to tell same-named symbols apart"
+                .into(),
+        });
+    }
+    Ok(ObjectSymbols::new(syms))
+}
+
+/// The kallsyms of a module as the kernel builds them from its `.ko`.
+pub fn read_module(path: &Path) -> Result<ObjectSymbols, Error> {
+    let data = std::fs::read(path).map_err(|err| Error::Read {
+        path: path.display().to_string(),
+        err,
+    })?;
+    module_symbols(&data).map_err(|what| Error::Format {
+        path: path.display().to_string(),
+        what,
+    })
+}
+
+/// Symbols of a relocatable module image in symbol-table order, as `add_kallsyms` keeps them.
+pub fn module_symbols(data: &[u8]) -> Result<ObjectSymbols, String> {
+    let hdr = elf::FileHeader64::<LE>::parse(data).map_err(|e| e.to_string())?;
+    let sections = hdr.sections(LE, data).map_err(|e| e.to_string())?;
+    let symtab = sections
+        .symbols(LE, data, elf::SHT_SYMTAB)
+        .map_err(|e| e.to_string())?;
+    let mut syms = Vec::new();
+    let mut file = None;
+    for s in symtab.iter() {
+        let name =
+            String::from_utf8_lossy(symtab.symbol_name(LE, s).unwrap_or_default()).into_owned();
+        if s.st_type() == elf::STT_FILE {
+            file = Some(name);
+            continue;
+        }
+        let shndx = s.st_shndx(LE);
+        if name.is_empty() || shndx == elf::SHN_UNDEF || usize::from(shndx.0) >= sections.len() {
+            continue;
+        }
+        let Ok(sec) = sections.section(object::SectionIndex(usize::from(shndx.0))) else {
+            continue;
+        };
+
+        let flags = sec.sh_flags(LE).0;
+        let sname = sections.section_name(LE, sec).unwrap_or_default();
+        if flags & elf::SHF_ALLOC.0 == 0 || sname.starts_with(b".init") {
+            continue;
+        }
+        let class = if flags & elf::SHF_EXECINSTR.0 != 0 {
+            't'
+        } else if sec.sh_type(LE) == elf::SHT_NOBITS {
+            'b'
+        } else if flags & elf::SHF_WRITE.0 != 0 {
+            'd'
+        } else {
+            'r'
+        };
+        syms.push(Sym {
+            name,
+            addr: s.st_value(LE),
+            class,
+            file: file.clone(),
+        });
+    }
+    Ok(ObjectSymbols::new(syms))
+}
+
+/// Broad kinds of kallsyms classes whose symbols of one translation unit are contiguous.
+fn region(class: char) -> char {
+    match class {
+        't' | 'w' => 't',
+        'd' | 'v' | 'g' => 'd',
+        'r' | 'n' => 'r',
+        'b' | 's' => 'b',
+        c => c,
+    }
+}
+
+/// What the translation unit being patched looks like in the target: its defined symbol names
+/// (from the original object) and its source file.
+pub struct UnitHint<'a> {
+    pub names: &'a [String],
+    /// Base name of the source file (`consoles.c`).
+    pub file: Option<&'a str>,
+}
+
+/// The sympos of `name` (a symbol of the unit described by `hint`) in `syms`, or why none can
+/// be given.
+pub fn sympos(syms: &ObjectSymbols, name: &str, hint: &UnitHint) -> Result<usize, String> {
+    let cands = syms.named(name);
+    match cands.len() {
+        0 => return Err(format!("{name} is not in the target's symbol table")),
+        1 => return Ok(0),
+        _ => {}
+    }
+    // Modules: the candidate after the unit's own file symbol.
+    if cands.iter().all(|&i| syms.syms[i].file.is_some()) {
+        if let Some(file) = hint.file {
+            let hits: Vec<usize> = cands
+                .iter()
+                .enumerate()
+                .filter(|(_, &i)| {
+                    syms.syms[i]
+                        .file
+                        .as_deref()
+                        .is_some_and(|f| f.rsplit('/').next() == Some(file))
+                })
+                .map(|(n, _)| n + 1)
+                .collect();
+            if let [pos] = hits.as_slice() {
+                return Ok(*pos);
+            }
+        }
+        return Err(format!(
+            "{name} is defined {} times in the module and the source file does not tell which \
+             one is the unit's",
+            cands.len()
+        ));
+    }
+    // vmlinux: ranges of the unit's uniquely named symbols, per region.
+    let mut ranges: HashMap<char, (u64, u64)> = HashMap::new();
+    for n in hint.names {
+        if let [i] = syms.named(n) {
+            let s = &syms.syms[*i];
+            let r = ranges.entry(region(s.class)).or_insert((s.addr, s.addr));
+            r.0 = r.0.min(s.addr);
+            r.1 = r.1.max(s.addr);
+        }
+    }
+    let hits: Vec<usize> = cands
+        .iter()
+        .enumerate()
+        .filter(|(_, &i)| {
+            let s = &syms.syms[i];
+            ranges
+                .get(&region(s.class))
+                .is_some_and(|&(lo, hi)| lo <= s.addr && s.addr <= hi)
+        })
+        .map(|(n, _)| n + 1)
+        .collect();
+    match hits.as_slice() {
+        [pos] => Ok(*pos),
+        [] => Err(format!(
+            "{name} is defined {} times in the target kernel and none of them lies among the \
+             translation unit's other symbols",
+            cands.len()
+        )),
+        _ => Err(format!(
+            "{name} is defined {} times in the target kernel and {} of them lie among the \
+             translation unit's other symbols",
+            cands.len(),
+            hits.len()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn syms(list: &[(&str, u64, char)]) -> ObjectSymbols {
+        ObjectSymbols::new(
+            list.iter()
+                .map(|&(n, a, c)| Sym {
+                    name: n.into(),
+                    addr: a,
+                    class: c,
+                    file: None,
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn unique_names_get_zero_and_duplicates_their_unit_range() {
+        let s = syms(&[
+            ("a_start", 0x100, 't'),
+            ("show", 0x110, 't'),
+            ("a_end", 0x180, 't'),
+            ("other", 0x200, 't'),
+            ("show", 0x210, 't'),
+        ]);
+        let names = vec![
+            "a_start".to_string(),
+            "a_end".to_string(),
+            "show".to_string(),
+        ];
+        let hint = UnitHint {
+            names: &names,
+            file: None,
+        };
+        assert_eq!(sympos(&s, "a_start", &hint), Ok(0));
+        assert_eq!(sympos(&s, "show", &hint), Ok(1));
+        let names2 = vec!["other".to_string()];
+        let hint2 = UnitHint {
+            names: &names2,
+            file: None,
+        };
+        assert!(sympos(&s, "show", &hint2).is_err());
+        assert!(sympos(&s, "missing", &hint).is_err());
+    }
+}
