@@ -192,7 +192,8 @@ enum Command {
         /// (--kernel) A cumulative patch: enabling it replaces every livepatch already loaded.
         #[arg(long, requires = "kernel")]
         replace: bool,
-        /// Print the result as JSON (schema `suture.build/1`, see docs/bundle.md).
+        /// Print the result as JSON (schema `suture.build/1`, see docs/bundle.md; with
+        /// --kernel `suture.kernel-build/1`: status, module, per-unit reports, reasons).
         #[arg(long)]
         json: bool,
     },
