@@ -149,6 +149,30 @@ fn guest_kallsyms(kernel: &GuestKernel) -> PathBuf {
     path
 }
 
+/// Sets TCP_WINDOW_CLAMP far above the largest window TCP can advertise (65535 << 14) on a
+/// TCP socket and prints what the kernel kept.
+const CLAMP_C: &str = r#"
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <sys/socket.h>
+int main(void) {
+    int s = socket(AF_INET, SOCK_STREAM, 0), v = 0x7fffffff;
+    socklen_t n = sizeof v;
+    if (s < 0 || setsockopt(s, IPPROTO_TCP, TCP_WINDOW_CLAMP, &v, sizeof v) != 0) {
+        perror("setsockopt");
+        return 1;
+    }
+    v = 0;
+    if (getsockopt(s, IPPROTO_TCP, TCP_WINDOW_CLAMP, &v, &n) != 0) {
+        perror("getsockopt");
+        return 1;
+    }
+    printf("window_clamp=%d\n", v);
+    return 0;
+}
+"#;
+
 /// Modules generated for real fixes go live in the stock kernel, change what userspace sees,
 /// and revert cleanly.
 #[test]
@@ -175,8 +199,20 @@ fn generated_modules_in_the_stock_kernel() {
         "sch-fq-initial-quantum",
         "hung-task-message",
     ];
+    let clamp = work.join("clamp");
+    let c = work.join("clamp.c");
+    std::fs::write(&c, CLAMP_C).unwrap();
+    let ok = std::process::Command::new("gcc")
+        .args(["-O2", "-o"])
+        .arg(&clamp)
+        .arg(&c)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "gcc clamp.c");
     let mut initramfs = Initramfs::new();
     initramfs
+        .program("/bin/clamp", &clamp)
         .suture()
         .stock_module(&kernel, "loop")
         .stock_module(&kernel, "sch_fq");
@@ -357,10 +393,17 @@ fn generated_modules_in_the_stock_kernel() {
             "suture kernel load /m/suture_net_sysfs_speed_null_check.ko && \
              cat /sys/class/net/lo/speed; suture kernel unload suture_net_sysfs_speed_null_check",
         )
+        // The TCP bounds fix, observed from userspace: TCP_WINDOW_CLAMP set far above the
+        // largest window TCP can advertise reads back unclamped, clamped while the fix is live,
+        // unclamped again after unload.
+        .step("tcp-before", "/bin/clamp")
         .step(
             "tcp",
-            "suture kernel load /m/suture_tcp_window_clamp.ko && \
-             suture kernel unload suture_tcp_window_clamp",
+            "suture kernel load /m/suture_tcp_window_clamp.ko && /bin/clamp",
+        )
+        .step(
+            "tcp-after",
+            "suture kernel unload suture_tcp_window_clamp && /bin/clamp",
         )
         // A patch for a module that is not loaded yet: livepatch patches it when it loads.
         .step(
@@ -424,7 +467,9 @@ fn generated_modules_in_the_stock_kernel() {
     let c_off = &b.expect("clone-off", 0, &[]).output;
     b.ensure(!c_off.contains("suture-clone"), "clone patch not reverted");
     b.expect("speed", 0, &[]);
-    b.expect("tcp", 0, &[]);
+    b.expect("tcp-before", 0, &["window_clamp=2147483647"]);
+    b.expect("tcp", 0, &["window_clamp=1073725440"]);
+    b.expect("tcp-after", 0, &["window_clamp=2147483647"]);
     let fq = &b.expect("fq", 0, &[]).output;
     b.ensure(
         fq.lines()
