@@ -401,6 +401,18 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         loaded.mapped[loaded.patched].symbols.add_missing(extra);
     }
     let patched = &loaded.mapped[loaded.patched];
+    // The header must fit the pages reserved for it: one page holds ~120 redirects.
+    let header_len = Header::encoded_len(
+        &opts.patch_id,
+        patched.symbols.build_id.as_deref().unwrap_or_default(),
+        &patched.path,
+        functions.len() + replaced.as_ref().map_or(0, |p| p.header.redirects.len()),
+    );
+    let plan = if header_len as u64 > PAGE {
+        Plan::new(patch, (header_len as u64).div_ceil(PAGE) * PAGE)?
+    } else {
+        plan
+    };
     let resolver = LiveResolver {
         target: TargetResolver {
             patched,
@@ -444,7 +456,6 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         ],
         0,
         [0; 4],
-        0,
         0,
     );
     let code_pages = (dummy.code.len() as u64).div_ceil(PAGE).max(1);
@@ -536,7 +547,13 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         });
     }
     let header = Header {
-        state: State::Loaded,
+        // A reused region stays "reverted" until the routine publishes "live": if suture dies
+        // before, it must not look like a never-live leftover (those get unmapped).
+        state: if reused {
+            State::Reverted
+        } else {
+            State::Loaded
+        },
         region_size: size,
         applied_at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -548,6 +565,9 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         eh_frame: linked
             .eh_frame
             .map(|(at, len)| ((at.0 - base.0) as u32, len as u32)),
+        commit_pages: u16::try_from((code_addr.0 - base.0) / PAGE)
+            .ok()
+            .zip(u16::try_from((block_addr.0 - base.0) / PAGE).ok()),
     };
     let header_bytes = header
         .encode()
@@ -558,7 +578,6 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         &writes,
         base.0 + Header::STATE_OFFSET,
         Header::state_bytes(State::Live),
-        pid.0,
         marker_signal(pid),
     );
     let site = SyscallSite::find_in(&maps, &mem)
@@ -610,7 +629,8 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
             }
             // The commit routine's calls (the thread that runs it is chosen in the switch:
             // the leader's tid stands for it).
-            c.extend(commit.syscalls(fd, pid.0 as u64));
+            let ns = namespace_pid(pid).unwrap_or(pid.0) as u64;
+            c.extend(commit.syscalls(fd, ns, ns));
             c
         };
         if let Err(e) = sp.check_seccomp(&calls) {
@@ -838,6 +858,13 @@ fn marker_signal(pid: Pid) -> i32 {
     }
 }
 
+/// The process's id in its own (innermost) PID namespace, from `NSpid:` of its status.
+fn namespace_pid(pid: Pid) -> Option<i32> {
+    let status = std::fs::read_to_string(crate::maps::live_proc_dir(pid).join("status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    line.split_whitespace().last()?.parse().ok()
+}
+
 /// Chooses the thread that runs the commit routine and how suture learns it finished: the
 /// first thread that does not block the marker signal runs at full speed to the marker's
 /// signal-delivery-stop; without one, the first thread is followed system call by system call.
@@ -867,7 +894,11 @@ fn routine_thread(
             }
         }
     }
-    let (tid, r) = regs[0];
+    let (tid, r) = regs
+        .iter()
+        .find(|(t, _)| hijackable(*t))
+        .copied()
+        .unwrap_or(regs[0]);
     let end = RoutineEnd::Syscall {
         nr: MARKER_SYSCALL,
         rip: commit.marker_rip,
@@ -888,7 +919,13 @@ pub fn status(pid: Pid) -> Result<Vec<LivePatch>, crate::error::Error> {
         if mem.read(m.start, &mut magic).is_err() || &magic != MAGIC {
             continue;
         }
-        let Ok(bytes) = mem.read_vec(m.start, PAGE as usize) else {
+        // The header's own length (a header may span several pages).
+        let mut len = [0u8; 4];
+        if mem.read(m.start.offset(8), &mut len).is_err() {
+            continue;
+        }
+        let len = (u32::from_le_bytes(len) as usize).clamp(64, crate::header::MAX_LEN);
+        let Ok(bytes) = mem.read_vec(m.start, len) else {
             continue;
         };
         match Header::decode(&bytes) {
@@ -1041,37 +1078,45 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
             old: current,
         });
     }
-    // The routine goes in the region's own commit pages (the last pages before the block).
-    let region = maps
-        .find(RemoteAddr(p.base))
-        .map(|m| m.start.0..m.end.0)
-        .unwrap_or(p.base..p.base + p.header.region_size);
-    let code_page = maps
-        .iter()
-        .filter(|m| {
-            m.start.0 >= region.start && m.end.0 <= p.base + p.header.region_size && m.perms.exec
-        })
-        .map(|m| m.start.0)
-        .max()
-        .ok_or_else(|| {
-            ApplyError::Target(
-                "the patch region has no code pages".into(),
-                Outcome::Untouched,
-            )
-        })?;
-    let block_addr = maps
-        .iter()
-        .filter(|m| m.start.0 > code_page && m.start.0 < p.base + p.header.region_size)
-        .map(|m| m.start.0)
-        .min()
-        .unwrap_or(code_page + PAGE);
+    // The routine goes in the region's own commit pages, as the header records them (older
+    // headers: the last executable mapping of the region, then the next mapping).
+    let (code_page, block_addr) = match p.header.commit_pages {
+        Some((code, block)) => (
+            p.base + u64::from(code) * PAGE,
+            p.base + u64::from(block) * PAGE,
+        ),
+        None => {
+            let region = maps
+                .find(RemoteAddr(p.base))
+                .map(|m| m.start.0..m.end.0)
+                .unwrap_or(p.base..p.base + p.header.region_size);
+            let end = p.base + p.header.region_size;
+            let code_page = maps
+                .iter()
+                .filter(|m| m.start.0 >= region.start && m.end.0 <= end && m.perms.exec)
+                .map(|m| m.start.0)
+                .max()
+                .ok_or_else(|| {
+                    ApplyError::Target(
+                        "the patch region has no code pages".into(),
+                        Outcome::Untouched,
+                    )
+                })?;
+            let block_addr = maps
+                .iter()
+                .filter(|m| m.start.0 > code_page && m.start.0 < end)
+                .map(|m| m.start.0)
+                .min()
+                .unwrap_or(code_page + PAGE);
+            (code_page, block_addr)
+        }
+    };
     let commit = Commit::generate(
         code_page,
         block_addr,
         &writes,
         p.base + Header::STATE_OFFSET,
         Header::state_bytes(State::Reverted),
-        pid.0,
         marker_signal(pid),
     );
     mem.write(RemoteAddr(code_page), &commit.code)

@@ -31,7 +31,7 @@
 //!   0   saved registers: rax rbx rcx rdx rsi rdi rbp rsp r8 .. r15 rip rflags  (18 × u64)
 //! 144   "/proc/thread-self/mem\0"
 //! 168   state value (u32) written to the header when every jump is in place
-//! 172   thread id (u32) of the thread running the routine, for tgkill
+//! 172   thread id (u32) of the thread running the routine, as suture sees it (diagnostics)
 //! 176   writes: n × { bytes [u8; 16] } — new bytes, then the original bytes (for undo)
 //! ```
 
@@ -51,6 +51,8 @@ const SLOT: u64 = 16;
 const SYS_OPEN: u32 = 2;
 const SYS_CLOSE: u32 = 3;
 const SYS_PWRITE64: u32 = 18;
+const SYS_GETPID: u32 = 39;
+const SYS_GETTID: u32 = 186;
 const SYS_TGKILL: u32 = 234;
 /// The marker system call: suture's slow path waits for its entry and skips it.
 pub const MARKER_SYSCALL: u64 = SYS_TGKILL as u64;
@@ -94,6 +96,7 @@ struct Call {
 /// Stand-ins for the argument values known only when the routine runs.
 const FD_ARG: u64 = u64::MAX - 1;
 const TID_ARG: u64 = u64::MAX - 2;
+const PID_ARG: u64 = u64::MAX - 3;
 
 struct Asm {
     code: Vec<u8>,
@@ -155,7 +158,7 @@ const BLOCK_INDEX: [usize; 16] = [0, 2, 3, 1, 7, 6, 4, 5, 8, 9, 10, 11, 12, 13, 
 impl Commit {
     /// Generates the routine for code at `code_addr` and its block at `block_addr`, performing
     /// `writes` and then storing `state` (4 bytes) at `state_addr`; it ends by sending
-    /// `marker_signal` (0: none) to its own thread of process `tgid`.
+    /// `marker_signal` (0: none) to its own thread.
     ///
     /// Every write must be at most 16 bytes and its `old` bytes as long as its `new` bytes.
     pub fn generate(
@@ -164,7 +167,6 @@ impl Commit {
         writes: &[Write],
         state_addr: u64,
         state: [u8; 4],
-        tgid: i32,
         marker_signal: i32,
     ) -> Commit {
         let mut block = vec![0u8; (WRITES_OFF + 2 * SLOT * writes.len() as u64) as usize];
@@ -243,19 +245,25 @@ impl Commit {
         a.syscall();
         record(&a, SYS_CLOSE, [FD_ARG, 0, 0, 0, 0, 0]);
         let finish = a.here();
-        // tgkill(tgid, tid, marker_signal)
+        // tgkill(getpid(), gettid(), marker_signal): the ids as the target's own PID namespace
+        // numbers them (suture's view differs when the target runs in a container).
+        a.mov_r32(RAX, SYS_GETPID);
+        a.syscall();
+        record(&a, SYS_GETPID, [0; 6]);
+        a.bytes(&[0x49, 0x89, 0xc4]); // mov r12, rax
+        a.mov_r32(RAX, SYS_GETTID);
+        a.syscall();
+        record(&a, SYS_GETTID, [0; 6]);
+        a.bytes(&[0x89, 0xc6]); // mov esi, eax
+        a.bytes(&[0x44, 0x89, 0xe7]); // mov edi, r12d
         a.mov_r32(RAX, SYS_TGKILL);
-        a.mov_r32(RDI, tgid as u32);
-        a.bytes(&[0x8b, 0x35]); // mov esi, [rip + tid]
-        let next = a.here() + 4;
-        a.bytes(&((block_addr + TID_OFF).wrapping_sub(next) as i32).to_le_bytes());
         a.mov_r32(RDX, marker_signal as u32);
         a.syscall();
         let marker_rip = a.here();
         record(
             &a,
             SYS_TGKILL,
-            [tgid as u64, TID_ARG, marker_signal as u64, 0, 0, 0],
+            [PID_ARG, TID_ARG, marker_signal as u64, 0, 0, 0],
         );
         // Restore: rflags through a scratch slot below the red zone, then every register.
         let reg = |name: &str| {
@@ -293,20 +301,24 @@ impl Commit {
     }
 
     /// Every system call the routine can make, with its exact arguments, for a routine run by
-    /// thread `tid` whose `open` returns `fd`.
-    pub fn syscalls(&self, fd: u64, tid: u64) -> Vec<crate::seccomp::Injected> {
+    /// thread `tid` of process `pid` (as the target's PID namespace numbers them) whose `open`
+    /// returns `fd`.
+    pub fn syscalls(&self, fd: u64, pid: u64, tid: u64) -> Vec<crate::seccomp::Injected> {
         self.calls
             .iter()
             .map(|c| {
                 let args = c.args.map(|v| match v {
                     FD_ARG => fd,
                     TID_ARG => tid,
+                    PID_ARG => pid,
                     v => v,
                 });
                 let name = match c.nr {
                     SYS_OPEN => "open",
                     SYS_PWRITE64 => "pwrite64",
                     SYS_CLOSE => "close",
+                    SYS_GETPID => "getpid",
+                    SYS_GETTID => "gettid",
                     _ => "tgkill",
                 };
                 crate::seccomp::Injected::new(name, c.nr, args, c.ip)
@@ -336,33 +348,25 @@ mod tests {
             new: vec![0xe9, 1, 2, 3, 4],
             old: vec![0x55, 0x48, 0x89, 0xe5, 0x90],
         }];
-        let c = Commit::generate(
-            0x10000,
-            0x20000,
-            &w,
-            0x30000,
-            [2, 0, 0, 0],
-            77,
-            libc::SIGURG,
-        );
+        let c = Commit::generate(0x10000, 0x20000, &w, 0x30000, [2, 0, 0, 0], libc::SIGURG);
         assert_eq!(&c.block[144..166], b"/proc/thread-self/mem\0");
         assert_eq!(&c.block[168..172], &[2, 0, 0, 0]);
         assert_eq!(&c.block[176..181], &[0xe9, 1, 2, 3, 4]);
         assert_eq!(&c.block[192..197], &[0x55, 0x48, 0x89, 0xe5, 0x90]);
         // open, the write, its undo, the state, close, the marker: each with the address
         // after its `syscall` instruction.
-        let calls = c.syscalls(5, 1234);
+        let calls = c.syscalls(5, 77, 1234);
         let names: Vec<&str> = calls.iter().map(|c| c.name).collect();
         assert_eq!(
             names,
-            ["open", "pwrite64", "pwrite64", "pwrite64", "close", "tgkill"]
+            ["open", "pwrite64", "pwrite64", "pwrite64", "close", "getpid", "gettid", "tgkill"]
         );
         for call in &calls {
             let at = (call.ip - 0x10000) as usize;
             assert_eq!(&c.code[at - 2..at], &[0x0f, 0x05], "{}", call.name);
         }
         assert_eq!(calls[1].args[..4], [5, 0x20000 + 176, 5, 0x401000]);
-        assert_eq!(calls[5].args[..3], [77, 1234, libc::SIGURG as u64]);
+        assert_eq!(calls[7].args[..3], [77, 1234, libc::SIGURG as u64]);
         let regs: [u64; 18] = std::array::from_fn(|i| i as u64 * 0x1111);
         let b = c.block_for(1234, &regs);
         assert_eq!(&b[172..176], &1234u32.to_le_bytes());

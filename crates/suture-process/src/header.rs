@@ -12,7 +12,8 @@
 //! 16  region_size  u64
 //! 24  applied_at   u64  seconds since the epoch
 //! 32  n_redirects  u32
-//! 36  reserved     u32
+//! 36  commit       u32  page indexes in the region of the commit routine (low 16 bits) and its
+//!                       block (high 16 bits); 0 = not recorded (older headers)
 //! 40  patch_id     u16 length + UTF-8
 //!     build_id     u16 length + bytes (of the patched object)
 //!     object       u16 length + UTF-8 (its path as the target maps it)
@@ -28,6 +29,8 @@ pub const MAGIC: &[u8; 8] = b"SUTURE\0\x01";
 /// The most a header may occupy (and the most `decode` reads).
 pub const MAX_LEN: usize = 64 * 1024;
 const MAX_REDIRECTS: usize = 2048;
+/// The most `.eh_frame` bytes a header may point at.
+const MAX_EH_FRAME: u32 = 16 << 20;
 const REDIRECT_LEN: usize = 8 + 8 + 1 + 15;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -81,6 +84,10 @@ pub struct Header {
     /// Offset from the region's start and length of the patch's `.eh_frame`, so stack checks
     /// can unwind through patch code.
     pub eh_frame: Option<(u32, u32)>,
+    /// Page indexes (from the region's start) of the commit routine's code and block, so
+    /// revert writes its routine exactly there (never inferred from mapping boundaries, which
+    /// the kernel may merge).
+    pub commit_pages: Option<(u16, u16)>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -153,7 +160,10 @@ impl Header {
         out.extend_from_slice(&self.region_size.to_le_bytes());
         out.extend_from_slice(&self.applied_at.to_le_bytes());
         out.extend_from_slice(&(self.redirects.len() as u32).to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
+        let commit = self
+            .commit_pages
+            .map_or(0, |(code, block)| u32::from(code) | u32::from(block) << 16);
+        out.extend_from_slice(&commit.to_le_bytes());
         put_str(&mut out, self.patch_id.as_bytes())?;
         put_str(&mut out, &self.build_id)?;
         put_str(&mut out, self.object.as_bytes())?;
@@ -177,6 +187,18 @@ impl Header {
         let len = out.len() as u32;
         out[8..12].copy_from_slice(&len.to_le_bytes());
         Ok(out)
+    }
+
+    /// The encoded length of a header with these strings and `redirects` redirects.
+    pub fn encoded_len(patch_id: &str, build_id: &[u8], object: &str, redirects: usize) -> usize {
+        40 + 2
+            + patch_id.len()
+            + 2
+            + build_id.len()
+            + 2
+            + object.len()
+            + redirects * REDIRECT_LEN
+            + 8
     }
 
     /// Offset of the `state` field, for updating it in place with one small write.
@@ -204,7 +226,16 @@ impl Header {
         let region_size = r.u64()?;
         let applied_at = r.u64()?;
         let n = r.u32()? as usize;
-        let _reserved = r.u32()?;
+        let commit = r.u32()?;
+        let commit_pages = match (commit & 0xffff, commit >> 16) {
+            (0, 0) => None,
+            (code, block)
+                if code > 0 && block > code && (u64::from(block) + 1) * 4096 <= region_size =>
+            {
+                Some((code as u16, block as u16))
+            }
+            _ => return Err(HeaderError::Invalid("commit pages")),
+        };
         if n > MAX_REDIRECTS {
             return Err(HeaderError::Invalid("redirect count"));
         }
@@ -233,10 +264,10 @@ impl Header {
         }
         let eh_frame = if r.at + 8 <= r.b.len() {
             let (off, len) = (r.u32()?, r.u32()?);
-            if u64::from(off) + u64::from(len) > region_size {
-                return Err(HeaderError::Invalid("eh_frame range"));
-            }
-            (len > 0).then_some((off, len))
+            // An implausible record only loses the unwind rules, never the patch itself.
+            let plausible =
+                len > 0 && len <= MAX_EH_FRAME && u64::from(off) + u64::from(len) <= region_size;
+            plausible.then_some((off, len))
         } else {
             None
         };
@@ -249,6 +280,7 @@ impl Header {
             object,
             redirects,
             eh_frame,
+            commit_pages,
         })
     }
 }
@@ -278,6 +310,7 @@ mod tests {
                 },
             ],
             eh_frame: Some((0x1000, 0x80)),
+            commit_pages: Some((3, 4)),
         }
     }
 
@@ -294,16 +327,25 @@ mod tests {
         assert_eq!(old.redirects, sample().redirects);
         let mut h = sample();
         h.eh_frame = Some((0x4ff0, 0x20));
+        let decoded = Header::decode(&h.encode().unwrap()).unwrap();
+        assert_eq!(decoded.eh_frame, None, "out of the region: ignored");
         assert_eq!(
-            Header::decode(&h.encode().unwrap()),
-            Err(HeaderError::Invalid("eh_frame range"))
+            decoded.redirects, h.redirects,
+            "the patch itself stays visible"
         );
+        h.eh_frame = Some((0, u32::MAX));
+        h.region_size = u64::MAX;
+        assert_eq!(Header::decode(&h.encode().unwrap()).unwrap().eh_frame, None);
     }
 
     #[test]
     fn round_trip() {
         let h = sample();
         let b = h.encode().unwrap();
+        assert_eq!(
+            b.len(),
+            Header::encoded_len(&h.patch_id, &h.build_id, &h.object, h.redirects.len())
+        );
         assert_eq!(Header::decode(&b).unwrap(), h);
         // Trailing bytes (the rest of the page) are ignored.
         let mut padded = b.clone();

@@ -438,6 +438,9 @@ impl Tracer {
 /// makes `3 + writes` system calls, each giving an entry and an exit stop).
 const MAX_ROUTINE_STOPS: usize = 20_000;
 
+/// How long a routine run at full speed may take before suture stops waiting for its marker.
+const ROUTINE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How suture learns that a routine it started has finished.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RoutineEnd {
@@ -511,18 +514,30 @@ impl Tracer {
             if let RoutineEnd::Signal { .. } = end {
                 crate::failpoint::hit("commit:running");
             }
-            let status = sys::wait_thread(tid.0, false)
-                .map_err(|e| self.ptrace_step_err(tid, "waitpid", e))?
-                .ok_or_else(|| self.step_err(tid, "waitpid reported nothing".into()))?;
+            let status = match end {
+                RoutineEnd::Signal { .. } => match self.wait_routine(tid)? {
+                    Some(status) => status,
+                    None => {
+                        // No marker within the deadline (its tgkill failed?): the routine has
+                        // restored the thread itself and it runs on. Stop it again.
+                        self.reinterrupt(tid)?;
+                        return Ok(());
+                    }
+                },
+                RoutineEnd::Syscall { .. } => sys::wait_thread(tid.0, false)
+                    .map_err(|e| self.ptrace_step_err(tid, "waitpid", e))?
+                    .ok_or_else(|| self.step_err(tid, "waitpid reported nothing".into()))?,
+            };
             match status {
                 WaitStatus::SignalStop(sig) => {
                     let info = ptrace::getsiginfo(npid)
                         .map_err(|e| self.ptrace_step_err(tid, "GETSIGINFO", e))?;
                     match end {
                         RoutineEnd::Signal { signo, rip } if sig == signo => {
-                            // Our own tgkill, at our address (not a SIGURG from elsewhere).
-                            let from_us = info.si_code == libc::SI_TKILL
-                                && sys::sender_pid(&info) == self.pid.0;
+                            // A tgkill at our address: the routine's own (the sender's pid is
+                            // not compared: the target may number itself differently in its
+                            // PID namespace; only its own tgkill stops it at `rip`).
+                            let from_us = info.si_code == libc::SI_TKILL;
                             if from_us && self.getregs(tid)?.rip == rip {
                                 self.finish_routine(tid, sig, restore)?;
                                 return Ok(());
@@ -575,6 +590,68 @@ impl Tracer {
             }
         }
         Err(self.step_err(tid, "the commit routine did not finish".into()))
+    }
+
+    /// Waits for the next stop of `tid` while it runs a routine at full speed: `None` when none
+    /// came within [`ROUTINE_DEADLINE`]. Polls (yielding for the first 2 ms, then sleeping), so
+    /// a routine that never stops cannot hang suture with the other threads stopped.
+    fn wait_routine(&mut self, tid: Tid) -> Result<Option<WaitStatus>> {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = sys::wait_thread(tid.0, true)
+                .map_err(|e| self.ptrace_step_err(tid, "waitpid", e))?
+            {
+                return Ok(Some(status));
+            }
+            let waited = started.elapsed();
+            if waited >= ROUTINE_DEADLINE {
+                return Ok(None);
+            }
+            if waited < std::time::Duration::from_millis(2) {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        }
+    }
+
+    /// Puts a thread that ran past its routine back into an interrupt stop (holding signals
+    /// that arrive first); its registers are the ones the routine restored.
+    fn reinterrupt(&mut self, tid: Tid) -> Result<()> {
+        let npid = nix::unistd::Pid::from_raw(tid.0);
+        ptrace::interrupt(npid).map_err(|e| self.ptrace_step_err(tid, "INTERRUPT", e))?;
+        loop {
+            let status = sys::wait_thread(tid.0, false)
+                .map_err(|e| self.ptrace_step_err(tid, "waitpid", e))?
+                .ok_or_else(|| self.step_err(tid, "waitpid reported nothing".into()))?;
+            match status {
+                WaitStatus::SignalStop(sig) => {
+                    let info = ptrace::getsiginfo(npid)
+                        .map_err(|e| self.ptrace_step_err(tid, "GETSIGINFO", e))?;
+                    let th = self.threads.get_mut(&tid).expect("checked by the caller");
+                    th.held.push(HeldSignal { signo: sig, info });
+                    ptrace::cont(npid, None).map_err(|e| self.ptrace_step_err(tid, "CONT", e))?;
+                }
+                WaitStatus::EventStop { sig, .. } => {
+                    let th = self.threads.get_mut(&tid).expect("checked by the caller");
+                    th.stop = if sig == libc::SIGTRAP {
+                        StopKind::Interrupt
+                    } else {
+                        StopKind::GroupStop(sig)
+                    };
+                    return Ok(());
+                }
+                WaitStatus::Exited(_) | WaitStatus::Killed(_) => {
+                    self.threads.remove(&tid);
+                    return Err(Error::RemoteStep {
+                        pid: self.pid,
+                        tid,
+                        detail: format!("the thread ended after its routine ({status:?})"),
+                        state: TargetState::Exited,
+                    });
+                }
+            }
+        }
     }
 
     /// The routine is done: give the thread its registers back. It stays in a

@@ -131,14 +131,6 @@ pub(crate) fn getsigmask(tid: i32) -> Result<u64, Errno> {
     Errno::result(r).map(|_| mask)
 }
 
-/// `si_pid` of a siginfo sent by `kill`, `tgkill` or `sigqueue` (`si_code` `SI_USER`,
-/// `SI_TKILL`, `SI_QUEUE`); callers check `si_code` first.
-pub(crate) fn sender_pid(info: &libc::siginfo_t) -> i32 {
-    // SAFETY: si_pid reads the kill variant of the siginfo union, which the kernel fills for
-    // these codes; for any other code it reads initialised bytes of the same union.
-    unsafe { info.si_pid() }
-}
-
 /// `PTRACE_SECCOMP_GET_FILTER`: the classic-BPF program of seccomp filter `index` (0: the most
 /// recently installed) of the stopped tracee `tid`, as raw 8-byte `sock_filter` records.
 /// Needs `CAP_SYS_ADMIN`; `ENOENT` past the last filter.

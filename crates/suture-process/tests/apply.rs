@@ -687,3 +687,167 @@ int main(void) {
     revert(pid, "name", Duration::from_secs(3)).expect("revert again");
     wait_for(&lines, "now=one keep=two, from the patch");
 }
+
+/// A target in its own PID namespace (a container seen from the host): its commit routine
+/// must name itself with the ids of its namespace (it sends its marker signal with
+/// getpid()/gettid()), or suture would wait for a marker that never comes while every other
+/// thread stays stopped.
+#[test]
+fn patches_a_process_in_another_pid_namespace() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-pidns");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (prog, patch) = build(&dir);
+    let (wrapper, lines) = spawn_lines(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child"])
+            .arg(&prog),
+    );
+    wait_for(&lines, "v=1 s=31");
+    // unshare forks: the program is its child (pid 1 inside the namespace).
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", wrapper.0.id())).unwrap();
+    let pid = Pid(children.split_whitespace().next().unwrap().parse().unwrap());
+    let ns = std::fs::read_to_string(format!("/proc/{}/status", pid.0)).unwrap();
+    assert!(
+        ns.lines()
+            .any(|l| l.starts_with("NSpid:") && l.split_whitespace().count() == 3),
+        "the program runs in a nested PID namespace: {ns}"
+    );
+    let opts = ApplyOptions {
+        patch_id: "pidns".into(),
+        ..Default::default()
+    };
+    let a = apply(pid, &patch, &opts).expect("apply");
+    wait_for(&lines, "v=2 s=1031");
+    assert!(
+        a.stop_window_us < 2_000_000,
+        "no wait for a lost marker: {a:?}"
+    );
+    revert(pid, "pidns", Duration::from_secs(3)).expect("revert");
+    wait_for(&lines, "v=1 s=31");
+    // Dropping the wrapper kills unshare, which kills the program (--kill-child).
+}
+
+/// A patch with nothing but code (no unwind tables, strings or data): its text and the commit
+/// routine's pages are adjacent read-execute mappings, which the kernel merges into one. Revert
+/// must still write its routine into the commit pages the header records, never over the live
+/// patch code.
+#[test]
+fn revert_of_a_code_only_patch_keeps_the_patch_code_intact() {
+    const MAIN_ONLY: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+int version(int);
+static void *worker(void *arg) {
+    (void)arg;
+    for (;;) { volatile int v = version(1); (void)v; }
+    return 0;
+}
+int main(void) {
+    setvbuf(stdout, 0, _IOLBF, 0);
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) pthread_create(&t[i], 0, worker, 0);
+    for (;;) { printf("v=%d\n", version(1)); usleep(2000); }
+}
+"#;
+    const LIB_ONLY: &str = "int version(int x) { return x; }\n";
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-code-only");
+    let _ = std::fs::remove_dir_all(&dir);
+    let flags = [
+        "-O2",
+        "-fno-asynchronous-unwind-tables",
+        "-ffunction-sections",
+        "-fdata-sections",
+        "-c",
+        "lib.c",
+        "-o",
+        "lib.o",
+    ];
+    for (side, src) in [
+        ("orig", LIB_ONLY.to_string()),
+        ("fixed", LIB_ONLY.replace("return x;", "return x * 2;")),
+    ] {
+        std::fs::create_dir_all(dir.join(side)).unwrap();
+        std::fs::write(dir.join(side).join("lib.c"), src).unwrap();
+        gcc(&dir.join(side), &flags);
+    }
+    std::fs::write(dir.join("main.c"), MAIN_ONLY).unwrap();
+    gcc(
+        &dir,
+        &["-O2", "main.c", "orig/lib.o", "-o", "prog", "-lpthread"],
+    );
+    let a = std::fs::read(dir.join("orig/lib.o")).unwrap();
+    let b = std::fs::read(dir.join("fixed/lib.o")).unwrap();
+    let (a, b) = (
+        suture_object::Object::parse(&a).unwrap(),
+        suture_object::Object::parse(&b).unwrap(),
+    );
+    let d = suture_object::analyze(&a, &b).unwrap();
+    let patch = suture_object::emit::emit(&d).unwrap();
+    let (mut child, lines) = spawn_lines(&mut Command::new(dir.join("prog")));
+    wait_for(&lines, "v=1");
+    let pid = Pid(child.0.id() as i32);
+    let opts = ApplyOptions {
+        patch_id: "code-only".into(),
+        ..Default::default()
+    };
+    for _ in 0..5 {
+        apply(pid, &patch, &opts).expect("apply");
+        wait_for(&lines, "v=2");
+        revert(pid, "code-only", Duration::from_secs(3)).expect("revert");
+        wait_for(&lines, "v=1");
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(child.0.try_wait().unwrap().is_none(), "the program died");
+}
+
+/// A patch of 300 functions: its header (32 bytes a redirect) spans several pages, and status
+/// and revert still find it.
+#[test]
+fn a_patch_of_300_functions_has_a_multi_page_header() {
+    let mut lib = String::new();
+    for i in 0..300 {
+        lib += &format!("__attribute__((noinline)) int f{i}(int x) {{ return x + {i}; }}\n");
+    }
+    let fixed = (0..300)
+        .map(|i| {
+            format!("__attribute__((noinline)) int f{i}(int x) {{ return x + {i} + 1000; }}\n")
+        })
+        .collect::<String>();
+    const MAIN_MANY: &str = r#"
+#include <stdio.h>
+#include <unistd.h>
+int f0(int), f299(int);
+int main(void) {
+    setvbuf(stdout, 0, _IOLBF, 0);
+    for (;;) { printf("a=%d b=%d\n", f0(1), f299(1)); usleep(2000); }
+}
+"#;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-many");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("orig")).unwrap();
+    std::fs::write(dir.join("orig/lib.c"), &lib).unwrap();
+    std::fs::write(dir.join("main.c"), MAIN_MANY).unwrap();
+    let flags = ["-O2", "-g", "-ffunction-sections", "-fdata-sections", "-c"];
+    let mut args = flags.to_vec();
+    args.extend(["lib.c", "-o", "lib.o"]);
+    gcc(&dir.join("orig"), &args);
+    let patch = patch_to(&dir, "fixed", &fixed);
+    gcc(&dir, &["-O2", "main.c", "orig/lib.o", "-o", "prog"]);
+    let (_child, lines) = spawn_lines(&mut Command::new(dir.join("prog")));
+    wait_for(&lines, "a=1 b=300");
+    let pid = Pid(_child.0.id() as i32);
+    let opts = ApplyOptions {
+        patch_id: "many".into(),
+        ..Default::default()
+    };
+    let a = apply(pid, &patch, &opts).expect("apply");
+    assert_eq!(a.redirects.len(), 300);
+    wait_for(&lines, "a=1001 b=1300");
+    let live = status(pid).unwrap();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].header.redirects.len(), 300);
+    revert(pid, "many", Duration::from_secs(3)).expect("revert");
+    wait_for(&lines, "a=1 b=300");
+}
