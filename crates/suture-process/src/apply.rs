@@ -118,6 +118,9 @@ pub struct ApplyOptions {
     /// file): link-time values from an unstripped twin with the same build-id, as recorded in a
     /// patch bundle. See [`ElfSymbols::add_missing`].
     pub symbols: Option<std::sync::Arc<ElfSymbols>>,
+    /// The GNU build-id the patched object must have (a bundle's): among mapped files matching
+    /// `object`, only one with this build-id is patched.
+    pub build_id: Option<Vec<u8>>,
     /// A live patch (by id) that this one replaces in the same switch: its jumps are removed,
     /// or overwritten by this patch's, atomically, and its memory is released.
     pub replace: Option<String>,
@@ -130,6 +133,7 @@ impl Default for ApplyOptions {
             patch_id: "patch".into(),
             object: None,
             symbols: None,
+            build_id: None,
             replace: None,
         }
     }
@@ -228,7 +232,12 @@ impl Loaded {
     }
 }
 
-fn load_objects(pid: Pid, maps: &Maps, object: Option<&str>) -> Result<Loaded, ApplyError> {
+fn load_objects(
+    pid: Pid,
+    maps: &Maps,
+    object: Option<&str>,
+    build_id: Option<&[u8]>,
+) -> Result<Loaded, ApplyError> {
     // Through a live thread: the leader's own exe link is gone once the main thread exited.
     let exe = std::fs::read_link(crate::maps::live_proc_dir(pid).join("exe")).map_err(|e| {
         ApplyError::Target(
@@ -268,7 +277,10 @@ fn load_objects(pid: Pid, maps: &Maps, object: Option<&str>) -> Result<Loaded, A
             .map(|x| x.start.0..x.end.0)
             .next()
             .unwrap_or(0..0);
-        if wanted(path) && patched_at.is_none() {
+        // With a build-id (a bundle), only the file that has it: two mapped files may share a
+        // path suffix (a system library and an application's private copy).
+        let identified = build_id.is_none_or(|id| symbols.build_id.as_deref() == Some(id));
+        if wanted(path) && identified && patched_at.is_none() {
             patched_at = Some(mapped.len());
         }
         mapped.push(Mapped {
@@ -282,8 +294,12 @@ fn load_objects(pid: Pid, maps: &Maps, object: Option<&str>) -> Result<Loaded, A
     let Some(patched) = patched_at else {
         return Err(ApplyError::Target(
             format!(
-                "the process does not map {}",
-                object.map_or_else(|| exe.display().to_string(), str::to_string)
+                "the process does not map {}{}",
+                object.map_or_else(|| exe.display().to_string(), str::to_string),
+                build_id.map_or_else(String::new, |id| format!(
+                    " with build-id {}",
+                    id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                ))
             ),
             Outcome::Untouched,
         ));
@@ -396,7 +412,7 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         }
         None => None,
     };
-    let mut loaded = load_objects(pid, &maps, opts.object.as_deref())?;
+    let mut loaded = load_objects(pid, &maps, opts.object.as_deref(), opts.build_id.as_deref())?;
     if let Some(extra) = &opts.symbols {
         loaded.mapped[loaded.patched].symbols.add_missing(extra);
     }
@@ -1126,7 +1142,7 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
     // Unwind exactly through the program's files and every live patch's code (the scan of
     // every stack word remains the fallback when an unwind is incomplete).
     let mut unwind = UnwindInfo::default();
-    for (name, bytes, bias, code) in &load_objects(pid, &maps, None)?.files {
+    for (name, bytes, bias, code) in &load_objects(pid, &maps, None, None)?.files {
         unwind.add_elf(name, bytes, *bias, code.clone());
     }
     add_live_patches(&mut unwind, &mem, &maps, &patches);

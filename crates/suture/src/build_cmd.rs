@@ -259,6 +259,7 @@ pub fn apply_bundle(
                     timeout,
                     patch_id: id.clone(),
                     object: Some(object.clone()),
+                    build_id: Some(build_id.clone()),
                     symbols: Some(symbols.clone()),
                     replace: req.replace.clone(),
                 };
