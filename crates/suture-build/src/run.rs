@@ -98,6 +98,20 @@ pub struct BundleReport {
     pub symbols_verified: usize,
 }
 
+/// Whether a compile command enables link-time optimisation (the last of `-flto[=...]` and
+/// `-fno-lto` wins).
+fn uses_lto(args: &[String]) -> bool {
+    args.iter().fold(false, |on, a| {
+        if a == "-flto" || a.starts_with("-flto=") {
+            true
+        } else if a == "-fno-lto" {
+            false
+        } else {
+            on
+        }
+    })
+}
+
 /// What `suture build` did (schema `suture.build/1`, printed by `--json`).
 #[derive(Clone, Debug, Serialize)]
 pub struct BuildReport {
@@ -549,6 +563,19 @@ pub fn build(
     for r in &results {
         let u = &graph.units[r.idx];
         let src = rel(&source, &u.compile.source);
+        if r.patch.is_some() && uses_lto(&u.compile.args) {
+            // The deployed code was optimised across units: other units may hold inlined
+            // copies of the changed functions, which a patch of this unit cannot reach and the
+            // byte-identity proof (of out-of-line symbols) cannot see.
+            refusals.push(Refusal {
+                file: src.clone(),
+                symbol: String::new(),
+                reason: "the build compiles it with link-time optimisation (-flto): other \
+                         units may contain inlined copies of the changed functions that a live \
+                         patch cannot reach; rebuild the deployed binary without LTO"
+                    .into(),
+            });
+        }
         for x in &r.report.unsupported {
             refusals.push(Refusal {
                 file: src.clone(),

@@ -354,6 +354,27 @@ fn data_change_is_refused_naming_the_symbol() {
     refusal_mentions(&report, "util.c", &["the_counter"]);
 }
 
+/// A project built with link-time optimisation: other units may hold inlined copies of the
+/// changed function, so suture refuses instead of writing a bundle.
+#[test]
+fn lto_build_is_refused() {
+    let (w, src) = project("make", "refuse-lto");
+    let diff = make_diff(
+        &w,
+        &src,
+        &[("util.c", "the_counter.hits++;", "the_counter.hits += 2;")],
+    );
+    let (code, report, o) = build(
+        &src,
+        &diff,
+        &w.join("out"),
+        "make CFLAGS='-O2 -g -flto' LDFLAGS=-flto",
+        &[],
+    );
+    assert_eq!(code, 2, "{}", text(&o));
+    refusal_mentions(&report, "util.c", &["-flto"]);
+}
+
 #[test]
 fn header_struct_change_is_refused() {
     let (code, report, o) = make_case(
