@@ -111,7 +111,9 @@ pub fn prepare(data: &[u8], plan: &Plan) -> Result<Vec<u8>, Error> {
                 sym.name = ByteString::from(k.symbol_name().into_bytes());
                 sym.section = klp_sec;
                 let kind = sym.st_info.st_type();
-                sym.st_info = elf::SymbolInfo::new(elf::STB_GLOBAL, kind);
+                // Weak: every patched unit that uses the symbol defines the same placeholder,
+                // and kbuild's `ld -r` must merge them, not fail on a duplicate definition.
+                sym.st_info = elf::SymbolInfo::new(elf::STB_WEAK, kind);
                 sym.st_value = 0;
                 sym.st_size = 0;
                 found_klp += 1;
@@ -174,6 +176,9 @@ pub fn finalize(data: &[u8]) -> Result<(Vec<u8>, Finalized), Error> {
         }
         sym.section = None;
         sym.st_shndx = elf::SymbolSection(SHN_LIVEPATCH);
+        // Global again (they were weak only so `ld -r` could merge them), as the kernel's
+        // own livepatch tooling emits them.
+        sym.st_info = elf::SymbolInfo::new(elf::STB_GLOBAL, sym.st_info.st_type());
         sym.st_value = 0;
         sym.st_size = 0;
         klp.insert(sym.id().index(), object);
@@ -365,6 +370,46 @@ mod tests {
             assert_ne!(name, suture_object::emit::MANIFEST_SECTION.as_bytes());
         }
         assert_eq!(seen, 2);
+    }
+
+    /// Two patched units that use the same non-exported symbol each define its placeholder;
+    /// kbuild links them with `ld -r`, which must merge the two into one livepatch symbol.
+    #[test]
+    fn placeholders_of_two_units_link_into_one_symbol() {
+        let mut plan = Plan::default();
+        plan.klp.insert(
+            "suture.local::a.c::s".into(),
+            KlpSym {
+                object: "vmlinux".into(),
+                name: "s".into(),
+                sympos: 0,
+            },
+        );
+        let dir = std::env::temp_dir().join(format!("suture-klp-two-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["a.o", "b.o"] {
+            std::fs::write(dir.join(name), prepare(&patch_object(), &plan).unwrap()).unwrap();
+        }
+        let out = std::process::Command::new("ld")
+            .current_dir(&dir)
+            .args(["-r", "a.o", "b.o", "-o", "both.o"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ld -r: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (_, summary) = finalize(&std::fs::read(dir.join("both.o")).unwrap()).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            summary.klp_symbols,
+            vec![".klp.sym.vmlinux.s,0".to_string()]
+        );
+        assert_eq!(
+            summary.klp_sections,
+            vec![(".klp.rela.vmlinux..text".to_string(), 2)]
+        );
     }
 
     #[test]
