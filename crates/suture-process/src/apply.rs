@@ -403,11 +403,13 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
     crate::stop::precheck(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let maps = Maps::read(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let mem = ProcessMemory::open(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    // The patch regions already in the target, read once: live ones (to replace, to unwind
+    // through), retired ones (to reuse), leftovers of an interrupted apply (to reclaim).
+    let existing = status(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let replaced = match &opts.replace {
         Some(id) => {
-            let patches = status(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-            let p = latest_live(&patches, id, pid)?;
-            check_on_top(&mem, &patches, &p)?;
+            let p = latest_live(&existing, id, pid)?;
+            check_on_top(&mem, &existing, &p)?;
             Some(p)
         }
         None => None,
@@ -457,7 +459,7 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
     for (name, bytes, bias, code) in &loaded.files {
         unwind.add_elf(name, bytes, *bias, code.clone());
     }
-    add_live_patches(&mut unwind, &mem, &maps, &status(pid).unwrap_or_default());
+    add_live_patches(&mut unwind, &mem, &maps, &existing);
     let dummy = Commit::generate(
         0,
         0,
@@ -479,14 +481,14 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
     let plan_size = plan.region_size();
     let size = plan_size + (code_pages + block_pages) * PAGE;
     let center = RemoteAddr(originals.iter().map(|(_, a)| a.0).min().unwrap_or(0));
-    let (base, linked, reused) = match reusable(&mem, &plan, &resolver, pid, &opts.patch_id, size)?
-    {
-        Some((base, linked)) => (base, linked, true),
-        None => {
-            let base = place(&maps, center, size)?;
-            (base, plan.link(base, &resolver)?, false)
-        }
-    };
+    let (base, linked, reused) =
+        match reusable(&mem, &plan, &resolver, &existing, &opts.patch_id, size)? {
+            Some((base, linked)) => (base, linked, true),
+            None => {
+                let base = place(&maps, center, size)?;
+                (base, plan.link(base, &resolver)?, false)
+            }
+        };
     let code_addr = base.offset(plan_size);
     let block_addr = code_addr.offset(code_pages * PAGE);
 
@@ -600,9 +602,8 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
 
     // Regions an interrupted apply left behind (never switched, so nothing points into them).
-    let leftovers: Vec<(RemoteAddr, u64)> = status(pid)
-        .unwrap_or_default()
-        .into_iter()
+    let leftovers: Vec<(RemoteAddr, u64)> = existing
+        .iter()
         .filter(|p| p.header.state == State::Loaded)
         .map(|p| (RemoteAddr(p.base), p.header.region_size))
         .collect();
@@ -963,13 +964,12 @@ fn reusable<'p>(
     mem: &ProcessMemory,
     plan: &Plan<'p>,
     resolver: &dyn Resolver,
-    pid: Pid,
+    existing: &[LivePatch],
     patch_id: &str,
     size: u64,
 ) -> Result<Option<(RemoteAddr, crate::link::Linked)>, ApplyError> {
-    let mut retired: Vec<LivePatch> = status(pid)
-        .unwrap_or_default()
-        .into_iter()
+    let mut retired: Vec<&LivePatch> = existing
+        .iter()
         .filter(|p| {
             p.header.state == State::Reverted
                 && p.header.patch_id == patch_id
