@@ -83,16 +83,7 @@ fn apply_changes_behaviour_and_revert_restores_it() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-e2e");
     let _ = std::fs::remove_dir_all(&dir);
     let (prog, patch) = build(&dir);
-    let mut child = Kill(Command::new(&prog).stdout(Stdio::piped()).spawn().unwrap());
-    let out = BufReader::new(child.0.stdout.take().unwrap());
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in out.lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, lines) = spawn_lines(&mut Command::new(&prog));
     wait_for(&lines, "v=1 s=31");
     let pid = Pid(child.0.id() as i32);
 
@@ -182,21 +173,7 @@ fn patches_a_function_inside_a_shared_library() {
     let d = suture_object::analyze(&a, &b).unwrap();
     let patch = suture_object::emit::emit(&d).unwrap();
 
-    let mut child = Kill(
-        Command::new(dir.join("prog"))
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let out = BufReader::new(child.0.stdout.take().unwrap());
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in out.lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let (child, lines) = spawn_lines(&mut Command::new(dir.join("prog")));
     wait_for(&lines, "v=1 s=31");
     let pid = Pid(child.0.id() as i32);
     let opts = ApplyOptions {
@@ -262,21 +239,7 @@ int main(void) {
     );
     let patch = suture_object::emit::emit(&suture_object::analyze(&a, &b).unwrap()).unwrap();
 
-    let mut child = Kill(
-        Command::new(dir.join("prog"))
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let out = BufReader::new(child.0.stdout.take().unwrap());
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in out.lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, lines) = spawn_lines(&mut Command::new(dir.join("prog")));
     wait_for(&lines, "alive");
     let pid = Pid(child.0.id() as i32);
     let maps_before = std::fs::read_to_string(format!("/proc/{}/maps", pid.0)).unwrap();
@@ -314,16 +277,7 @@ fn stacked_patches_revert_in_reverse_order() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-stacked");
     let _ = std::fs::remove_dir_all(&dir);
     let (prog, patch) = build(&dir);
-    let mut child = Kill(Command::new(&prog).stdout(Stdio::piped()).spawn().unwrap());
-    let out = BufReader::new(child.0.stdout.take().unwrap());
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in out.lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let (child, lines) = spawn_lines(&mut Command::new(&prog));
     wait_for(&lines, "v=1 s=31");
     let pid = Pid(child.0.id() as i32);
     let first = ApplyOptions {
@@ -407,6 +361,33 @@ fn the_commit_marker_signal_never_reaches_the_program() {
             }
         }
     }
+}
+
+/// Builds `dir/prog` from `main` and the unit `lib` (compiled into `dir/orig/lib.o` with
+/// function and data sections, ready for [`patch_to`]).
+fn program(dir: &Path, main: &str, lib: &str) -> PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join("orig")).unwrap();
+    std::fs::write(dir.join("main.c"), main).unwrap();
+    std::fs::write(dir.join("orig/lib.c"), lib).unwrap();
+    let flags = ["-O2", "-g", "-ffunction-sections", "-fdata-sections", "-c"];
+    gcc(
+        &dir.join("orig"),
+        &[&flags[..], &["lib.c", "-o", "lib.o"]].concat(),
+    );
+    gcc(
+        dir,
+        &[
+            "-O2",
+            "-g",
+            "main.c",
+            "orig/lib.o",
+            "-o",
+            "prog",
+            "-lpthread",
+        ],
+    );
+    dir.join("prog")
 }
 
 /// Compiles `src` as a fixed version of the library unit of `build` (in `dir/<name>/`) and
@@ -524,16 +505,9 @@ int main(void) {
     );
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-stale");
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("orig")).unwrap();
-    std::fs::write(dir.join("main.c"), MAIN_STALE).unwrap();
-    std::fs::write(dir.join("orig/lib.c"), LIB_STALE).unwrap();
-    let flags = ["-O2", "-g", "-ffunction-sections", "-fdata-sections", "-c"];
-    let mut args = flags.to_vec();
-    args.extend(["lib.c", "-o", "lib.o"]);
-    gcc(&dir.join("orig"), &args);
+    let prog = program(&dir, MAIN_STALE, LIB_STALE);
     let patch = patch_to(&dir, "fixed", &fixed);
-    gcc(&dir, &["-O2", "-g", "main.c", "orig/lib.o", "-o", "prog"]);
-    let (child, lines) = spawn_lines(&mut Command::new(dir.join("prog")));
+    let (child, lines) = spawn_lines(&mut Command::new(&prog));
     wait_for(&lines, "v=1 keep=none");
     let pid = Pid(child.0.id() as i32);
     let opts = ApplyOptions {
@@ -584,28 +558,10 @@ int main(void) {
     let b = LIB_UNWIND.replace("} return 1; }", "} return 2; }");
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-unwind-patch");
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("orig")).unwrap();
-    std::fs::write(dir.join("main.c"), MAIN_UNWIND).unwrap();
-    std::fs::write(dir.join("orig/lib.c"), LIB_UNWIND).unwrap();
-    let flags = ["-O2", "-g", "-ffunction-sections", "-fdata-sections", "-c"];
-    let mut args = flags.to_vec();
-    args.extend(["lib.c", "-o", "lib.o"]);
-    gcc(&dir.join("orig"), &args);
+    let prog = program(&dir, MAIN_UNWIND, LIB_UNWIND);
     let patch_a = patch_to(&dir, "a", &a);
     let patch_b = patch_to(&dir, "b", &b);
-    gcc(
-        &dir,
-        &[
-            "-O2",
-            "-g",
-            "main.c",
-            "orig/lib.o",
-            "-o",
-            "prog",
-            "-lpthread",
-        ],
-    );
-    let (child, lines) = spawn_lines(&mut Command::new(dir.join("prog")));
+    let (child, lines) = spawn_lines(&mut Command::new(&prog));
     wait_for(&lines, "f=1 g=1");
     let pid = Pid(child.0.id() as i32);
     let opts = |id: &str| ApplyOptions {
@@ -653,16 +609,9 @@ int main(void) {
     let fixed = LIB_PTR.replace("\"one\"", "\"two, from the patch\"");
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-retain");
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("orig")).unwrap();
-    std::fs::write(dir.join("main.c"), MAIN_PTR).unwrap();
-    std::fs::write(dir.join("orig/lib.c"), LIB_PTR).unwrap();
-    let flags = ["-O2", "-g", "-ffunction-sections", "-fdata-sections", "-c"];
-    let mut args = flags.to_vec();
-    args.extend(["lib.c", "-o", "lib.o"]);
-    gcc(&dir.join("orig"), &args);
+    let prog = program(&dir, MAIN_PTR, LIB_PTR);
     let patch = patch_to(&dir, "fixed", &fixed);
-    gcc(&dir, &["-O2", "-g", "main.c", "orig/lib.o", "-o", "prog"]);
-    let (mut child, lines) = spawn_lines(&mut Command::new(dir.join("prog")));
+    let (mut child, lines) = spawn_lines(&mut Command::new(&prog));
     wait_for(&lines, "now=one keep=one");
     let pid = Pid(child.0.id() as i32);
     let opts = ApplyOptions {
@@ -826,16 +775,9 @@ int main(void) {
 "#;
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-many");
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("orig")).unwrap();
-    std::fs::write(dir.join("orig/lib.c"), &lib).unwrap();
-    std::fs::write(dir.join("main.c"), MAIN_MANY).unwrap();
-    let flags = ["-O2", "-g", "-ffunction-sections", "-fdata-sections", "-c"];
-    let mut args = flags.to_vec();
-    args.extend(["lib.c", "-o", "lib.o"]);
-    gcc(&dir.join("orig"), &args);
+    let prog = program(&dir, MAIN_MANY, &lib);
     let patch = patch_to(&dir, "fixed", &fixed);
-    gcc(&dir, &["-O2", "main.c", "orig/lib.o", "-o", "prog"]);
-    let (_child, lines) = spawn_lines(&mut Command::new(dir.join("prog")));
+    let (_child, lines) = spawn_lines(&mut Command::new(&prog));
     wait_for(&lines, "a=1 b=300");
     let pid = Pid(_child.0.id() as i32);
     let opts = ApplyOptions {
