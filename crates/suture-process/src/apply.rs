@@ -830,7 +830,9 @@ fn switch(
         }
         crate::failpoint::hit(sw.failpoint);
         let (tid, saved, end) = routine_thread(&sp, &regs, sw.commit);
-        let block = sw.commit.block_for(tid.0, &regs_array(&restartable(saved)));
+        let block = sw
+            .commit
+            .block_with_registers(&regs_array(&restartable(saved)));
         let run = sp
             .mem()
             .write(sw.block_addr, &block)

@@ -31,7 +31,7 @@
 //!   0   saved registers: rax rbx rcx rdx rsi rdi rbp rsp r8 .. r15 rip rflags  (18 × u64)
 //! 144   "/proc/thread-self/mem\0"
 //! 168   state value (u32) written to the header when every jump is in place
-//! 172   thread id (u32) of the thread running the routine, as suture sees it (diagnostics)
+//! 172   reserved (u32)
 //! 176   writes: n × { bytes [u8; 16] } — new bytes, then the original bytes (for undo)
 //! ```
 
@@ -43,7 +43,6 @@ pub const REGS: [&str; 18] = [
 
 const PATH_OFF: u64 = 144;
 const STATE_OFF: u64 = 168;
-const TID_OFF: u64 = 172;
 const WRITES_OFF: u64 = 176;
 const PATH: &[u8] = b"/proc/thread-self/mem\0";
 const SLOT: u64 = 16;
@@ -326,13 +325,12 @@ impl Commit {
             .collect()
     }
 
-    /// The block for thread `tid`, with its registers filled in (values in [`REGS`] order).
-    pub fn block_for(&self, tid: i32, regs: &[u64; 18]) -> Vec<u8> {
+    /// The block with the running thread's registers filled in (values in [`REGS`] order).
+    pub fn block_with_registers(&self, regs: &[u64; 18]) -> Vec<u8> {
         let mut b = self.block.clone();
         for (i, v) in regs.iter().enumerate() {
             b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
         }
-        b[TID_OFF as usize..TID_OFF as usize + 4].copy_from_slice(&(tid as u32).to_le_bytes());
         b
     }
 }
@@ -368,8 +366,7 @@ mod tests {
         assert_eq!(calls[1].args[..4], [5, 0x20000 + 176, 5, 0x401000]);
         assert_eq!(calls[7].args[..3], [77, 1234, libc::SIGURG as u64]);
         let regs: [u64; 18] = std::array::from_fn(|i| i as u64 * 0x1111);
-        let b = c.block_for(1234, &regs);
-        assert_eq!(&b[172..176], &1234u32.to_le_bytes());
+        let b = c.block_with_registers(&regs);
         assert_eq!(
             u64::from_le_bytes(b[16 * 8..17 * 8].try_into().unwrap()),
             16 * 0x1111
