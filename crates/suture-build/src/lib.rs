@@ -22,6 +22,7 @@ pub mod bind;
 pub mod elfinfo;
 pub mod patchset;
 pub mod record;
+pub mod sandbox;
 pub mod units;
 
 mod run;

@@ -12,6 +12,7 @@ use crate::bind::{self, Wanted};
 use crate::elfinfo::ElfInfo;
 use crate::patchset::{self, FileKind};
 use crate::record;
+use crate::sandbox::Mount;
 use crate::units::{Compiler, Graph};
 use crate::{abs, tail, BuildError};
 
@@ -430,7 +431,10 @@ pub fn build(
             }
             (FileKind::Source | FileKind::Header, false, false) => {
                 let path = abs(&t.path);
-                mounts.push((abs(&t.patched), path.clone()));
+                mounts.push(Mount {
+                    copy: abs(&t.patched),
+                    original: path.clone(),
+                });
                 let mut users = Vec::new();
                 for (ui, u) in graph.units.iter().enumerate() {
                     let uses = if t.kind == FileKind::Source {

@@ -2,17 +2,15 @@
 //! it includes, and recompiling it as built (original) or with the fix (patched).
 //!
 //! The patched compile runs the recorded command unchanged except for the output and section
-//! flags, inside a private mount namespace (`unshare --mount`, plus `--user --map-root-user`
-//! when not root) in which each patched copy is bind-mounted over its original path. The
-//! compiler therefore sees the same paths (`__FILE__`, debug info, `#include "..."` lookup
-//! relative to the including file) as the real build, the source tree is never written, and
-//! the namespace vanishes with the process whatever happens to suture.
+//! flags, in the private mount namespace of [`crate::sandbox`] that shows each patched copy at
+//! its original path.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::record::{self, Compile, Event, Invocation, Link};
+use crate::sandbox::{self, Mount};
 use crate::{tail, BuildError};
 
 /// A translation unit and the outputs (executables, shared libraries) it is linked into.
@@ -146,35 +144,17 @@ impl Graph {
 
 /// How to run one compile.
 pub struct Compiler<'a> {
-    /// `(patched copy, original path)` pairs to bind-mount for patched compiles.
-    pub mounts: &'a [(PathBuf, PathBuf)],
+    /// The patched copies to show at their original paths in patched compiles.
+    pub mounts: &'a [Mount],
     /// Fixed `SOURCE_DATE_EPOCH` so `__DATE__`/`__TIME__` agree between the two compiles.
     pub epoch: String,
 }
 
 impl Compiler<'_> {
     fn command(&self, unit: &Compile, args: &[String], patched: bool) -> Command {
-        let mut cmd = if patched && !self.mounts.is_empty() {
-            let mut c = Command::new("unshare");
-            if !nix_is_root() {
-                c.args(["--user", "--map-root-user"]);
-            }
-            c.args(["--mount", "--propagation", "private", "--", "sh", "-c"]);
-            c.arg(
-                "while [ \"$1\" != -- ]; do mount --bind -- \"$1\" \"$2\" || exit 125; \
-                 shift 2; done; shift; exec \"$@\"",
-            );
-            c.arg("suture-bind");
-            for (copy, orig) in self.mounts {
-                c.arg(copy).arg(orig);
-            }
-            c.arg("--").arg(&unit.compiler).args(args);
-            c
-        } else {
-            let mut c = Command::new(&unit.compiler);
-            c.args(args);
-            c
-        };
+        let mounts = if patched { self.mounts } else { &[] };
+        let mut cmd = sandbox::command(mounts, &unit.compiler);
+        cmd.args(args);
         cmd.current_dir(&unit.cwd)
             .env("SOURCE_DATE_EPOCH", &self.epoch)
             .env_remove(record::LOG_ENV)
@@ -235,10 +215,4 @@ impl Compiler<'_> {
             &String::from_utf8_lossy(&out.stdout),
         ))
     }
-}
-
-fn nix_is_root() -> bool {
-    // The owner of /proc/self is the effective user.
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
