@@ -111,7 +111,8 @@ fn strip(p: &str, n: usize) -> Option<PathBuf> {
 }
 
 /// The `-p` level under which the diff's paths exist in `source` (1 for git-style `a/` and
-/// `b/` prefixes, 0 for plain paths).
+/// `b/` prefixes, 0 for plain paths). Both pipelines place files this way; when no level fits
+/// (a tree missing the files), 1.
 fn strip_level(source: &Path, pairs: &[(String, String)]) -> usize {
     for n in [1, 0, 2, 3] {
         let ok = pairs.iter().all(|(o, nw)| {
@@ -131,83 +132,136 @@ fn strip_level(source: &Path, pairs: &[(String, String)]) -> usize {
     1
 }
 
+/// A file the diff names, placed in the source tree (not yet patched).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiffFile {
+    /// Path relative to the source tree.
+    pub rel: PathBuf,
+    /// True when the diff creates the file.
+    pub created: bool,
+    /// True when the diff deletes the file.
+    pub deleted: bool,
+    pub kind: FileKind,
+}
+
+/// The files of a diff, in order, placed in `source`: the path-prefix level is the one under
+/// which the named files exist ([`strip_level`]). A file changed twice (concatenated diffs) is
+/// listed once.
+pub struct PatchSet {
+    /// The `-p` level for `patch(1)`.
+    pub level: usize,
+    pub files: Vec<DiffFile>,
+}
+
+impl PatchSet {
+    pub fn parse(source: &Path, diff_text: &str) -> Result<PatchSet, BuildError> {
+        let pairs = diff_paths(diff_text);
+        if pairs.is_empty() {
+            return Err(BuildError::Diff(
+                "the diff names no files (expected a unified diff with ---/+++ lines)".into(),
+            ));
+        }
+        let level = strip_level(source, &pairs);
+        let mut files: Vec<DiffFile> = Vec::new();
+        for (o, n) in &pairs {
+            let created = o == "/dev/null";
+            let deleted = n == "/dev/null";
+            let name = if created { n } else { o };
+            let rel = strip(name, level).ok_or_else(|| {
+                BuildError::Diff(format!("cannot place {name} in the source tree"))
+            })?;
+            if rel
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(BuildError::Diff(format!(
+                    "{} points outside the source tree",
+                    rel.display()
+                )));
+            }
+            // Several diffs concatenated may change one file twice: patch(1) applies them in
+            // order to the same copy.
+            if let Some(f) = files.iter_mut().find(|f| f.rel == rel) {
+                f.deleted = deleted;
+                continue;
+            }
+            files.push(DiffFile {
+                kind: kind_of(&rel),
+                rel,
+                created,
+                deleted,
+            });
+        }
+        Ok(PatchSet { level, files })
+    }
+}
+
 /// Applies `diff` to copies of the files it touches (under `work/patched`), leaving the
 /// source tree untouched.
 pub fn apply(source: &Path, diff_text: &str, work: &Path) -> Result<Vec<Touched>, BuildError> {
-    let pairs = diff_paths(diff_text);
-    if pairs.is_empty() {
-        return Err(BuildError::Diff(
-            "the diff names no files (expected a unified diff with ---/+++ lines)".into(),
-        ));
-    }
-    let level = strip_level(source, &pairs);
-    let diff_file = work.join("fix.patch");
-    std::fs::write(&diff_file, diff_text).map_err(|e| BuildError::io(&diff_file, e))?;
-    let root = work.join("patched");
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).map_err(|e| BuildError::io(&root, e))?;
-    let mut touched = Vec::new();
-    for (o, n) in &pairs {
-        let created = o == "/dev/null";
-        let deleted = n == "/dev/null";
-        let name = if created { n } else { o };
-        let rel = strip(name, level)
-            .ok_or_else(|| BuildError::Diff(format!("cannot place {name} in the source tree")))?;
-        if rel
-            .components()
-            .any(|c| c == std::path::Component::ParentDir)
-        {
+    let set = PatchSet::parse(source, diff_text)?;
+    set.apply(source, diff_text, work)
+}
+
+impl PatchSet {
+    /// Copies the files to `work/patched` and runs `patch(1)` on the copies.
+    pub fn apply(
+        &self,
+        source: &Path,
+        diff_text: &str,
+        work: &Path,
+    ) -> Result<Vec<Touched>, BuildError> {
+        std::fs::create_dir_all(work).map_err(|e| BuildError::io(work, e))?;
+        let level = self.level;
+        let diff_file = work.join("fix.patch");
+        std::fs::write(&diff_file, diff_text).map_err(|e| BuildError::io(&diff_file, e))?;
+        let root = work.join("patched");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).map_err(|e| BuildError::io(&root, e))?;
+        let mut touched = Vec::new();
+        for f in &self.files {
+            let (rel, created, deleted) = (f.rel.clone(), f.created, f.deleted);
+            let path = source.join(&rel);
+            let copy = root.join(&rel);
+            if let Some(parent) = copy.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| BuildError::io(parent, e))?;
+            }
+            if !created {
+                std::fs::copy(&path, &copy).map_err(|e| {
+                    BuildError::Diff(format!(
+                        "the diff changes {} but the source tree has no such file: {e}",
+                        rel.display()
+                    ))
+                })?;
+            }
+            touched.push(Touched {
+                kind: f.kind,
+                rel,
+                path,
+                patched: copy,
+                created,
+                deleted,
+            });
+        }
+        let out = Command::new("patch")
+            .arg(format!("-p{level}"))
+            .args(["--batch", "--forward", "--no-backup-if-mismatch", "-r", "-"])
+            .arg("-d")
+            .arg(&root)
+            .arg("-i")
+            .arg(std::path::absolute(&diff_file).unwrap_or(diff_file))
+            .output()
+            .map_err(|e| BuildError::Tool(format!("cannot run patch(1): {e}")))?;
+        if !out.status.success() {
             return Err(BuildError::Diff(format!(
-                "{} points outside the source tree",
-                rel.display()
+                "the diff does not apply to {}:\n{}{}",
+                source.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
             )));
         }
-        // Several diffs concatenated may change one file twice: patch(1) applies them in
-        // order to the same copy.
-        if let Some(t) = touched.iter_mut().find(|t: &&mut Touched| t.rel == rel) {
-            t.deleted = deleted;
-            continue;
-        }
-        let path = source.join(&rel);
-        let copy = root.join(&rel);
-        if let Some(parent) = copy.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| BuildError::io(parent, e))?;
-        }
-        if !created {
-            std::fs::copy(&path, &copy).map_err(|e| {
-                BuildError::Diff(format!(
-                    "the diff changes {} but the source tree has no such file: {e}",
-                    rel.display()
-                ))
-            })?;
-        }
-        touched.push(Touched {
-            kind: kind_of(&rel),
-            rel,
-            path,
-            patched: copy,
-            created,
-            deleted,
-        });
+        Ok(touched)
     }
-    let out = Command::new("patch")
-        .arg(format!("-p{level}"))
-        .args(["--batch", "--forward", "--no-backup-if-mismatch", "-r", "-"])
-        .arg("-d")
-        .arg(&root)
-        .arg("-i")
-        .arg(std::path::absolute(&diff_file).unwrap_or(diff_file))
-        .output()
-        .map_err(|e| BuildError::Tool(format!("cannot run patch(1): {e}")))?;
-    if !out.status.success() {
-        return Err(BuildError::Diff(format!(
-            "the diff does not apply to {}:\n{}{}",
-            source.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    Ok(touched)
 }
 
 /// Structure, union and class definitions in C/C++ text: name → body with comments and
@@ -339,6 +393,90 @@ mod tests {
             vec![("a/src/x.c".to_string(), "b/src/x.c".to_string())]
         );
         assert_eq!(strip("a/src/x.c", 1), Some(PathBuf::from("src/x.c")));
+    }
+
+    fn tree(name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("suture-patchset-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        for (f, text) in files {
+            let p = d.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        d
+    }
+
+    fn rels(set: &PatchSet) -> Vec<String> {
+        set.files
+            .iter()
+            .map(|f| f.rel.display().to_string())
+            .collect()
+    }
+
+    /// Regression: the kernel pipeline used to strip the first component of every path
+    /// (`-p1`) while the userspace one found the level under which the files exist. Both now
+    /// use the latter: plain paths are not cut, `a/`/`b/` prefixes are.
+    #[test]
+    fn prefix_stripping_is_the_same_for_both_pipelines() {
+        let src = tree("levels", &[("fs/proc/cmdline.c", "a\n")]);
+        let plain = "--- fs/proc/cmdline.c\n+++ fs/proc/cmdline.c\n@@ -1 +1 @@\n-a\n+b\n";
+        let set = PatchSet::parse(&src, plain).unwrap();
+        assert_eq!(
+            (set.level, rels(&set)),
+            (0, vec!["fs/proc/cmdline.c".into()])
+        );
+        let git = "--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -1 +1 @@\n-a\n+b\n";
+        let set = PatchSet::parse(&src, git).unwrap();
+        assert_eq!(
+            (set.level, rels(&set)),
+            (1, vec!["fs/proc/cmdline.c".into()])
+        );
+        // Two levels of prefix (a diff made one directory above the tree).
+        let deep = "--- linux/x/fs/proc/cmdline.c\n+++ linux/y/fs/proc/cmdline.c\n@@ -1 +1 @@\n";
+        let set = PatchSet::parse(&src, deep).unwrap();
+        assert_eq!(
+            (set.level, rels(&set)),
+            (2, vec!["fs/proc/cmdline.c".into()])
+        );
+        // Files the tree lacks: placed as `-p1`, so the caller can name them in its refusal.
+        let missing = "--- a/include/x.h\n+++ b/include/x.h\n@@ -1 +1 @@\n";
+        let set = PatchSet::parse(&src, missing).unwrap();
+        assert_eq!((set.level, rels(&set)), (1, vec!["include/x.h".into()]));
+        // Both pipelines patch copies with that level; the tree is untouched.
+        let work = src.with_extension("work");
+        let touched = PatchSet::parse(&src, plain)
+            .unwrap()
+            .apply(&src, plain, &work)
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&touched[0].patched).unwrap(), "b\n");
+        assert_eq!(
+            std::fs::read_to_string(src.join("fs/proc/cmdline.c")).unwrap(),
+            "a\n"
+        );
+        let _ = std::fs::remove_dir_all(&src);
+        let _ = std::fs::remove_dir_all(&work);
+    }
+
+    #[test]
+    fn created_deleted_and_repeated_files() {
+        let src = tree("kinds", &[("a.c", "x\n"), ("old.c", "y\n")]);
+        let d = "--- a/a.c\n+++ b/a.c\n@@ -1 +1 @@\n-x\n+z\n\
+                 --- /dev/null\n+++ b/new.c\n@@ -0,0 +1 @@\n+n\n\
+                 --- a/old.c\n+++ /dev/null\n@@ -1 +0,0 @@\n-y\n\
+                 --- a/a.c\n+++ b/a.c\n@@ -1 +1 @@\n-z\n+w\n";
+        let set = PatchSet::parse(&src, d).unwrap();
+        assert_eq!(set.level, 1);
+        assert_eq!(rels(&set), vec!["a.c", "new.c", "old.c"]);
+        assert!(set.files[1].created && !set.files[1].deleted);
+        assert!(set.files[2].deleted && !set.files[2].created);
+        let work = src.with_extension("work");
+        let touched = set.apply(&src, d, &work).unwrap();
+        assert_eq!(std::fs::read_to_string(&touched[0].patched).unwrap(), "w\n");
+        assert!(PatchSet::parse(&src, "no diff here\n").is_err());
+        let bad = "--- a/../etc/x\n+++ b/../etc/x\n";
+        assert!(PatchSet::parse(&src, bad).is_err());
+        let _ = std::fs::remove_dir_all(&src);
+        let _ = std::fs::remove_dir_all(&work);
     }
 
     #[test]
