@@ -20,6 +20,7 @@ use thiserror::Error;
 
 pub mod bind;
 pub mod elfinfo;
+pub mod kernel;
 pub mod patchset;
 pub mod record;
 pub mod sandbox;
@@ -55,6 +56,32 @@ pub enum BuildError {
     Bind(String),
     #[error("{0}")]
     Usage(String),
+    /// An object file could not be read, diffed or written (`what` names it).
+    #[error("{what}")]
+    Analysis {
+        what: String,
+        #[source]
+        source: suture_object::Error,
+    },
+    #[error("reading the fix {path}")]
+    ReadFix {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{tree} does not say which headers package it was prepared from (no .suture-ready \
+         from scripts/kernel-tree.sh): pass --headers"
+    )]
+    NoHeaders { tree: String },
+    #[error("the fix changes {file}, which the source tree does not have")]
+    NotInTree { file: String },
+    #[error(transparent)]
+    Kernel(#[from] suture_kernel::tree::Error),
+    #[error(transparent)]
+    Kbuild(#[from] suture_kernel::kbuild::Error),
+    #[error(transparent)]
+    Generate(#[from] suture_kernel::generate::Error),
 }
 
 impl BuildError {

@@ -144,7 +144,7 @@ pub struct DiffFile {
     pub kind: FileKind,
 }
 
-/// The files of a diff, in order, placed in `source`: the path-prefix level is the one under
+/// The files of a diff (none when it is not a unified diff), in order, placed in `source`: the path-prefix level is the one under
 /// which the named files exist ([`strip_level`]). A file changed twice (concatenated diffs) is
 /// listed once.
 pub struct PatchSet {
@@ -156,11 +156,6 @@ pub struct PatchSet {
 impl PatchSet {
     pub fn parse(source: &Path, diff_text: &str) -> Result<PatchSet, BuildError> {
         let pairs = diff_paths(diff_text);
-        if pairs.is_empty() {
-            return Err(BuildError::Diff(
-                "the diff names no files (expected a unified diff with ---/+++ lines)".into(),
-            ));
-        }
         let level = strip_level(source, &pairs);
         let mut files: Vec<DiffFile> = Vec::new();
         for (o, n) in &pairs {
@@ -200,6 +195,11 @@ impl PatchSet {
 /// source tree untouched.
 pub fn apply(source: &Path, diff_text: &str, work: &Path) -> Result<Vec<Touched>, BuildError> {
     let set = PatchSet::parse(source, diff_text)?;
+    if set.files.is_empty() {
+        return Err(BuildError::Diff(
+            "the diff names no files (expected a unified diff with ---/+++ lines)".into(),
+        ));
+    }
     set.apply(source, diff_text, work)
 }
 
@@ -472,7 +472,11 @@ mod tests {
         let work = src.with_extension("work");
         let touched = set.apply(&src, d, &work).unwrap();
         assert_eq!(std::fs::read_to_string(&touched[0].patched).unwrap(), "w\n");
-        assert!(PatchSet::parse(&src, "no diff here\n").is_err());
+        assert!(PatchSet::parse(&src, "no diff here\n")
+            .unwrap()
+            .files
+            .is_empty());
+        assert!(apply(&src, "no diff here\n", &work).is_err());
         let bad = "--- a/../etc/x\n+++ b/../etc/x\n";
         assert!(PatchSet::parse(&src, bad).is_err());
         let _ = std::fs::remove_dir_all(&src);

@@ -3,6 +3,11 @@
 //! - [`livepatch`]: the runtime side, `/sys/kernel/livepatch`: load a patch module, wait for
 //!   the transition (reporting the tasks that block it), unload, status.
 //! - [`kbuild`]: build an out-of-tree module directory against a kernel headers tree.
+//! - [`generate`], [`klp`], [`kallsyms`]: the livepatch module for a set of patched units.
+//! - [`tree`]: the kernel source tree (checked against the headers, units compiled by kbuild).
+//!
+//! The pipeline of `suture build --kernel` (diff, patched copies, compiles, diffs, generation)
+//! is `suture_build::kernel`.
 
 pub mod generate;
 pub mod kallsyms;

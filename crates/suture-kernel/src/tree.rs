@@ -1,21 +1,15 @@
-//! The kernel source tree side of `suture build --kernel`: which files a fix touches, checking
-//! the tree against the target's headers, and compiling single translation units before and
-//! after the fix.
+//! The kernel source tree: checking it against the target's headers, which kernel object a
+//! unit belongs to, and compiling single translation units with kbuild.
 //!
 //! The tree is one prepared by `scripts/kernel-tree.sh` (Debian's `linux-source` unpacked, the
 //! headers' `.config`, `modules_prepare` with the kernel's compiler). Units are compiled by
 //! kbuild itself (`make <dir>/<file>.o`, so every flag, `-DMODULE`/`KBUILD_MODNAME` and objtool
-//! are Debian's) plus `-ffunction-sections -fdata-sections`.
-//!
-//! The source tree is never modified: the fix is applied to copies of the touched files in a
-//! scratch directory, and the patched compile runs in a private mount namespace
-//! (`unshare --mount`, plus `--user --map-root-user` when not root) in which each patched copy
-//! is bind-mounted over its original path, so `__FILE__`, relative includes and kbuild's view
-//! are those of the real tree, and an interrupted or killed run leaves nothing to restore (the
-//! same approach as `suture build` for userspace). kbuild still writes the unit's object and
-//! `.cmd` file into the tree, so users of one tree are serialised by an exclusive lock on
-//! `<tree>/.suture-lock` (the lock the test tiers take too); objects built from patched
-//! sources are deleted afterwards.
+//! are Debian's) plus `-ffunction-sections -fdata-sections`. The caller chooses how `make`
+//! runs: `suture_build::kernel` runs the patched compile in its private mount namespace, which
+//! shows the patched copies over the originals, so the tree's sources are never modified.
+//! kbuild still writes the unit's object and `.cmd` file into the tree, so users of one tree
+//! are serialised by an exclusive lock on `<tree>/.suture-lock` (the lock the test tiers take
+//! too).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -23,11 +17,14 @@ use std::process::{Command, Stdio};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
-    Refused(String),
-    #[error("{0}")]
     Tree(String),
+    /// `code` is make's exit code (or that of the sandbox running it).
     #[error("compiling {file} failed:\n{tail}")]
-    Compile { file: String, tail: String },
+    Compile {
+        file: String,
+        code: Option<i32>,
+        tail: String,
+    },
     #[error("{what}: {err}")]
     Io { what: String, err: std::io::Error },
 }
@@ -35,68 +32,6 @@ pub enum Error {
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |err| Error::Io { what, err }
-}
-
-/// Files a unified diff changes (`-p1` paths: `+++ b/fs/proc/cmdline.c`), in order.
-pub fn touched_files(diff: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let mut minus: Option<String> = None;
-    for line in diff.lines() {
-        if let Some(p) = line.strip_prefix("--- ") {
-            minus = Some(strip_path(p));
-        } else if let Some(p) = line.strip_prefix("+++ ") {
-            let mut p = strip_path(p);
-            if p == "/dev/null" {
-                p = minus.take().unwrap_or_default();
-            }
-            if !p.is_empty() && !out.contains(&p) {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-fn strip_path(p: &str) -> String {
-    let p = p.split('\t').next().unwrap_or("").trim();
-    if p == "/dev/null" {
-        return p.to_string();
-    }
-    match p.split_once('/') {
-        Some((_, rest)) => rest.to_string(),
-        None => p.to_string(),
-    }
-}
-
-/// Checks the files a fix touches: only C translation units can be rebuilt and diffed.
-pub fn check_files(files: &[String]) -> Result<(), Error> {
-    let mut bad = Vec::new();
-    for f in files {
-        let why = if f.ends_with(".c") {
-            continue;
-        } else if f.ends_with(".h") {
-            "a header: the units that include it are not rebuilt by suture; move the change \
-             into the .c files that need it"
-        } else if f.ends_with(".S") || f.ends_with(".s") {
-            "assembly: assembly code has no ftrace entries livepatch could redirect"
-        } else if f.contains("Makefile") || f.contains("Kconfig") || f.ends_with("Kbuild") {
-            "a build or configuration file: a live patch cannot change how the kernel was built"
-        } else {
-            "not a C source file"
-        };
-        bad.push(format!("  {f}: {why}"));
-    }
-    if files.is_empty() {
-        return Err(Error::Refused("the diff touches no file".into()));
-    }
-    if bad.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Refused(format!(
-            "the fix changes files suture cannot live-patch:\n{}",
-            bad.join("\n")
-        )))
-    }
 }
 
 fn config_lines(path: &Path) -> Result<Vec<String>, Error> {
@@ -219,14 +154,6 @@ pub struct Tree {
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
-/// Original and patched objects of one unit.
-pub struct Built {
-    pub file: String,
-    pub object: String,
-    pub orig: Vec<u8>,
-    pub patched: Vec<u8>,
-}
-
 impl Tree {
     /// Locks the tree (waiting for other users of it).
     pub fn open(dir: &Path, cc: &str) -> Result<Tree, Error> {
@@ -246,32 +173,12 @@ impl Tree {
         })
     }
 
-    /// Compiles one unit with kbuild and returns the object's bytes; with `mounts`
-    /// (`(patched copy, original path)`), inside a private mount namespace that shows the
-    /// copies in place of the originals.
-    fn compile(&self, file: &str, mounts: &[(PathBuf, PathBuf)]) -> Result<Vec<u8>, Error> {
+    /// Compiles one unit with kbuild and returns the object's bytes. `make` is the command
+    /// that runs make (plain, or wrapped by the caller); the arguments are added here.
+    pub fn compile(&self, file: &str, mut make: Command) -> Result<Vec<u8>, Error> {
         let obj = Path::new(file).with_extension("o");
-        let _ = std::fs::remove_file(self.dir.join(&obj));
-        let mut cmd = if mounts.is_empty() {
-            Command::new("make")
-        } else {
-            let mut c = Command::new("unshare");
-            if !nix::unistd::geteuid().is_root() {
-                c.args(["--user", "--map-root-user"]);
-            }
-            c.args(["--mount", "--propagation", "private", "--", "sh", "-c"]);
-            c.arg(
-                "while [ \"$1\" != -- ]; do mount --bind -- \"$1\" \"$2\" || exit 125; \
-                 shift 2; done; shift; exec \"$@\"",
-            );
-            c.arg("sh");
-            for (copy, orig) in mounts {
-                c.arg(copy).arg(orig);
-            }
-            c.args(["--", "make"]);
-            c
-        };
-        let out = cmd
+        self.remove_object(file);
+        let out = make
             .arg("-s")
             .arg(format!("CC={}", self.cc))
             .arg("KCFLAGS=-ffunction-sections -fdata-sections")
@@ -283,16 +190,10 @@ impl Tree {
         if !out.status.success() {
             let text = String::from_utf8_lossy(&out.stderr);
             let lines: Vec<&str> = text.lines().collect();
-            let mut tail = lines[lines.len().saturating_sub(30)..].join("\n");
-            if out.status.code() == Some(125) {
-                tail.push_str(
-                    "\n(bind-mounting the patched sources failed: suture needs root or \
-                               unprivileged user namespaces)",
-                );
-            }
             return Err(Error::Compile {
                 file: file.into(),
-                tail,
+                code: out.status.code(),
+                tail: lines[lines.len().saturating_sub(30)..].join("\n"),
             });
         }
         let path = self.dir.join(&obj);
@@ -302,100 +203,8 @@ impl Tree {
         )))
     }
 
-    /// Builds every touched unit before and after `diff` (a `-p1` unified diff).
-    pub fn build(
-        &self,
-        diff: &Path,
-        files: &[String],
-        progress: &mut dyn FnMut(&str),
-    ) -> Result<Vec<Built>, Error> {
-        for f in files {
-            if !self.dir.join(f).is_file() {
-                return Err(Error::Tree(format!(
-                    "the fix changes {f}, which the source tree does not have"
-                )));
-            }
-        }
-        // The fix applied to copies of the touched files.
-        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let scratch = std::env::temp_dir().join(format!(
-            "suture-kbuild-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&scratch);
-        let cleanup = Scratch(scratch.clone());
-        let mut mounts = Vec::new();
-        for f in files {
-            let copy = scratch.join(f);
-            if let Some(parent) = copy.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(io(format!("creating {}", parent.display())))?;
-            }
-            std::fs::copy(self.dir.join(f), &copy)
-                .map_err(io(format!("copying {f} to {}", scratch.display())))?;
-            mounts.push((copy, self.dir.join(f)));
-        }
-        let input = std::fs::File::open(diff).map_err(io(format!("reading {}", diff.display())))?;
-        let out = Command::new("patch")
-            .args(["-p1", "-s", "-f", "--no-backup-if-mismatch", "-r", "-"])
-            .current_dir(&scratch)
-            .stdin(input)
-            .output()
-            .map_err(io("running patch"))?;
-        if !out.status.success() {
-            return Err(Error::Tree(format!(
-                "the fix does not apply to {}:\n{}{}",
-                self.dir.display(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        let result = (|| -> Result<Vec<Built>, Error> {
-            let mut out = Vec::new();
-            for f in files {
-                progress(&format!("compiling {f} (original)"));
-                let orig = self.compile(f, &[])?;
-                progress(&format!("compiling {f} (patched)"));
-                let patched = self.compile(f, &mounts)?;
-                let object = object_of(&self.dir, f)?;
-                out.push(Built {
-                    file: f.clone(),
-                    object,
-                    orig,
-                    patched,
-                });
-            }
-            Ok(out)
-        })();
-        // Leave no object built from patched sources behind.
-        for f in files {
-            let _ = std::fs::remove_file(self.dir.join(Path::new(f).with_extension("o")));
-        }
-        drop(cleanup);
-        result
-    }
-}
-
-/// Removes the scratch directory when dropped.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn files_of_a_diff() {
-        let d = "diff --git a/fs/proc/cmdline.c b/fs/proc/cmdline.c\n--- a/fs/proc/cmdline.c\n\
-                 +++ b/fs/proc/cmdline.c\n@@ -1 +1 @@\n-a\n+b\n--- a/x.h\t2020\n+++ b/x.h\t2020\n";
-        assert_eq!(touched_files(d), vec!["fs/proc/cmdline.c", "x.h"]);
-        assert!(check_files(&touched_files(d)).is_err());
-        assert!(check_files(&["a.c".into()]).is_ok());
+    /// Deletes the object kbuild wrote for `file` (none is left built from patched sources).
+    pub fn remove_object(&self, file: &str) {
+        let _ = std::fs::remove_file(self.dir.join(Path::new(file).with_extension("o")));
     }
 }

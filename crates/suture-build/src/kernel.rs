@@ -1,0 +1,524 @@
+//! `suture build --kernel`: a livepatch module for the target kernel from its source tree and
+//! a fix.
+//!
+//! Phases: [`check`] the files the fix touches (only C units) and the tree against the target's
+//! headers; [`compile`] every touched unit with kbuild before and after the fix (the fix
+//! applied to copies by [`crate::patchset`], the patched compile in [`crate::sandbox`]);
+//! [`diff`] each unit with `suture_object`; [`generate`] the module with
+//! `suture_kernel::generate`. The result is a [`KernelBuildReport`] (schema
+//! `suture.kernel-build/1`), whatever the verdict; only failures to run are errors.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use suture_kernel::generate::{self, Module, Options, Unit};
+use suture_kernel::kbuild::Headers;
+use suture_kernel::tree::{self, Tree};
+use suture_object::report::{Report, Status, UnsupportedKind};
+
+use crate::patchset::{PatchSet, Touched};
+use crate::sandbox::{self, Mount};
+use crate::BuildError;
+
+/// Inputs of [`build`].
+#[derive(Clone, Debug)]
+pub struct KernelBuildOptions {
+    /// The kernel source tree (prepared by `scripts/kernel-tree.sh`).
+    pub source: PathBuf,
+    /// The fix, a unified diff.
+    pub diff: PathBuf,
+    /// Where the module and its build directory go.
+    pub out_dir: PathBuf,
+    /// Module name (default: `suture_<diff file stem>`), made kernel-safe.
+    pub name: Option<String>,
+    /// The target's headers (default: the package the tree was prepared from).
+    pub headers: Option<PathBuf>,
+    /// Copy of the target's `/proc/kallsyms`.
+    pub kallsyms: Option<PathBuf>,
+    /// Directories holding the stock `.ko` of patched modules.
+    pub module_dirs: Vec<PathBuf>,
+    /// A cumulative patch (`.replace = true`).
+    pub replace: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KernelOutcome {
+    /// The module was written.
+    Built,
+    /// The fix cannot be live-patched; nothing written.
+    Unsupported,
+    /// The fix changes no code that runs; nothing written.
+    NoChange,
+}
+
+/// One reason a fix is refused: per symbol (differ, generator) or for the whole fix.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelRefusal {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<UnsupportedKind>,
+    pub reason: String,
+}
+
+/// A patched unit of the module.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelUnitReport {
+    pub file: String,
+    pub object: String,
+    pub report: Report,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Seconds {
+    pub compile: f64,
+    pub total: f64,
+}
+
+/// What `suture build --kernel` did (schema `suture.kernel-build/1`). Fields that do not
+/// apply to the outcome are left out of the JSON.
+#[derive(Debug, Serialize)]
+pub struct KernelBuildReport {
+    pub schema: &'static str,
+    pub status: KernelOutcome,
+    /// The refusal as one text for people (the JSON has `reasons`).
+    #[serde(skip)]
+    pub message: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<KernelRefusal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<Module>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub units: Vec<KernelUnitReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<Seconds>,
+}
+
+pub const SCHEMA: &str = "suture.kernel-build/1";
+
+impl KernelBuildReport {
+    fn outcome(status: KernelOutcome) -> KernelBuildReport {
+        KernelBuildReport {
+            schema: SCHEMA,
+            status,
+            message: String::new(),
+            reasons: Vec::new(),
+            module: None,
+            release: None,
+            units: Vec::new(),
+            seconds: None,
+        }
+    }
+
+    /// Refused with `message`; `reasons` per symbol, or (none) the message as the one reason.
+    fn refused(message: String, mut reasons: Vec<KernelRefusal>) -> KernelBuildReport {
+        if reasons.is_empty() {
+            reasons.push(KernelRefusal {
+                unit: None,
+                symbol: None,
+                kind: None,
+                reason: message.clone(),
+            });
+        }
+        KernelBuildReport {
+            message,
+            reasons,
+            ..KernelBuildReport::outcome(KernelOutcome::Unsupported)
+        }
+    }
+}
+
+/// Original and patched objects of one unit.
+pub struct Built {
+    /// Source path relative to the tree.
+    pub file: String,
+    /// `vmlinux` or the module's name.
+    pub object: String,
+    pub orig: Vec<u8>,
+    pub patched: Vec<u8>,
+}
+
+/// A unit whose change can be patched: its patch object and the differ's report.
+pub struct Patched<'b> {
+    pub built: &'b Built,
+    pub patch: Vec<u8>,
+    pub report: Report,
+}
+
+/// Checks the files a fix touches: only C translation units can be rebuilt and diffed.
+/// `Err` is the refusal's text.
+pub fn check_files(files: &[String]) -> Result<(), String> {
+    if files.is_empty() {
+        return Err("the diff touches no file".into());
+    }
+    let mut bad = Vec::new();
+    for f in files {
+        let why = if f.ends_with(".c") {
+            continue;
+        } else if f.ends_with(".h") {
+            "a header: the units that include it are not rebuilt by suture; move the change \
+             into the .c files that need it"
+        } else if f.ends_with(".S") || f.ends_with(".s") {
+            "assembly: assembly code has no ftrace entries livepatch could redirect"
+        } else if f.contains("Makefile") || f.contains("Kconfig") || f.ends_with("Kbuild") {
+            "a build or configuration file: a live patch cannot change how the kernel was built"
+        } else {
+            "not a C source file"
+        };
+        bad.push(format!("  {f}: {why}"));
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the fix changes files suture cannot live-patch:\n{}",
+            bad.join("\n")
+        ))
+    }
+}
+
+/// What [`check`] found: the target's headers and release.
+pub struct Checked {
+    pub headers: Headers,
+    pub release: String,
+}
+
+/// The tree against the target's headers, and the kernel's configuration and compiler.
+/// `Ok(Err(refusal))` when the configuration cannot be served.
+pub fn check(
+    source: &Path,
+    headers: Option<&Path>,
+) -> Result<Result<Checked, KernelBuildReport>, BuildError> {
+    let headers = match headers {
+        Some(h) => Headers::at(h)?,
+        None => match tree::prepared_headers(source) {
+            Some(rel) => Headers::for_release(&rel)?,
+            None => {
+                return Err(BuildError::NoHeaders {
+                    tree: source.display().to_string(),
+                })
+            }
+        },
+    };
+    let release = tree::check_tree(source, &headers.dir)?;
+    if let Err(e) = generate::check_config(&headers) {
+        return Ok(Err(KernelBuildReport::refused(e.to_string(), Vec::new())));
+    }
+    generate::check_compiler(&headers)?;
+    Ok(Ok(Checked { headers, release }))
+}
+
+/// Removes the scratch directory when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Compiles every touched unit before and after the fix. The fix is applied to copies in a
+/// scratch directory; the patched compile sees them over the originals in the sandbox.
+pub fn compile(
+    tree: &Tree,
+    set: &PatchSet,
+    diff_text: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<Built>, BuildError> {
+    let files: Vec<String> = set.files.iter().map(|f| rel_name(&f.rel)).collect();
+    for f in &files {
+        if !tree.dir.join(f).is_file() {
+            return Err(BuildError::NotInTree { file: f.clone() });
+        }
+    }
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let scratch = std::env::temp_dir().join(format!(
+        "suture-kbuild-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let _cleanup = Scratch(scratch.clone());
+    let touched = set.apply(&tree.dir, diff_text, &scratch)?;
+    let mounts = mounts(&tree.dir, &touched);
+    let result = (|| -> Result<Vec<Built>, BuildError> {
+        let mut out = Vec::new();
+        for f in &files {
+            progress(&format!("compiling {f} (original)"));
+            let orig = tree
+                .compile(f, std::process::Command::new("make"))
+                .map_err(compile_error)?;
+            progress(&format!("compiling {f} (patched)"));
+            let patched = tree
+                .compile(f, sandbox::command(&mounts, "make"))
+                .map_err(compile_error)?;
+            let object = tree::object_of(&tree.dir, f)?;
+            out.push(Built {
+                file: f.clone(),
+                object,
+                orig,
+                patched,
+            });
+        }
+        Ok(out)
+    })();
+    // Leave no object built from patched sources behind.
+    for f in &files {
+        tree.remove_object(f);
+    }
+    result
+}
+
+fn rel_name(rel: &Path) -> String {
+    rel.display().to_string()
+}
+
+fn mounts(tree: &Path, touched: &[Touched]) -> Vec<Mount> {
+    let tree = std::path::absolute(tree).unwrap_or_else(|_| tree.to_path_buf());
+    touched
+        .iter()
+        .map(|t| Mount {
+            copy: crate::abs(&t.patched),
+            original: tree.join(&t.rel),
+        })
+        .collect()
+}
+
+/// A failed kbuild compile; a failed bind mount says what suture needs.
+fn compile_error(e: tree::Error) -> BuildError {
+    match e {
+        tree::Error::Compile {
+            file,
+            code: Some(sandbox::MOUNT_FAILED),
+            tail,
+        } => BuildError::Kernel(tree::Error::Compile {
+            file,
+            code: Some(sandbox::MOUNT_FAILED),
+            tail: format!("{tail}\n{}", sandbox::MOUNT_FAILED_HINT),
+        }),
+        e => BuildError::Kernel(e),
+    }
+}
+
+/// The differ's verdict on every unit: the patchable ones, or the refusal.
+pub fn diff<'b>(
+    built: &'b [Built],
+    progress: &mut dyn FnMut(&str),
+) -> Result<Result<Vec<Patched<'b>>, KernelBuildReport>, BuildError> {
+    let mut patches = Vec::new();
+    let mut lines = Vec::new();
+    let mut reasons = Vec::new();
+    for b in built {
+        let object = |what: &str| {
+            let what = format!("{} ({what})", b.file);
+            move |source| BuildError::Analysis { what, source }
+        };
+        let o = suture_object::Object::parse(&b.orig).map_err(object("original"))?;
+        let p = suture_object::Object::parse(&b.patched).map_err(object("patched"))?;
+        let d = suture_object::analyze(&o, &p).map_err(|source| BuildError::Analysis {
+            what: format!("diffing {}", b.file),
+            source,
+        })?;
+        match d.report.status {
+            Status::NoChange => progress(&format!("{}: no functional change", b.file)),
+            Status::Unsupported => {
+                for u in &d.report.unsupported {
+                    lines.push(format!("{} ({}): {}", u.symbol, b.file, u.reason));
+                    reasons.push(KernelRefusal {
+                        unit: Some(b.file.clone()),
+                        symbol: Some(u.symbol.clone()),
+                        kind: Some(u.kind),
+                        reason: u.reason.clone(),
+                    });
+                }
+            }
+            Status::Patchable => {
+                let patch =
+                    suture_object::emit::emit(&d).map_err(|source| BuildError::Analysis {
+                        what: format!("writing the patch object of {}", b.file),
+                        source,
+                    })?;
+                progress(&format!(
+                    "{} ({}): {} changed, {} new function(s)",
+                    b.file,
+                    b.object,
+                    d.report
+                        .changed_functions
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    d.report.new_functions.len()
+                ));
+                patches.push(Patched {
+                    built: b,
+                    patch,
+                    report: d.report.clone(),
+                });
+            }
+        }
+    }
+    if !reasons.is_empty() {
+        return Ok(Err(KernelBuildReport::refused(
+            format!("the fix cannot be live-patched:\n  {}", lines.join("\n  ")),
+            reasons,
+        )));
+    }
+    Ok(Ok(patches))
+}
+
+/// The livepatch module for the patched units; `Ok(Err(refusal))` when the generator refuses
+/// a symbol.
+pub fn generate(
+    patches: &[Patched],
+    opts: Options,
+) -> Result<Result<Module, KernelBuildReport>, BuildError> {
+    std::fs::create_dir_all(&opts.out_dir).map_err(|e| BuildError::io(&opts.out_dir, e))?;
+    let units: Vec<Unit> = patches
+        .iter()
+        .map(|p| Unit {
+            source: p.built.file.clone(),
+            object: p.built.object.clone(),
+            orig: &p.built.orig,
+            patch: &p.patch,
+            report: &p.report,
+        })
+        .collect();
+    match generate::generate(&units, &opts) {
+        Ok(m) => Ok(Ok(m)),
+        Err(generate::Error::Refused(r)) => {
+            let reasons = r
+                .iter()
+                .map(|x| KernelRefusal {
+                    unit: Some(x.unit.clone()),
+                    symbol: Some(x.symbol.clone()),
+                    kind: None,
+                    reason: x.reason.clone(),
+                })
+                .collect();
+            let message = generate::Error::Refused(r).to_string();
+            Ok(Err(KernelBuildReport::refused(message, reasons)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs the whole pipeline. `progress` receives one line per step.
+pub fn build(
+    opts: &KernelBuildOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<KernelBuildReport, BuildError> {
+    let start = Instant::now();
+    let text = std::fs::read_to_string(&opts.diff).map_err(|source| BuildError::ReadFix {
+        path: opts.diff.display().to_string(),
+        source,
+    })?;
+    let set = PatchSet::parse(&opts.source, &text)?;
+    let files: Vec<String> = set.files.iter().map(|f| rel_name(&f.rel)).collect();
+    if let Err(message) = check_files(&files) {
+        return Ok(KernelBuildReport::refused(message, Vec::new()));
+    }
+    let Checked { headers, release } = match check(&opts.source, opts.headers.as_deref())? {
+        Ok(c) => c,
+        Err(refused) => return Ok(refused),
+    };
+
+    progress(&format!(
+        "kernel {release}: rebuilding {} unit(s) of {}",
+        files.len(),
+        opts.source.display()
+    ));
+    let t = Tree::open(&opts.source, &headers.cc)?;
+    let t_build = Instant::now();
+    let built = compile(&t, &set, &text, progress)?;
+    drop(t);
+    let compile_s = t_build.elapsed().as_secs_f64();
+
+    let patches = match diff(&built, progress)? {
+        Ok(p) => p,
+        Err(refused) => return Ok(refused),
+    };
+    if patches.is_empty() {
+        return Ok(KernelBuildReport::outcome(KernelOutcome::NoChange));
+    }
+
+    let name = generate::module_name(&match &opts.name {
+        Some(n) => n.clone(),
+        None => format!(
+            "suture_{}",
+            opts.diff.file_stem().unwrap_or_default().to_string_lossy()
+        ),
+    });
+    progress(&format!("building livepatch module {name}"));
+    let gen_opts = Options {
+        name,
+        replace: opts.replace,
+        headers,
+        kallsyms: opts.kallsyms.clone(),
+        module_dirs: opts.module_dirs.clone(),
+        out_dir: opts.out_dir.clone(),
+    };
+    let module = match generate(&patches, gen_opts)? {
+        Ok(m) => m,
+        Err(refused) => return Ok(refused),
+    };
+    Ok(KernelBuildReport {
+        module: Some(module),
+        release: Some(release),
+        units: patches
+            .iter()
+            .map(|p| KernelUnitReport {
+                file: p.built.file.clone(),
+                object: p.built.object.clone(),
+                report: p.report.clone(),
+            })
+            .collect(),
+        seconds: Some(Seconds {
+            compile: compile_s,
+            total: start.elapsed().as_secs_f64(),
+        }),
+        ..KernelBuildReport::outcome(KernelOutcome::Built)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_c_units_are_accepted() {
+        let d = "diff --git a/fs/proc/cmdline.c b/fs/proc/cmdline.c\n--- a/fs/proc/cmdline.c\n\
+                 +++ b/fs/proc/cmdline.c\n@@ -1 +1 @@\n-a\n+b\n--- a/x.h\t2020\n+++ b/x.h\t2020\n";
+        let set = PatchSet::parse(Path::new("/nonexistent"), d).unwrap();
+        let files: Vec<String> = set.files.iter().map(|f| rel_name(&f.rel)).collect();
+        assert_eq!(files, vec!["fs/proc/cmdline.c", "x.h"]);
+        let why = check_files(&files).unwrap_err();
+        assert!(why.contains("  x.h: a header"), "{why}");
+        assert!(check_files(&["a.c".into()]).is_ok());
+        assert!(check_files(&["arch/x86/entry/entry_64.S".into()])
+            .unwrap_err()
+            .contains("assembly"));
+        assert_eq!(check_files(&[]).unwrap_err(), "the diff touches no file");
+    }
+
+    /// The JSON of each outcome has the fields of `suture.kernel-build/1` and no others.
+    #[test]
+    fn report_json_per_outcome() {
+        let r = KernelBuildReport::outcome(KernelOutcome::NoChange);
+        assert_eq!(
+            serde_json::to_value(&r).unwrap().to_string(),
+            r#"{"schema":"suture.kernel-build/1","status":"no-change"}"#
+        );
+        let r = KernelBuildReport::refused("the diff touches no file".into(), Vec::new());
+        assert_eq!(
+            serde_json::to_value(&r).unwrap().to_string(),
+            r#"{"reasons":[{"reason":"the diff touches no file"}],"schema":"suture.kernel-build/1","status":"unsupported"}"#
+        );
+    }
+}
