@@ -10,7 +10,7 @@ use suture_object::report::{Report, Status};
 
 use crate::bind::{self, Wanted};
 use crate::elfinfo::ElfInfo;
-use crate::patchset::{self, FileKind};
+use crate::patchset::{self, FileKind, Touched};
 use crate::record;
 use crate::sandbox::Mount;
 use crate::units::{Compiler, Graph};
@@ -302,44 +302,63 @@ struct UnitResult {
     patch: Option<Vec<u8>>,
 }
 
-/// Runs the whole pipeline. `progress` receives one line per step.
-pub fn build(
-    opts: &BuildOptions,
-    progress: &mut dyn FnMut(&str),
-) -> Result<BuildReport, BuildError> {
-    let source = opts
-        .source
-        .canonicalize()
-        .map_err(|e| BuildError::io(&opts.source, e))?;
-    if !source.is_dir() {
-        return Err(BuildError::Usage(format!(
-            "{} is not a directory",
-            source.display()
-        )));
-    }
-    let diff_text =
-        std::fs::read_to_string(&opts.diff).map_err(|e| BuildError::io(&opts.diff, e))?;
-    std::fs::create_dir_all(&opts.out_dir).map_err(|e| BuildError::io(&opts.out_dir, e))?;
-    let out_dir = abs(&opts.out_dir);
-    if out_dir.starts_with(&source) {
-        return Err(BuildError::Usage(format!(
-            "the output directory {} is inside the source tree; choose one outside it",
-            out_dir.display()
-        )));
-    }
-    let state = out_dir.join(".suture");
-    let work = state.join("work");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(|e| BuildError::io(&work, e))?;
-    let epoch = std::env::var("SOURCE_DATE_EPOCH").unwrap_or_else(|_| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs().to_string())
-            .unwrap_or_else(|_| "0".into())
-    });
+/// Where one run works: the canonical source tree, the output directory and suture's state in
+/// it, and the fixed `SOURCE_DATE_EPOCH` of both compiles.
+struct Workspace {
+    source: PathBuf,
+    diff_text: String,
+    out_dir: PathBuf,
+    state: PathBuf,
+    work: PathBuf,
+    epoch: String,
+}
 
-    // 1. The fix, applied to copies (fails fast when the diff does not apply).
-    let touched = patchset::apply(&source, &diff_text, &work)?;
+impl Workspace {
+    fn prepare(opts: &BuildOptions) -> Result<Workspace, BuildError> {
+        let source = opts
+            .source
+            .canonicalize()
+            .map_err(|e| BuildError::io(&opts.source, e))?;
+        if !source.is_dir() {
+            return Err(BuildError::Usage(format!(
+                "{} is not a directory",
+                source.display()
+            )));
+        }
+        let diff_text =
+            std::fs::read_to_string(&opts.diff).map_err(|e| BuildError::io(&opts.diff, e))?;
+        std::fs::create_dir_all(&opts.out_dir).map_err(|e| BuildError::io(&opts.out_dir, e))?;
+        let out_dir = abs(&opts.out_dir);
+        if out_dir.starts_with(&source) {
+            return Err(BuildError::Usage(format!(
+                "the output directory {} is inside the source tree; choose one outside it",
+                out_dir.display()
+            )));
+        }
+        let state = out_dir.join(".suture");
+        let work = state.join("work");
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).map_err(|e| BuildError::io(&work, e))?;
+        let epoch = std::env::var("SOURCE_DATE_EPOCH").unwrap_or_else(|_| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs().to_string())
+                .unwrap_or_else(|_| "0".into())
+        });
+        Ok(Workspace {
+            source,
+            diff_text,
+            out_dir,
+            state,
+            work,
+            epoch,
+        })
+    }
+}
+
+/// The fix applied to copies (fails fast when the diff does not apply).
+fn patch(ws: &Workspace, progress: &mut dyn FnMut(&str)) -> Result<Vec<Touched>, BuildError> {
+    let touched = patchset::apply(&ws.source, &ws.diff_text, &ws.work)?;
     progress(&format!(
         "the diff touches {} file(s): {}",
         touched.len(),
@@ -349,11 +368,19 @@ pub fn build(
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    Ok(touched)
+}
 
-    // 2. The project's own build, recorded.
-    let log = state.join("build.log");
-    let records = records_dir(&source, &out_dir);
-    let invocations = run_build(opts, &source, &records, &log, progress)?;
+/// The project's own build, recorded: the build graph and the build log's path.
+fn record(
+    opts: &BuildOptions,
+    ws: &Workspace,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Graph, PathBuf), BuildError> {
+    let (source, out_dir) = (&ws.source, &ws.out_dir);
+    let log = ws.state.join("build.log");
+    let records = records_dir(source, out_dir);
+    let invocations = run_build(opts, source, &records, &log, progress)?;
     let graph = Graph::new(&invocations);
     if graph.units.is_empty() {
         return Err(BuildError::Usage(format!(
@@ -368,12 +395,28 @@ pub fn build(
         graph.units.len(),
         graph.links.len()
     ));
+    Ok((graph, log))
+}
 
-    // 3. Which units each touched file affects.
-    let compiler = Compiler {
-        mounts: &[],
-        epoch: epoch.clone(),
-    };
+/// What the touched files mean for the recorded build.
+struct Selection {
+    files: Vec<FileReport>,
+    refusals: Vec<Refusal>,
+    /// Unit (index in the graph) → the touched files (indexes) it is rebuilt for.
+    affected: BTreeMap<usize, Vec<usize>>,
+    /// The patched copies of the touched sources and headers the build compiles.
+    mounts: Vec<Mount>,
+}
+
+/// Which units each touched file affects, and the files refused outright (build files,
+/// assembly, deleted sources, changed structure definitions).
+fn select_units(
+    source: &Path,
+    graph: &Graph,
+    touched: &[Touched],
+    compiler: &Compiler,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Selection, BuildError> {
     let mut refusals = Vec::new();
     let mut files = Vec::new();
     let mut affected: BTreeMap<usize, Vec<usize>> = BTreeMap::new(); // unit -> files
@@ -448,7 +491,7 @@ pub fn build(
                             std::collections::btree_map::Entry::Vacant(e) => {
                                 progress(&format!(
                                     "listing the headers of {}",
-                                    rel(&source, &u.compile.source)
+                                    rel(source, &u.compile.source)
                                 ));
                                 e.insert(compiler.deps(&u.compile)?)
                             }
@@ -492,7 +535,7 @@ pub fn build(
                         affected.entry(u).or_default().push(fi);
                         report
                             .units
-                            .push(rel(&source, &graph.units[u].compile.source));
+                            .push(rel(source, &graph.units[u].compile.source));
                     }
                     if report.verdict != "refused" {
                         report.verdict = "pending";
@@ -502,71 +545,99 @@ pub fn build(
         }
         files.push(report);
     }
+    Ok(Selection {
+        files,
+        refusals,
+        affected,
+        mounts,
+    })
+}
 
-    // 4. Rebuild the affected units both ways and diff them.
-    let patched_compiler = Compiler {
-        mounts: &mounts,
-        epoch,
+/// Where one unit's objects and logs go.
+fn unit_dir(work: &Path, ui: usize) -> PathBuf {
+    work.join(format!("unit{ui}"))
+}
+
+/// Compiles unit `ui` as built and with the fix: the paths of both objects.
+fn compile(
+    ws: &Workspace,
+    graph: &Graph,
+    ui: usize,
+    compilers: (&Compiler, &Compiler),
+) -> Result<(PathBuf, PathBuf), BuildError> {
+    let unit = &graph.units[ui];
+    let dir = unit_dir(&ws.work, ui);
+    std::fs::create_dir_all(&dir).map_err(|e| BuildError::io(&dir, e))?;
+    let (a, b) = (dir.join("orig.o"), dir.join("patched.o"));
+    compilers
+        .0
+        .compile(&unit.compile, &a, false, &dir.join("orig.log"))?;
+    compilers
+        .1
+        .compile(&unit.compile, &b, true, &dir.join("patched.log"))?;
+    Ok((a, b))
+}
+
+/// The differ's verdict on one unit's two objects, and its patch object when patchable.
+fn diff(src: &str, ui: usize, (a, b): (&Path, &Path)) -> Result<UnitResult, BuildError> {
+    let (ab, bb) = (
+        std::fs::read(a).map_err(|e| BuildError::io(a, e))?,
+        std::fs::read(b).map_err(|e| BuildError::io(b, e))?,
+    );
+    let oa = suture_object::Object::parse(&ab)
+        .map_err(|e| BuildError::Object(format!("{}: {e}", a.display())))?;
+    let ob = suture_object::Object::parse(&bb)
+        .map_err(|e| BuildError::Object(format!("{}: {e}", b.display())))?;
+    let d =
+        suture_object::analyze(&oa, &ob).map_err(|e| BuildError::Object(format!("{src}: {e}")))?;
+    let patch = if d.report.status == Status::Patchable {
+        Some(suture_object::emit::emit(&d).map_err(|e| BuildError::Object(format!("{src}: {e}")))?)
+    } else {
+        None
     };
-    let mut results: Vec<UnitResult> = Vec::new();
-    let total = affected.len();
-    for (n, (&ui, _)) in affected.iter().enumerate() {
-        let unit = &graph.units[ui];
-        let src = rel(&source, &unit.compile.source);
-        progress(&format!(
-            "[{}/{total}] rebuilding {src} (original and patched)",
-            n + 1
-        ));
-        let dir = work.join(format!("unit{ui}"));
-        std::fs::create_dir_all(&dir).map_err(|e| BuildError::io(&dir, e))?;
-        let (a, b) = (dir.join("orig.o"), dir.join("patched.o"));
-        compiler.compile(&unit.compile, &a, false, &dir.join("orig.log"))?;
-        patched_compiler.compile(&unit.compile, &b, true, &dir.join("patched.log"))?;
-        let (ab, bb) = (
-            std::fs::read(&a).map_err(|e| BuildError::io(&a, e))?,
-            std::fs::read(&b).map_err(|e| BuildError::io(&b, e))?,
-        );
-        let oa = suture_object::Object::parse(&ab)
-            .map_err(|e| BuildError::Object(format!("{}: {e}", a.display())))?;
-        let ob = suture_object::Object::parse(&bb)
-            .map_err(|e| BuildError::Object(format!("{}: {e}", b.display())))?;
-        let d = suture_object::analyze(&oa, &ob)
-            .map_err(|e| BuildError::Object(format!("{src}: {e}")))?;
-        let patch = if d.report.status == Status::Patchable {
-            Some(
-                suture_object::emit::emit(&d)
-                    .map_err(|e| BuildError::Object(format!("{src}: {e}")))?,
-            )
-        } else {
-            None
-        };
-        let words = match d.report.status {
-            Status::Patchable => format!(
-                "changed: {}",
-                d.report
-                    .changed_functions
-                    .iter()
-                    .filter(|f| !f.fragment)
-                    .map(|f| f.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            Status::NoChange => "no change in the compiled code".into(),
-            Status::Unsupported => "cannot be live-patched".into(),
-        };
-        progress(&format!("[{}/{total}] {src}: {words}", n + 1));
-        results.push(UnitResult {
-            idx: ui,
-            report: d.report.clone(),
-            patch,
-        });
-    }
+    Ok(UnitResult {
+        idx: ui,
+        report: d.report.clone(),
+        patch,
+    })
+}
 
-    // 5. Verdicts per unit and per file.
+/// The differ's verdict in a progress line.
+fn verdict_words(report: &Report) -> String {
+    match report.status {
+        Status::Patchable => format!(
+            "changed: {}",
+            report
+                .changed_functions
+                .iter()
+                .filter(|f| !f.fragment)
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Status::NoChange => "no change in the compiled code".into(),
+        Status::Unsupported => "cannot be live-patched".into(),
+    }
+}
+
+/// Verdicts per unit and per file, and the report so far.
+fn verdicts(
+    source: &Path,
+    graph: &Graph,
+    sel: Selection,
+    results: &[UnitResult],
+    log: &Path,
+) -> BuildReport {
+    let Selection {
+        mut files,
+        mut refusals,
+        affected,
+        ..
+    } = sel;
     let mut units = Vec::new();
-    for r in &results {
+    for r in results {
         let u = &graph.units[r.idx];
-        let src = rel(&source, &u.compile.source);
+        let src = rel(source, &u.compile.source);
         if r.patch.is_some() && uses_lto(&u.compile.args) {
             // The deployed code was optimised across units: other units may hold inlined
             // copies of the changed functions, which a patch of this unit cannot reach and the
@@ -631,7 +702,7 @@ pub fn build(
         }
     }
 
-    let mut report = BuildReport {
+    BuildReport {
         schema: "suture.build/1",
         outcome: Outcome::NoChange,
         files,
@@ -641,22 +712,19 @@ pub fn build(
         skipped: Vec::new(),
         notes: Vec::new(),
         build_log: log.display().to_string(),
-    };
-    if !report.refusals.is_empty() {
-        report.outcome = Outcome::Refused;
-        return Ok(report);
     }
-    let mut per_output: BTreeMap<PathBuf, Vec<&UnitResult>> = BTreeMap::new();
-    for r in results.iter().filter(|r| r.patch.is_some()) {
-        for o in &graph.units[r.idx].outputs {
-            per_output.entry(o.clone()).or_default().push(r);
-        }
-    }
-    if per_output.is_empty() {
-        return Ok(report);
-    }
+}
 
-    // 6. Bind each changed output to what is deployed and write its bundle.
+/// The deployed files to bind each changed output to: `(output, target)` pairs (no target:
+/// the output itself). Targets that are no changed output become notes; changed outputs no
+/// target names are skipped.
+fn bind_targets(
+    opts: &BuildOptions,
+    source: &Path,
+    graph: &Graph,
+    per_output: &BTreeMap<PathBuf, Vec<&UnitResult>>,
+    report: &mut BuildReport,
+) -> Result<Vec<(PathBuf, Option<PathBuf>)>, BuildError> {
     let mut jobs: Vec<(PathBuf, Option<PathBuf>)> = Vec::new();
     if opts.targets.is_empty() {
         jobs.extend(per_output.keys().map(|o| (o.clone(), None)));
@@ -691,7 +759,7 @@ pub fn build(
                         ti.build_id.as_deref().map(hex).unwrap_or_default(),
                         outputs
                             .iter()
-                            .map(|(p, _)| rel(&source, p))
+                            .map(|(p, _)| rel(source, p))
                             .collect::<Vec<_>>()
                             .join(", ")
                     )))
@@ -701,7 +769,7 @@ pub fn build(
                         "{} could be any of {}",
                         t.display(),
                         many.iter()
-                            .map(|p| rel(&source, p))
+                            .map(|p| rel(source, p))
                             .collect::<Vec<_>>()
                             .join(", ")
                     )))
@@ -711,7 +779,7 @@ pub fn build(
                 report.notes.push(format!(
                     "{}: the fix changes nothing in it (its build output {})",
                     t.display(),
-                    rel(&source, &out)
+                    rel(source, &out)
                 ));
                 continue;
             }
@@ -724,111 +792,219 @@ pub fn build(
             }
         }
     }
+    Ok(jobs)
+}
+
+/// One changed output bound to its deployed file: the merged patch object and the proof.
+struct Bound {
+    deployed: ElfInfo,
+    patch_object: Vec<u8>,
+    binding: bind::Binding,
+    functions: Vec<Function>,
+    units: Vec<BundleUnit>,
+}
+
+/// Merges the patch objects of one output's units and binds them to the deployed file.
+fn bind_output(
+    opts: &BuildOptions,
+    ws: &Workspace,
+    graph: &Graph,
+    (bi, output, target): (usize, &Path, Option<&Path>),
+    rs: &[&UnitResult],
+) -> Result<Bound, BuildError> {
+    let source = &ws.source;
+    let rebuild = ElfInfo::read(output).map_err(BuildError::Bind)?;
+    let deployed = match target {
+        Some(t) => ElfInfo::read(t).map_err(BuildError::Bind)?,
+        None => ElfInfo::read(output).map_err(BuildError::Bind)?,
+    };
+    // Replaced functions are found by name in the merged object: names must be unique.
+    let mut seen = BTreeMap::new();
+    for r in rs {
+        for f in r.report.changed_functions.iter().filter(|f| !f.fragment) {
+            let src = rel(source, &graph.units[r.idx].compile.source);
+            if let Some(other) = seen.insert(f.name.clone(), src.clone()) {
+                return Err(BuildError::Object(format!(
+                    "{} and {src} both replace a function named {}; one bundle cannot \
+                         tell them apart (split the fix into two diffs)",
+                    other, f.name
+                )));
+            }
+        }
+    }
+    let objects: Vec<Vec<u8>> = rs.iter().filter_map(|r| r.patch.clone()).collect();
+    let reports: Vec<Report> = rs.iter().map(|r| r.report.clone()).collect();
+    let patch_object = merge(&objects, &reports, &ws.work.join(format!("merge{bi}")))?;
+    let mut wanted: Vec<Wanted> = reports.iter().flat_map(bind::wanted).collect();
+    wanted.sort();
+    wanted.dedup();
+    let binding = bind::bind(&rebuild, &deployed, &opts.debug_dirs, &wanted)?;
+    let mut functions = Vec::new();
+    let mut bunits = Vec::new();
+    for r in rs {
+        let src = rel(source, &graph.units[r.idx].compile.source);
+        for f in r.report.changed_functions.iter().filter(|f| !f.fragment) {
+            functions.push(Function {
+                name: f.original_name.clone(),
+                file: f.file.clone(),
+                unit: src.clone(),
+            });
+        }
+        bunits.push(BundleUnit {
+            source: src,
+            report: serde_json::to_value(&r.report)
+                .map_err(|e| BuildError::Object(e.to_string()))?,
+        });
+    }
+    Ok(Bound {
+        deployed,
+        patch_object,
+        binding,
+        functions,
+        units: bunits,
+    })
+}
+
+/// Writes one bundle; its entry in the report.
+fn write_bundle(
+    opts: &BuildOptions,
+    ws: &Workspace,
+    output: &Path,
+    bound: Bound,
+    written_names: &mut BTreeSet<String>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BundleReport, BuildError> {
+    let Bound {
+        deployed,
+        patch_object,
+        binding,
+        functions,
+        units: bunits,
+    } = bound;
     let patch_id = opts.patch_id.clone().unwrap_or_else(|| {
         opts.diff
             .file_stem()
             .map_or_else(|| "patch".into(), |s| s.to_string_lossy().into_owned())
     });
+    let manifest = Manifest {
+        format: suture_bundle::MANIFEST_FORMAT.into(),
+        patch_id: patch_id.clone(),
+        created_by: opts.created_by.clone(),
+        target: Target {
+            build_id: hex(&binding.build_id),
+            file_name: deployed.file_name(),
+            soname: deployed.soname.clone(),
+            arch: "x86_64".into(),
+        },
+        twin: binding.twin.clone(),
+        functions: functions.clone(),
+        symbols: binding.symbols.clone(),
+        units: bunits.clone(),
+    };
+    let bytes = suture_bundle::encode(&Bundle {
+        manifest,
+        patch_object,
+    })
+    .map_err(|e| BuildError::Object(e.to_string()))?;
+    let mut name = format!("{}.suture", deployed.file_name());
+    let mut k = 2;
+    while !written_names.insert(name.clone()) {
+        name = format!("{}.{k}.suture", deployed.file_name());
+        k += 1;
+    }
+    let path = ws.out_dir.join(&name);
+    std::fs::write(&path, &bytes).map_err(|e| BuildError::io(&path, e))?;
+    progress(&format!(
+        "wrote {} for {} (build-id {}): {}",
+        path.display(),
+        deployed.path,
+        hex(&binding.build_id),
+        functions
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    Ok(BundleReport {
+        path: path.display().to_string(),
+        output: output.display().to_string(),
+        target: deployed.path.clone(),
+        build_id: hex(&binding.build_id),
+        twin: binding.twin,
+        functions: functions.into_iter().map(|f| f.name).collect(),
+        units: bunits.into_iter().map(|u| u.source).collect(),
+        symbols_verified: binding
+            .symbols
+            .iter()
+            .filter(|s| s.sha256.is_some())
+            .count(),
+    })
+}
+
+/// Runs the whole pipeline: patch, record, select units, compile, diff, bind, write.
+/// `progress` receives one line per step.
+pub fn build(
+    opts: &BuildOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BuildReport, BuildError> {
+    let ws = Workspace::prepare(opts)?;
+    let touched = patch(&ws, progress)?;
+    let (graph, log) = record(opts, &ws, progress)?;
+    let compiler = Compiler {
+        mounts: &[],
+        epoch: ws.epoch.clone(),
+    };
+    let sel = select_units(&ws.source, &graph, &touched, &compiler, progress)?;
+    let patched_compiler = Compiler {
+        mounts: &sel.mounts,
+        epoch: ws.epoch.clone(),
+    };
+    let mut results: Vec<UnitResult> = Vec::new();
+    let total = sel.affected.len();
+    for (n, &ui) in sel.affected.keys().enumerate() {
+        let src = rel(&ws.source, &graph.units[ui].compile.source);
+        progress(&format!(
+            "[{}/{total}] rebuilding {src} (original and patched)",
+            n + 1
+        ));
+        let (a, b) = compile(&ws, &graph, ui, (&compiler, &patched_compiler))?;
+        let r = diff(&src, ui, (&a, &b))?;
+        progress(&format!(
+            "[{}/{total}] {src}: {}",
+            n + 1,
+            verdict_words(&r.report)
+        ));
+        results.push(r);
+    }
+
+    let mut report = verdicts(&ws.source, &graph, sel, &results, &log);
+    if !report.refusals.is_empty() {
+        report.outcome = Outcome::Refused;
+        return Ok(report);
+    }
+    let mut per_output: BTreeMap<PathBuf, Vec<&UnitResult>> = BTreeMap::new();
+    for r in results.iter().filter(|r| r.patch.is_some()) {
+        for o in &graph.units[r.idx].outputs {
+            per_output.entry(o.clone()).or_default().push(r);
+        }
+    }
+    if per_output.is_empty() {
+        return Ok(report);
+    }
+
+    let jobs = bind_targets(opts, &ws.source, &graph, &per_output, &mut report)?;
     let mut written_names = BTreeSet::new();
     for (bi, (output, target)) in jobs.iter().enumerate() {
-        let rs = &per_output[output];
-        let rebuild = ElfInfo::read(output).map_err(BuildError::Bind)?;
-        let deployed = match target {
-            Some(t) => ElfInfo::read(t).map_err(BuildError::Bind)?,
-            None => ElfInfo::read(output).map_err(BuildError::Bind)?,
-        };
-        // Replaced functions are found by name in the merged object: names must be unique.
-        let mut seen = BTreeMap::new();
-        for r in rs {
-            for f in r.report.changed_functions.iter().filter(|f| !f.fragment) {
-                let src = rel(&source, &graph.units[r.idx].compile.source);
-                if let Some(other) = seen.insert(f.name.clone(), src.clone()) {
-                    return Err(BuildError::Object(format!(
-                        "{} and {src} both replace a function named {}; one bundle cannot \
-                         tell them apart (split the fix into two diffs)",
-                        other, f.name
-                    )));
-                }
-            }
-        }
-        let objects: Vec<Vec<u8>> = rs.iter().filter_map(|r| r.patch.clone()).collect();
-        let reports: Vec<Report> = rs.iter().map(|r| r.report.clone()).collect();
-        let patch_object = merge(&objects, &reports, &work.join(format!("merge{bi}")))?;
-        let mut wanted: Vec<Wanted> = reports.iter().flat_map(bind::wanted).collect();
-        wanted.sort();
-        wanted.dedup();
-        let binding = bind::bind(&rebuild, &deployed, &opts.debug_dirs, &wanted)?;
-        report.notes.extend(binding.notes.iter().cloned());
-        let mut functions = Vec::new();
-        let mut bunits = Vec::new();
-        for r in rs {
-            let src = rel(&source, &graph.units[r.idx].compile.source);
-            for f in r.report.changed_functions.iter().filter(|f| !f.fragment) {
-                functions.push(Function {
-                    name: f.original_name.clone(),
-                    file: f.file.clone(),
-                    unit: src.clone(),
-                });
-            }
-            bunits.push(BundleUnit {
-                source: src,
-                report: serde_json::to_value(&r.report)
-                    .map_err(|e| BuildError::Object(e.to_string()))?,
-            });
-        }
-        let manifest = Manifest {
-            format: suture_bundle::MANIFEST_FORMAT.into(),
-            patch_id: patch_id.clone(),
-            created_by: opts.created_by.clone(),
-            target: Target {
-                build_id: hex(&binding.build_id),
-                file_name: deployed.file_name(),
-                soname: deployed.soname.clone(),
-                arch: "x86_64".into(),
-            },
-            twin: binding.twin.clone(),
-            functions: functions.clone(),
-            symbols: binding.symbols.clone(),
-            units: bunits.clone(),
-        };
-        let bytes = suture_bundle::encode(&Bundle {
-            manifest,
-            patch_object,
-        })
-        .map_err(|e| BuildError::Object(e.to_string()))?;
-        let mut name = format!("{}.suture", deployed.file_name());
-        let mut k = 2;
-        while !written_names.insert(name.clone()) {
-            name = format!("{}.{k}.suture", deployed.file_name());
-            k += 1;
-        }
-        let path = out_dir.join(&name);
-        std::fs::write(&path, &bytes).map_err(|e| BuildError::io(&path, e))?;
-        progress(&format!(
-            "wrote {} for {} (build-id {}): {}",
-            path.display(),
-            deployed.path,
-            hex(&binding.build_id),
-            functions
-                .iter()
-                .map(|f| f.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        report.bundles.push(BundleReport {
-            path: path.display().to_string(),
-            output: output.display().to_string(),
-            target: deployed.path.clone(),
-            build_id: hex(&binding.build_id),
-            twin: binding.twin,
-            functions: functions.into_iter().map(|f| f.name).collect(),
-            units: bunits.into_iter().map(|u| u.source).collect(),
-            symbols_verified: binding
-                .symbols
-                .iter()
-                .filter(|s| s.sha256.is_some())
-                .count(),
-        });
+        let bound = bind_output(
+            opts,
+            &ws,
+            &graph,
+            (bi, output, target.as_deref()),
+            &per_output[output],
+        )?;
+        report.notes.extend(bound.binding.notes.iter().cloned());
+        let b = write_bundle(opts, &ws, output, bound, &mut written_names, progress)?;
+        report.bundles.push(b);
     }
     if !report.bundles.is_empty() {
         report.outcome = Outcome::Written;
