@@ -15,7 +15,7 @@ use suture_bundle::{hex, Symbol, Twin};
 use suture_object::report::{RefScope, Report, SymbolKind};
 
 use crate::elfinfo::{lookup, ElfInfo};
-use crate::BuildError;
+use crate::{BuildError, Mismatch};
 
 /// An original symbol a patch relies on, as the differ names it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -104,14 +104,23 @@ pub fn bind(
     debug_dirs: &[PathBuf],
     wanted: &[Wanted],
 ) -> Result<Binding, BuildError> {
-    let deployed_id = deployed.build_id.clone().ok_or_else(|| {
-        BuildError::Bind(format!(
-            "{} has no GNU build-id note; a patch must be bound to one (link with \
-             -Wl,--build-id)",
-            deployed.path
-        ))
-    })?;
+    let deployed_id = deployed
+        .build_id
+        .clone()
+        .ok_or_else(|| BuildError::NoBuildId {
+            file: deployed.path.clone(),
+        })?;
     let rebuild_id = rebuild.build_id.clone().unwrap_or_default();
+    let mismatch = || {
+        Box::new(Mismatch {
+            deployed: deployed.path.clone(),
+            deployed_id: hex(&deployed_id),
+            rebuild: rebuild.path.clone(),
+            rebuild_id: hex(&rebuild_id),
+            deployed_compiler: compilers(deployed),
+            rebuild_compiler: compilers(rebuild),
+        })
+    };
     let same_build = rebuild_id == deployed_id;
     let debug;
     let (twin, twin_kind): (&ElfInfo, &str) = if same_build && rebuild.symbols.has_symtab {
@@ -119,37 +128,29 @@ pub fn bind(
     } else if deployed.symbols.has_symtab {
         (deployed, "deployed")
     } else if let Some(p) = debug_file(debug_dirs, &deployed_id) {
-        debug = ElfInfo::read(&p).map_err(BuildError::Bind)?;
+        debug = ElfInfo::read(&p).map_err(BuildError::elf(&p))?;
         if debug.build_id.as_deref() != Some(&deployed_id) {
-            return Err(BuildError::Bind(format!(
-                "debug file {} does not carry build-id {}",
-                p.display(),
-                hex(&deployed_id)
-            )));
+            return Err(BuildError::DebugFileMismatch {
+                file: p.display().to_string(),
+                build_id: hex(&deployed_id),
+            });
         }
         (&debug, "debug-file")
     } else {
-        return Err(BuildError::Bind(format!(
-            "the rebuild does not match {}: build-id {} (deployed) vs {} (rebuild of {}); \
-             compiler: deployed {} vs rebuild {}; {} is stripped and no debug file \
-             .build-id/{}/{}.debug exists under {}, so no function can be located or compared \
-             (install its debug symbols, or rebuild exactly as it was built: same compiler, \
-             flags and paths)",
-            deployed.path,
-            hex(&deployed_id),
-            hex(&rebuild_id),
-            rebuild.path,
-            compilers(deployed),
-            compilers(rebuild),
-            deployed.path,
-            &hex(&deployed_id)[..2.min(hex(&deployed_id).len())],
-            hex(&deployed_id).get(2..).unwrap_or(""),
-            debug_dirs
+        let id = hex(&deployed_id);
+        return Err(BuildError::Unlocatable {
+            pair: mismatch(),
+            debug_file: format!(
+                ".build-id/{}/{}.debug",
+                &id[..2.min(id.len())],
+                id.get(2..).unwrap_or("")
+            ),
+            debug_dirs: debug_dirs
                 .iter()
                 .map(|d| d.display().to_string())
                 .collect::<Vec<_>>()
-                .join(", ")
-        )));
+                .join(", "),
+        });
     };
     let mut symbols = Vec::new();
     let mut differ = Vec::new();
@@ -202,17 +203,10 @@ pub fn bind(
         });
     }
     if !differ.is_empty() {
-        return Err(BuildError::Bind(format!(
-            "the rebuild does not match {}: build-id {} (deployed) vs {} (rebuild {}); \
-             compiler: deployed {} vs rebuild {}; symbols the patch relies on that differ: {}",
-            deployed.path,
-            hex(&deployed_id),
-            hex(&rebuild_id),
-            rebuild.path,
-            compilers(deployed),
-            compilers(rebuild),
-            differ.join("; ")
-        )));
+        return Err(BuildError::SymbolsDiffer {
+            pair: mismatch(),
+            symbols: differ,
+        });
     }
     let mut notes = Vec::new();
     if !same_build {

@@ -162,17 +162,15 @@ impl PatchSet {
             let created = o == "/dev/null";
             let deleted = n == "/dev/null";
             let name = if created { n } else { o };
-            let rel = strip(name, level).ok_or_else(|| {
-                BuildError::Diff(format!("cannot place {name} in the source tree"))
-            })?;
+            let rel =
+                strip(name, level).ok_or_else(|| BuildError::Unplaceable { path: name.clone() })?;
             if rel
                 .components()
                 .any(|c| c == std::path::Component::ParentDir)
             {
-                return Err(BuildError::Diff(format!(
-                    "{} points outside the source tree",
-                    rel.display()
-                )));
+                return Err(BuildError::OutsideTree {
+                    path: rel.display().to_string(),
+                });
             }
             // Several diffs concatenated may change one file twice: patch(1) applies them in
             // order to the same copy.
@@ -196,9 +194,7 @@ impl PatchSet {
 pub fn apply(source: &Path, diff_text: &str, work: &Path) -> Result<Vec<Touched>, BuildError> {
     let set = PatchSet::parse(source, diff_text)?;
     if set.files.is_empty() {
-        return Err(BuildError::Diff(
-            "the diff names no files (expected a unified diff with ---/+++ lines)".into(),
-        ));
+        return Err(BuildError::NoFiles);
     }
     set.apply(source, diff_text, work)
 }
@@ -227,11 +223,9 @@ impl PatchSet {
                 std::fs::create_dir_all(parent).map_err(|e| BuildError::io(parent, e))?;
             }
             if !created {
-                std::fs::copy(&path, &copy).map_err(|e| {
-                    BuildError::Diff(format!(
-                        "the diff changes {} but the source tree has no such file: {e}",
-                        rel.display()
-                    ))
+                std::fs::copy(&path, &copy).map_err(|source| BuildError::MissingFile {
+                    file: rel.display().to_string(),
+                    source,
                 })?;
             }
             touched.push(Touched {
@@ -251,14 +245,19 @@ impl PatchSet {
             .arg("-i")
             .arg(std::path::absolute(&diff_file).unwrap_or(diff_file))
             .output()
-            .map_err(|e| BuildError::Tool(format!("cannot run patch(1): {e}")))?;
+            .map_err(|source| BuildError::Spawn {
+                command: "patch(1)".into(),
+                source,
+            })?;
         if !out.status.success() {
-            return Err(BuildError::Diff(format!(
-                "the diff does not apply to {}:\n{}{}",
-                source.display(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )));
+            return Err(BuildError::DoesNotApply {
+                tree: source.display().to_string(),
+                output: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            });
         }
         Ok(touched)
     }

@@ -128,6 +128,11 @@ pub struct BuildReport {
     pub build_log: String,
 }
 
+/// An object-file failure about `what`.
+fn analysis(what: String) -> impl FnOnce(suture_object::Error) -> BuildError {
+    move |source| BuildError::Analysis { what, source }
+}
+
 fn rel(source: &Path, p: &Path) -> String {
     p.strip_prefix(source).unwrap_or(p).display().to_string()
 }
@@ -192,7 +197,10 @@ fn run_build(
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut paths = vec![wrap.clone()];
     paths.extend(std::env::split_paths(&path));
-    let new_path = std::env::join_paths(paths).map_err(|e| BuildError::Tool(e.to_string()))?;
+    let new_path = std::env::join_paths(paths).map_err(|source| BuildError::WrapperPath {
+        dir: wrap.display().to_string(),
+        source,
+    })?;
     progress(&format!(
         "running the build: {} (in {}, log {})",
         opts.build_cmd,
@@ -212,7 +220,10 @@ fn run_build(
         .stdout(logf)
         .stderr(errf)
         .status()
-        .map_err(|e| BuildError::Tool(format!("cannot run sh: {e}")))?;
+        .map_err(|source| BuildError::Spawn {
+            command: "sh".into(),
+            source,
+        })?;
     if !status.success() {
         return Err(BuildError::BuildFailed {
             cmd: opts.build_cmd.clone(),
@@ -232,14 +243,15 @@ fn merge(objects: &[Vec<u8>], reports: &[Report], dir: &Path) -> Result<Vec<u8>,
     }
     std::fs::create_dir_all(dir).map_err(|e| BuildError::io(dir, e))?;
     let run = |cmd: &mut Command| -> Result<(), BuildError> {
-        let out = cmd
-            .output()
-            .map_err(|e| BuildError::Tool(format!("cannot run {cmd:?}: {e}")))?;
+        let out = cmd.output().map_err(|source| BuildError::Spawn {
+            command: format!("{cmd:?}"),
+            source,
+        })?;
         if !out.status.success() {
-            return Err(BuildError::Tool(format!(
-                "{cmd:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
+            return Err(BuildError::ToolFailed {
+                command: format!("{cmd:?}"),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
         }
         Ok(())
     };
@@ -264,9 +276,9 @@ fn merge(objects: &[Vec<u8>], reports: &[Report], dir: &Path) -> Result<Vec<u8>,
         .arg(&merged)
         .args(&stripped))?;
     let mut manifest =
-        serde_json::to_value(&reports[0]).map_err(|e| BuildError::Object(e.to_string()))?;
+        serde_json::to_value(&reports[0]).map_err(BuildError::encode("the merged manifest"))?;
     for r in &reports[1..] {
-        let v = serde_json::to_value(r).map_err(|e| BuildError::Object(e.to_string()))?;
+        let v = serde_json::to_value(r).map_err(BuildError::encode("the merged manifest"))?;
         for key in [
             "changed_functions",
             "new_functions",
@@ -320,20 +332,18 @@ impl Workspace {
             .canonicalize()
             .map_err(|e| BuildError::io(&opts.source, e))?;
         if !source.is_dir() {
-            return Err(BuildError::Usage(format!(
-                "{} is not a directory",
-                source.display()
-            )));
+            return Err(BuildError::NotADirectory {
+                path: source.display().to_string(),
+            });
         }
         let diff_text =
             std::fs::read_to_string(&opts.diff).map_err(|e| BuildError::io(&opts.diff, e))?;
         std::fs::create_dir_all(&opts.out_dir).map_err(|e| BuildError::io(&opts.out_dir, e))?;
         let out_dir = abs(&opts.out_dir);
         if out_dir.starts_with(&source) {
-            return Err(BuildError::Usage(format!(
-                "the output directory {} is inside the source tree; choose one outside it",
-                out_dir.display()
-            )));
+            return Err(BuildError::OutputInSource {
+                path: out_dir.display().to_string(),
+            });
         }
         let state = out_dir.join(".suture");
         let work = state.join("work");
@@ -383,12 +393,9 @@ fn record(
     let invocations = run_build(opts, source, &records, &log, progress)?;
     let graph = Graph::new(&invocations);
     if graph.units.is_empty() {
-        return Err(BuildError::Usage(format!(
-            "the build compiled nothing that suture saw (it was probably already built, and \
-             no earlier record exists in {}); clean the tree (e.g. `make clean`) or pass a \
-             --build-cmd that compiles, then run again",
-            records.display()
-        )));
+        return Err(BuildError::NothingRecorded {
+            records: records.display().to_string(),
+        });
     }
     progress(&format!(
         "recorded {} compiled unit(s) and {} linked output(s)",
@@ -584,14 +591,11 @@ fn diff(src: &str, ui: usize, (a, b): (&Path, &Path)) -> Result<UnitResult, Buil
         std::fs::read(a).map_err(|e| BuildError::io(a, e))?,
         std::fs::read(b).map_err(|e| BuildError::io(b, e))?,
     );
-    let oa = suture_object::Object::parse(&ab)
-        .map_err(|e| BuildError::Object(format!("{}: {e}", a.display())))?;
-    let ob = suture_object::Object::parse(&bb)
-        .map_err(|e| BuildError::Object(format!("{}: {e}", b.display())))?;
-    let d =
-        suture_object::analyze(&oa, &ob).map_err(|e| BuildError::Object(format!("{src}: {e}")))?;
+    let oa = suture_object::Object::parse(&ab).map_err(analysis(a.display().to_string()))?;
+    let ob = suture_object::Object::parse(&bb).map_err(analysis(b.display().to_string()))?;
+    let d = suture_object::analyze(&oa, &ob).map_err(analysis(src.to_string()))?;
     let patch = if d.report.status == Status::Patchable {
-        Some(suture_object::emit::emit(&d).map_err(|e| BuildError::Object(format!("{src}: {e}")))?)
+        Some(suture_object::emit::emit(&d).map_err(analysis(src.to_string()))?)
     } else {
         None
     };
@@ -736,7 +740,7 @@ fn bind_targets(
             .collect();
         let mut used = BTreeSet::new();
         for t in &opts.targets {
-            let ti = ElfInfo::read(t).map_err(BuildError::Bind)?;
+            let ti = ElfInfo::read(t).map_err(BuildError::elf(t))?;
             let by_id: Vec<&PathBuf> = outputs
                 .iter()
                 .filter(|(_, o)| o.build_id.is_some() && o.build_id == ti.build_id)
@@ -752,27 +756,25 @@ fn bind_targets(
             let out = match (by_id.as_slice(), by_name.as_slice()) {
                 ([one, ..], _) | ([], [one]) => (*one).clone(),
                 ([], []) => {
-                    return Err(BuildError::Bind(format!(
-                        "no output of the build corresponds to {} (build-id {}; the build \
-                         produced {})",
-                        t.display(),
-                        ti.build_id.as_deref().map(hex).unwrap_or_default(),
-                        outputs
+                    return Err(BuildError::NoOutputFor {
+                        target: t.display().to_string(),
+                        build_id: ti.build_id.as_deref().map(hex).unwrap_or_default(),
+                        outputs: outputs
                             .iter()
                             .map(|(p, _)| rel(source, p))
                             .collect::<Vec<_>>()
-                            .join(", ")
-                    )))
+                            .join(", "),
+                    })
                 }
                 ([], many) => {
-                    return Err(BuildError::Bind(format!(
-                        "{} could be any of {}",
-                        t.display(),
-                        many.iter()
+                    return Err(BuildError::AmbiguousTarget {
+                        target: t.display().to_string(),
+                        candidates: many
+                            .iter()
                             .map(|p| rel(source, p))
                             .collect::<Vec<_>>()
-                            .join(", ")
-                    )))
+                            .join(", "),
+                    })
                 }
             };
             if !per_output.contains_key(&out) {
@@ -813,10 +815,10 @@ fn bind_output(
     rs: &[&UnitResult],
 ) -> Result<Bound, BuildError> {
     let source = &ws.source;
-    let rebuild = ElfInfo::read(output).map_err(BuildError::Bind)?;
+    let rebuild = ElfInfo::read(output).map_err(BuildError::elf(output))?;
     let deployed = match target {
-        Some(t) => ElfInfo::read(t).map_err(BuildError::Bind)?,
-        None => ElfInfo::read(output).map_err(BuildError::Bind)?,
+        Some(t) => ElfInfo::read(t).map_err(BuildError::elf(t))?,
+        None => ElfInfo::read(output).map_err(BuildError::elf(output))?,
     };
     // Replaced functions are found by name in the merged object: names must be unique.
     let mut seen = BTreeMap::new();
@@ -824,11 +826,11 @@ fn bind_output(
         for f in r.report.changed_functions.iter().filter(|f| !f.fragment) {
             let src = rel(source, &graph.units[r.idx].compile.source);
             if let Some(other) = seen.insert(f.name.clone(), src.clone()) {
-                return Err(BuildError::Object(format!(
-                    "{} and {src} both replace a function named {}; one bundle cannot \
-                         tell them apart (split the fix into two diffs)",
-                    other, f.name
-                )));
+                return Err(BuildError::DuplicateFunction {
+                    function: f.name.clone(),
+                    first: other,
+                    second: src,
+                });
             }
         }
     }
@@ -852,8 +854,7 @@ fn bind_output(
         }
         bunits.push(BundleUnit {
             source: src,
-            report: serde_json::to_value(&r.report)
-                .map_err(|e| BuildError::Object(e.to_string()))?,
+            report: serde_json::to_value(&r.report).map_err(BuildError::encode("a unit report"))?,
         });
     }
     Ok(Bound {
@@ -905,7 +906,7 @@ fn write_bundle(
         manifest,
         patch_object,
     })
-    .map_err(|e| BuildError::Object(e.to_string()))?;
+    .map_err(BuildError::encode("the bundle"))?;
     let mut name = format!("{}.suture", deployed.file_name());
     let mut k = 2;
     while !written_names.insert(name.clone()) {

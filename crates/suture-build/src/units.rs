@@ -179,20 +179,21 @@ impl Compiler<'_> {
             .stdout(logf)
             .stderr(errf)
             .status()
-            .map_err(|e| {
-                BuildError::Tool(format!("cannot run {}: {e}", unit.compiler.display()))
+            .map_err(|source| BuildError::Spawn {
+                command: unit.compiler.display().to_string(),
+                source,
             })?;
         if !status.success() {
-            return Err(BuildError::Compile(format!(
-                "{} {} does not compile ({status}):\n{}",
-                if patched {
-                    "the patched"
-                } else {
-                    "the original"
-                },
-                unit.source.display(),
-                tail(log, 25)
-            )));
+            let mut tail = tail(log, 25);
+            if patched && status.code() == Some(sandbox::MOUNT_FAILED) {
+                tail = format!("{tail}\n{}", sandbox::MOUNT_FAILED_HINT);
+            }
+            return Err(BuildError::Compile {
+                file: unit.source.display().to_string(),
+                which: if patched { "patched" } else { "original" },
+                status: status.to_string(),
+                tail,
+            });
         }
         Ok(())
     }
@@ -200,15 +201,18 @@ impl Compiler<'_> {
     /// The headers `unit` includes (absolute paths).
     pub fn deps(&self, unit: &Compile) -> Result<Vec<PathBuf>, BuildError> {
         let args = record::deps_args(unit);
-        let out = self.command(unit, &args, false).output().map_err(|e| {
-            BuildError::Tool(format!("cannot run {}: {e}", unit.compiler.display()))
-        })?;
+        let out = self
+            .command(unit, &args, false)
+            .output()
+            .map_err(|source| BuildError::Spawn {
+                command: unit.compiler.display().to_string(),
+                source,
+            })?;
         if !out.status.success() {
-            return Err(BuildError::Compile(format!(
-                "cannot list the headers of {}: {}",
-                unit.source.display(),
-                String::from_utf8_lossy(&out.stderr)
-            )));
+            return Err(BuildError::Deps {
+                file: unit.source.display().to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
         }
         Ok(record::parse_deps(
             &unit.cwd,

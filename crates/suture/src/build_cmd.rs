@@ -50,10 +50,8 @@ pub fn run(a: Args) -> Result<u8> {
         // Progress goes to stderr so stdout stays the result (JSON or the summary).
         eprintln!("suture build: {line}");
     };
-    let report = match suture_build::build(&opts, &mut progress) {
-        Ok(r) => r,
-        Err(e) => bail!("{e}"),
-    };
+    // The error's message and its causes are printed as one line by main.
+    let report = suture_build::build(&opts, &mut progress)?;
     if json {
         crate::out(&format!("{}\n", serde_json::to_string_pretty(&report)?));
     } else {

@@ -199,7 +199,7 @@ fn build_patch(source: &Path, diff: &Path, deployed: &Path, work: &Path) -> Resu
         wrapper_exe: std::env::current_exe()?,
     };
     let report = suture_build::build(&opts, &mut |line| detail(line))
-        .map_err(|e| anyhow::anyhow!("suture build: {e}"))?;
+        .context("suture build")?;
     if report.bundles.is_empty() {
         let why: Vec<String> = report
             .refusals
