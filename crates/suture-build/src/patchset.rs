@@ -77,29 +77,101 @@ pub struct Touched {
     pub kind: FileKind,
 }
 
-/// Paths named by `---`/`+++` lines, with `/dev/null` kept as is.
+/// Paths named by `---`/`+++` header pairs, with `/dev/null` kept as is, for every file of the
+/// diff. Hunks are followed by their line counts, so a removed line that reads `-- x` (shown as
+/// `--- x`) is not taken for a header; `diff --git`, `index` and other extended header lines
+/// are skipped, like text before and between files.
 fn diff_paths(diff: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut old: Option<String> = None;
+    // Lines of the current hunk still to come: (old side, new side).
+    let mut left = (0usize, 0usize);
     for line in diff.lines() {
-        if let Some(rest) = line.strip_prefix("--- ") {
+        if left != (0, 0) {
+            let counted = match line.as_bytes().first() {
+                Some(b'-') => {
+                    left.0 = left.0.saturating_sub(1);
+                    true
+                }
+                Some(b'+') => {
+                    left.1 = left.1.saturating_sub(1);
+                    true
+                }
+                // Context; an empty line is context whose leading space was lost (e-mail).
+                Some(b' ') | None => {
+                    left = (left.0.saturating_sub(1), left.1.saturating_sub(1));
+                    true
+                }
+                Some(b'\\') => true,
+                _ => false,
+            };
+            if counted {
+                continue;
+            }
+            left = (0, 0);
+        }
+        let pending = old.take();
+        if let Some(rest) = header_rest(line, "---") {
             old = Some(header_path(rest));
-        } else if let Some(rest) = line.strip_prefix("+++ ") {
-            if let Some(o) = old.take() {
+        } else if let Some(rest) = header_rest(line, "+++") {
+            if let Some(o) = pending {
                 out.push((o, header_path(rest)));
             }
+        } else if let Some(counts) = hunk_counts(line) {
+            left = counts;
         }
     }
     out
 }
 
-/// The path of a `---`/`+++` header line (a tab or the timestamp ends it).
+/// What follows `---`/`+++` and at least one space or tab.
+fn header_rest<'l>(line: &'l str, mark: &str) -> Option<&'l str> {
+    let rest = line.strip_prefix(mark)?;
+    rest.starts_with([' ', '\t']).then(|| rest.trim_start())
+}
+
+/// `(old, new)` line counts of a hunk header `@@ -l[,n] +l[,n] @@`.
+fn hunk_counts(line: &str) -> Option<(usize, usize)> {
+    let mut words = line.strip_prefix("@@ ")?.split(' ');
+    let count = |w: Option<&str>, sign: char| -> Option<usize> {
+        let range = w?.strip_prefix(sign)?;
+        match range.split_once(',') {
+            Some((_, n)) => n.parse().ok(),
+            None => range.parse::<usize>().ok().map(|_| 1),
+        }
+    };
+    Some((count(words.next(), '-')?, count(words.next(), '+')?))
+}
+
+/// The path of a `---`/`+++` header line: quoted (git's form for unusual names), or ended by
+/// a tab, or by whitespace followed by a timestamp (`2024-01-31 10:00:00 +0100` or
+/// `Wed Jan 31 10:00:00 2024`), or the whole rest of the line.
 fn header_path(rest: &str) -> String {
-    let p = rest.split('\t').next().unwrap_or(rest).trim_end();
-    p.strip_prefix('"')
-        .and_then(|q| q.strip_suffix('"'))
-        .unwrap_or(p)
-        .to_string()
+    if let Some(q) = rest.strip_prefix('"') {
+        if let Some(end) = q.find('"') {
+            return q[..end].to_string();
+        }
+    }
+    let p = rest.split('\t').next().unwrap_or(rest);
+    let mut end = p.len();
+    for (i, _) in p.match_indices([' ', '\t']) {
+        if is_timestamp(p[i..].trim_start()) {
+            end = i;
+            break;
+        }
+    }
+    p[..end].trim_end().to_string()
+}
+
+fn is_timestamp(t: &str) -> bool {
+    let b = t.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let iso = digits(0..4) && b.get(4) == Some(&b'-') && digits(5..7) && b.get(7) == Some(&b'-');
+    let ctime = ["Mon ", "Tue ", "Wed ", "Thu ", "Fri ", "Sat ", "Sun "]
+        .iter()
+        .any(|d| t.starts_with(d));
+    iso || ctime
 }
 
 fn strip(p: &str, n: usize) -> Option<PathBuf> {
@@ -480,6 +552,36 @@ mod tests {
         assert!(PatchSet::parse(&src, bad).is_err());
         let _ = std::fs::remove_dir_all(&src);
         let _ = std::fs::remove_dir_all(&work);
+    }
+
+    /// Headers as diff tools write them: tab or spaces before a timestamp, ctime stamps, extra
+    /// spaces after the mark, git's extended headers and quoted names, several files.
+    #[test]
+    fn headers_as_they_come() {
+        let pair = |o: &str, n: &str| (o.to_string(), n.to_string());
+        let d = "--- a/x.c  2024-01-31 10:00:00.000000000 +0100\n\
+                 +++ b/x.c  2024-01-31 10:00:01.000000000 +0100\n@@ -1 +1 @@\n-a\n+b\n";
+        assert_eq!(diff_paths(d), vec![pair("a/x.c", "b/x.c")]);
+        let d = "--- old/x.c\tWed Jan 31 10:00:00 2024\n+++ new/x.c Wed Jan 31 10:00:00 2024\n";
+        assert_eq!(diff_paths(d), vec![pair("old/x.c", "new/x.c")]);
+        let d = "---  a/x.c\n+++\tb/x.c\n@@ -1 +1 @@\n-a\n+b\n";
+        assert_eq!(diff_paths(d), vec![pair("a/x.c", "b/x.c")]);
+        let d = "From 1234 Mon Sep 17 00:00:00 2001\nSubject: fix\n---\n x.c | 2 +-\n\n\
+                 diff --git a/x.c b/x.c\nindex 1..2 100644\n--- a/x.c\n+++ b/x.c\n\
+                 @@ -1,3 +1,3 @@\n a\n--- removed line of dashes\n+++ added one\n c\n\
+                 diff --git a/new file.c b/new file.c\nnew file mode 100644\n\
+                 --- /dev/null\n+++ \"b/new file.c\"\n@@ -0,0 +1 @@\n+x\n\
+                 diff --git a/y.c b/y.c\ndeleted file mode 100644\n--- a/y.c\n+++ /dev/null\n\
+                 @@ -1,2 +0,0 @@\n-y\n-\n-- \n2.39.2\n";
+        assert_eq!(
+            diff_paths(d),
+            vec![
+                pair("a/x.c", "b/x.c"),
+                pair("/dev/null", "b/new file.c"),
+                pair("a/y.c", "/dev/null")
+            ]
+        );
+        assert_eq!(hunk_counts("@@ -3 +3,0 @@ fn"), Some((1, 0)));
     }
 
     #[test]

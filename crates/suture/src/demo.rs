@@ -198,8 +198,7 @@ fn build_patch(source: &Path, diff: &Path, deployed: &Path, work: &Path) -> Resu
         debug_dirs: Vec::new(),
         wrapper_exe: std::env::current_exe()?,
     };
-    let report = suture_build::build(&opts, &mut |line| detail(line))
-        .context("suture build")?;
+    let report = suture_build::build(&opts, &mut |line| detail(line)).context("suture build")?;
     if report.bundles.is_empty() {
         let why: Vec<String> = report
             .refusals
