@@ -16,8 +16,35 @@ use std::process::{Command, Stdio};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{0}")]
-    Tree(String),
+    #[error("{} names no kernel version", file.display())]
+    NoVersion { file: PathBuf },
+    #[error("the source tree is Linux {tree} but the headers ({}) are Linux {headers}", dir.display())]
+    VersionMismatch {
+        tree: String,
+        headers: String,
+        dir: PathBuf,
+    },
+    #[error(
+        "the source tree's .config differs from the headers' (tree only: {tree_only:?}; \
+         headers only: {headers_only:?}); copy {}/.config and run make olddefconfig",
+        headers.display()
+    )]
+    ConfigMismatch {
+        headers: PathBuf,
+        /// Up to five lines of each side.
+        tree_only: Vec<String>,
+        headers_only: Vec<String>,
+    },
+    #[error("{} has no UTS_RELEASE", file.display())]
+    NoRelease { file: PathBuf },
+    #[error("{} builds a module object but names no KBUILD_MODNAME", file.display())]
+    NoModuleName { file: PathBuf },
+    #[error("cannot lock {}", file.display())]
+    Lock {
+        file: PathBuf,
+        #[source]
+        source: nix::errno::Errno,
+    },
     /// `code` is make's exit code (or that of the sandbox running it).
     #[error("compiling {file} failed:\n{tail}")]
     Compile {
@@ -25,13 +52,17 @@ pub enum Error {
         code: Option<i32>,
         tail: String,
     },
-    #[error("{what}: {err}")]
-    Io { what: String, err: std::io::Error },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
-    move |err| Error::Io { what, err }
+    move |source| Error::Io { what, source }
 }
 
 fn config_lines(path: &Path) -> Result<Vec<String>, Error> {
@@ -69,10 +100,7 @@ pub fn makefile_version(dir: &Path) -> Result<String, Error> {
             None => break,
         }
     }
-    Err(Error::Tree(format!(
-        "{} names no kernel version",
-        path.display()
-    )))
+    Err(Error::NoVersion { file: path })
 }
 
 /// The source tree's kernel version and configuration must be those of the headers (the
@@ -81,23 +109,29 @@ pub fn makefile_version(dir: &Path) -> Result<String, Error> {
 pub fn check_tree(tree: &Path, headers: &Path) -> Result<String, Error> {
     let (tv, hv) = (makefile_version(tree)?, makefile_version(headers)?);
     if tv != hv {
-        return Err(Error::Tree(format!(
-            "the source tree is Linux {tv} but the headers ({}) are Linux {hv}",
-            headers.display()
-        )));
+        return Err(Error::VersionMismatch {
+            tree: tv,
+            headers: hv,
+            dir: headers.to_path_buf(),
+        });
     }
     let (tc, hc) = (
         config_lines(&tree.join(".config"))?,
         config_lines(&headers.join(".config"))?,
     );
     if tc != hc {
-        let only_t: Vec<&String> = tc.iter().filter(|l| !hc.contains(l)).take(5).collect();
-        let only_h: Vec<&String> = hc.iter().filter(|l| !tc.contains(l)).take(5).collect();
-        return Err(Error::Tree(format!(
-            "the source tree's .config differs from the headers' (tree only: {only_t:?}; \
-             headers only: {only_h:?}); copy {}/.config and run make olddefconfig",
-            headers.display()
-        )));
+        let only = |a: &[String], b: &[String]| -> Vec<String> {
+            a.iter()
+                .filter(|l| !b.contains(l))
+                .take(5)
+                .cloned()
+                .collect()
+        };
+        return Err(Error::ConfigMismatch {
+            headers: headers.to_path_buf(),
+            tree_only: only(&tc, &hc),
+            headers_only: only(&hc, &tc),
+        });
     }
     // The release modules are stamped with (vermagic): UTS_RELEASE of the headers.
     let uts = headers.join("include/generated/utsrelease.h");
@@ -105,7 +139,7 @@ pub fn check_tree(tree: &Path, headers: &Path) -> Result<String, Error> {
     text.split('"')
         .nth(1)
         .map(str::to_string)
-        .ok_or_else(|| Error::Tree(format!("{} has no UTS_RELEASE", uts.display())))
+        .ok_or(Error::NoRelease { file: uts })
 }
 
 /// The headers package a tree prepared by scripts/kernel-tree.sh was configured from.
@@ -138,12 +172,7 @@ pub fn object_of(tree: &Path, file: &str) -> Result<String, Error> {
                 .to_string()
         })
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            Error::Tree(format!(
-                "{} builds a module object but names no KBUILD_MODNAME",
-                cmd.display()
-            ))
-        })?;
+        .ok_or_else(|| Error::NoModuleName { file: cmd.clone() })?;
     Ok(name)
 }
 
@@ -164,8 +193,12 @@ impl Tree {
             .write(true)
             .open(&lock_path)
             .map_err(io(format!("opening {}", lock_path.display())))?;
-        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| Error::Tree(format!("cannot lock {}: {e}", lock_path.display())))?;
+        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(
+            |(_, source)| Error::Lock {
+                file: lock_path.clone(),
+                source,
+            },
+        )?;
         Ok(Tree {
             dir: dir.to_path_buf(),
             cc: cc.to_string(),
@@ -206,5 +239,86 @@ impl Tree {
     /// Deletes the object kbuild wrote for `file` (none is left built from patched sources).
     pub fn remove_object(&self, file: &str) {
         let _ = std::fs::remove_file(self.dir.join(Path::new(file).with_extension("o")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("suture-tree-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        for (f, text) in files {
+            let p = d.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        d
+    }
+
+    const MAKEFILE: &str = "VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 192\n";
+
+    #[test]
+    fn tree_and_headers_must_agree() {
+        let tree = dir("t", &[("Makefile", MAKEFILE), (".config", "CONFIG_A=y\n")]);
+        let headers = dir(
+            "h",
+            &[
+                ("Makefile", MAKEFILE),
+                (".config", "# comment\nCONFIG_A=y\n"),
+                (
+                    "include/generated/utsrelease.h",
+                    "#define UTS_RELEASE \"6.1.0-57-amd64\"\n",
+                ),
+            ],
+        );
+        assert_eq!(check_tree(&tree, &headers).unwrap(), "6.1.0-57-amd64");
+        std::fs::write(headers.join(".config"), "CONFIG_A=y\nCONFIG_B=y\n").unwrap();
+        match check_tree(&tree, &headers) {
+            Err(Error::ConfigMismatch {
+                tree_only,
+                headers_only,
+                ..
+            }) => assert_eq!(
+                (tree_only, headers_only),
+                (vec![], vec!["CONFIG_B=y".into()])
+            ),
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(headers.join("Makefile"), MAKEFILE.replace("192", "1")).unwrap();
+        let e = check_tree(&tree, &headers).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("the source tree is Linux 6.1.192 but the headers"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&tree);
+        let _ = std::fs::remove_dir_all(&headers);
+    }
+
+    #[test]
+    fn module_objects_are_named_by_kbuild() {
+        let tree = dir(
+            "o",
+            &[
+                (
+                    "fs/.pipe.o.cmd",
+                    "cmd_fs/pipe.o := gcc -c -o fs/pipe.o fs/pipe.c\n",
+                ),
+                (
+                    "drivers/block/.loop.o.cmd",
+                    "cmd := gcc -DMODULE -DKBUILD_MODNAME='\"loop\"' -c\n",
+                ),
+                ("drivers/x/.y.o.cmd", "cmd := gcc -DMODULE -c\n"),
+            ],
+        );
+        assert_eq!(object_of(&tree, "fs/pipe.c").unwrap(), "vmlinux");
+        assert_eq!(object_of(&tree, "drivers/block/loop.c").unwrap(), "loop");
+        assert!(matches!(
+            object_of(&tree, "drivers/x/y.c"),
+            Err(Error::NoModuleName { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&tree);
     }
 }
