@@ -208,10 +208,21 @@ pub fn check(
     };
     let release = tree::check_tree(source, &headers.dir)?;
     if let Err(e) = generate::check_config(&headers) {
-        return Ok(Err(KernelBuildReport::refused(e.to_string(), Vec::new())));
+        return Ok(Err(KernelBuildReport::refused(with_causes(&e), Vec::new())));
     }
     generate::check_compiler(&headers)?;
     Ok(Ok(Checked { headers, release }))
+}
+
+/// An error's message followed by its causes (`a: b: c`).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
 }
 
 /// Removes the scratch directory when dropped.

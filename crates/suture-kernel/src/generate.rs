@@ -65,16 +65,58 @@ const LOAD_TIME_TABLES: [&str; 4] = [
 pub enum Error {
     #[error("the change cannot be live-patched:\n{}", list(.0))]
     Refused(Vec<Refusal>),
-    #[error("{0}")]
-    Setup(String),
+    #[error("the target kernel is built without CONFIG_LIVEPATCH")]
+    NoLivepatch,
+    /// A kernel option livepatch modules built this way cannot serve.
+    #[error("the target kernel is built with {option}: {why}")]
+    KernelConfig { option: String, why: String },
+    #[error(
+        "{cc} reports {reports:?} but the kernel was built with {expected:?} \
+         (CONFIG_CC_VERSION_TEXT of {}); modules built with another compiler may not match \
+         the running code",
+        headers.display()
+    )]
+    CompilerMismatch {
+        cc: String,
+        reports: String,
+        expected: String,
+        headers: PathBuf,
+    },
+    /// `searched` lists the `--modules` directories (empty: none given).
+    #[error(
+        "the fix changes module {module}, but no {module}.ko of the target kernel was \
+         found{}; pass the target's /lib/modules/<release> directory with --modules",
+        if searched.is_empty() { String::new() } else { format!(" in {searched}") }
+    )]
+    NoStockModule { module: String, searched: String },
+    #[error(
+        "{unit} is part of vmlinux: pass a copy of the target's /proc/kallsyms (read as root) \
+         with --kallsyms, which livepatch positions are computed from"
+    )]
+    NeedKallsyms { unit: String },
+    /// `which` is `original object` or `patch object`.
+    #[error("{unit}: {which}: {message}")]
+    BadObject {
+        unit: String,
+        which: &'static str,
+        message: String,
+    },
+    #[error("the fix replaces no function, so there is nothing to live-patch")]
+    NothingReplaced,
+    #[error("kbuild did not produce {name}.ko")]
+    NoModule { name: String },
     #[error(transparent)]
     Kbuild(#[from] kbuild::Error),
     #[error(transparent)]
     Symbols(#[from] kallsyms::Error),
     #[error(transparent)]
     Elf(#[from] klp::Error),
-    #[error("{what}: {err}")]
-    Io { what: String, err: std::io::Error },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn list(r: &[Refusal]) -> String {
@@ -86,7 +128,7 @@ fn list(r: &[Refusal]) -> String {
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
-    move |err| Error::Io { what, err }
+    move |source| Error::Io { what, source }
 }
 
 /// One reason a change cannot become part of the module.
@@ -152,9 +194,7 @@ pub fn check_config(headers: &Headers) -> Result<(), Error> {
         .map_err(io(format!("reading {}/.config", headers.dir.display())))?;
     let set = |k: &str| cfg.lines().any(|l| l == format!("{k}=y"));
     if !set("CONFIG_LIVEPATCH") {
-        return Err(Error::Setup(
-            "the target kernel is built without CONFIG_LIVEPATCH".into(),
-        ));
+        return Err(Error::NoLivepatch);
     }
     for (k, why) in [
         (
@@ -167,9 +207,10 @@ pub fn check_config(headers: &Headers) -> Result<(), Error> {
         ),
     ] {
         if set(k) {
-            return Err(Error::Setup(format!(
-                "the target kernel is built with {k}: {why}"
-            )));
+            return Err(Error::KernelConfig {
+                option: k.to_string(),
+                why: why.to_string(),
+            });
         }
     }
     Ok(())
@@ -187,13 +228,12 @@ pub fn check_compiler(headers: &Headers) -> Result<(), Error> {
     let text = String::from_utf8_lossy(&out.stdout);
     let first = text.lines().next().unwrap_or("").trim();
     if first != headers.cc_version_text {
-        return Err(Error::Setup(format!(
-            "{} reports {first:?} but the kernel was built with {:?} (CONFIG_CC_VERSION_TEXT of \
-             {}); modules built with another compiler may not match the running code",
-            headers.cc,
-            headers.cc_version_text,
-            headers.dir.display()
-        )));
+        return Err(Error::CompilerMismatch {
+            cc: headers.cc.clone(),
+            reports: first.to_string(),
+            expected: headers.cc_version_text.clone(),
+            headers: headers.dir.clone(),
+        });
     }
     Ok(())
 }
@@ -355,23 +395,14 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
         if o == "vmlinux" {
             continue;
         }
-        let ko = find_module(&opts.module_dirs, o).ok_or_else(|| {
-            Error::Setup(format!(
-                "the fix changes module {o}, but no {o}.ko of the target kernel was found{}; \
-                 pass the target's /lib/modules/<release> directory with --modules",
-                if opts.module_dirs.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        " in {}",
-                        opts.module_dirs
-                            .iter()
-                            .map(|d| d.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                }
-            ))
+        let ko = find_module(&opts.module_dirs, o).ok_or_else(|| Error::NoStockModule {
+            module: o.to_string(),
+            searched: opts
+                .module_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         })?;
         tables.insert(o.to_string(), kallsyms::read_module(&ko)?);
     }
@@ -383,10 +414,16 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
     let mut plans: Vec<Plan> = Vec::new();
     let mut objs: BTreeMap<String, ObjectPlan> = BTreeMap::new();
     for (ui, unit) in units.iter().enumerate() {
-        let orig = suture_object::Object::parse(unit.orig)
-            .map_err(|e| Error::Setup(format!("{}: original object: {e}", unit.source)))?;
-        let info = inspect_patch(unit.patch)
-            .map_err(|e| Error::Setup(format!("{}: patch object: {e}", unit.source)))?;
+        let orig = suture_object::Object::parse(unit.orig).map_err(|e| Error::BadObject {
+            unit: unit.source.clone(),
+            which: "original object",
+            message: e.to_string(),
+        })?;
+        let info = inspect_patch(unit.patch).map_err(|message| Error::BadObject {
+            unit: unit.source.clone(),
+            which: "patch object",
+            message,
+        })?;
         let names: Vec<String> = orig
             .symbols
             .iter()
@@ -412,11 +449,9 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
             }
         };
         if own_table(&unit.object).is_none() {
-            return Err(Error::Setup(format!(
-                "{} is part of vmlinux: pass a copy of the target's /proc/kallsyms (read as \
-                 root) with --kallsyms, which livepatch positions are computed from",
-                unit.source
-            )));
+            return Err(Error::NeedKallsyms {
+                unit: unit.source.clone(),
+            });
         }
         let mut plan = Plan::default();
         let op = objs.entry(unit.object.clone()).or_default();
@@ -574,9 +609,7 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
         return Err(Error::Refused(refusals));
     }
     if objs.values().all(|o| o.funcs.is_empty()) {
-        return Err(Error::Setup(
-            "the fix replaces no function, so there is nothing to live-patch".into(),
-        ));
+        return Err(Error::NothingReplaced);
     }
 
     // The kbuild directory.
@@ -618,7 +651,9 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
     let built = kos
         .iter()
         .find(|p| p.file_stem().is_some_and(|s| s == opts.name.as_str()))
-        .ok_or_else(|| Error::Setup(format!("kbuild did not produce {}.ko", opts.name)))?;
+        .ok_or_else(|| Error::NoModule {
+            name: opts.name.clone(),
+        })?;
     let data = std::fs::read(built).map_err(io(format!("reading {}", built.display())))?;
     let (out, summary) = klp::finalize(&data)?;
     let path = opts.out_dir.join(format!("{}.ko", opts.name));
