@@ -415,6 +415,63 @@ struct Selection {
     mounts: Vec<Mount>,
 }
 
+/// The verdict on a touched file that needs no look at the build: `Err` a refusal, `Ok` why
+/// it is not compiled; `None` for an existing source or header the build may compile.
+fn verdict_by_kind(t: &Touched) -> Option<Result<&'static str, &'static str>> {
+    Some(match (t.kind, t.created, t.deleted) {
+        (FileKind::Build, ..) => Err("build file: a live patch cannot change how the program \
+                                      is configured or built"),
+        (FileKind::Assembly, ..) => Err("assembly source: its machine code is written by hand \
+                                         and cannot be diffed; suture live-patches compiled C \
+                                         and C++"),
+        (FileKind::Header, true, _) => Err("new header: the compiler can only be shown patched \
+                                            copies of files that exist in the source tree"),
+        (FileKind::Source | FileKind::Header, _, true) => {
+            Err("the diff deletes this file: a build change")
+        }
+        (FileKind::Source, true, _) => Ok("new file: the build does not compile it"),
+        (FileKind::Other, ..) => Ok("not a source file: not compiled into any output"),
+        (FileKind::Source | FileKind::Header, false, false) => return None,
+    })
+}
+
+/// The units that compile `path` (a source) or include it (a header; only units linked into
+/// an output are asked for their headers, once each, cached in `deps`).
+fn users_of(
+    path: &Path,
+    kind: FileKind,
+    (source, graph): (&Path, &Graph),
+    compiler: &Compiler,
+    deps: &mut BTreeMap<usize, Vec<PathBuf>>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<usize>, BuildError> {
+    let mut users = Vec::new();
+    for (ui, u) in graph.units.iter().enumerate() {
+        let uses = if kind == FileKind::Source {
+            u.compile.source == path
+        } else if u.outputs.is_empty() {
+            // Not linked anywhere (e.g. configure's test programs, long gone).
+            false
+        } else {
+            let list = match deps.entry(ui) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    progress(&format!(
+                        "listing the headers of {}",
+                        rel(source, &u.compile.source)
+                    ));
+                    e.insert(compiler.deps(&u.compile)?)
+                }
+            };
+            list.contains(&path.to_path_buf())
+        };
+        if uses {
+            users.push(ui);
+        }
+    }
+    Ok(users)
+}
+
 /// Which units each touched file affects, and the files refused outright (build files,
 /// assembly, deleted sources, changed structure definitions).
 fn select_units(
@@ -431,13 +488,6 @@ fn select_units(
     let mut mounts = Vec::new();
     for (fi, t) in touched.iter().enumerate() {
         let name = t.rel.display().to_string();
-        let refuse = |reason: &str, refusals: &mut Vec<Refusal>| {
-            refusals.push(Refusal {
-                file: name.clone(),
-                symbol: String::new(),
-                reason: reason.to_string(),
-            });
-        };
         let mut report = FileReport {
             file: name.clone(),
             kind: t.kind,
@@ -445,70 +495,31 @@ fn select_units(
             detail: String::new(),
             units: Vec::new(),
         };
-        match (t.kind, t.created, t.deleted) {
-            (FileKind::Build, ..) => {
-                let r = "build file: a live patch cannot change how the program is configured \
-                         or built";
-                refuse(r, &mut refusals);
+        match verdict_by_kind(t) {
+            Some(Err(reason)) => {
+                refusals.push(Refusal {
+                    file: name.clone(),
+                    symbol: String::new(),
+                    reason: reason.to_string(),
+                });
                 report.verdict = "refused";
-                report.detail = r.into();
+                report.detail = reason.into();
             }
-            (FileKind::Assembly, ..) => {
-                let r = "assembly source: its machine code is written by hand and cannot be \
-                         diffed; suture live-patches compiled C and C++";
-                refuse(r, &mut refusals);
-                report.verdict = "refused";
-                report.detail = r.into();
-            }
-            (FileKind::Header, true, _) => {
-                let r = "new header: the compiler can only be shown patched copies of files \
-                         that exist in the source tree";
-                refuse(r, &mut refusals);
-                report.verdict = "refused";
-                report.detail = r.into();
-            }
-            (FileKind::Source | FileKind::Header, _, true) => {
-                let r = "the diff deletes this file: a build change";
-                refuse(r, &mut refusals);
-                report.verdict = "refused";
-                report.detail = r.into();
-            }
-            (FileKind::Source, true, _) => {
-                report.detail = "new file: the build does not compile it".into();
-            }
-            (FileKind::Other, ..) => {
-                report.detail = "not a source file: not compiled into any output".into();
-            }
-            (FileKind::Source | FileKind::Header, false, false) => {
+            Some(Ok(detail)) => report.detail = detail.into(),
+            None => {
                 let path = abs(&t.path);
                 mounts.push(Mount {
                     copy: abs(&t.patched),
                     original: path.clone(),
                 });
-                let mut users = Vec::new();
-                for (ui, u) in graph.units.iter().enumerate() {
-                    let uses = if t.kind == FileKind::Source {
-                        u.compile.source == path
-                    } else if u.outputs.is_empty() {
-                        // Not linked anywhere (e.g. configure's test programs, long gone).
-                        false
-                    } else {
-                        let deps = match deps_cache.entry(ui) {
-                            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                            std::collections::btree_map::Entry::Vacant(e) => {
-                                progress(&format!(
-                                    "listing the headers of {}",
-                                    rel(source, &u.compile.source)
-                                ));
-                                e.insert(compiler.deps(&u.compile)?)
-                            }
-                        };
-                        deps.contains(&path)
-                    };
-                    if uses {
-                        users.push(ui);
-                    }
-                }
+                let users = users_of(
+                    &path,
+                    t.kind,
+                    (source, graph),
+                    compiler,
+                    &mut deps_cache,
+                    progress,
+                )?;
                 let linked: Vec<usize> = users
                     .iter()
                     .copied()
