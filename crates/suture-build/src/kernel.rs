@@ -4,7 +4,7 @@
 //! Phases: [`check`] the files the fix touches (only C units) and the tree against the target's
 //! headers; [`compile`] every touched unit with kbuild before and after the fix (the fix
 //! applied to copies by [`crate::patchset`], the patched compile in [`crate::sandbox`]);
-//! [`diff`] each unit with `suture_object`; [`generate`] the module with
+//! [`diff`] each unit with `suture_object`; [`generate()`] the module with
 //! `suture_kernel::generate`. The result is a [`KernelBuildReport`] (schema
 //! `suture.kernel-build/1`), whatever the verdict; only failures to run are errors.
 

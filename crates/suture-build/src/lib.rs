@@ -1,4 +1,5 @@
-//! `suture-build`: from a source tree and a fix (a unified diff) to patch bundles.
+//! `suture-build`: from a source tree and a fix (a unified diff) to patch bundles, or to a
+//! livepatch module for the kernel ([`kernel`]).
 //!
 //! [`build`] runs the project's own build through a compiler wrapper ([`record`]) that
 //! records every compile and link; applies the diff to copies of the touched files
@@ -9,9 +10,12 @@
 //! original symbol the patch relies on is byte-identical ([`bind`]); and writes one bundle per
 //! output (`suture_bundle`).
 //!
+//! [`kernel::build`] does the same for a kernel tree with kbuild, and generates the module
+//! with `suture_kernel::generate`. Both pipelines share [`patchset`] and [`sandbox`].
+//!
 //! It never touches a running process, and never modifies the source tree: patched files are
 //! seen by the compiler only inside a private mount namespace (a bind mount of the patched
-//! copy over the original path, see [`units`]), so paths, `__FILE__` and include lookup are
+//! copy over the original path, see [`sandbox`]), so paths, `__FILE__` and include lookup are
 //! exactly those of the real build, and nothing needs restoring after Ctrl-C or SIGKILL.
 
 use std::path::{Path, PathBuf};
