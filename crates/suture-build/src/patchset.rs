@@ -216,9 +216,9 @@ pub struct DiffFile {
     pub kind: FileKind,
 }
 
-/// The files of a diff (none when it is not a unified diff), in order, placed in `source`: the path-prefix level is the one under
-/// which the named files exist ([`strip_level`]). A file changed twice (concatenated diffs) is
-/// listed once.
+/// The files of a diff (none when it is not a unified diff), in order, placed in `source`:
+/// the path-prefix level is the one under which the named files exist (1, 0, 2, 3 are tried
+/// in that order; 1 when none fits). A file changed twice (concatenated diffs) is listed once.
 pub struct PatchSet {
     /// The `-p` level for `patch(1)`.
     pub level: usize,
