@@ -18,7 +18,10 @@ use std::process::{Command, Stdio};
 pub enum Error {
     #[error("{} names no kernel version", file.display())]
     NoVersion { file: PathBuf },
-    #[error("the source tree is Linux {tree} but the headers ({}) are Linux {headers}", dir.display())]
+    #[error(
+        "the source tree is Linux {tree} but the headers ({}) are Linux {headers}",
+        dir.display()
+    )]
     VersionMismatch {
         tree: String,
         headers: String,
