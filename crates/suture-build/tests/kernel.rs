@@ -141,3 +141,27 @@ fn changed_body_is_patchable_in_vmlinux() {
         .collect();
     assert_eq!(changed, ["cmdline_proc_show"]);
 }
+
+/// A change the differ refuses gives one reason per symbol, with the unit and the kind.
+#[test]
+fn changed_data_is_refused_per_symbol() {
+    let Some(tree) = tree() else { return };
+    let work = scratch("data");
+    let diff = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../suture-object/tests/kernel/pipe-max-size-data-unsupported/fix.diff");
+    let r = kernel::build(&options(&tree, &diff, &work.join("out")), &mut |_| {}).unwrap();
+    assert_eq!(r.status, KernelOutcome::Unsupported);
+    let reason = r
+        .reasons
+        .iter()
+        .find(|x| x.symbol.as_deref() == Some("pipe_max_size"))
+        .unwrap_or_else(|| panic!("{:?}", r.reasons));
+    assert_eq!(reason.unit.as_deref(), Some("fs/pipe.c"));
+    assert!(reason.kind.is_some());
+    assert!(
+        r.message.contains("pipe_max_size (fs/pipe.c)"),
+        "{}",
+        r.message
+    );
+    assert!(!work.join("out").exists());
+}
