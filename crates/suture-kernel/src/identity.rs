@@ -80,17 +80,6 @@ pub fn build_id_from_notes(notes: &[u8]) -> Result<Option<String>, String> {
     Ok(None)
 }
 
-/// A build-id as given by people (`readelf -n`, `file`): hex digits, case and `0x` ignored.
-pub fn normalise_build_id(s: &str) -> Option<String> {
-    let s = s.trim();
-    let s = s.strip_prefix("0x").unwrap_or(s).to_ascii_lowercase();
-    (!s.is_empty()
-        && s.len() % 2 == 0
-        && s.len() <= 128
-        && s.bytes().all(|b| b.is_ascii_hexdigit()))
-    .then_some(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,13 +148,5 @@ mod tests {
         assert!(build_id_from_notes(&n).is_err());
         // Text is not notes.
         assert!(build_id_from_notes(b"6.1.0-56-amd64\n").is_err());
-    }
-
-    #[test]
-    fn build_ids_are_normalised() {
-        assert_eq!(normalise_build_id(" 0xABcd\n").as_deref(), Some("abcd"));
-        assert_eq!(normalise_build_id("abc"), None);
-        assert_eq!(normalise_build_id("xyz0"), None);
-        assert_eq!(normalise_build_id(""), None);
     }
 }

@@ -3,7 +3,14 @@
 //!
 //! How a patch goes live, and what this module does at each step:
 //! 1. **Load.** The module file is checked first (ELF, `.modinfo` with `livepatch=Y`, its name),
-//!    so the common mistakes get a precise error before the kernel sees anything. Then
+//!    so the common mistakes get a precise error before the kernel sees anything. Then its
+//!    target kernel (see [`crate::identity`]): the release and vmlinux build-id `suture build
+//!    --kernel` records must be those of the running kernel, or the load is refused (a module
+//!    without them, built by another tool, loads with a warning). Then its dependencies: the
+//!    modules named in `.modinfo` `depends=` (those whose exported symbols it uses) that are
+//!    not loaded are loaded with modprobe (the kernel's own helper, `/proc/sys/kernel/modprobe`,
+//!    or `modprobe` in `PATH`), or the load is refused naming them, instead of letting the
+//!    kernel fail with an unknown symbol. Then
 //!    `finit_module(2)` (through nix, no `unsafe` here); its `init` calls `klp_enable_patch`,
 //!    which redirects the functions and starts a *transition*. A rejection is decoded from the
 //!    errno, with the kernel's own explanation taken from `/dev/kmsg` (read from the position
@@ -25,6 +32,12 @@
 //!
 //! Only one transition can run at a time in the kernel; loading while another patch is in
 //! transition is refused up front.
+//!
+//! A patch for a module (a `klp_object` other than vmlinux) is applied to the module when it
+//! loads, and the module can be removed while the patch is live; but Linux 6.1 does not undo
+//! the patch's relocations in a module that goes away (`clear_relocate_add` came in 6.2), so
+//! loading that module again fails until the patch is unloaded. A load reports this as a
+//! warning for every patched module.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -36,6 +49,8 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::kmod::{delete_module, finit_module, DeleteModuleFlags, ModuleInitFlags};
 use serde::Serialize;
+
+use crate::identity;
 
 /// Errors of the livepatch runtime. Every message says what to do next.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +74,44 @@ pub enum Error {
     NotLivepatch { path: PathBuf, name: String },
     #[error("patch {0} is already loaded (see `suture kernel status`; unload it first)")]
     AlreadyLoaded(String),
+    /// The module records a target kernel other than the running one.
+    #[error(
+        "{}: built for another kernel: its {what} is {module} but the running kernel's is \
+         {running}; build the patch against this kernel (its headers, and a copy of its \
+         /proc/kallsyms and /sys/kernel/notes)",
+        path.display()
+    )]
+    WrongKernel {
+        path: PathBuf,
+        /// `release` or `vmlinux build-id`.
+        what: &'static str,
+        module: String,
+        running: String,
+    },
+    /// The running kernel's identity cannot be read, so a module that records one is not
+    /// loaded blind.
+    #[error(
+        "{}: records the kernel it was built for, but the running kernel's {what} cannot be \
+         read ({reason}), so it cannot be checked",
+        path.display()
+    )]
+    UnknownKernel {
+        path: PathBuf,
+        what: &'static str,
+        reason: String,
+    },
+    /// Modules the patch needs are not loaded (and could not be loaded).
+    #[error(
+        "patch {patch} uses symbols exported by {} not loaded{why}: load {} first (modprobe \
+         {}) and retry",
+        plural(.missing), them(.missing), .missing.join(" ")
+    )]
+    MissingDependencies {
+        patch: String,
+        missing: Vec<String>,
+        /// What was tried (empty, or `; modprobe ...: ...`).
+        why: String,
+    },
     #[error(
         "patch {0} is in transition: the kernel runs one transition at a time; wait for it \
          (`suture kernel status`) and retry"
@@ -103,6 +156,9 @@ impl Error {
             Error::NotAModule { .. } => "not_a_module",
             Error::NotLivepatch { .. } => "not_livepatch",
             Error::AlreadyLoaded(_) => "already_loaded",
+            Error::WrongKernel { .. } => "wrong_kernel",
+            Error::UnknownKernel { .. } => "unknown_kernel",
+            Error::MissingDependencies { .. } => "missing_dependencies",
             Error::Busy(_) => "busy",
             Error::Rejected { .. } => "rejected",
             Error::NotLoaded { .. } => "not_loaded",
@@ -127,6 +183,21 @@ impl Error {
             Error::Rejected { kernel_log, .. } => kernel_log,
             _ => &[],
         }
+    }
+}
+
+fn plural(modules: &[String]) -> String {
+    match modules {
+        [one] => format!("module {one}, which is"),
+        more => format!("modules {}, which are", more.join(", ")),
+    }
+}
+
+fn them(modules: &[String]) -> &'static str {
+    if modules.len() == 1 {
+        "it"
+    } else {
+        "them"
     }
 }
 
@@ -295,11 +366,35 @@ pub struct Status {
     pub patches: Vec<PatchStatus>,
 }
 
+/// The target kernel a module records, checked against the running kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IdentityCheck {
+    /// `suture_release=` of the module (`None`: not recorded).
+    pub module_release: Option<String>,
+    /// `suture_vmlinux_build_id=` of the module (`None`: not recorded).
+    pub module_build_id: Option<String>,
+    /// `/proc/sys/kernel/osrelease` (what `uname -r` prints).
+    pub running_release: Option<String>,
+    /// The GNU build-id in `/sys/kernel/notes`.
+    pub running_build_id: Option<String>,
+    /// The module records both and both match the running kernel.
+    pub verified: bool,
+}
+
 /// The result of a successful load.
 #[derive(Clone, Debug, Serialize)]
 pub struct LoadReport {
     pub patch: String,
     pub module: PathBuf,
+    /// The module's target kernel against the running one.
+    pub identity: IdentityCheck,
+    /// Modules of `depends=` that were not loaded and were loaded with modprobe first.
+    pub dependencies_loaded: Vec<String>,
+    /// Modules the patch patches (its objects other than vmlinux), loaded or not.
+    pub patched_modules: Vec<String>,
+    /// Things to know: a module that records no target kernel, patched modules that must not
+    /// be removed and loaded again while the patch is loaded.
+    pub warnings: Vec<String>,
     /// Time spent in `finit_module` (relocation, `klp_enable_patch`).
     pub load_seconds: f64,
     /// From the end of `finit_module` to the end of the transition.
@@ -328,6 +423,21 @@ pub struct Options<'a> {
     pub force: bool,
     /// Called about once a second while a transition runs.
     pub progress: Option<&'a mut dyn FnMut(&Progress)>,
+    /// How dependencies that are not loaded are loaded (load only).
+    pub modprobe: Modprobe,
+}
+
+/// How a load brings in the modules a patch depends on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Modprobe {
+    /// The kernel's own helper (`/proc/sys/kernel/modprobe`, usually `/sbin/modprobe`) when it
+    /// exists, else `modprobe` in `PATH`; without either the load is refused naming them.
+    #[default]
+    Auto,
+    /// Never: a missing dependency refuses the load, naming it.
+    Never,
+    /// This program, called as `PROGRAM -- NAME` (tests).
+    Program(PathBuf),
 }
 
 impl Default for Options<'_> {
@@ -336,6 +446,7 @@ impl Default for Options<'_> {
             timeout: Duration::from_secs(30),
             force: false,
             progress: None,
+            modprobe: Modprobe::Auto,
         }
     }
 }
@@ -347,6 +458,12 @@ pub struct ModuleFile {
     pub name: String,
     pub livepatch: bool,
     pub vermagic: Option<String>,
+    /// `suture_release=`: the release of the kernel it was built for.
+    pub release: Option<String>,
+    /// `suture_vmlinux_build_id=`: the build-id of that kernel's vmlinux.
+    pub vmlinux_build_id: Option<String>,
+    /// `depends=`: the modules whose exported symbols it uses.
+    pub depends: Vec<String>,
 }
 
 /// Reads `.modinfo` of a module file.
@@ -376,6 +493,7 @@ fn parse_module(bytes: &[u8]) -> Result<ModuleFile, String> {
     let mut name = None;
     let mut livepatch = false;
     let mut vermagic = None;
+    let (mut release, mut vmlinux_build_id, mut depends) = (None, None, Vec::new());
     for entry in data.split(|&b| b == 0) {
         let entry = String::from_utf8_lossy(entry);
         if let Some((k, v)) = entry.split_once('=') {
@@ -383,8 +501,25 @@ fn parse_module(bytes: &[u8]) -> Result<ModuleFile, String> {
                 "name" => name = Some(v.to_string()),
                 "livepatch" => livepatch = v == "Y",
                 "vermagic" => vermagic = Some(v.to_string()),
+                identity::MODINFO_RELEASE => release = Some(v.to_string()),
+                identity::MODINFO_BUILD_ID => vmlinux_build_id = Some(v.to_string()),
+                "depends" => depends.extend(
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|d| !d.is_empty())
+                        .map(str::to_string),
+                ),
                 _ => {}
             }
+        }
+    }
+    for d in &depends {
+        if d.len() >= 56
+            || !d
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+        {
+            return Err(format!("invalid module name {d:?} in .modinfo depends="));
         }
     }
     let name = name.ok_or(".modinfo has no name= (it was not built by kbuild's modpost)")?;
@@ -395,6 +530,9 @@ fn parse_module(bytes: &[u8]) -> Result<ModuleFile, String> {
         name,
         livepatch,
         vermagic,
+        release,
+        vmlinux_build_id,
+        depends,
     })
 }
 
@@ -612,6 +750,212 @@ impl Kernel {
         out
     }
 
+    /// The running kernel's release (`/proc/sys/kernel/osrelease`, what `uname -r` prints).
+    pub fn running_release(&self) -> Result<String, String> {
+        let p = self.proc.join("sys/kernel/osrelease");
+        match std::fs::read_to_string(&p) {
+            Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+            Ok(_) => Err(format!("{} is empty", p.display())),
+            Err(e) => Err(format!("{}: {e}", p.display())),
+        }
+    }
+
+    /// The running kernel's vmlinux build-id (the GNU note in `/sys/kernel/notes`).
+    pub fn running_build_id(&self) -> Result<String, String> {
+        let p = self.sys.join("kernel/notes");
+        let notes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        match identity::build_id_from_notes(&notes) {
+            Ok(Some(id)) => Ok(id),
+            Ok(None) => Err(format!("{} holds no GNU build-id note", p.display())),
+            Err(e) => Err(format!("{}: {e}", p.display())),
+        }
+    }
+
+    /// Compares the target kernel a module records (see [`crate::identity`]) with the running
+    /// kernel: a mismatch is an error; a module that records nothing gets a warning (the
+    /// second value), since only the kernel's own, weaker checks apply to it.
+    pub fn check_identity(
+        &self,
+        path: &Path,
+        module: &ModuleFile,
+    ) -> Result<(IdentityCheck, Option<String>), Error> {
+        let release = self.running_release();
+        let build_id = self.running_build_id();
+        let mut check = IdentityCheck {
+            module_release: module.release.clone(),
+            module_build_id: module.vmlinux_build_id.clone(),
+            running_release: release.clone().ok(),
+            running_build_id: build_id.clone().ok(),
+            verified: false,
+        };
+        let unknown = |what: &'static str, reason: String| Error::UnknownKernel {
+            path: path.into(),
+            what,
+            reason,
+        };
+        let wrong = |what: &'static str, module: &str, running: String| Error::WrongKernel {
+            path: path.into(),
+            what,
+            module: module.to_string(),
+            running,
+        };
+        if let Some(want) = &module.release {
+            let have = release.clone().map_err(|r| unknown("release", r))?;
+            if *want != have {
+                return Err(wrong("release", want, have));
+            }
+        }
+        if let Some(want) = &module.vmlinux_build_id {
+            let have = build_id.map_err(|r| unknown("vmlinux build-id", r))?;
+            if !want.eq_ignore_ascii_case(&have) {
+                return Err(wrong("vmlinux build-id", want, have));
+            }
+            check.verified = true;
+            return Ok((check, None));
+        }
+        let mut warning = format!(
+            "{}: the module does not record the vmlinux build-id of the kernel it was built \
+             for ({} is not in its .modinfo; `suture build --kernel` records it), so suture \
+             cannot check that it was built for this exact kernel",
+            path.display(),
+            identity::MODINFO_BUILD_ID
+        );
+        if module.release.is_none() {
+            warning.push_str(
+                "; the kernel itself accepts a module built for another release when its \
+                 symbol versions agree",
+            );
+            let vermagic_release = module
+                .vermagic
+                .as_deref()
+                .and_then(|v| v.split_whitespace().next());
+            if let (Some(v), Ok(r)) = (vermagic_release, &release) {
+                if v != r {
+                    warning.push_str(&format!(
+                        "; its vermagic names release {v}, the running kernel is {r}"
+                    ));
+                }
+            }
+        }
+        Ok((check, Some(warning)))
+    }
+
+    /// Is module `name` loaded (a loadable module in state live or coming)?
+    fn module_loaded(&self, name: &str) -> bool {
+        let name = name.replace('-', "_");
+        matches!(
+            read_trim(&self.sys.join("module").join(name).join("initstate")).as_deref(),
+            Some("live" | "coming")
+        )
+    }
+
+    /// The modules of `depends=` that are not loaded.
+    pub fn missing_dependencies(&self, module: &ModuleFile) -> Vec<String> {
+        module
+            .depends
+            .iter()
+            .filter(|d| !self.module_loaded(d))
+            .cloned()
+            .collect()
+    }
+
+    /// The modprobe to load dependencies with: the kernel's own helper
+    /// (`/proc/sys/kernel/modprobe`) when it is a file, else `modprobe` in `PATH`.
+    fn modprobe_program(&self) -> (Option<PathBuf>, String) {
+        let helper = read_trim(&self.proc.join("sys/kernel/modprobe"))
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "/sbin/modprobe".into());
+        if Path::new(&helper).is_file() {
+            return (Some(helper.into()), String::new());
+        }
+        let in_path = std::env::var_os("PATH").and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("modprobe"))
+                .find(|c| c.is_file())
+        });
+        let tried = format!(
+            "; there is no modprobe to load {{}} with (neither the kernel's helper {helper} nor \
+             modprobe in PATH)"
+        );
+        (in_path, tried)
+    }
+
+    /// Loads the modules the patch depends on that are not loaded, with modprobe (which also
+    /// loads their own dependencies). Returns those it loaded; refuses, naming them, when they
+    /// cannot be loaded. Modules loaded here stay loaded even if the patch is then refused
+    /// (as after `modprobe`).
+    pub fn load_dependencies(
+        &self,
+        module: &ModuleFile,
+        modprobe: &Modprobe,
+    ) -> Result<Vec<String>, Error> {
+        let missing = self.missing_dependencies(module);
+        if missing.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refuse = |missing: Vec<String>, why: String| Error::MissingDependencies {
+            patch: module.name.clone(),
+            missing,
+            why,
+        };
+        let program = match modprobe {
+            Modprobe::Never => {
+                return Err(refuse(
+                    missing,
+                    " (suture was asked not to load modules: --no-modprobe)".into(),
+                ))
+            }
+            Modprobe::Program(p) => p.clone(),
+            Modprobe::Auto => match self.modprobe_program() {
+                (Some(p), _) => p,
+                (None, why) => {
+                    let why = why.replace("{}", them(&missing));
+                    return Err(refuse(missing, why));
+                }
+            },
+        };
+        let mut failures = Vec::new();
+        for m in &missing {
+            tracing::info!(module = %m, modprobe = %program.display(), "loading a dependency");
+            match std::process::Command::new(&program)
+                .arg("--")
+                .arg(m)
+                .stdin(std::process::Stdio::null())
+                .output()
+            {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => {
+                    let mut text = String::from_utf8_lossy(&o.stderr).trim().to_string();
+                    if text.is_empty() {
+                        text = String::from_utf8_lossy(&o.stdout).trim().to_string();
+                    }
+                    let text: String = text
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .chars()
+                        .take(300)
+                        .collect();
+                    failures.push(format!("{} {m}: {} {text}", program.display(), o.status));
+                }
+                Err(e) => failures.push(format!("{}: {e}", program.display())),
+            }
+        }
+        let still = self.missing_dependencies(module);
+        if !still.is_empty() {
+            let why = if failures.is_empty() {
+                format!(
+                    "; {} reported success but they are not loaded",
+                    program.display()
+                )
+            } else {
+                format!("; {}", failures.join("; "))
+            };
+            return Err(refuse(still, why));
+        }
+        Ok(missing)
+    }
+
     /// Loads a livepatch module and waits for its transition to finish.
     pub fn load(&self, path: &Path, mut opts: Options<'_>) -> Result<LoadReport, Error> {
         let info = inspect_module(path)?;
@@ -621,15 +965,18 @@ impl Kernel {
                 name: info.name,
             });
         }
+        let (identity, identity_warning) = self.check_identity(path, &info)?;
         require_root()?;
         self.require_livepatch()?;
-        let name = info.name;
+        let name = info.name.clone();
         if self.patch_dir(&name).exists() || self.sys.join("module").join(&name).exists() {
             return Err(Error::AlreadyLoaded(name));
         }
         if let Some(busy) = self.in_transition()? {
             return Err(Error::Busy(busy));
         }
+        let dependencies_loaded = self.load_dependencies(&info, &opts.modprobe)?;
+        let mut warnings: Vec<String> = identity_warning.into_iter().collect();
         let file = File::open(path).map_err(io_err(path))?;
         let mut kmsg = KernelLog::open();
         let start = Instant::now();
@@ -656,10 +1003,16 @@ impl Kernel {
                 if opts.force {
                     self.force(&name)?;
                     self.wait_transition(&name, Target::Patched, &mut no_wait(&opts))?;
+                    let status = self.patch_status(&name)?;
+                    let patched_modules = patched_modules(&name, &status, &mut warnings);
                     return Ok(LoadReport {
-                        status: self.patch_status(&name)?,
+                        status,
                         patch: name,
                         module: path.into(),
+                        identity,
+                        dependencies_loaded,
+                        patched_modules,
+                        warnings,
                         load_seconds,
                         transition_seconds: t0.elapsed().as_secs_f64(),
                         forced: true,
@@ -680,10 +1033,16 @@ impl Kernel {
                 });
             }
         }
+        let status = self.patch_status(&name)?;
+        let patched_modules = patched_modules(&name, &status, &mut warnings);
         Ok(LoadReport {
-            status: self.patch_status(&name)?,
+            status,
             patch: name,
             module: path.into(),
+            identity,
+            dependencies_loaded,
+            patched_modules,
+            warnings,
             load_seconds,
             transition_seconds: t0.elapsed().as_secs_f64(),
             forced: false,
@@ -810,6 +1169,7 @@ impl Kernel {
             timeout: opts.timeout.max(REVERSE_MIN),
             force: false,
             progress: opts.progress.take(),
+            modprobe: Modprobe::Never,
         };
         let waited = self.wait_transition(name, back.1, &mut ropts)?;
         opts.progress = ropts.progress.take();
@@ -892,6 +1252,28 @@ impl Kernel {
     }
 }
 
+/// The modules a live patch patches (from its sysfs objects), each with a warning.
+fn patched_modules(
+    patch: &str,
+    status: &Option<PatchStatus>,
+    warnings: &mut Vec<String>,
+) -> Vec<String> {
+    let modules: Vec<String> = status
+        .iter()
+        .flat_map(|s| &s.objects)
+        .filter(|o| o.name != "vmlinux")
+        .map(|o| o.name.clone())
+        .collect();
+    for m in &modules {
+        warnings.push(format!(
+            "{patch} patches module {m}: while {patch} is loaded, do not remove {m} and load it \
+             again (Linux 6.1 cannot re-apply a patch's relocations to a reloaded module, so \
+             loading it fails); unload {patch} first"
+        ));
+    }
+    modules
+}
+
 /// The least time given to reversing a timed-out transition.
 const REVERSE_MIN: Duration = Duration::from_secs(10);
 
@@ -906,6 +1288,7 @@ fn no_wait<'a>(opts: &Options<'_>) -> Options<'a> {
         timeout: opts.timeout.min(Duration::from_secs(5)),
         force: false,
         progress: None,
+        modprobe: Modprobe::Never,
     }
 }
 
@@ -943,7 +1326,11 @@ fn load_hint(errno: Errno) -> &'static str {
              it names does not exist in the running kernel, a symbol position (sympos) is wrong, \
              or its symbol versions disagree with this kernel"
         }
-        Errno::ENOENT => "the module uses a symbol this kernel does not export",
+        Errno::ENOENT => {
+            "the module uses a symbol that neither the kernel nor any loaded module exports: a \
+             module it needs is not loaded (the kernel log names the symbol), or it was built \
+             for another kernel"
+        }
         Errno::EPERM => {
             "not permitted: module loading may be disabled (kernel.modules_disabled=1) or the \
              kernel is locked down (Secure Boot); unsigned modules cannot load then"
@@ -1155,6 +1542,252 @@ mod tests {
         let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         let e = parse_module(&exe).unwrap_err();
         assert!(e.contains("relocatable"), "{e}");
+    }
+
+    /// A relocatable object with the given `.modinfo` entries, as `<dir>/<file>` (compiled by
+    /// gcc, so the ELF is a real one).
+    fn fake_module(dir: &Path, file: &str, entries: &[&str]) -> PathBuf {
+        let c = dir.join(format!("{file}.c"));
+        let body: String = entries.iter().map(|e| format!("{e}\\0")).collect();
+        std::fs::write(
+            &c,
+            format!(
+                "__attribute__((section(\".modinfo\"), used, aligned(1))) \
+                 static const char modinfo[] = \"{body}\";\nint f(void) {{ return 0; }}\n"
+            ),
+        )
+        .unwrap();
+        let ko = dir.join(file);
+        let st = std::process::Command::new("cc")
+            .args(["-c", "-o"])
+            .arg(&ko)
+            .arg(&c)
+            .status()
+            .expect("cc runs");
+        assert!(st.success());
+        ko
+    }
+
+    /// Notes as in /sys/kernel/notes with one GNU build-id.
+    fn notes(id: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for w in [4u32, id.len() as u32, 3] {
+            v.extend_from_slice(&w.to_le_bytes());
+        }
+        v.extend_from_slice(b"GNU\0");
+        v.extend_from_slice(id);
+        while v.len() % 4 != 0 {
+            v.push(0);
+        }
+        v
+    }
+
+    /// A prepared tree of a running 6.1.0-55 kernel with build-id 0x11 * 20.
+    fn running_kernel(d: &Path) -> Kernel {
+        put(&d.join("proc/sys/kernel/osrelease"), "6.1.0-55-amd64\n");
+        std::fs::create_dir_all(d.join("sys/kernel/livepatch")).unwrap();
+        std::fs::write(d.join("sys/kernel/notes"), notes(&[0x11; 20])).unwrap();
+        Kernel {
+            sys: d.join("sys"),
+            proc: d.join("proc"),
+        }
+    }
+
+    const RUNNING_ID: &str = "1111111111111111111111111111111111111111";
+
+    #[test]
+    fn modinfo_identity_and_dependencies_are_read() {
+        let d = tmp("modinfo");
+        let ko = fake_module(
+            &d,
+            "p.ko",
+            &[
+                "livepatch=Y",
+                "suture_release=6.1.0-56-amd64",
+                "suture_vmlinux_build_id=abcd",
+                "depends=sunrpc,dm-mod",
+                "name=p",
+                "vermagic=6.1.0-56-amd64 SMP preempt mod_unload modversions ",
+            ],
+        );
+        let m = inspect_module(&ko).unwrap();
+        assert_eq!(m.name, "p");
+        assert_eq!(m.release.as_deref(), Some("6.1.0-56-amd64"));
+        assert_eq!(m.vmlinux_build_id.as_deref(), Some("abcd"));
+        assert_eq!(m.depends, ["sunrpc", "dm-mod"]);
+        // An empty depends= (what modpost writes for a module needing nothing) is no module.
+        let ko = fake_module(&d, "q.ko", &["depends=", "name=q"]);
+        assert!(inspect_module(&ko).unwrap().depends.is_empty());
+        let ko = fake_module(&d, "r.ko", &["depends=../x", "name=r"]);
+        let e = inspect_module(&ko).unwrap_err().to_string();
+        assert!(e.contains("depends="), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A module built for another release or another build of the kernel is refused before
+    /// the kernel sees it (the release check first: it is the clearer message), naming both.
+    #[test]
+    fn a_module_for_another_kernel_is_refused() {
+        let d = tmp("identity");
+        let k = running_kernel(&d);
+        let base = ["livepatch=Y", "name=p"];
+        let module = |file: &str, extra: &[&str]| {
+            let e: Vec<&str> = base.iter().chain(extra).copied().collect();
+            fake_module(&d, file, &e)
+        };
+        let other_release = module(
+            "a.ko",
+            &[
+                "suture_release=6.1.0-56-amd64",
+                &format!("suture_vmlinux_build_id={RUNNING_ID}"),
+            ],
+        );
+        let e = k.load(&other_release, Options::default()).unwrap_err();
+        assert_eq!(e.kind(), "wrong_kernel");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(
+                "its release is 6.1.0-56-amd64 but the running kernel's is 6.1.0-55-amd64"
+            ),
+            "{msg}"
+        );
+        let other_build = module(
+            "b.ko",
+            &[
+                "suture_release=6.1.0-55-amd64",
+                "suture_vmlinux_build_id=2222",
+            ],
+        );
+        let msg = k
+            .load(&other_build, Options::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains(&format!(
+                "its vmlinux build-id is 2222 but the running kernel's is {RUNNING_ID}"
+            )),
+            "{msg}"
+        );
+        // The right one passes the check, verified.
+        let right = module(
+            "c.ko",
+            &[
+                "suture_release=6.1.0-55-amd64",
+                &format!("suture_vmlinux_build_id={}", RUNNING_ID.to_uppercase()),
+            ],
+        );
+        let info = inspect_module(&right).unwrap();
+        let (c, warning) = k.check_identity(&right, &info).unwrap();
+        assert!(c.verified && warning.is_none(), "{c:?} {warning:?}");
+        assert_eq!(c.running_build_id.as_deref(), Some(RUNNING_ID));
+        // A module of another tool: accepted with a warning that says what was not checked.
+        let foreign = module(
+            "d.ko",
+            &["vermagic=6.1.0-56-amd64 SMP mod_unload modversions "],
+        );
+        let info = inspect_module(&foreign).unwrap();
+        let (c, warning) = k.check_identity(&foreign, &info).unwrap();
+        assert!(!c.verified);
+        let w = warning.unwrap();
+        assert!(w.contains("does not record the vmlinux build-id"), "{w}");
+        assert!(
+            w.contains(
+                "its vermagic names release 6.1.0-56-amd64, the running kernel is 6.1.0-55-amd64"
+            ),
+            "{w}"
+        );
+        // The running kernel's build-id unreadable: a module that records one is not loaded.
+        std::fs::remove_file(d.join("sys/kernel/notes")).unwrap();
+        let e = k.load(&right, Options::default()).unwrap_err();
+        assert_eq!(e.kind(), "unknown_kernel", "{e}");
+        assert!(e.to_string().contains("kernel/notes"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Dependencies that are not loaded are loaded with modprobe (the kernel's helper by
+    /// default), or named in the refusal.
+    #[test]
+    fn missing_dependencies_are_loaded_or_named() {
+        let d = tmp("deps");
+        let k = running_kernel(&d);
+        put(&d.join("sys/module/libcrc32c/initstate"), "live\n");
+        // Built-in modules have a /sys/module directory but no initstate.
+        std::fs::create_dir_all(d.join("sys/module/sunrpc/parameters")).unwrap();
+        let ko = fake_module(
+            &d,
+            "p.ko",
+            &["livepatch=Y", "name=p", "depends=libcrc32c,sunrpc,dm-mod"],
+        );
+        let info = inspect_module(&ko).unwrap();
+        assert_eq!(k.missing_dependencies(&info), ["sunrpc", "dm-mod"]);
+        let e = k.load_dependencies(&info, &Modprobe::Never).unwrap_err();
+        assert_eq!(e.kind(), "missing_dependencies");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(
+                "patch p uses symbols exported by modules sunrpc, dm-mod, which are not loaded"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.ends_with("load them first (modprobe sunrpc dm-mod) and retry"),
+            "{msg}"
+        );
+        // A modprobe that loads what it is asked for (it marks the module live), installed as
+        // the kernel's helper.
+        let log = d.join("modprobe.log");
+        let script = d.join("modprobe");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$@\" >> {log}\nmkdir -p {sys}/module/$(echo $2 | tr - _)\n\
+                 echo live > {sys}/module/$(echo $2 | tr - _)/initstate\n",
+                log = log.display(),
+                sys = d.join("sys").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        put(
+            &d.join("proc/sys/kernel/modprobe"),
+            &format!("{}\n", script.display()),
+        );
+        assert_eq!(
+            k.load_dependencies(&info, &Modprobe::Auto).unwrap(),
+            ["sunrpc", "dm-mod"]
+        );
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "-- sunrpc\n-- dm-mod\n"
+        );
+        assert!(k.missing_dependencies(&info).is_empty());
+        assert!(k
+            .load_dependencies(&info, &Modprobe::Never)
+            .unwrap()
+            .is_empty());
+        // A modprobe that fails: its message is in the refusal.
+        let fail = d.join("failing-modprobe");
+        std::fs::write(
+            &fail,
+            "#!/bin/sh\necho \"modprobe: FATAL: Module $2 not found\" >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fail, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let ko = fake_module(&d, "q.ko", &["livepatch=Y", "name=q", "depends=nfsd"]);
+        let info = inspect_module(&ko).unwrap();
+        let msg = k
+            .load_dependencies(&info, &Modprobe::Program(fail.clone()))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("module nfsd, which is not loaded"), "{msg}");
+        assert!(msg.contains("Module nfsd not found"), "{msg}");
+        assert!(
+            msg.ends_with("load it first (modprobe nfsd) and retry"),
+            "{msg}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use serde_json::{json, Value};
-use suture_kernel::livepatch::{self, Kernel, Options, PatchStatus, Progress, Target};
+use suture_kernel::livepatch::{self, Kernel, Modprobe, Options, PatchStatus, Progress, Target};
 
 use crate::{exit, out};
 
@@ -20,9 +20,17 @@ pub enum KernelCommand {
     /// Load a livepatch module into the running kernel and wait until every task runs the
     /// patched code. A transition that does not finish in --timeout is reversed (the kernel
     /// ends on its original code and the module is removed) unless --force is given.
+    ///
+    /// A module built by `suture build --kernel` records the release and vmlinux build-id of
+    /// its target kernel; it is refused on any other kernel. Modules it depends on that are
+    /// not loaded are loaded with modprobe first.
     Load {
         /// The livepatch module (.ko, built for the running kernel).
         patch: PathBuf,
+        /// Do not load the modules the patch depends on: refuse, naming them, when one is not
+        /// loaded.
+        #[arg(long)]
+        no_modprobe: bool,
         /// Seconds to wait for the transition; the tasks blocking it are reported every second.
         #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
         timeout: f64,
@@ -67,10 +75,11 @@ pub fn run(command: KernelCommand) -> Result<u8> {
     match command {
         KernelCommand::Load {
             patch,
+            no_modprobe,
             timeout,
             force,
             json,
-        } => load(&patch, timeout, force, json),
+        } => load(&patch, timeout, force, no_modprobe, json),
         KernelCommand::Unload {
             patch,
             timeout,
@@ -132,15 +141,30 @@ fn fail(command: &str, e: &livepatch::Error, json: bool) -> Result<u8> {
     Ok(exit::ERROR)
 }
 
-pub fn load(patch: &Path, timeout: f64, force: bool, json: bool) -> Result<u8> {
+pub fn load(patch: &Path, timeout: f64, force: bool, no_modprobe: bool, json: bool) -> Result<u8> {
     let mut progress = print_progress;
     let opts = Options {
         timeout: seconds(timeout)?,
         force,
         progress: Some(&mut progress),
+        modprobe: if no_modprobe {
+            Modprobe::Never
+        } else {
+            Modprobe::Auto
+        },
     };
     match Kernel::default().load(patch, opts) {
         Ok(r) => {
+            // Warnings go to stderr in both forms (the JSON also has them in `warnings`).
+            for w in &r.warnings {
+                eprintln!("suture: warning: {w}");
+            }
+            if !json && !r.dependencies_loaded.is_empty() {
+                eprintln!(
+                    "suture: loaded module(s) the patch depends on: {}",
+                    r.dependencies_loaded.join(", ")
+                );
+            }
             if json {
                 let v = json!({"schema": SCHEMA, "command": "load", "ok": true, "result": r});
                 out(&format!("{}\n", serde_json::to_string_pretty(&v)?));
@@ -150,8 +174,13 @@ pub fn load(patch: &Path, timeout: f64, force: bool, json: bool) -> Result<u8> {
                     .as_ref()
                     .map_or(0, |s| s.objects.iter().map(|o| o.functions.len()).sum());
                 out(&format!(
-                    "{}: live ({funcs} function(s); loaded in {:.3} s, transition {:.3} s{})\n",
+                    "{}: live ({funcs} function(s); {}; loaded in {:.3} s, transition {:.3} s{})\n",
                     r.patch,
+                    if r.identity.verified {
+                        "built for this kernel (release and build-id checked)"
+                    } else {
+                        "target kernel not recorded"
+                    },
                     r.load_seconds,
                     r.transition_seconds,
                     if r.forced {
@@ -173,6 +202,7 @@ pub fn unload(name: &str, timeout: f64, force: bool, json: bool) -> Result<u8> {
         timeout: seconds(timeout)?,
         force,
         progress: Some(&mut progress),
+        modprobe: Modprobe::Never,
     };
     match Kernel::default().unload(name, opts) {
         Ok(r) => {
