@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use suture_kernel::generate::{self, Module, Options, Unit};
+use suture_kernel::identity::{self, KernelIdentity};
 use suture_kernel::kbuild::Headers;
 use suture_kernel::tree::{self, Tree};
 use suture_object::report::{Report, Status, UnsupportedKind};
@@ -36,6 +37,11 @@ pub struct KernelBuildOptions {
     pub headers: Option<PathBuf>,
     /// Copy of the target's `/proc/kallsyms`.
     pub kallsyms: Option<PathBuf>,
+    /// Copy of the target's `/sys/kernel/notes`: the build-id of its vmlinux, recorded in the
+    /// module with the headers' release so that `suture kernel load` refuses any other kernel.
+    /// Required to write a module; a file that is not such a copy is an error before anything
+    /// is compiled.
+    pub kernel_notes: Option<PathBuf>,
     /// Directories holding the stock `.ko` of patched modules.
     pub module_dirs: Vec<PathBuf>,
     /// A cumulative patch (`.replace = true`).
@@ -212,6 +218,22 @@ pub fn check(
     }
     generate::check_compiler(&headers)?;
     Ok(Ok(Checked { headers, release }))
+}
+
+/// The vmlinux build-id in a copy of the target's `/sys/kernel/notes`.
+pub fn read_notes(path: &Path) -> Result<String, BuildError> {
+    let bad = |reason: String| BuildError::KernelNotes {
+        path: path.display().to_string(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    match identity::build_id_from_notes(&bytes) {
+        Ok(Some(id)) => Ok(id),
+        Ok(None) => Err(bad(
+            "it holds no GNU build-id note (was the kernel linked without --build-id?)".into(),
+        )),
+        Err(e) => Err(bad(e)),
+    }
 }
 
 /// An error's message followed by its causes (`a: b: c`).
@@ -440,6 +462,14 @@ pub fn build(
         Err(refused) => return Ok(refused),
     };
 
+    // The target's identity: read now, so a wrong file fails before minutes of compiling.
+    let target = match &opts.kernel_notes {
+        Some(p) => Some(KernelIdentity {
+            release: release.clone(),
+            vmlinux_build_id: read_notes(p)?,
+        }),
+        None => None,
+    };
     progress(&format!(
         "kernel {release}: rebuilding {} unit(s) of {}",
         files.len(),
@@ -474,6 +504,7 @@ pub fn build(
         kallsyms: opts.kallsyms.clone(),
         module_dirs: opts.module_dirs.clone(),
         out_dir: opts.out_dir.clone(),
+        target,
     };
     let module = match generate(&patches, gen_opts)? {
         Ok(m) => m,
@@ -516,6 +547,33 @@ mod tests {
             .unwrap_err()
             .contains("assembly"));
         assert_eq!(check_files(&[]).unwrap_err(), "the diff touches no file");
+    }
+
+    #[test]
+    fn kernel_notes_must_hold_a_build_id() {
+        let d = std::env::temp_dir().join(format!("suture-notes-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let text = d.join("kallsyms");
+        std::fs::write(&text, "ffffffff81000000 T _stext\n").unwrap();
+        let e = read_notes(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("is not a copy of the target kernel's /sys/kernel/notes"),
+            "{e}"
+        );
+        assert!(e.contains("cat /sys/kernel/notes > notes"), "{e}");
+        let e = read_notes(&d.join("missing")).unwrap_err().to_string();
+        assert!(e.contains("No such file"), "{e}");
+        // A GNU build-id note of 20 bytes, as every Debian kernel has.
+        let mut notes = Vec::new();
+        for w in [4u32, 20, 3] {
+            notes.extend_from_slice(&w.to_le_bytes());
+        }
+        notes.extend_from_slice(b"GNU\0");
+        notes.extend_from_slice(&[0xab; 20]);
+        let good = d.join("notes");
+        std::fs::write(&good, notes).unwrap();
+        assert_eq!(read_notes(&good).unwrap(), "ab".repeat(20));
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     /// The JSON of each outcome has the fields of `suture.kernel-build/1` and no others.

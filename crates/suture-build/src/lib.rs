@@ -186,6 +186,11 @@ pub enum BuildError {
          from scripts/kernel-tree.sh): pass --headers"
     )]
     NoHeaders { tree: String },
+    #[error(
+        "{path} is not a copy of the target kernel's /sys/kernel/notes ({reason}); on the \
+         target: cat /sys/kernel/notes > notes"
+    )]
+    KernelNotes { path: String, reason: String },
     #[error("the fix changes {file}, which the source tree does not have")]
     NotInTree { file: String },
     #[error(transparent)]

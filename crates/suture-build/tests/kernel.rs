@@ -38,6 +38,7 @@ fn options(tree: &Path, diff: &Path, out: &Path) -> KernelBuildOptions {
         name: None,
         headers: None,
         kallsyms: None,
+        kernel_notes: None,
         module_dirs: Vec::new(),
         replace: false,
     }

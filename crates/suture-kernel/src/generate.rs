@@ -19,7 +19,12 @@
 //!   others) become the callbacks of their unit's object. Define them without `static` (or
 //!   with `__used`) so the compiler keeps them;
 //! - `.replace = true` for a cumulative patch (`replace`): enabling it atomically replaces
-//!   every earlier livepatch.
+//!   every earlier livepatch;
+//! - the target kernel's identity in `.modinfo` (`suture_release=`, the headers' release, and
+//!   `suture_vmlinux_build_id=`, from a copy of the target's `/sys/kernel/notes`), which
+//!   `suture kernel load` checks against the running kernel (see [`crate::identity`]). Without
+//!   the notes no module is written: one that cannot be checked is exactly the module that
+//!   goes live on the wrong kernel without a word.
 //!
 //! Shadow variables need nothing from suture: `klp_shadow_alloc/get/get_or_alloc/free[_all]`
 //! are exported by vmlinux, so the fix includes `<linux/livepatch.h>` and calls them; they
@@ -40,6 +45,7 @@ use object::read::elf::{FileHeader, SectionHeader, Sym as _};
 use object::{elf, LittleEndian as LE};
 use suture_object::report::Report;
 
+use crate::identity::{self, KernelIdentity};
 use crate::kallsyms::{self, ObjectSymbols, UnitHint};
 use crate::kbuild::{self, Headers};
 use crate::klp::{self, KlpSym, Plan};
@@ -103,6 +109,12 @@ pub enum Error {
     },
     #[error("the fix replaces no function, so there is nothing to live-patch")]
     NothingReplaced,
+    #[error(
+        "pass a copy of the target kernel's /sys/kernel/notes with --kernel-notes (on the \
+         target: cat /sys/kernel/notes > notes): the module records the build-id of the kernel \
+         it is built for, and `suture kernel load` refuses it on any other"
+    )]
+    NeedKernelNotes,
     #[error("kbuild did not produce {name}.ko")]
     NoModule { name: String },
     #[error(transparent)]
@@ -161,6 +173,10 @@ pub struct Options {
     /// recursively), e.g. the target's `/lib/modules/<release>`.
     pub module_dirs: Vec<PathBuf>,
     pub out_dir: PathBuf,
+    /// The kernel the module is for: the headers' release and the build-id from the target's
+    /// `/sys/kernel/notes`. Required to write a module ([`Error::NeedKernelNotes`]); refusals
+    /// are found without it.
+    pub target: Option<KernelIdentity>,
 }
 
 /// What was generated.
@@ -169,6 +185,8 @@ pub struct Module {
     pub path: PathBuf,
     pub name: String,
     pub vermagic: String,
+    /// The kernel it is for, as recorded in its `.modinfo`.
+    pub target_kernel: KernelIdentity,
     pub objects: Vec<ObjectSummary>,
     pub klp_sections: Vec<(String, usize)>,
     pub klp_symbols: Vec<String>,
@@ -611,6 +629,7 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
     if objs.values().all(|o| o.funcs.is_empty()) {
         return Err(Error::NothingReplaced);
     }
+    let target = opts.target.clone().ok_or(Error::NeedKernelNotes)?;
 
     // The kbuild directory.
     let build = opts.out_dir.join("build");
@@ -635,7 +654,7 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
         .map_err(io(format!("writing .{file}.cmd")))?;
         objects.push(file);
     }
-    let c = c_source(opts, &objs);
+    let c = c_source(opts, &target, &objs);
     std::fs::write(build.join(format!("{}_main.c", opts.name)), c)
         .map_err(io("writing the module source"))?;
     std::fs::write(
@@ -663,6 +682,7 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
         path,
         name: opts.name.clone(),
         vermagic,
+        target_kernel: target,
         objects: objs
             .iter()
             .map(|(o, p)| ObjectSummary {
@@ -710,7 +730,11 @@ fn c_string(s: &str) -> String {
     out
 }
 
-fn c_source(opts: &Options, objs: &BTreeMap<String, ObjectPlan>) -> String {
+fn c_source(
+    opts: &Options,
+    target: &KernelIdentity,
+    objs: &BTreeMap<String, ObjectPlan>,
+) -> String {
     let mut c = String::new();
     let _ = writeln!(
         c,
@@ -775,9 +799,15 @@ fn c_source(opts: &Options, objs: &BTreeMap<String, ObjectPlan>) -> String {
          module_exit(suture_patch_exit);\n\
          MODULE_LICENSE(\"GPL\");\n\
          MODULE_DESCRIPTION(\"suture live patch {}\");\n\
-         MODULE_INFO(livepatch, \"Y\");",
+         MODULE_INFO(livepatch, \"Y\");\n\
+         MODULE_INFO({}, {});\n\
+         MODULE_INFO({}, {});",
         if opts.replace { "true" } else { "false" },
-        opts.name
+        opts.name,
+        identity::MODINFO_RELEASE,
+        c_string(&target.release),
+        identity::MODINFO_BUILD_ID,
+        c_string(&target.vmlinux_build_id),
     );
     c
 }
@@ -791,6 +821,36 @@ mod tests {
         assert_eq!(module_name("fix-cmdline.patch"), "fix_cmdline_patch");
         assert_eq!(module_name("1x"), "p_1x");
         assert_eq!(module_name(&"a".repeat(80)).len(), 55);
+    }
+
+    #[test]
+    fn the_target_kernel_is_recorded_in_modinfo() {
+        let opts = Options {
+            name: "p".into(),
+            replace: false,
+            headers: Headers {
+                dir: "/nonexistent".into(),
+                cc_version_text: "gcc".into(),
+                cc: "gcc".into(),
+            },
+            kallsyms: None,
+            module_dirs: Vec::new(),
+            out_dir: "/nonexistent".into(),
+            target: None,
+        };
+        let target = KernelIdentity {
+            release: "6.1.0-57-amd64".into(),
+            vmlinux_build_id: "2401381".into(),
+        };
+        let c = c_source(&opts, &target, &BTreeMap::new());
+        assert!(
+            c.contains("MODULE_INFO(suture_release, \"6.1.0-57-amd64\");"),
+            "{c}"
+        );
+        assert!(
+            c.contains("MODULE_INFO(suture_vmlinux_build_id, \"2401381\");"),
+            "{c}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub struct Args {
     pub name: Option<String>,
     pub headers: Option<PathBuf>,
     pub kallsyms: Option<PathBuf>,
+    pub kernel_notes: Option<PathBuf>,
     pub modules: Vec<PathBuf>,
     pub replace: bool,
     pub json: bool,
@@ -32,6 +33,7 @@ pub fn run(a: Args) -> Result<u8> {
         name: a.name,
         headers: a.headers,
         kallsyms: a.kallsyms,
+        kernel_notes: a.kernel_notes,
         module_dirs: a.modules,
         replace: a.replace,
     };
@@ -83,10 +85,12 @@ fn print_built(report: &kernel::KernelBuildReport) {
         ));
     }
     crate::out(&format!(
-        "wrote {} ({} livepatch relocation section(s), vermagic {}) in {:.1} s\n",
+        "wrote {} ({} livepatch relocation section(s), for kernel {} with vmlinux build-id {}) \
+         in {:.1} s\n",
         module.path.display(),
         module.klp_sections.len(),
-        module.vermagic.trim(),
+        module.target_kernel.release,
+        module.target_kernel.vmlinux_build_id,
         report.seconds.map_or(0.0, |s| s.total)
     ));
 }

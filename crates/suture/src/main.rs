@@ -181,6 +181,12 @@ enum Command {
         /// symbol positions (sympos) are computed from it. Needed when vmlinux is patched.
         #[arg(long, value_name = "FILE", requires = "kernel")]
         kallsyms: Option<PathBuf>,
+        /// (--kernel) A copy of the target kernel's /sys/kernel/notes (`cat
+        /// /sys/kernel/notes > notes` on the target). Required: the module records the build-id
+        /// of that kernel's vmlinux and the headers' release, and `suture kernel load` refuses
+        /// it on any other kernel.
+        #[arg(long = "kernel-notes", value_name = "FILE", requires = "kernel")]
+        kernel_notes: Option<PathBuf>,
         /// (--kernel) Where the target's stock modules are (its /lib/modules/<release>),
         /// searched for `<module>.ko` when the fix changes a loadable module. Repeatable.
         #[arg(long = "modules", value_name = "DIR", requires = "kernel")]
@@ -268,6 +274,7 @@ fn main() -> ExitCode {
             id,
             kernel: true,
             kallsyms,
+            kernel_notes,
             modules,
             headers,
             replace,
@@ -280,6 +287,7 @@ fn main() -> ExitCode {
             name: id,
             headers,
             kallsyms,
+            kernel_notes,
             modules,
             replace,
             json,

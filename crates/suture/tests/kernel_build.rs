@@ -149,6 +149,28 @@ fn guest_kallsyms(kernel: &GuestKernel) -> PathBuf {
     path
 }
 
+/// The target's /sys/kernel/notes (its vmlinux build-id), dumped from a guest once (as hex,
+/// the console is text) and cached next to its image.
+fn guest_notes(kernel: &GuestKernel) -> PathBuf {
+    let path = kernel.dir.join("notes");
+    if path.exists() {
+        return path;
+    }
+    let mut s = Script::new();
+    s.step("notes", "od -An -v -tx1 /sys/kernel/notes");
+    let b = boot(kernel, "notes", &mut Initramfs::new(), &s);
+    let out = &b.expect("notes", 0, &[]).output;
+    let bytes: Vec<u8> = out
+        .split_whitespace()
+        .map(|h| u8::from_str_radix(h, 16).unwrap_or_else(|e| panic!("{h:?}: {e}\n{out}")))
+        .collect();
+    assert!(bytes.len() >= 36, "short notes:\n{out}");
+    let tmp = kernel.dir.join(format!("notes.{}", std::process::id()));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
 /// Sets TCP_WINDOW_CLAMP far above the largest window TCP can advertise (65535 << 14) on a
 /// TCP socket and prints what the kernel kept.
 const CLAMP_C: &str = r#"
@@ -182,6 +204,7 @@ fn generated_modules_in_the_stock_kernel() {
         return;
     };
     let kallsyms = guest_kallsyms(&kernel);
+    let notes = guest_notes(&kernel);
     let modules = kernel.dir.join("modules");
     let work = guest::scratch("kbuild-guest");
     let cases = [
@@ -234,6 +257,8 @@ fn generated_modules_in_the_stock_kernel() {
             &name,
             "--kallsyms",
             kallsyms.to_str().unwrap(),
+            "--kernel-notes",
+            notes.to_str().unwrap(),
             "--modules",
             modules.to_str().unwrap(),
         ];
@@ -487,4 +512,181 @@ fn generated_modules_in_the_stock_kernel() {
         format!("the replaced patch is still live:\n{r}"),
     );
     reverted("replace-off");
+}
+
+/// Safe loading: a module records the kernel it was built for (the headers' release and the
+/// build-id from the target's /sys/kernel/notes) and `suture kernel load` refuses it on any
+/// other kernel, before the kernel sees it. Built twice from one fix: with the real notes of
+/// the guest kernel (loads, verified), and with notes whose build-id differs in one byte
+/// (refused, not loaded, the kernel keeps its original code). Without --kernel-notes no module
+/// is written.
+#[test]
+fn module_identity_in_the_stock_kernel() {
+    let Some(tree) = tree() else { return };
+    let Some(kernel) = guest::kernel() else {
+        return;
+    };
+    let kallsyms = guest_kallsyms(&kernel);
+    let notes = guest_notes(&kernel);
+    let work = guest::scratch("kbuild-identity");
+    let real = std::fs::read(&notes).unwrap();
+    let real_id = suture_kernel::identity::build_id_from_notes(&real)
+        .unwrap()
+        .expect("the guest kernel has a build-id");
+    // The same notes with the last byte of the build-id changed: another build of the kernel.
+    let mut forged = real.clone();
+    let at = real
+        .windows(4)
+        .position(|w| w == b"GNU\0")
+        .expect("a GNU note")
+        + 4
+        + real_id.len() / 2
+        - 1;
+    forged[at] ^= 0xff;
+    let forged_notes = work.join("forged-notes");
+    std::fs::write(&forged_notes, &forged).unwrap();
+    let forged_id = suture_kernel::identity::build_id_from_notes(&forged)
+        .unwrap()
+        .unwrap();
+    assert_ne!(forged_id, real_id);
+
+    // Without the notes: refused with the way to get them, nothing written.
+    let b = suture_build(
+        &tree,
+        &case("cmdline-body"),
+        &work.join("nonotes"),
+        &[
+            "--id",
+            "suture_nonotes",
+            "--kallsyms",
+            kallsyms.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(b.status, 1, "{}{}", b.stdout, b.stderr);
+    assert!(b.stderr.contains("--kernel-notes"), "{}", b.stderr);
+    assert!(!work.join("nonotes/suture_nonotes.ko").exists());
+    // A file that is not notes: refused before compiling.
+    let b = suture_build(
+        &tree,
+        &case("cmdline-body"),
+        &work.join("badnotes"),
+        &[
+            "--kallsyms",
+            kallsyms.to_str().unwrap(),
+            "--kernel-notes",
+            kallsyms.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(b.status, 1, "{}{}", b.stdout, b.stderr);
+    assert!(
+        b.stderr
+            .contains("is not a copy of the target kernel's /sys/kernel/notes"),
+        "{}",
+        b.stderr
+    );
+
+    let mut initramfs = Initramfs::new();
+    initramfs.suture();
+    for (name, notes_file, id) in [
+        ("suture_identity_ok", &notes, &real_id),
+        ("suture_identity_forged", &forged_notes, &forged_id),
+    ] {
+        let out = work.join(name);
+        let b = suture_build(
+            &tree,
+            &case("cmdline-body"),
+            &out,
+            &[
+                "--id",
+                name,
+                "--kallsyms",
+                kallsyms.to_str().unwrap(),
+                "--kernel-notes",
+                notes_file.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(b.status, 0, "{name}: {}{}", b.stdout, b.stderr);
+        let j: serde_json::Value = serde_json::from_str(&b.stdout).expect("JSON summary");
+        assert_eq!(
+            j["module"]["target_kernel"]["release"],
+            kernel.release.as_str()
+        );
+        assert_eq!(
+            j["module"]["target_kernel"]["vmlinux_build_id"],
+            id.as_str()
+        );
+        let ko = out.join(format!("{name}.ko"));
+        let modinfo = readelf(&["-p", ".modinfo"], &ko);
+        assert!(
+            modinfo.contains(&format!("suture_release={}", kernel.release)),
+            "{modinfo}"
+        );
+        assert!(
+            modinfo.contains(&format!("suture_vmlinux_build_id={id}")),
+            "{modinfo}"
+        );
+        initramfs.file(&format!("/m/{name}.ko"), &ko);
+    }
+
+    let mut s = Script::new();
+    s.step("before", "cat /proc/cmdline")
+        .step("forged", "suture kernel load /m/suture_identity_forged.ko")
+        .step(
+            "forged-json",
+            "suture kernel load --json /m/suture_identity_forged.ko 2>/dev/null",
+        )
+        .step(
+            "after-forged",
+            "cat /proc/cmdline; grep -c suture_identity /proc/modules; \
+             ls /sys/kernel/livepatch | wc -l",
+        )
+        .step(
+            "ok",
+            "suture kernel load --json /m/suture_identity_ok.ko 2>/dev/null",
+        )
+        .step("ok-cmdline", "cat /proc/cmdline")
+        .step(
+            "ok-off",
+            "suture kernel unload suture_identity_ok && cat /proc/cmdline",
+        );
+    let b = boot(&kernel, "kbuild-identity", &mut initramfs, &s);
+    let before = b.expect("before", 0, &[]).output.clone();
+    b.expect(
+        "forged",
+        1,
+        &[
+            "built for another kernel",
+            &format!("its vmlinux build-id is {forged_id} but the running kernel's is {real_id}"),
+        ],
+    );
+    let j = b.json("forged-json");
+    b.ensure(
+        j["ok"] == false && j["error"]["kind"] == "wrong_kernel",
+        format!("forged-json: {j}"),
+    );
+    let after = &b.expect("after-forged", 0, &[]).output;
+    let lines: Vec<&str> = after.lines().map(str::trim).collect();
+    b.ensure(
+        lines == [before.trim(), "0", "0"],
+        format!("the forged module changed something:\n{after}"),
+    );
+    let j = b.json("ok");
+    b.ensure(j["ok"] == true, format!("ok: {j}"));
+    let id = &j["result"]["identity"];
+    b.ensure(
+        id["verified"] == true
+            && id["module_build_id"] == real_id.as_str()
+            && id["running_build_id"] == real_id.as_str()
+            && id["running_release"] == kernel.release.as_str(),
+        format!("identity: {id}"),
+    );
+    b.ensure(
+        j["result"]["warnings"]
+            .as_array()
+            .is_some_and(|w| w.is_empty()),
+        format!("warnings for a vmlinux patch built for this kernel: {j}"),
+    );
+    b.expect("ok-cmdline", 0, &[" suture-body"]);
+    let off = &b.expect("ok-off", 0, &[]).output;
+    b.ensure(off.trim() == before.trim(), format!("not reverted:\n{off}"));
 }
