@@ -35,9 +35,12 @@
 //!
 //! A patch for a module (a `klp_object` other than vmlinux) is applied to the module when it
 //! loads, and the module can be removed while the patch is live; but Linux 6.1 does not undo
-//! the patch's relocations in a module that goes away (`clear_relocate_add` came in 6.2), so
-//! loading that module again fails until the patch is unloaded. A load reports this as a
-//! warning for every patched module.
+//! the patch's livepatch relocations for a module that goes away (`clear_relocate_add` came
+//! in 6.2): when the module loads again, applying them finds the old values ("Invalid
+//! relocation target, existing value is nonzero") and livepatch refuses to load the module
+//! until the patch is unloaded. A load lists every patched module (`patched_modules`) and
+//! warns for each one the patch has `.klp.rela.<module>.*` sections for (a patch without
+//! relocations for a module is simply applied again when it reloads).
 
 use std::ffi::CString;
 use std::fs::File;
@@ -464,6 +467,8 @@ pub struct ModuleFile {
     pub vmlinux_build_id: Option<String>,
     /// `depends=`: the modules whose exported symbols it uses.
     pub depends: Vec<String>,
+    /// Objects with livepatch relocations (`.klp.rela.<object>.<section>`), sorted.
+    pub klp_rela_objects: Vec<String>,
 }
 
 /// Reads `.modinfo` of a module file.
@@ -522,6 +527,15 @@ fn parse_module(bytes: &[u8]) -> Result<ModuleFile, String> {
             return Err(format!("invalid module name {d:?} in .modinfo depends="));
         }
     }
+    let mut klp_rela_objects: Vec<String> = file
+        .sections()
+        .filter_map(|s| {
+            let n = s.name().ok()?.strip_prefix(".klp.rela.")?;
+            Some(n.split_once('.')?.0.to_string())
+        })
+        .collect();
+    klp_rela_objects.sort();
+    klp_rela_objects.dedup();
     let name = name.ok_or(".modinfo has no name= (it was not built by kbuild's modpost)")?;
     if name.is_empty() || name.len() >= 56 || name.contains(['/', '\n']) {
         return Err(format!("invalid module name {name:?} in .modinfo"));
@@ -533,6 +547,7 @@ fn parse_module(bytes: &[u8]) -> Result<ModuleFile, String> {
         release,
         vmlinux_build_id,
         depends,
+        klp_rela_objects,
     })
 }
 
@@ -1004,7 +1019,7 @@ impl Kernel {
                     self.force(&name)?;
                     self.wait_transition(&name, Target::Patched, &mut no_wait(&opts))?;
                     let status = self.patch_status(&name)?;
-                    let patched_modules = patched_modules(&name, &status, &mut warnings);
+                    let patched_modules = patched_modules(&info, &status, &mut warnings);
                     return Ok(LoadReport {
                         status,
                         patch: name,
@@ -1034,7 +1049,7 @@ impl Kernel {
             }
         }
         let status = self.patch_status(&name)?;
-        let patched_modules = patched_modules(&name, &status, &mut warnings);
+        let patched_modules = patched_modules(&info, &status, &mut warnings);
         Ok(LoadReport {
             status,
             patch: name,
@@ -1252,26 +1267,35 @@ impl Kernel {
     }
 }
 
-/// The modules a live patch patches (from its sysfs objects), each with a warning.
+/// The modules a live patch patches (from its sysfs objects); a warning for each one the
+/// patch has livepatch relocations for (see the module comment).
 fn patched_modules(
-    patch: &str,
+    module: &ModuleFile,
     status: &Option<PatchStatus>,
     warnings: &mut Vec<String>,
 ) -> Vec<String> {
+    let patch = &module.name;
     let modules: Vec<String> = status
         .iter()
         .flat_map(|s| &s.objects)
         .filter(|o| o.name != "vmlinux")
         .map(|o| o.name.clone())
         .collect();
-    for m in &modules {
-        warnings.push(format!(
-            "{patch} patches module {m}: while {patch} is loaded, do not remove {m} and load it \
-             again (Linux 6.1 cannot re-apply a patch's relocations to a reloaded module, so \
-             loading it fails); unload {patch} first"
-        ));
+    for m in modules
+        .iter()
+        .filter(|m| module.klp_rela_objects.contains(m))
+    {
+        warnings.push(reload_warning(patch, m));
     }
     modules
+}
+
+fn reload_warning(patch: &str, m: &str) -> String {
+    format!(
+        "{patch} patches module {m}: while {patch} is loaded, {m} must not be removed and \
+         loaded again: Linux 6.1 does not undo the patch's livepatch relocations for {m} when \
+         it goes away, so loading {m} again fails; unload {patch} first"
+    )
 }
 
 /// The least time given to reversing a timed-out transition.
@@ -1618,9 +1642,65 @@ mod tests {
         // An empty depends= (what modpost writes for a module needing nothing) is no module.
         let ko = fake_module(&d, "q.ko", &["depends=", "name=q"]);
         assert!(inspect_module(&ko).unwrap().depends.is_empty());
+        assert!(m.klp_rela_objects.is_empty());
         let ko = fake_module(&d, "r.ko", &["depends=../x", "name=r"]);
         let e = inspect_module(&ko).unwrap_err().to_string();
         assert!(e.contains("depends="), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Patched modules are listed; those the patch has livepatch relocations for get the
+    /// warning that they cannot be reloaded while it is loaded.
+    #[test]
+    fn patched_modules_with_relocations_get_the_reload_warning() {
+        let d = tmp("reload");
+        let ko = fake_module(&d, "p.ko", &["livepatch=Y", "name=p"]);
+        // A relocation section as klp::finalize names them (object, then the patched section).
+        let c = d.join("rela.c");
+        std::fs::write(
+            &c,
+            "__attribute__((section(\".klp.rela.loop..text.f\"), used)) static const int r = 1;\n",
+        )
+        .unwrap();
+        let o = d.join("rela.o");
+        assert!(std::process::Command::new("cc")
+            .args(["-c", "-o"])
+            .arg(&o)
+            .arg(&c)
+            .status()
+            .unwrap()
+            .success());
+        let both = d.join("both.ko");
+        assert!(std::process::Command::new("ld")
+            .args(["-r", "-o"])
+            .arg(&both)
+            .arg(&ko)
+            .arg(&o)
+            .status()
+            .unwrap()
+            .success());
+        let info = inspect_module(&both).unwrap();
+        assert_eq!(info.klp_rela_objects, ["loop"]);
+        let obj = |name: &str| ObjectStatus {
+            name: name.into(),
+            patched: false,
+            functions: Vec::new(),
+        };
+        let status = Some(PatchStatus {
+            name: "p".into(),
+            enabled: true,
+            transition: false,
+            objects: vec![obj("loop"), obj("sch_fq"), obj("vmlinux")],
+            module: None,
+            blockers: Vec::new(),
+        });
+        let mut warnings = Vec::new();
+        assert_eq!(
+            patched_modules(&info, &status, &mut warnings),
+            ["loop", "sch_fq"]
+        );
+        assert_eq!(warnings, [reload_warning("p", "loop")]);
+        assert!(warnings[0].contains("loop must not be removed and loaded again"));
         let _ = std::fs::remove_dir_all(&d);
     }
 

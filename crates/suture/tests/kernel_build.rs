@@ -586,7 +586,7 @@ fn module_identity_in_the_stock_kernel() {
     );
 
     let mut initramfs = Initramfs::new();
-    initramfs.suture();
+    initramfs.suture().stock_module(&kernel, "loop");
     for (name, notes_file, id) in [
         ("suture_identity_ok", &notes, &real_id),
         ("suture_identity_forged", &forged_notes, &forged_id),
@@ -627,6 +627,47 @@ fn module_identity_in_the_stock_kernel() {
         );
         initramfs.file(&format!("/m/{name}.ko"), &ko);
     }
+    // A patch of loop.ko that reads one of its statics: a livepatch relocation for loop.
+    let reload_diff = work.join("loop-reload.diff");
+    std::fs::write(
+        &reload_diff,
+        "--- a/drivers/block/loop.c\n+++ b/drivers/block/loop.c\n@@ -686,7 +686,7 @@\n \n \
+         static ssize_t loop_attr_offset_show(struct loop_device *lo, char *buf)\n {\n\
+         -\treturn sysfs_emit(buf, \"%llu\\n\", (unsigned long long)lo->lo_offset);\n\
+         +\treturn sysfs_emit(buf, \"suture-reload %d %llu\\n\", part_shift, \
+         (unsigned long long)lo->lo_offset);\n }\n \n \
+         static ssize_t loop_attr_sizelimit_show(struct loop_device *lo, char *buf)\n",
+    )
+    .unwrap();
+    let b = suture_build(
+        &tree,
+        &reload_diff,
+        &work.join("reload"),
+        &[
+            "--id",
+            "suture_identity_loop",
+            "--kallsyms",
+            kallsyms.to_str().unwrap(),
+            "--kernel-notes",
+            notes.to_str().unwrap(),
+            "--modules",
+            kernel.dir.join("modules").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(b.status, 0, "loop-reload: {}{}", b.stdout, b.stderr);
+    let j: serde_json::Value = serde_json::from_str(&b.stdout).expect("JSON summary");
+    assert!(
+        j["module"]["klp_sections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k[0].as_str().unwrap().starts_with(".klp.rela.loop.")),
+        "no livepatch relocation for loop: {j}"
+    );
+    initramfs.file(
+        "/m/suture_identity_loop.ko",
+        &work.join("reload/suture_identity_loop.ko"),
+    );
 
     let mut s = Script::new();
     s.step("before", "cat /proc/cmdline")
@@ -648,6 +689,21 @@ fn module_identity_in_the_stock_kernel() {
         .step(
             "ok-off",
             "suture kernel unload suture_identity_ok && cat /proc/cmdline",
+        )
+        // The warning for a patched module with livepatch relocations, and what it warns of:
+        // on 6.1, loop cannot be loaded again while the patch is loaded.
+        .step(
+            "reload-load",
+            "modprobe loop && suture kernel load /m/suture_identity_loop.ko 2>&1",
+        )
+        .step(
+            "reload",
+            "rmmod loop; modprobe loop; echo \"modprobe=$?\"; grep -c '^loop ' /proc/modules",
+        )
+        .step(
+            "reload-off",
+            "suture kernel unload suture_identity_loop && modprobe loop && \
+             grep -c '^loop ' /proc/modules",
         );
     let b = boot(&kernel, "kbuild-identity", &mut initramfs, &s);
     let before = b.expect("before", 0, &[]).output.clone();
@@ -687,6 +743,24 @@ fn module_identity_in_the_stock_kernel() {
         format!("warnings for a vmlinux patch built for this kernel: {j}"),
     );
     b.expect("ok-cmdline", 0, &[" suture-body"]);
+    b.expect(
+        "reload-load",
+        0,
+        &[
+            "suture: warning: suture_identity_loop patches module loop: while \
+             suture_identity_loop is loaded, loop must not be removed and loaded again",
+            "suture_identity_loop: live",
+        ],
+    );
+    let r = &b.expect("reload", 0, &[]).output;
+    b.ensure(
+        !r.contains("modprobe=0") && r.lines().last().map(str::trim) == Some("0"),
+        format!("loop was loaded again under a patch with relocations for it:\n{r}"),
+    );
+    b.expect("reload-off", 0, &["1"]);
     let off = &b.expect("ok-off", 0, &[]).output;
-    b.ensure(off.trim() == before.trim(), format!("not reverted:\n{off}"));
+    b.ensure(
+        off.lines().last().map(str::trim) == Some(before.trim()),
+        format!("not reverted:\n{off}"),
+    );
 }
