@@ -180,6 +180,14 @@ impl Error {
         }
     }
 
+    /// The modules a refused load needs loaded first (empty for other errors).
+    pub fn missing_modules(&self) -> &[String] {
+        match self {
+            Error::MissingDependencies { missing, .. } => missing,
+            _ => &[],
+        }
+    }
+
     /// The kernel log lines captured for a rejected module (empty for other errors).
     pub fn kernel_log(&self) -> &[String] {
         match self {
@@ -980,7 +988,13 @@ impl Kernel {
                 name: info.name,
             });
         }
-        let (identity, identity_warning) = self.check_identity(path, &info)?;
+        let (identity, identity_warning) = match self.check_identity(path, &info) {
+            // Newer kernels make /sys/kernel/notes readable by root only: say what to do.
+            Err(Error::UnknownKernel { .. }) if require_root().is_err() => {
+                return Err(Error::NotRoot)
+            }
+            r => r?,
+        };
         require_root()?;
         self.require_livepatch()?;
         let name = info.name.clone();

@@ -134,6 +134,7 @@ fn fail(command: &str, e: &livepatch::Error, json: bool) -> Result<u8> {
                 "message": e.to_string(),
                 "blockers": e.blockers(),
                 "kernel_log": e.kernel_log(),
+                "missing_modules": e.missing_modules(),
             },
         });
         out(&format!("{}\n", serde_json::to_string_pretty(&v)?));

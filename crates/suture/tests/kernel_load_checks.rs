@@ -86,6 +86,10 @@ fn safe_loading_in_the_stock_kernel() {
         "suture kernel load --no-modprobe /m/suture_id_dep.ko",
     )
     .step(
+        "dep-json",
+        "suture kernel load --json --no-modprobe /m/suture_id_dep.ko 2>/dev/null",
+    )
+    .step(
         "dep-no-program",
         "PATH=/nonexistent /bin/suture kernel load /m/suture_id_dep.ko",
     )
@@ -183,6 +187,12 @@ fn safe_loading_in_the_stock_kernel() {
             "patch suture_id_dep uses symbols exported by module sunrpc, which is not loaded",
             "load it first (modprobe sunrpc) and retry",
         ],
+    );
+    let j = b.json("dep-json");
+    b.ensure(
+        j["error"]["kind"] == "missing_dependencies"
+            && j["error"]["missing_modules"] == serde_json::json!(["sunrpc"]),
+        format!("dep-json: {j}"),
     );
     b.expect(
         "dep-no-program",
