@@ -388,7 +388,8 @@ pub struct IdentityCheck {
     pub running_release: Option<String>,
     /// The GNU build-id in `/sys/kernel/notes`.
     pub running_build_id: Option<String>,
-    /// The module records both and both match the running kernel.
+    /// The module records a vmlinux build-id and it is the running kernel's (and so is the
+    /// release, when recorded).
     pub verified: bool,
 }
 
@@ -884,23 +885,21 @@ impl Kernel {
 
     /// The modprobe to load dependencies with: the kernel's own helper
     /// (`/proc/sys/kernel/modprobe`) when it is a file, else `modprobe` in `PATH`.
-    fn modprobe_program(&self) -> (Option<PathBuf>, String) {
+    /// `Err(helper)`: neither exists.
+    fn modprobe_program(&self) -> Result<PathBuf, String> {
         let helper = read_trim(&self.proc.join("sys/kernel/modprobe"))
             .filter(|p| !p.is_empty())
             .unwrap_or_else(|| "/sbin/modprobe".into());
         if Path::new(&helper).is_file() {
-            return (Some(helper.into()), String::new());
+            return Ok(helper.into());
         }
-        let in_path = std::env::var_os("PATH").and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("modprobe"))
-                .find(|c| c.is_file())
-        });
-        let tried = format!(
-            "; there is no modprobe to load {{}} with (neither the kernel's helper {helper} nor \
-             modprobe in PATH)"
-        );
-        (in_path, tried)
+        std::env::var_os("PATH")
+            .and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("modprobe"))
+                    .find(|c| c.is_file())
+            })
+            .ok_or(helper)
     }
 
     /// Loads the modules the patch depends on that are not loaded, with modprobe (which also
@@ -930,9 +929,13 @@ impl Kernel {
             }
             Modprobe::Program(p) => p.clone(),
             Modprobe::Auto => match self.modprobe_program() {
-                (Some(p), _) => p,
-                (None, why) => {
-                    let why = why.replace("{}", them(&missing));
+                Ok(p) => p,
+                Err(helper) => {
+                    let why = format!(
+                        "; there is no modprobe to load {} with (neither the kernel's helper \
+                         {helper} nor modprobe in PATH)",
+                        them(&missing)
+                    );
                     return Err(refuse(missing, why));
                 }
             },
