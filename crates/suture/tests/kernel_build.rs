@@ -768,3 +768,113 @@ fn module_identity_in_the_stock_kernel() {
         format!("not reverted:\n{off}"),
     );
 }
+
+/// The issue's case: a patch for nfsd (fs/nfsd/stats.c, whose nfsd_show calls sunrpc's
+/// exported svc_seq_show) loaded while sunrpc is not. The kernel alone refuses it with an
+/// unknown symbol; `suture kernel load --no-modprobe` names sunrpc; plain `suture kernel load`
+/// loads sunrpc with modprobe first, and the patch reaches nfsd when nfsd loads. nfsd gets
+/// the reload warning (the patch has livepatch relocations for it: nfsd_net_id, nfsd_th_cnt).
+#[test]
+fn patch_for_nfsd_before_sunrpc() {
+    let Some(tree) = tree() else { return };
+    let Some(kernel) = guest::kernel() else {
+        return;
+    };
+    let kallsyms = guest_kallsyms(&kernel);
+    let notes = guest_notes(&kernel);
+    let work = guest::scratch("kbuild-nfsd");
+    let diff = work.join("nfsd-stats.diff");
+    std::fs::write(
+        &diff,
+        "--- a/fs/nfsd/stats.c\n+++ b/fs/nfsd/stats.c\n@@ -42,7 +42,7 @@\n \
+         \t\t   percpu_counter_sum_positive(&nn->counter[NFSD_STATS_IO_WRITE]));\n \n \
+         \t/* thread usage: */\n\
+         -\tseq_printf(seq, \"th %u 0\", atomic_read(&nfsd_th_cnt));\n\
+         +\tseq_printf(seq, \"th %u 0 suture-nfsd\", atomic_read(&nfsd_th_cnt));\n \n \
+         \t/* deprecated thread usage histogram stats */\n \tfor (i = 0; i < 10; i++)\n",
+    )
+    .unwrap();
+    let out = work.join("out");
+    let b = suture_build(
+        &tree,
+        &diff,
+        &out,
+        &[
+            "--id",
+            "suture_nfsd_stats",
+            "--kallsyms",
+            kallsyms.to_str().unwrap(),
+            "--kernel-notes",
+            notes.to_str().unwrap(),
+            "--modules",
+            kernel.dir.join("modules").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(b.status, 0, "{}{}", b.stdout, b.stderr);
+    let ko = out.join("suture_nfsd_stats.ko");
+    let modinfo = readelf(&["-p", ".modinfo"], &ko);
+    assert!(modinfo.contains("depends=sunrpc"), "{modinfo}");
+
+    let mut initramfs = Initramfs::new();
+    initramfs
+        .suture()
+        .stock_module(&kernel, "nfsd")
+        .file("/m/suture_nfsd_stats.ko", &ko);
+    let mut s = Script::new();
+    s.step(
+        "kernel-alone",
+        "insmod /m/suture_nfsd_stats.ko; echo \"insmod=$?\"; \
+         dmesg | grep -o 'Unknown symbol svc_seq_show' | head -1",
+    )
+    .step(
+        "no-modprobe",
+        "suture kernel load --no-modprobe /m/suture_nfsd_stats.ko",
+    )
+    .step(
+        "load",
+        "suture kernel load /m/suture_nfsd_stats.ko 2>&1 && \
+         echo \"sunrpc=$(grep -c '^sunrpc ' /proc/modules) nfsd=$(grep -c '^nfsd ' /proc/modules)\"",
+    )
+    .step(
+        "nfsd-arrives",
+        "modprobe nfsd && grep '^th' /proc/net/rpc/nfsd && \
+         cat /sys/kernel/livepatch/suture_nfsd_stats/nfsd/patched",
+    )
+    .step(
+        "off",
+        "suture kernel unload suture_nfsd_stats && grep '^th' /proc/net/rpc/nfsd",
+    );
+    let b = boot(&kernel, "kbuild-nfsd", &mut initramfs, &s);
+    let k = &b
+        .expect("kernel-alone", 0, &["Unknown symbol svc_seq_show"])
+        .output;
+    b.ensure(
+        !k.contains("insmod=0"),
+        format!("the kernel loaded the patch without sunrpc:\n{k}"),
+    );
+    b.expect(
+        "no-modprobe",
+        1,
+        &[
+            "patch suture_nfsd_stats uses symbols exported by module sunrpc, which is not loaded",
+            "load it first (modprobe sunrpc) and retry",
+        ],
+    );
+    b.expect(
+        "load",
+        0,
+        &[
+            "suture: loaded module(s) the patch depends on: sunrpc",
+            "suture: warning: suture_nfsd_stats patches module nfsd: while suture_nfsd_stats \
+             is loaded, nfsd must not be removed and loaded again",
+            "suture_nfsd_stats: live",
+            "sunrpc=1 nfsd=0",
+        ],
+    );
+    b.expect("nfsd-arrives", 0, &["th 0 0 suture-nfsd", "\n1"]);
+    let off = &b.expect("off", 0, &["th 0 0"]).output;
+    b.ensure(
+        !off.contains("suture-nfsd"),
+        format!("not reverted:\n{off}"),
+    );
+}
