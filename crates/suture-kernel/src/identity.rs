@@ -40,42 +40,21 @@ pub struct KernelIdentity {
 /// sequence of ELF notes, 4-byte aligned), as lower-case hex. `Ok(None)` when the notes are
 /// well formed but hold no build-id (a kernel linked without `--build-id`).
 pub fn build_id_from_notes(notes: &[u8]) -> Result<Option<String>, String> {
-    let word = |at: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(notes.get(at..at + 4)?.try_into().ok()?))
-    };
-    let align = |n: usize| n.checked_add(3).map(|v| v & !3);
-    let mut at = 0usize;
-    while at < notes.len() {
-        // Trailing padding after the last note.
-        if notes[at..].iter().all(|&b| b == 0) {
-            break;
-        }
-        let (Some(namesz), Some(descsz), Some(kind)) = (word(at), word(at + 4), word(at + 8))
-        else {
-            return Err(format!("truncated note header at offset {at}"));
-        };
-        let name_at = at + 12;
-        let desc_at = align(name_at + namesz as usize).ok_or("note size overflows")?;
-        let end = align(desc_at + descsz as usize).ok_or("note size overflows")?;
-        let (Some(name), Some(desc)) = (
-            notes.get(name_at..name_at + namesz as usize),
-            notes.get(desc_at..desc_at + descsz as usize),
-        ) else {
-            return Err(format!(
-                "the note at offset {at} runs past the end ({} bytes)",
-                notes.len()
-            ));
-        };
-        if kind == NT_GNU_BUILD_ID && name == b"GNU\0" {
+    use object::elf::FileHeader64;
+    use object::read::elf::NoteIterator;
+    use object::LittleEndian as LE;
+    if notes.is_empty() {
+        return Err("the file is empty".into());
+    }
+    let mut it = NoteIterator::<FileHeader64<LE>>::new(LE, 4, notes).map_err(|e| e.to_string())?;
+    while let Some(note) = it.next().map_err(|e| format!("malformed notes: {e}"))? {
+        if note.n_type(LE).0 == NT_GNU_BUILD_ID && note.name() == b"GNU" {
+            let desc = note.desc();
             if desc.is_empty() || desc.len() > 64 {
                 return Err(format!("a GNU build-id note of {} bytes", desc.len()));
             }
             return Ok(Some(desc.iter().map(|b| format!("{b:02x}")).collect()));
         }
-        at = end.max(at + 12);
-    }
-    if notes.is_empty() {
-        return Err("the file is empty".into());
     }
     Ok(None)
 }
@@ -136,12 +115,10 @@ mod tests {
         assert!(build_id_from_notes(b"").unwrap_err().contains("empty"));
         assert!(build_id_from_notes(b"\x04\0\0\0\x14")
             .unwrap_err()
-            .contains("truncated"));
+            .contains("malformed"));
         let mut n = note(b"GNU\0", NT_GNU_BUILD_ID, &[1; 20]);
         n.truncate(30);
-        assert!(build_id_from_notes(&n)
-            .unwrap_err()
-            .contains("past the end"));
+        assert!(build_id_from_notes(&n).unwrap_err().contains("malformed"));
         // Sizes near u32::MAX do not overflow or allocate.
         let mut n = vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 3, 0, 0, 0];
         n.extend_from_slice(b"GNU\0");
