@@ -288,13 +288,17 @@ pub fn diff<'o, 'a>(orig: &'o Object<'a>, patched: &'o Object<'a>) -> Diff<'o, '
         report: Report {
             schema: SCHEMA,
             status: Status::NoChange,
-            source_file: patched.source_file.clone(),
+            source_file: orig
+                .source_file
+                .clone()
+                .or_else(|| patched.source_file.clone()),
             changed_functions: Vec::new(),
             new_functions: Vec::new(),
             new_data: Vec::new(),
             references: Vec::new(),
             unsupported,
             removed_functions: Vec::new(),
+            notes: Vec::new(),
         },
     };
     let references = collect_references(&d);
