@@ -712,8 +712,11 @@ impl Cmp<'_, '_, '_> {
             });
         }
         if ba != bb {
+            // Never guess a line shift from "only an immediate differs": a bound (`n <= 64` ->
+            // `n < 64`), a flag or a size is an immediate too, and is exactly what fixes change.
             let detail = if x86::differ_only_in_immediates(ba, bb) {
-                "only immediate operands differ (for example __LINE__ after lines moved)"
+                "instructions differ in immediate operands only (constants, bounds, sizes or line \
+                 numbers: each is a real change)"
             } else {
                 "instructions differ"
             };
