@@ -429,12 +429,25 @@ fn correlate(o: &Units, p: &Units) -> (Vec<Option<UnitId>>, Vec<Option<UnitId>>)
                     progress = true;
                 }
             }
-            let rest_a: Vec<_> = as_
+            let mut rest_a: Vec<_> = as_
                 .iter()
                 .copied()
                 .filter(|a| !used_a.contains(a))
                 .collect();
-            let rest_b: Vec<_> = bs.iter().copied().filter(|b| !used_b.contains(b)).collect();
+            let mut rest_b: Vec<_> = bs.iter().copied().filter(|b| !used_b.contains(b)).collect();
+            // Same users (two `_rs` rate-limit states, or `list.0` and `list.1`, in one
+            // function): tell them apart by where each user refers to them.
+            if rest_a.len() > 1 || rest_b.len() > 1 {
+                let paired = pair_by_use_position(o, p, &o2p, &p2o, &rest_a, &rest_b);
+                for &(a, b) in &paired {
+                    if compatible(a, b) && o.unit(a).len() == p.unit(b).len() {
+                        pair(&mut o2p, &mut p2o, a, b);
+                        progress = true;
+                    }
+                }
+                rest_a.retain(|a| o2p[a.0 as usize].is_none());
+                rest_b.retain(|b| p2o[b.0 as usize].is_none());
+            }
             // One candidate each: pair unless their uses say they are different things (a
             // static local of one function is not the new static local of another).
             if let ([a], [b]) = (rest_a.as_slice(), rest_b.as_slice()) {
@@ -475,6 +488,72 @@ fn correlate(o: &Units, p: &Units) -> (Vec<Option<UnitId>>, Vec<Option<UnitId>>)
         }
     }
     (o2p, p2o)
+}
+
+/// The use signature of a unit: for each correlated user (in original-side ids), the unit's
+/// position among the distinct members of its name family (same build-stable key) that the
+/// user refers to, in the order of the user's relocations, and how many members that user
+/// refers to. Users not yet correlated are left out on both sides so the signatures stay
+/// comparable. The count matters: when a fix adds a third `count` to a function that had two,
+/// positions shift and "first is first" would hand an existing counter's running value to the
+/// new one; different counts never match, so such families stay unpaired (and are refused).
+fn use_signature(
+    u: &Units,
+    id: UnitId,
+    user_to_orig: impl Fn(UnitId) -> Option<UnitId>,
+) -> Vec<(UnitId, usize, usize)> {
+    let key = u.unit(id).key.as_str();
+    let mut sig = Vec::new();
+    for &(user, _) in &u.referrers[id.0 as usize] {
+        let Some(user_o) = user_to_orig(user) else {
+            continue;
+        };
+        let mut seen: Vec<UnitId> = Vec::new();
+        for (_, t) in u.relocs(user) {
+            if let Target::Unit { unit, .. } = t {
+                if u.unit(unit).key == key && !seen.contains(&unit) {
+                    seen.push(unit);
+                }
+            }
+        }
+        if let Some(pos) = seen.iter().position(|&x| x == id) {
+            sig.push((user_o, pos, seen.len()));
+        }
+    }
+    sig.sort_unstable();
+    sig.dedup();
+    sig
+}
+
+/// Pairs same-named candidates whose use signatures ([`use_signature`]) are equal, non-empty
+/// and unique on both sides. Anything else stays unpaired (and is refused if it holds state).
+fn pair_by_use_position(
+    o: &Units,
+    p: &Units,
+    o2p: &[Option<UnitId>],
+    p2o: &[Option<UnitId>],
+    rest_a: &[UnitId],
+    rest_b: &[UnitId],
+) -> Vec<(UnitId, UnitId)> {
+    let sig_a: Vec<_> = rest_a
+        .iter()
+        .map(|&a| use_signature(o, a, |r| o2p[r.0 as usize].map(|_| r)))
+        .collect();
+    let sig_b: Vec<_> = rest_b
+        .iter()
+        .map(|&b| use_signature(p, b, |r| p2o[r.0 as usize]))
+        .collect();
+    let mut out = Vec::new();
+    for (i, sa) in sig_a.iter().enumerate() {
+        if sa.is_empty() || sig_a.iter().filter(|s| *s == sa).count() != 1 {
+            continue;
+        }
+        let matches: Vec<usize> = (0..sig_b.len()).filter(|&j| &sig_b[j] == sa).collect();
+        if let [j] = matches.as_slice() {
+            out.push((rest_a[i], rest_b[*j]));
+        }
+    }
+    out
 }
 
 /// (anonymous piece?, original index, patched index, original start, patched start).
@@ -1334,7 +1413,7 @@ fn refuse_ambiguous_statics(
     p2o: &[Option<UnitId>],
     unsupported: &mut Vec<Unsupported>,
 ) {
-    let mut groups: BTreeMap<&str, (usize, Vec<UnitId>)> = BTreeMap::new();
+    let mut groups: BTreeMap<&str, (Vec<UnitId>, Vec<UnitId>)> = BTreeMap::new();
     for a in o.ids() {
         let u = o.unit(a);
         if u.kind == UnitKind::Data
@@ -1342,7 +1421,7 @@ fn refuse_ambiguous_statics(
             && o.is_writable(a)
             && !u.is_empty()
         {
-            groups.entry(u.key.as_str()).or_default().0 += 1;
+            groups.entry(u.key.as_str()).or_default().0.push(a);
         }
     }
     for b in p.ids() {
@@ -1357,19 +1436,30 @@ fn refuse_ambiguous_statics(
             }
         }
     }
-    for (key, (n_orig, bs)) in groups {
+    let names = |u: &Units, ids: &[UnitId]| -> String {
+        let mut v: Vec<&str> = ids.iter().map(|&i| u.unit(i).name.as_str()).collect();
+        v.sort_unstable();
+        v.join(", ")
+    };
+    for (key, (as_, bs)) in groups {
         let total_p = p.ids().filter(|&b| p.unit(b).key == key).count();
-        if bs.is_empty() || (n_orig < 2 && total_p < 2) {
+        if bs.is_empty() || (as_.len() < 2 && total_p < 2) {
             continue;
         }
         unsupported.push(Unsupported {
             symbol: p.unit(bs[0]).name.clone(),
             kind: UnsupportedKind::AmbiguousData,
             reason: format!(
-                "{} static variables named {key} cannot be matched to the original's {n_orig}: \
-                 they have the same users and contents, and a wrong match would hand one \
+                "static variables named {key} cannot be matched: the patched object's {} \
+                 against the original's {}; neither their users, nor where those users refer \
+                 to them, nor their contents tell them apart, and a wrong match would hand one \
                  variable another's running value",
-                bs.len()
+                names(p, &bs),
+                if as_.is_empty() {
+                    "(none left unmatched)".to_string()
+                } else {
+                    names(o, &as_)
+                }
             ),
         });
     }
