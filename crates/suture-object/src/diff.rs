@@ -556,6 +556,11 @@ fn pair_by_use_position(
     out
 }
 
+/// The kernel's dynamic-debug descriptor section and where `lineno:18` sits in its entries
+/// (`struct _ddebug` of Linux 6.1, x86-64: four pointers, then the bit-field word).
+const DYNDBG_SECTION: &str = "__dyndbg";
+const DDEBUG_LINENO_AT: usize = 32;
+
 /// (anonymous piece?, original index, patched index, original start, patched start).
 type MemoKey = (bool, u32, u32, u64, u64);
 
@@ -945,6 +950,10 @@ impl Cmp<'_, '_, '_> {
 
     fn data_equal_now(&self, a: UnitId, b: UnitId) -> bool {
         let (ua, ub) = (self.o.unit(a), self.p.unit(b));
+        let in_dyndbg = |u: &Units, x: &Unit| u.obj.section(x.section).name == DYNDBG_SECTION;
+        if in_dyndbg(self.o, ua) && in_dyndbg(self.p, ub) {
+            return self.ddebug_equal(a, b);
+        }
         self.range_equal(
             ua.section,
             (ua.start, ua.end),
@@ -962,6 +971,44 @@ impl Cmp<'_, '_, '_> {
 
     /// Bytes and relocation targets of `[start, end)` of section `a` (original) and `b`
     /// (patched) are equivalent.
+    /// Dynamic-debug descriptors (`struct _ddebug`, one per `pr_debug`/`dev_dbg` call site)
+    /// compared without their line number: it moves whenever lines above the call site do, and
+    /// the running kernel's descriptor is the one registered with dynamic debug (its flags are
+    /// what `dynamic_debug/control` switches, its static key is what the call site's jump label
+    /// tests). Equal but for the line, the patched code keeps using the original descriptor; a
+    /// copy would be unregistered and could never be enabled.
+    fn ddebug_equal(&self, a: UnitId, b: UnitId) -> bool {
+        let (ua, ub) = (self.o.unit(a), self.p.unit(b));
+        let (ba, bb) = (self.o.bytes(a), self.p.bytes(b));
+        if ba.len() != bb.len() || ba.len() < DDEBUG_LINENO_AT + 4 {
+            return self.range_equal(
+                ua.section,
+                (ua.start, ua.end),
+                ub.section,
+                (ub.start, ub.end),
+            );
+        }
+        let masked = |x: &[u8]| {
+            let mut v = x.to_vec();
+            v[DDEBUG_LINENO_AT] = 0;
+            v[DDEBUG_LINENO_AT + 1] = 0;
+            v[DDEBUG_LINENO_AT + 2] &= !0x03; // lineno:18 is the low 18 bits
+            v
+        };
+        if masked(ba) != masked(bb) {
+            return false;
+        }
+        let mut reasons = Vec::new();
+        self.relocs_diff(
+            self.o.section_relocs(ua.section, ua.start, ua.end),
+            ua.start,
+            self.p.section_relocs(ub.section, ub.start, ub.end),
+            ub.start,
+            &mut reasons,
+        );
+        reasons.is_empty()
+    }
+
     fn range_equal(&self, a: SecIdx, pa: (u64, u64), b: SecIdx, pb: (u64, u64)) -> bool {
         let (sa, sb) = (self.o.obj.section(a), self.p.obj.section(b));
         let mut equal = pa.1 - pa.0 == pb.1 - pb.0
