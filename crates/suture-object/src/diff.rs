@@ -10,6 +10,28 @@
 //!    close the set over split fragments (`.cold`), which are only patched with their parent.
 //! 4. Everything included code refers to that is not included becomes a reference to the
 //!    original (or to an external symbol).
+//!
+//! Same-named statics (`list.0`/`list.1`, two `_rs` in one function) with the same users are
+//! told apart by *use position*: for each correlated user, the unit's position among the
+//! distinct members of its family the user refers to (relocation order) and how many it refers
+//! to. Only equal, unique signatures pair; a fix that adds a member to a user changes the count
+//! and pairs nothing (a shifted "first is first" would hand a running value to the wrong site).
+//!
+//! Kernel statics that macros create per call site, and what each gets when use cannot match:
+//! - rate-limit states (`_rs`) and once-flags (`__warned`, `__print_once`, `__already_done`):
+//!   correlated by use when possible, so the patched code shares the running state; otherwise
+//!   the patch gets its own copy with a note. Their value only throttles messages: the worst
+//!   outcome is one more message or burst, better than refusing the fix.
+//! - lockdep class keys (`__key` of `mutex_init`, `spin_lock_init`, `init_waitqueue_head`...):
+//!   a key's *address* is the lock class, and locks initialised by unchanged code elsewhere
+//!   keep the original's key, so a patched initialiser must use the same key: correlated by
+//!   use, refused as ambiguous otherwise. Without `CONFIG_LOCKDEP` (Debian's kernels) the keys
+//!   are empty objects, hold no state and never block a patch.
+//! - `__func__`: read-only, correlated and compared by contents like any constant.
+//! - dynamic-debug descriptors (`__UNIQUE_ID_ddebug*` in `__dyndbg`): compared without their
+//!   line number, so a descriptor that only moved stays the original's, which is the one
+//!   registered with dynamic debug (a copy could never be enabled). A changed format or
+//!   function is a changed descriptor, refused like other changed data.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -216,7 +238,7 @@ pub fn diff<'o, 'a>(orig: &'o Object<'a>, patched: &'o Object<'a>) -> Diff<'o, '
     code_address_tables(&p, &p2o, &mut changed, &mut copies, &mut unsupported);
     refuse_escaped_copies(&p, &changed, &mut copies, &mut unsupported);
     refuse_alias_splits(&o, &p, &mut unsupported);
-    refuse_ambiguous_statics(&o, &p, &o2p, &p2o, &mut unsupported);
+    let notes = refuse_ambiguous_statics(&o, &p, &o2p, &p2o, &mut unsupported);
     refuse_new_constructors(&o, &p, &p2o, &mut unsupported);
 
     // What goes into the patch.
@@ -298,7 +320,7 @@ pub fn diff<'o, 'a>(orig: &'o Object<'a>, patched: &'o Object<'a>) -> Diff<'o, '
             references: Vec::new(),
             unsupported,
             removed_functions: Vec::new(),
-            notes: Vec::new(),
+            notes,
         },
     };
     let references = collect_references(&d);
@@ -1453,13 +1475,25 @@ fn refuse_alias_splits(o: &Units, p: &Units, unsupported: &mut Vec<Unsupported>)
 
 /// Writable statics that correlation could not tell apart: binding one to another's running
 /// value (or resetting it) would be silently wrong.
+/// Per-call-site kernel statics whose running value only limits how often a message is
+/// printed: once-flags (`WARN_ONCE`'s `__warned`, `printk_once`'s `__print_once`,
+/// `DO_ONCE_LITE`'s `__already_done`) and rate-limit states (`_rs` of `*_ratelimited` and
+/// `WARN_RATELIMIT`). When use cannot match them, the patch gets its own copy: the patched
+/// function may print once more (or one more burst), which is harmless, and far better than
+/// refusing the fix or handing one call site another's state.
+const PRINT_LIMIT_STATE: &[&str] = &["__warned", "__print_once", "__already_done", "_rs"];
+
+/// Refuses families of writable statics that correlation left unmatched (wrong matches would
+/// hand one variable another's running value); returns notes for the print-limit states
+/// ([`PRINT_LIMIT_STATE`]) that get their own copy instead.
 fn refuse_ambiguous_statics(
     o: &Units,
     p: &Units,
     o2p: &[Option<UnitId>],
     p2o: &[Option<UnitId>],
     unsupported: &mut Vec<Unsupported>,
-) {
+) -> Vec<String> {
+    let mut notes = Vec::new();
     let mut groups: BTreeMap<&str, (Vec<UnitId>, Vec<UnitId>)> = BTreeMap::new();
     for a in o.ids() {
         let u = o.unit(a);
@@ -1493,6 +1527,16 @@ fn refuse_ambiguous_statics(
         if bs.is_empty() || (as_.len() < 2 && total_p < 2) {
             continue;
         }
+        // gcc: `_rs.3` (key `_rs`); clang: `fn._rs.1` (key `fn._rs`).
+        let base = key.rsplit('.').next().unwrap_or(key);
+        if PRINT_LIMIT_STATE.contains(&base) {
+            notes.push(format!(
+                "{} (print-limit state) could not be matched to the original's by use; the \
+                 patch gets its own, so the patched code may print once more",
+                names(p, &bs)
+            ));
+            continue;
+        }
         unsupported.push(Unsupported {
             symbol: p.unit(bs[0]).name.clone(),
             kind: UnsupportedKind::AmbiguousData,
@@ -1510,6 +1554,7 @@ fn refuse_ambiguous_statics(
             ),
         });
     }
+    notes
 }
 
 /// Constructors run when a program starts; one added by the fix would never run.
