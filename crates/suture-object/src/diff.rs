@@ -13,8 +13,9 @@
 //!
 //! Same-named statics (`list.0`/`list.1`, two `_rs` in one function) with the same users are
 //! told apart by *use position*: for each correlated user, the unit's position among the
-//! distinct members of its family the user refers to (relocation order) and how many it refers
-//! to. Only equal, unique signatures pair; a fix that adds a member to a user changes the count
+//! distinct members of its family the user refers to (in declaration order, which the
+//! compilers' numbering keeps; code order changes when a fix moves blocks) and how many it
+//! refers to. Only equal, unique signatures pair; a fix that adds a member to a user changes the count
 //! and pairs nothing (a shifted "first is first" would hand a running value to the wrong site).
 //!
 //! Kernel statics that macros create per call site, and what each gets when use cannot match:
@@ -514,7 +515,7 @@ fn correlate(o: &Units, p: &Units) -> (Vec<Option<UnitId>>, Vec<Option<UnitId>>)
 
 /// The use signature of a unit: for each correlated user (in original-side ids), the unit's
 /// position among the distinct members of its name family (same build-stable key) that the
-/// user refers to, in the order of the user's relocations, and how many members that user
+/// user refers to, in declaration order ([`name_numbers`]), and how many members that user
 /// refers to. Users not yet correlated are left out on both sides so the signatures stay
 /// comparable. The count matters: when a fix adds a third `count` to a function that had two,
 /// positions shift and "first is first" would hand an existing counter's running value to the
@@ -538,6 +539,10 @@ fn use_signature(
                 }
             }
         }
+        // Declaration order, not code order: a fix can reorder the user's blocks, but both
+        // compilers number a function's same-named statics in declaration order (gcc
+        // `_rs.1`, `_rs.0`: reversed; clang `fn._rs`, `fn._rs.1`), the same way on both sides.
+        seen.sort_by_cached_key(|&x| name_numbers(&u.unit(x).name));
         if let Some(pos) = seen.iter().position(|&x| x == id) {
             sig.push((user_o, pos, seen.len()));
         }
@@ -545,6 +550,15 @@ fn use_signature(
     sig.sort_unstable();
     sig.dedup();
     sig
+}
+
+/// The build-dependent numbers of a name (`_rs.12` -> [12], `fn._rs` -> []), which order a
+/// family of same-named statics by declaration.
+fn name_numbers(name: &str) -> Vec<u64> {
+    name.split('.')
+        .skip(1)
+        .filter_map(|p| p.parse::<u64>().ok())
+        .collect()
 }
 
 /// Pairs same-named candidates whose use signatures ([`use_signature`]) are equal, non-empty
