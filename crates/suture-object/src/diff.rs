@@ -10,6 +10,29 @@
 //!    close the set over split fragments (`.cold`), which are only patched with their parent.
 //! 4. Everything included code refers to that is not included becomes a reference to the
 //!    original (or to an external symbol).
+//!
+//! Same-named statics (`list.0`/`list.1`, two `_rs` in one function) with the same users are
+//! told apart by *use position*: for each correlated user, the unit's position among the
+//! distinct members of its family the user refers to (in declaration order, which the
+//! compilers' numbering keeps; code order changes when a fix moves blocks) and how many it
+//! refers to. Only equal, unique signatures pair; a fix that adds a member to a user changes the count
+//! and pairs nothing (a shifted "first is first" would hand a running value to the wrong site).
+//!
+//! Kernel statics that macros create per call site, and what each gets when use cannot match:
+//! - rate-limit states (`_rs`) and once-flags (`__warned`, `__print_once`, `__already_done`):
+//!   correlated by use when possible, so the patched code shares the running state; otherwise
+//!   the patch gets its own copy with a note. Their value only throttles messages: the worst
+//!   outcome is one more message or burst, better than refusing the fix.
+//! - lockdep class keys (`__key` of `mutex_init`, `spin_lock_init`, `init_waitqueue_head`...):
+//!   a key's *address* is the lock class, and locks initialised by unchanged code elsewhere
+//!   keep the original's key, so a patched initialiser must use the same key: correlated by
+//!   use, refused as ambiguous otherwise. Without `CONFIG_LOCKDEP` (Debian's kernels) the keys
+//!   are empty objects, hold no state and never block a patch.
+//! - `__func__`: read-only, correlated and compared by contents like any constant.
+//! - dynamic-debug descriptors (`__UNIQUE_ID_ddebug*` in `__dyndbg`): compared without their
+//!   line number, so a descriptor that only moved stays the original's, which is the one
+//!   registered with dynamic debug (a copy could never be enabled). A changed format or
+//!   function is a changed descriptor, refused like other changed data.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -216,7 +239,7 @@ pub fn diff<'o, 'a>(orig: &'o Object<'a>, patched: &'o Object<'a>) -> Diff<'o, '
     code_address_tables(&p, &p2o, &mut changed, &mut copies, &mut unsupported);
     refuse_escaped_copies(&p, &changed, &mut copies, &mut unsupported);
     refuse_alias_splits(&o, &p, &mut unsupported);
-    refuse_ambiguous_statics(&o, &p, &o2p, &p2o, &mut unsupported);
+    let notes = refuse_ambiguous_statics(&o, &p, &o2p, &p2o, &mut unsupported);
     refuse_new_constructors(&o, &p, &p2o, &mut unsupported);
 
     // What goes into the patch.
@@ -288,13 +311,17 @@ pub fn diff<'o, 'a>(orig: &'o Object<'a>, patched: &'o Object<'a>) -> Diff<'o, '
         report: Report {
             schema: SCHEMA,
             status: Status::NoChange,
-            source_file: patched.source_file.clone(),
+            source_file: orig
+                .source_file
+                .clone()
+                .or_else(|| patched.source_file.clone()),
             changed_functions: Vec::new(),
             new_functions: Vec::new(),
             new_data: Vec::new(),
             references: Vec::new(),
             unsupported,
             removed_functions: Vec::new(),
+            notes,
         },
     };
     let references = collect_references(&d);
@@ -425,12 +452,25 @@ fn correlate(o: &Units, p: &Units) -> (Vec<Option<UnitId>>, Vec<Option<UnitId>>)
                     progress = true;
                 }
             }
-            let rest_a: Vec<_> = as_
+            let mut rest_a: Vec<_> = as_
                 .iter()
                 .copied()
                 .filter(|a| !used_a.contains(a))
                 .collect();
-            let rest_b: Vec<_> = bs.iter().copied().filter(|b| !used_b.contains(b)).collect();
+            let mut rest_b: Vec<_> = bs.iter().copied().filter(|b| !used_b.contains(b)).collect();
+            // Same users (two `_rs` rate-limit states, or `list.0` and `list.1`, in one
+            // function): tell them apart by where each user refers to them.
+            if rest_a.len() > 1 || rest_b.len() > 1 {
+                let paired = pair_by_use_position(o, p, &o2p, &p2o, &rest_a, &rest_b);
+                for &(a, b) in &paired {
+                    if compatible(a, b) && o.unit(a).len() == p.unit(b).len() {
+                        pair(&mut o2p, &mut p2o, a, b);
+                        progress = true;
+                    }
+                }
+                rest_a.retain(|a| o2p[a.0 as usize].is_none());
+                rest_b.retain(|b| p2o[b.0 as usize].is_none());
+            }
             // One candidate each: pair unless their uses say they are different things (a
             // static local of one function is not the new static local of another).
             if let ([a], [b]) = (rest_a.as_slice(), rest_b.as_slice()) {
@@ -472,6 +512,90 @@ fn correlate(o: &Units, p: &Units) -> (Vec<Option<UnitId>>, Vec<Option<UnitId>>)
     }
     (o2p, p2o)
 }
+
+/// The use signature of a unit: for each correlated user (in original-side ids), the unit's
+/// position among the distinct members of its name family (same build-stable key) that the
+/// user refers to, in declaration order ([`name_numbers`]), and how many members that user
+/// refers to. Users not yet correlated are left out on both sides so the signatures stay
+/// comparable. The count matters: when a fix adds a third `count` to a function that had two,
+/// positions shift and "first is first" would hand an existing counter's running value to the
+/// new one; different counts never match, so such families stay unpaired (and are refused).
+fn use_signature(
+    u: &Units,
+    id: UnitId,
+    user_to_orig: impl Fn(UnitId) -> Option<UnitId>,
+) -> Vec<(UnitId, usize, usize)> {
+    let key = u.unit(id).key.as_str();
+    let mut sig = Vec::new();
+    for &(user, _) in &u.referrers[id.0 as usize] {
+        let Some(user_o) = user_to_orig(user) else {
+            continue;
+        };
+        let mut seen: Vec<UnitId> = Vec::new();
+        for (_, t) in u.relocs(user) {
+            if let Target::Unit { unit, .. } = t {
+                if u.unit(unit).key == key && !seen.contains(&unit) {
+                    seen.push(unit);
+                }
+            }
+        }
+        // Declaration order, not code order: a fix can reorder the user's blocks, but both
+        // compilers number a function's same-named statics in declaration order (gcc
+        // `_rs.1`, `_rs.0`: reversed; clang `fn._rs`, `fn._rs.1`), the same way on both sides.
+        seen.sort_by_cached_key(|&x| name_numbers(&u.unit(x).name));
+        if let Some(pos) = seen.iter().position(|&x| x == id) {
+            sig.push((user_o, pos, seen.len()));
+        }
+    }
+    sig.sort_unstable();
+    sig.dedup();
+    sig
+}
+
+/// The build-dependent numbers of a name (`_rs.12` -> [12], `fn._rs` -> []), which order a
+/// family of same-named statics by declaration.
+fn name_numbers(name: &str) -> Vec<u64> {
+    name.split('.')
+        .skip(1)
+        .filter_map(|p| p.parse::<u64>().ok())
+        .collect()
+}
+
+/// Pairs same-named candidates whose use signatures ([`use_signature`]) are equal, non-empty
+/// and unique on both sides. Anything else stays unpaired (and is refused if it holds state).
+fn pair_by_use_position(
+    o: &Units,
+    p: &Units,
+    o2p: &[Option<UnitId>],
+    p2o: &[Option<UnitId>],
+    rest_a: &[UnitId],
+    rest_b: &[UnitId],
+) -> Vec<(UnitId, UnitId)> {
+    let sig_a: Vec<_> = rest_a
+        .iter()
+        .map(|&a| use_signature(o, a, |r| o2p[r.0 as usize].map(|_| r)))
+        .collect();
+    let sig_b: Vec<_> = rest_b
+        .iter()
+        .map(|&b| use_signature(p, b, |r| p2o[r.0 as usize]))
+        .collect();
+    let mut out = Vec::new();
+    for (i, sa) in sig_a.iter().enumerate() {
+        if sa.is_empty() || sig_a.iter().filter(|s| *s == sa).count() != 1 {
+            continue;
+        }
+        let matches: Vec<usize> = (0..sig_b.len()).filter(|&j| &sig_b[j] == sa).collect();
+        if let [j] = matches.as_slice() {
+            out.push((rest_a[i], rest_b[*j]));
+        }
+    }
+    out
+}
+
+/// The kernel's dynamic-debug descriptor section and where `lineno:18` sits in its entries
+/// (`struct _ddebug` of Linux 6.1, x86-64: four pointers, then the bit-field word).
+const DYNDBG_SECTION: &str = "__dyndbg";
+const DDEBUG_LINENO_AT: usize = 32;
 
 /// (anonymous piece?, original index, patched index, original start, patched start).
 type MemoKey = (bool, u32, u32, u64, u64);
@@ -708,8 +832,11 @@ impl Cmp<'_, '_, '_> {
             });
         }
         if ba != bb {
+            // Never guess a line shift from "only an immediate differs": a bound (`n <= 64` ->
+            // `n < 64`), a flag or a size is an immediate too, and is exactly what fixes change.
             let detail = if x86::differ_only_in_immediates(ba, bb) {
-                "only immediate operands differ (for example __LINE__ after lines moved)"
+                "instructions differ in immediate operands only (constants, bounds, sizes or line \
+                 numbers: each is a real change)"
             } else {
                 "instructions differ"
             };
@@ -859,6 +986,10 @@ impl Cmp<'_, '_, '_> {
 
     fn data_equal_now(&self, a: UnitId, b: UnitId) -> bool {
         let (ua, ub) = (self.o.unit(a), self.p.unit(b));
+        let in_dyndbg = |u: &Units, x: &Unit| u.obj.section(x.section).name == DYNDBG_SECTION;
+        if in_dyndbg(self.o, ua) && in_dyndbg(self.p, ub) {
+            return self.ddebug_equal(a, b);
+        }
         self.range_equal(
             ua.section,
             (ua.start, ua.end),
@@ -876,6 +1007,44 @@ impl Cmp<'_, '_, '_> {
 
     /// Bytes and relocation targets of `[start, end)` of section `a` (original) and `b`
     /// (patched) are equivalent.
+    /// Dynamic-debug descriptors (`struct _ddebug`, one per `pr_debug`/`dev_dbg` call site)
+    /// compared without their line number: it moves whenever lines above the call site do, and
+    /// the running kernel's descriptor is the one registered with dynamic debug (its flags are
+    /// what `dynamic_debug/control` switches, its static key is what the call site's jump label
+    /// tests). Equal but for the line, the patched code keeps using the original descriptor; a
+    /// copy would be unregistered and could never be enabled.
+    fn ddebug_equal(&self, a: UnitId, b: UnitId) -> bool {
+        let (ua, ub) = (self.o.unit(a), self.p.unit(b));
+        let (ba, bb) = (self.o.bytes(a), self.p.bytes(b));
+        if ba.len() != bb.len() || ba.len() < DDEBUG_LINENO_AT + 4 {
+            return self.range_equal(
+                ua.section,
+                (ua.start, ua.end),
+                ub.section,
+                (ub.start, ub.end),
+            );
+        }
+        let masked = |x: &[u8]| {
+            let mut v = x.to_vec();
+            v[DDEBUG_LINENO_AT] = 0;
+            v[DDEBUG_LINENO_AT + 1] = 0;
+            v[DDEBUG_LINENO_AT + 2] &= !0x03; // lineno:18 is the low 18 bits
+            v
+        };
+        if masked(ba) != masked(bb) {
+            return false;
+        }
+        let mut reasons = Vec::new();
+        self.relocs_diff(
+            self.o.section_relocs(ua.section, ua.start, ua.end),
+            ua.start,
+            self.p.section_relocs(ub.section, ub.start, ub.end),
+            ub.start,
+            &mut reasons,
+        );
+        reasons.is_empty()
+    }
+
     fn range_equal(&self, a: SecIdx, pa: (u64, u64), b: SecIdx, pb: (u64, u64)) -> bool {
         let (sa, sb) = (self.o.obj.section(a), self.p.obj.section(b));
         let mut equal = pa.1 - pa.0 == pb.1 - pb.0
@@ -1320,14 +1489,26 @@ fn refuse_alias_splits(o: &Units, p: &Units, unsupported: &mut Vec<Unsupported>)
 
 /// Writable statics that correlation could not tell apart: binding one to another's running
 /// value (or resetting it) would be silently wrong.
+/// Per-call-site kernel statics whose running value only limits how often a message is
+/// printed: once-flags (`WARN_ONCE`'s `__warned`, `printk_once`'s `__print_once`,
+/// `DO_ONCE_LITE`'s `__already_done`) and rate-limit states (`_rs` of `*_ratelimited` and
+/// `WARN_RATELIMIT`). When use cannot match them, the patch gets its own copy: the patched
+/// function may print once more (or one more burst), which is harmless, and far better than
+/// refusing the fix or handing one call site another's state.
+const PRINT_LIMIT_STATE: &[&str] = &["__warned", "__print_once", "__already_done", "_rs"];
+
+/// Refuses families of writable statics that correlation left unmatched (wrong matches would
+/// hand one variable another's running value); returns notes for the print-limit states
+/// ([`PRINT_LIMIT_STATE`]) that get their own copy instead.
 fn refuse_ambiguous_statics(
     o: &Units,
     p: &Units,
     o2p: &[Option<UnitId>],
     p2o: &[Option<UnitId>],
     unsupported: &mut Vec<Unsupported>,
-) {
-    let mut groups: BTreeMap<&str, (usize, Vec<UnitId>)> = BTreeMap::new();
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut groups: BTreeMap<&str, (Vec<UnitId>, Vec<UnitId>)> = BTreeMap::new();
     for a in o.ids() {
         let u = o.unit(a);
         if u.kind == UnitKind::Data
@@ -1335,7 +1516,7 @@ fn refuse_ambiguous_statics(
             && o.is_writable(a)
             && !u.is_empty()
         {
-            groups.entry(u.key.as_str()).or_default().0 += 1;
+            groups.entry(u.key.as_str()).or_default().0.push(a);
         }
     }
     for b in p.ids() {
@@ -1350,22 +1531,44 @@ fn refuse_ambiguous_statics(
             }
         }
     }
-    for (key, (n_orig, bs)) in groups {
+    let names = |u: &Units, ids: &[UnitId]| -> String {
+        let mut v: Vec<&str> = ids.iter().map(|&i| u.unit(i).name.as_str()).collect();
+        v.sort_unstable();
+        v.join(", ")
+    };
+    for (key, (as_, bs)) in groups {
         let total_p = p.ids().filter(|&b| p.unit(b).key == key).count();
-        if bs.is_empty() || (n_orig < 2 && total_p < 2) {
+        if bs.is_empty() || (as_.len() < 2 && total_p < 2) {
+            continue;
+        }
+        // gcc: `_rs.3` (key `_rs`); clang: `fn._rs.1` (key `fn._rs`).
+        let base = key.rsplit('.').next().unwrap_or(key);
+        if PRINT_LIMIT_STATE.contains(&base) {
+            notes.push(format!(
+                "{} (print-limit state) could not be matched to the original's by use; the \
+                 patch gets its own, so the patched code may print once more",
+                names(p, &bs)
+            ));
             continue;
         }
         unsupported.push(Unsupported {
             symbol: p.unit(bs[0]).name.clone(),
             kind: UnsupportedKind::AmbiguousData,
             reason: format!(
-                "{} static variables named {key} cannot be matched to the original's {n_orig}: \
-                 they have the same users and contents, and a wrong match would hand one \
+                "static variables named {key} cannot be matched: the patched object's {} \
+                 against the original's {}; neither their users, nor where those users refer \
+                 to them, nor their contents tell them apart, and a wrong match would hand one \
                  variable another's running value",
-                bs.len()
+                names(p, &bs),
+                if as_.is_empty() {
+                    "(none left unmatched)".to_string()
+                } else {
+                    names(o, &as_)
+                }
             ),
         });
     }
+    notes
 }
 
 /// Constructors run when a program starts; one added by the fix would never run.

@@ -26,17 +26,20 @@ pub use report::{Report, Status};
 
 /// Diffs two parsed builds of the same translation unit.
 ///
-/// Fails when the two objects are not builds of the same unit. Link-time-optimisation objects
-/// are diffed (fat ones contain code) but always reported unsupported.
+/// Objects compiled from differently named files (`orig.c` and `fixed.c`) are accepted with a
+/// note: the running unit keeps the original's name, which is what the patch refers to.
+/// Link-time-optimisation objects are diffed (fat ones contain code) but always reported
+/// unsupported.
 pub fn analyze<'o, 'a>(orig: &'o Object<'a>, patched: &'o Object<'a>) -> Result<Diff<'o, 'a>> {
+    let mut d = diff::diff(orig, patched);
     if let (Some(a), Some(b)) = (&orig.source_file, &patched.source_file) {
         if a != b {
-            return Err(Error::Mismatch(format!(
-                "the original was compiled from {a:?} but the patched object from {b:?}"
-            )));
+            d.report.notes.push(format!(
+                "the original was compiled from {a:?} and the patched object from {b:?}; the \
+                 patch refers to the running unit's statics under the original's name {a:?}"
+            ));
         }
     }
-    let mut d = diff::diff(orig, patched);
     for (side, obj) in [("original", orig), ("patched", patched)] {
         if obj.is_lto() {
             d.report.unsupported.push(report::Unsupported {

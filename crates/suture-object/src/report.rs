@@ -160,7 +160,8 @@ pub struct Unsupported {
 pub struct Report {
     pub schema: &'static str,
     pub status: Status,
-    /// The translation unit's source file name (first `STT_FILE` of the patched object).
+    /// The translation unit's source file name (first `STT_FILE` of the original object, the
+    /// one the running code was built from; of the patched object if the original has none).
     pub source_file: Option<String>,
     pub changed_functions: Vec<ChangedFunction>,
     pub new_functions: Vec<NewSymbol>,
@@ -169,4 +170,6 @@ pub struct Report {
     pub unsupported: Vec<Unsupported>,
     /// Functions of the original that the patched object no longer has (informational).
     pub removed_functions: Vec<String>,
+    /// Facts worth knowing that change no decision (different source file names, ...).
+    pub notes: Vec<String>,
 }

@@ -78,6 +78,9 @@ pub fn human(r: &Report) -> String {
         let _ = write!(s, " ({f})");
     }
     s.push('\n');
+    for n in &r.notes {
+        let _ = writeln!(s, "note: {n}");
+    }
 
     if !r.unsupported.is_empty() {
         s.push_str("\nUnsupported:\n");
