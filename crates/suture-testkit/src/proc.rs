@@ -78,6 +78,11 @@ impl Lines {
         }
     }
 
+    /// Drops the lines already received (so the next wait sees only lines printed from now).
+    pub fn drain(&self) {
+        while self.0.try_recv().is_ok() {}
+    }
+
     /// The next line, or `None` after `bound` or at the end of the stream.
     pub fn next_within(&self, bound: Duration) -> Option<String> {
         self.0.recv_timeout(bound).ok()

@@ -27,15 +27,6 @@ impl Scratch {
         &self.path
     }
 
-    /// `self/rel`, its parent directories created.
-    pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
-        let p = self.path.join(rel);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).unwrap();
-        }
-        p
-    }
-
     /// A subdirectory, created.
     pub fn dir(&self, rel: impl AsRef<Path>) -> PathBuf {
         let p = self.path.join(rel);
@@ -45,7 +36,10 @@ impl Scratch {
 
     /// Writes `contents` to `self/rel`, creating parents, and returns the path.
     pub fn write(&self, rel: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> PathBuf {
-        let p = self.join(rel);
+        let p = self.path.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
         std::fs::write(&p, contents).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
         p
     }
