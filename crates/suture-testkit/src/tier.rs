@@ -21,3 +21,13 @@ pub fn root(var: &str, tier: &str) -> Result<Option<PathBuf>, String> {
 pub fn require(var: &str, tier: &str) -> Option<PathBuf> {
     root(var, tier).unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// A tier whose root is set but not usable (`why`): `None` locally (with a note), a panic
+/// under `CI`.
+pub fn unavailable<T>(tier: &str, why: &str) -> Option<T> {
+    if std::env::var_os("CI").is_some() {
+        panic!("the {tier} tier cannot run: {why} (scripts/test.sh prepares it)");
+    }
+    eprintln!("note: {tier} tier skipped: {why} (scripts/test.sh prepares it)");
+    None
+}
