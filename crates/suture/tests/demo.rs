@@ -143,9 +143,12 @@ fn interrupting_the_demo_stops_the_service_and_removes_its_files() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(130), "{text}\nstderr:\n{err}");
     assert!(err.contains("interrupted"), "{err}");
-    assert!(
-        !service_alive(pid),
-        "the service {pid} survived the interrupt"
+    // The demo SIGKILLs the service and waits up to 2 s to reap it; on a loaded machine the
+    // reaping can come later (by init, once the demo exited). Gone within the kit's bound.
+    wait_until(
+        &format!("the service {pid} is gone after the interrupt"),
+        WAIT,
+        || !service_alive(pid),
     );
     assert!(
         leftovers(&tmp).is_empty(),
