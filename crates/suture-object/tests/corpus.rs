@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use support::*;
+use suture_testkit::cc::tool_version;
 
 fn run_case(case: &Case, config: &str, cache: &Path) -> Result<(), Failed> {
     let (cc, opt) = split_config(config)?;

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use libtest_mimic::{Arguments, Trial};
 use support::*;
+use suture_testkit::cc::hash_files;
+use suture_testkit::tier::root as tier_root;
 
 fn main() {
     let args = Arguments::from_args();

@@ -117,10 +117,16 @@ fn build_file(tag: &str, file: &str, src: &str, flags: &[&str], output: &str) ->
     std::fs::read(dir.join(output)).unwrap()
 }
 
+/// Compiles `src` as `unit.c` (the same file name for both sides of a pair) and returns the
+/// object's path, cached by the kit (by source, flags and compiler version; safe for parallel
+/// test processes).
+fn compiled(tag: &str, src: &str, flags: &[&str]) -> PathBuf {
+    suture_testkit::cc::compile("gcc", flags, "unit.c", src, &work_dir().join("cache"))
+        .unwrap_or_else(|e| panic!("{tag}: {e}"))
+}
+
 fn compile(tag: &str, src: &str, flags: &[&str]) -> Vec<u8> {
-    let mut all = vec!["-c"];
-    all.extend_from_slice(flags);
-    build(tag, src, &all, "unit.o")
+    std::fs::read(compiled(tag, src, flags)).unwrap()
 }
 
 struct Pair {
@@ -923,10 +929,14 @@ fn tool(cmd: &str, args: &[&str], dir: &Path) -> std::process::Output {
 #[test]
 fn none_relocations_are_ignored_and_not_emitted() {
     let patched_src = NONE_ORIG.replace("keep_alive(x) + 2", "keep_alive(x) + 5");
-    let orig = compile("none/orig", NONE_ORIG, CFLAGS);
-    let patched = compile("none/patched", &patched_src, CFLAGS);
-    for side in ["none/orig", "none/patched"] {
-        let out = tool("readelf", &["-rW", "unit.o"], &fixture_dir(side));
+    let orig_o = compiled("none/orig", NONE_ORIG, CFLAGS);
+    let patched_o = compiled("none/patched", &patched_src, CFLAGS);
+    let (orig, patched) = (
+        std::fs::read(&orig_o).unwrap(),
+        std::fs::read(&patched_o).unwrap(),
+    );
+    for (side, obj) in [("none/orig", &orig_o), ("none/patched", &patched_o)] {
+        let out = tool("readelf", &["-rW", "unit.o"], obj.parent().unwrap());
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             text.matches("R_X86_64_NONE").count() >= 2,

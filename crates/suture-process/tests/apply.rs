@@ -1,37 +1,19 @@
 //! End to end on a real process: build a program, diff a fix of one of its units, apply the
 //! patch to the running program, watch its behaviour change, check status, revert.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use suture_process::apply::{apply, revert, status, ApplyOptions};
 use suture_process::header::State;
 use suture_process::ids::Pid;
+use suture_testkit::cc::gcc;
+use suture_testkit::{spawn_lines, Scratch, TIMEOUT};
 
 const MAIN: &str = include_str!("fixtures/versioned/main.c");
 const LIB: &str = include_str!("fixtures/versioned/lib.c");
 const FIXED: &str = include_str!("fixtures/versioned/lib.fixed.c");
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn gcc(dir: &Path, args: &[&str]) {
-    let ok = Command::new("gcc")
-        .current_dir(dir)
-        .args(args)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "gcc {args:?}");
-}
 
 fn build(dir: &Path) -> (PathBuf, Vec<u8>) {
     build_with_main(dir, MAIN)
@@ -65,50 +47,37 @@ fn build_with_main(dir: &Path, main: &str) -> (PathBuf, Vec<u8>) {
     (dir.join("prog"), suture_object::emit::emit(&d).unwrap())
 }
 
-/// Waits until the program prints a line containing `want`.
-fn wait_for(lines: &mpsc::Receiver<String>, want: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(l) = lines.recv_timeout(Duration::from_millis(100)) {
-            if l.contains(want) {
-                return l;
-            }
-        }
-    }
-    panic!("the program never printed {want:?}");
-}
-
 #[test]
 fn apply_changes_behaviour_and_revert_restores_it() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-e2e");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "apply", "e2e");
     let (prog, patch) = build(&dir);
     let (mut child, lines) = spawn_lines(&mut Command::new(&prog));
-    wait_for(&lines, "v=1 s=31");
+    lines.wait_for("v=1 s=31");
     let pid = Pid(child.0.id() as i32);
 
     let opts = ApplyOptions {
         patch_id: "lib-fix".into(),
+        timeout: TIMEOUT,
         ..Default::default()
     };
     let applied = apply(pid, &patch, &opts).expect("apply");
     assert_eq!(applied.redirects.len(), 2, "{applied:?}");
     // New code runs: version() is 2 and the changed static helper (inlined into scaled) adds
     // 1000, reading the original global `factor` and static `calls`.
-    wait_for(&lines, "v=2 s=1031");
+    lines.wait_for("v=2 s=1031");
     let live = status(pid).unwrap();
     assert_eq!(live.len(), 1);
     assert_eq!(live[0].header.patch_id, "lib-fix");
     assert_eq!(live[0].header.state, State::Live);
     assert!(live[0].header.object.ends_with("prog"));
 
-    revert(pid, "lib-fix", Duration::from_secs(3)).expect("revert");
-    wait_for(&lines, "v=1 s=31");
+    revert(pid, "lib-fix", TIMEOUT).expect("revert");
+    lines.wait_for("v=1 s=31");
     assert!(no_live(pid), "nothing live after revert");
 
     // Apply again, then the program must still be healthy (no crash, no stray stop).
     apply(pid, &patch, &opts).expect("second apply");
-    wait_for(&lines, "v=2 s=1031");
+    lines.wait_for("v=2 s=1031");
     assert!(
         child.0.try_wait().unwrap().is_none(),
         "the program is still running"
@@ -128,8 +97,7 @@ fn apply_changes_behaviour_and_revert_restores_it() {
 /// library (`object`), its statics resolve in the library's symbol table.
 #[test]
 fn patches_a_function_inside_a_shared_library() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-so");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "apply", "so");
     for side in ["orig", "fixed"] {
         std::fs::create_dir_all(dir.join(side)).unwrap();
     }
@@ -174,18 +142,19 @@ fn patches_a_function_inside_a_shared_library() {
     let patch = suture_object::emit::emit(&d).unwrap();
 
     let (child, lines) = spawn_lines(&mut Command::new(dir.join("prog")));
-    wait_for(&lines, "v=1 s=31");
+    lines.wait_for("v=1 s=31");
     let pid = Pid(child.0.id() as i32);
     let opts = ApplyOptions {
         patch_id: "so-fix".into(),
         object: Some("libver.so".into()),
+        timeout: TIMEOUT,
         ..Default::default()
     };
     apply(pid, &patch, &opts).expect("apply to the library");
-    wait_for(&lines, "v=2 s=1031");
+    lines.wait_for("v=2 s=1031");
     assert!(status(pid).unwrap()[0].header.object.ends_with("libver.so"));
-    revert(pid, "so-fix", Duration::from_secs(3)).expect("revert");
-    wait_for(&lines, "v=1 s=31");
+    revert(pid, "so-fix", TIMEOUT).expect("revert");
+    lines.wait_for("v=1 s=31");
 }
 
 /// A function that never returns (an event loop) is busy forever: apply must give up after
@@ -208,8 +177,7 @@ int main(void) {
     for (;;) { printf("alive\n"); usleep(2000); }
 }
 "#;
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-busy");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "apply", "busy");
     for side in ["orig", "fixed"] {
         std::fs::create_dir_all(dir.join(side)).unwrap();
     }
@@ -240,7 +208,7 @@ int main(void) {
     let patch = suture_object::emit::emit(&suture_object::analyze(&a, &b).unwrap()).unwrap();
 
     let (mut child, lines) = spawn_lines(&mut Command::new(dir.join("prog")));
-    wait_for(&lines, "alive");
+    lines.wait_for("alive");
     let pid = Pid(child.0.id() as i32);
     let maps_before = std::fs::read_to_string(format!("/proc/{}/maps", pid.0)).unwrap();
     let opts = ApplyOptions {
@@ -266,7 +234,7 @@ int main(void) {
         maps_after.lines().count(),
         "region released"
     );
-    wait_for(&lines, "alive");
+    lines.wait_for("alive");
     assert!(child.0.try_wait().unwrap().is_none());
 }
 
@@ -274,51 +242,37 @@ int main(void) {
 /// live on top of it; reverting in reverse order restores the original.
 #[test]
 fn stacked_patches_revert_in_reverse_order() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-stacked");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "apply", "stacked");
     let (prog, patch) = build(&dir);
     let (child, lines) = spawn_lines(&mut Command::new(&prog));
-    wait_for(&lines, "v=1 s=31");
+    lines.wait_for("v=1 s=31");
     let pid = Pid(child.0.id() as i32);
     let first = ApplyOptions {
         patch_id: "first".into(),
+        timeout: TIMEOUT,
         ..Default::default()
     };
     let second = ApplyOptions {
         patch_id: "second".into(),
+        timeout: TIMEOUT,
         ..Default::default()
     };
     apply(pid, &patch, &first).expect("first");
     apply(pid, &patch, &second).expect("second, on top");
-    wait_for(&lines, "v=2 s=1031");
+    lines.wait_for("v=2 s=1031");
     assert_eq!(status(pid).unwrap().len(), 2);
-    match revert(pid, "first", Duration::from_secs(1)) {
+    match revert(pid, "first", TIMEOUT) {
         Err(e) => assert!(
             e.to_string().contains("\"second\" was applied on top"),
             "{e}"
         ),
         Ok(_) => panic!("reverting the lower patch first must be refused"),
     }
-    revert(pid, "second", Duration::from_secs(3)).expect("revert second");
-    wait_for(&lines, "v=2 s=1031");
-    revert(pid, "first", Duration::from_secs(3)).expect("revert first");
-    wait_for(&lines, "v=1 s=31");
+    revert(pid, "second", TIMEOUT).expect("revert second");
+    lines.wait_for("v=2 s=1031");
+    revert(pid, "first", TIMEOUT).expect("revert first");
+    lines.wait_for("v=1 s=31");
     assert!(no_live(pid));
-}
-
-/// Starts `cmd` with its stdout read line by line on a thread.
-fn spawn_lines(cmd: &mut Command) -> (Kill, mpsc::Receiver<String>) {
-    let mut child = Kill(cmd.stdout(Stdio::piped()).spawn().unwrap());
-    let out = BufReader::new(child.0.stdout.take().unwrap());
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in out.lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    (child, lines)
 }
 
 /// The commit routine tells suture it is done with a signal that is ignored by default. A
@@ -328,15 +282,15 @@ fn spawn_lines(cmd: &mut Command) -> (Kill, mpsc::Receiver<String>) {
 #[test]
 fn the_commit_marker_signal_never_reaches_the_program() {
     const MARKER_MAIN: &str = include_str!("fixtures/marker/main.c");
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-marker");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "apply", "marker");
     let (prog, patch) = build_with_main(&dir, MARKER_MAIN);
     for mode in ["catch-urg", "catch-all", "block-all"] {
         let (child, lines) = spawn_lines(Command::new(&prog).arg(mode));
-        wait_for(&lines, "v=1 s=31 caught=0 pending=0");
+        lines.wait_for("v=1 s=31 caught=0 pending=0");
         let pid = Pid(child.0.id() as i32);
         let opts = ApplyOptions {
             patch_id: "marker".into(),
+            timeout: TIMEOUT,
             ..Default::default()
         };
         for _ in 0..5 {
@@ -348,17 +302,13 @@ fn the_commit_marker_signal_never_reaches_the_program() {
                 a.stop_window_us,
                 a.attempts
             );
-            wait_for(&lines, "v=2 s=1031 caught=0 pending=0");
-            revert(pid, "marker", Duration::from_secs(3))
-                .unwrap_or_else(|e| panic!("{mode}: revert: {e}"));
-            wait_for(&lines, "v=1 s=31 caught=0 pending=0");
+            lines.wait_for("v=2 s=1031 caught=0 pending=0");
+            revert(pid, "marker", TIMEOUT).unwrap_or_else(|e| panic!("{mode}: revert: {e}"));
+            lines.wait_for("v=1 s=31 caught=0 pending=0");
         }
         // Everything printed from now on still shows no marker signal.
-        let end = Instant::now() + Duration::from_millis(200);
-        while let Some(left) = end.checked_duration_since(Instant::now()) {
-            if let Ok(l) = lines.recv_timeout(left) {
-                assert!(l.ends_with("caught=0 pending=0"), "{mode}: {l}");
-            }
+        for l in lines.during(Duration::from_millis(200)) {
+            assert!(l.ends_with("caught=0 pending=0"), "{mode}: {l}");
         }
     }
 }
@@ -425,8 +375,7 @@ fn patch_to(dir: &Path, name: &str, src: &str) -> Vec<u8> {
 /// old region is released, and reverting the new version gives the original program back.
 #[test]
 fn a_live_patch_is_replaced_by_its_newer_version() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-replace");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "apply", "replace");
     let (prog, v1) = build(&dir);
     // Version 2 of the fix: version() reports 3 and helper() is the original again.
     let v2 = patch_to(
@@ -435,18 +384,19 @@ fn a_live_patch_is_replaced_by_its_newer_version() {
         &LIB.replace("calls++; return 1;", "calls++; return 3;"),
     );
     let (child, lines) = spawn_lines(&mut Command::new(&prog));
-    wait_for(&lines, "v=1 s=31");
+    lines.wait_for("v=1 s=31");
     let pid = Pid(child.0.id() as i32);
     let opts = |id: &str, replace: Option<&str>| ApplyOptions {
         patch_id: id.into(),
         replace: replace.map(Into::into),
+        timeout: TIMEOUT,
         ..Default::default()
     };
     apply(pid, &v1, &opts("fix", None)).expect("v1");
-    wait_for(&lines, "v=2 s=1031");
+    lines.wait_for("v=2 s=1031");
     let a = apply(pid, &v2, &opts("fix-v2", Some("fix"))).expect("v2 replaces v1");
     assert_eq!(a.replaced.as_deref(), Some("fix"));
-    wait_for(&lines, "v=3 s=31");
+    lines.wait_for("v=3 s=31");
     let all = status(pid).unwrap();
     let live: Vec<_> = all
         .iter()
@@ -465,14 +415,14 @@ fn a_live_patch_is_replaced_by_its_newer_version() {
     let e = apply(pid, &v1, &opts("x", Some("fix"))).unwrap_err();
     assert!(e.to_string().contains("no live patch \"fix\""), "{e}");
     apply(pid, &v1, &opts("top", None)).expect("stacked on top");
-    wait_for(&lines, "v=2 s=1031");
+    lines.wait_for("v=2 s=1031");
     let e = apply(pid, &v2, &opts("y", Some("fix-v2"))).unwrap_err();
     assert!(e.to_string().contains("\"top\" was applied on top"), "{e}");
-    revert(pid, "top", Duration::from_secs(3)).expect("revert top");
-    wait_for(&lines, "v=3 s=31");
+    revert(pid, "top", TIMEOUT).expect("revert top");
+    lines.wait_for("v=3 s=31");
     // Reverting the newer version restores the original code, not the version it replaced.
-    revert(pid, "fix-v2", Duration::from_secs(3)).expect("revert v2");
-    wait_for(&lines, "v=1 s=31");
+    revert(pid, "fix-v2", TIMEOUT).expect("revert v2");
+    lines.wait_for("v=1 s=31");
     assert!(no_live(pid));
 }
 
@@ -503,41 +453,47 @@ int main(void) {
         "void *where(void) { return 0; }",
         "void *where(void) { here: __asm__ volatile(\"\"); return &&here; }",
     );
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-stale");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "apply", "stale");
     let prog = program(&dir, MAIN_STALE, LIB_STALE);
     let patch = patch_to(&dir, "fixed", &fixed);
     let (child, lines) = spawn_lines(&mut Command::new(&prog));
-    wait_for(&lines, "v=1 keep=none");
+    lines.wait_for("v=1 keep=none");
     let pid = Pid(child.0.id() as i32);
     let opts = ApplyOptions {
         patch_id: "stale".into(),
+        timeout: TIMEOUT,
         ..Default::default()
     };
     apply(pid, &patch, &opts).expect("apply");
-    wait_for(&lines, "v=2 keep=patch");
+    lines.wait_for("v=2 keep=patch");
     // The address of patch code now sits in main's frame for good.
-    revert(pid, "stale", Duration::from_secs(1)).expect("revert despite the stale address");
-    wait_for(&lines, "v=1 keep=patch");
+    revert(pid, "stale", TIMEOUT).expect("revert despite the stale address");
+    lines.wait_for("v=1 keep=patch");
     assert!(no_live(pid));
 }
 
 /// Stack checks unwind through the code of live patches (their `.eh_frame`, located by the
 /// header): a thread sleeping inside patch A's code, whose caller's frame holds a stale
 /// address inside `g`, does not make `g` look busy when patch B replaces `g`.
+///
+/// Deterministic by design: patched `f(1)` never returns, so once the program prints
+/// `parked=1` the worker sits inside patch A's code for good. A stack check that cannot
+/// unwind through it finds `g` busy on every attempt (apply B fails after its timeout); a
+/// correct one is clear on the first attempt that does not catch `main` inside `g(0)`.
 #[test]
 fn stack_checks_unwind_through_patch_code() {
     const MAIN_UNWIND: &str = r#"
 #include <pthread.h>
 #include <stdio.h>
 #include <unistd.h>
-int f(void);
+volatile int parked;
+int f(int forever);
 int g(void *volatile *out);
 static void *worker(void *arg) {
     (void)arg;
     void *volatile keep = 0;
     g(&keep);
-    for (;;) f();
+    for (;;) { f(1); usleep(1000); }
     return 0;
 }
 int main(void) {
@@ -545,35 +501,38 @@ int main(void) {
     pthread_t t;
     pthread_create(&t, 0, worker, 0);
     for (;;) {
-        printf("f=%d g=%d\n", f(), g(0));
+        printf("f=%d g=%d parked=%d\n", f(0), g(0), parked);
         usleep(2000);
     }
 }
 "#;
     const LIB_UNWIND: &str = "#include <unistd.h>\n\
-        int f(void) { return 1; }\n\
+        extern volatile int parked;\n\
+        int f(int forever) { (void)forever; return 1; }\n\
         int g(void *volatile *out) { if (out) { __asm__ volatile(\"nop; nop\"); here: *out = &&here; } return 1; }\n";
-    // Patched f sleeps: the worker, which calls it in a loop, then almost always sits in it.
-    let a = LIB_UNWIND.replace("{ return 1; }", "{ usleep(3000); return 2; }");
+    // Patched f parks the worker (f(1)) inside patch A's code for good; main's f(0) returns 2.
+    let a = LIB_UNWIND.replace(
+        "{ (void)forever; return 1; }",
+        "{ while (forever) { parked = 1; usleep(3000); } return 2; }",
+    );
     let b = LIB_UNWIND.replace("} return 1; }", "} return 2; }");
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-unwind-patch");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "apply", "unwind-patch");
     let prog = program(&dir, MAIN_UNWIND, LIB_UNWIND);
     let patch_a = patch_to(&dir, "a", &a);
     let patch_b = patch_to(&dir, "b", &b);
     let (child, lines) = spawn_lines(&mut Command::new(&prog));
-    wait_for(&lines, "f=1 g=1");
+    lines.wait_for("f=1 g=1 parked=0");
     let pid = Pid(child.0.id() as i32);
     let opts = |id: &str| ApplyOptions {
         patch_id: id.into(),
-        timeout: Duration::from_secs(1),
+        timeout: TIMEOUT,
         ..Default::default()
     };
     apply(pid, &patch_a, &opts("a")).expect("apply a");
-    wait_for(&lines, "f=2 g=1");
-    // The worker now sleeps inside patch A's f nearly all the time.
+    // From here on the worker sleeps inside patch A's f, forever.
+    lines.wait_for("f=2 g=1 parked=1");
     apply(pid, &patch_b, &opts("b")).expect("apply b while a thread runs patch A's code");
-    wait_for(&lines, "f=2 g=2");
+    lines.wait_for("f=2 g=2 parked=1");
 }
 
 /// No patch is live in `pid` (reverted regions stay mapped, retired: see apply.rs).
@@ -607,22 +566,22 @@ int main(void) {
 "#;
     const LIB_PTR: &str = "const char *name(void) { return \"one\"; }\n";
     let fixed = LIB_PTR.replace("\"one\"", "\"two, from the patch\"");
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-retain");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "apply", "retain");
     let prog = program(&dir, MAIN_PTR, LIB_PTR);
     let patch = patch_to(&dir, "fixed", &fixed);
     let (mut child, lines) = spawn_lines(&mut Command::new(&prog));
-    wait_for(&lines, "now=one keep=one");
+    lines.wait_for("now=one keep=one");
     let pid = Pid(child.0.id() as i32);
     let opts = ApplyOptions {
         patch_id: "name".into(),
+        timeout: TIMEOUT,
         ..Default::default()
     };
     let first = apply(pid, &patch, &opts).expect("apply");
-    wait_for(&lines, "now=two, from the patch keep=two, from the patch");
-    revert(pid, "name", Duration::from_secs(3)).expect("revert");
+    lines.wait_for("now=two, from the patch keep=two, from the patch");
+    revert(pid, "name", TIMEOUT).expect("revert");
     // The original code runs; the pointer into the patch's rodata stays valid.
-    wait_for(&lines, "now=one keep=two, from the patch");
+    lines.wait_for("now=one keep=two, from the patch");
     std::thread::sleep(Duration::from_millis(50));
     assert!(child.0.try_wait().unwrap().is_none(), "the program died");
     let retired = status(pid).unwrap();
@@ -632,9 +591,9 @@ int main(void) {
     let again = apply(pid, &patch, &opts).expect("apply again");
     assert_eq!(again.base, first.base, "the retired region is reused");
     assert_eq!(status(pid).unwrap().len(), 1);
-    wait_for(&lines, "now=two, from the patch");
-    revert(pid, "name", Duration::from_secs(3)).expect("revert again");
-    wait_for(&lines, "now=one keep=two, from the patch");
+    lines.wait_for("now=two, from the patch");
+    revert(pid, "name", TIMEOUT).expect("revert again");
+    lines.wait_for("now=one keep=two, from the patch");
 }
 
 /// A target in its own PID namespace (a container seen from the host): its commit routine
@@ -643,15 +602,14 @@ int main(void) {
 /// thread stays stopped.
 #[test]
 fn patches_a_process_in_another_pid_namespace() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-pidns");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "apply", "pidns");
     let (prog, patch) = build(&dir);
     let (wrapper, lines) = spawn_lines(
         Command::new("unshare")
             .args(["--pid", "--fork", "--kill-child"])
             .arg(&prog),
     );
-    wait_for(&lines, "v=1 s=31");
+    lines.wait_for("v=1 s=31");
     // unshare forks: the program is its child (pid 1 inside the namespace).
     let children =
         std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", wrapper.0.id())).unwrap();
@@ -664,16 +622,17 @@ fn patches_a_process_in_another_pid_namespace() {
     );
     let opts = ApplyOptions {
         patch_id: "pidns".into(),
+        timeout: TIMEOUT,
         ..Default::default()
     };
     let a = apply(pid, &patch, &opts).expect("apply");
-    wait_for(&lines, "v=2 s=1031");
+    lines.wait_for("v=2 s=1031");
     assert!(
         a.stop_window_us < 2_000_000,
         "no wait for a lost marker: {a:?}"
     );
-    revert(pid, "pidns", Duration::from_secs(3)).expect("revert");
-    wait_for(&lines, "v=1 s=31");
+    revert(pid, "pidns", TIMEOUT).expect("revert");
+    lines.wait_for("v=1 s=31");
     // Dropping the wrapper kills unshare, which kills the program (--kill-child).
 }
 
@@ -701,8 +660,7 @@ int main(void) {
 }
 "#;
     const LIB_ONLY: &str = "int version(int x) { return x; }\n";
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-code-only");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "apply", "code-only");
     let flags = [
         "-O2",
         "-fno-asynchronous-unwind-tables",
@@ -735,17 +693,18 @@ int main(void) {
     let d = suture_object::analyze(&a, &b).unwrap();
     let patch = suture_object::emit::emit(&d).unwrap();
     let (mut child, lines) = spawn_lines(&mut Command::new(dir.join("prog")));
-    wait_for(&lines, "v=1");
+    lines.wait_for("v=1");
     let pid = Pid(child.0.id() as i32);
     let opts = ApplyOptions {
         patch_id: "code-only".into(),
+        timeout: TIMEOUT,
         ..Default::default()
     };
     for _ in 0..5 {
         apply(pid, &patch, &opts).expect("apply");
-        wait_for(&lines, "v=2");
-        revert(pid, "code-only", Duration::from_secs(3)).expect("revert");
-        wait_for(&lines, "v=1");
+        lines.wait_for("v=2");
+        revert(pid, "code-only", TIMEOUT).expect("revert");
+        lines.wait_for("v=1");
     }
     std::thread::sleep(Duration::from_millis(50));
     assert!(child.0.try_wait().unwrap().is_none(), "the program died");
@@ -773,23 +732,23 @@ int main(void) {
     for (;;) { printf("a=%d b=%d\n", f0(1), f299(1)); usleep(2000); }
 }
 "#;
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("apply-many");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "apply", "many");
     let prog = program(&dir, MAIN_MANY, &lib);
     let patch = patch_to(&dir, "fixed", &fixed);
     let (_child, lines) = spawn_lines(&mut Command::new(&prog));
-    wait_for(&lines, "a=1 b=300");
+    lines.wait_for("a=1 b=300");
     let pid = Pid(_child.0.id() as i32);
     let opts = ApplyOptions {
         patch_id: "many".into(),
+        timeout: TIMEOUT,
         ..Default::default()
     };
     let a = apply(pid, &patch, &opts).expect("apply");
     assert_eq!(a.redirects.len(), 300);
-    wait_for(&lines, "a=1001 b=1300");
+    lines.wait_for("a=1001 b=1300");
     let live = status(pid).unwrap();
     assert_eq!(live.len(), 1, "{live:?}");
     assert_eq!(live[0].header.redirects.len(), 300);
-    revert(pid, "many", Duration::from_secs(3)).expect("revert");
-    wait_for(&lines, "a=1 b=300");
+    revert(pid, "many", TIMEOUT).expect("revert");
+    lines.wait_for("a=1 b=300");
 }

@@ -17,18 +17,17 @@
 //! Every child process is killed on drop; work directories are per test.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use suture_process::apply::{apply, revert, status, ApplyOptions};
 use suture_process::ids::Pid;
 use suture_process::link::{Plan, PAGE};
 use suture_process::symbols::ElfSymbols;
+use suture_testkit::cc::gcc;
+use suture_testkit::{KillOnDrop, Lines, Scratch, TIMEOUT, WAIT};
 
-const PATIENCE: Duration = Duration::from_secs(20);
 const UNIT_FLAGS: [&str; 5] = ["-c", "-O2", "-g", "-ffunction-sections", "-fdata-sections"];
 
 // ---- building ------------------------------------------------------------------------------
@@ -42,24 +41,8 @@ fn fixture(case: &str, file: &str) -> String {
 }
 
 /// A fresh work directory for one test.
-fn work_dir(test: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("coverage-{test}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn gcc(dir: &Path, args: &[&str]) {
-    let out = Command::new("gcc")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("gcc runs");
-    assert!(
-        out.status.success(),
-        "gcc {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn work_dir(test: &str) -> Scratch {
+    Scratch::new(env!("CARGO_TARGET_TMPDIR"), "coverage", test)
 }
 
 /// Compiles `source` as `<unit>.c` in `dir/<side>/` (the file name must match between the
@@ -103,33 +86,22 @@ fn s(p: &Path) -> &str {
 
 /// A running fixture program, killed on drop; its stdout and stderr lines arrive on channels.
 struct Program {
-    child: Child,
-    out: Receiver<String>,
-    err: Receiver<String>,
+    child: KillOnDrop,
+    out: Lines,
+    err: Lines,
     pid: Pid,
-}
-
-fn lines_of(r: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(r).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 impl Program {
     fn spawn(cmd: &mut Command) -> Program {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = lines_of(child.stdout.take().unwrap());
-        let err = lines_of(child.stderr.take().unwrap());
+        let mut child = KillOnDrop(
+            cmd.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let out = Lines::of(child.stdout.take().unwrap());
+        let err = Lines::of(child.stderr.take().unwrap());
         let pid = Pid(child.id() as i32);
         Program {
             child,
@@ -143,11 +115,11 @@ impl Program {
     /// anything read so far) and returns the last line read.
     fn expect_all(&self, want: &[String]) -> String {
         let mut pending: BTreeSet<&String> = want.iter().collect();
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + WAIT;
         let mut last = String::new();
         while !pending.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.out.recv_timeout(left) {
+            match self.out.0.recv_timeout(left) {
                 Ok(l) => {
                     pending.remove(&l);
                     last = l;
@@ -163,10 +135,10 @@ impl Program {
 
     /// The next stdout line that satisfies `pred`.
     fn expect(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.out.recv_timeout(left) {
+            match self.out.0.recv_timeout(left) {
                 Ok(l) if pred(&l) => return l,
                 Ok(_) => {}
                 Err(_) => panic!("process {} never printed {what}", self.pid),
@@ -176,10 +148,10 @@ impl Program {
 
     /// The next stderr line starting with `prefix`.
     fn expect_err(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.err.recv_timeout(left) {
+            match self.err.0.recv_timeout(left) {
                 Ok(l) if l.starts_with(prefix) => return l,
                 Ok(_) => {}
                 Err(_) => panic!("process {} never printed {prefix:?} on stderr", self.pid),
@@ -198,23 +170,17 @@ impl Program {
     }
 }
 
-impl Drop for Program {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn opts(id: &str, object: Option<&str>) -> ApplyOptions {
     ApplyOptions {
         patch_id: id.into(),
         object: object.map(str::to_string),
+        timeout: TIMEOUT,
         ..Default::default()
     }
 }
 
 fn revert_now(pid: Pid, id: &str) {
-    revert(pid, id, Duration::from_secs(3)).unwrap_or_else(|e| panic!("revert {id}: {e}"));
+    revert(pid, id, TIMEOUT).unwrap_or_else(|e| panic!("revert {id}: {e}"));
 }
 
 /// A value of `key=` in a line like `c=12 r=0`.

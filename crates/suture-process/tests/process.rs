@@ -9,10 +9,9 @@
 
 use nix::sys::signal::{kill, Signal};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use suture_process::error::Error;
@@ -20,8 +19,10 @@ use suture_process::ids::{Pid, RemoteAddr, Tid};
 use suture_process::maps::{Maps, REL32_REACH};
 use suture_process::remote::{Prot, SyscallSite};
 use suture_process::stop::{StopKind, StoppedProcess, USER64_CS};
+use suture_testkit::{Lines, WAIT};
 
-const PATIENCE: Duration = Duration::from_secs(60);
+/// How long a wait for the target may take before the test fails (the kit's bound).
+const PATIENCE: Duration = WAIT;
 
 // ---- building the C programs ---------------------------------------------------------------
 
@@ -83,7 +84,7 @@ fn compile(dir: &Path, src: &Path, name: &str, flags: &[&str]) -> PathBuf {
 struct Proc {
     child: Child,
     stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
+    lines: Lines,
     pid: Pid,
 }
 
@@ -94,21 +95,12 @@ impl Proc {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = Lines::of(child.stdout.take().unwrap());
         let pid = Pid(child.id() as i32);
         Ok(Proc {
             stdin: child.stdin.take(),
             child,
-            lines: rx,
+            lines,
             pid,
         })
     }
@@ -118,7 +110,7 @@ impl Proc {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
+            match self.lines.0.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(rest) = line.strip_prefix(prefix) {
                         return rest.trim().to_string();

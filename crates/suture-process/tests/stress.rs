@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 
 use suture_process::apply::{apply, revert, status, ApplyOptions};
 use suture_process::ids::Pid;
+use suture_testkit::cc::gcc;
+use suture_testkit::{Scratch, TIMEOUT, WAIT};
 
 const SERVER: &str = include_str!("fixtures/netserver/server.c");
 const HANDLER: &str = include_str!("fixtures/netserver/handler.c");
@@ -40,10 +42,11 @@ const FIXED: &str = include_str!("fixtures/netserver/handler.fixed.c");
 /// Load connections, each driven by its own client thread at full rate.
 const CONNECTIONS: usize = 4;
 const DEFAULT_CYCLES: usize = 1000;
-/// A reply slower than this is a failure (the server hung or a thread was left stopped).
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A reply slower than this is a failure (the server hung or a thread was left stopped):
+/// generous, a loaded machine is slow, not hung.
+const IO_TIMEOUT: Duration = WAIT;
 /// How long the patcher waits for a load connection to be served inside a phase.
-const PHASE_WAIT: Duration = Duration::from_secs(5);
+const PHASE_WAIT: Duration = WAIT;
 
 /// The server process; killed (and reaped) on drop if the test did not shut it down.
 struct Server {
@@ -56,19 +59,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn gcc(dir: &Path, args: &[&str]) {
-    let out = Command::new("gcc")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("gcc runs");
-    assert!(
-        out.status.success(),
-        "gcc {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Builds the server and the patch of handler.c.
@@ -304,7 +294,7 @@ fn thousand_apply_revert_cycles_under_full_load() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(DEFAULT_CYCLES);
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stress-netserver");
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "stress", "netserver");
     let (prog, patch) = build(&dir);
 
     let mut child = Command::new(&prog)
@@ -363,6 +353,7 @@ fn thousand_apply_revert_cycles_under_full_load() {
 
     let opts = ApplyOptions {
         patch_id: "netserver-v2".into(),
+        timeout: TIMEOUT,
         ..Default::default()
     };
     let mut apply_window = Vec::new();
@@ -415,7 +406,7 @@ fn thousand_apply_revert_cycles_under_full_load() {
 
         shared.phase.store(base + 3, SeqCst);
         let t = Instant::now();
-        if let Err(e) = revert(pid, &opts.patch_id, Duration::from_secs(3)) {
+        if let Err(e) = revert(pid, &opts.patch_id, TIMEOUT) {
             shared.fail(format!("cycle {cycle}: revert failed: {e}"));
             break;
         }
@@ -488,7 +479,7 @@ fn thousand_apply_revert_cycles_under_full_load() {
 
     // Shut the server down: it exits 0 when its standard input closes.
     drop(server.stdin.take());
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + WAIT;
     let exit = loop {
         if let Some(s) = server.child.try_wait().unwrap() {
             break Some(s);

@@ -3,12 +3,13 @@
 //! /proc/PID/maps alone.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use suture_process::ids::RemoteAddr;
 use suture_process::link::{Request, Resolver, Value};
 use suture_process::symbols::{ElfSymbols, Mapped, TargetResolver};
+use suture_testkit::cc::gcc;
+use suture_testkit::{KillOnDrop, Scratch};
 
 const A: &str = r#"
 #include <stdio.h>
@@ -29,28 +30,14 @@ int main(void) {
 "#;
 const B: &str = "static int count = 2;\nvoid *b_count(void) { return &count; }\n";
 
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn resolves_statics_globals_and_tls_like_the_process_sees_them() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("symbols");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "symbols", "resolve");
     std::fs::write(dir.join("a.c"), A).unwrap();
     std::fs::write(dir.join("b.c"), B).unwrap();
-    assert!(Command::new("gcc")
-        .current_dir(&dir)
-        .args(["-O1", "-fPIE", "-pie", "a.c", "b.c", "-o", "prog"])
-        .status()
-        .unwrap()
-        .success());
+    gcc(&dir, &["-O1", "-fPIE", "-pie", "a.c", "b.c", "-o", "prog"]);
     let exe = dir.join("prog");
-    let mut child = Kill(Command::new(&exe).stdout(Stdio::piped()).spawn().unwrap());
+    let mut child = KillOnDrop(Command::new(&exe).stdout(Stdio::piped()).spawn().unwrap());
     let mut out = BufReader::new(child.0.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();

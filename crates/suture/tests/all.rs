@@ -4,33 +4,19 @@
 //! The fixture is the refusals program of suture-process (`answer()` is 1 + x; the fix makes
 //! it 2 + x): it prints `tick N answer=A sigs=S` every 2 ms.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+
+use suture_testkit::cc::gcc;
+use suture_testkit::{spawn_lines, text, KillOnDrop, Lines, Scratch};
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../suture-process/tests/fixtures/refusals"
 );
 
-fn work(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("all")
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn gcc(dir: &Path, args: &[&str]) {
-    let st = Command::new("gcc")
-        .current_dir(dir)
-        .args(args)
-        .status()
-        .expect("gcc runs");
-    assert!(st.success(), "gcc {args:?}");
+fn work(name: &str) -> Scratch {
+    Scratch::new(env!("CARGO_TARGET_TMPDIR"), "all", name)
 }
 
 fn suture(args: &[&str]) -> Output {
@@ -38,15 +24,6 @@ fn suture(args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Builds `dir/prog` and, with `suture diff -o`, `dir/answer.patch.o`.
@@ -87,26 +64,13 @@ fn build(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// A running fixture, killed on drop.
 struct Running {
-    child: Child,
-    lines: Receiver<String>,
+    child: KillOnDrop,
+    lines: Lines,
 }
 
 impl Running {
     fn start(prog: &Path) -> Running {
-        let mut child = Command::new(prog)
-            .arg("plain")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in out.lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
+        let (child, lines) = spawn_lines(Command::new(prog).arg("plain"));
         let r = Running { child, lines };
         r.wait_for("answer=1");
         r
@@ -118,23 +82,8 @@ impl Running {
 
     /// Waits for a line printed after this call that contains `want`.
     fn wait_for(&self, want: &str) {
-        while self.lines.try_recv().is_ok() {}
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.contains(want) => return,
-                Ok(_) => {}
-                Err(e) => panic!("process {} never printed {want:?}: {e}", self.pid()),
-            }
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.lines.drain();
+        self.lines.wait_for(want);
     }
 }
 

@@ -3,13 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn work(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("cli")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+use suture_testkit::cc::run_cc;
+use suture_testkit::Scratch;
+
+fn work(name: &str) -> Scratch {
+    Scratch::new(env!("CARGO_TARGET_TMPDIR"), "cli", name)
 }
 
 /// Compiles `src` as `unit.c` in `dir/<tag>/` and returns the object.
@@ -17,9 +15,10 @@ fn object(dir: &Path, tag: &str, src: &str) -> PathBuf {
     let d = dir.join(tag);
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(d.join("unit.c"), src).unwrap();
-    let st = Command::new("gcc")
-        .current_dir(&d)
-        .args([
+    run_cc(
+        "gcc",
+        &d,
+        &[
             "-c",
             "-O2",
             "-ffunction-sections",
@@ -27,10 +26,8 @@ fn object(dir: &Path, tag: &str, src: &str) -> PathBuf {
             "unit.c",
             "-o",
             "unit.o",
-        ])
-        .status()
-        .expect("gcc runs");
-    assert!(st.success());
+        ],
+    );
     d.join("unit.o")
 }
 

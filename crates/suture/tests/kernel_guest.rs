@@ -159,13 +159,17 @@ fn livepatch_runtime_in_the_stock_kernel() {
             "stuck-json",
             "suture kernel load --json --timeout 1 /m/suture_fix_pause.ko 2>/dev/null",
         )
-        // The transition completes once the task leaves pause() (killed after 2 s). A fresh
-        // task, checked to be asleep in pause() before the load.
+        // The transition completes once the task leaves pause(). A fresh task, checked to be
+        // asleep in pause() before the load, is killed only once suture has reported it as
+        // not switched yet (an event, not a delay: a loaded guest may take any time to get
+        // there), at most 60 s.
         .step(
             "wait-then-complete",
             "kill $PAUSE; wait $PAUSE; /bin/pause & PAUSE=$!; inside $PAUSE __do_sys_pause; \
-             (sleep 2; kill $PAUSE) & suture kernel load --timeout 60 /m/suture_fix_pause.ko; \
-             wait",
+             suture kernel load --timeout 60 /m/suture_fix_pause.ko >/tmp/load.out 2>&1 & \
+             LOAD=$!; n=0; until grep -q 'not switched yet' /tmp/load.out; do \
+             n=$((n+1)); [ $n -gt 600 ] && break; sleep 0.1; done; kill $PAUSE; \
+             wait $LOAD; st=$?; cat /tmp/load.out; wait; [ $st -eq 0 ]",
         )
         .step("unload-pause", "suture kernel unload suture_fix_pause")
         // --force: completes at once.

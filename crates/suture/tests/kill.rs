@@ -2,12 +2,12 @@
 //! target half-patched, stopped, or crashed: before the commit it runs its original code, once
 //! the commit has started it ends up running the new code (the target finishes the switch).
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+
+use suture_testkit::cc::gcc;
+use suture_testkit::{spawn_lines, KillOnDrop, Lines, Scratch};
 
 const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -15,23 +15,6 @@ const FIXTURES: &str = concat!(
 );
 const OLD: &str = "v=1 s=31";
 const NEW: &str = "v=2 s=1031";
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn gcc(dir: &Path, args: &[&str]) {
-    assert!(Command::new("gcc")
-        .current_dir(dir)
-        .args(args)
-        .status()
-        .unwrap()
-        .success());
-}
 
 fn suture() -> Command {
     Command::new(env!("CARGO_BIN_EXE_suture"))
@@ -72,30 +55,24 @@ fn build(dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join("prog"), patch)
 }
 
-fn start(prog: &Path) -> (Kill, mpsc::Receiver<String>) {
-    let mut child = Kill(Command::new(prog).stdout(Stdio::piped()).spawn().unwrap());
-    let out = BufReader::new(child.0.stdout.take().unwrap());
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in out.lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
+fn start(prog: &Path) -> (KillOnDrop, Lines) {
+    spawn_lines(&mut Command::new(prog))
 }
 
-/// Lines printed during `for`.
-fn lines_for(rx: &mpsc::Receiver<String>, d: Duration) -> Vec<String> {
-    let end = Instant::now() + d;
-    let mut v = Vec::new();
-    while let Some(left) = end.checked_duration_since(Instant::now()) {
-        if let Ok(l) = rx.recv_timeout(left) {
-            v.push(l);
-        }
-    }
-    v
+/// The target prints `want` from now on: the first such line, then the next 50 lines (2 ms
+/// apart in the fixture), all exactly `want`. Counts lines, never time windows.
+fn only(rx: &Lines, want: &str, what: &str) {
+    rx.wait_for(want);
+    let after = rx.take(50);
+    assert!(
+        after.iter().all(|l| l == want),
+        "{what}: expected only {want:?}, got {:?}",
+        after
+            .iter()
+            .filter(|l| *l != want)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
 }
 
 fn state(pid: u32) -> String {
@@ -111,7 +88,7 @@ fn state(pid: u32) -> String {
 
 #[test]
 fn sigkill_at_every_point_leaves_old_or_new_code_never_a_mixture() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kill");
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "kill", "points");
     let (prog, patch) = build(&dir);
     let points = [
         ("apply:mapped", false),
@@ -123,10 +100,8 @@ fn sigkill_at_every_point_leaves_old_or_new_code_never_a_mixture() {
     ];
     for (point, switched) in points {
         let (child, rx) = start(&prog);
-        assert!(lines_for(&rx, Duration::from_millis(100))
-            .iter()
-            .any(|l| l == OLD));
-        let pid = child.0.id();
+        rx.wait_for(OLD);
+        let pid = child.id();
         let out = suture()
             .arg("apply")
             .arg(&patch)
@@ -139,23 +114,10 @@ fn sigkill_at_every_point_leaves_old_or_new_code_never_a_mixture() {
             Some(9),
             "{point}: suture was not killed there"
         );
-        // Let the target settle, then everything it prints must be one version only.
-        let _ = lines_for(&rx, Duration::from_millis(50));
-        let after = lines_for(&rx, Duration::from_millis(300));
-        assert!(
-            after.len() > 20,
-            "{point}: the target stopped printing: {after:?}"
-        );
+        // Once the target prints the version it ends up with, it prints nothing else (and it
+        // keeps printing: `only` takes the next 50 lines).
         let want = if switched { NEW } else { OLD };
-        assert!(
-            after.iter().all(|l| l == want),
-            "{point}: expected only {want:?}, got {:?}",
-            after
-                .iter()
-                .filter(|l| *l != want)
-                .take(5)
-                .collect::<Vec<_>>()
-        );
+        only(&rx, want, point);
         let st = state(pid);
         assert!(
             st != "T" && st != "t",
@@ -203,23 +165,18 @@ fn sigkill_at_every_point_leaves_old_or_new_code_never_a_mixture() {
                 .map(|p| p["header"]["state"].as_str().unwrap())
                 .collect();
             assert_eq!(states, ["live"], "{point}: leftovers not reclaimed");
-            let _ = lines_for(&rx, Duration::from_millis(30));
-            assert!(lines_for(&rx, Duration::from_millis(100))
-                .iter()
-                .all(|l| l == NEW));
+            only(&rx, NEW, point);
         }
     }
 }
 
 #[test]
 fn apply_status_revert_through_the_cli() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-apply");
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "kill", "cli-apply");
     let (prog, patch) = build(&dir);
     let (child, rx) = start(&prog);
-    assert!(lines_for(&rx, Duration::from_millis(100))
-        .iter()
-        .any(|l| l == OLD));
-    let pid = child.0.id().to_string();
+    rx.wait_for(OLD);
+    let pid = child.id().to_string();
     let out = suture()
         .arg("apply")
         .arg(&patch)
@@ -235,10 +192,7 @@ fn apply_status_revert_through_the_cli() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["patch"], "lib.patch");
     assert_eq!(v["processes"][0]["applied"], true);
-    let _ = lines_for(&rx, Duration::from_millis(30));
-    assert!(lines_for(&rx, Duration::from_millis(100))
-        .iter()
-        .all(|l| l == NEW));
+    only(&rx, NEW, "after apply");
 
     let out = suture().args(["status", "--pid", &pid]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -276,9 +230,7 @@ fn apply_status_revert_through_the_cli() {
         text.contains("lib.patch.v2 (live)") && text.contains("lib.patch (reverted)"),
         "{text}"
     );
-    assert!(lines_for(&rx, Duration::from_millis(100))
-        .iter()
-        .all(|l| l == NEW));
+    only(&rx, NEW, "after replace");
     let out = suture()
         .args(["revert", "lib.patch.v2", "--pid", &pid])
         .output()
@@ -289,10 +241,7 @@ fn apply_status_revert_through_the_cli() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _ = lines_for(&rx, Duration::from_millis(30));
-    assert!(lines_for(&rx, Duration::from_millis(100))
-        .iter()
-        .all(|l| l == OLD));
+    only(&rx, OLD, "after revert");
     let out = suture().args(["status", "--pid", &pid]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("no live patches"));
 

@@ -20,55 +20,34 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use suture_testkit::{run, text, wait_until, Scratch, WAIT};
+
 /// The prepared case directory, or `None` (test skipped) outside CI when it is missing.
 fn case_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("SUTURE_MEMCACHED_CASE").map(PathBuf::from);
-    match dir {
-        Some(d) if d.join(".ready").is_file() => Some(d),
-        other => {
-            let why = match other {
-                Some(d) => format!("{} is not prepared (no .ready)", d.display()),
-                None => "SUTURE_MEMCACHED_CASE is not set".to_string(),
-            };
-            if std::env::var_os("CI").is_some() {
-                panic!("{why}: run scripts/memcached-case.sh (scripts/test.sh does)");
-            }
-            eprintln!(
-                "skipped: {why}; run scripts/memcached-case.sh CACHE and set it to CACHE/memcached"
-            );
-            None
-        }
+    let dir = suture_testkit::tier::require("SUTURE_MEMCACHED_CASE", "memcached")?;
+    if dir.join(".ready").is_file() {
+        return Some(dir);
     }
+    suture_testkit::tier::unavailable(
+        "memcached",
+        &format!(
+            "{} is not prepared (no .ready): run scripts/memcached-case.sh",
+            dir.display()
+        ),
+    )
 }
-
 fn suture() -> Command {
     Command::new(env!("CARGO_BIN_EXE_suture"))
 }
 
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("memcached-{name}"));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmpdir(name: &str) -> Scratch {
+    Scratch::new(env!("CARGO_TARGET_TMPDIR"), "memcached", name)
 }
 
 /// `nm` symbol value of `name` in `elf` (None when absent).
@@ -241,7 +220,7 @@ impl Daemon {
                 port,
                 log,
             };
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + WAIT;
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = d.child.try_wait() {
                     break;
@@ -366,6 +345,23 @@ impl Load {
         }
     }
 
+    /// Waits until the clients have made `requests` more successful requests and `logins`
+    /// more logins than when called (bounded by the kit's WAIT): progress, not time.
+    fn progress(&self, requests: u64, logins: u64) {
+        let (ok0, in0) = (
+            self.counts.ok.load(Ordering::Relaxed),
+            self.counts.logins.load(Ordering::Relaxed),
+        );
+        wait_until(
+            &format!("the load makes {requests} requests and {logins} logins"),
+            WAIT,
+            || {
+                self.counts.ok.load(Ordering::Relaxed) >= ok0 + requests
+                    && self.counts.logins.load(Ordering::Relaxed) >= in0 + logins
+            },
+        );
+    }
+
     /// Stops the clients; (successful requests, successful logins, failures, first errors).
     fn finish(mut self) -> (u64, u64, u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
@@ -439,10 +435,12 @@ fn live_cycle(d: &Daemon, bin: &Path, patch: &Live, fixed: &dyn Fn(u16), origina
         .unwrap_or_else(|| panic!("{function} not in {}", symbols.display()));
     original(d.port);
     let load = Load::start(d.port, "suture", "suture-pass", 3);
-    std::thread::sleep(Duration::from_millis(500));
+    // The load runs before, during and after the switch: each phase waits for progress of
+    // its own (together more than the 100 requests and 10 logins checked below).
+    load.progress(30, 3);
 
     let out = run(suture()
-        .args(["apply", "--json", "--timeout", "10", "--id", id])
+        .args(["apply", "--json", "--timeout", "60", "--id", id])
         .arg(patch)
         .args(["--pid", &pid.to_string()]));
     assert_eq!(out.status.code(), Some(0), "apply: {}", text(&out));
@@ -452,7 +450,7 @@ fn live_cycle(d: &Daemon, bin: &Path, patch: &Live, fixed: &dyn Fn(u16), origina
         applied["processes"][0]["result"]["stop_window_us"],
         applied["processes"][0]["result"]["attempts"]
     );
-    std::thread::sleep(Duration::from_millis(300));
+    load.progress(30, 3);
 
     // The fixed function is the one running: its original entry is redirected ...
     let base = load_base(pid, bin);
@@ -478,11 +476,11 @@ fn live_cycle(d: &Daemon, bin: &Path, patch: &Live, fixed: &dyn Fn(u16), origina
     );
     // ... and the daemon answers as fixed.
     fixed(d.port);
-    std::thread::sleep(Duration::from_millis(300));
+    load.progress(30, 3);
 
-    let out = run(suture().args(["revert", id, "--timeout", "10", "--pid", &pid.to_string()]));
+    let out = run(suture().args(["revert", id, "--timeout", "60", "--pid", &pid.to_string()]));
     assert_eq!(out.status.code(), Some(0), "revert: {}", text(&out));
-    std::thread::sleep(Duration::from_millis(300));
+    load.progress(30, 3);
     let (ok, logins, failed, errors) = load.finish();
     eprintln!("{id}: load: {ok} set+get pairs, {logins} logins, {failed} failures");
     assert_eq!(failed, 0, "failed requests: {errors:?}");

@@ -2,8 +2,6 @@
 //! checking decisions against expectations and goldens, validating emitted patch objects.
 #![allow(dead_code)]
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -99,17 +97,6 @@ pub fn cases_in(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-pub fn tool_version(tool: &str) -> Option<String> {
-    let out = Command::new(tool).arg("--version").output().ok()?;
-    out.status.success().then(|| {
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string()
-    })
-}
-
 /// Splits `gcc-O2` into (`gcc`, `-O2`).
 pub fn split_config(config: &str) -> Result<(&str, String), String> {
     let (cc, opt) = config
@@ -123,8 +110,9 @@ pub fn split_config(config: &str) -> Result<(&str, String), String> {
     Ok((cc, format!("-{opt}")))
 }
 
-/// Compiles `source` (its contents, under the file name `unit_name`) with `cc`, caching the
-/// object by the hash of source, flags and compiler version.
+/// Compiles `source` (its contents, under the file name `unit_name`) with `cc -g
+/// -ffunction-sections -fdata-sections flags`, cached by the kit (by source, flags and
+/// compiler version).
 pub fn compile(
     cc: &str,
     flags: &[String],
@@ -132,35 +120,9 @@ pub fn compile(
     source: &str,
     cache: &Path,
 ) -> Result<PathBuf, String> {
-    let version = tool_version(cc).ok_or_else(|| format!("{cc} is not installed"))?;
-    let mut h = DefaultHasher::new();
-    (cc, flags, unit_name, source, &version).hash(&mut h);
-    let dir = cache.join(format!("{:016x}", h.finish()));
-    let obj = dir.join("unit.o");
-    if obj.is_file() {
-        return Ok(obj);
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join(unit_name), source).map_err(|e| e.to_string())?;
-    let tmp = dir.join(format!("unit.o.tmp{}", std::process::id()));
-    let out = Command::new(cc)
-        .current_dir(&dir)
-        .args(["-c", "-g", "-ffunction-sections", "-fdata-sections"])
-        .args(flags)
-        .arg(unit_name)
-        .arg("-o")
-        .arg(&tmp)
-        .output()
-        .map_err(|e| format!("cannot run {cc}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cc} {} failed:\n{}",
-            flags.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    std::fs::rename(&tmp, &obj).map_err(|e| e.to_string())?;
-    Ok(obj)
+    let mut all = vec!["-g", "-ffunction-sections", "-fdata-sections"];
+    all.extend(flags.iter().map(String::as_str));
+    suture_testkit::cc::compile(cc, &all, unit_name, source, cache)
 }
 
 /// `name` from a case file matches a reported symbol when equal or a prefix up to a dot.
@@ -409,16 +371,6 @@ pub fn judge(
     Ok(())
 }
 
-/// Hash of files, for caching objects built by scripts.
-pub fn hash_files(files: &[&Path], extra: &str) -> String {
-    let mut h = DefaultHasher::new();
-    extra.hash(&mut h);
-    for f in files {
-        std::fs::read(f).unwrap_or_default().hash(&mut h);
-    }
-    format!("{:016x}", h.finish())
-}
-
 /// Runs a build script that writes `out/orig.o` and `out/patched.o`, serialised with other
 /// users of `lock` (a shared source tree), and caches the result under `out`.
 pub fn build_with_script(
@@ -449,19 +401,4 @@ pub fn build_with_script(
     }
     let read = |f: &Path| std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()));
     Ok((read(&o)?, read(&p)?))
-}
-
-/// For tiers that need prepared source trees: the tree from `var`, or why the tier cannot run.
-/// Locally an unset variable skips the tier; under CI it is an error.
-pub fn tier_root(var: &str, tier: &str) -> Result<Option<PathBuf>, String> {
-    match std::env::var_os(var) {
-        Some(v) => Ok(Some(PathBuf::from(v))),
-        None if std::env::var_os("CI").is_some() => Err(format!(
-            "{var} is not set: the {tier} tier must run in CI (scripts/test.sh prepares it)"
-        )),
-        None => {
-            eprintln!("note: {tier} tier skipped: set {var} (scripts/test.sh does)");
-            Ok(None)
-        }
-    }
 }

@@ -29,16 +29,8 @@ pub struct GuestKernel {
 
 /// The guest kernel, or `None` when the tier is not prepared (locally; under `CI` that panics).
 pub fn kernel() -> Option<GuestKernel> {
-    let unavailable = |why: String| -> Option<GuestKernel> {
-        if std::env::var_os("CI").is_some() {
-            panic!("booted-guest tier cannot run: {why} (scripts/test.sh prepares it)");
-        }
-        eprintln!("note: booted-guest tier skipped: {why} (scripts/test.sh prepares it)");
-        None
-    };
-    let Some(cache) = std::env::var_os("SUTURE_GUEST_CACHE").map(PathBuf::from) else {
-        return unavailable("SUTURE_GUEST_CACHE is not set".into());
-    };
+    let unavailable = |why: String| suture_testkit::tier::unavailable("booted-guest", &why);
+    let cache = suture_testkit::tier::require("SUTURE_GUEST_CACHE", "booted-guest")?;
     if Command::new("qemu-system-x86_64")
         .arg("--version")
         .stdout(Stdio::null())
