@@ -48,6 +48,8 @@ pub enum Outcome {
     Untouched,
     /// Memory was mapped and released again; the code was never switched.
     RolledBack,
+    /// The target died during the operation (killed, or it exited by itself).
+    Exited,
 }
 
 #[derive(Debug, Error)]
@@ -83,6 +85,7 @@ fn outcome_word(o: Outcome) -> &'static str {
     match o {
         Outcome::Untouched => "target untouched",
         Outcome::RolledBack => "target rolled back to its original code",
+        Outcome::Exited => "target exited",
     }
 }
 
@@ -102,6 +105,12 @@ impl From<LinkError> for ApplyError {
 
 impl ApplyError {
     fn process(source: crate::error::Error, outcome: Outcome) -> ApplyError {
+        // No roll-back or untouched claim about a process that is gone.
+        let outcome = if source.target_exited() {
+            Outcome::Exited
+        } else {
+            outcome
+        };
         ApplyError::Process { source, outcome }
     }
 }

@@ -161,5 +161,18 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether the target died (the process no longer runs), whatever step noticed it.
+    pub fn target_exited(&self) -> bool {
+        match self {
+            Error::ExitedWhileAttaching { .. } => true,
+            Error::Ptrace { state, .. }
+            | Error::Proc { state, .. }
+            | Error::RemoteStep { state, .. } => *state == TargetState::Exited,
+            _ => false,
+        }
+    }
+}
+
 /// `Result` of the process layer.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

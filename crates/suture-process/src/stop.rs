@@ -380,12 +380,19 @@ impl Drop for Tracer {
 
 impl Tracer {
     fn ptrace_err(&self, tid: Tid, op: &'static str, errno: Errno) -> Error {
+        // ESRCH on a thread suture holds stopped means it was killed: say so when the whole
+        // process is gone or dying, rather than "still stopped".
+        let state = if errno == Errno::ESRCH && process_gone(self.pid) {
+            TargetState::Exited
+        } else {
+            TargetState::Stopped
+        };
         Error::Ptrace {
             pid: self.pid,
             tid,
             op,
             errno,
-            state: TargetState::Stopped,
+            state,
         }
     }
 
@@ -556,6 +563,14 @@ impl Tracer {
                 backoff = Duration::from_micros(50);
                 continue;
             }
+            if idle >= 200 && self.reap_dead_threads() {
+                // A killed process: its already-stopped threads died, and the leader's exit
+                // is reported only once the tracer has collected them (the kernel delays a
+                // group leader's death until its other threads are reaped), so without this
+                // the wait would run into the stop timeout on every attempt.
+                idle = 0;
+                continue;
+            }
             let now = Instant::now();
             if now >= deadline {
                 let tid = *pending.first().unwrap_or(&Tid(self.pid.0));
@@ -574,6 +589,32 @@ impl Tracer {
             }
         }
         Ok(())
+    }
+
+    /// Collects the exit of every already-stopped thread that has died since it stopped (a
+    /// stopped traced thread reports nothing else, so a status here is always its death).
+    /// True if any had.
+    fn reap_dead_threads(&mut self) -> bool {
+        let dead: Vec<Tid> = self
+            .threads
+            .keys()
+            .copied()
+            .filter(|&tid| match sys::wait_thread(tid.0, true) {
+                Ok(Some(WaitStatus::Exited(..) | WaitStatus::Killed(..))) | Err(Errno::ECHILD) => {
+                    true
+                }
+                Ok(Some(other)) => {
+                    tracing::warn!(tid = tid.0, ?other, "unexpected status of a stopped thread");
+                    false
+                }
+                _ => false,
+            })
+            .collect();
+        for tid in &dead {
+            tracing::trace!(tid = tid.0, "stopped thread died while attaching");
+            self.threads.remove(tid);
+        }
+        !dead.is_empty()
     }
 
     fn on_attach_status(
@@ -744,6 +785,17 @@ fn requeue_signal(pid: Pid, tid: Tid, h: &HeldSignal) -> std::result::Result<(),
 }
 
 // ---- /proc helpers -------------------------------------------------------------------------
+
+/// Whether process `pid` no longer exists or is dying: no thread of it is alive (a zombie
+/// leader whose other threads still run is a live process).
+fn process_gone(pid: Pid) -> bool {
+    let Ok(tids) = list_tasks(pid) else {
+        return true;
+    };
+    !tids.into_iter().any(|tid| {
+        read_status(&task_path(pid, tid, "status")).is_ok_and(|st| !matches!(st.state, 'Z' | 'X'))
+    })
+}
 
 fn task_path(pid: Pid, tid: Tid, file: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{}/task/{}/{}", pid.0, tid.0, file))
