@@ -101,6 +101,16 @@ impl From<LinkError> for ApplyError {
 }
 
 impl ApplyError {
+    /// What became of the target.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ApplyError::Patch(_) | ApplyError::Link(_) => Outcome::Untouched,
+            ApplyError::Process { outcome, .. }
+            | ApplyError::Busy { outcome, .. }
+            | ApplyError::Target(_, outcome) => *outcome,
+        }
+    }
+
     fn process(source: crate::error::Error, outcome: Outcome) -> ApplyError {
         ApplyError::Process { source, outcome }
     }

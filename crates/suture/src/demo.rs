@@ -218,7 +218,7 @@ fn build_patch(source: &Path, diff: &Path, deployed: &Path, work: &Path) -> Resu
         out.push(PatchFile {
             unit: b.units.join(", "),
             functions: b.functions.clone(),
-            symbols: std::sync::Arc::new(crate::build_cmd::bundle_symbols(&bundle.manifest)),
+            symbols: std::sync::Arc::new(suture_process::bundle::bundle_symbols(&bundle.manifest)),
             bytes: bundle.patch_object,
         });
     }
