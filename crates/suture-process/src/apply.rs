@@ -3,12 +3,13 @@
 //! Apply, in order, and what the target is doing meanwhile:
 //! 1. *(running)* Parse the patch, read the patched object's and libraries' symbols and unwind
 //!    tables, resolve every symbol, choose a free range within rel32 reach, link the patch for
-//!    it, generate the commit routine.
-//! 2. *(stopped briefly)* Map the region at that address with its final protections (W^X).
+//!    it, compute the jumps (`redirect_writes`), generate the commit routine.
+//! 2. *(stopped briefly, `map_region`)* Map the region at that address with its final
+//!    protections (W^X).
 //! 3. *(running)* Write code, data, header (state "loaded") and routine through /proc/PID/mem.
-//! 4. *(stopped: the stop window)* Check every thread's stack; if a replaced function is busy,
-//!    resume and retry until the timeout. Otherwise one thread runs the commit routine, which
-//!    writes every jump and sets the header to "live".
+//! 4. *(stopped: the stop window, `switch`)* Check every thread's stack; if a replaced
+//!    function is busy, resume and retry until the timeout. Otherwise one thread runs the commit
+//!    routine, which writes every jump and sets the header to "live".
 //!
 //! Any failure after step 2 unmaps the region: the target keeps running its original code.
 //!
