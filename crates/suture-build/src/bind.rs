@@ -232,24 +232,6 @@ pub fn bind(
     })
 }
 
-/// Checks, against the bytes of a mapped file, that every symbol recorded in a bundle still
-/// has the recorded SHA-256 (apply-time proof of byte identity). Returns the mismatches.
-pub fn verify_symbols(file: &[u8], symbols: &[Symbol]) -> Vec<String> {
-    let mut bad = Vec::new();
-    for s in symbols {
-        let Some(want) = &s.sha256 else { continue };
-        match crate::elfinfo::bytes_at(file, s.address, s.size) {
-            Some(b) if suture_bundle::sha256_hex(b) == *want => {}
-            Some(_) => bad.push(format!("{} at {:#x}: bytes differ", s.name, s.address)),
-            None => bad.push(format!(
-                "{} at {:#x}: not in the file's loaded segments",
-                s.name, s.address
-            )),
-        }
-    }
-    bad
-}
-
 /// Default debug-file directories.
 pub fn default_debug_dirs() -> Vec<PathBuf> {
     vec![Path::new("/usr/lib/debug").to_path_buf()]

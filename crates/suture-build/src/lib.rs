@@ -221,11 +221,11 @@ impl BuildError {
         }
     }
 
-    /// A linked ELF file that could not be read (`message` from `elfinfo`).
-    pub fn elf(path: &Path) -> impl FnOnce(String) -> BuildError + '_ {
-        move |message| BuildError::Elf {
+    /// A linked ELF file that could not be read (`message` from `suture_elf`).
+    pub fn elf(path: &Path) -> impl FnOnce(suture_elf::ElfError) -> BuildError + '_ {
+        move |e| BuildError::Elf {
             file: path.display().to_string(),
-            message,
+            message: e.to_string(),
         }
     }
 

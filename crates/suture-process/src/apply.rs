@@ -3,12 +3,13 @@
 //! Apply, in order, and what the target is doing meanwhile:
 //! 1. *(running)* Parse the patch, read the patched object's and libraries' symbols and unwind
 //!    tables, resolve every symbol, choose a free range within rel32 reach, link the patch for
-//!    it, generate the commit routine.
-//! 2. *(stopped briefly)* Map the region at that address with its final protections (W^X).
+//!    it, compute the jumps (`redirect_writes`), generate the commit routine.
+//! 2. *(stopped briefly, `map_region`)* Map the region at that address with its final
+//!    protections (W^X).
 //! 3. *(running)* Write code, data, header (state "loaded") and routine through /proc/PID/mem.
-//! 4. *(stopped: the stop window)* Check every thread's stack; if a replaced function is busy,
-//!    resume and retry until the timeout. Otherwise one thread runs the commit routine, which
-//!    writes every jump and sets the header to "live".
+//! 4. *(stopped: the stop window, `switch`)* Check every thread's stack; if a replaced
+//!    function is busy, resume and retry until the timeout. Otherwise one thread runs the commit
+//!    routine, which writes every jump and sets the header to "live".
 //!
 //! Any failure after step 2 unmaps the region: the target keeps running its original code.
 //!
@@ -104,6 +105,16 @@ impl From<LinkError> for ApplyError {
 }
 
 impl ApplyError {
+    /// What became of the target.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ApplyError::Patch(_) | ApplyError::Link(_) => Outcome::Untouched,
+            ApplyError::Process { outcome, .. }
+            | ApplyError::Busy { outcome, .. }
+            | ApplyError::Target(_, outcome) => *outcome,
+        }
+    }
+
     fn process(source: crate::error::Error, outcome: Outcome) -> ApplyError {
         // No roll-back or untouched claim about a process that is gone.
         let outcome = if source.target_exited() {
@@ -501,78 +512,8 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
     let code_addr = base.offset(plan_size);
     let block_addr = code_addr.offset(code_pages * PAGE);
 
-    let mut writes = Vec::new();
-    let mut redirects = Vec::new();
-    let mut busy = Vec::new();
-    for (f, from) in &originals {
-        let to = *linked.symbols.get(&f.name).ok_or_else(|| {
-            ApplyError::Patch(format!("the patch object does not define {}", f.name))
-        })?;
-        let mut new = jump(from.0, to.0)?;
-        // At an 8-byte aligned entry (gcc aligns functions to 16), write 8 bytes: one aligned
-        // store, so no thread can ever execute half a jump.
-        let width = if from.0 % 8 == 0 { 8 } else { new.len() };
-        let old = mem
-            .read_vec(*from, width)
-            .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-        // Over a replaced patch's jump, keep the original bytes it saved: reverting this patch
-        // must give back the original function, not the replaced patch.
-        let prior = replaced
-            .as_ref()
-            .and_then(|p| p.header.redirects.iter().find(|r| r.from == from.0));
-        let original = match prior {
-            Some(r) if r.saved.len() == width => r.saved.clone(),
-            Some(r) => {
-                return Err(ApplyError::Target(
-                    format!(
-                        "the replaced patch saved {} bytes at {:#x}, this one needs {width}",
-                        r.saved.len(),
-                        r.from
-                    ),
-                    Outcome::Untouched,
-                ))
-            }
-            None => old.clone(),
-        };
-        new.extend_from_slice(&original[new.len()..]);
-        busy.push(BusyRange {
-            range: from.0..from.0 + f.size.max(new.len() as u64),
-            name: f.request.name().to_string(),
-        });
-        redirects.push(Redirect {
-            from: from.0,
-            to: to.0,
-            saved: original,
-        });
-        writes.push(Write {
-            addr: from.0,
-            new,
-            old,
-        });
-    }
-    if let Some(p) = &replaced {
-        // Entries only the replaced patch redirects go back to their original bytes; its
-        // code must not be running; its header says "reverted" once the switch is done.
-        for r in &p.header.redirects {
-            if redirects.iter().any(|x| x.from == r.from) {
-                continue;
-            }
-            let current = mem
-                .read_vec(RemoteAddr(r.from), r.saved.len())
-                .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-            writes.push(Write {
-                addr: r.from,
-                new: r.saved.clone(),
-                old: current,
-            });
-        }
-        busy.extend(region_code(&maps, p));
-        writes.push(Write {
-            addr: p.base + Header::STATE_OFFSET,
-            new: Header::state_bytes(State::Reverted).to_vec(),
-            old: Header::state_bytes(State::Live).to_vec(),
-        });
-    }
+    let (writes, redirects, busy) =
+        redirect_writes(&mem, &maps, &originals, &linked, replaced.as_ref())?;
     let header = Header {
         // A reused region stays "reverted" until the routine publishes "live": if suture dies
         // before, it must not look like a never-live leftover (those get unmapped).
@@ -624,76 +565,20 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
     let data_at = base.offset(plan.segment_offset(Segment::Data));
     let data_len = plan_size - plan.segment_offset(Segment::Data);
     if !reused || !leftovers.is_empty() {
-        let mut sp =
-            StoppedProcess::stop(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-        // Every system call suture will make in the target, with its exact arguments, must
-        // pass the seccomp filters of every thread (see crate::seccomp).
-        let calls = {
-            use crate::seccomp::Injected;
-            let ip = site.addr().0 + 2;
-            let fd = crate::seccomp::lowest_free_fd(pid).unwrap_or(3);
-            let fixed = 0x32; // MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED
-            let mut c = vec![Injected::mmap(ip, base.0, size, 1, 0x10_0022, -1, 0)];
-            if text_len > 0 {
-                c.push(Injected::mmap(ip, text_at.0, text_len, 5, fixed, -1, 0));
-            }
-            if data_len > 0 {
-                c.push(Injected::mprotect(ip, data_at.0, data_len, 3));
-            }
-            c.push(Injected::mmap(
-                ip,
-                code_addr.0,
-                code_pages * PAGE,
-                5,
-                fixed,
-                -1,
-                0,
-            ));
-            c.push(Injected::munmap(ip, base.0, size));
-            for &(at, len) in &leftovers {
-                c.push(Injected::munmap(ip, at.0, len));
-            }
-            // The commit routine's calls (the thread that runs it is chosen in the switch:
-            // the leader's tid stands for it).
-            let ns = namespace_pid(pid).unwrap_or(pid.0) as u64;
-            c.extend(commit.syscalls(fd, ns, ns));
-            c
-        };
-        if let Err(e) = sp.check_seccomp(&calls) {
-            let _ = sp.resume();
-            return Err(ApplyError::process(e, Outcome::Untouched));
-        }
-        let mapped = (|| {
-            let mut rm = sp.remote_ignoring_seccomp(&site)?;
-            for &(at, len) in &leftovers {
-                rm.munmap(at, len)?;
-            }
-            if reused {
-                return Ok(());
-            }
-            rm.mmap_anonymous_at(base, size, Prot::READ)?;
-            let r = (|| {
-                // Executable pages are mapped executable from the start (MAP_FIXED over our own
-                // fresh region): PR_SET_MDWE and MemoryDenyWriteExecute forbid gaining
-                // PROT_EXEC through mprotect, not mapping read-execute memory.
-                let fixed = 0x32; // MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED
-                if text_len > 0 {
-                    rm.mmap(text_at, text_len, Prot::READ | Prot::EXEC, fixed, -1, 0)?;
-                }
-                if data_len > 0 {
-                    rm.mprotect(data_at, data_len, Prot::READ | Prot::WRITE)?;
-                }
-                rm.mmap(code_addr, code_pages * PAGE, Prot::RX, fixed, -1, 0)
-                    .map(drop)
-            })();
-            if r.is_err() {
-                let _ = rm.munmap(base, size);
-            }
-            r
-        })();
-        let resumed = sp.resume();
-        mapped.map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-        resumed.map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+        map_region(
+            pid,
+            &site,
+            &commit,
+            &leftovers,
+            &Region {
+                base,
+                size,
+                text: (text_at, text_len),
+                data: (data_at, data_len),
+                code: (code_addr, code_pages * PAGE),
+                reused,
+            },
+        )?;
     }
     crate::failpoint::hit("apply:mapped");
     let fail = |e: ApplyError| -> ApplyError {
@@ -772,6 +657,189 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         stop_window_us: done.window.as_micros() as u64,
         replaced: replaced.map(|p| p.header.patch_id),
     })
+}
+
+/// The jumps of the switch (each with the bytes it overwrites), the header's redirects (with
+/// the original bytes a revert restores) and the code that must not be running: for every
+/// replaced function, and for the entries and region of a replaced patch. Reads the target
+/// while it runs.
+#[allow(clippy::type_complexity)]
+fn redirect_writes(
+    mem: &ProcessMemory,
+    maps: &Maps,
+    originals: &[(&ChangedFn, RemoteAddr)],
+    linked: &crate::link::Linked,
+    replaced: Option<&LivePatch>,
+) -> Result<(Vec<Write>, Vec<Redirect>, Vec<BusyRange>), ApplyError> {
+    let mut writes = Vec::new();
+    let mut redirects = Vec::new();
+    let mut busy = Vec::new();
+    for (f, from) in originals {
+        let to = *linked.symbols.get(&f.name).ok_or_else(|| {
+            ApplyError::Patch(format!("the patch object does not define {}", f.name))
+        })?;
+        let mut new = jump(from.0, to.0)?;
+        // At an 8-byte aligned entry (gcc aligns functions to 16), write 8 bytes: one aligned
+        // store, so no thread can ever execute half a jump.
+        let width = if from.0 % 8 == 0 { 8 } else { new.len() };
+        let old = mem
+            .read_vec(*from, width)
+            .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+        // Over a replaced patch's jump, keep the original bytes it saved: reverting this patch
+        // must give back the original function, not the replaced patch.
+        let prior = replaced.and_then(|p| p.header.redirects.iter().find(|r| r.from == from.0));
+        let original = match prior {
+            Some(r) if r.saved.len() == width => r.saved.clone(),
+            Some(r) => {
+                return Err(ApplyError::Target(
+                    format!(
+                        "the replaced patch saved {} bytes at {:#x}, this one needs {width}",
+                        r.saved.len(),
+                        r.from
+                    ),
+                    Outcome::Untouched,
+                ))
+            }
+            None => old.clone(),
+        };
+        new.extend_from_slice(&original[new.len()..]);
+        busy.push(BusyRange {
+            range: from.0..from.0 + f.size.max(new.len() as u64),
+            name: f.request.name().to_string(),
+        });
+        redirects.push(Redirect {
+            from: from.0,
+            to: to.0,
+            saved: original,
+        });
+        writes.push(Write {
+            addr: from.0,
+            new,
+            old,
+        });
+    }
+    if let Some(p) = replaced {
+        // Entries only the replaced patch redirects go back to their original bytes; its
+        // code must not be running; its header says "reverted" once the switch is done.
+        for r in &p.header.redirects {
+            if redirects.iter().any(|x| x.from == r.from) {
+                continue;
+            }
+            let current = mem
+                .read_vec(RemoteAddr(r.from), r.saved.len())
+                .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+            writes.push(Write {
+                addr: r.from,
+                new: r.saved.clone(),
+                old: current,
+            });
+        }
+        busy.extend(region_code(maps, p));
+        writes.push(Write {
+            addr: p.base + Header::STATE_OFFSET,
+            new: Header::state_bytes(State::Reverted).to_vec(),
+            old: Header::state_bytes(State::Live).to_vec(),
+        });
+    }
+    Ok((writes, redirects, busy))
+}
+
+/// Where a patch region's parts go (their final protections are mapped in one stop).
+struct Region {
+    base: RemoteAddr,
+    size: u64,
+    /// Read-execute patch code.
+    text: (RemoteAddr, u64),
+    /// Read-write patch data.
+    data: (RemoteAddr, u64),
+    /// The commit routine's code pages (read-execute).
+    code: (RemoteAddr, u64),
+    /// The region is mapped already (a retired region of the same patch).
+    reused: bool,
+}
+
+/// Step 2 of apply, the one short stop before the switch: checks that every system call
+/// suture will inject passes the target's seccomp filters, releases `leftovers` and maps the
+/// region with its final protections (unless reused). The target is resumed before this
+/// returns; on failure nothing of the region stays mapped.
+fn map_region(
+    pid: Pid,
+    site: &SyscallSite,
+    commit: &Commit,
+    leftovers: &[(RemoteAddr, u64)],
+    region: &Region,
+) -> Result<(), ApplyError> {
+    let Region {
+        base,
+        size,
+        text: (text_at, text_len),
+        data: (data_at, data_len),
+        code: (code_addr, code_len),
+        reused,
+    } = *region;
+    let mut sp =
+        StoppedProcess::stop(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    // Every system call suture will make in the target, with its exact arguments, must
+    // pass the seccomp filters of every thread (see crate::seccomp).
+    let calls = {
+        use crate::seccomp::Injected;
+        let ip = site.addr().0 + 2;
+        let fd = crate::seccomp::lowest_free_fd(pid).unwrap_or(3);
+        let fixed = 0x32; // MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED
+        let mut c = vec![Injected::mmap(ip, base.0, size, 1, 0x10_0022, -1, 0)];
+        if text_len > 0 {
+            c.push(Injected::mmap(ip, text_at.0, text_len, 5, fixed, -1, 0));
+        }
+        if data_len > 0 {
+            c.push(Injected::mprotect(ip, data_at.0, data_len, 3));
+        }
+        c.push(Injected::mmap(ip, code_addr.0, code_len, 5, fixed, -1, 0));
+        c.push(Injected::munmap(ip, base.0, size));
+        for &(at, len) in leftovers {
+            c.push(Injected::munmap(ip, at.0, len));
+        }
+        // The commit routine's calls (the thread that runs it is chosen in the switch:
+        // the leader's tid stands for it).
+        let ns = namespace_pid(pid).unwrap_or(pid.0) as u64;
+        c.extend(commit.syscalls(fd, ns, ns));
+        c
+    };
+    if let Err(e) = sp.check_seccomp(&calls) {
+        let _ = sp.resume();
+        return Err(ApplyError::process(e, Outcome::Untouched));
+    }
+    let mapped = (|| {
+        let mut rm = sp.remote_ignoring_seccomp(site)?;
+        for &(at, len) in leftovers {
+            rm.munmap(at, len)?;
+        }
+        if reused {
+            return Ok(());
+        }
+        rm.mmap_anonymous_at(base, size, Prot::READ)?;
+        let r = (|| {
+            // Executable pages are mapped executable from the start (MAP_FIXED over our own
+            // fresh region): PR_SET_MDWE and MemoryDenyWriteExecute forbid gaining
+            // PROT_EXEC through mprotect, not mapping read-execute memory.
+            let fixed = 0x32; // MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED
+            if text_len > 0 {
+                rm.mmap(text_at, text_len, Prot::READ | Prot::EXEC, fixed, -1, 0)?;
+            }
+            if data_len > 0 {
+                rm.mprotect(data_at, data_len, Prot::READ | Prot::WRITE)?;
+            }
+            rm.mmap(code_addr, code_len, Prot::RX, fixed, -1, 0)
+                .map(drop)
+        })();
+        if r.is_err() {
+            let _ = rm.munmap(base, size);
+        }
+        r
+    })();
+    let resumed = sp.resume();
+    mapped.map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    resumed.map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    Ok(())
 }
 
 /// Everything the switch needs, prepared before the target is stopped.

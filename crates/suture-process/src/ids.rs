@@ -35,3 +35,9 @@ impl fmt::Display for RemoteAddr {
         write!(f, "{:#x}", self.0)
     }
 }
+
+impl From<RemoteAddr> for u64 {
+    fn from(a: RemoteAddr) -> u64 {
+        a.0
+    }
+}

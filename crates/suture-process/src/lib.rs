@@ -10,6 +10,7 @@
 //! - [`seccomp`]: whether the target's seccomp filters let suture's injected system calls run
 //!   (a classic-BPF interpreter over the filters fetched from every thread).
 pub mod apply;
+pub mod bundle;
 pub mod commit;
 pub mod error;
 pub mod failpoint;
@@ -24,3 +25,4 @@ pub mod stack;
 pub mod stop;
 pub mod symbols;
 mod sys;
+pub mod targets;

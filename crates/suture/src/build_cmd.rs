@@ -105,104 +105,18 @@ pub fn run(a: Args) -> Result<u8> {
     })
 }
 
-/// The build-id of the ELF file at `path`, cached by the file's identity (device, inode).
-fn build_id_of(
-    path: &std::path::Path,
-    key: (u64, u64),
-    cache: &mut std::collections::HashMap<(u64, u64), Option<Vec<u8>>>,
-) -> Option<Vec<u8>> {
-    cache
-        .entry(key)
-        .or_insert_with(|| {
-            let data = std::fs::read(path).ok()?;
-            suture_build::elfinfo::build_id(&data)
-        })
-        .clone()
-}
-
-/// The mapped file of `pid` with this build-id: (path as the process sees it, path to open it
-/// from here). `Err` lists what the process maps instead.
-fn find_object(
-    pid: i32,
-    build_id: &[u8],
-    cache: &mut std::collections::HashMap<(u64, u64), Option<Vec<u8>>>,
-) -> std::result::Result<(String, PathBuf), String> {
-    use suture_process::maps::{MapName, Maps};
-    let maps = Maps::read(suture_process::ids::Pid(pid)).map_err(|e| e.to_string())?;
-    let mut seen = Vec::new();
-    for m in &maps.mappings {
-        let (MapName::Path(path), 0) = (&m.name, m.offset) else {
-            continue;
-        };
-        let Some(open) = m.open_path(suture_process::ids::Pid(pid)) else {
-            continue;
-        };
-        let key = (
-            (u64::from(m.dev.major) << 32) | u64::from(m.dev.minor),
-            m.inode,
-        );
-        let id = build_id_of(&open, key, cache);
-        let shown = path.display().to_string();
-        if id.as_deref() == Some(build_id) {
-            return Ok((shown, open));
-        }
-        if !seen.iter().any(|(p, _)| *p == shown) {
-            seen.push((shown, id));
-        }
-    }
-    let with_id: Vec<String> = seen
-        .iter()
-        .filter_map(|(p, id)| Some(format!("{p} ({})", suture_bundle::hex(id.as_deref()?))))
-        .collect();
-    Err(if with_id.is_empty() {
-        "no file with a build-id".into()
-    } else {
-        with_id.join(", ")
-    })
-}
-
-/// The bundle's symbols as a symbol table for the patched object (used where the mapped file
-/// is stripped).
-pub(crate) fn bundle_symbols(m: &suture_bundle::Manifest) -> suture_process::symbols::ElfSymbols {
-    use suture_process::symbols::{ElfSymbols, Sym};
-    let mut t = ElfSymbols {
-        has_symtab: true,
-        ..Default::default()
-    };
-    for s in &m.symbols {
-        let sym = Sym {
-            value: s.address,
-            size: s.size,
-            tls: s.kind == "tls",
-            ifunc: false,
-        };
-        match &s.file {
-            Some(f) => t
-                .locals
-                .entry((f.clone(), s.name.clone()))
-                .or_default()
-                .push(sym),
-            None => {
-                t.globals.insert(s.name.clone(), sym);
-            }
-        }
-    }
-    t
-}
-
 /// `suture apply BUNDLE`: the object patched in each process is the mapped file whose
-/// build-id is the bundle's; its bytes are checked against the bundle's digests first.
+/// build-id is the bundle's; its bytes are checked against the bundle's digests first
+/// (`suture_process::bundle`).
 pub fn apply_bundle(
     path: &std::path::Path,
     bytes: &[u8],
     req: &crate::process_cmd::ApplyRequest,
     timeout: std::time::Duration,
 ) -> Result<u8> {
-    let (pids, all, object, json) = (&req.pids, req.all, &req.object, req.json);
-    let id = req.id.clone();
     use serde_json::json;
-    use suture_process::apply::{self, ApplyOptions};
-    if object.is_some() {
+    use suture_process::bundle::{self, BundleOptions};
+    if req.object.is_some() {
         bail!(
             "{} is a bundle: it selects the object to patch by build-id, so --object does not \
              apply",
@@ -211,82 +125,38 @@ pub fn apply_bundle(
     }
     let bundle = suture_bundle::decode(bytes).with_context(|| format!("{}", path.display()))?;
     let m = &bundle.manifest;
-    let build_id = suture_bundle::parse_hex(&m.target.build_id).unwrap_or_default();
-    let id = id.unwrap_or_else(|| m.patch_id.clone());
-    let mut cache = std::collections::HashMap::new();
-    let targets: Vec<i32> = if all {
-        let found: Vec<i32> = crate::process_cmd::all_pids()
-            .into_iter()
-            .filter(|&p| find_object(p, &build_id, &mut cache).is_ok())
-            .collect();
-        if found.is_empty() {
-            bail!(
-                "no process maps an object with build-id {} ({})",
-                m.target.build_id,
-                m.target.file_name
-            );
-        }
-        found
-    } else {
-        pids.to_vec()
+    let id = req.id.clone().unwrap_or_else(|| m.patch_id.clone());
+    let opts = BundleOptions {
+        timeout,
+        patch_id: Some(id.clone()),
+        replace: req.replace.clone(),
     };
-    let symbols = std::sync::Arc::new(bundle_symbols(m));
     let mut results = Vec::new();
     let mut failed = 0;
-    for pid in targets {
-        let attempt = find_object(pid, &build_id, &mut cache)
-            .map_err(|maps| {
-                format!(
-                    "the bundle was built for build-id {} ({}), but the process maps {maps}; \
-                     nothing was changed",
-                    m.target.build_id, m.target.file_name
-                )
-            })
-            .and_then(|(object, open)| {
-                let data =
-                    std::fs::read(&open).map_err(|e| format!("cannot read {object}: {e}"))?;
-                let bad = suture_build::bind::verify_symbols(&data, &m.symbols);
-                if !bad.is_empty() {
-                    return Err(format!(
-                        "{object} has the bundle's build-id but not its bytes: {}; nothing \
-                         was changed",
-                        bad.join("; ")
-                    ));
-                }
-                let opts = ApplyOptions {
-                    timeout,
-                    patch_id: id.clone(),
-                    object: Some(object.clone()),
-                    build_id: Some(build_id.clone()),
-                    symbols: Some(symbols.clone()),
-                    replace: req.replace.clone(),
-                };
-                apply::apply(suture_process::ids::Pid(pid), &bundle.patch_object, &opts)
-                    .map(|a| (object, a))
-                    .map_err(|e| e.to_string())
-            });
-        match attempt {
-            Ok((object, a)) => {
-                if !json {
-                    println!(
+    for o in bundle::apply(&bundle, &crate::process_cmd::targets(req), &opts)? {
+        let pid = o.pid;
+        match o.result {
+            Ok(bundle::BundleApplied { object, applied: a }) => {
+                if !req.json {
+                    crate::out(&format!(
                         "{id}: live in process {pid} on {object} ({} functions redirected, \
-                         stopped {} us for the switch)",
+                         stopped {} us for the switch)\n",
                         a.redirects.len(),
                         a.stop_window_us
-                    );
+                    ));
                 }
-                results.push(json!({"pid": pid, "applied": true, "object": object, "result": a}));
+                results.push(json!({"pid": pid.0, "applied": true, "object": object, "result": a}));
             }
             Err(e) => {
                 failed += 1;
-                if !json {
+                if !req.json {
                     eprintln!("suture: process {pid}: {e}");
                 }
-                results.push(json!({"pid": pid, "applied": false, "error": e}));
+                results.push(json!({"pid": pid.0, "applied": false, "error": e.to_string()}));
             }
         }
     }
-    if json {
+    if req.json {
         crate::out(&format!(
             "{}\n",
             serde_json::to_string_pretty(&json!({

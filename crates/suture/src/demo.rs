@@ -46,13 +46,21 @@ const LOAD_CLIENTS: usize = 3;
 const ATTACK: &str = "ECHO 255 hi";
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Prints a line of the demo's narration. Unlike `crate::out`, a closed pipe does not end the
+/// program: the demo goes on so that it cleans up (service, working directory) as usual.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+}
+
 fn step(msg: &str) {
-    println!("==> {msg}");
+    say(&format!("==> {msg}"));
 }
 
 fn detail(msg: &str) {
     for l in msg.lines() {
-        println!("    {l}");
+        say(&format!("    {l}"));
     }
 }
 
@@ -218,7 +226,7 @@ fn build_patch(source: &Path, diff: &Path, deployed: &Path, work: &Path) -> Resu
         out.push(PatchFile {
             unit: b.units.join(", "),
             functions: b.functions.clone(),
-            symbols: std::sync::Arc::new(crate::build_cmd::bundle_symbols(&bundle.manifest)),
+            symbols: std::sync::Arc::new(suture_process::bundle::bundle_symbols(&bundle.manifest)),
             bytes: bundle.patch_object,
         });
     }
@@ -466,7 +474,7 @@ pub fn run(keep: bool) -> Result<u8> {
         std::thread::sleep(Duration::from_millis(100));
     }
     if keep {
-        println!("Kept the working directory {}", dir.display());
+        say(&format!("Kept the working directory {}", dir.display()));
     }
     result
 }
@@ -608,10 +616,10 @@ fn run_in(dir: &Path) -> Result<u8> {
         bail!("the service did not exit cleanly: {status}");
     }
     let window = windows.iter().max().copied().unwrap_or(0);
-    println!(
+    say(&format!(
         "Done: the leak was fixed live with a {window} us stop window and {failed} failed of \
          {ok} requests, then reverted."
-    );
+    ));
     Ok(crate::exit::OK)
 }
 

@@ -3,37 +3,26 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::json;
-use suture_process::apply::{self, ApplyOptions, LivePatch};
+use suture_process::apply::{ApplyOptions, LivePatch};
 use suture_process::header::State;
 use suture_process::ids::Pid;
+use suture_process::targets::{self, Targets};
 
 use crate::exit;
 
-pub(crate) fn all_pids() -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let mut v: Vec<i32> = std::fs::read_dir("/proc")
-        .map(|rd| {
-            rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .filter(|&p: &i32| p != me)
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort_unstable();
-    v
+/// The processes `--pid`/`--all` name.
+pub(crate) fn targets(req: &ApplyRequest) -> Targets {
+    pids_or_all(&req.pids, req.all)
 }
 
-/// Processes mapping a file whose path ends with `object`.
-fn mapping(object: &str) -> Vec<i32> {
-    all_pids()
-        .into_iter()
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/maps"))
-                .map(|m| m.lines().any(|l| l.trim_end().ends_with(object)))
-                .unwrap_or(false)
-        })
-        .collect()
+fn pids_or_all(pids: &[i32], all: bool) -> Targets {
+    if all {
+        Targets::All
+    } else {
+        Targets::Pids(pids.iter().copied().map(Pid).collect())
+    }
 }
 
 fn seconds(s: f64) -> Result<Duration> {
@@ -61,110 +50,82 @@ pub fn apply(patch: &Path, req: ApplyRequest) -> Result<u8> {
         let timeout = seconds(req.timeout)?;
         return crate::build_cmd::apply_bundle(patch, &bytes, &req, timeout);
     }
-    let ApplyRequest {
-        pids,
-        all,
-        object,
-        id,
-        replace,
-        timeout,
-        json,
-    } = req;
-    let id = id.unwrap_or_else(|| {
+    let id = req.id.clone().unwrap_or_else(|| {
         patch
             .file_stem()
             .map_or_else(|| "patch".into(), |s| s.to_string_lossy().into_owned())
     });
-    let targets = if all {
-        let o = object.as_deref().context("--all needs --object")?;
-        let found = mapping(o);
-        if found.is_empty() {
-            bail!("no process maps {o}");
-        }
-        found
-    } else {
-        pids.to_vec()
-    };
+    if req.all && req.object.is_none() {
+        bail!("--all needs --object");
+    }
     let opts = ApplyOptions {
-        timeout: seconds(timeout)?,
+        timeout: seconds(req.timeout)?,
         patch_id: id.clone(),
-        object,
-        replace,
+        object: req.object.clone(),
+        replace: req.replace.clone(),
         ..Default::default()
     };
+    let json = req.json;
     let mut results = Vec::new();
     let mut failed = 0;
-    for pid in targets {
-        match apply::apply(Pid(pid), &bytes, &opts) {
+    for o in targets::apply_object(&bytes, &targets(&req), &opts)? {
+        let pid = o.pid;
+        match o.result {
             Ok(a) => {
                 if !json {
-                    println!(
-                        "{id}: live in process {pid} ({} functions redirected, stopped {} us for the switch)",
+                    crate::out(&format!(
+                        "{id}: live in process {pid} ({} functions redirected, stopped {} us for the switch)\n",
                         a.redirects.len(),
                         a.stop_window_us
-                    );
+                    ));
                 }
-                results.push(json!({"pid": pid, "applied": true, "result": a}));
+                results.push(json!({"pid": pid.0, "applied": true, "result": a}));
             }
             Err(e) => {
                 failed += 1;
                 if !json {
                     eprintln!("suture: process {pid}: {e}");
                 }
-                results.push(json!({"pid": pid, "applied": false, "error": e.to_string()}));
+                results.push(json!({"pid": pid.0, "applied": false, "error": e.to_string()}));
             }
         }
     }
     if json {
-        println!(
-            "{}",
+        crate::out(&format!(
+            "{}\n",
             serde_json::to_string_pretty(&json!({"patch": id, "processes": results}))?
-        );
+        ));
     }
     Ok(if failed == 0 { exit::OK } else { exit::ERROR })
 }
 
 pub fn revert(id: &str, pids: &[i32], all: bool, timeout: f64, json: bool) -> Result<u8> {
     let timeout = seconds(timeout)?;
-    let targets: Vec<i32> = if all {
-        all_pids()
-            .into_iter()
-            .filter(|&p| {
-                apply::status(Pid(p))
-                    .map(|v| v.iter().any(|x| x.header.patch_id == id))
-                    .unwrap_or(false)
-            })
-            .collect()
-    } else {
-        pids.to_vec()
-    };
-    if targets.is_empty() {
-        bail!("patch {id:?} is not live in any process");
-    }
     let mut results = Vec::new();
     let mut failed = 0;
-    for pid in targets {
-        match apply::revert(Pid(pid), id, timeout) {
+    for o in targets::revert(id, &pids_or_all(pids, all), timeout)? {
+        let pid = o.pid;
+        match o.result {
             Ok(_) => {
                 if !json {
-                    println!("{id}: reverted in process {pid}");
+                    crate::out(&format!("{id}: reverted in process {pid}\n"));
                 }
-                results.push(json!({"pid": pid, "reverted": true}));
+                results.push(json!({"pid": pid.0, "reverted": true}));
             }
             Err(e) => {
                 failed += 1;
                 if !json {
                     eprintln!("suture: process {pid}: {e}");
                 }
-                results.push(json!({"pid": pid, "reverted": false, "error": e.to_string()}));
+                results.push(json!({"pid": pid.0, "reverted": false, "error": e.to_string()}));
             }
         }
     }
     if json {
-        println!(
-            "{}",
+        crate::out(&format!(
+            "{}\n",
             serde_json::to_string_pretty(&json!({"patch": id, "processes": results}))?
-        );
+        ));
     }
     Ok(if failed == 0 { exit::OK } else { exit::ERROR })
 }
@@ -174,23 +135,23 @@ fn hex(b: &[u8]) -> String {
 }
 
 pub fn status(pid: Option<i32>, json: bool) -> Result<u8> {
-    let pids = match pid {
-        Some(p) => vec![p],
-        None => all_pids(),
+    let which = match pid {
+        Some(p) => Targets::Pids(vec![Pid(p)]),
+        None => Targets::All,
     };
     let mut live: Vec<LivePatch> = Vec::new();
-    for p in pids {
-        match apply::status(Pid(p)) {
+    for o in targets::status(&which) {
+        match o.result {
             Ok(v) => live.extend(v),
-            Err(e) if pid.is_some() => bail!("process {p}: {e}"),
+            Err(e) if pid.is_some() => bail!("process {}: {e}", o.pid),
             Err(_) => {} // processes that vanish or cannot be read while scanning
         }
     }
     if json {
-        println!(
-            "{}",
+        crate::out(&format!(
+            "{}\n",
             serde_json::to_string_pretty(&json!({ "patches": live }))?
-        );
+        ));
         return Ok(exit::OK);
     }
     let mut text = String::new();

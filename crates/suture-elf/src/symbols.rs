@@ -1,0 +1,259 @@
+//! The symbols of one linked ELF file, as a loader sees them.
+
+use std::collections::HashMap;
+
+use object::elf;
+use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, Rela, SectionHeader, Sym as _};
+use object::{LittleEndian as LE, Object as _, ObjectSymbol, SymbolKind};
+
+use crate::ElfError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sym {
+    /// Link-time value (add the object's bias for the runtime address).
+    pub value: u64,
+    pub size: u64,
+    pub tls: bool,
+    pub ifunc: bool,
+}
+
+/// The symbols of one ELF file (an executable or a shared library).
+#[derive(Debug, Default)]
+pub struct ElfSymbols {
+    pub build_id: Option<Vec<u8>>,
+    /// `ET_DYN` (PIE or library): addresses move by the load bias.
+    pub relocatable: bool,
+    /// Link-time virtual address of the first `PT_LOAD` (page-aligned) and its file offset.
+    pub first_load: (u64, u64),
+    /// Defined global and weak symbols from `.symtab` and `.dynsym`.
+    pub globals: HashMap<String, Sym>,
+    /// Defined local symbols from `.symtab`, keyed by (source file, name).
+    pub locals: HashMap<(String, String), Vec<Sym>>,
+    /// `PT_TLS` size and alignment (for static TLS offsets of the executable).
+    pub tls: Option<(u64, u64)>,
+    /// True when the file has a `.symtab` (it is not stripped).
+    pub has_symtab: bool,
+    /// The dynamic relocations that fill GOT slots ld.so decides at run time: module ids and
+    /// TLS offsets (`DTPMOD64`, `TPOFF64`) and function addresses (`JUMP_SLOT`, `GLOB_DAT`,
+    /// `64`, `IRELATIVE`). Read back from the target's memory to learn what ld.so chose.
+    pub dyn_relocs: Vec<DynReloc>,
+    /// Link-time address ranges of the PLT sections (a lazy `JUMP_SLOT` still points there).
+    pub plt: Vec<std::ops::Range<u64>>,
+}
+
+/// One dynamic relocation of a GOT slot, as written in `.rela.dyn` / `.rela.plt`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DynReloc {
+    /// Link-time address of the slot (add the object's bias).
+    pub slot: u64,
+    pub r_type: u32,
+    /// The symbol's name; `None` for symbol 0 (the object itself: local TLS, `IRELATIVE`).
+    pub symbol: Option<String>,
+    pub addend: i64,
+}
+
+/// The dynamic relocation types [`ElfSymbols::dyn_relocs`] keeps.
+const KEPT_DYN_RELOCS: [u32; 6] = [
+    elf::R_X86_64_64.0,
+    elf::R_X86_64_GLOB_DAT.0,
+    elf::R_X86_64_JUMP_SLOT.0,
+    elf::R_X86_64_DTPMOD64.0,
+    elf::R_X86_64_TPOFF64.0,
+    elf::R_X86_64_IRELATIVE.0,
+];
+
+fn sym_of(s: &object::read::elf::ElfSymbol<'_, '_, elf::FileHeader64<LE>>) -> Sym {
+    Sym {
+        value: s.address(),
+        size: s.size(),
+        tls: s.kind() == SymbolKind::Tls,
+        ifunc: s.elf_symbol().st_type() == elf::STT_GNU_IFUNC,
+    }
+}
+
+impl ElfSymbols {
+    pub fn parse(path: &str, data: &[u8]) -> Result<ElfSymbols, ElfError> {
+        if data.get(4) == Some(&1) {
+            return Err(ElfError::Class32 {
+                path: path.to_string(),
+            });
+        }
+        let bad = |e: object::read::Error| ElfError::Unreadable {
+            path: path.to_string(),
+            reason: e.to_string(),
+        };
+        let file = ElfFile64::<LE>::parse(data).map_err(bad)?;
+        let endian = file.endian();
+        let header = file.elf_header();
+        let mut out = ElfSymbols {
+            build_id: file.build_id().map_err(bad)?.map(<[u8]>::to_vec),
+            relocatable: header.e_type(endian) == elf::ET_DYN,
+            ..Default::default()
+        };
+        let mut first = None;
+        for ph in file.elf_program_headers() {
+            match ph.p_type(endian) {
+                elf::PT_LOAD if first.is_none() => {
+                    let align = ph.p_align(endian).max(1);
+                    first = Some((
+                        ph.p_vaddr(endian) & !(align - 1),
+                        ph.p_offset(endian) & !(align - 1),
+                    ));
+                }
+                elf::PT_TLS => {
+                    out.tls = Some((ph.p_memsz(endian), ph.p_align(endian).max(1)));
+                }
+                _ => {}
+            }
+        }
+        out.first_load = first.unwrap_or((0, 0));
+        let mut file_name = String::new();
+        for s in file.symbols() {
+            out.has_symtab = true;
+            if s.kind() == SymbolKind::File {
+                file_name = s.name().unwrap_or("").to_string();
+                continue;
+            }
+            if s.is_undefined() || s.kind() == SymbolKind::Section {
+                continue;
+            }
+            let Ok(name) = s.name() else { continue };
+            if name.is_empty() {
+                continue;
+            }
+            if s.is_local() {
+                out.locals
+                    .entry((file_name.clone(), name.to_string()))
+                    .or_default()
+                    .push(sym_of(&s));
+            } else {
+                out.globals.entry(name.to_string()).or_insert(sym_of(&s));
+            }
+        }
+        let sections = file.elf_section_table();
+        let versions = sections.versions(endian, data).map_err(bad)?;
+        for s in file.dynamic_symbols() {
+            if s.is_undefined() || s.is_local() {
+                continue;
+            }
+            // Versioned names come without the version here: only the default version of a
+            // name (not hidden, `name@@VER`) is what a new reference binds to. libc has both
+            // an old `memcpy@GLIBC_2.2.5` and the default `memcpy@@GLIBC_2.14`.
+            if versions
+                .as_ref()
+                .is_some_and(|v| v.version_index(endian, s.index()).is_hidden())
+            {
+                continue;
+            }
+            let Ok(name) = s.name() else { continue };
+            out.globals.entry(name.to_string()).or_insert(sym_of(&s));
+        }
+        let dynsym = file.elf_dynamic_symbol_table();
+        for section in sections.iter() {
+            let name = sections.section_name(endian, section).unwrap_or_default();
+            if matches!(name, b".plt" | b".plt.sec" | b".plt.got") {
+                let start = section.sh_addr(endian);
+                out.plt.push(start..start + section.sh_size(endian));
+            }
+            let Some((relas, link)) = section.rela(endian, data).map_err(bad)? else {
+                continue;
+            };
+            // Only relocations against the dynamic symbol table are run-time ones.
+            if dynsym.is_empty() || link != dynsym.section() {
+                continue;
+            }
+            for r in relas {
+                let r_type = r.r_type(endian, false).0;
+                if !KEPT_DYN_RELOCS.contains(&r_type) {
+                    continue;
+                }
+                let symbol = match r.symbol(endian, false) {
+                    None => None,
+                    Some(i) => {
+                        let sym = dynsym.symbol(i).map_err(bad)?;
+                        let name = sym.name(endian, dynsym.strings()).map_err(bad)?;
+                        Some(String::from_utf8_lossy(name).into_owned())
+                    }
+                };
+                out.dyn_relocs.push(DynReloc {
+                    slot: r.r_offset(endian),
+                    r_type,
+                    symbol,
+                    addend: r.r_addend(endian),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// True when the link-time address `addr` lies in a PLT section.
+    pub fn in_plt(&self, addr: u64) -> bool {
+        self.plt.iter().any(|r| r.contains(&addr))
+    }
+
+    /// Adds the symbols of `twin` that this file lacks (a stripped file keeps its dynamic
+    /// symbols and gains the statics and globals of its unstripped twin, e.g. those a patch
+    /// bundle records). The caller guarantees both describe the same build (same build-id).
+    pub fn add_missing(&mut self, twin: &ElfSymbols) {
+        for (name, sym) in &twin.globals {
+            self.globals.entry(name.clone()).or_insert(*sym);
+        }
+        for (key, syms) in &twin.locals {
+            self.locals
+                .entry(key.clone())
+                .or_insert_with(|| syms.clone());
+        }
+        self.has_symtab |= twin.has_symtab;
+    }
+
+    /// Load bias for a file whose first `PT_LOAD` is mapped at `start` (the mapping of file
+    /// offset 0).
+    pub fn bias(&self, start: impl Into<u64>) -> u64 {
+        if self.relocatable {
+            start.into().wrapping_sub(self.first_load.0)
+        } else {
+            0
+        }
+    }
+
+    /// Thread-pointer offset of a TLS symbol of the *executable* (variant II static TLS: the
+    /// executable's block sits immediately below the thread pointer).
+    pub fn exec_tls_offset(&self, sym: &Sym) -> Option<i64> {
+        let (size, align) = self.tls?;
+        let block = size.div_ceil(align) * align;
+        Some(sym.value as i64 - block as i64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_offsets_follow_variant_ii() {
+        let s = ElfSymbols {
+            tls: Some((12, 8)),
+            ..Default::default()
+        };
+        let sym = Sym {
+            value: 4,
+            size: 4,
+            tls: true,
+            ifunc: false,
+        };
+        // Block rounded to 16 bytes below the thread pointer; the symbol is 4 bytes into it.
+        assert_eq!(s.exec_tls_offset(&sym), Some(-12));
+    }
+
+    #[test]
+    fn bias_of_pie_and_fixed_executables() {
+        let mut s = ElfSymbols {
+            relocatable: true,
+            ..Default::default()
+        };
+        assert_eq!(s.bias(0x5555_5555_4000u64), 0x5555_5555_4000);
+        s.relocatable = false;
+        s.first_load = (0x400000, 0);
+        assert_eq!(s.bias(0x400000u64), 0);
+    }
+}
