@@ -317,6 +317,11 @@ fn main() -> ExitCode {
         Command::Kernel { command } => kernel_cmd::run(command),
     };
     match result {
+        Ok(code)
+            if code == exit::OK && OUTPUT_FAILED.load(std::sync::atomic::Ordering::Relaxed) =>
+        {
+            ExitCode::from(exit::ERROR)
+        }
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("suture: error: {e:#}");
@@ -338,20 +343,32 @@ fn init_logging(level: Option<&str>) {
         .try_init();
 }
 
-/// Writes command output to stdout. A closed pipe (`suture status | head`) ends the program
-/// quietly, as other command-line tools do, instead of panicking.
+/// Set once stdout could not be written for another reason than a closed pipe.
+static OUTPUT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Set once stdout is gone (closed pipe or error): later output is dropped.
+static OUTPUT_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes command output to stdout. A closed pipe (`suture status | head`) never panics and
+/// never ends the program early: a command that changes processes or the kernel (`apply
+/// --all`, `revert --all`, `kernel load`) finishes its work and returns its own exit code;
+/// only the rest of its output is dropped, as the reader asked. Another write error is
+/// reported once and makes the exit status 1.
 pub fn out(text: &str) {
     use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if OUTPUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = stdout
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
     {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(exit::OK.into());
+        OUTPUT_GONE.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            OUTPUT_FAILED.store(true, Ordering::Relaxed);
+            eprintln!("suture: error: cannot write output: {e}");
         }
-        eprintln!("suture: error: cannot write output: {e}");
-        std::process::exit(exit::ERROR.into());
     }
 }
 

@@ -169,6 +169,42 @@ fn apply_all_patches_every_process_of_the_object_and_revert_all_reverts_them() {
     assert!(live(&pids).is_empty());
 }
 
+/// `suture apply --all ... | head -0`: the reader is gone before the first process is
+/// reported. Every process is still patched (a closed pipe drops output, never work), and the
+/// exit status is the apply's own. Regression: the first write used to end suture at once.
+#[test]
+fn apply_all_into_a_closed_pipe_still_patches_every_process() {
+    let dir = work("closed-pipe");
+    let (prog, patch) = build(&dir);
+    let a = Running::start(&prog);
+    let b = Running::start(&prog);
+    let id = format!("pipe-{}", std::process::id());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_suture"))
+        .args(["apply", patch.to_str().unwrap(), "--all", "--object"])
+        .arg(&prog)
+        .args(["--id", &id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let mut both = vec![a.pid(), b.pid()];
+    both.sort();
+    assert_eq!(
+        live(&both),
+        both.iter().map(|&p| (p, id.clone())).collect::<Vec<_>>()
+    );
+    a.wait_for("answer=2 sigs=0");
+    b.wait_for("answer=2 sigs=0");
+    let out = suture(&["revert", &id, "--all"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(live(&both).is_empty());
+}
+
 /// suture running as an unprivileged user may not trace a root process: exit 1, a message
 /// naming the reason, and the target carries on untouched.
 #[test]
