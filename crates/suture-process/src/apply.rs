@@ -407,6 +407,13 @@ fn unmap(pid: Pid, site: &SyscallSite, base: RemoteAddr, size: u64) -> Outcome {
     });
     match done {
         Ok(()) => Outcome::RolledBack,
+        Err(
+            e @ (crate::error::Error::NoSuchProcess { .. } | crate::error::Error::Zombie { .. }),
+        ) => {
+            tracing::debug!(pid = pid.0, %e, "the target died before its region was released");
+            Outcome::Exited
+        }
+        Err(e) if e.target_exited() => Outcome::Exited,
         Err(e) => {
             tracing::error!(pid = pid.0, %e, "could not release the patch region");
             Outcome::RolledBack
@@ -593,7 +600,7 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
             unmap(pid, &site, base, size)
         };
         match e {
-            ApplyError::Process { source, .. } => ApplyError::Process { source, outcome },
+            ApplyError::Process { source, .. } => ApplyError::process(source, outcome),
             ApplyError::Busy {
                 function,
                 tid,
