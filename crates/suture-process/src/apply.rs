@@ -1,9 +1,10 @@
 //! Applying, reverting and listing live patches in a running process.
 //!
 //! Apply, in order, and what the target is doing meanwhile:
-//! 1. *(running)* Parse the patch, read the patched object's and libraries' symbols and unwind
-//!    tables, resolve every symbol, choose a free range within rel32 reach, link the patch for
-//!    it, compute the jumps (`redirect_writes`), generate the commit routine.
+//! 1. *(running, `prepare`)* Parse the patch, read the patched object's and libraries'
+//!    symbols and unwind tables, resolve every symbol, choose a free range within rel32 reach,
+//!    link the patch for it, compute the jumps (`redirect_writes`), generate the commit
+//!    routine.
 //! 2. *(stopped briefly, `map_region`)* Map the region at that address with its final
 //!    protections (W^X).
 //! 3. *(running)* Write code, data, header (state "loaded") and routine through /proc/PID/mem.
@@ -421,9 +422,29 @@ fn unmap(pid: Pid, site: &SyscallSite, base: RemoteAddr, size: u64) -> Outcome {
     }
 }
 
-/// Applies a patch object to a running process.
-pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, ApplyError> {
-    // 1. Everything that can be done while the target runs.
+/// Everything apply decides and builds while the target runs: the linked patch, the jumps and
+/// the commit routine, where the region goes, and what the stack check must look for.
+struct Prepared {
+    maps: Maps,
+    mem: ProcessMemory,
+    unwind: UnwindInfo,
+    busy: Vec<BusyRange>,
+    site: SyscallSite,
+    commit: Commit,
+    region: Region,
+    code_addr: RemoteAddr,
+    block_addr: RemoteAddr,
+    header_bytes: Vec<u8>,
+    /// The linked segments to write (empty for a reused region: its bytes are there).
+    segments: Vec<(Segment, RemoteAddr, Vec<u8>)>,
+    redirects: Vec<Redirect>,
+    replaced: Option<LivePatch>,
+    /// Regions an interrupted apply left behind (never switched, so nothing points into them).
+    leftovers: Vec<(RemoteAddr, u64)>,
+}
+
+/// Step 1 of [`apply`]: everything that can be done while the target runs.
+fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, ApplyError> {
     let plan = Plan::new(patch, PAGE)?;
     let functions = manifest_functions(&plan)?;
     // Refusals that need no file of the target (gone, zombie, traced, no permission, 32-bit).
@@ -565,27 +586,50 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         .map(|p| (RemoteAddr(p.base), p.header.region_size))
         .collect();
 
-    // 2. Map the region with its final protections (and release leftovers in the same stop);
-    //    a reused region is mapped already.
     let text_at = base.offset(plan.segment_offset(Segment::Text));
     let text_len = plan.segment_offset(Segment::Rodata) - plan.segment_offset(Segment::Text);
     let data_at = base.offset(plan.segment_offset(Segment::Data));
     let data_len = plan_size - plan.segment_offset(Segment::Data);
-    if !reused || !leftovers.is_empty() {
-        map_region(
-            pid,
-            &site,
-            &commit,
-            &leftovers,
-            &Region {
-                base,
-                size,
-                text: (text_at, text_len),
-                data: (data_at, data_len),
-                code: (code_addr, code_pages * PAGE),
-                reused,
-            },
-        )?;
+    Ok(Prepared {
+        region: Region {
+            base,
+            size,
+            text: (text_at, text_len),
+            data: (data_at, data_len),
+            code: (code_addr, code_pages * PAGE),
+            reused,
+        },
+        segments: if reused { Vec::new() } else { linked.segments },
+        maps,
+        mem,
+        unwind,
+        busy,
+        site,
+        commit,
+        code_addr,
+        block_addr,
+        header_bytes,
+        redirects,
+        replaced,
+        leftovers,
+    })
+}
+
+/// Applies a patch object to a running process: [`prepare`] while it runs, map the region
+/// (one short stop, skipped for a reused region), write it while it runs, then [`switch`]
+/// (stop, stack check, commit).
+pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, ApplyError> {
+    // 1. Everything that can be done while the target runs.
+    let p = prepare(pid, patch, opts)?;
+    let Region {
+        base, size, reused, ..
+    } = p.region;
+    let mem = &p.mem;
+
+    // 2. Map the region with its final protections (and release leftovers in the same stop);
+    //    a reused region is mapped already.
+    if !reused || !p.leftovers.is_empty() {
+        map_region(pid, &p.site, &p.commit, &p.leftovers, &p.region)?;
     }
     crate::failpoint::hit("apply:mapped");
     let fail = |e: ApplyError| -> ApplyError {
@@ -597,7 +641,7 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
             );
             Outcome::Untouched
         } else {
-            unmap(pid, &site, base, size)
+            unmap(pid, &p.site, base, size)
         };
         match e {
             ApplyError::Process { source, .. } => ApplyError::process(source, outcome),
@@ -619,32 +663,30 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         }
     };
 
-    // 3. Write everything while the target runs (nothing refers to the region yet).
+    // 3. Write everything while the target runs (nothing refers to the region yet). A reused
+    //    region's code and read-only data are identical already; its data keeps the values
+    //    the program gave it.
     let written = (|| {
-        mem.write(base, &header_bytes)?;
-        // A reused region's code and read-only data are identical already; its data keeps
-        // the values the program gave it.
-        if !reused {
-            for (_, addr, bytes) in &linked.segments {
-                mem.write(*addr, bytes)?;
-            }
+        mem.write(base, &p.header_bytes)?;
+        for (_, addr, bytes) in &p.segments {
+            mem.write(*addr, bytes)?;
         }
-        mem.write(code_addr, &commit.code)?;
-        mem.write(block_addr, &commit.block)
+        mem.write(p.code_addr, &p.commit.code)?;
+        mem.write(p.block_addr, &p.commit.block)
     })();
     written.map_err(|e| fail(ApplyError::process(e, Outcome::Untouched)))?;
     crate::failpoint::hit("apply:written");
 
-    // 4. The switch.
+    // 4. The switch: stop, stack check, commit.
     let done = switch(
         pid,
         &Switch {
-            maps: &maps,
-            unwind: &unwind,
-            busy: &busy,
-            commit: &commit,
-            code_addr,
-            block_addr,
+            maps: &p.maps,
+            unwind: &p.unwind,
+            busy: &p.busy,
+            commit: &p.commit,
+            code_addr: p.code_addr,
+            block_addr: p.block_addr,
             state_addr: base.offset(Header::STATE_OFFSET),
             want: State::Live,
             timeout: opts.timeout,
@@ -654,15 +696,15 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         |_| {},
     )
     .map_err(fail)?;
-    tracing::info!(pid = pid.0, patch = %opts.patch_id, functions = redirects.len(), "patch applied");
+    tracing::info!(pid = pid.0, patch = %opts.patch_id, functions = p.redirects.len(), "patch applied");
     Ok(Applied {
         pid: pid.0,
         base: base.0,
         size,
-        redirects,
+        redirects: p.redirects,
         attempts: done.attempts,
         stop_window_us: done.window.as_micros() as u64,
-        replaced: replaced.map(|p| p.header.patch_id),
+        replaced: p.replaced.map(|r| r.header.patch_id),
     })
 }
 
