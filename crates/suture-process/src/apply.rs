@@ -81,6 +81,10 @@ pub enum ApplyError {
     },
     #[error("{0} ({outcome})", outcome = outcome_word(*.1))]
     Target(String, Outcome),
+    /// Applying a patch whose id is live already would stack a second copy, and a later
+    /// revert would take off one copy while the fix still runs.
+    #[error("patch {patch_id:?} is already live in process {pid} (target untouched); revert it first, or apply with --replace {patch_id} to swap in this version")]
+    AlreadyLive { patch_id: String, pid: i32 },
 }
 
 fn outcome_word(o: Outcome) -> &'static str {
@@ -109,7 +113,9 @@ impl ApplyError {
     /// What became of the target.
     pub fn outcome(&self) -> Outcome {
         match self {
-            ApplyError::Patch(_) | ApplyError::Link(_) => Outcome::Untouched,
+            ApplyError::Patch(_) | ApplyError::Link(_) | ApplyError::AlreadyLive { .. } => {
+                Outcome::Untouched
+            }
             ApplyError::Process { outcome, .. }
             | ApplyError::Busy { outcome, .. }
             | ApplyError::Target(_, outcome) => *outcome,
@@ -462,6 +468,15 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
         }
         None => None,
     };
+    // The same id live already (and not the one being swapped out): a second copy.
+    if opts.replace.as_deref() != Some(opts.patch_id.as_str())
+        && latest_live(&existing, &opts.patch_id, pid).is_ok()
+    {
+        return Err(ApplyError::AlreadyLive {
+            patch_id: opts.patch_id.clone(),
+            pid: pid.0,
+        });
+    }
     let mut loaded = load_objects(pid, &maps, opts.object.as_deref(), opts.build_id.as_deref())?;
     if let Some(extra) = &opts.symbols {
         loaded.mapped[loaded.patched].symbols.add_missing(extra);

@@ -93,6 +93,64 @@ fn apply_changes_behaviour_and_revert_restores_it() {
     assert!(st != "T" && st != "t", "target left stopped: {st}");
 }
 
+/// Applying a patch whose id is live already is refused and changes nothing: a second copy
+/// would make a later revert report "reverted" while the fix still runs. `--replace` with
+/// the same id swaps the version in place instead. Regression: each apply stacked a copy.
+#[test]
+fn applying_a_live_patch_again_is_refused_not_stacked() {
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "apply", "again");
+    let (prog, patch) = build(&dir);
+    let (child, lines) = spawn_lines(&mut Command::new(&prog));
+    lines.wait_for("v=1 s=31");
+    let pid = Pid(child.0.id() as i32);
+    let opts = ApplyOptions {
+        patch_id: "fix".into(),
+        timeout: TIMEOUT,
+        ..Default::default()
+    };
+    apply(pid, &patch, &opts).expect("apply");
+    lines.wait_for("v=2 s=1031");
+    let before = status(pid).unwrap();
+    let err = apply(pid, &patch, &opts).unwrap_err();
+    assert!(
+        matches!(err, suture_process::apply::ApplyError::AlreadyLive { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("target untouched"), "{err}");
+    let after = status(pid).unwrap();
+    assert_eq!(after.len(), before.len(), "no region was added");
+    assert_eq!(
+        after
+            .iter()
+            .filter(|p| p.header.state == State::Live)
+            .count(),
+        1
+    );
+    // The same id as its own replacement: one live copy still.
+    let swapped = apply(
+        pid,
+        &patch,
+        &ApplyOptions {
+            replace: Some("fix".into()),
+            ..opts.clone()
+        },
+    )
+    .expect("replace in place");
+    assert_eq!(swapped.replaced.as_deref(), Some("fix"));
+    lines.wait_for("v=2 s=1031");
+    let live = status(pid).unwrap();
+    assert_eq!(
+        live.iter()
+            .filter(|p| p.header.state == State::Live)
+            .count(),
+        1
+    );
+    // One revert brings the original back.
+    revert(pid, "fix", TIMEOUT).expect("revert");
+    lines.wait_for("v=1 s=31");
+    assert!(no_live(pid));
+}
+
 /// The unit patched lives in a shared library the program loads: the patch is bound to the
 /// library (`object`), its statics resolve in the library's symbol table.
 #[test]
