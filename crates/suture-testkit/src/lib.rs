@@ -50,6 +50,22 @@ pub fn text(o: &std::process::Output) -> String {
     )
 }
 
+/// Runs `cmd` with its stdout a pipe whose reader is gone before it writes (`cmd | head -0`),
+/// capturing stderr; checks that it did not panic.
+pub fn run_into_closed_pipe(cmd: &mut std::process::Command) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{cmd:?} panicked:\n{err}");
+    out
+}
+
 /// Runs `cmd` to completion, capturing its output.
 pub fn run(cmd: &mut std::process::Command) -> std::process::Output {
     cmd.output()

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use suture_testkit::cc::gcc;
-use suture_testkit::{spawn_lines, text, KillOnDrop, Lines, Scratch};
+use suture_testkit::{run_into_closed_pipe, spawn_lines, text, KillOnDrop, Lines, Scratch};
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -179,19 +179,13 @@ fn apply_all_into_a_closed_pipe_still_patches_every_process() {
     let a = Running::start(&prog);
     let b = Running::start(&prog);
     let id = format!("pipe-{}", std::process::id());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_suture"))
-        .args(["apply", patch.to_str().unwrap(), "--all", "--object"])
-        .arg(&prog)
-        .args(["--id", &id])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let out = run_into_closed_pipe(
+        Command::new(env!("CARGO_BIN_EXE_suture"))
+            .args(["apply", patch.to_str().unwrap(), "--all", "--object"])
+            .arg(&prog)
+            .args(["--id", &id]),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let mut both = vec![a.pid(), b.pid()];
     both.sort();
     assert_eq!(

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use suture_testkit::cc::run_cc;
-use suture_testkit::Scratch;
+use suture_testkit::{run_into_closed_pipe, text, Scratch};
 
 fn work(name: &str) -> Scratch {
     Scratch::new(env!("CARGO_TARGET_TMPDIR"), "cli", name)
@@ -168,34 +168,20 @@ fn a_closed_pipe_ends_quietly() {
     };
     let a = object(&d, "a", &src(1));
     let b = object(&d, "b", &src(2));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_suture"))
-        .arg("diff")
-        .arg(&a)
-        .arg(&b)
-        .arg("--json")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take()); // the reader goes away at once, like `| head -0`
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let out = run_into_closed_pipe(
+        Command::new(env!("CARGO_BIN_EXE_suture"))
+            .arg("diff")
+            .arg(&a)
+            .arg(&b)
+            .arg("--json"),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
 #[test]
 fn status_json_into_a_closed_pipe_ends_quietly() {
     // `suture status --json | head -0`: the reader is gone before suture writes anything.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_suture"))
-        .args(["status", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let out =
+        run_into_closed_pipe(Command::new(env!("CARGO_BIN_EXE_suture")).args(["status", "--json"]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
