@@ -7,11 +7,10 @@
 //! Each test copies its project into its own directory under the target dir, so tests run in
 //! parallel; every spawned program is killed by a guard.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+
+use suture_testkit::{run, spawn_lines, text, KillOnDrop, Lines};
 
 fn projects() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../suture-build/tests/projects")
@@ -90,19 +89,7 @@ fn make_diff(w: &Path, src: &Path, edits: &[(&str, &str, &str)]) -> PathBuf {
 }
 
 fn suture<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_suture"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    run(Command::new(env!("CARGO_BIN_EXE_suture")).args(args))
 }
 
 /// `suture build --json`; returns the exit code and the report.
@@ -137,28 +124,20 @@ fn build(
     (code, v, o)
 }
 
-/// A running fixture program; killed on drop.
+/// A running fixture program (the kit's kill-on-drop child and its stdout lines).
 struct Running {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    child: KillOnDrop,
+    lines: Lines,
 }
 
 impl Running {
     fn spawn(exe: &Path, env: &[(&str, &Path)]) -> Running {
         let mut cmd = Command::new(exe);
-        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+        cmd.stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap();
-        let out = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let l2 = lines.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                l2.lock().unwrap().push(l);
-            }
-        });
+        let (child, lines) = spawn_lines(&mut cmd);
         Running { child, lines }
     }
 
@@ -166,33 +145,16 @@ impl Running {
         self.child.id().to_string()
     }
 
-    /// Waits until a line printed after this call contains `want`.
+    /// Waits (within the kit's bound) for a line printed after this call that contains `want`.
     fn wait_for(&self, want: &str) {
-        let start = self.lines.lock().unwrap().len();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            {
-                let l = self.lines.lock().unwrap();
-                if l[start..].iter().any(|x| x.contains(want)) {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line with {want:?}; last: {:?}",
-                self.lines.lock().unwrap().last()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.lines.drain();
+        self.lines.wait_for(want);
     }
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// `--timeout` of applies and reverts that must succeed: the kit's bound, so that a loaded
+/// machine never turns a briefly busy function into a failure.
+const T: &str = "60";
 
 fn ok(o: &Output) {
     assert!(o.status.success(), "{}", text(o));
@@ -246,11 +208,22 @@ fn round_trip(src: &Path, w: &Path, build_cmd: &str, exe: &Path, env: &[(&str, &
         out.join("prog.suture").to_str().unwrap(),
         "--pid",
         &pid,
+        "--timeout",
+        T,
     ]));
-    ok(&suture(&["apply", &lib, "--pid", &pid, "--id", "lib"]));
+    ok(&suture(&[
+        "apply",
+        &lib,
+        "--pid",
+        &pid,
+        "--id",
+        "lib",
+        "--timeout",
+        T,
+    ]));
     p.wait_for(AFTER);
-    ok(&suture(&["revert", "lib", "--pid", &pid]));
-    ok(&suture(&["revert", "fix", "--pid", &pid]));
+    ok(&suture(&["revert", "lib", "--pid", &pid, "--timeout", T]));
+    ok(&suture(&["revert", "fix", "--pid", &pid, "--timeout", T]));
     p.wait_for(BEFORE);
 }
 
@@ -542,7 +515,13 @@ fn targets_bind_by_build_id() {
     // `--all` finds the process by build-id (unique to this test's build: paths are in it).
     let p = Running::spawn(&target, &[]);
     p.wait_for(BEFORE);
-    let o = suture(&["apply", out.join("prog.suture").to_str().unwrap(), "--all"]);
+    let o = suture(&[
+        "apply",
+        out.join("prog.suture").to_str().unwrap(),
+        "--all",
+        "--timeout",
+        T,
+    ]);
     ok(&o);
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(&format!("live in process {}", p.pid())),
@@ -550,7 +529,14 @@ fn targets_bind_by_build_id() {
         text(&o)
     );
     p.wait_for("limit=7 scale=20 answer=42 v=2");
-    ok(&suture(&["revert", "fix", "--pid", &p.pid()]));
+    ok(&suture(&[
+        "revert",
+        "fix",
+        "--pid",
+        &p.pid(),
+        "--timeout",
+        T,
+    ]));
     p.wait_for(BEFORE);
 
     // A damaged bundle is refused before anything else happens.
