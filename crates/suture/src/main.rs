@@ -32,6 +32,13 @@ Exit status:
   2  at least one change cannot be live-patched
   3  no functional change";
 
+/// Exit status of the commands that act on processes or the kernel, or only read them.
+pub(crate) const EXIT_HELP_ACT: &str = "\
+Exit status:
+  0  done in every process (or kernel) asked
+  1  error or refusal in at least one of them; each is reported with what happened to it
+     (untouched, rolled back to its original code, exited)";
+
 #[derive(Parser)]
 #[command(
     name = "suture",
@@ -68,6 +75,7 @@ enum Command {
     },
     /// Apply a patch object (from `suture diff -o`) to running processes, without restarting
     /// them. Exit status 0 only when it is live in every process asked.
+    #[command(after_help = EXIT_HELP_ACT)]
     Apply {
         /// A patch bundle (from `suture build`) or a patch object (from `suture diff -o`).
         patch: PathBuf,
@@ -99,6 +107,7 @@ enum Command {
         json: bool,
     },
     /// Revert a live patch by its id (the name shown by `suture status`).
+    #[command(after_help = EXIT_HELP_ACT)]
     Revert {
         /// The patch id.
         id: String,
@@ -117,6 +126,7 @@ enum Command {
     },
     /// Show the live patches of one process or of every process, read from the processes
     /// themselves (no state on disk).
+    #[command(after_help = EXIT_HELP_ACT)]
     Status {
         /// Only this process.
         #[arg(long, value_name = "PID")]
@@ -127,6 +137,7 @@ enum Command {
     },
     /// Manage live patches of the running Linux kernel (livepatch modules, through
     /// /sys/kernel/livepatch): load, unload, status.
+    #[command(after_help = EXIT_HELP_ACT)]
     Kernel {
         #[command(subcommand)]
         command: kernel_cmd::KernelCommand,
@@ -206,6 +217,7 @@ enum Command {
     /// Run suture on a built-in example: start a small network service with a memory leak bug,
     /// show the leak, patch it live under load from a shipped fix, show the leak is gone,
     /// revert, and clean up (needs gcc, make and patch).
+    #[command(after_help = "Exit status:\n  0  the demo ran to its end\n  1  error")]
     Demo {
         /// Keep the working directory (printed) instead of deleting it.
         #[arg(long)]

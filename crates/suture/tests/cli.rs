@@ -157,6 +157,29 @@ fn usage_errors_exit_1_not_2() {
     );
 }
 
+/// Every subcommand's `--help` states its exit codes.
+#[test]
+fn every_subcommand_help_states_its_exit_status() {
+    for cmd in [
+        &["diff"][..],
+        &["apply"],
+        &["revert"],
+        &["status"],
+        &["build"],
+        &["demo"],
+        &["kernel", "load"],
+        &["kernel", "unload"],
+        &["kernel", "status"],
+    ] {
+        let mut args: Vec<&std::ffi::OsStr> = cmd.iter().map(|a| a.as_ref()).collect();
+        args.push("--help".as_ref());
+        let out = suture(&args);
+        assert_eq!(out.status.code(), Some(0), "{cmd:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("Exit status:\n  0  "), "{cmd:?}: {help}");
+    }
+}
+
 #[test]
 fn a_closed_pipe_ends_quietly() {
     let d = work("epipe");
