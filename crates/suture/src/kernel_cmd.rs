@@ -24,7 +24,7 @@ pub enum KernelCommand {
     /// A module built by `suture build --kernel` records the release and vmlinux build-id of
     /// its target kernel; it is refused on any other kernel. Modules it depends on that are
     /// not loaded are loaded with modprobe first.
-    #[command(after_help = crate::EXIT_HELP_ACT)]
+    #[command(after_help = crate::EXIT_HELP_KERNEL)]
     Load {
         /// The livepatch module (.ko, built for the running kernel).
         patch: PathBuf,
@@ -47,7 +47,7 @@ pub enum KernelCommand {
     /// Disable a kernel live patch, wait until no task runs its code, and remove its module.
     /// A transition that does not finish in --timeout is reversed (the patch stays enabled)
     /// unless --force is given.
-    #[command(after_help = crate::EXIT_HELP_ACT)]
+    #[command(after_help = crate::EXIT_HELP_KERNEL)]
     Unload {
         /// The patch name (as `suture kernel status` shows it) or its .ko file.
         patch: String,
@@ -64,7 +64,7 @@ pub enum KernelCommand {
     },
     /// List the kernel's live patches: state, patched objects and functions, and the tasks
     /// blocking a transition in progress.
-    #[command(after_help = crate::EXIT_HELP_ACT)]
+    #[command(after_help = crate::EXIT_HELP_KERNEL)]
     Status {
         /// Only this patch (an error if it is not live).
         patch: Option<String>,

@@ -32,10 +32,17 @@ Exit status:
   2  at least one change cannot be live-patched
   3  no functional change";
 
-/// Exit status of the commands that act on processes or the kernel, or only read them.
+/// Exit status of the kernel commands.
+pub(crate) const EXIT_HELP_KERNEL: &str = "\
+Exit status:
+  0  done
+  1  error or refusal; the message says which code the kernel runs (its original code, or
+     the patch still fully enabled)";
+
+/// Exit status of the commands that act on processes, or only read them.
 pub(crate) const EXIT_HELP_ACT: &str = "\
 Exit status:
-  0  done in every process (or kernel) asked
+  0  done in every process asked
   1  error or refusal in at least one of them; each is reported with what happened to it
      (untouched, rolled back to its original code, exited)";
 
@@ -137,7 +144,7 @@ enum Command {
     },
     /// Manage live patches of the running Linux kernel (livepatch modules, through
     /// /sys/kernel/livepatch): load, unload, status.
-    #[command(after_help = EXIT_HELP_ACT)]
+    #[command(after_help = EXIT_HELP_KERNEL)]
     Kernel {
         #[command(subcommand)]
         command: kernel_cmd::KernelCommand,
