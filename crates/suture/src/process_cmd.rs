@@ -140,17 +140,32 @@ pub fn status(pid: Option<i32>, json: bool) -> Result<u8> {
         None => Targets::All,
     };
     let mut live: Vec<LivePatch> = Vec::new();
+    // Processes that exist but could not be read: their patches, if any, are not listed.
+    let mut unreadable: Vec<(i32, String)> = Vec::new();
     for o in targets::status(&which) {
         match o.result {
             Ok(v) => live.extend(v),
             Err(e) if pid.is_some() => bail!("process {}: {e}", o.pid),
-            Err(_) => {} // processes that vanish or cannot be read while scanning
+            // A process that ended during the scan has nothing to show.
+            Err(_) if !Path::new(&format!("/proc/{}", o.pid.0)).exists() => {}
+            Err(e) => unreadable.push((o.pid.0, e.to_string())),
         }
     }
+    if let Some((p, why)) = unreadable.first() {
+        eprintln!(
+            "suture: warning: {} process(es) could not be read, so their patches are not \
+             listed (process {p}: {why})",
+            unreadable.len()
+        );
+    }
     if json {
+        let unreadable: Vec<_> = unreadable
+            .iter()
+            .map(|(p, why)| json!({"pid": p, "error": why}))
+            .collect();
         crate::out(&format!(
             "{}\n",
-            serde_json::to_string_pretty(&json!({ "patches": live }))?
+            serde_json::to_string_pretty(&json!({ "patches": live, "unreadable": unreadable }))?
         ));
         return Ok(exit::OK);
     }

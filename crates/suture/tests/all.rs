@@ -241,3 +241,50 @@ fn apply_without_permission_is_refused() {
     t.wait_for("answer=1 sigs=0");
     assert!(live(&[t.pid()]).is_empty());
 }
+
+/// `status` over every process says which processes could not be read (their patches would be
+/// missing from the list): a root process is unreadable to an unprivileged user, and readable
+/// to root.
+#[test]
+fn status_says_when_processes_could_not_be_read() {
+    let dir = work("unreadable");
+    let (prog, _) = build(&dir);
+    let t = Running::start(&prog);
+    let unreadable_pids = |out: &Output| -> Vec<i64> {
+        assert_eq!(out.status.code(), Some(0), "{}", text(out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        v["unreadable"]
+            .as_array()
+            .expect("an unreadable array")
+            .iter()
+            .map(|u| u["pid"].as_i64().unwrap())
+            .collect()
+    };
+    let out = suture(&["status", "--json"]);
+    assert!(
+        !unreadable_pids(&out).contains(&(t.pid() as i64)),
+        "{}",
+        text(&out)
+    );
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_suture"))
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        unreadable_pids(&out).contains(&(t.pid() as i64)),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("could not be read"),
+        "{}",
+        text(&out)
+    );
+}
