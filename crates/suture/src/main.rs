@@ -113,10 +113,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Revert a live patch by its id (the name shown by `suture status`).
+    /// Revert a live patch by its id (the name shown by `suture status`) or by the file it was
+    /// applied from.
     #[command(after_help = EXIT_HELP_ACT)]
     Revert {
-        /// The patch id.
+        /// The patch id, or the bundle or patch object that was applied (its id is read from
+        /// the bundle, or is the object's file stem as `apply` records by default).
+        #[arg(value_name = "ID|FILE")]
         id: String,
         /// Process to revert in (repeat for several).
         #[arg(long = "pid", value_name = "PID", required_unless_present = "all")]

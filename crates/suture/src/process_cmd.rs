@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::json;
 use suture_process::apply::{ApplyOptions, LivePatch};
 use suture_process::header::State;
@@ -99,8 +99,31 @@ pub fn apply(patch: &Path, req: ApplyRequest) -> Result<u8> {
     Ok(if failed == 0 { exit::OK } else { exit::ERROR })
 }
 
-pub fn revert(id: &str, pids: &[i32], all: bool, timeout: f64, json: bool) -> Result<u8> {
+/// The patch id `revert` means by `arg`: a bundle file stands for the id in its manifest, a
+/// patch object (`*.o`) for its file stem (the id `apply` records by default); anything else
+/// is the id itself.
+fn patch_id_of(arg: &str) -> Result<String> {
+    let path = Path::new(arg);
+    if !path.is_file() {
+        return Ok(arg.to_string());
+    }
+    let bytes = crate::read(path)?;
+    if suture_bundle::is_bundle(&bytes) {
+        let b = suture_bundle::decode(&bytes)
+            .with_context(|| format!("{} is not a valid bundle", path.display()))?;
+        return Ok(b.manifest.patch_id);
+    }
+    if bytes.starts_with(b"\x7fELF") {
+        if let Some(stem) = path.file_stem() {
+            return Ok(stem.to_string_lossy().into_owned());
+        }
+    }
+    Ok(arg.to_string())
+}
+
+pub fn revert(arg: &str, pids: &[i32], all: bool, timeout: f64, json: bool) -> Result<u8> {
     let timeout = seconds(timeout)?;
+    let id = &patch_id_of(arg)?;
     let mut results = Vec::new();
     let mut failed = 0;
     for o in targets::revert(id, &pids_or_all(pids, all), timeout)? {

@@ -288,3 +288,26 @@ fn status_says_when_processes_could_not_be_read() {
         text(&out)
     );
 }
+
+/// `revert` takes the patch object that was applied: its id is the file stem, as `apply`
+/// records by default.
+#[test]
+fn revert_by_the_applied_patch_file() {
+    let dir = work("revert-by-file");
+    let (prog, patch) = build(&dir);
+    let t = Running::start(&prog);
+    let pid = t.pid().to_string();
+    let p = patch.to_str().unwrap();
+    let out = suture(&["apply", p, "--pid", &pid, "--timeout", "60"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    t.wait_for("answer=2 sigs=0");
+    let out = suture(&["revert", p, "--pid", &pid, "--timeout", "60"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("answer.patch: reverted"),
+        "{}",
+        text(&out)
+    );
+    t.wait_for("answer=1 sigs=0");
+    assert!(live(&[t.pid()]).is_empty());
+}

@@ -529,9 +529,10 @@ fn targets_bind_by_build_id() {
         text(&o)
     );
     p.wait_for("limit=7 scale=20 answer=42 v=2");
+    // Revert by the bundle file: its manifest names the patch id.
     ok(&suture(&[
         "revert",
-        "fix",
+        out.join("prog.suture").to_str().unwrap(),
         "--pid",
         &p.pid(),
         "--timeout",
