@@ -152,7 +152,7 @@ pub fn apply_bundle(
                 if !req.json {
                     eprintln!("suture: process {pid}: {e}");
                 }
-                results.push(json!({"pid": pid.0, "applied": false, "error": e.to_string()}));
+                results.push(json!({"pid": pid.0, "applied": false, "error": e.to_string(), "outcome": e.outcome()}));
             }
         }
     }
@@ -160,6 +160,7 @@ pub fn apply_bundle(
         crate::out(&format!(
             "{}\n",
             serde_json::to_string_pretty(&json!({
+                "schema": "suture.process/1",
                 "patch": id,
                 "build_id": m.target.build_id,
                 "processes": results

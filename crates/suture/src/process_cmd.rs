@@ -86,14 +86,16 @@ pub fn apply(patch: &Path, req: ApplyRequest) -> Result<u8> {
                 if !json {
                     eprintln!("suture: process {pid}: {e}");
                 }
-                results.push(json!({"pid": pid.0, "applied": false, "error": e.to_string()}));
+                results.push(json!({"pid": pid.0, "applied": false, "error": e.to_string(), "outcome": e.outcome()}));
             }
         }
     }
     if json {
         crate::out(&format!(
             "{}\n",
-            serde_json::to_string_pretty(&json!({"patch": id, "processes": results}))?
+            serde_json::to_string_pretty(
+                &json!({"schema": "suture.process/1", "patch": id, "processes": results})
+            )?
         ));
     }
     Ok(if failed == 0 { exit::OK } else { exit::ERROR })
@@ -140,14 +142,16 @@ pub fn revert(arg: &str, pids: &[i32], all: bool, timeout: f64, json: bool) -> R
                 if !json {
                     eprintln!("suture: process {pid}: {e}");
                 }
-                results.push(json!({"pid": pid.0, "reverted": false, "error": e.to_string()}));
+                results.push(json!({"pid": pid.0, "reverted": false, "error": e.to_string(), "outcome": e.outcome()}));
             }
         }
     }
     if json {
         crate::out(&format!(
             "{}\n",
-            serde_json::to_string_pretty(&json!({"patch": id, "processes": results}))?
+            serde_json::to_string_pretty(
+                &json!({"schema": "suture.process/1", "patch": id, "processes": results})
+            )?
         ));
     }
     Ok(if failed == 0 { exit::OK } else { exit::ERROR })
@@ -188,7 +192,9 @@ pub fn status(pid: Option<i32>, json: bool) -> Result<u8> {
             .collect();
         crate::out(&format!(
             "{}\n",
-            serde_json::to_string_pretty(&json!({ "patches": live, "unreadable": unreadable }))?
+            serde_json::to_string_pretty(
+                &json!({ "schema": "suture.status/1", "patches": live, "unreadable": unreadable })
+            )?
         ));
         return Ok(exit::OK);
     }

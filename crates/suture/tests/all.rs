@@ -92,6 +92,7 @@ fn live(pids: &[i32]) -> Vec<(i32, String)> {
     let out = suture(&["status", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["schema"], "suture.status/1");
     let mut found: Vec<(i32, String)> = v["patches"]
         .as_array()
         .expect("a patches array")
@@ -134,6 +135,7 @@ fn apply_all_patches_every_process_of_the_object_and_revert_all_reverts_them() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["schema"], "suture.process/1");
     let mut applied: Vec<i32> = v["processes"]
         .as_array()
         .unwrap()
@@ -310,4 +312,11 @@ fn revert_by_the_applied_patch_file() {
     );
     t.wait_for("answer=1 sigs=0");
     assert!(live(&[t.pid()]).is_empty());
+    // Reverting again fails for that process, and the JSON says the target was untouched.
+    let out = suture(&["revert", p, "--pid", &pid, "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["schema"], "suture.process/1");
+    assert_eq!(v["processes"][0]["reverted"], false, "{v:#}");
+    assert_eq!(v["processes"][0]["outcome"], "untouched", "{v:#}");
 }
