@@ -72,13 +72,19 @@ pub fn mapping(object: &str) -> Vec<Pid> {
         .collect()
 }
 
-/// Processes holding a patch region (in any state) with this id.
+/// Processes where the patch with this id is live (regions kept after a revert do not
+/// count: there is nothing to revert there).
 pub fn with_patch(patch_id: &str) -> Vec<Pid> {
     all_pids()
         .into_iter()
         .filter(|&p| {
             apply::status(p)
-                .map(|v| v.iter().any(|x| x.header.patch_id == patch_id))
+                .map(|v| {
+                    v.iter().any(|x| {
+                        x.header.patch_id == patch_id
+                            && x.header.state == crate::header::State::Live
+                    })
+                })
                 .unwrap_or(false)
         })
         .collect()
@@ -111,7 +117,7 @@ pub fn apply_object<'a>(
 }
 
 /// Reverts patch `patch_id` in each target. With [`Targets::All`], the targets are the
-/// processes holding a region with that id.
+/// processes where it is live.
 pub fn revert<'a>(
     patch_id: &'a str,
     targets: &Targets,

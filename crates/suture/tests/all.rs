@@ -169,6 +169,14 @@ fn apply_all_patches_every_process_of_the_object_and_revert_all_reverts_them() {
     a.wait_for("answer=1 sigs=0");
     b.wait_for("answer=1 sigs=0");
     assert!(live(&pids).is_empty());
+    // Their retired regions stay mapped, but nothing is live to revert any more.
+    let out = suture(&["revert", &id, "--all"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not live in any process"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// `suture apply --all ... | head -0`: the reader is gone before the first process is
