@@ -222,6 +222,19 @@ pub fn status(pid: Option<i32>, json: bool) -> Result<u8> {
             )
         );
     }
+    let states: Vec<State> = live.iter().map(|l| l.header.state).collect();
+    if states.contains(&State::Reverted) {
+        text.push_str(
+            "(reverted: kept mapped after a revert or replacement, because the program may still \
+             point into it; the next apply of that patch reuses it)\n",
+        );
+    }
+    if states.contains(&State::Loaded) {
+        text.push_str(
+            "(loaded: left by an apply that was interrupted before its switch, never live; the \
+             next apply in that process reclaims it)\n",
+        );
+    }
     crate::out(&text);
     Ok(exit::OK)
 }

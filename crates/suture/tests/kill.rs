@@ -230,6 +230,9 @@ fn apply_status_revert_through_the_cli() {
         text.contains("lib.patch.v2 (live)") && text.contains("lib.patch (reverted)"),
         "{text}"
     );
+    // The state word is explained where it appears.
+    assert!(text.contains("(reverted: kept mapped"), "{text}");
+    assert!(!text.contains("(loaded:"), "{text}");
     only(&rx, NEW, "after replace");
     let out = suture()
         .args(["revert", "lib.patch.v2", "--pid", &pid])
