@@ -120,7 +120,8 @@ pub fn bytes_at(data: &[u8], addr: u64, size: u64) -> Option<&[u8]> {
 }
 
 /// Finds a symbol as the differ names it: a static by (source file, name), falling back to a
-/// unique local of that name; a global by name. `Err` says why not.
+/// unique local of that name; a global by name, the file's own hidden symbol first
+/// ([`ElfSymbols::linker_local`]). `Err` says why not.
 pub fn lookup(symbols: &ElfSymbols, name: &str, file: Option<&str>) -> Result<Sym, String> {
     if let Some(file) = file {
         match symbols
@@ -147,6 +148,9 @@ pub fn lookup(symbols: &ElfSymbols, name: &str, file: Option<&str>) -> Result<Sy
                 .ok_or_else(|| format!("no static {name} of {file}")),
             _ => Err(format!("several statics named {name} and none in {file}")),
         };
+    }
+    if let Some(own) = symbols.linker_local(name)? {
+        return Ok(own);
     }
     symbols
         .globals

@@ -72,6 +72,26 @@ fn sym_of(s: &object::read::elf::ElfSymbol<'_, '_, elf::FileHeader64<LE>>) -> Sy
 }
 
 impl ElfSymbols {
+    /// A symbol that was global when this file was linked but is local in it: a hidden or
+    /// internal symbol (`-fvisibility=hidden`, `__attribute__((visibility("hidden")))`,
+    /// internal aliases) of one of its units. `ld` lists such symbols after an `STT_FILE`
+    /// symbol with an empty name. Every reference inside the file was bound to that definition,
+    /// never to another object's export of the name. `Err` when the name is there twice, which
+    /// a well-formed output cannot have.
+    pub fn linker_local(&self, name: &str) -> Result<Option<Sym>, String> {
+        match self
+            .locals
+            .get(&(String::new(), name.to_string()))
+            .map(Vec::as_slice)
+        {
+            None | Some([]) => Ok(None),
+            Some([one]) => Ok(Some(*one)),
+            Some(_) => Err(format!(
+                "several linker-local (hidden) symbols named {name}"
+            )),
+        }
+    }
+
     pub fn parse(path: &str, data: &[u8]) -> Result<ElfSymbols, ElfError> {
         if data.get(4) == Some(&1) {
             return Err(ElfError::Class32 {

@@ -109,11 +109,23 @@ impl<'m> TargetResolver<'m> {
                     )),
                 }
             }
-            Request::Global { name, weak } => match self.definer(name) {
-                Some(found) => Ok(Some(found)),
-                None if *weak => Ok(None),
-                None => Err("not defined by the executable or any loaded library".into()),
-            },
+            Request::Global { name, weak } => {
+                // A hidden symbol of the patched object binds there, whatever else exports
+                // the name (see `ElfSymbols::linker_local`).
+                if let Some(own) = self
+                    .patched
+                    .symbols
+                    .linker_local(name)
+                    .map_err(|e| format!("{}: {e}", self.patched.path))?
+                {
+                    return Ok(Some((self.patched, own)));
+                }
+                match self.definer(name) {
+                    Some(found) => Ok(Some(found)),
+                    None if *weak => Ok(None),
+                    None => Err("not defined by the executable or any loaded library".into()),
+                }
+            }
         }
     }
 }

@@ -578,3 +578,61 @@ fn no_live(pid: Pid) -> bool {
         .iter()
         .all(|p| p.header.state != suture_process::header::State::Live)
 }
+
+/// A library built with `-fvisibility=hidden`: the fixed unit calls a helper and reads a table
+/// of another unit, both hidden (local in the linked library). The executable exports a
+/// `helper` of its own, first in search order: the patch must still bind to the library's
+/// hidden one, as the static linker bound the original. Regression: "cannot resolve helper:
+/// not defined by the executable or any loaded library".
+#[test]
+fn hidden_symbols_of_a_library_bind_inside_it() {
+    let dir = work_dir("hidden");
+    let d = dir.path();
+    let hidden = ["-fPIC", "-fvisibility=hidden"];
+    let unit = |k: i32| {
+        format!(
+            "int helper(int x);\nextern const int table[2];\n\
+             __attribute__((visibility(\"default\"))) int answer(int x) \
+             {{ return helper(x) + table[1] + {k}; }}\n"
+        )
+    };
+    let a_orig = object(d, "orig", "a", &unit(1), &hidden);
+    let a_fixed = object(d, "fixed", "a", &unit(2), &hidden);
+    let b = object(
+        d,
+        "orig",
+        "b",
+        "int helper(int x) { return x * 10; }\nconst int table[2] = {3, 100};\n",
+        &hidden,
+    );
+    gcc(d, &["-shared", "-o", "libhidden.so", s(&a_orig), s(&b)]);
+    std::fs::write(
+        d.join("main.c"),
+        "#include <stdio.h>\n#include <unistd.h>\nint answer(int x);\n\
+         int helper(int x) { return -1000 + x; }\n\
+         int main(void) { for (;;) { printf(\"answer=%d\\n\", answer(4)); fflush(stdout); \
+         usleep(2000); } }\n",
+    )
+    .unwrap();
+    gcc(
+        d,
+        &[
+            "-O2",
+            "-rdynamic",
+            "main.c",
+            "-L.",
+            "-lhidden",
+            &format!("-Wl,-rpath,{}", d.display()),
+            "-o",
+            "prog",
+        ],
+    );
+    let p = Program::spawn(&mut Command::new(d.join("prog")));
+    p.expect("the original", |l| l == "answer=141");
+    let patch = patch(&a_orig, &a_fixed);
+    apply(p.pid, &patch, &opts("hidden", Some("libhidden.so"))).expect("apply");
+    p.expect("the fix, bound to the hidden helper", |l| l == "answer=142");
+    revert_now(p.pid, "hidden");
+    p.expect("the original again", |l| l == "answer=141");
+    assert!(no_live(p.pid));
+}
