@@ -40,6 +40,7 @@ use crate::mem::ProcessMemory;
 use crate::remote::{Prot, RoutineEnd, SyscallSite};
 use crate::stack::{BusyRange, Finding, StackSnapshot, UnwindInfo};
 use crate::stop::{Registers, StoppedProcess};
+use crate::suspended::{ReturnSites, SuspendedFrame};
 use crate::symbols::{ElfSymbols, LiveResolver, Mapped, TargetResolver};
 
 /// What happened to the target when an operation failed.
@@ -79,12 +80,36 @@ pub enum ApplyError {
         done: &'static str,
         outcome: Outcome,
     },
+    /// A return address into a busy function (or, for a revert, into the patch) sits in
+    /// memory outside every thread's live stack: a coroutine or saved context suspended in it
+    /// (see [`crate::suspended`]).
+    #[error("{} has a suspended call: a return address into it ({:#x}) is stored at {:#x} in {}, outside every thread's live stack (a coroutine or saved context parked inside it, or a stale copy) after {waited:?}; the patch was not {done} ({outcome})", .frame.name, .frame.returns_to, .frame.at, .frame.mapping, outcome = outcome_word(*.outcome))]
+    Suspended {
+        frame: SuspendedFrame,
+        waited: Duration,
+        done: &'static str,
+        outcome: Outcome,
+    },
     #[error("{0} ({outcome})", outcome = outcome_word(*.1))]
     Target(String, Outcome),
     /// Applying a patch whose id is live already would stack a second copy, and a later
     /// revert would take off one copy while the fix still runs.
     #[error("patch {patch_id:?} is already live in process {pid} (target untouched); revert it first, or apply with --replace {patch_id} to swap in this version")]
     AlreadyLive { patch_id: String, pid: i32 },
+}
+
+/// Where replaced code was found in use (the `busy` object of the JSON output): a thread's
+/// stack, or a suspended frame in memory.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BusyDetail {
+    pub function: String,
+    /// The thread running it, when one is.
+    pub thread: Option<i32>,
+    /// For a suspended frame: where its return address is stored, the address, and the
+    /// mapping holding it.
+    pub suspended_at: Option<String>,
+    pub returns_to: Option<String>,
+    pub mapping: Option<String>,
 }
 
 fn outcome_word(o: Outcome) -> &'static str {
@@ -118,7 +143,62 @@ impl ApplyError {
             }
             ApplyError::Process { outcome, .. }
             | ApplyError::Busy { outcome, .. }
+            | ApplyError::Suspended { outcome, .. }
             | ApplyError::Target(_, outcome) => *outcome,
+        }
+    }
+
+    /// For a refusal because replaced code was in use: where (for `--json`).
+    pub fn busy(&self) -> Option<BusyDetail> {
+        match self {
+            ApplyError::Busy { function, tid, .. } => Some(BusyDetail {
+                function: function.clone(),
+                thread: Some(tid.0),
+                suspended_at: None,
+                returns_to: None,
+                mapping: None,
+            }),
+            ApplyError::Suspended { frame, .. } => Some(BusyDetail {
+                function: frame.name.clone(),
+                thread: None,
+                suspended_at: Some(format!("{:#x}", frame.at)),
+                returns_to: Some(format!("{:#x}", frame.returns_to)),
+                mapping: Some(frame.mapping.clone()),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The same error with `outcome` (what became of the target once apply cleaned up).
+    fn with_outcome(self, outcome: Outcome) -> ApplyError {
+        match self {
+            ApplyError::Process { source, .. } => ApplyError::process(source, outcome),
+            ApplyError::Busy {
+                function,
+                tid,
+                waited,
+                done,
+                ..
+            } => ApplyError::Busy {
+                function,
+                tid,
+                waited,
+                done,
+                outcome,
+            },
+            ApplyError::Suspended {
+                frame,
+                waited,
+                done,
+                ..
+            } => ApplyError::Suspended {
+                frame,
+                waited,
+                done,
+                outcome,
+            },
+            ApplyError::Target(m, _) => ApplyError::Target(m, outcome),
+            other => ApplyError::Target(other.to_string(), outcome),
         }
     }
 
@@ -151,6 +231,10 @@ pub struct ApplyOptions {
     /// A live patch (by id) that this one replaces in the same switch: its jumps are removed,
     /// or overwritten by this patch's, atomically, and its memory is released.
     pub replace: Option<String>,
+    /// Look for suspended frames (coroutines, saved contexts) in the replaced functions in
+    /// the target's writable memory during the stop ([`crate::suspended`]). On by default;
+    /// off only for a target known to have none (the stop is then shorter).
+    pub scan_suspended: bool,
 }
 
 impl Default for ApplyOptions {
@@ -162,6 +246,7 @@ impl Default for ApplyOptions {
             symbols: None,
             build_id: None,
             replace: None,
+            scan_suspended: true,
         }
     }
 }
@@ -435,6 +520,8 @@ struct Prepared {
     mem: ProcessMemory,
     unwind: UnwindInfo,
     busy: Vec<BusyRange>,
+    /// Return addresses into `busy` (for the suspended-frame scan).
+    sites: ReturnSites,
     site: SyscallSite,
     commit: Commit,
     region: Region,
@@ -615,6 +702,11 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
             reused,
         },
         segments: if reused { Vec::new() } else { linked.segments },
+        sites: if opts.scan_suspended {
+            ReturnSites::read(&mem, &busy)
+        } else {
+            ReturnSites::default()
+        },
         maps,
         mem,
         unwind,
@@ -658,24 +750,7 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         } else {
             unmap(pid, &p.site, base, size)
         };
-        match e {
-            ApplyError::Process { source, .. } => ApplyError::process(source, outcome),
-            ApplyError::Busy {
-                function,
-                tid,
-                waited,
-                done,
-                ..
-            } => ApplyError::Busy {
-                function,
-                tid,
-                waited,
-                done,
-                outcome,
-            },
-            ApplyError::Target(m, _) => ApplyError::Target(m, outcome),
-            other => ApplyError::Target(other.to_string(), outcome),
-        }
+        e.with_outcome(outcome)
     };
 
     // 3. Write everything while the target runs (nothing refers to the region yet). A reused
@@ -699,6 +774,7 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
             maps: &p.maps,
             unwind: &p.unwind,
             busy: &p.busy,
+            sites: opts.scan_suspended.then_some(&p.sites),
             commit: &p.commit,
             code_addr: p.code_addr,
             block_addr: p.block_addr,
@@ -911,6 +987,8 @@ struct Switch<'a> {
     maps: &'a Maps,
     unwind: &'a UnwindInfo,
     busy: &'a [BusyRange],
+    /// Return addresses into `busy`; `None` skips the suspended-frame scan.
+    sites: Option<&'a ReturnSites>,
     commit: &'a Commit,
     code_addr: RemoteAddr,
     block_addr: RemoteAddr,
@@ -951,6 +1029,11 @@ fn switch(
                 Finding::Clear => None,
             }
         });
+        let done = if sw.want == State::Reverted {
+            "reverted"
+        } else {
+            "applied"
+        };
         if let Some((function, tid)) = blocked {
             let _ = sp.resume();
             if started.elapsed() >= sw.timeout {
@@ -958,16 +1041,46 @@ fn switch(
                     function,
                     tid,
                     waited: started.elapsed(),
-                    done: if sw.want == State::Reverted {
-                        "reverted"
-                    } else {
-                        "applied"
-                    },
+                    done,
                     outcome: Outcome::Untouched,
                 });
             }
             std::thread::sleep(Duration::from_millis(10));
             continue;
+        }
+        if let Some(sites) = sw.sites {
+            let threads: Vec<(u64, u64)> = regs.iter().map(|(_, r)| (r.rsp, r.fs_base)).collect();
+            // The mappings as they are now: a stack mapped since `prepare` must be read too.
+            let found = Maps::read(pid).and_then(|maps| {
+                crate::suspended::scan(pid, sp.mem(), &maps, &threads, sites, sw.busy)
+            });
+            match found {
+                Err(e) => {
+                    let _ = sp.resume();
+                    return Err(ApplyError::process(e, Outcome::Untouched));
+                }
+                Ok((Some(frame), _)) => {
+                    let _ = sp.resume();
+                    if started.elapsed() >= sw.timeout {
+                        return Err(ApplyError::Suspended {
+                            frame,
+                            waited: started.elapsed(),
+                            done,
+                            outcome: Outcome::Untouched,
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                Ok((None, stats)) => {
+                    tracing::debug!(
+                        pid = pid.0,
+                        mappings = stats.mappings,
+                        bytes = stats.bytes,
+                        "no suspended frame in busy code"
+                    );
+                }
+            }
         }
         crate::failpoint::hit(sw.failpoint);
         let (tid, saved, end) = routine_thread(&sp, &regs, sw.commit);
@@ -1282,6 +1395,9 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
         .and_then(|()| mem.write(RemoteAddr(block_addr), &commit.block))
         .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let busy = region_code(&maps, &p);
+    // A revert always looks for suspended frames in the patch: "reverted" while a coroutine
+    // is parked in patch code would be untrue.
+    let sites = ReturnSites::read(&mem, &busy);
     // Unwind exactly through the program's files and every live patch's code (the scan of
     // every stack word remains the fallback when an unwind is incomplete).
     let mut unwind = UnwindInfo::default();
@@ -1296,6 +1412,7 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
             maps: &maps,
             unwind: &unwind,
             busy: &busy,
+            sites: Some(&sites),
             commit: &commit,
             code_addr: RemoteAddr(code_page),
             block_addr: RemoteAddr(block_addr),

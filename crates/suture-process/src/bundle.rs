@@ -55,6 +55,14 @@ impl BundleError {
             _ => Outcome::Untouched,
         }
     }
+
+    /// See [`ApplyError::busy`].
+    pub fn busy(&self) -> Option<crate::apply::BusyDetail> {
+        match self {
+            BundleError::Apply(e) => e.busy(),
+            _ => None,
+        }
+    }
 }
 
 /// A bundle applied in one process: the mapped object it patched (as the process names it).
@@ -72,6 +80,8 @@ pub struct BundleOptions {
     pub patch_id: Option<String>,
     /// A live patch this one replaces in the same switch.
     pub replace: Option<String>,
+    /// See [`ApplyOptions::scan_suspended`].
+    pub scan_suspended: bool,
 }
 
 /// Build-ids of mapped files, by file identity (device, inode).
@@ -241,6 +251,7 @@ fn apply_one(
         build_id: Some(build_id.to_vec()),
         symbols: Some(symbols.clone()),
         replace: opts.replace.clone(),
+        scan_suspended: opts.scan_suspended,
     };
     let applied = apply::apply(pid, &bundle.patch_object, &apply_opts)?;
     Ok(BundleApplied { object, applied })

@@ -23,6 +23,7 @@ pub mod remote;
 pub mod seccomp;
 pub mod stack;
 pub mod stop;
+pub mod suspended;
 pub mod symbols;
 mod sys;
 pub mod targets;

@@ -12,23 +12,11 @@
 //! *running* on a coroutine stack is checked like any other: its snapshot starts at its `rsp`,
 //! wherever that is (a heap or `mmap` block, up to the end of that mapping), the unwinder walks
 //! it (glibc's `__start_context` ends the chain cleanly) and the conservative scan covers that
-//! same region. A coroutine that is *suspended* is invisible: its stack pointer sits in a
-//! `ucontext_t` somewhere in the target's memory, not in any thread's registers, and nothing
-//! enumerates those. Decision: suture does not refuse targets that use coroutines (it cannot
-//! tell them apart from other programs; "the function calls `swapcontext`" misses callees and
-//! indirect switches), and documents what happens to a coroutine suspended in a replaced
-//! function: suture writes only a jump over the first bytes of the old function and leaves the
-//! rest of its body in place, so the coroutine resumes in the old code and finishes that call
-//! with the old logic; its next calls run the new code. Two cases are unsafe and the
-//! operator's to avoid: a coroutine suspended at a return address
-//! within the first 8 bytes of a replaced function (a call in its first instruction), and a
-//! coroutine suspended inside *patch* code when that patch is reverted (the region is unmapped).
-//! Considered and rejected: scanning all writable memory for return addresses into busy code
-//! (dead stack below every `rsp`, freed coroutine stacks and saved contexts are full of stale
-//! ones, so it would refuse common programs, and it would cost a scan of the heap per stop).
+//! same region. A coroutine that is *suspended* has no thread; [`crate::suspended`] finds it
+//! by the return address it left in memory.
 //! Tested in `tests/refusals.rs`: a suspended coroutine outside the patched functions; one
-//! suspended inside a replaced function (it finishes in the old body, then runs the new code);
-//! a thread running on a heap stack inside one, which is reported busy.
+//! suspended inside a replaced function (refused; with the scan off it finishes in the old
+//! body and a revert is refused); a thread running on a heap stack inside one (busy).
 
 use std::ops::Range;
 

@@ -524,18 +524,74 @@ fn a_suspended_coroutine_outside_the_patched_functions_is_patched() {
     t.assert_unchanged("main=11 coro=101");
 }
 
-/// A coroutine *suspended inside* a replaced function is invisible to the stack check (see
-/// `stack.rs`): the apply goes through, and the suspended call finishes in the old body, which
-/// suture leaves intact (only the entry's first bytes become a jump); later calls run the new
-/// code. Not reverted here: the coroutine now parks inside the patch code, and a revert would
-/// unmap it under the coroutine (the documented limitation).
+/// A coroutine *suspended inside* a replaced function (its context saved by `swapcontext`,
+/// its stack on the heap, no thread on it) is found by the suspended-frame scan: the apply
+/// waits for it to leave, and at the timeout refuses, naming the function and where the
+/// return address into it is stored. The target keeps its original code.
 #[test]
-fn a_coroutine_suspended_inside_a_replaced_function_finishes_in_the_old_code() {
+fn a_coroutine_suspended_inside_a_replaced_function_is_refused() {
     let dir = work("coro-suspended");
+    let (prog, patch) = coroutine_fixture(&dir);
+    let mut t = Target::start(Command::new(&prog).arg("suspended"));
+    t.wait_tick("main=11 coro=31");
+    let before = maps(t.pid);
+    let o = ApplyOptions {
+        timeout: Duration::from_millis(300),
+        ..opts("coro")
+    };
+    match apply(t.pid, &patch, &o) {
+        Err(e @ ApplyError::Suspended { .. }) => {
+            let busy = e.busy().expect("a busy detail");
+            assert_eq!(busy.function, "hold", "{e}");
+            assert_eq!(busy.thread, None, "{e}");
+            let at = u64::from_str_radix(
+                busy.suspended_at
+                    .as_deref()
+                    .unwrap()
+                    .trim_start_matches("0x"),
+                16,
+            )
+            .unwrap();
+            // The return address lies in the heap (the coroutine's stack or its context) or
+            // in the program's data (the saved context is a global).
+            let holder = before
+                .lines()
+                .find(|l| {
+                    let (r, _) = l.split_once(' ').unwrap();
+                    let (lo, hi) = r.split_once('-').unwrap();
+                    (u64::from_str_radix(lo, 16).unwrap()..u64::from_str_radix(hi, 16).unwrap())
+                        .contains(&at)
+                })
+                .expect("the address is mapped");
+            assert!(!holder.contains("[stack]"), "{holder}");
+            assert_eq!(
+                e.outcome(),
+                suture_process::apply::Outcome::RolledBack,
+                "{e}"
+            );
+        }
+        other => panic!("expected a suspended frame in hold, got {other:?}"),
+    }
+    t.assert_unchanged("main=11 coro=31");
+    assert_eq!(before, maps(t.pid));
+}
+
+/// With the scan turned off (`scan_suspended: false`, the operator's opt-out), the suspended
+/// call finishes in the old body, which suture leaves intact (only the entry's first bytes
+/// become a jump), and later calls run the new code. The coroutine then parks inside the
+/// *patch*: a revert finds it and refuses, so "reverted" is never said while patch code is
+/// still suspended on a stack.
+#[test]
+fn without_the_scan_a_suspended_call_finishes_old_and_revert_still_refuses() {
+    let dir = work("coro-suspended-noscan");
     let (prog, patch) = coroutine_fixture(&dir);
     let t = Target::start(Command::new(&prog).arg("suspended"));
     t.wait_tick("main=11 coro=31");
-    apply(t.pid, &patch, &opts("coro")).expect("apply");
+    let o = ApplyOptions {
+        scan_suspended: false,
+        ..opts("coro")
+    };
+    apply(t.pid, &patch, &o).expect("apply");
     // Read the ticks in order: the first one printed by the new step() still shows the value of
     // the old hold() the coroutine was suspended in; then the new hold() takes over.
     let first_new = loop {
@@ -546,6 +602,14 @@ fn a_coroutine_suspended_inside_a_replaced_function_finishes_in_the_old_code() {
         assert!(l.ends_with("main=11 coro=31"), "{l}");
     };
     assert!(first_new.ends_with("main=12 coro=31"), "{first_new}");
+    t.wait_tick("main=12 coro=32");
+    match revert(t.pid, "coro", Duration::from_millis(300)) {
+        Err(e @ ApplyError::Suspended { .. }) => {
+            assert!(e.to_string().contains("was not reverted"), "{e}");
+        }
+        other => panic!("expected the revert to find the coroutine in the patch, got {other:?}"),
+    }
+    // Still fully patched.
     t.wait_tick("main=12 coro=32");
 }
 

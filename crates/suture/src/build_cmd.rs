@@ -130,6 +130,7 @@ pub fn apply_bundle(
         timeout,
         patch_id: Some(id.clone()),
         replace: req.replace.clone(),
+        scan_suspended: req.scan_suspended,
     };
     let mut results = Vec::new();
     let mut failed = 0;
@@ -152,7 +153,7 @@ pub fn apply_bundle(
                 if !req.json {
                     eprintln!("suture: process {pid}: {e}");
                 }
-                results.push(json!({"pid": pid.0, "applied": false, "error": e.to_string(), "outcome": e.outcome()}));
+                results.push(json!({"pid": pid.0, "applied": false, "error": e.to_string(), "outcome": e.outcome(), "busy": e.busy()}));
             }
         }
     }

@@ -109,6 +109,13 @@ enum Command {
         /// Seconds to keep retrying while a function being replaced is running.
         #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
         timeout: f64,
+        /// Do not look for coroutines or saved contexts suspended inside the replaced functions
+        /// (by default the stop reads the target's resident writable memory for return
+        /// addresses into them, and waits while one is found). Shortens the stop; only for
+        /// targets known to run no coroutines: a coroutine suspended in a replaced function
+        /// would finish that call in the old code.
+        #[arg(long)]
+        no_suspended_scan: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -268,6 +275,7 @@ fn main() -> ExitCode {
             id,
             replace,
             timeout,
+            no_suspended_scan,
             json,
         } => process_cmd::apply(
             &patch,
@@ -278,6 +286,7 @@ fn main() -> ExitCode {
                 id,
                 replace,
                 timeout,
+                scan_suspended: !no_suspended_scan,
                 json,
             },
         ),

@@ -41,6 +41,8 @@ pub struct ApplyRequest {
     /// A live patch id this one replaces atomically.
     pub replace: Option<String>,
     pub timeout: f64,
+    /// Look for suspended frames in the replaced functions (`--no-suspended-scan` clears it).
+    pub scan_suspended: bool,
     pub json: bool,
 }
 
@@ -63,6 +65,7 @@ pub fn apply(patch: &Path, req: ApplyRequest) -> Result<u8> {
         patch_id: id.clone(),
         object: req.object.clone(),
         replace: req.replace.clone(),
+        scan_suspended: req.scan_suspended,
         ..Default::default()
     };
     let json = req.json;
@@ -86,7 +89,7 @@ pub fn apply(patch: &Path, req: ApplyRequest) -> Result<u8> {
                 if !json {
                     eprintln!("suture: process {pid}: {e}");
                 }
-                results.push(json!({"pid": pid.0, "applied": false, "error": e.to_string(), "outcome": e.outcome()}));
+                results.push(json!({"pid": pid.0, "applied": false, "error": e.to_string(), "outcome": e.outcome(), "busy": e.busy()}));
             }
         }
     }
@@ -142,7 +145,7 @@ pub fn revert(arg: &str, pids: &[i32], all: bool, timeout: f64, json: bool) -> R
                 if !json {
                     eprintln!("suture: process {pid}: {e}");
                 }
-                results.push(json!({"pid": pid.0, "reverted": false, "error": e.to_string(), "outcome": e.outcome()}));
+                results.push(json!({"pid": pid.0, "reverted": false, "error": e.to_string(), "outcome": e.outcome(), "busy": e.busy()}));
             }
         }
     }

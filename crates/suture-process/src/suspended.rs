@@ -1,0 +1,423 @@
+//! Suspended frames: return addresses into busy code that no thread's stack shows.
+//!
+//! A coroutine (`makecontext`/`swapcontext`, boost.context, hand-written switchers) that is
+//! *suspended* inside a function keeps that function's frame on a stack no thread is using,
+//! and its resume point in a saved context somewhere in the target's memory. The per-thread
+//! check of [`crate::stack`] cannot see it. Patching then would leave old code running once
+//! the coroutine resumes, mixed with the new code its later calls reach, which is the worst
+//! outcome suture knows (a report of success while old code runs; real -O2 targets crashed).
+//!
+//! **The approximation, and why it is sound.** Any suspended call in a busy function left its
+//! return address in writable memory: on the coroutine's stack (pushed by the call that
+//! switched away, or by a call further up the chain) or in the saved context (`swapcontext`
+//! stores the caller's return address as the saved `rip`). So, while the target is stopped,
+//! suture reads every *present or swapped* page of every readable and writable mapping and
+//! looks at each aligned 64-bit word: a word equal to an address right after a call
+//! instruction inside a busy range counts as a suspended frame, and the switch waits (as for
+//! a busy thread) and is refused at the timeout. What is left out, and why it cannot hold a
+//! live frame:
+//! - pages that are neither present nor swapped (never written: zero or the file's bytes);
+//! - the part of a thread's own stack more than the 128-byte red zone below its stack pointer
+//!   (dead: whatever runs there next overwrites it). A thread's own stack is the `[stack]`
+//!   mapping or a mapping that also holds the thread's TLS block (glibc puts a thread's
+//!   control block at the top of its stack). A coroutine stack carved out of the heap or a
+//!   larger mapping gets no such exclusion: the memory below its stack pointer may be another
+//!   coroutine's;
+//! - mappings that cannot be read (device memory): counted and logged.
+//!
+//! A word only counts if it points right after a call (any encoding: `e8`, `ff /2`, `ff /3`
+//! with prefixes), which leaves out function pointers and most data that happens to point
+//! into the code. Stale return addresses remain possible (a finished coroutine's stack that
+//! was not freed, an exited thread's cached stack); they make the switch wait and then refuse,
+//! never pass: a refusal names the address and the mapping so the operator can see why.
+//!
+//! Pointer-mangled saved state (glibc's `jmp_buf`) is invisible to the scan, but a coroutine
+//! that switched away with `setjmp`/`longjmp` called out of the busy function to do it, and
+//! that call's return address is on the coroutine's stack.
+//!
+//! **Cost.** The scan runs inside the stop (memory read before the stop could change before
+//! it), in time proportional to the target's resident writable memory: measured in
+//! `docs/benchmarks.md`. `ApplyOptions::scan_suspended` turns it off for an apply, for
+//! operators who know the target has no coroutines; a revert always scans.
+
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+
+use crate::ids::{Pid, RemoteAddr};
+use crate::maps::Maps;
+use crate::mem::ProcessMemory;
+use crate::stack::BusyRange;
+
+const PAGE: u64 = 4096;
+/// The x86-64 System V red zone below the stack pointer, which leaf code may use.
+const RED_ZONE: u64 = 128;
+/// Largest single read of target memory.
+const CHUNK: u64 = 1 << 20;
+
+/// Every address right after a call instruction inside the busy ranges (sorted), with the
+/// index of its range.
+#[derive(Debug, Default)]
+pub struct ReturnSites {
+    sites: Vec<(u64, usize)>,
+}
+
+impl ReturnSites {
+    /// Reads the code of `busy` from the target (while it runs: the code is not changing) and
+    /// finds the return address of every call in it.
+    pub fn read(mem: &ProcessMemory, busy: &[BusyRange]) -> ReturnSites {
+        let mut sites = Vec::new();
+        for (i, b) in busy.iter().enumerate() {
+            // A call that ends inside the range may start up to 15 bytes before it.
+            let lead = 15.min(b.range.start);
+            let from = b.range.start - lead;
+            let len = (b.range.end - from) as usize;
+            let code = match mem.read_vec(RemoteAddr(from), len) {
+                Ok(code) => code,
+                Err(_) => {
+                    // Unreadable code: every position counts (the conservative answer).
+                    sites.extend((b.range.start + 1..=b.range.end).map(|a| (a, i)));
+                    continue;
+                }
+            };
+            for end in lead as usize + 1..=len {
+                if call_ends_at(&code, end) {
+                    sites.push((from + end as u64, i));
+                }
+            }
+        }
+        sites.sort_unstable();
+        sites.dedup_by_key(|s| s.0);
+        ReturnSites { sites }
+    }
+
+    /// Builds the set from known return addresses (tests).
+    pub fn from_sites(mut sites: Vec<(u64, usize)>) -> ReturnSites {
+        sites.sort_unstable();
+        ReturnSites { sites }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sites.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sites.len()
+    }
+
+    fn lookup(&self, word: u64) -> Option<usize> {
+        let first = self.sites.first()?.0;
+        let last = self.sites.last()?.0;
+        if word < first || word > last {
+            return None;
+        }
+        self.sites
+            .binary_search_by_key(&word, |s| s.0)
+            .ok()
+            .map(|i| self.sites[i].1)
+    }
+
+    /// The first aligned word of `bytes` (read from `base`) that is a return site:
+    /// (its address, its value, the busy range index).
+    pub fn find_in(&self, base: u64, bytes: &[u8]) -> Option<(u64, u64, usize)> {
+        let skip = (base.wrapping_neg() % 8) as usize;
+        let words = bytes.get(skip..)?;
+        words.chunks_exact(8).enumerate().find_map(|(n, w)| {
+            let v = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            self.lookup(v)
+                .map(|i| (base + skip as u64 + 8 * n as u64, v, i))
+        })
+    }
+}
+
+/// Whether some call instruction (`e8 rel32`, or `ff /2` or `ff /3` with any addressing
+/// form, after legacy and REX prefixes) ends exactly at `end` in `code`. Errs towards yes:
+/// a false match only makes a stale word count.
+pub fn call_ends_at(code: &[u8], end: usize) -> bool {
+    (end.saturating_sub(15)..end.saturating_sub(1))
+        .any(|start| call_length(&code[start..end]).is_some_and(|n| start + n == end))
+}
+
+/// The length of the call instruction at the start of `b`, if it is one.
+fn call_length(b: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < 4
+        && matches!(
+            b.get(i)?,
+            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf2 | 0xf3
+        )
+    {
+        i += 1;
+    }
+    if (0x40..=0x4f).contains(b.get(i)?) {
+        i += 1;
+    }
+    match *b.get(i)? {
+        0xe8 => Some(i + 5),
+        0xff => {
+            let modrm = *b.get(i + 1)?;
+            if !matches!((modrm >> 3) & 7, 2 | 3) {
+                return None;
+            }
+            let (md, rm) = (modrm >> 6, modrm & 7);
+            let mut n = i + 2;
+            if md == 3 {
+                return Some(n);
+            }
+            if rm == 4 {
+                let sib = *b.get(n)?;
+                n += 1;
+                if md == 0 && sib & 7 == 5 {
+                    return Some(n + 4);
+                }
+            }
+            Some(match md {
+                0 if rm == 5 => n + 4,
+                0 => n,
+                1 => n + 1,
+                _ => n + 4,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A return address into busy code found outside every thread's live stack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SuspendedFrame {
+    /// The busy function (or patch) the word returns into.
+    pub name: String,
+    /// Where the word is.
+    pub at: u64,
+    /// The word: an address right after a call in `name`.
+    pub returns_to: u64,
+    /// The mapping holding it, as `/proc/PID/maps` names it (`[heap]`, a path, or
+    /// "anonymous").
+    pub mapping: String,
+}
+
+/// What a scan read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    pub mappings: usize,
+    pub bytes: u64,
+    /// Pages that were present (or swapped) but could not be read.
+    pub unreadable_pages: u64,
+}
+
+/// Scans the stopped target's writable memory for suspended frames in `busy`.
+/// `threads` holds each thread's stack pointer and TLS base (`fs_base`). `maps` must be read
+/// inside the same stop.
+pub fn scan(
+    pid: Pid,
+    mem: &ProcessMemory,
+    maps: &Maps,
+    threads: &[(u64, u64)],
+    sites: &ReturnSites,
+    busy: &[BusyRange],
+) -> crate::error::Result<(Option<SuspendedFrame>, ScanStats)> {
+    let mut stats = ScanStats::default();
+    if sites.is_empty() {
+        return Ok((None, stats));
+    }
+    let pagemap_path = crate::maps::live_proc_dir(pid).join("pagemap");
+    let pagemap =
+        std::fs::File::open(&pagemap_path).map_err(|source| crate::error::Error::Proc {
+            path: pagemap_path.clone(),
+            source,
+            state: crate::error::TargetState::Untouched,
+        })?;
+    let mut buf = Vec::new();
+    for m in maps.iter() {
+        if !(m.perms.read && m.perms.write) || m.is_pseudo("[vvar]") {
+            continue;
+        }
+        let live = live_part(m.start.0..m.end.0, m.is_pseudo("[stack]"), threads);
+        if live.is_empty() {
+            continue;
+        }
+        stats.mappings += 1;
+        for run in resident_runs(&pagemap, live.clone()) {
+            let mut at = run.start;
+            while at < run.end {
+                let len = (run.end - at).min(CHUNK);
+                buf.resize(len as usize, 0);
+                if mem.read(RemoteAddr(at), &mut buf).is_err() {
+                    stats.unreadable_pages += len.div_ceil(PAGE);
+                    at += len;
+                    continue;
+                }
+                stats.bytes += len;
+                if let Some((addr, value, i)) = sites.find_in(at, &buf) {
+                    let mapping = m
+                        .path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| match &m.name {
+                            crate::maps::MapName::Pseudo(n) => n.clone(),
+                            _ => "anonymous".into(),
+                        });
+                    return Ok((
+                        Some(SuspendedFrame {
+                            name: busy[i].name.clone(),
+                            at: addr,
+                            returns_to: value,
+                            mapping,
+                        }),
+                        stats,
+                    ));
+                }
+                at += len;
+            }
+        }
+    }
+    if stats.unreadable_pages > 0 {
+        tracing::warn!(
+            pid = pid.0,
+            pages = stats.unreadable_pages,
+            "some resident writable pages could not be read for the suspended-frame scan"
+        );
+    }
+    Ok((None, stats))
+}
+
+/// The part of `range` that can hold live data: without the dead stack below the stack
+/// pointer (less the red zone) of a thread whose own stack it is (`main_stack`, or the
+/// thread's TLS base lies in it as well).
+fn live_part(range: Range<u64>, main_stack: bool, threads: &[(u64, u64)]) -> Range<u64> {
+    let lowest_live = threads
+        .iter()
+        .filter(|(sp, fs)| range.contains(sp) && (main_stack || range.contains(fs)))
+        .map(|(sp, _)| sp.saturating_sub(RED_ZONE) & !7)
+        .min();
+    match lowest_live {
+        Some(from) => from.max(range.start)..range.end,
+        None => range,
+    }
+}
+
+/// The runs of pages of `range` that are present or swapped, from `/proc/PID/pagemap`.
+/// When the pagemap cannot be read, the whole range (the conservative answer).
+fn resident_runs(pagemap: &std::fs::File, range: Range<u64>) -> Vec<Range<u64>> {
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    let first = range.start / PAGE;
+    let last = range.end.div_ceil(PAGE);
+    let mut runs: Vec<Range<u64>> = Vec::new();
+    let mut entries = vec![0u8; 8 * 4096];
+    let mut page = first;
+    while page < last {
+        let n = (last - page).min(4096);
+        let want = &mut entries[..8 * n as usize];
+        if pagemap.read_exact_at(want, page * 8).is_err() {
+            return vec![range];
+        }
+        for (k, e) in want.chunks_exact(8).enumerate() {
+            let e = u64::from_le_bytes(e.try_into().expect("8 bytes"));
+            if e & (PRESENT | SWAPPED) == 0 {
+                continue;
+            }
+            let p = page + k as u64;
+            let start = (p * PAGE).max(range.start);
+            let end = ((p + 1) * PAGE).min(range.end);
+            match runs.last_mut() {
+                Some(r) if r.end == start => r.end = end,
+                _ => runs.push(start..end),
+            }
+        }
+        page += n;
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_every_call_encoding() {
+        // (bytes, length) of calls gcc and hand-written code use.
+        let calls: &[&[u8]] = &[
+            &[0xe8, 1, 2, 3, 4],                      // call rel32
+            &[0xff, 0xd0],                            // call *%rax
+            &[0x41, 0xff, 0xd3],                      // call *%r11
+            &[0x3e, 0xff, 0xd0],                      // notrack call *%rax
+            &[0xff, 0x15, 1, 2, 3, 4],                // call *x(%rip)
+            &[0xff, 0x10],                            // call *(%rax)
+            &[0xff, 0x50, 0x08],                      // call *8(%rax)
+            &[0xff, 0x90, 1, 2, 3, 4],                // call *0x4030201(%rax)
+            &[0xff, 0x14, 0x24],                      // call *(%rsp)
+            &[0xff, 0x54, 0x24, 0x08],                // call *8(%rsp)
+            &[0xff, 0x14, 0xc5, 1, 2, 3, 4],          // call *x(,%rax,8)
+            &[0x41, 0xff, 0x94, 0x24, 1, 2, 3, 4],    // call *x(%r12)
+            &[0x64, 0xff, 0x14, 0x25, 0x10, 0, 0, 0], // call *%fs:0x10
+            &[0xf2, 0xe8, 1, 2, 3, 4],                // bnd call rel32
+        ];
+        for c in calls {
+            let mut code = vec![0x90u8; 20];
+            code.extend_from_slice(c);
+            assert!(call_ends_at(&code, code.len()), "{c:x?}");
+            assert_eq!(call_length(c), Some(c.len()), "{c:x?}");
+        }
+        // Not calls: jmp *%rax (ff /4), push (ff /6), ret, nops.
+        for c in [
+            &[0xffu8, 0xe0][..],
+            &[0xff, 0x30],
+            &[0xc3],
+            &[0x90, 0x90, 0x90],
+        ] {
+            let mut code = vec![0x90u8; 20];
+            code.extend_from_slice(c);
+            assert!(!call_ends_at(&code, code.len()), "{c:x?}");
+        }
+    }
+
+    #[test]
+    fn finds_only_aligned_return_sites() {
+        let sites = ReturnSites::from_sites(vec![(0x1005, 0), (0x2010, 1)]);
+        let mut bytes = vec![0u8; 64];
+        // A function pointer and an unrelated word are not sites.
+        bytes[0..8].copy_from_slice(&0x1000u64.to_le_bytes());
+        bytes[8..16].copy_from_slice(&0x1006u64.to_le_bytes());
+        // A site at an unaligned place is not a frame.
+        bytes[17..25].copy_from_slice(&0x1005u64.to_le_bytes());
+        assert_eq!(sites.find_in(0x7000, &bytes), None);
+        bytes[40..48].copy_from_slice(&0x2010u64.to_le_bytes());
+        assert_eq!(sites.find_in(0x7000, &bytes), Some((0x7028, 0x2010, 1)));
+        // A buffer that starts unaligned is read from its first aligned word.
+        assert_eq!(
+            sites.find_in(0x7004, &bytes[4..]),
+            Some((0x7028, 0x2010, 1))
+        );
+    }
+
+    #[test]
+    fn the_dead_stack_below_a_stack_pointer_is_left_out() {
+        // The main stack, and a thread stack holding its thread's TLS at the top.
+        assert_eq!(
+            live_part(0x1000..0x9000, true, &[(0x8000, 0)]),
+            0x7f80..0x9000
+        );
+        let tls = 0x8f00;
+        assert_eq!(
+            live_part(0x1000..0x9000, false, &[(0x8000, tls)]),
+            0x7f80..0x9000
+        );
+        assert_eq!(
+            live_part(0x1000..0x9000, false, &[(0x8000, tls), (0x6008, tls)]),
+            0x5f88..0x9000
+        );
+        assert_eq!(
+            live_part(0x1000..0x9000, true, &[(0xa000, 0)]),
+            0x1000..0x9000
+        );
+        assert_eq!(
+            live_part(0x1000..0x9000, true, &[(0x1010, 0)]),
+            0x1000..0x9000
+        );
+        // A stack pointer in memory that is not the thread's own stack (a coroutine stack in
+        // the heap): what lies below it may be another coroutine's, so nothing is left out.
+        assert_eq!(
+            live_part(0x1000..0x9000, false, &[(0x8000, 0x20000)]),
+            0x1000..0x9000
+        );
+    }
+}
