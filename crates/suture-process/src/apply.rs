@@ -1013,6 +1013,20 @@ fn switch(
     then: impl FnOnce(&mut StoppedProcess),
 ) -> Result<Switched, ApplyError> {
     let started = Instant::now();
+    // The part of the suspended-frame scan that can run before the stop (needs soft-dirty
+    // tracking; without it the stop reads everything).
+    let pre = sw.sites.and_then(|sites| {
+        let mem = ProcessMemory::open(pid).ok()?;
+        crate::suspended::prescan(pid, &mem, sites)
+    });
+    if let Some(p) = &pre {
+        tracing::debug!(
+            pid = pid.0,
+            mappings = p.stats.mappings,
+            bytes = p.stats.bytes,
+            "suspended-frame scan before the stop"
+        );
+    }
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -1052,7 +1066,7 @@ fn switch(
             let threads: Vec<(u64, u64)> = regs.iter().map(|(_, r)| (r.rsp, r.fs_base)).collect();
             // The mappings as they are now: a stack mapped since `prepare` must be read too.
             let found = Maps::read(pid).and_then(|maps| {
-                crate::suspended::scan(pid, sp.mem(), &maps, &threads, sites, sw.busy)
+                crate::suspended::scan(pid, sp.mem(), &maps, &threads, sites, sw.busy, pre.as_ref())
             });
             match found {
                 Err(e) => {

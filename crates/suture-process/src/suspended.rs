@@ -35,10 +35,14 @@
 //! that switched away with `setjmp`/`longjmp` called out of the busy function to do it, and
 //! that call's return address is on the coroutine's stack.
 //!
-//! **Cost.** The scan runs inside the stop (memory read before the stop could change before
-//! it), in time proportional to the target's resident writable memory: measured in
-//! `docs/benchmarks.md`. `ApplyOptions::scan_suspended` turns it off for an apply, for
-//! operators who know the target has no coroutines; a revert always scans.
+//! **Cost.** Memory read before the stop may change before it, so what decides is read in
+//! the stop. Where the kernel tracks soft-dirty pages ([`soft_dirty_supported`]), [`prescan`]
+//! clears the target's soft-dirty bits and reads everything while it runs; the stop then reads
+//! the pagemap and only the pages written since (plus pages where the pre-scan saw a return
+//! site, and mappings that are new). Without soft-dirty tracking the stop reads all resident
+//! writable memory (about 6 GB/s: `docs/benchmarks.md`). `ApplyOptions::scan_suspended` turns
+//! the scan off for an apply, for operators who know the target has no coroutines; a revert
+//! always scans.
 
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -204,9 +208,116 @@ pub struct ScanStats {
     pub unreadable_pages: u64,
 }
 
+/// What a scan made of the target before the stop (see [`prescan`]): the mappings it read
+/// and the pages where it found a return site. Valid while the soft-dirty bits it cleared
+/// are not cleared by anyone else.
+#[derive(Debug, Default)]
+pub struct PreScan {
+    mappings: Vec<Range<u64>>,
+    hit_pages: std::collections::HashSet<u64>,
+    pub stats: ScanStats,
+}
+
+/// Whether this kernel tracks soft-dirty pages (`CONFIG_MEM_SOFT_DIRTY`): checked once on a
+/// page of suture's own, which must read soft-dirty after a write that follows a clear.
+pub fn soft_dirty_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let probe = || -> std::io::Result<bool> {
+            let mut page = vec![0u8; 2 * PAGE as usize];
+            let at = (page.as_ptr() as u64).next_multiple_of(PAGE);
+            let slot = (at - page.as_ptr() as u64) as usize;
+            page[slot] = 1;
+            std::hint::black_box(&mut page);
+            std::fs::write("/proc/self/clear_refs", "4")?;
+            page[slot] = 2;
+            std::hint::black_box(&mut page);
+            let pagemap = std::fs::File::open("/proc/self/pagemap")?;
+            let mut e = [0u8; 8];
+            pagemap.read_exact_at(&mut e, at / PAGE * 8)?;
+            let dirty = u64::from_le_bytes(e) & SOFT_DIRTY != 0;
+            std::hint::black_box(&page);
+            Ok(dirty)
+        };
+        probe().unwrap_or(false)
+    })
+}
+
+const PRESENT: u64 = 1 << 63;
+const SWAPPED: u64 = 1 << 62;
+const SOFT_DIRTY: u64 = 1 << 55;
+
+/// The part of the scan that can run while the target runs, when the kernel tracks
+/// soft-dirty pages: clears the target's soft-dirty bits, then reads all its resident
+/// writable memory, noting the pages that hold a return site (found while running, so not
+/// conclusive). The stop then reads only pages written since, pages noted here, and mappings
+/// that are new. `None` when soft-dirty tracking is unavailable: the stop reads everything.
+///
+/// Clearing soft-dirty bits is visible to other users of them (CRIU's incremental dumps of the
+/// same process would copy more than needed once).
+pub fn prescan(pid: Pid, mem: &ProcessMemory, sites: &ReturnSites) -> Option<PreScan> {
+    if sites.is_empty() || !soft_dirty_supported() {
+        return None;
+    }
+    let dir = crate::maps::live_proc_dir(pid);
+    std::fs::write(dir.join("clear_refs"), "4").ok()?;
+    let maps = Maps::read(pid).ok()?;
+    let pagemap = std::fs::File::open(dir.join("pagemap")).ok()?;
+    let mut pre = PreScan::default();
+    let mut buf = Vec::new();
+    for m in writable(&maps) {
+        pre.mappings.push(m.start.0..m.end.0);
+        pre.stats.mappings += 1;
+        for run in page_runs(&pagemap, m.start.0..m.end.0, |_, e| {
+            e & (PRESENT | SWAPPED) != 0
+        }) {
+            read_runs(mem, &run, &mut buf, &mut pre.stats, |at, bytes| {
+                let mut from = 0;
+                while let Some((addr, _, _)) = sites.find_in(at + from as u64, &bytes[from..]) {
+                    pre.hit_pages.insert(addr / PAGE);
+                    from = (addr + 8 - at) as usize;
+                }
+                false
+            });
+        }
+    }
+    Some(pre)
+}
+
+fn writable(maps: &Maps) -> impl Iterator<Item = &crate::maps::Mapping> {
+    maps.iter()
+        .filter(|m| m.perms.read && m.perms.write && !m.is_pseudo("[vvar]"))
+}
+
+/// Reads `run` in chunks and hands each to `each` (which returns true to stop).
+fn read_runs(
+    mem: &ProcessMemory,
+    run: &Range<u64>,
+    buf: &mut Vec<u8>,
+    stats: &mut ScanStats,
+    mut each: impl FnMut(u64, &[u8]) -> bool,
+) -> bool {
+    let mut at = run.start;
+    while at < run.end {
+        let len = (run.end - at).min(CHUNK);
+        buf.resize(len as usize, 0);
+        if mem.read(RemoteAddr(at), buf).is_err() {
+            stats.unreadable_pages += len.div_ceil(PAGE);
+        } else {
+            stats.bytes += len;
+            if each(at, buf) {
+                return true;
+            }
+        }
+        at += len;
+    }
+    false
+}
+
 /// Scans the stopped target's writable memory for suspended frames in `busy`.
 /// `threads` holds each thread's stack pointer and TLS base (`fs_base`). `maps` must be read
-/// inside the same stop.
+/// inside the same stop. With `pre` (a [`prescan`] of this target), a mapping it read is
+/// read again only where pages were written since, or held a return site then.
 pub fn scan(
     pid: Pid,
     mem: &ProcessMemory,
@@ -214,6 +325,7 @@ pub fn scan(
     threads: &[(u64, u64)],
     sites: &ReturnSites,
     busy: &[BusyRange],
+    pre: Option<&PreScan>,
 ) -> crate::error::Result<(Option<SuspendedFrame>, ScanStats)> {
     let mut stats = ScanStats::default();
     if sites.is_empty() {
@@ -227,45 +339,43 @@ pub fn scan(
             state: crate::error::TargetState::Untouched,
         })?;
     let mut buf = Vec::new();
-    for m in maps.iter() {
-        if !(m.perms.read && m.perms.write) || m.is_pseudo("[vvar]") {
-            continue;
-        }
+    let mut found = None;
+    for m in writable(maps) {
         let live = live_part(m.start.0..m.end.0, m.is_pseudo("[stack]"), threads);
         if live.is_empty() {
             continue;
         }
         stats.mappings += 1;
-        for run in resident_runs(&pagemap, live.clone()) {
-            let mut at = run.start;
-            while at < run.end {
-                let len = (run.end - at).min(CHUNK);
-                buf.resize(len as usize, 0);
-                if mem.read(RemoteAddr(at), &mut buf).is_err() {
-                    stats.unreadable_pages += len.div_ceil(PAGE);
-                    at += len;
-                    continue;
-                }
-                stats.bytes += len;
-                if let Some((addr, value, i)) = sites.find_in(at, &buf) {
-                    let mapping = m
-                        .path()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| match &m.name {
-                            crate::maps::MapName::Pseudo(n) => n.clone(),
-                            _ => "anonymous".into(),
-                        });
-                    return Ok((
-                        Some(SuspendedFrame {
-                            name: busy[i].name.clone(),
-                            at: addr,
-                            returns_to: value,
-                            mapping,
-                        }),
-                        stats,
-                    ));
-                }
-                at += len;
+        let known = pre.filter(|p| p.mappings.contains(&(m.start.0..m.end.0)));
+        let runs = page_runs(&pagemap, live, |page, e| match known {
+            Some(p) => {
+                e & (PRESENT | SWAPPED) != 0 && (e & SOFT_DIRTY != 0 || p.hit_pages.contains(&page))
+            }
+            None => e & (PRESENT | SWAPPED) != 0,
+        });
+        for run in runs {
+            let stop = read_runs(mem, &run, &mut buf, &mut stats, |at, bytes| {
+                found = sites.find_in(at, bytes);
+                found.is_some()
+            });
+            if stop {
+                let (addr, value, i) = found.expect("a hit");
+                let mapping = m
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| match &m.name {
+                        crate::maps::MapName::Pseudo(n) => n.clone(),
+                        _ => "anonymous".into(),
+                    });
+                return Ok((
+                    Some(SuspendedFrame {
+                        name: busy[i].name.clone(),
+                        at: addr,
+                        returns_to: value,
+                        mapping,
+                    }),
+                    stats,
+                ));
             }
         }
     }
@@ -294,11 +404,13 @@ fn live_part(range: Range<u64>, main_stack: bool, threads: &[(u64, u64)]) -> Ran
     }
 }
 
-/// The runs of pages of `range` that are present or swapped, from `/proc/PID/pagemap`.
+/// The runs of pages of `range` whose `/proc/PID/pagemap` entry `want(page, entry)` accepts.
 /// When the pagemap cannot be read, the whole range (the conservative answer).
-fn resident_runs(pagemap: &std::fs::File, range: Range<u64>) -> Vec<Range<u64>> {
-    const PRESENT: u64 = 1 << 63;
-    const SWAPPED: u64 = 1 << 62;
+fn page_runs(
+    pagemap: &std::fs::File,
+    range: Range<u64>,
+    want: impl Fn(u64, u64) -> bool,
+) -> Vec<Range<u64>> {
     let first = range.start / PAGE;
     let last = range.end.div_ceil(PAGE);
     let mut runs: Vec<Range<u64>> = Vec::new();
@@ -306,16 +418,16 @@ fn resident_runs(pagemap: &std::fs::File, range: Range<u64>) -> Vec<Range<u64>> 
     let mut page = first;
     while page < last {
         let n = (last - page).min(4096);
-        let want = &mut entries[..8 * n as usize];
-        if pagemap.read_exact_at(want, page * 8).is_err() {
+        let chunk = &mut entries[..8 * n as usize];
+        if pagemap.read_exact_at(chunk, page * 8).is_err() {
             return vec![range];
         }
-        for (k, e) in want.chunks_exact(8).enumerate() {
+        for (k, e) in chunk.chunks_exact(8).enumerate() {
             let e = u64::from_le_bytes(e.try_into().expect("8 bytes"));
-            if e & (PRESENT | SWAPPED) == 0 {
+            let p = page + k as u64;
+            if !want(p, e) {
                 continue;
             }
-            let p = page + k as u64;
             let start = (p * PAGE).max(range.start);
             let end = ((p + 1) * PAGE).min(range.end);
             match runs.last_mut() {
