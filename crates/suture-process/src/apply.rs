@@ -38,6 +38,7 @@ use crate::link::{LinkError, Plan, Request, Resolver, Segment, Value, PAGE};
 use crate::maps::{MapName, Maps};
 use crate::mem::ProcessMemory;
 use crate::remote::{Prot, RoutineEnd, SyscallSite};
+use crate::retstub::StubArea;
 use crate::stack::{BusyRange, Finding, StackSnapshot, UnwindInfo};
 use crate::stop::{Registers, StoppedProcess};
 use crate::suspended::{ReturnSites, SuspendedFrame};
@@ -235,6 +236,9 @@ pub struct ApplyOptions {
     /// the target's writable memory during the stop ([`crate::suspended`]). On by default;
     /// off only for a target known to have none (the stop is then shorter).
     pub scan_suspended: bool,
+    /// Catch threads inside a replaced function as they return ([`crate::retstub`]) instead
+    /// of only stopping the target at random moments. On by default.
+    pub catch_returns: bool,
 }
 
 impl Default for ApplyOptions {
@@ -247,6 +251,7 @@ impl Default for ApplyOptions {
             build_id: None,
             replace: None,
             scan_suspended: true,
+            catch_returns: true,
         }
     }
 }
@@ -262,6 +267,9 @@ pub struct Applied {
     pub attempts: u32,
     /// How long the target was stopped for the switch (the last attempt), as suture saw it.
     pub stop_window_us: u64,
+    /// Threads caught by a return stub as they left a busy function (0 when stopping at
+    /// random moments found the functions idle).
+    pub caught_returns: u32,
     /// The id of the patch this one replaced, if any.
     pub replaced: Option<String>,
 }
@@ -522,6 +530,8 @@ struct Prepared {
     busy: Vec<BusyRange>,
     /// Return addresses into `busy` (for the suspended-frame scan).
     sites: ReturnSites,
+    /// The target runs with a shadow stack: no return stubs.
+    shadow_stack: bool,
     site: SyscallSite,
     commit: Commit,
     region: Region,
@@ -629,7 +639,8 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
     let code_pages = (dummy.code.len() as u64).div_ceil(PAGE).max(1);
     let block_pages = (dummy.block.len() as u64).div_ceil(PAGE).max(1);
     let plan_size = plan.region_size();
-    let size = plan_size + (code_pages + block_pages) * PAGE;
+    // Then two pages of return stubs (crate::retstub).
+    let size = plan_size + (code_pages + block_pages + 2) * PAGE;
     let center = RemoteAddr(originals.iter().map(|(_, a)| a.0).min().unwrap_or(0));
     let (base, linked, reused) =
         match reusable(&mem, &plan, &resolver, &existing, &opts.patch_id, size)? {
@@ -641,6 +652,7 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
         };
     let code_addr = base.offset(plan_size);
     let block_addr = code_addr.offset(code_pages * PAGE);
+    let stubs = StubArea::at(block_addr.0 + block_pages * PAGE);
 
     let (writes, redirects, busy) =
         redirect_writes(&mem, &maps, &originals, &linked, replaced.as_ref())?;
@@ -666,6 +678,7 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
         commit_pages: u16::try_from((code_addr.0 - base.0) / PAGE)
             .ok()
             .zip(u16::try_from((block_addr.0 - base.0) / PAGE).ok()),
+        stubs: u16::try_from((stubs.code - base.0) / PAGE).ok(),
     };
     let header_bytes = header
         .encode()
@@ -699,9 +712,12 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
             text: (text_at, text_len),
             data: (data_at, data_len),
             code: (code_addr, code_pages * PAGE),
+            stubs,
             reused,
         },
         segments: if reused { Vec::new() } else { linked.segments },
+        shadow_stack: std::fs::read_to_string(crate::maps::live_proc_dir(pid).join("status"))
+            .map_or(true, |st| crate::retstub::shadow_stack_enabled(&st)),
         sites: if opts.scan_suspended {
             ReturnSites::read(&mem, &busy)
         } else {
@@ -735,12 +751,16 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
 
     // 2. Map the region with its final protections (and release leftovers in the same stop);
     //    a reused region is mapped already.
-    if !reused || !p.leftovers.is_empty() {
-        map_region(pid, &p.site, &p.commit, &p.leftovers, &p.region)?;
-    }
+    let stubs_ok = if !reused || !p.leftovers.is_empty() {
+        map_region(pid, &p.site, &p.commit, &p.leftovers, &p.region)?
+    } else {
+        // No stop here to run the seccomp check: stubs only where no filter is installed.
+        !crate::retstub::under_seccomp_filter(pid)
+    } && !p.shadow_stack;
     crate::failpoint::hit("apply:mapped");
+    let retired = std::cell::Cell::new(false);
     let fail = |e: ApplyError| -> ApplyError {
-        let outcome = if reused {
+        let outcome = if reused || retired.get() {
             // Never switched this time; the region stays retired (it may be referenced).
             let _ = mem.write(
                 base.offset(Header::STATE_OFFSET),
@@ -762,19 +782,27 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
             mem.write(*addr, bytes)?;
         }
         mem.write(p.code_addr, &p.commit.code)?;
-        mem.write(p.block_addr, &p.commit.block)
+        mem.write(p.block_addr, &p.commit.block)?;
+        // Identical bytes in every region: rewriting a reused region's page is harmless
+        // even to a thread parked in it.
+        mem.write(
+            RemoteAddr(p.region.stubs.code),
+            &crate::retstub::code_page(),
+        )
     })();
     written.map_err(|e| fail(ApplyError::process(e, Outcome::Untouched)))?;
     crate::failpoint::hit("apply:written");
 
     // 4. The switch: stop, stack check, commit.
-    let done = switch(
+    let (done, armed) = switch(
         pid,
         &Switch {
             maps: &p.maps,
             unwind: &p.unwind,
             busy: &p.busy,
             sites: opts.scan_suspended.then_some(&p.sites),
+            stubs: (stubs_ok && opts.catch_returns).then_some(p.region.stubs),
+            retire_at: (!reused).then_some(base.offset(Header::STATE_OFFSET)),
             commit: &p.commit,
             code_addr: p.code_addr,
             block_addr: p.block_addr,
@@ -782,11 +810,14 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
             want: State::Live,
             timeout: opts.timeout,
             failpoint: "apply:stopped",
+            failpoint_armed: "apply:armed",
         },
         // The replaced patch's region stays mapped, retired (see the module comment).
         |_| {},
-    )
-    .map_err(fail)?;
+    );
+    // A region whose return stub may still be entered is never unmapped: it stays, retired.
+    retired.set(armed);
+    let done = done.map_err(fail)?;
     tracing::info!(pid = pid.0, patch = %opts.patch_id, functions = p.redirects.len(), "patch applied");
     Ok(Applied {
         pid: pid.0,
@@ -795,6 +826,7 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         redirects: p.redirects,
         attempts: done.attempts,
         stop_window_us: done.window.as_micros() as u64,
+        caught_returns: done.caught,
         replaced: p.replaced.map(|r| r.header.patch_id),
     })
 }
@@ -894,6 +926,8 @@ struct Region {
     data: (RemoteAddr, u64),
     /// The commit routine's code pages (read-execute).
     code: (RemoteAddr, u64),
+    /// The return stubs' code page (read-execute) and slot page (read-write).
+    stubs: StubArea,
     /// The region is mapped already (a retired region of the same patch).
     reused: bool,
 }
@@ -908,13 +942,14 @@ fn map_region(
     commit: &Commit,
     leftovers: &[(RemoteAddr, u64)],
     region: &Region,
-) -> Result<(), ApplyError> {
+) -> Result<bool, ApplyError> {
     let Region {
         base,
         size,
         text: (text_at, text_len),
         data: (data_at, data_len),
         code: (code_addr, code_len),
+        stubs,
         reused,
     } = *region;
     let mut sp =
@@ -934,6 +969,8 @@ fn map_region(
             c.push(Injected::mprotect(ip, data_at.0, data_len, 3));
         }
         c.push(Injected::mmap(ip, code_addr.0, code_len, 5, fixed, -1, 0));
+        c.push(Injected::mmap(ip, stubs.code, PAGE, 5, fixed, -1, 0));
+        c.push(Injected::mprotect(ip, stubs.slots, PAGE, 3));
         c.push(Injected::munmap(ip, base.0, size));
         for &(at, len) in leftovers {
             c.push(Injected::munmap(ip, at.0, len));
@@ -948,6 +985,15 @@ fn map_region(
         let _ = sp.resume();
         return Err(ApplyError::process(e, Outcome::Untouched));
     }
+    // The return stubs' one system call: without it, busy functions are only polled.
+    let stubs_ok = sp
+        .check_seccomp(&[crate::seccomp::Injected::new(
+            "nanosleep",
+            35,
+            [stubs.timespec(), 0, 0, 0, 0, 0],
+            stubs.syscall_ip(),
+        )])
+        .is_ok();
     let mapped = (|| {
         let mut rm = sp.remote_ignoring_seccomp(site)?;
         for &(at, len) in leftovers {
@@ -968,8 +1014,9 @@ fn map_region(
             if data_len > 0 {
                 rm.mprotect(data_at, data_len, Prot::READ | Prot::WRITE)?;
             }
-            rm.mmap(code_addr, code_len, Prot::RX, fixed, -1, 0)
-                .map(drop)
+            rm.mmap(code_addr, code_len, Prot::RX, fixed, -1, 0)?;
+            rm.mmap(RemoteAddr(stubs.code), PAGE, Prot::RX, fixed, -1, 0)?;
+            rm.mprotect(RemoteAddr(stubs.slots), PAGE, Prot::READ | Prot::WRITE)
         })();
         if r.is_err() {
             let _ = rm.munmap(base, size);
@@ -979,7 +1026,7 @@ fn map_region(
     let resumed = sp.resume();
     mapped.map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     resumed.map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-    Ok(())
+    Ok(stubs_ok)
 }
 
 /// Everything the switch needs, prepared before the target is stopped.
@@ -989,6 +1036,12 @@ struct Switch<'a> {
     busy: &'a [BusyRange],
     /// Return addresses into `busy`; `None` skips the suspended-frame scan.
     sites: Option<&'a ReturnSites>,
+    /// The region's return stubs, when a busy thread may be caught as it returns
+    /// ([`crate::retstub`]); `None` only polls.
+    stubs: Option<StubArea>,
+    /// The header state to set to "reverted" before the first stub is armed (an apply's new
+    /// region: armed stubs must keep it from being reclaimed as a leftover).
+    retire_at: Option<RemoteAddr>,
     commit: &'a Commit,
     code_addr: RemoteAddr,
     block_addr: RemoteAddr,
@@ -997,19 +1050,174 @@ struct Switch<'a> {
     want: State,
     timeout: Duration,
     failpoint: &'static str,
+    /// The failpoint right after return stubs were armed (the target resumed).
+    failpoint_armed: &'static str,
 }
 
 struct Switched {
     attempts: u32,
     window: Duration,
+    /// Threads caught by a return stub on the way (0 when polling sufficed).
+    caught: u32,
 }
 
-/// Stops the target until no thread runs a busy range (retrying until the timeout), then has
-/// one thread run the commit routine, and checks the header state it leaves. `then` runs in
-/// the same stop after a successful switch (revert releases the region there).
+/// Return stubs armed during one switch.
+struct Arms {
+    area: Option<StubArea>,
+    armed: Vec<Armed>,
+    /// A stub was armed at some point (the region's state was set to "reverted").
+    ever: bool,
+    /// A stub may still be entered or run: the region must stay mapped.
+    lingering: bool,
+    caught: u32,
+}
+
+struct Armed {
+    slot: usize,
+    /// Where on the thread's stack the hijacked return address is.
+    at: u64,
+    ret: u64,
+}
+
+impl Arms {
+    /// Forgets stubs whose thread passed through by itself (its slot is free again).
+    fn sync(&mut self, slots: &[(u64, u32)]) {
+        self.armed.retain(|a| slots[a.slot].0 == a.ret);
+    }
+
+    /// Arms a stub for every busy thread with an exact return slot not armed yet. Runs in a
+    /// stop. Returns how many were armed.
+    fn arm(
+        &mut self,
+        mem: &ProcessMemory,
+        retire_at: Option<RemoteAddr>,
+        findings: &[(u64, u64)],
+    ) -> crate::error::Result<usize> {
+        let Some(area) = self.area else {
+            return Ok(0);
+        };
+        let slots = area.read_slots(mem)?;
+        self.sync(&slots);
+        let mut n = 0;
+        for &(at, ret) in findings {
+            if self.armed.iter().any(|a| a.at == at) {
+                continue;
+            }
+            // Only a word that is a real return address: right after a call instruction.
+            let lead = mem.read_vec(RemoteAddr(ret - 15), 15)?;
+            if !crate::suspended::call_ends_at(&lead, 15) {
+                continue;
+            }
+            let Some(slot) = (0..crate::retstub::SLOTS)
+                .find(|&i| slots[i].0 == 0 && !self.armed.iter().any(|a| a.slot == i))
+            else {
+                break;
+            };
+            if !self.ever {
+                if let Some(state) = retire_at {
+                    mem.write(state, &Header::state_bytes(State::Reverted))?;
+                }
+                self.ever = true;
+            }
+            area.arm(mem, slot, ret)?;
+            mem.write(RemoteAddr(at), &area.entry(slot).to_le_bytes())?;
+            self.armed.push(Armed { slot, at, ret });
+            self.caught += 1;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Waits (the target running) until every armed thread has returned into its stub, or
+    /// `limit` passes.
+    fn wait_arrivals(&mut self, mem: &ProcessMemory, limit: Instant) {
+        let Some(area) = self.area else { return };
+        while !self.armed.is_empty() && Instant::now() < limit {
+            match area.read_slots(mem) {
+                Ok(slots) => {
+                    self.sync(&slots);
+                    if self
+                        .armed
+                        .iter()
+                        .all(|a| slots[a.slot].1 != crate::retstub::ARMED)
+                    {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Releases every armed stub (in a stop): parked threads go on to their real return
+    /// addresses within a step; a stub not reached yet is undone when provably no thread is
+    /// in it, else released so that it passes straight through.
+    fn release(&mut self, mem: &ProcessMemory, regs: &[(Tid, Registers)]) {
+        let Some(area) = self.area else { return };
+        let in_stub = regs.iter().any(|(_, r)| area.contains_code(r.rip));
+        let Ok(slots) = area.read_slots(mem) else {
+            return;
+        };
+        for a in self.armed.drain(..) {
+            let (ret, state) = slots[a.slot];
+            if ret != a.ret {
+                continue;
+            }
+            let entry = area.entry(a.slot);
+            let untouched = state == crate::retstub::ARMED
+                && !in_stub
+                && mem.read_u64(RemoteAddr(a.at)).ok() == Some(entry);
+            let undone = untouched
+                && mem.write(RemoteAddr(a.at), &a.ret.to_le_bytes()).is_ok()
+                && area.free(mem, a.slot).is_ok();
+            if !undone {
+                let _ = area.set_state(mem, a.slot, crate::retstub::RELEASE);
+                self.lingering = true;
+            }
+        }
+    }
+}
+
+/// Stops the target until no thread runs a busy range (retrying until the timeout, catching
+/// busy threads as they return where it can), then has one thread run the commit routine, and
+/// checks the header state it leaves. `then` runs in the same stop after a successful switch
+/// (revert releases the region there). Also says whether a return stub may still be entered
+/// (the region must then stay mapped).
 fn switch(
     pid: Pid,
     sw: &Switch,
+    then: impl FnOnce(&mut StoppedProcess),
+) -> (Result<Switched, ApplyError>, bool) {
+    let mut arms = Arms {
+        area: sw.stubs,
+        armed: Vec::new(),
+        ever: false,
+        lingering: false,
+        caught: 0,
+    };
+    let result = switch_loop(pid, sw, &mut arms, then);
+    if !arms.armed.is_empty() {
+        // Failed with stubs armed: undo or release them in one more stop.
+        match StoppedProcess::stop(pid) {
+            Ok(sp) => {
+                let regs = sp.all_regs().unwrap_or_default();
+                arms.release(sp.mem(), &regs);
+                let _ = sp.resume();
+            }
+            Err(e) => {
+                arms.lingering = true;
+                tracing::warn!(pid = pid.0, %e, "could not stop the target to release return stubs; they release themselves within a second");
+            }
+        }
+    }
+    (result, arms.lingering)
+}
+
+fn switch_loop(
+    pid: Pid,
+    sw: &Switch,
+    arms: &mut Arms,
     then: impl FnOnce(&mut StoppedProcess),
 ) -> Result<Switched, ApplyError> {
     let started = Instant::now();
@@ -1036,20 +1244,36 @@ fn switch(
         let regs = sp
             .all_regs()
             .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-        let blocked = regs.iter().find_map(|(tid, r)| {
+        let mut blocked = None;
+        let mut slots = Vec::new();
+        for (tid, r) in &regs {
             let stack = snapshot(sp.mem(), sw.maps, r.rsp, STACK_CAP);
-            match sw.unwind.check(r.rip, r.rsp, r.rbp, &stack, sw.busy) {
-                Finding::Busy { name, .. } => Some((name, *tid)),
-                Finding::Clear => None,
+            if let Finding::Busy { name, ret_slot, .. } =
+                sw.unwind.check(r.rip, r.rsp, r.rbp, &stack, sw.busy)
+            {
+                blocked.get_or_insert((name, *tid));
+                slots.extend(ret_slot);
             }
-        });
+        }
         let done = if sw.want == State::Reverted {
             "reverted"
         } else {
             "applied"
         };
         if let Some((function, tid)) = blocked {
+            // Catch the busy threads as they return (see crate::retstub).
+            let armed = if started.elapsed() < sw.timeout {
+                arms.arm(sp.mem(), sw.retire_at, &slots)
+            } else {
+                Ok(0)
+            };
             let _ = sp.resume();
+            if let Err(e) = armed {
+                return Err(ApplyError::process(e, Outcome::Untouched));
+            }
+            if !arms.armed.is_empty() {
+                crate::failpoint::hit(sw.failpoint_armed);
+            }
             if started.elapsed() >= sw.timeout {
                 return Err(ApplyError::Busy {
                     function,
@@ -1059,7 +1283,14 @@ fn switch(
                     outcome: Outcome::Untouched,
                 });
             }
-            std::thread::sleep(Duration::from_millis(10));
+            if arms.armed.is_empty() {
+                std::thread::sleep(Duration::from_millis(10));
+            } else {
+                let limit = (Instant::now() + Duration::from_millis(200)).min(started + sw.timeout);
+                if let Ok(mem) = ProcessMemory::open(pid) {
+                    arms.wait_arrivals(&mem, limit);
+                }
+            }
             continue;
         }
         if let Some(sites) = sw.sites {
@@ -1109,6 +1340,8 @@ fn switch(
         let switched = matches!(&state, Ok(b) if b[..] == Header::state_bytes(sw.want));
         if switched {
             then(&mut sp);
+            // Parked threads go on (in the new code's world) once resumed.
+            arms.release(sp.mem(), &regs);
         }
         let resumed = sp.resume();
         let window = t0.elapsed();
@@ -1122,7 +1355,11 @@ fn switch(
         if let Err(e) = resumed {
             tracing::warn!(pid = pid.0, %e, "resuming after the switch");
         }
-        return Ok(Switched { attempts, window });
+        return Ok(Switched {
+            attempts,
+            window,
+            caught: arms.caught,
+        });
     }
 }
 
@@ -1335,14 +1572,35 @@ fn add_live_patches(
 }
 
 /// The code pages of a patch region: busy while any thread runs them.
+/// The return stubs' page is not patch code: a thread parked there has left it.
 fn region_code(maps: &Maps, p: &LivePatch) -> Vec<BusyRange> {
-    maps.iter()
-        .filter(|m| m.start.0 >= p.base && m.end.0 <= p.base + p.header.region_size && m.perms.exec)
-        .map(|m| BusyRange {
-            range: m.start.0..m.end.0,
-            name: format!("patch {} code", p.header.patch_id),
+    let stubs = p
+        .header
+        .stubs
+        .map(|page| {
+            let at = p.base + u64::from(page) * PAGE;
+            at..at + PAGE
         })
-        .collect()
+        .unwrap_or(0..0);
+    let mut out = Vec::new();
+    for m in maps
+        .iter()
+        .filter(|m| m.start.0 >= p.base && m.end.0 <= p.base + p.header.region_size && m.perms.exec)
+    {
+        // The mapping less the stub page: before it and after it (empty pieces dropped).
+        let (start, end) = (m.start.0, m.end.0);
+        let pieces = [
+            start..end.min(start.max(stubs.start)),
+            start.max(end.min(stubs.end))..end,
+        ];
+        for range in pieces.into_iter().filter(|r| !r.is_empty()) {
+            out.push(BusyRange {
+                range,
+                name: format!("patch {} code", p.header.patch_id),
+            });
+        }
+    }
+    out
 }
 
 /// Reverts the live patch `patch_id` (the most recent one with that id): the same switch in
@@ -1420,13 +1678,23 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
     }
     add_live_patches(&mut unwind, &mem, &maps, &patches);
     let base = RemoteAddr(p.base);
-    switch(
+    // The region's return stubs (regions from before they existed have none).
+    let shadow = std::fs::read_to_string(crate::maps::live_proc_dir(pid).join("status"))
+        .map_or(true, |st| crate::retstub::shadow_stack_enabled(&st));
+    let stubs = p
+        .header
+        .stubs
+        .filter(|_| !shadow && !crate::retstub::under_seccomp_filter(pid))
+        .map(|page| StubArea::at(p.base + u64::from(page) * PAGE));
+    let (done, _) = switch(
         pid,
         &Switch {
             maps: &maps,
             unwind: &unwind,
             busy: &busy,
             sites: Some(&sites),
+            stubs,
+            retire_at: None,
             commit: &commit,
             code_addr: RemoteAddr(code_page),
             block_addr: RemoteAddr(block_addr),
@@ -1434,11 +1702,13 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
             want: State::Reverted,
             timeout,
             failpoint: "revert:stopped",
+            failpoint_armed: "revert:armed",
         },
         // The region stays mapped, retired: the program may still point into it (see the
         // module comment); the next apply of this patch reuses it.
         |_| {},
-    )?;
+    );
+    done?;
     tracing::info!(pid = pid.0, patch = patch_id, "patch reverted");
     Ok(p)
 }

@@ -252,6 +252,7 @@ fn apply_one(
         symbols: Some(symbols.clone()),
         replace: opts.replace.clone(),
         scan_suspended: opts.scan_suspended,
+        ..Default::default()
     };
     let applied = apply::apply(pid, &bundle.patch_object, &apply_opts)?;
     Ok(BundleApplied { object, applied })

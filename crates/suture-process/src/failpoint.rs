@@ -2,7 +2,8 @@
 //! SIGKILL there, to prove that a killed suture never leaves a target half-patched.
 //!
 //! Points: `apply:mapped` (region mapped, nothing written), `apply:written` (code written, not
-//! switched), `apply:stopped` (switch stop taken, stacks checked), `commit:started` (a thread
+//! switched), `apply:stopped` (switch stop taken, stacks checked), `apply:armed` and
+//! `revert:armed` (return stubs armed for busy threads, target resumed; see `retstub.rs`), `commit:started` (a thread
 //! is pointed at the commit routine), `commit:running` (the routine was let run to its marker
 //! signal), `commit:midway` (the routine made its first system call; this point makes suture
 //! follow the routine system call by system call, the path it takes when no marker signal is

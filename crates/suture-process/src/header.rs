@@ -20,6 +20,8 @@
 //!     redirects    n × { from u64, to u64, len u8, saved [u8; 15] }
 //!     eh_frame     { offset u32, length u32 } of the patch's unwind rules in the region
 //!                  (optional: absent in headers written before it existed; 0, 0 = none)
+//!     stubs        u32 page index of the return stubs' code (their slots are the next page;
+//!                  see `retstub.rs`); optional as eh_frame; 0 = none
 //! ```
 //! Data read back from a target is untrusted: [`Header::decode`] bounds every field.
 
@@ -88,6 +90,9 @@ pub struct Header {
     /// revert writes its routine exactly there (never inferred from mapping boundaries, which
     /// the kernel may merge).
     pub commit_pages: Option<(u16, u16)>,
+    /// Page index (from the region's start) of the return stubs' code page; their slots are
+    /// the page after it ([`crate::retstub`]).
+    pub stubs: Option<u16>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -181,6 +186,7 @@ impl Header {
         let (off, len) = self.eh_frame.unwrap_or((0, 0));
         out.extend_from_slice(&off.to_le_bytes());
         out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&u32::from(self.stubs.unwrap_or(0)).to_le_bytes());
         if out.len() > MAX_LEN {
             return Err(HeaderError::TooLarge);
         }
@@ -199,6 +205,7 @@ impl Header {
             + object.len()
             + redirects * REDIRECT_LEN
             + 8
+            + 4
     }
 
     /// Offset of the `state` field, for updating it in place with one small write.
@@ -271,6 +278,16 @@ impl Header {
         } else {
             None
         };
+        // Two pages from the stub page on must lie in the region; anything else is ignored
+        // (the region is then used without stubs).
+        let stubs = if r.at + 4 <= r.b.len() {
+            let page = r.u32()?;
+            (page > 0 && (u64::from(page) + 2) * 4096 <= region_size)
+                .then(|| u16::try_from(page).ok())
+                .flatten()
+        } else {
+            None
+        };
         Ok(Header {
             state,
             region_size,
@@ -281,6 +298,7 @@ impl Header {
             redirects,
             eh_frame,
             commit_pages,
+            stubs,
         })
     }
 }
@@ -311,6 +329,7 @@ mod tests {
             ],
             eh_frame: Some((0x1000, 0x80)),
             commit_pages: Some((3, 4)),
+            stubs: None,
         }
     }
 
@@ -319,7 +338,8 @@ mod tests {
     #[test]
     fn eh_frame_record_is_optional_and_bounded() {
         let mut b = sample().encode().unwrap();
-        b.truncate(b.len() - 8);
+        // A header from before both trailing records (eh_frame, stubs).
+        b.truncate(b.len() - 12);
         let len = b.len() as u32;
         b[8..12].copy_from_slice(&len.to_le_bytes());
         let old = Header::decode(&b).unwrap();
@@ -336,6 +356,24 @@ mod tests {
         h.eh_frame = Some((0, u32::MAX));
         h.region_size = u64::MAX;
         assert_eq!(Header::decode(&h.encode().unwrap()).unwrap().eh_frame, None);
+    }
+
+    /// The stubs record: round-trips; absent in older headers; a page whose two pages would
+    /// leave the region is ignored (the region is then used without stubs).
+    #[test]
+    fn stubs_record_is_optional_and_bounded() {
+        let mut h = sample();
+        h.stubs = Some(3);
+        assert_eq!(Header::decode(&h.encode().unwrap()).unwrap().stubs, Some(3));
+        let mut b = h.encode().unwrap();
+        b.truncate(b.len() - 4);
+        let len = b.len() as u32;
+        b[8..12].copy_from_slice(&len.to_le_bytes());
+        let old = Header::decode(&b).unwrap();
+        assert_eq!(old.stubs, None);
+        assert_eq!(old.eh_frame, h.eh_frame);
+        h.stubs = Some(4); // pages 4 and 5 of a 5-page region
+        assert_eq!(Header::decode(&h.encode().unwrap()).unwrap().stubs, None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod link;
 pub mod maps;
 pub mod mem;
 pub mod remote;
+pub mod retstub;
 pub mod seccomp;
 pub mod stack;
 pub mod stop;

@@ -55,6 +55,9 @@ pub enum Finding {
         name: String,
         depth: usize,
         exact: bool,
+        /// When the unwind was complete: where the return address out of the outermost busy
+        /// frame is stored on the stack, and its value (see [`crate::retstub`]).
+        ret_slot: Option<(u64, u64)>,
     },
 }
 
@@ -112,15 +115,19 @@ impl UnwindInfo {
         eh_frame: Vec<u8>,
     ) {
         let len = eh_frame.len() as u64;
+        // framehop looks addresses up as 32-bit offsets from the module's base: the base must
+        // be near the code (a base of 0 truncates them, every lookup misses, and framehop
+        // falls back to frame pointers). Addresses are the same in both spaces here.
+        let base = code.start.min(eh_frame_addr);
         let info = ExplicitModuleSectionInfo {
-            base_svma: 0,
+            base_svma: base,
             eh_frame_svma: Some(eh_frame_addr..eh_frame_addr + len),
             eh_frame: Some(eh_frame),
             ..Default::default()
         };
         self.ranges.push(code.clone());
         self.unwinder
-            .add_module(Module::new(name.to_string(), code, 0, info));
+            .add_module(Module::new(name.to_string(), code, base, info));
     }
 
     pub fn module_count(&self) -> usize {
@@ -139,30 +146,40 @@ impl UnwindInfo {
         let hit = |pc: u64| busy.iter().find(|b| b.range.contains(&pc));
         let mut cache = CacheX86_64::<_>::new();
         let mut read = |addr: u64| stack.read(addr).ok_or(());
-        let mut frames = self.unwinder.iter_frames(
-            rip,
-            UnwindRegsX86_64::new(rip, rsp, rbp),
-            &mut cache,
-            &mut read,
-        );
+        let mut regs = UnwindRegsX86_64::new(rip, rsp, rbp);
+        let mut address = FrameAddress::from_instruction_pointer(rip);
         let mut complete = false;
+        // The innermost busy frame (name, depth) and the return slot of the outermost one.
+        let mut first: Option<(&BusyRange, usize)> = None;
+        let mut outermost: Option<(u64, u64)> = None;
         for depth in 0..MAX_FRAMES {
-            match frames.next() {
-                Ok(Some(frame)) => {
-                    // A return address points after the call: look up the call itself.
-                    let pc = match frame {
-                        FrameAddress::InstructionPointer(pc) => pc,
-                        FrameAddress::ReturnAddress(ra) => ra.get() - 1,
-                    };
-                    if let Some(b) = hit(pc) {
-                        return Finding::Busy {
-                            name: b.name.clone(),
-                            depth,
-                            exact: true,
-                        };
+            // A return address points after the call: look up the call itself.
+            let pc = address.address_for_lookup();
+            let here = hit(pc);
+            if let Some(b) = here {
+                first.get_or_insert((b, depth));
+            } else if !self.ranges.iter().any(|r| r.contains(&pc)) {
+                break;
+            }
+            match self
+                .unwinder
+                .unwind_frame(address, &mut regs, &mut cache, &mut read)
+            {
+                Ok(Some(ra)) => {
+                    if here.is_some() {
+                        // The caller's stack pointer is this frame's CFA; the return address
+                        // sits just below it. Only from code with unwind rules (a frame-pointer
+                        // guess could name the wrong word).
+                        let slot = regs.sp().wrapping_sub(8);
+                        let ruled = self.ranges.iter().any(|r| r.contains(&pc));
+                        outermost = (ruled && stack.read(slot) == Some(ra)).then_some((slot, ra));
                     }
-                    if !self.ranges.iter().any(|r| r.contains(&pc)) {
-                        break;
+                    match FrameAddress::from_return_address(ra) {
+                        Some(next) => address = next,
+                        None => {
+                            complete = true;
+                            break;
+                        }
                     }
                 }
                 Ok(None) => {
@@ -171,6 +188,14 @@ impl UnwindInfo {
                 }
                 Err(_) => break,
             }
+        }
+        if let Some((b, depth)) = first {
+            return Finding::Busy {
+                name: b.name.clone(),
+                depth,
+                exact: true,
+                ret_slot: if complete { outermost } else { None },
+            };
         }
         if complete {
             return Finding::Clear;
@@ -185,6 +210,7 @@ impl UnwindInfo {
                     name: b.name.clone(),
                     depth: i + 1,
                     exact: false,
+                    ret_slot: None,
                 };
             }
         }
@@ -193,6 +219,7 @@ impl UnwindInfo {
                 name: b.name.clone(),
                 depth: 0,
                 exact: true,
+                ret_slot: None,
             },
             None => Finding::Clear,
         }

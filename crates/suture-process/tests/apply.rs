@@ -810,3 +810,91 @@ int main(void) {
     revert(pid, "many", TIMEOUT).expect("revert");
     lines.wait_for("a=1 b=300");
 }
+
+const NAPPER_MAIN: &str = include_str!("fixtures/napper/main.c");
+const NAP: &str = include_str!("fixtures/napper/nap.c");
+const NAP_FIXED: &str = include_str!("fixtures/napper/nap.fixed.c");
+
+/// The napper program (threads that are almost never outside `nap()`) and the patch of nap.c.
+fn napper(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let c = ["-c", "-O2", "-g", "-ffunction-sections", "-fdata-sections"];
+    for (side, src) in [("orig", NAP), ("fixed", NAP_FIXED)] {
+        std::fs::create_dir_all(dir.join(side)).unwrap();
+        std::fs::write(dir.join(side).join("nap.c"), src).unwrap();
+        gcc(
+            &dir.join(side),
+            &[&c[..], &["nap.c", "-o", "nap.o"]].concat(),
+        );
+    }
+    std::fs::write(dir.join("main.c"), NAPPER_MAIN).unwrap();
+    gcc(
+        dir,
+        &["-O2", "main.c", "orig/nap.o", "-lpthread", "-o", "prog"],
+    );
+    let read = |side: &str| std::fs::read(dir.join(side).join("nap.o")).unwrap();
+    let (a, b) = (read("orig"), read("fixed"));
+    let (a, b) = (
+        suture_object::Object::parse(&a).unwrap(),
+        suture_object::Object::parse(&b).unwrap(),
+    );
+    let patch = suture_object::emit::emit(&suture_object::analyze(&a, &b).unwrap()).unwrap();
+    (dir.join("prog"), patch)
+}
+
+/// Four threads call `nap()` back to back and it sleeps inside itself: stopping the process at
+/// random moments never finds it off every stack (shown with return stubs turned off), so the
+/// apply catches each thread as `nap()` returns, parks it in a return stub, and switches while
+/// all are parked. The revert does the same with the new `nap()`. The program never misses a
+/// beat: each tick's value is the old or the new one, nothing else.
+#[test]
+fn functions_rarely_off_the_stack_are_caught_as_they_return() {
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "apply", "napper");
+    let (prog, patch) = napper(&dir);
+    let (mut child, lines) = spawn_lines(&mut Command::new(&prog));
+    let pid = Pid(lines.wait_for("pid ")[4..].trim().parse().unwrap());
+    assert_eq!(pid.0, child.0.id() as i32);
+    lines.wait_for("v=11");
+
+    // Polling alone times out: nap() is on some stack at every stop.
+    let polling = ApplyOptions {
+        patch_id: "nap".into(),
+        timeout: Duration::from_millis(500),
+        catch_returns: false,
+        ..Default::default()
+    };
+    match apply(pid, &patch, &polling) {
+        Err(e @ suture_process::apply::ApplyError::Busy { .. }) => {
+            assert!(e.to_string().contains("nap"), "{e}");
+        }
+        other => panic!("expected nap to be busy when only polling, got {other:?}"),
+    }
+    assert!(no_live(pid));
+
+    let opts = ApplyOptions {
+        patch_id: "nap".into(),
+        timeout: TIMEOUT,
+        ..Default::default()
+    };
+    let applied = apply(pid, &patch, &opts).expect("apply");
+    assert!(applied.caught_returns >= 1, "{applied:?}");
+    lines.drain();
+    lines.wait_for("v=12");
+    let mut seen = 0;
+    while seen < 3 {
+        let l = lines.wait_for("tick ");
+        assert!(l.ends_with("v=12"), "after the apply: {l}");
+        seen += 1;
+    }
+
+    revert(pid, "nap", TIMEOUT).expect("revert");
+    lines.drain();
+    lines.wait_for("v=11");
+    for _ in 0..3 {
+        let l = lines.wait_for("tick ");
+        assert!(l.ends_with("v=11"), "after the revert: {l}");
+    }
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the program is alive"
+    );
+}

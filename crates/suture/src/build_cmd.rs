@@ -140,10 +140,8 @@ pub fn apply_bundle(
             Ok(bundle::BundleApplied { object, applied: a }) => {
                 if !req.json {
                     crate::out(&format!(
-                        "{id}: live in process {pid} on {object} ({} functions redirected, \
-                         stopped {} us for the switch)\n",
-                        a.redirects.len(),
-                        a.stop_window_us
+                        "{id}: live in process {pid} on {object} ({})\n",
+                        crate::process_cmd::switch_summary(&a)
                     ));
                 }
                 results.push(json!({"pid": pid.0, "applied": true, "object": object, "result": a}));

@@ -46,6 +46,23 @@ pub struct ApplyRequest {
     pub json: bool,
 }
 
+/// "N functions redirected, stopped X us for the switch", and how many threads were caught
+/// as they returned when any were.
+pub fn switch_summary(a: &suture_process::apply::Applied) -> String {
+    let mut s = format!(
+        "{} functions redirected, stopped {} us for the switch",
+        a.redirects.len(),
+        a.stop_window_us
+    );
+    if a.caught_returns > 0 {
+        s.push_str(&format!(
+            "; {} thread(s) caught as they returned from a replaced function",
+            a.caught_returns
+        ));
+    }
+    s
+}
+
 pub fn apply(patch: &Path, req: ApplyRequest) -> Result<u8> {
     let bytes = crate::read(patch)?;
     if suture_bundle::is_bundle(&bytes) {
@@ -77,9 +94,8 @@ pub fn apply(patch: &Path, req: ApplyRequest) -> Result<u8> {
             Ok(a) => {
                 if !json {
                     crate::out(&format!(
-                        "{id}: live in process {pid} ({} functions redirected, stopped {} us for the switch)\n",
-                        a.redirects.len(),
-                        a.stop_window_us
+                        "{id}: live in process {pid} ({})\n",
+                        switch_summary(&a)
                     ));
                 }
                 results.push(json!({"pid": pid.0, "applied": true, "result": a}));

@@ -75,6 +75,38 @@ fn only(rx: &Lines, want: &str, what: &str) {
     );
 }
 
+/// `suture apply PATCH --pid PID --json`, which must succeed: its JSON.
+fn applied(patch: &Path, pid: u32) -> serde_json::Value {
+    let out = suture()
+        .arg("apply")
+        .arg(patch)
+        .args(["--pid", &pid.to_string(), "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The state of every patch region in `pid`, as `suture status --json` reports it.
+fn patch_states(pid: u32) -> Vec<String> {
+    let status = suture()
+        .args(["status", "--json", "--pid", &pid.to_string()])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    v["patches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["header"]["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn state(pid: u32) -> String {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     s.rsplit(')')
@@ -125,45 +157,14 @@ fn sigkill_at_every_point_leaves_old_or_new_code_never_a_mixture() {
         );
         // The process itself says what happened: live after the switch, merely loaded (not
         // switched, reclaimable) before it.
-        let status = suture()
-            .args(["status", "--json", "--pid", &pid.to_string()])
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-        let states: Vec<&str> = v["patches"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["header"]["state"].as_str().unwrap())
-            .collect();
+        let states = patch_states(pid);
         if switched {
             assert_eq!(states, ["live"], "{point}");
         } else {
             assert!(states.iter().all(|s| *s == "loaded"), "{point}: {states:?}");
             // The next apply reclaims what the killed one left and switches normally.
-            let out = suture()
-                .arg("apply")
-                .arg(&patch)
-                .args(["--pid", &pid.to_string(), "--json"])
-                .output()
-                .unwrap();
-            assert_eq!(
-                out.status.code(),
-                Some(0),
-                "{point}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let status = suture()
-                .args(["status", "--json", "--pid", &pid.to_string()])
-                .output()
-                .unwrap();
-            let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-            let states: Vec<&str> = v["patches"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p["header"]["state"].as_str().unwrap())
-                .collect();
+            applied(&patch, pid);
+            let states = patch_states(pid);
             assert_eq!(states, ["live"], "{point}: leftovers not reclaimed");
             only(&rx, NEW, point);
         }
@@ -263,4 +264,110 @@ fn apply_status_revert_through_the_cli() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no live patch"));
+}
+
+/// Builds the napper program (threads almost never outside `nap()`, which sleeps inside
+/// itself) and, with `suture diff -o`, the patch of nap.c (`v=11` becomes `v=12`).
+fn build_napper(dir: &Path) -> (PathBuf, PathBuf) {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("../suture-process/tests/fixtures/napper");
+    let c = ["-c", "-O2", "-g", "-ffunction-sections", "-fdata-sections"];
+    for (side, src) in [("orig", "nap.c"), ("fixed", "nap.fixed.c")] {
+        std::fs::create_dir_all(dir.join(side)).unwrap();
+        std::fs::copy(f.join(src), dir.join(side).join("nap.c")).unwrap();
+        gcc(
+            &dir.join(side),
+            &[&c[..], &["nap.c", "-o", "nap.o"]].concat(),
+        );
+    }
+    std::fs::copy(f.join("main.c"), dir.join("main.c")).unwrap();
+    gcc(
+        dir,
+        &["-O2", "main.c", "orig/nap.o", "-lpthread", "-o", "prog"],
+    );
+    let patch = dir.join("nap.patch.o");
+    let out = suture()
+        .args(["diff", "orig/nap.o", "fixed/nap.o", "-o"])
+        .arg(&patch)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (dir.join("prog"), patch)
+}
+
+/// The next `n` tick lines all end with `want`.
+fn ticks(rx: &Lines, want: &str, n: usize, what: &str) {
+    let mut seen = 0;
+    while seen < n {
+        let l = rx.wait_for("tick ");
+        assert!(
+            l.ends_with(want),
+            "{what}: expected ticks ending {want:?}, got {l}"
+        );
+        seen += 1;
+    }
+}
+
+/// SIGKILL right after return stubs were armed for threads that are almost never outside the
+/// replaced function: each thread returns into its stub, waits there at most about a second,
+/// and goes on to its real return address by itself. The program keeps running its original
+/// code, never stops or crashes, and the region stays mapped ("reverted", retired), so no
+/// thread can return into unmapped memory; the next apply reuses it and switches.
+#[test]
+fn sigkill_with_return_stubs_armed_leaves_the_original_code_running() {
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "kill", "stubs");
+    let (prog, patch) = build_napper(&dir);
+    let (mut child, rx) = start(&prog);
+    let pid: u32 = rx.wait_for("pid ")[4..].trim().parse().unwrap();
+    rx.wait_for("v=11");
+    let out = suture()
+        .arg("apply")
+        .arg(&patch)
+        .args(["--pid", &pid.to_string()])
+        .env("SUTURE_FAILPOINT", "apply:armed")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "suture was not killed with stubs armed"
+    );
+    // 30 ticks of 25 naps of 2 ms: longer than a stub's longest wait.
+    rx.drain();
+    ticks(&rx, "v=11", 30, "after the kill");
+    assert!(child.0.try_wait().unwrap().is_none(), "the target died");
+    let st = state(pid);
+    assert!(st != "T" && st != "t", "target left stopped ({st})");
+    let states = patch_states(pid);
+    assert_eq!(states, ["reverted"], "the region stays, retired");
+
+    let v = applied(&patch, pid);
+    assert!(
+        v["processes"][0]["result"]["caught_returns"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{v}"
+    );
+    rx.drain();
+    rx.wait_for("v=12");
+    ticks(&rx, "v=12", 5, "after the apply");
+    let out = suture()
+        .args(["revert", "nap.patch", "--pid", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rx.drain();
+    rx.wait_for("v=11");
+    ticks(&rx, "v=11", 5, "after the revert");
 }
