@@ -260,6 +260,7 @@ impl Default for ApplyOptions {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Applied {
     pub pid: i32,
+    #[serde(serialize_with = "crate::hexjson::addr")]
     pub base: u64,
     pub size: u64,
     pub redirects: Vec<Redirect>,
@@ -278,6 +279,7 @@ pub struct Applied {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LivePatch {
     pub pid: i32,
+    #[serde(serialize_with = "crate::hexjson::addr")]
     pub base: u64,
     pub header: Header,
 }

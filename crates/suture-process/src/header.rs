@@ -68,9 +68,12 @@ impl State {
 /// One redirected function entry: the jump written at `from` and the bytes it replaced.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Redirect {
+    #[serde(serialize_with = "crate::hexjson::addr")]
     pub from: u64,
+    #[serde(serialize_with = "crate::hexjson::addr")]
     pub to: u64,
     /// Original bytes at `from` (as many as the jump overwrote).
+    #[serde(serialize_with = "crate::hexjson::bytes")]
     pub saved: Vec<u8>,
 }
 
@@ -80,6 +83,7 @@ pub struct Header {
     pub region_size: u64,
     pub applied_at: u64,
     pub patch_id: String,
+    #[serde(serialize_with = "crate::hexjson::bytes")]
     pub build_id: Vec<u8>,
     pub object: String,
     pub redirects: Vec<Redirect>,

@@ -15,6 +15,7 @@ pub mod commit;
 pub mod error;
 pub mod failpoint;
 pub mod header;
+pub mod hexjson;
 pub mod ids;
 pub mod link;
 pub mod maps;

@@ -159,8 +159,8 @@ pub fn apply_bundle(
         crate::out(&format!(
             "{}\n",
             serde_json::to_string_pretty(&json!({
-                "schema": "suture.process/1",
-                "patch": id,
+                "schema": "suture.process/2",
+                "patch_id": id,
                 "build_id": m.target.build_id,
                 "processes": results
             }))?

@@ -113,7 +113,7 @@ pub fn apply(patch: &Path, req: ApplyRequest) -> Result<u8> {
         crate::out(&format!(
             "{}\n",
             serde_json::to_string_pretty(
-                &json!({"schema": "suture.process/1", "patch": id, "processes": results})
+                &json!({"schema": "suture.process/2", "patch_id": id, "processes": results})
             )?
         ));
     }
@@ -169,16 +169,14 @@ pub fn revert(arg: &str, pids: &[i32], all: bool, timeout: f64, json: bool) -> R
         crate::out(&format!(
             "{}\n",
             serde_json::to_string_pretty(
-                &json!({"schema": "suture.process/1", "patch": id, "processes": results})
+                &json!({"schema": "suture.process/2", "patch_id": id, "processes": results})
             )?
         ));
     }
     Ok(if failed == 0 { exit::OK } else { exit::ERROR })
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use suture_process::hexjson::hex;
 
 pub fn status(pid: Option<i32>, json: bool) -> Result<u8> {
     let which = match pid {
@@ -212,7 +210,7 @@ pub fn status(pid: Option<i32>, json: bool) -> Result<u8> {
         crate::out(&format!(
             "{}\n",
             serde_json::to_string_pretty(
-                &json!({ "schema": "suture.status/1", "patches": live, "unreadable": unreadable })
+                &json!({ "schema": "suture.status/2", "patches": live, "unreadable": unreadable })
             )?
         ));
         return Ok(exit::OK);

@@ -92,7 +92,7 @@ fn live(pids: &[i32]) -> Vec<(i32, String)> {
     let out = suture(&["status", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_eq!(v["schema"], "suture.status/1");
+    assert_eq!(v["schema"], "suture.status/2");
     let mut found: Vec<(i32, String)> = v["patches"]
         .as_array()
         .expect("a patches array")
@@ -135,7 +135,7 @@ fn apply_all_patches_every_process_of_the_object_and_revert_all_reverts_them() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_eq!(v["schema"], "suture.process/1");
+    assert_eq!(v["schema"], "suture.process/2");
     let mut applied: Vec<i32> = v["processes"]
         .as_array()
         .unwrap()
@@ -324,7 +324,7 @@ fn revert_by_the_applied_patch_file() {
     let out = suture(&["revert", p, "--pid", &pid, "--json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_eq!(v["schema"], "suture.process/1");
+    assert_eq!(v["schema"], "suture.process/2");
     assert_eq!(v["processes"][0]["reverted"], false, "{v:#}");
     assert_eq!(v["processes"][0]["outcome"], "untouched", "{v:#}");
 }

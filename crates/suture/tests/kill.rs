@@ -191,7 +191,7 @@ fn apply_status_revert_through_the_cli() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["patch"], "lib.patch");
+    assert_eq!(v["patch_id"], "lib.patch");
     assert_eq!(v["processes"][0]["applied"], true);
     only(&rx, NEW, "after apply");
 

@@ -467,7 +467,10 @@ fn live_cycle(d: &Daemon, bin: &Path, patch: &Live, fixed: &dyn Fn(u16), origina
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["from"].as_u64().unwrap())
+        .map(|r| {
+            let hex = r["from"].as_str().unwrap().trim_start_matches("0x");
+            u64::from_str_radix(hex, 16).unwrap()
+        })
         .collect();
     assert!(
         froms.contains(&(base + sym)),
