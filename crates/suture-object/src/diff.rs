@@ -1301,6 +1301,11 @@ fn fill_report(d: &mut Diff, changed: BTreeMap<UnitId, Vec<Reason>>) {
                     patched_size: ub.len(),
                     fragment: names::is_fragment(&ub.name),
                     reasons,
+                    original_code: (ua.kind == UnitKind::Func).then(|| {
+                        let offsets: Vec<u64> =
+                            o.relocs(a).map(|(r, _)| r.offset - ua.start).collect();
+                        OriginalCode::new(o.bytes(a), &offsets)
+                    }),
                 });
             }
             Role::NewFunc | Role::NewData | Role::DataCopy => {

@@ -64,6 +64,76 @@ pub struct ChangedFunction {
     /// their parent but no jump is written at their start.
     pub fragment: bool,
     pub reasons: Vec<Reason>,
+    /// The original function as the compiler wrote it, for `suture apply` to check that the
+    /// running code is that build (absent for data and in older patch objects).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original_code: Option<OriginalCode>,
+}
+
+/// A function's bytes in the original object with every instruction that has a relocation
+/// left out: the linker fills those in, and may rewrite them (GOT and TLS relaxations), so only
+/// the rest must equal the running code.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct OriginalCode {
+    /// The bytes, lowercase hex (masked bytes written as 00).
+    pub bytes: String,
+    /// The masked ranges: (offset, length) from the function's start.
+    pub masked: Vec<(u32, u32)>,
+}
+
+impl OriginalCode {
+    /// From a function's bytes and the offsets (from its start) of its relocations.
+    pub fn new(code: &[u8], reloc_offsets: &[u64]) -> OriginalCode {
+        let mut masked: Vec<(u32, u32)> = Vec::new();
+        for insn in crate::x86::decode(code) {
+            let range = insn.start..insn.start + u64::from(insn.len);
+            if reloc_offsets.iter().any(|o| range.contains(o)) {
+                match masked.last_mut() {
+                    Some((at, len)) if u64::from(*at + *len) == insn.start => {
+                        *len += u32::from(insn.len)
+                    }
+                    _ => masked.push((insn.start as u32, u32::from(insn.len))),
+                }
+            }
+        }
+        // A relocation the decoder did not place inside an instruction (data in code) masks
+        // its own four bytes.
+        for &o in reloc_offsets {
+            if !masked
+                .iter()
+                .any(|&(at, len)| (u64::from(at)..u64::from(at + len)).contains(&o))
+            {
+                let end = (o + 4).min(code.len() as u64);
+                masked.push((o as u32, (end - o) as u32));
+            }
+        }
+        masked.sort_unstable();
+        let mut bytes = code.to_vec();
+        for &(at, len) in &masked {
+            for b in &mut bytes[at as usize..(at + len) as usize] {
+                *b = 0;
+            }
+        }
+        OriginalCode {
+            bytes: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            masked,
+        }
+    }
+
+    /// The first offset where `running` (the function's bytes in the target) differs, outside
+    /// the masked ranges; `None` when it is the same code. A different length differs at the
+    /// shorter end.
+    pub fn first_difference(&self, running: &[u8]) -> Option<usize> {
+        let want: Vec<u8> = (0..self.bytes.len() / 2)
+            .map(|i| u8::from_str_radix(&self.bytes[2 * i..2 * i + 2], 16).unwrap_or(0))
+            .collect();
+        let masked = |i: usize| {
+            self.masked
+                .iter()
+                .any(|&(at, len)| (at as usize..(at + len) as usize).contains(&i))
+        };
+        (0..want.len().max(running.len())).find(|&i| !masked(i) && want.get(i) != running.get(i))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -288,6 +288,8 @@ struct ChangedFn {
     name: String,
     request: Request,
     size: u64,
+    /// The original's code as compiled (patch objects from this suture on).
+    original_code: Option<suture_object::report::OriginalCode>,
 }
 
 fn manifest_functions(plan: &Plan) -> Result<Vec<ChangedFn>, ApplyError> {
@@ -329,12 +331,54 @@ fn manifest_functions(plan: &Plan) -> Result<Vec<ChangedFn>, ApplyError> {
             name,
             request,
             size: f["original_size"].as_u64().unwrap_or(0),
+            original_code: serde_json::from_value(f["original_code"].clone()).ok(),
         });
     }
     if out.is_empty() {
         return Err(ApplyError::Patch("the patch replaces no function".into()));
     }
     Ok(out)
+}
+
+/// Refuses when the running code of `f` (at `from`, with the entry bytes of live patches
+/// restored) is not the original code recorded in the patch object.
+fn check_original_code(
+    mem: &ProcessMemory,
+    existing: &[LivePatch],
+    f: &ChangedFn,
+    from: RemoteAddr,
+    object: &str,
+) -> Result<(), ApplyError> {
+    let Some(code) = &f.original_code else {
+        return Ok(());
+    };
+    let len = code.bytes.len() / 2;
+    let mut running = mem
+        .read_vec(from, len)
+        .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    for r in existing
+        .iter()
+        .filter(|p| p.header.state == State::Live)
+        .flat_map(|p| &p.header.redirects)
+    {
+        if let Some(at) = r.from.checked_sub(from.0).map(|o| o as usize) {
+            for (i, b) in r.saved.iter().enumerate() {
+                if let Some(slot) = running.get_mut(at + i) {
+                    *slot = *b;
+                }
+            }
+        }
+    }
+    match code.first_difference(&running) {
+        None => Ok(()),
+        Some(off) => Err(ApplyError::Patch(format!(
+            "{object} does not run the code this patch was made from: {} at {:#x} differs from the \
+             original object at +{off:#x} (another build or version of the program?). A patch \
+             object is only for the exact build its original object went into; build a bundle \
+             with `suture build` to bind a patch to a build-id",
+            f.name, from.0
+        ))),
+    }
 }
 
 /// The mapped ELF files of a process: the patched object first, then the others in map order.
@@ -616,6 +660,13 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
             )));
         };
         originals.push((f, from));
+    }
+    // A bare patch object is not bound to a build-id (a bundle is): check that the running
+    // functions are the code it was made from, so another build or version is refused.
+    if opts.build_id.is_none() {
+        for (f, from) in &originals {
+            check_original_code(&mem, &existing, f, *from, &patched.path)?;
+        }
     }
     let mut unwind = UnwindInfo::default();
     for (name, bytes, bias, code) in &loaded.files {

@@ -898,3 +898,57 @@ fn functions_rarely_off_the_stack_are_caught_as_they_return() {
         "the program is alive"
     );
 }
+
+/// A bare patch object carries the original functions' code as compiled (relocated
+/// instructions left out): applied to a program built from other code (here the original unit
+/// compiled at -O1, and another version of it), it is refused by name before anything is
+/// written; the program's own build applies.
+#[test]
+fn a_patch_object_for_another_build_is_refused() {
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "apply", "other-build");
+    let (prog, good) = build(&dir);
+    let (mut child, lines) = spawn_lines(&mut Command::new(&prog));
+    lines.wait_for("v=1");
+    let pid = Pid(child.0.id() as i32);
+    let patch_of = |name: &str, flags: &[&str], orig_src: &str| -> Vec<u8> {
+        let d = dir.join(name);
+        for (side, src) in [("orig", orig_src), ("fixed", FIXED)] {
+            std::fs::create_dir_all(d.join(side)).unwrap();
+            std::fs::write(d.join(side).join("lib.c"), src).unwrap();
+            let mut args = flags.to_vec();
+            args.extend(["-g", "-ffunction-sections", "-fdata-sections", "-c"]);
+            args.extend(["lib.c", "-o", "lib.o"]);
+            gcc(&d.join(side), &args);
+        }
+        let a = std::fs::read(d.join("orig/lib.o")).unwrap();
+        let b = std::fs::read(d.join("fixed/lib.o")).unwrap();
+        let (a, b) = (
+            suture_object::Object::parse(&a).unwrap(),
+            suture_object::Object::parse(&b).unwrap(),
+        );
+        suture_object::emit::emit(&suture_object::analyze(&a, &b).unwrap()).unwrap()
+    };
+    let opts = |id: &str| ApplyOptions {
+        patch_id: id.into(),
+        timeout: TIMEOUT,
+        ..Default::default()
+    };
+    let other_flags = patch_of("o1", &["-O1"], LIB);
+    let other_version = patch_of("v0", &["-O2"], &LIB.replace("return 1;", "return 0;"));
+    for (id, patch) in [("o1", &other_flags), ("v0", &other_version)] {
+        let e = apply(pid, patch, &opts(id)).expect_err("another build must be refused");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("does not run the code this patch was made from")
+                && msg.contains("version")
+                && msg.contains("untouched"),
+            "{id}: {msg}"
+        );
+        assert!(no_live(pid), "{id}: nothing left");
+    }
+    lines.drain();
+    lines.wait_for("v=1");
+    apply(pid, &good, &opts("good")).expect("the program's own build applies");
+    lines.wait_for("v=2");
+    assert!(child.0.try_wait().unwrap().is_none());
+}

@@ -330,7 +330,8 @@ fn tls_of_a_library_and_of_the_executable_patched_in_one_process() {
 
 /// A library loaded with `dlopen` has dynamic TLS (blocks allocated per thread by
 /// `__tls_get_addr`, outside the static TLS area): the patch reaches each thread's block
-/// through its module id. Initial-exec code cannot reach it and is refused.
+/// through its module id. A patch object compiled for initial-exec TLS is not the code of that
+/// library and is refused; a library built with initial-exec TLS is patched as well.
 #[test]
 fn tls_of_a_dlopened_library_is_reached_through_its_module() {
     let dir = work_dir("tls-dlopen");
@@ -359,15 +360,30 @@ fn tls_of_a_dlopened_library_is_reached_through_its_module() {
         &ie,
     );
     let ie_patch = patch(&ie_orig, &ie_fixed);
+    // The initial-exec object is not the code libtls.so was built from: refused as such.
     let e = apply(pid, &ie_patch, &opts("dl-ie", Some("libtls.so")))
-        .expect_err("initial-exec access to dynamic TLS must be refused");
+        .expect_err("a patch object of another build must be refused");
     let msg = e.to_string();
     assert!(
-        msg.contains("thread pointer") && msg.contains("untouched"),
+        msg.contains("does not run the code this patch was made from")
+            && msg.contains("lib_report")
+            && msg.contains("untouched"),
         "{msg}"
     );
     assert!(no_live(pid));
     prog.expect_all(&state(&|i| 101 * i));
+    // A library that *was* built with initial-exec TLS and is dlopen()ed: glibc places its
+    // block in the static TLS area, so its code, and the patch's, reach it through the thread
+    // pointer.
+    gcc(&dir, &["-shared", s(&ie_orig), "-o", "libtls-ie.so"]);
+    let mut ie_prog =
+        Program::spawn(Command::new(dir.join("dlprog")).arg(dir.join("libtls-ie.so")));
+    ie_prog.expect_all(&state(&|i| 101 * i));
+    apply(ie_prog.pid, &ie_patch, &opts("dl-ie", Some("libtls-ie.so"))).expect("apply");
+    ie_prog.expect_all(&state(&|i| 1001 * i + 500));
+    revert_now(ie_prog.pid, "dl-ie");
+    ie_prog.expect_all(&state(&|i| 101 * i + 50));
+    ie_prog.assert_alive();
 
     apply(pid, &lib_patch, &opts("dl-tls", Some("libtls.so"))).expect("apply");
     prog.expect_all(&state(&|i| 1001 * i + 500));
