@@ -260,6 +260,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.log.as_deref());
+    let json_errors = cli.command.json_name();
     let result = match cli.command {
         Command::Diff {
             original,
@@ -356,7 +357,38 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("suture: error: {e:#}");
+            if let Some(command) = json_errors {
+                out(&format!("{}\n", error_json(command, &e)));
+            }
             ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+/// A whole-command failure under `--json` (schema `suture.error/1`, docs/process-json.md):
+/// the message, and its causes outermost first.
+fn error_json(command: &str, e: &anyhow::Error) -> String {
+    let v = serde_json::json!({
+        "schema": "suture.error/1",
+        "command": command,
+        "ok": false,
+        "error": e.to_string(),
+        "causes": e.chain().skip(1).map(|c| c.to_string()).collect::<Vec<_>>(),
+    });
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+impl Command {
+    /// The command's name when it was asked for JSON (its errors are then JSON too). The
+    /// kernel subcommands write their own.
+    fn json_name(&self) -> Option<&'static str> {
+        match self {
+            Command::Diff { json: true, .. } => Some("diff"),
+            Command::Apply { json: true, .. } => Some("apply"),
+            Command::Revert { json: true, .. } => Some("revert"),
+            Command::Status { json: true, .. } => Some("status"),
+            Command::Build { json: true, .. } => Some("build"),
+            _ => None,
         }
     }
 }

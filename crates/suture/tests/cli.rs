@@ -208,3 +208,32 @@ fn status_json_into_a_closed_pipe_ends_quietly() {
         run_into_closed_pipe(Command::new(env!("CARGO_BIN_EXE_suture")).args(["status", "--json"]));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// Under `--json`, a failure of the whole command (not of one process) is a JSON object on
+/// stdout too (`suture.error/1`), with the exit status 1 and the message on stderr.
+#[test]
+fn whole_command_failures_are_json_under_json() {
+    let dir = work("json-errors");
+    let missing = dir.join("missing.o");
+    let m = missing.as_os_str();
+    let (pid, json) = ("--pid".as_ref(), "--json".as_ref());
+    let cases: [(&str, Vec<&std::ffi::OsStr>); 2] = [
+        ("apply", vec!["apply".as_ref(), m, pid, "1".as_ref(), json]),
+        ("diff", vec!["diff".as_ref(), m, m, json]),
+    ];
+    for (command, args) in cases {
+        let out = suture(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{command}: {stdout}");
+        let v: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{command}: stdout is not JSON ({e}): {stdout}"));
+        assert_eq!(v["schema"], "suture.error/1", "{command}: {v}");
+        assert_eq!(v["command"], command, "{v}");
+        assert_eq!(v["ok"], false, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("missing.o"), "{v}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("suture: error:"),
+            "{command}"
+        );
+    }
+}
