@@ -72,7 +72,7 @@ pub enum ApplyError {
         source: crate::error::Error,
         outcome: Outcome,
     },
-    #[error("{function} is still running in thread {tid} after {waited:?}; the patch was not {done} ({outcome})", outcome = outcome_word(*.outcome))]
+    #[error("{function} is still running in thread {tid} after {:.2} s; the patch was not {done} ({outcome})", .waited.as_secs_f64(), outcome = outcome_word(*.outcome))]
     Busy {
         function: String,
         tid: Tid,
@@ -84,7 +84,7 @@ pub enum ApplyError {
     /// A return address into a busy function (or, for a revert, into the patch) sits in
     /// memory outside every thread's live stack: a coroutine or saved context suspended in it
     /// (see [`crate::suspended`]).
-    #[error("{} has a suspended call: a return address into it ({:#x}) is stored at {:#x} in {}, outside every thread's live stack (a coroutine or saved context parked inside it, or a stale copy) after {waited:?}; the patch was not {done} ({outcome})", .frame.name, .frame.returns_to, .frame.at, .frame.mapping, outcome = outcome_word(*.outcome))]
+    #[error("{} has a suspended call: a return address into it ({:#x}) is stored at {:#x} in {}, outside every thread's live stack (a coroutine or saved context parked inside it, or a stale copy) after {:.2} s; the patch was not {done} ({outcome})", .frame.name, .frame.returns_to, .frame.at, .frame.mapping, .waited.as_secs_f64(), outcome = outcome_word(*.outcome))]
     Suspended {
         frame: SuspendedFrame,
         waited: Duration,
