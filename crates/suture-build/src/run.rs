@@ -37,6 +37,8 @@ pub struct BuildOptions {
     pub debug_dirs: Vec<PathBuf>,
     /// The program to run as the compiler wrapper (the `suture` binary).
     pub wrapper_exe: PathBuf,
+    /// How units are diffed (e.g. keep functions whose only change is a moved line number).
+    pub diff_options: suture_object::Options,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -76,6 +78,9 @@ pub struct UnitReport {
     pub status: Status,
     pub changed_functions: Vec<String>,
     pub unsupported: Vec<UnsupportedItem>,
+    /// Functions whose only change is a moved source line number (left out of the patch
+    /// unless `include_line_shifts`).
+    pub line_shifts: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -597,14 +602,19 @@ fn compile(
 }
 
 /// The differ's verdict on one unit's two objects, and its patch object when patchable.
-fn diff(src: &str, ui: usize, (a, b): (&Path, &Path)) -> Result<UnitResult, BuildError> {
+fn diff(
+    src: &str,
+    ui: usize,
+    (a, b): (&Path, &Path),
+    options: suture_object::Options,
+) -> Result<UnitResult, BuildError> {
     let (ab, bb) = (
         std::fs::read(a).map_err(|e| BuildError::io(a, e))?,
         std::fs::read(b).map_err(|e| BuildError::io(b, e))?,
     );
     let oa = suture_object::Object::parse(&ab).map_err(analysis(a.display().to_string()))?;
     let ob = suture_object::Object::parse(&bb).map_err(analysis(b.display().to_string()))?;
-    let d = suture_object::analyze(&oa, &ob).map_err(analysis(src.to_string()))?;
+    let d = suture_object::analyze_with(&oa, &ob, options).map_err(analysis(src.to_string()))?;
     let patch = if d.report.status == Status::Patchable {
         Some(suture_object::emit::emit(&d).map_err(analysis(src.to_string()))?)
     } else {
@@ -650,6 +660,7 @@ fn verdicts(
         ..
     } = sel;
     let mut units = Vec::new();
+    let mut notes = Vec::new();
     for r in results {
         let u = &graph.units[r.idx];
         let src = rel(source, &u.compile.source);
@@ -674,7 +685,7 @@ fn verdicts(
             });
         }
         units.push(UnitReport {
-            source: src,
+            source: src.clone(),
             object: u.compile.output.as_ref().map(|o| o.display().to_string()),
             outputs: u.outputs.iter().map(|o| o.display().to_string()).collect(),
             status: r.report.status,
@@ -694,7 +705,28 @@ fn verdicts(
                     reason: x.reason.clone(),
                 })
                 .collect(),
+            line_shifts: r
+                .report
+                .line_shifts
+                .iter()
+                .map(|l| l.function.clone())
+                .collect(),
         });
+        for l in &r.report.line_shifts {
+            let moved: Vec<String> = l.lines.iter().map(|(a, b)| format!("{a}->{b}")).collect();
+            notes.push(format!(
+                "{src}: {} differs only in source line numbers ({} line {}), moved by the fix: \
+                 {}",
+                l.function,
+                l.file,
+                moved.join(", "),
+                if l.included {
+                    "kept in the patch as asked"
+                } else {
+                    "left out of the patch (--include-line-shifts keeps it)"
+                }
+            ));
+        }
     }
     for (fi, f) in files.iter_mut().enumerate() {
         if f.verdict != "pending" {
@@ -709,6 +741,11 @@ fn verdicts(
             f.detail = "a change in its code cannot be live-patched".into();
         } else if mine.iter().any(|r| r.report.status == Status::Patchable) {
             f.verdict = "patched";
+        } else if mine.iter().any(|r| !r.report.line_shifts.is_empty()) {
+            f.verdict = "no-change";
+            f.detail = "no change in the compiled code except source line numbers the fix \
+                        moved (left out; --include-line-shifts keeps them)"
+                .into();
         } else {
             f.verdict = "no-change";
             f.detail = "no change in any compiled output (the changed code is not compiled \
@@ -725,7 +762,7 @@ fn verdicts(
         refusals,
         bundles: Vec::new(),
         skipped: Vec::new(),
-        notes: Vec::new(),
+        notes,
         build_log: log.display().to_string(),
     }
 }
@@ -973,6 +1010,13 @@ pub fn build(
     };
     let mut results: Vec<UnitResult> = Vec::new();
     let total = sel.affected.len();
+    // The fix's own line moves confirm a line-number-only change (suture_object::lines).
+    let diff_options = suture_object::Options {
+        line_map: Some(std::sync::Arc::new(
+            suture_object::lines::LineMap::from_unified_diff(&ws.diff_text),
+        )),
+        ..opts.diff_options.clone()
+    };
     for (n, &ui) in sel.affected.keys().enumerate() {
         let src = rel(&ws.source, &graph.units[ui].compile.source);
         progress(&format!(
@@ -980,7 +1024,7 @@ pub fn build(
             n + 1
         ));
         let (a, b) = compile(&ws, &graph, ui, (&compiler, &patched_compiler))?;
-        let r = diff(&src, ui, (&a, &b))?;
+        let r = diff(&src, ui, (&a, &b), diff_options.clone())?;
         progress(&format!(
             "[{}/{total}] {src}: {}",
             n + 1,

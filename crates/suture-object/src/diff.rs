@@ -98,7 +98,26 @@ impl Diff<'_, '_> {
 
 const INIT_SECTION_PREFIXES: &[&str] = &[".init.", ".exit.", ".head.text"];
 
+/// How to diff.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Keep functions whose only changes are moved line numbers in the patch.
+    pub include_line_shifts: bool,
+    /// The fix's own line moves (from its diff), when known: a line-number change must then
+    /// also be the move the diff makes at that line (the line itself unchanged), not only one
+    /// the line tables show.
+    pub line_map: Option<std::sync::Arc<crate::lines::LineMap>>,
+}
+
 pub fn diff<'o, 'a>(orig: &'o Object<'a>, patched: &'o Object<'a>) -> Diff<'o, 'a> {
+    diff_with(orig, patched, Options::default())
+}
+
+pub fn diff_with<'o, 'a>(
+    orig: &'o Object<'a>,
+    patched: &'o Object<'a>,
+    options: Options,
+) -> Diff<'o, 'a> {
     let o = Units::new(orig);
     let p = Units::new(patched);
     let (o2p, p2o) = correlate(&o, &p);
@@ -167,6 +186,8 @@ pub fn diff<'o, 'a>(orig: &'o Object<'a>, patched: &'o Object<'a>) -> Diff<'o, '
             }
         }
     }
+
+    let line_shifts = line_shifts(&o, &p, &p2o, &mut changed, &options);
 
     // Functions whose code is the same but whose descriptor entries (jump labels, bug and
     // exception tables, alternatives, ...) differ.
@@ -321,6 +342,7 @@ pub fn diff<'o, 'a>(orig: &'o Object<'a>, patched: &'o Object<'a>) -> Diff<'o, '
             references: Vec::new(),
             unsupported,
             removed_functions: Vec::new(),
+            line_shifts,
             notes,
         },
     };
@@ -329,6 +351,109 @@ pub fn diff<'o, 'a>(orig: &'o Object<'a>, patched: &'o Object<'a>) -> Diff<'o, '
     d.report.unsupported.extend(references.1);
     fill_report(&mut d, changed);
     d
+}
+
+/// Finds the changed functions whose every difference is a line number (see [`LineShift`])
+/// and, unless `include`, takes them out of `changed`. Needs both objects' line tables (`-g`);
+/// without them nothing is recognised and every function stays.
+fn line_shifts(
+    o: &Units,
+    p: &Units,
+    p2o: &[Option<UnitId>],
+    changed: &mut BTreeMap<UnitId, Vec<Reason>>,
+    options: &Options,
+) -> Vec<LineShift> {
+    let include = options.include_line_shifts;
+    let mut found = Vec::new();
+    let candidates: Vec<UnitId> = changed
+        .iter()
+        .filter(|(_, reasons)| reasons.iter().all(|r| r.kind == ReasonKind::Code))
+        .map(|(&b, _)| b)
+        .collect();
+    if candidates.is_empty() {
+        return found;
+    }
+    let (Some(lo), Some(lp)) = (
+        crate::lines::LineTable::read(o.obj),
+        crate::lines::LineTable::read(p.obj),
+    ) else {
+        return found;
+    };
+    // The same file on both sides, or each object's own source file (`orig.c` and `fixed.c`).
+    let same_file = |fa: &str, fb: &str| {
+        fa == fb
+            || (o.obj.source_file.as_deref() == Some(fa)
+                && p.obj.source_file.as_deref() == Some(fb))
+    };
+    for b in candidates {
+        let Some(a) = p2o[b.0 as usize] else { continue };
+        let (ua, ub) = (o.unit(a), p.unit(b));
+        let Some(changes) = x86::immediate_changes(o.bytes(a), p.bytes(b)) else {
+            continue;
+        };
+        // The code is laid out identically (only immediates differ), so the line tables
+        // have the same rows at the same places: pair them up; each pair is where a source
+        // line moved (or not). Inlined helpers keep their own file's lines.
+        let (ro, rp) = (
+            lo.rows_in(ua.section, ua.start, ua.end),
+            lp.rows_in(ub.section, ub.start, ub.end),
+        );
+        let aligned = ro.len() == rp.len() && ro.iter().zip(&rp).all(|(x, y)| x.0 == y.0);
+        let moved: Vec<(&str, u64, u64)> = if aligned {
+            ro.iter()
+                .zip(&rp)
+                .filter(|(x, y)| same_file(x.1, y.1) && x.2 != y.2)
+                .map(|(x, y)| (x.1, x.2, y.2))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut file = None;
+        let mut lines = Vec::new();
+        for &(_, old, new) in &changes {
+            let confirmed = |f: &str, a: u64, b: u64| {
+                options
+                    .line_map
+                    .as_ref()
+                    .is_none_or(|m| m.map(f, a) == Some(b))
+            };
+            match moved
+                .iter()
+                .find(|m| m.1 as i64 == old && m.2 as i64 == new && confirmed(m.0, m.1, m.2))
+            {
+                Some(&(f, a, b)) => {
+                    file.get_or_insert_with(|| f.to_string());
+                    if !lines.contains(&(a, b)) {
+                        lines.push((a, b));
+                    }
+                }
+                None => {
+                    lines.clear();
+                    break;
+                }
+            }
+        }
+        if lines.is_empty() {
+            continue;
+        }
+        if include {
+            if let Some(reasons) = changed.get_mut(&b) {
+                reasons.push(Reason {
+                    kind: ReasonKind::LineNumbers,
+                    detail: "only source line numbers differ (kept on request)".into(),
+                });
+            }
+        } else {
+            changed.remove(&b);
+        }
+        found.push(LineShift {
+            function: ub.name.clone(),
+            file: file.unwrap_or_default(),
+            lines,
+            included: include,
+        });
+    }
+    found
 }
 
 fn describe(u: &Unit) -> &'static str {
@@ -835,8 +960,8 @@ impl Cmp<'_, '_, '_> {
             // Never guess a line shift from "only an immediate differs": a bound (`n <= 64` ->
             // `n < 64`), a flag or a size is an immediate too, and is exactly what fixes change.
             let detail = if x86::differ_only_in_immediates(ba, bb) {
-                "instructions differ in immediate operands only (constants, bounds, sizes or line \
-                 numbers: each is a real change)"
+                "instructions differ in immediate operands only (constants, bounds or sizes; a line \
+                 number moved by the fix is recognised and left out only in objects built with -g)"
             } else {
                 "instructions differ"
             };

@@ -13,13 +13,14 @@ pub mod diff;
 pub mod elf;
 pub mod emit;
 mod error;
+pub mod lines;
 pub mod names;
 pub mod report;
 pub mod special;
 pub mod units;
 mod x86;
 
-pub use diff::Diff;
+pub use diff::{Diff, Options};
 pub use elf::Object;
 pub use error::{Error, Result};
 pub use report::{Report, Status};
@@ -31,7 +32,33 @@ pub use report::{Report, Status};
 /// Link-time-optimisation objects are diffed (fat ones contain code) but always reported
 /// unsupported.
 pub fn analyze<'o, 'a>(orig: &'o Object<'a>, patched: &'o Object<'a>) -> Result<Diff<'o, 'a>> {
-    let mut d = diff::diff(orig, patched);
+    analyze_with(orig, patched, diff::Options::default())
+}
+
+/// [`analyze`] with options. By default a function whose only changes are source line
+/// numbers (`__LINE__` in a logging or assert call after the fix moved lines; recognised from
+/// the objects' DWARF line tables, so only with `-g`) is left out of the patch, with a note.
+pub fn analyze_with<'o, 'a>(
+    orig: &'o Object<'a>,
+    patched: &'o Object<'a>,
+    options: diff::Options,
+) -> Result<Diff<'o, 'a>> {
+    let mut d = diff::diff_with(orig, patched, options.clone());
+    for s in &d.report.line_shifts {
+        let moved: Vec<String> = s.lines.iter().map(|(a, b)| format!("{a}->{b}")).collect();
+        d.report.notes.push(format!(
+            "{}: only source line numbers differ ({}: line {}), as when a fix moves the lines \
+             below it: {}",
+            s.function,
+            s.file,
+            moved.join(", "),
+            if s.included {
+                "kept in the patch as asked"
+            } else {
+                "left out of the patch (--include-line-shifts keeps it)"
+            }
+        ));
+    }
     if let (Some(a), Some(b)) = (&orig.source_file, &patched.source_file) {
         if a != b {
             d.report.notes.push(format!(

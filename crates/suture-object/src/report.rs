@@ -39,6 +39,9 @@ pub enum ReasonKind {
     /// An entry of a descriptor table that belongs to it (kernel jump label, bug table,
     /// exception table, alternative, ...) differs: another key, other flags, other fixup.
     Metadata,
+    /// Only source line numbers differ (`__LINE__` after lines moved); present only when such
+    /// functions are kept on request.
+    LineNumbers,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -68,6 +71,18 @@ pub struct ChangedFunction {
     /// running code is that build (absent for data and in older patch objects).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub original_code: Option<OriginalCode>,
+}
+
+/// A function whose every code difference is a source line number: an immediate operand equal
+/// to the line of its own instruction in both objects (per their DWARF line tables).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct LineShift {
+    pub function: String,
+    pub file: String,
+    /// (line in the original, line in the patched object) of each such operand.
+    pub lines: Vec<(u64, u64)>,
+    /// Whether it is in the patch anyway (asked for with `include_line_shifts`).
+    pub included: bool,
 }
 
 /// A function's bytes in the original object with every instruction that has a relocation
@@ -240,6 +255,10 @@ pub struct Report {
     pub unsupported: Vec<Unsupported>,
     /// Functions of the original that the patched object no longer has (informational).
     pub removed_functions: Vec<String>,
+    /// Functions whose code differs only in line numbers (`__LINE__` passed to a logging or
+    /// assert call after lines moved), left out of the patch unless asked otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub line_shifts: Vec<LineShift>,
     /// Facts worth knowing that change no decision (different source file names, ...).
     pub notes: Vec<String>,
 }

@@ -127,6 +127,47 @@ pub fn differ_only_in_immediates(a: &[u8], b: &[u8]) -> bool {
     !db.can_decode()
 }
 
+/// For two same-shaped instruction streams that differ only in immediate operands: each
+/// differing immediate as (instruction offset, value in `a`, value in `b`). `None` when they
+/// differ otherwise (or not at all).
+pub fn immediate_changes(a: &[u8], b: &[u8]) -> Option<Vec<(u64, i64, i64)>> {
+    if !differ_only_in_immediates(a, b) {
+        return None;
+    }
+    let mut da = Decoder::with_ip(64, a, 0, DecoderOptions::NONE);
+    let mut db = Decoder::with_ip(64, b, 0, DecoderOptions::NONE);
+    let (mut ia, mut ib) = (Instruction::default(), Instruction::default());
+    let mut out = Vec::new();
+    while da.can_decode() {
+        let start = da.position();
+        da.decode_out(&mut ia);
+        db.decode_out(&mut ib);
+        if a[start..start + ia.len()] == b[start..start + ia.len()] {
+            continue;
+        }
+        for op in 0..ia.op_count() {
+            let imm = matches!(
+                ia.op_kind(op),
+                OpKind::Immediate8
+                    | OpKind::Immediate16
+                    | OpKind::Immediate32
+                    | OpKind::Immediate64
+                    | OpKind::Immediate8to16
+                    | OpKind::Immediate8to32
+                    | OpKind::Immediate8to64
+                    | OpKind::Immediate32to64
+            );
+            if imm {
+                let (x, y) = (ia.immediate(op) as i64, ib.immediate(op) as i64);
+                if x != y {
+                    out.push((start as u64, x, y));
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

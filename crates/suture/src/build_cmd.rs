@@ -17,6 +17,7 @@ pub struct Args {
     pub output: Option<PathBuf>,
     pub id: Option<String>,
     pub debug_dirs: Vec<PathBuf>,
+    pub include_line_shifts: bool,
     pub json: bool,
 }
 
@@ -44,6 +45,10 @@ pub fn run(a: Args) -> Result<u8> {
             a.debug_dirs
         },
         wrapper_exe: exe,
+        diff_options: suture_object::Options {
+            include_line_shifts: a.include_line_shifts,
+            ..Default::default()
+        },
     };
     let json = a.json;
     let mut progress = |line: &str| {

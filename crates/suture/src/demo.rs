@@ -205,6 +205,7 @@ fn build_patch(source: &Path, diff: &Path, deployed: &Path, work: &Path) -> Resu
         created_by: format!("suture {}", env!("CARGO_PKG_VERSION")),
         debug_dirs: Vec::new(),
         wrapper_exe: std::env::current_exe()?,
+        diff_options: Default::default(),
     };
     let report = suture_build::build(&opts, &mut |line| detail(line)).context("suture build")?;
     if report.bundles.is_empty() {

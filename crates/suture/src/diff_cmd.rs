@@ -9,12 +9,18 @@ use suture_object::Object;
 
 use crate::exit;
 
-pub fn run(original: &Path, patched: &Path, json: bool, output: Option<&Path>) -> Result<u8> {
+pub fn run(
+    original: &Path,
+    patched: &Path,
+    json: bool,
+    output: Option<&Path>,
+    options: suture_object::Options,
+) -> Result<u8> {
     let orig_bytes = crate::read(original)?;
     let patched_bytes = crate::read(patched)?;
     let orig = Object::parse(&orig_bytes).with_context(|| format!("{}", original.display()))?;
     let new = Object::parse(&patched_bytes).with_context(|| format!("{}", patched.display()))?;
-    let d = suture_object::analyze(&orig, &new)?;
+    let d = suture_object::analyze_with(&orig, &new, options)?;
     let report = &d.report;
 
     let mut wrote = None;

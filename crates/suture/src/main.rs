@@ -79,6 +79,11 @@ enum Command {
         /// Write the patch object (only the selected code and data) to this file.
         #[arg(short = 'o', long = "output", value_name = "PATCH.o")]
         output: Option<PathBuf>,
+        /// Keep functions whose only change is a moved source line number (`__LINE__` in a
+        /// logging or assert call below an inserted line). By default they are left out, with
+        /// a note; recognising them needs objects compiled with -g.
+        #[arg(long)]
+        include_line_shifts: bool,
     },
     /// Apply a patch object (from `suture diff -o`) to running processes, without restarting
     /// them. Exit status 0 only when it is live in every process asked.
@@ -200,6 +205,10 @@ enum Command {
         /// /usr/lib/debug. Repeatable.
         #[arg(long = "debug-dir", value_name = "DIR")]
         debug_dirs: Vec<PathBuf>,
+        /// Keep functions whose only change is a moved source line number (see `suture diff
+        /// --help`); by default they are left out of the bundles, with a note.
+        #[arg(long, conflicts_with = "kernel")]
+        include_line_shifts: bool,
         /// Build a kernel livepatch module instead: --source is a kernel tree prepared by
         /// scripts/kernel-tree.sh, OUTDIR receives `<name>.ko` (name from --id, default
         /// suture_<diff stem>).
@@ -267,7 +276,17 @@ fn main() -> ExitCode {
             patched,
             json,
             output,
-        } => diff_cmd::run(&original, &patched, json, output.as_deref()),
+            include_line_shifts,
+        } => diff_cmd::run(
+            &original,
+            &patched,
+            json,
+            output.as_deref(),
+            suture_object::Options {
+                include_line_shifts,
+                ..Default::default()
+            },
+        ),
         Command::Apply {
             patch,
             pids,
@@ -332,6 +351,7 @@ fn main() -> ExitCode {
             output,
             id,
             debug_dirs,
+            include_line_shifts,
             kernel: false,
             json,
             ..
@@ -343,6 +363,7 @@ fn main() -> ExitCode {
             output,
             id,
             debug_dirs,
+            include_line_shifts,
             json,
         }),
         Command::Demo { keep } => demo::run(keep),

@@ -667,3 +667,70 @@ fn targets_bind_by_build_id() {
     );
     q.wait_for(BEFORE);
 }
+
+/// A fix that only inserts lines above a function passing `__LINE__` to its logger: the
+/// function's code differs only in that line number, so `suture build` leaves it out, says so,
+/// and writes nothing (exit 3); `--include-line-shifts` keeps it and writes a bundle.
+#[test]
+fn a_moved_line_number_is_left_out_unless_asked() {
+    let w = work("line-shift");
+    let src = w.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("Makefile"),
+        "CFLAGS ?= -O2 -g\nprog: log.o\n\t$(CC) $(CFLAGS) log.o -o prog\nlog.o: log.c\n\t$(CC) $(CFLAGS) -c log.c -o log.o\n",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("log.c"),
+        "#include <stdio.h>\n\
+         static void note(const char *what, int line) { fprintf(stderr, \"%s at %d\\n\", what, line); }\n\
+         int check(int n) {\n\
+         \tif (n > 64) {\n\
+         \t\tnote(\"too big\", __LINE__);\n\
+         \t\treturn -1;\n\
+         \t}\n\
+         \treturn n;\n\
+         }\n\
+         int main(int argc, char **argv) { (void)argv; return check(argc) < 0; }\n",
+    )
+    .unwrap();
+    let diff = make_diff(
+        &w,
+        &src,
+        &[(
+            "log.c",
+            "int check(int n) {\n",
+            "/* check() rejects sizes above 64:\n * the caller logs and drops the request. */\nint check(int n) {\n",
+        )],
+    );
+    let (code, report, o) = build(&src, &diff, &w.join("out"), "make", &[]);
+    assert_eq!(code, 3, "{}", text(&o));
+    let notes = report["notes"].to_string();
+    assert!(
+        notes.contains("check")
+            && notes.contains("line")
+            && notes.contains("--include-line-shifts"),
+        "{report:#}"
+    );
+    assert_eq!(report["units"][0]["line_shifts"][0], "check", "{report:#}");
+    assert!(report["bundles"].as_array().unwrap().is_empty());
+
+    let (code, report, o) = build(
+        &src,
+        &diff,
+        &w.join("out-kept"),
+        "make",
+        &["--include-line-shifts"],
+    );
+    assert_eq!(code, 0, "{}", text(&o));
+    let b = &report["bundles"][0];
+    assert!(
+        b["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "check"),
+        "{report:#}"
+    );
+}
