@@ -339,11 +339,19 @@ fn compile_error(e: tree::Error) -> BuildError {
     }
 }
 
-/// The differ's verdict on every unit: the patchable ones, or the refusal.
+/// The differ's verdict on every unit: the patchable ones, or the refusal. `diff_text` (the
+/// fix) confirms functions that differ only by moved line numbers, which are left out.
 pub fn diff<'b>(
     built: &'b [Built],
+    diff_text: &str,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Result<Vec<Patched<'b>>, KernelBuildReport>, BuildError> {
+    let options = suture_object::Options {
+        line_map: Some(std::sync::Arc::new(
+            suture_object::lines::LineMap::from_unified_diff(diff_text),
+        )),
+        ..Default::default()
+    };
     let mut patches = Vec::new();
     let mut lines = Vec::new();
     let mut reasons = Vec::new();
@@ -354,9 +362,11 @@ pub fn diff<'b>(
         };
         let o = suture_object::Object::parse(&b.orig).map_err(object("original"))?;
         let p = suture_object::Object::parse(&b.patched).map_err(object("patched"))?;
-        let d = suture_object::analyze(&o, &p).map_err(|source| BuildError::Analysis {
-            what: format!("diffing {}", b.file),
-            source,
+        let d = suture_object::analyze_with(&o, &p, options.clone()).map_err(|source| {
+            BuildError::Analysis {
+                what: format!("diffing {}", b.file),
+                source,
+            }
         })?;
         match d.report.status {
             Status::NoChange => progress(&format!("{}: no functional change", b.file)),
@@ -481,7 +491,7 @@ pub fn build(
     drop(t);
     let compile_s = t_build.elapsed().as_secs_f64();
 
-    let patches = match diff(&built, progress)? {
+    let patches = match diff(&built, &text, progress)? {
         Ok(p) => p,
         Err(refused) => return Ok(refused),
     };

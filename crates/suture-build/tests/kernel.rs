@@ -129,7 +129,7 @@ fn changed_body_is_patchable_in_vmlinux() {
         (built[0].file.as_str(), built[0].object.as_str()),
         ("fs/proc/cmdline.c", "vmlinux")
     );
-    let patches = match kernel::diff(&built, &mut |_| {}).unwrap() {
+    let patches = match kernel::diff(&built, &text, &mut |_| {}).unwrap() {
         Ok(p) => p,
         Err(r) => panic!("refused: {}", r.message),
     };
