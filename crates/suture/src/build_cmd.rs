@@ -11,7 +11,7 @@ use crate::exit;
 /// Arguments of `suture build` (userspace).
 pub struct Args {
     pub source: Option<PathBuf>,
-    pub diff: Option<PathBuf>,
+    pub diff: Vec<PathBuf>,
     pub build_cmd: String,
     pub targets: Vec<PathBuf>,
     pub output: Option<PathBuf>,
@@ -31,9 +31,10 @@ pub fn wrapper_mode() -> Option<u8> {
 
 pub fn run(a: Args) -> Result<u8> {
     let exe = std::env::current_exe()?;
+    let (diff, _combined) = crate::one_diff(&a.diff)?;
     let opts = BuildOptions {
         source: a.source.context("--source is required")?,
-        diff: a.diff.context("--diff is required")?,
+        diff,
         build_cmd: a.build_cmd,
         targets: a.targets,
         out_dir: a.output.context("--output is required")?,

@@ -10,7 +10,7 @@ use crate::exit;
 
 pub struct Args {
     pub source: Option<PathBuf>,
-    pub diff: Option<PathBuf>,
+    pub diff: Vec<PathBuf>,
     pub output: Option<PathBuf>,
     pub name: Option<String>,
     pub headers: Option<PathBuf>,
@@ -22,9 +22,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<u8> {
-    let (Some(source), Some(diff), Some(output)) = (a.source, a.diff, a.output) else {
+    let (Some(source), Some(output)) = (a.source, a.output) else {
         bail!("suture build --kernel needs --source KSRC, --diff FIX.patch and -o OUTDIR");
     };
+    let (diff, _combined) = crate::one_diff(&a.diff)?;
     let json = a.json;
     let opts = KernelBuildOptions {
         source,

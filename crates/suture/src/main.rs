@@ -177,9 +177,11 @@ enum Command {
         /// The source tree, as it was when the deployed binaries were built.
         #[arg(long, value_name = "DIR", required_unless_present = "kernel")]
         source: Option<PathBuf>,
-        /// The fix: a unified diff (`git diff` or `diff -u`; -p1 or -p0 paths).
-        #[arg(long, value_name = "FIX.patch", required_unless_present = "kernel")]
-        diff: Option<PathBuf>,
+        /// The fix: a unified diff (`git diff` or `diff -u`; -p1 or -p0 paths). Repeat for a fix
+        /// in several patches (applied in order, like a patch series); the default patch id is
+        /// the first one's file stem.
+        #[arg(long, value_name = "FIX.patch", required = true)]
+        diff: Vec<PathBuf>,
         /// The project's build command, run with `sh -c` in DIR (CC/CXX are taken from PATH,
         /// where suture's compiler wrapper comes first).
         #[arg(long = "build-cmd", value_name = "CMD", default_value = "make")]
@@ -383,6 +385,50 @@ fn main() -> ExitCode {
             }
             ExitCode::from(exit::ERROR)
         }
+    }
+}
+
+/// The fix as one diff file: the only `--diff`, or several concatenated (in order) into a
+/// file named after the first (its stem gives the default patch id) in a private temporary
+/// directory, removed when the returned guard drops.
+pub(crate) fn one_diff(diffs: &[PathBuf]) -> Result<(PathBuf, Option<TempDir>)> {
+    match diffs {
+        [] => anyhow::bail!("--diff is required"),
+        [one] => Ok((one.clone(), None)),
+        [first, ..] => {
+            let dir = TempDir(std::env::temp_dir().join(format!(
+                "suture-fix-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            )));
+            std::fs::create_dir(&dir.0)
+                .with_context(|| format!("cannot create {}", dir.0.display()))?;
+            let mut text = String::new();
+            for d in diffs {
+                let t = std::fs::read_to_string(d)
+                    .with_context(|| format!("cannot read {}", d.display()))?;
+                text.push_str(&t);
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+            }
+            let name = first.file_name().unwrap_or_else(|| "fix.diff".as_ref());
+            let path = dir.0.join(name);
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok((path, Some(dir)))
+        }
+    }
+}
+
+/// A directory removed (with its contents) when dropped.
+pub(crate) struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -734,3 +734,42 @@ fn a_moved_line_number_is_left_out_unless_asked() {
         "{report:#}"
     );
 }
+
+/// A fix in two patches (`--diff` twice, applied in order like a series): one bundle holds
+/// both changes, and the default patch id is the first patch's name.
+#[test]
+fn several_diffs_make_one_fix() {
+    let (w, src) = project("make", "two-diffs");
+    let first = make_diff(&w, &src, &[LIB_FIX]);
+    let first = {
+        let p = w.join("first.patch");
+        std::fs::rename(&first, &p).unwrap();
+        p
+    };
+    let second = make_diff(&w, &src, &[UTIL_FIX]);
+    let (code, report, o) = build(
+        &src,
+        &first,
+        &w.join("out"),
+        "make",
+        &["--diff", second.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{}", text(&o));
+    let all: Vec<String> = report["bundles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["functions"].as_array().unwrap().iter())
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect();
+    assert!(all.iter().any(|f| f == "clamp_len"), "{report:#}");
+    assert!(
+        all.len() >= 2,
+        "both patches are in the bundles: {report:#}"
+    );
+    for b in report["bundles"].as_array().unwrap() {
+        let bytes = std::fs::read(b["path"].as_str().unwrap()).unwrap();
+        let bundle = suture_bundle::decode(&bytes).unwrap();
+        assert_eq!(bundle.manifest.patch_id, "first", "{report:#}");
+    }
+}
