@@ -399,6 +399,12 @@ fn line_shifts(
             lp.rows_in(ub.section, ub.start, ub.end),
         );
         let aligned = ro.len() == rp.len() && ro.iter().zip(&rp).all(|(x, y)| x.0 == y.0);
+        let confirmed = |f: &str, a: u64, b: u64| {
+            options
+                .line_map
+                .as_ref()
+                .is_none_or(|m| m.map(f, a) == Some(b))
+        };
         let moved: Vec<(&str, u64, u64)> = if aligned {
             ro.iter()
                 .zip(&rp)
@@ -408,23 +414,35 @@ fn line_shifts(
         } else {
             Vec::new()
         };
+        // An immediate is a moved line when it is a line that moved at the same place in
+        // both tables, or (the instruction may carry another line, e.g. a call argument of an
+        // inlined helper) when the nearest line at or before it in the function moved by the
+        // same amount. With the fix's diff at hand the move must also be the diff's.
         let mut file = None;
         let mut lines = Vec::new();
         for &(_, old, new) in &changes {
-            let confirmed = |f: &str, a: u64, b: u64| {
-                options
-                    .line_map
-                    .as_ref()
-                    .is_none_or(|m| m.map(f, a) == Some(b))
+            let (Ok(old), Ok(new)) = (u64::try_from(old), u64::try_from(new)) else {
+                lines.clear();
+                break;
             };
-            match moved
-                .iter()
-                .find(|m| m.1 as i64 == old && m.2 as i64 == new && confirmed(m.0, m.1, m.2))
-            {
-                Some(&(f, a, b)) => {
+            let mut files: Vec<&str> = moved.iter().map(|m| m.0).collect();
+            files.dedup();
+            let explained = files.into_iter().find(|&f| {
+                let nearest = ro
+                    .iter()
+                    .zip(&rp)
+                    .filter(|(x, y)| x.1 == f && same_file(x.1, y.1) && x.2 <= old)
+                    .max_by_key(|(x, _)| x.2);
+                let shift_ok = nearest.is_some_and(|(x, y)| {
+                    x.2 != y.2 && (y.2 as i64 - x.2 as i64) == (new as i64 - old as i64)
+                });
+                shift_ok && confirmed(f, old, new)
+            });
+            match explained {
+                Some(f) => {
                     file.get_or_insert_with(|| f.to_string());
-                    if !lines.contains(&(a, b)) {
-                        lines.push((a, b));
+                    if !lines.contains(&(old, new)) {
+                        lines.push((old, new));
                     }
                 }
                 None => {
