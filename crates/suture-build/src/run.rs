@@ -418,6 +418,8 @@ struct Selection {
     affected: BTreeMap<usize, Vec<usize>>,
     /// The patched copies of the touched sources and headers the build compiles.
     mounts: Vec<Mount>,
+    /// Said to the user (e.g. the build compiles a copy of a touched file).
+    notes: Vec<String>,
 }
 
 /// The verdict on a touched file that needs no look at the build: `Err` a refusal, `Ok` why
@@ -442,6 +444,46 @@ fn verdict_by_kind(t: &Touched) -> Option<Result<&'static str, &'static str>> {
 
 /// The units that compile `path` (a source) or include it (a header; only units linked into
 /// an output are asked for their headers, once each, cached in `deps`).
+/// Files the build compiles (sources, and the headers units include) that have `path`'s
+/// file name and contents but another path: copies made by the build.
+fn copies_of(
+    path: &Path,
+    graph: &Graph,
+    compiler: &Compiler,
+    deps: &mut BTreeMap<usize, Vec<PathBuf>>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<PathBuf>, BuildError> {
+    let (Some(name), Ok(contents)) = (path.file_name(), std::fs::read(path)) else {
+        return Ok(Vec::new());
+    };
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    for (ui, u) in graph.units.iter().enumerate() {
+        if u.compile.source.file_name() == Some(name) {
+            candidates.push(u.compile.source.clone());
+        }
+        if u.outputs.is_empty() {
+            continue;
+        }
+        let list = match deps.entry(ui) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                progress(&format!(
+                    "listing the headers of {}",
+                    u.compile.source.display()
+                ));
+                e.insert(compiler.deps(&u.compile)?)
+            }
+        };
+        candidates.extend(list.iter().filter(|d| d.file_name() == Some(name)).cloned());
+    }
+    candidates.sort();
+    candidates.dedup();
+    Ok(candidates
+        .into_iter()
+        .filter(|c| c != path && std::fs::read(c).is_ok_and(|b| b == contents))
+        .collect())
+}
+
 fn users_of(
     path: &Path,
     kind: FileKind,
@@ -491,6 +533,7 @@ fn select_units(
     let mut affected: BTreeMap<usize, Vec<usize>> = BTreeMap::new(); // unit -> files
     let mut deps_cache: BTreeMap<usize, Vec<PathBuf>> = BTreeMap::new();
     let mut mounts = Vec::new();
+    let mut notes = Vec::new();
     for (fi, t) in touched.iter().enumerate() {
         let name = t.rel.display().to_string();
         let mut report = FileReport {
@@ -525,13 +568,47 @@ fn select_units(
                     &mut deps_cache,
                     progress,
                 )?;
+                // A build may compile a copy of the file (copied or generated into a build
+                // directory before compiling): a compiled file of the same name and the same
+                // contents as the original is that copy, and gets the fix too.
+                let (users, copies) = if users.is_empty() {
+                    let copies = copies_of(&path, graph, compiler, &mut deps_cache, progress)?;
+                    let mut users = Vec::new();
+                    for copy in &copies {
+                        mounts.push(Mount {
+                            copy: abs(&t.patched),
+                            original: copy.clone(),
+                        });
+                        users.extend(users_of(
+                            copy,
+                            t.kind,
+                            (source, graph),
+                            compiler,
+                            &mut deps_cache,
+                            progress,
+                        )?);
+                    }
+                    users.sort_unstable();
+                    users.dedup();
+                    (users, copies)
+                } else {
+                    (users, Vec::new())
+                };
+                for copy in &copies {
+                    notes.push(format!(
+                        "{name}: the build compiles a copy of it, {}; the fix is applied to the copy",
+                        copy.display()
+                    ));
+                }
                 let linked: Vec<usize> = users
                     .iter()
                     .copied()
                     .filter(|&u| !graph.units[u].outputs.is_empty())
                     .collect();
                 if users.is_empty() {
-                    report.detail = "the build never compiles it".into();
+                    report.detail = "the build never compiles it (nor a copy of it with the same \
+                                     name and contents)"
+                        .into();
                 } else if linked.is_empty() {
                     report.detail = "compiled, but not linked into any executable or shared \
                                      library the build produced"
@@ -573,6 +650,7 @@ fn select_units(
         refusals,
         affected,
         mounts,
+        notes,
     })
 }
 
@@ -657,10 +735,11 @@ fn verdicts(
         mut files,
         mut refusals,
         affected,
+        notes: selection_notes,
         ..
     } = sel;
     let mut units = Vec::new();
-    let mut notes = Vec::new();
+    let mut notes = selection_notes;
     for r in results {
         let u = &graph.units[r.idx];
         let src = rel(source, &u.compile.source);

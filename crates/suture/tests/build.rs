@@ -773,3 +773,58 @@ fn several_diffs_make_one_fix() {
         assert_eq!(bundle.manifest.patch_id, "first", "{report:#}");
     }
 }
+
+/// A build that copies a source into a build directory before compiling it (the compiled file
+/// is the copy): the fix to the original is applied to the copy, with a note, and the patch
+/// goes live in the running program.
+#[test]
+fn a_build_that_compiles_a_copy_gets_the_fix() {
+    let w = work("copied-source");
+    let src = w.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("Makefile"),
+        "CFLAGS ?= -O2 -g\n\
+         prog: build/calc.c main.c\n\
+         \t$(CC) $(CFLAGS) -c build/calc.c -o build/calc.o\n\
+         \t$(CC) $(CFLAGS) -c main.c -o main.o\n\
+         \t$(CC) $(CFLAGS) build/calc.o main.o -o prog\n\
+         build/calc.c: calc.c\n\
+         \tmkdir -p build && cp calc.c build/calc.c\n",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("calc.c"),
+        "int limit(int n) { return n > 8 ? 8 : n; }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("main.c"),
+        "#include <stdio.h>\n#include <unistd.h>\nint limit(int);\n\
+         int main(void) { setvbuf(stdout, 0, _IOLBF, 0);\n\
+         for (;;) { printf(\"limit=%d\\n\", limit(100)); usleep(2000); } }\n",
+    )
+    .unwrap();
+    let diff = make_diff(&w, &src, &[("calc.c", "n > 8 ? 8 : n", "n > 7 ? 7 : n")]);
+    let (code, report, o) = build(&src, &diff, &w.join("out"), "make", &[]);
+    assert_eq!(code, 0, "{}", text(&o));
+    assert!(
+        report["notes"].to_string().contains("copy"),
+        "the copy is named: {report:#}"
+    );
+    let b = bundle_of(&report, "prog");
+    assert_eq!(b["functions"], serde_json::json!(["limit"]), "{b:#}");
+
+    let prog = Running::spawn(&src.join("prog"), &[]);
+    prog.wait_for("limit=8");
+    let out = suture(&[
+        "apply",
+        b["path"].as_str().unwrap(),
+        "--pid",
+        &prog.pid(),
+        "--timeout",
+        T,
+    ]);
+    ok(&out);
+    prog.wait_for("limit=7");
+}
