@@ -36,6 +36,7 @@ build() {
 build one 0
 build wide 100
 
+phases_of=()
 echo "| functions | threads | operation | min ms | median ms | p90 ms | cycles |"
 echo "|---|---|---|---|---|---|---|"
 for set in "one 0" "one 8" "one 64" "wide 0" "wide 64"; do
@@ -50,7 +51,7 @@ for set in "one 0" "one 8" "one 64" "wide 0" "wide 64"; do
         for op in apply revert; do
             t0=$(python3 -c 'import time; print(time.monotonic_ns())')
             if [ "$op" = apply ]; then
-                "$suture" apply "$d/patch.o" --pid "$pid" --id bench >/dev/null
+                "$suture" apply "$d/patch.o" --pid "$pid" --id bench --json >> "$d/json.$extra"
             else
                 "$suture" revert bench --pid "$pid" >/dev/null
             fi
@@ -59,22 +60,62 @@ for set in "one 0" "one 8" "one 64" "wide 0" "wide 64"; do
         done
     done
     kill "$pid"; wait "$pid" 2>/dev/null || true
+    phases_of+=("$d/json.$extra $funcs $((extra + 1))")
     python3 - "$d/gaps.$extra" "$d/ops.$extra" "$((extra + 1))" "$funcs" <<'PY'
 import statistics, sys
 gaps = []
+versions = []  # (start_ns, version) of every GAP line
 for line in open(sys.argv[1]):
     f = line.split()
     if f and f[0] == "GAP":
         gaps.append((int(f[1]), int(f[2])))
+        versions.append((int(f[1]), f[3]))
 res = {"apply": [], "revert": []}
-for line in open(sys.argv[2]):
-    op, t0, t1 = line.split()
-    t0, t1 = int(t0), int(t1)
+ops = [(op, int(t0), int(t1)) for op, t0, t1 in (l.split() for l in open(sys.argv[2]))]
+for op, t0, t1 in ops:
     inside = [g for s, g in gaps if t0 <= s <= t1]
     res[op].append(max(inside) / 1e6 if inside else 0.0)
+# Every apply must show the new version before the next revert starts (the probe prints a line
+# when version() changes): a probe whose call the compiler hoisted would never show it.
+seen = 0
+for i, (op, t0, _) in enumerate(ops):
+    if op != "apply":
+        continue
+    end = ops[i + 1][1] if i + 1 < len(ops) else float("inf")
+    seen += any(t0 <= s <= end and v == "v=2" for s, v in versions)
+applies = sum(1 for op, _, _ in ops if op == "apply")
+if seen != applies:
+    sys.exit(f"only {seen} of {applies} applies showed v=2 in the probe")
 for op, v in res.items():
     v.sort()
     p90 = v[min(len(v) - 1, int(round(0.9 * (len(v) - 1))))]
     print(f"| {sys.argv[4]} | {sys.argv[3]} | {op} | {v[0]:.3f} | {statistics.median(v):.3f} | {p90:.3f} | {len(v)} |")
+PY
+done
+
+# Where the apply stop's time goes (suture's view, `stop_phases` of `suture apply --json`):
+# medians per phase, in microseconds.
+echo
+echo "| functions | threads | stop | registers | stacks | check | scan | commit | resume | total |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+for entry in "${phases_of[@]}"; do
+    read -r file funcs threads <<< "$entry"
+    python3 - "$file" "$funcs" "$threads" <<'PY'
+import json, statistics, sys
+dec = json.JSONDecoder()
+text = open(sys.argv[1]).read()
+docs, i = [], 0
+while i < len(text):
+    while i < len(text) and text[i].isspace():
+        i += 1
+    if i >= len(text):
+        break
+    obj, i = dec.raw_decode(text, i)
+    docs.append(obj)
+results = [p["result"] for d in docs for p in d["processes"] if p.get("applied")]
+keys = ["stop_us", "registers_us", "stacks_us", "check_us", "scan_us", "commit_us", "resume_us"]
+med = [statistics.median(r["stop_phases"][k] for r in results) for k in keys]
+total = statistics.median(r["stop_window_us"] for r in results)
+print(f"| {sys.argv[2]} | {sys.argv[3]} | " + " | ".join(f"{m:.0f}" for m in med) + f" | {total:.0f} |")
 PY
 done

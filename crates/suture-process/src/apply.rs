@@ -268,6 +268,8 @@ pub struct Applied {
     pub attempts: u32,
     /// How long the target was stopped for the switch (the last attempt), as suture saw it.
     pub stop_window_us: u64,
+    /// The same stop by phase.
+    pub stop_phases: StopPhases,
     /// Threads caught by a return stub as they left a busy function (0 when stopping at
     /// random moments found the functions idle).
     pub caught_returns: u32,
@@ -879,6 +881,7 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         redirects: p.redirects,
         attempts: done.attempts,
         stop_window_us: done.window.as_micros() as u64,
+        stop_phases: done.phases,
         caught_returns: done.caught,
         replaced: p.replaced.map(|r| r.header.patch_id),
     })
@@ -1112,6 +1115,27 @@ struct Switched {
     window: Duration,
     /// Threads caught by a return stub on the way (0 when polling sufficed).
     caught: u32,
+    phases: StopPhases,
+}
+
+/// Where the time of the switch's stop went, in microseconds, as suture saw it (the last,
+/// successful stop).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct StopPhases {
+    /// Seizing and interrupting every thread, until all are stopped.
+    pub stop_us: u64,
+    /// Reading every thread's registers.
+    pub registers_us: u64,
+    /// Copying every thread's stack.
+    pub stacks_us: u64,
+    /// Unwinding and checking the stacks against the replaced code.
+    pub check_us: u64,
+    /// The suspended-frame scan of writable memory (`suspended.rs`).
+    pub scan_us: u64,
+    /// Running the commit routine in the target and checking its result.
+    pub commit_us: u64,
+    /// Releasing stubs and resuming every thread.
+    pub resume_us: u64,
 }
 
 /// Return stubs armed during one switch.
@@ -1292,17 +1316,33 @@ fn switch_loop(
     loop {
         attempts += 1;
         let t0 = Instant::now();
+        let mut phases = StopPhases::default();
+        let mut lap = {
+            let mut last = t0;
+            move || {
+                let now = Instant::now();
+                let us = now.duration_since(last).as_micros() as u64;
+                last = now;
+                us
+            }
+        };
         let mut sp =
             StoppedProcess::stop(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+        phases.stop_us = lap();
         let regs = sp
             .all_regs()
             .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+        phases.registers_us = lap();
         let mut blocked = None;
         let mut slots = Vec::new();
-        for (tid, r) in &regs {
-            let stack = snapshot(sp.mem(), sw.maps, r.rsp, STACK_CAP);
+        let mut stacks = Vec::with_capacity(regs.len());
+        for (_, r) in &regs {
+            stacks.push(snapshot(sp.mem(), sw.maps, r.rsp, STACK_CAP));
+        }
+        phases.stacks_us = lap();
+        for ((tid, r), stack) in regs.iter().zip(&stacks) {
             if let Finding::Busy { name, ret_slot, .. } =
-                sw.unwind.check(r.rip, r.rsp, r.rbp, &stack, sw.busy)
+                sw.unwind.check(r.rip, r.rsp, r.rbp, stack, sw.busy)
             {
                 blocked.get_or_insert((name, *tid));
                 slots.extend(ret_slot);
@@ -1346,7 +1386,9 @@ fn switch_loop(
             }
             continue;
         }
-        if let Some(sites) = sw.sites {
+        phases.check_us = lap();
+        // (No return site in the replaced code: nothing can be suspended in it.)
+        if let Some(sites) = sw.sites.filter(|s| !s.is_empty()) {
             let threads: Vec<(u64, u64)> = regs.iter().map(|(_, r)| (r.rsp, r.fs_base)).collect();
             // The mappings as they are now: a stack mapped since `prepare` must be read too.
             let found = Maps::read(pid).and_then(|maps| {
@@ -1380,6 +1422,7 @@ fn switch_loop(
                 }
             }
         }
+        phases.scan_us = lap();
         crate::failpoint::hit(sw.failpoint);
         let (tid, saved, end) = routine_thread(&sp, &regs, sw.commit);
         let block = sw
@@ -1391,13 +1434,16 @@ fn switch_loop(
             .and_then(|()| sp.run_routine(tid, sw.code_addr, end, saved));
         let state = sp.mem().read_vec(sw.state_addr, 4);
         let switched = matches!(&state, Ok(b) if b[..] == Header::state_bytes(sw.want));
+        phases.commit_us = lap();
         if switched {
             then(&mut sp);
             // Parked threads go on (in the new code's world) once resumed.
             arms.release(sp.mem(), &regs);
         }
         let resumed = sp.resume();
+        phases.resume_us = lap();
         let window = t0.elapsed();
+        tracing::debug!(pid = pid.0, ?phases, "stop phases of the switch");
         if !switched {
             let detail = match run {
                 Err(e) => e.to_string(),
@@ -1412,6 +1458,7 @@ fn switch_loop(
             attempts,
             window,
             caught: arms.caught,
+            phases,
         });
     }
 }
