@@ -50,9 +50,9 @@ const SLOT: u64 = 16;
 const SYS_OPEN: u32 = 2;
 const SYS_CLOSE: u32 = 3;
 const SYS_PWRITE64: u32 = 18;
-const SYS_GETPID: u32 = 39;
-const SYS_GETTID: u32 = 186;
-const SYS_TGKILL: u32 = 234;
+pub(crate) const SYS_GETPID: u32 = 39;
+pub(crate) const SYS_GETTID: u32 = 186;
+pub(crate) const SYS_TGKILL: u32 = 234;
 /// The marker system call: suture's slow path waits for its entry and skips it.
 pub const MARKER_SYSCALL: u64 = SYS_TGKILL as u64;
 
@@ -97,34 +97,41 @@ const FD_ARG: u64 = u64::MAX - 1;
 const TID_ARG: u64 = u64::MAX - 2;
 const PID_ARG: u64 = u64::MAX - 3;
 
-struct Asm {
-    code: Vec<u8>,
-    base: u64,
+/// A minimal x86-64 assembler for suture's generated routines (also `crate::ifunc`).
+pub(crate) struct Asm {
+    pub(crate) code: Vec<u8>,
+    pub(crate) base: u64,
 }
 
 impl Asm {
-    fn here(&self) -> u64 {
+    pub(crate) fn new(base: u64) -> Asm {
+        Asm {
+            code: Vec::new(),
+            base,
+        }
+    }
+    pub(crate) fn here(&self) -> u64 {
         self.base + self.code.len() as u64
     }
-    fn bytes(&mut self, b: &[u8]) {
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
         self.code.extend_from_slice(b);
     }
     /// `mov r32, imm32` for eax (0), edx (2), esi (6).
-    fn mov_r32(&mut self, reg: u8, imm: u32) {
+    pub(crate) fn mov_r32(&mut self, reg: u8, imm: u32) {
         self.code.push(0xb8 + reg);
         self.bytes(&imm.to_le_bytes());
     }
     /// `movabs r64, imm64`; `reg` 0-15.
-    fn movabs(&mut self, reg: u8, imm: u64) {
+    pub(crate) fn movabs(&mut self, reg: u8, imm: u64) {
         self.code.push(if reg >= 8 { 0x49 } else { 0x48 });
         self.code.push(0xb8 + (reg & 7));
         self.bytes(&imm.to_le_bytes());
     }
-    fn syscall(&mut self) {
+    pub(crate) fn syscall(&mut self) {
         self.bytes(&[0x0f, 0x05]);
     }
     /// `mov reg, [rip + (target - next)]`; `reg` 0-15.
-    fn load_rip(&mut self, reg: u8, target: u64) {
+    pub(crate) fn load_rip(&mut self, reg: u8, target: u64) {
         self.code.push(if reg >= 8 { 0x4c } else { 0x48 });
         self.code.push(0x8b);
         self.code.push(((reg & 7) << 3) | 0b101);
@@ -132,13 +139,13 @@ impl Asm {
         self.bytes(&(target.wrapping_sub(next) as i32).to_le_bytes());
     }
     /// A `jcc rel32` / `jmp rel32` with the displacement to patch later; returns its offset.
-    fn jump_placeholder(&mut self, opcode: &[u8]) -> usize {
+    pub(crate) fn jump_placeholder(&mut self, opcode: &[u8]) -> usize {
         self.bytes(opcode);
         let at = self.code.len();
         self.bytes(&[0; 4]);
         at
     }
-    fn patch_jump(&mut self, at: usize, target: u64) {
+    pub(crate) fn patch_jump(&mut self, at: usize, target: u64) {
         let next = self.base + at as u64 + 4;
         let d = target.wrapping_sub(next) as i32;
         self.code[at..at + 4].copy_from_slice(&d.to_le_bytes());
@@ -146,13 +153,13 @@ impl Asm {
 }
 
 // Register numbers as x86 encodes them.
-const RAX: u8 = 0;
-const RDX: u8 = 2;
-const RSI: u8 = 6;
-const RDI: u8 = 7;
+pub(crate) const RAX: u8 = 0;
+pub(crate) const RDX: u8 = 2;
+pub(crate) const RSI: u8 = 6;
+pub(crate) const RDI: u8 = 7;
 const R10: u8 = 10;
 /// Block index of each register, in encoding order rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8..
-const BLOCK_INDEX: [usize; 16] = [0, 2, 3, 1, 7, 6, 4, 5, 8, 9, 10, 11, 12, 13, 14, 15];
+pub(crate) const BLOCK_INDEX: [usize; 16] = [0, 2, 3, 1, 7, 6, 4, 5, 8, 9, 10, 11, 12, 13, 14, 15];
 
 impl Commit {
     /// Generates the routine for code at `code_addr` and its block at `block_addr`, performing

@@ -6,7 +6,9 @@
 //! is pointed at the commit routine), `commit:running` (the routine was let run to its marker
 //! signal), `commit:midway` (the routine made its first system call; this point makes suture
 //! follow the routine system call by system call, the path it takes when no marker signal is
-//! usable), `revert:stopped` (revert's switch stop taken).
+//! usable), `revert:stopped` (revert's switch stop taken), `ifunc:started` and `ifunc:running`
+//! (a thread is pointed at, then let run, the routine that calls IFUNC resolvers: see
+//! `crate::ifunc`).
 
 pub fn hit(point: &str) {
     if std::env::var_os("SUTURE_FAILPOINT").is_some_and(|v| v == point) {

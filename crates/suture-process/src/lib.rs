@@ -16,6 +16,7 @@ pub mod error;
 pub mod failpoint;
 pub mod header;
 pub mod ids;
+pub mod ifunc;
 pub mod link;
 pub mod maps;
 pub mod mem;

@@ -466,7 +466,24 @@ impl StoppedProcess {
         end: RoutineEnd,
         restore: Registers,
     ) -> Result<()> {
-        self.call(move |t| t.run_routine(tid, entry, end, restore))?
+        self.run_routine_within(tid, entry, end, restore, ROUTINE_DEADLINE, "commit")
+    }
+
+    /// [`run_routine`](StoppedProcess::run_routine) waiting up to `deadline` for the marker
+    /// of a [`RoutineEnd::Signal`] routine. When none comes, the thread is put back into an
+    /// interrupt stop wherever it is and `Ok` is returned: the caller tells from the memory
+    /// the routine writes whether it finished. `label` names its failpoints
+    /// (`<label>:started`, `<label>:running`, `<label>:midway`).
+    pub fn run_routine_within(
+        &mut self,
+        tid: Tid,
+        entry: RemoteAddr,
+        end: RoutineEnd,
+        restore: Registers,
+        deadline: std::time::Duration,
+        label: &'static str,
+    ) -> Result<()> {
+        self.call(move |t| t.run_routine(tid, entry, end, restore, deadline, label))?
     }
 
     /// The signal mask of a stopped thread (bit `n - 1` for signal `n`).
@@ -492,6 +509,8 @@ impl Tracer {
         entry: RemoteAddr,
         end: RoutineEnd,
         restore: Registers,
+        deadline: std::time::Duration,
+        label: &'static str,
     ) -> Result<()> {
         if !self.threads.contains_key(&tid) {
             return Err(Error::UnknownThread { pid: self.pid, tid });
@@ -500,7 +519,7 @@ impl Tracer {
         regs.rip = entry.0;
         regs.orig_rax = u64::MAX; // not inside a system call any more
         self.setregs_raw(tid, regs)?;
-        crate::failpoint::hit("commit:started");
+        crate::failpoint::hit(&format!("{label}:started"));
         let npid = nix::unistd::Pid::from_raw(tid.0);
         let mut in_marker = false;
         for _ in 0..MAX_ROUTINE_STOPS {
@@ -512,10 +531,10 @@ impl Tracer {
                     .map_err(|e| self.ptrace_step_err(tid, "SYSCALL", e))?,
             }
             if let RoutineEnd::Signal { .. } = end {
-                crate::failpoint::hit("commit:running");
+                crate::failpoint::hit(&format!("{label}:running"));
             }
             let status = match end {
-                RoutineEnd::Signal { .. } => match self.wait_routine(tid)? {
+                RoutineEnd::Signal { .. } => match self.wait_routine(tid, deadline)? {
                     Some(status) => status,
                     None => {
                         // No marker within the deadline (its tgkill failed?): the routine has
@@ -548,7 +567,7 @@ impl Tracer {
                                 && (info.si_code == libc::SIGTRAP
                                     || info.si_code == libc::SIGTRAP | 0x80) =>
                         {
-                            crate::failpoint::hit("commit:midway");
+                            crate::failpoint::hit(&format!("{label}:midway"));
                             let mut r = self.getregs(tid)?;
                             if in_marker {
                                 // The stop after the marker's entry is its exit: every write
@@ -571,7 +590,7 @@ impl Tracer {
                         // write is one system call), so put the thread back as it was.
                         let _ = self.setregs_raw(tid, restore);
                         return Err(
-                            self.step_err(tid, format!("the commit routine raised signal {sig}"))
+                            self.step_err(tid, format!("the {label} routine raised signal {sig}"))
                         );
                     }
                     let th = self.threads.get_mut(&tid).expect("checked above");
@@ -589,13 +608,17 @@ impl Tracer {
                 }
             }
         }
-        Err(self.step_err(tid, "the commit routine did not finish".into()))
+        Err(self.step_err(tid, format!("the {label} routine did not finish")))
     }
 
     /// Waits for the next stop of `tid` while it runs a routine at full speed: `None` when none
-    /// came within [`ROUTINE_DEADLINE`]. Polls (yielding for the first 2 ms, then sleeping), so
-    /// a routine that never stops cannot hang suture with the other threads stopped.
-    fn wait_routine(&mut self, tid: Tid) -> Result<Option<WaitStatus>> {
+    /// came within `deadline`. Polls (yielding for the first 2 ms, then sleeping), so a
+    /// routine that never stops cannot hang suture with the other threads stopped.
+    fn wait_routine(
+        &mut self,
+        tid: Tid,
+        deadline: std::time::Duration,
+    ) -> Result<Option<WaitStatus>> {
         let started = std::time::Instant::now();
         loop {
             if let Some(status) = sys::wait_thread(tid.0, true)
@@ -604,7 +627,7 @@ impl Tracer {
                 return Ok(Some(status));
             }
             let waited = started.elapsed();
-            if waited >= ROUTINE_DEADLINE {
+            if waited >= deadline {
                 return Ok(None);
             }
             if waited < std::time::Duration::from_millis(2) {

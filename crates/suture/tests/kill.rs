@@ -170,6 +170,133 @@ fn sigkill_at_every_point_leaves_old_or_new_code_never_a_mixture() {
     }
 }
 
+/// SIGKILL while a thread of the target runs the routine that calls IFUNC resolvers (before
+/// and after it is let run): the routine finishes alone and the thread resumes its own code
+/// with its own registers (here: inside `read`, which it re-enters). The program keeps
+/// answering with its original code, nothing is live, and the next apply works.
+#[test]
+fn sigkill_while_ifunc_resolvers_run_leaves_the_target_running() {
+    use std::io::Write as _;
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "kill", "ifunc");
+    let f = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../suture-process/tests/fixtures/ifunc-cold"
+    ));
+    for side in ["orig", "fixed"] {
+        std::fs::create_dir_all(dir.join(side)).unwrap();
+    }
+    std::fs::copy(f.join("report.c"), dir.join("orig/report.c")).unwrap();
+    std::fs::copy(f.join("report.fixed.c"), dir.join("fixed/report.c")).unwrap();
+    std::fs::copy(f.join("libsel.c"), dir.join("libsel.c")).unwrap();
+    std::fs::copy(f.join("main.c"), dir.join("main.c")).unwrap();
+    let c = ["-c", "-O2", "-g", "-ffunction-sections", "-fdata-sections"];
+    for side in ["orig", "fixed"] {
+        gcc(
+            &dir.join(side),
+            &[&c[..], &["report.c", "-o", "report.o"]].concat(),
+        );
+    }
+    gcc(
+        &dir,
+        &["-O2", "-fPIC", "-shared", "libsel.c", "-o", "libsel.so"],
+    );
+    let rpath = format!("-Wl,-rpath,{}", dir.display());
+    gcc(
+        &dir,
+        &[
+            "-O2",
+            "main.c",
+            "orig/report.o",
+            "-L.",
+            "-lsel",
+            &rpath,
+            "-o",
+            "prog",
+        ],
+    );
+    let patch = dir.join("report.patch.o");
+    let st = suture()
+        .args(["diff", "orig/report.o", "fixed/report.o", "-o"])
+        .arg(&patch)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        st.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+
+    for point in ["ifunc:started", "ifunc:running"] {
+        let (mut child, rx) = spawn_lines(
+            Command::new(dir.join("prog"))
+                .env("SEL_IMPL", "2")
+                .stdin(std::process::Stdio::piped()),
+        );
+        let mut stdin = child.0.stdin.take().unwrap();
+        rx.wait_for("ready");
+        let pid = child.id();
+        let out = suture()
+            .arg("apply")
+            .arg(&patch)
+            .args(["--pid", &pid.to_string()])
+            .env("SUTURE_FAILPOINT", point)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{point}: suture was not killed there"
+        );
+        stdin.write_all(b"report\n").unwrap();
+        rx.wait_for("report none");
+        stdin.write_all(b"call\n").unwrap();
+        let native = rx.wait_for("call checksum=");
+        let st = state(pid);
+        assert!(
+            st != "T" && st != "t",
+            "{point}: target left stopped ({st})"
+        );
+        let status = suture()
+            .args(["status", "--json", "--pid", &pid.to_string()])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        assert_eq!(
+            v["patches"].as_array().map(Vec::len),
+            Some(0),
+            "{point}: {v}"
+        );
+        // The next apply: the program's own calls resolved the IFUNCs by now, and the
+        // patch gets the same implementations.
+        let out = suture()
+            .arg("apply")
+            .arg(&patch)
+            .args(["--pid", &pid.to_string()])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{point}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdin.write_all(b"report\n").unwrap();
+        let patched = rx.wait_for("report checksum=");
+        assert_eq!(
+            patched.strip_prefix("report "),
+            native.strip_prefix("call "),
+            "{point}"
+        );
+        assert_eq!(
+            child.try_wait().unwrap().map(|s| s.to_string()),
+            None,
+            "{point}"
+        );
+    }
+}
+
 #[test]
 fn apply_status_revert_through_the_cli() {
     let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "kill", "cli-apply");
