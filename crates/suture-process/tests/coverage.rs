@@ -14,7 +14,9 @@
 //! - `stacking_*`: two different patches of one function, and patches of two functions
 //!   reverted in either order.
 //! - `new_code_and_data_*`: new functions and globals, the original's static local and
-//!   unchanged static function, libc's `stderr`; PIE and non-PIE executables.
+//!   unchanged static function, libc's `stderr`; PIE and non-PIE executables. `stderr` used
+//!   first by a fix (no copy in the executable): refused with the way out, then applied when
+//!   built with `-mno-direct-extern-access`.
 //!
 //! Every child process is killed on drop; work directories are per test.
 
@@ -713,6 +715,51 @@ fn new_code_and_data_in_a_pie_executable() {
 #[test]
 fn new_code_and_data_in_a_non_pie_executable() {
     new_code_and_data("features-nopie", false);
+}
+
+/// A fix that writes to `stderr`, which the program never used: its PIE executable has no copy
+/// of it, so the patch needs glibc's own, more than 2 GiB away. A patch of units compiled
+/// the default way reads `stderr` PC-relatively (assuming a copy relocation): refused, and the
+/// message says how to build it. The same units compiled with `-mno-direct-extern-access`
+/// (what `suture build` does) read it through a GOT slot: applied, and the program's stderr
+/// shows the fix.
+#[test]
+fn stderr_first_used_by_the_fix() {
+    let dir = work_dir("stderr-first");
+    let src = |f: &str| fixture("stderr-first", f);
+    let orig = object(&dir, "orig", "check", &src("check.c"), &[]);
+    let fixed = object(&dir, "fixed", "check", &src("check.fixed.c"), &[]);
+    let indirect = ["-mno-direct-extern-access"];
+    let orig_got = object(&dir, "orig-got", "check", &src("check.c"), &indirect);
+    let fixed_got = object(&dir, "fixed-got", "check", &src("check.fixed.c"), &indirect);
+    std::fs::write(dir.join("main.c"), src("main.c")).unwrap();
+    gcc(&dir, &["-O2", "main.c", s(&orig), "-o", "prog"]);
+    let exe = ElfSymbols::parse("prog", &std::fs::read(dir.join("prog")).unwrap()).unwrap();
+    assert!(exe.relocatable, "a PIE executable");
+    assert!(!exe.globals.contains_key("stderr"), "no copy of stderr");
+
+    let mut prog = Program::spawn(&mut Command::new(dir.join("prog")));
+    let pid = prog.pid;
+    prog.expect_all(&["v=8".to_string()]);
+    let e = apply(pid, &patch(&orig, &fixed), &opts("direct", None)).expect_err("out of reach");
+    let msg = e.to_string();
+    for want in [
+        "stderr",
+        "out of reach",
+        "copy relocation",
+        "-mno-direct-extern-access",
+        "untouched",
+    ] {
+        assert!(msg.contains(want), "{want:?} missing: {msg}");
+    }
+    assert!(status(pid).unwrap().is_empty());
+
+    apply(pid, &patch(&orig_got, &fixed_got), &opts("got", None)).expect("apply");
+    prog.expect_err("check: 9 clamped");
+    prog.expect_all(&["v=7".to_string()]);
+    revert_now(pid, "got");
+    prog.expect_all(&["v=8".to_string()]);
+    prog.assert_alive();
 }
 
 /// No patch is live in `pid` (reverted regions stay mapped, retired: see apply.rs).
