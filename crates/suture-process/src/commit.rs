@@ -150,6 +150,50 @@ impl Asm {
         let d = target.wrapping_sub(next) as i32;
         self.code[at..at + 4].copy_from_slice(&d.to_le_bytes());
     }
+
+    /// `tgkill(getpid(), gettid(), sig)`: the ids as the target's own PID namespace numbers
+    /// them (suture's view differs when the target runs in a container). Returns the address
+    /// after each of the three `syscall` instructions (the last one: the marker's `rip`).
+    pub(crate) fn marker(&mut self, sig: i32) -> [u64; 3] {
+        self.mov_r32(RAX, SYS_GETPID);
+        self.syscall();
+        let getpid = self.here();
+        self.bytes(&[0x49, 0x89, 0xc4]); // mov r12, rax
+        self.mov_r32(RAX, SYS_GETTID);
+        self.syscall();
+        let gettid = self.here();
+        self.bytes(&[0x89, 0xc6]); // mov esi, eax
+        self.bytes(&[0x44, 0x89, 0xe7]); // mov edi, r12d
+        self.mov_r32(RAX, SYS_TGKILL);
+        self.mov_r32(RDX, sig as u32);
+        self.syscall();
+        [getpid, gettid, self.here()]
+    }
+
+    /// Restores the flags (pushed on the current stack, which must have room) and every
+    /// general-purpose register from the saved registers at `block` ([`REGS`] order), then
+    /// jumps to the saved `rip`.
+    pub(crate) fn restore_registers(&mut self, block: u64) {
+        self.bytes(&[0xff, 0x35]); // push qword [rip + rflags]
+        let next = self.here() + 4;
+        let rflags = block + 8 * reg_index("rflags");
+        self.bytes(&(rflags.wrapping_sub(next) as i32).to_le_bytes());
+        self.code.push(0x9d); // popfq
+        for (enc, &idx) in BLOCK_INDEX.iter().enumerate() {
+            self.load_rip(enc as u8, block + 8 * idx as u64);
+        }
+        self.bytes(&[0xff, 0x25]); // jmp qword [rip + saved rip]
+        let next = self.here() + 4;
+        let rip = block + 8 * reg_index("rip");
+        self.bytes(&(rip.wrapping_sub(next) as i32).to_le_bytes());
+    }
+}
+
+/// The index of a register in [`REGS`].
+fn reg_index(name: &str) -> u64 {
+    REGS.iter()
+        .position(|r| *r == name)
+        .expect("known register") as u64
 }
 
 // Register numbers as x86 encodes them.
@@ -159,7 +203,7 @@ pub(crate) const RSI: u8 = 6;
 pub(crate) const RDI: u8 = 7;
 const R10: u8 = 10;
 /// Block index of each register, in encoding order rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8..
-pub(crate) const BLOCK_INDEX: [usize; 16] = [0, 2, 3, 1, 7, 6, 4, 5, 8, 9, 10, 11, 12, 13, 14, 15];
+const BLOCK_INDEX: [usize; 16] = [0, 2, 3, 1, 7, 6, 4, 5, 8, 9, 10, 11, 12, 13, 14, 15];
 
 impl Commit {
     /// Generates the routine for code at `code_addr` and its block at `block_addr`, performing
@@ -251,46 +295,23 @@ impl Commit {
         a.syscall();
         record(&a, SYS_CLOSE, [FD_ARG, 0, 0, 0, 0, 0]);
         let finish = a.here();
-        // tgkill(getpid(), gettid(), marker_signal): the ids as the target's own PID namespace
-        // numbers them (suture's view differs when the target runs in a container).
-        a.mov_r32(RAX, SYS_GETPID);
-        a.syscall();
-        record(&a, SYS_GETPID, [0; 6]);
-        a.bytes(&[0x49, 0x89, 0xc4]); // mov r12, rax
-        a.mov_r32(RAX, SYS_GETTID);
-        a.syscall();
-        record(&a, SYS_GETTID, [0; 6]);
-        a.bytes(&[0x89, 0xc6]); // mov esi, eax
-        a.bytes(&[0x44, 0x89, 0xe7]); // mov edi, r12d
-        a.mov_r32(RAX, SYS_TGKILL);
-        a.mov_r32(RDX, marker_signal as u32);
-        a.syscall();
-        let marker_rip = a.here();
-        record(
-            &a,
-            SYS_TGKILL,
-            [PID_ARG, TID_ARG, marker_signal as u64, 0, 0, 0],
-        );
-        // Restore: rflags through a scratch slot below the red zone, then every register.
-        let reg = |name: &str| {
-            block_addr
-                + 8 * REGS
-                    .iter()
-                    .position(|r| *r == name)
-                    .expect("known register") as u64
-        };
-        a.load_rip(4, reg("rsp")); // mov rsp, [saved rsp]
-        a.bytes(&[0x48, 0x8d, 0xa4, 0x24, 0x00, 0xfe, 0xff, 0xff]); // lea rsp, [rsp-0x200]
-        a.bytes(&[0xff, 0x35]); // push qword [rip + rflags]
-        let next = a.here() + 4;
-        a.bytes(&(reg("rflags").wrapping_sub(next) as i32).to_le_bytes());
-        a.code.push(0x9d); // popfq
-        for (enc, &idx) in BLOCK_INDEX.iter().enumerate() {
-            a.load_rip(enc as u8, block_addr + 8 * idx as u64);
+        let [getpid, gettid, tgkill] = a.marker(marker_signal);
+        let marker_rip = tgkill;
+        for (nr, ip, args) in [
+            (SYS_GETPID, getpid, [0; 6]),
+            (SYS_GETTID, gettid, [0; 6]),
+            (
+                SYS_TGKILL,
+                tgkill,
+                [PID_ARG, TID_ARG, marker_signal as u64, 0, 0, 0],
+            ),
+        ] {
+            calls.push(Call { nr, args, ip });
         }
-        a.bytes(&[0xff, 0x25]); // jmp qword [rip + saved rip]
-        let next = a.here() + 4;
-        a.bytes(&(reg("rip").wrapping_sub(next) as i32).to_le_bytes());
+        // Restore: rflags through a scratch slot below the red zone, then every register.
+        a.load_rip(4, block_addr + 8 * reg_index("rsp")); // mov rsp, [saved rsp]
+        a.bytes(&[0x48, 0x8d, 0xa4, 0x24, 0x00, 0xfe, 0xff, 0xff]); // lea rsp, [rsp-0x200]
+        a.restore_registers(block_addr);
 
         a.patch_jump(open_failed, finish);
         a.patch_jump(done, close_at);

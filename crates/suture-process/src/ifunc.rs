@@ -48,7 +48,7 @@
 use std::time::Duration;
 
 use crate::apply::{namespace_pid, regs_array, restartable, ApplyError, Outcome};
-use crate::commit::{Asm, BLOCK_INDEX, RAX, RDX, REGS, SYS_GETPID, SYS_GETTID, SYS_TGKILL};
+use crate::commit::{Asm, RAX, SYS_GETPID, SYS_GETTID, SYS_TGKILL};
 use crate::ids::{Pid, RemoteAddr, Tid};
 use crate::maps::Maps;
 use crate::remote::{Prot, RoutineEnd, SyscallSite};
@@ -61,7 +61,7 @@ pub const RESOLVER_DEADLINE: Duration = Duration::from_secs(10);
 
 const PAGE: u64 = 4096;
 const STACK: u64 = 64 * 1024;
-/// Block offsets: saved registers (18 × u64, [`REGS`] order), flags, results.
+/// Block offsets: saved registers (18 × u64, [`crate::commit::REGS`] order), flags, results.
 const SAVED_FLAG: u64 = 144;
 const DONE_FLAG: u64 = 152;
 const RESULTS: u64 = 160;
@@ -143,39 +143,14 @@ fn generate(base: u64, resolvers: &[RemoteAddr], marker: i32, xsave: Option<u64>
         Some(_) => a.bytes(&[0x48, 0x0f, 0xae, 0x29]), // xrstor64 [rcx]
         None => a.bytes(&[0x48, 0x0f, 0xae, 0x09]),    // fxrstor64 [rcx]
     }
-    a.mov_r32(RAX, SYS_GETPID);
-    a.syscall();
-    calls.push((SYS_GETPID, a.here()));
-    a.bytes(&[0x49, 0x89, 0xc4]); // mov r12, rax
-    a.mov_r32(RAX, SYS_GETTID);
-    a.syscall();
-    calls.push((SYS_GETTID, a.here()));
-    a.bytes(&[0x89, 0xc6]); // mov esi, eax
-    a.bytes(&[0x44, 0x89, 0xe7]); // mov edi, r12d
-    a.mov_r32(RAX, SYS_TGKILL);
-    a.mov_r32(RDX, marker as u32);
-    a.syscall();
-    let marker_rip = a.here();
-    calls.push((SYS_TGKILL, marker_rip));
-    let reg = |name: &str| {
-        block
-            + 8 * REGS
-                .iter()
-                .position(|r| *r == name)
-                .expect("known register") as u64
-    };
-    // The flags through the private stack, then every register (rsp last but one: the
-    // encoding order puts it fifth, and nothing is pushed after it), then the saved rip.
-    a.bytes(&[0xff, 0x35]); // push qword [rip + rflags]
-    let next = a.here() + 4;
-    a.bytes(&(reg("rflags").wrapping_sub(next) as i32).to_le_bytes());
-    a.bytes(&[0x9d]); // popfq
-    for (enc, &idx) in BLOCK_INDEX.iter().enumerate() {
-        a.load_rip(enc as u8, block + 8 * idx as u64);
-    }
-    a.bytes(&[0xff, 0x25]); // jmp qword [rip + saved rip]
-    let next = a.here() + 4;
-    a.bytes(&(reg("rip").wrapping_sub(next) as i32).to_le_bytes());
+    let [getpid, gettid, marker_rip] = a.marker(marker);
+    calls.extend([
+        (SYS_GETPID, getpid),
+        (SYS_GETTID, gettid),
+        (SYS_TGKILL, marker_rip),
+    ]);
+    // The flags through the private stack (rsp is its top), every register, the saved rip.
+    a.restore_registers(block);
     assert!(a.code.len() as u64 <= PAGE, "the routine fits its page");
     Routine {
         code: a.code,
