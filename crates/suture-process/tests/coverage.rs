@@ -417,13 +417,7 @@ fn ifunc_symbols_of_libc_and_of_the_executable() {
     let pid = prog.pid;
     prog.expect_all(&["m=1 a=2".to_string()]);
     // The libc the program runs really implements both as IFUNCs.
-    let maps = std::fs::read_to_string(format!("/proc/{}/maps", pid.0)).unwrap();
-    let libc = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| p.contains("/libc.so"))
-        .expect("libc mapped");
-    let libc = ElfSymbols::parse(libc, &std::fs::read(libc).unwrap()).unwrap();
+    let libc = mapped_libc(pid);
     assert!(libc.globals["strlen"].ifunc && libc.globals["memcpy"].ifunc);
 
     // sub_one: its resolver runs in the target (see ifunc_never_resolved_*).
@@ -440,39 +434,53 @@ fn ifunc_symbols_of_libc_and_of_the_executable() {
     prog.assert_alive();
 }
 
+/// The symbols of the libc `pid` maps.
+fn mapped_libc(pid: Pid) -> ElfSymbols {
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", pid.0)).unwrap();
+    let libc = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("/libc.so"))
+        .expect("libc mapped");
+    ElfSymbols::parse(libc, &std::fs::read(libc).unwrap()).unwrap()
+}
+
+/// Builds the `ifunc-cold` fixture's `libsel.so` and `prog` (linked with `orig`) in `dir`.
+fn ifunc_cold_program(dir: &Path, orig: &Path) {
+    std::fs::write(dir.join("libsel.c"), fixture("ifunc-cold", "libsel.c")).unwrap();
+    gcc(
+        dir,
+        &["-O2", "-fPIC", "-shared", "libsel.c", "-o", "libsel.so"],
+    );
+    std::fs::write(dir.join("main.c"), fixture("ifunc-cold", "main.c")).unwrap();
+    let rpath = format!("-Wl,-rpath,{}", dir.display());
+    let args = [
+        "-O2",
+        "main.c",
+        s(orig),
+        "-L.",
+        "-lsel",
+        &rpath,
+        "-o",
+        "prog",
+    ];
+    gcc(dir, &args);
+}
+
 /// IFUNCs nothing in the process has resolved (no GOT slot holds an implementation): a
 /// library's `checksum`, whose resolver honours an environment override, and glibc's
 /// `wcsrchr` and `strstr` (glibc calls neither itself, so it has no IRELATIVE slot for them).
 /// The patch calls them and takes their addresses; suture runs the resolvers in the target.
 /// Then the program makes its own first calls (ld.so's lazy binding through the PLT) and asks
 /// `dlsym`, which runs the same resolvers in ld.so: the results and addresses must be the ones
-/// the patch got.
+/// the patch got. The borrowed thread's registers, vector registers included, are as before.
 #[test]
 fn ifunc_never_resolved_is_chosen_as_ld_so_would() {
     let dir = work_dir("ifunc-cold");
     let src = |f: &str| fixture("ifunc-cold", f);
     let orig = object(&dir, "orig", "report", &src("report.c"), &[]);
     let fixed = object(&dir, "fixed", "report", &src("report.fixed.c"), &[]);
-    std::fs::write(dir.join("libsel.c"), src("libsel.c")).unwrap();
-    gcc(
-        &dir,
-        &["-O2", "-fPIC", "-shared", "libsel.c", "-o", "libsel.so"],
-    );
-    std::fs::write(dir.join("main.c"), src("main.c")).unwrap();
-    let rpath = format!("-Wl,-rpath,{}", dir.display());
-    gcc(
-        &dir,
-        &[
-            "-O2",
-            "main.c",
-            s(&orig),
-            "-L.",
-            "-lsel",
-            &rpath,
-            "-o",
-            "prog",
-        ],
-    );
+    ifunc_cold_program(&dir, &orig);
 
     let mut prog = Program::spawn(
         Command::new(dir.join("prog"))
@@ -484,13 +492,7 @@ fn ifunc_never_resolved_is_chosen_as_ld_so_would() {
     let pid = prog.pid;
     prog.expect_all(&["ready".to_string()]);
     // glibc really has no resolved slot of its own for them.
-    let maps = std::fs::read_to_string(format!("/proc/{}/maps", pid.0)).unwrap();
-    let libc = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| p.contains("/libc.so"))
-        .expect("libc mapped");
-    let libc = ElfSymbols::parse(libc, &std::fs::read(libc).unwrap()).unwrap();
+    let libc = mapped_libc(pid);
     for name in ["wcsrchr", "strstr"] {
         let sym = libc.globals[name];
         assert!(sym.ifunc, "{name} is an IFUNC in this libc");
@@ -525,6 +527,10 @@ fn ifunc_never_resolved_is_chosen_as_ld_so_would() {
         tail(&native),
         "the patch's IFUNC choices differ from ld.so's"
     );
+    // The thread suture borrowed (the main thread, asleep with a value in xmm15) got its
+    // vector registers back: the resolver of checksum clears xmm15.
+    stdin.write_all(b"xmm\n").unwrap();
+    prog.expect_all(&["xmm kept".to_string()]);
     revert_now(pid, "cold");
     stdin.write_all(b"report\n").unwrap();
     prog.expect_all(&["report none".to_string()]);
@@ -540,26 +546,7 @@ fn ifunc_resolver_that_faults_or_hangs_is_refused_and_harms_nothing() {
     let orig = object(&dir, "orig", "report", &src("report.c"), &[]);
     let crash = object(&dir, "crash", "report", &src("report.crash.c"), &[]);
     let hang = object(&dir, "hang", "report", &src("report.hang.c"), &[]);
-    std::fs::write(dir.join("libsel.c"), src("libsel.c")).unwrap();
-    gcc(
-        &dir,
-        &["-O2", "-fPIC", "-shared", "libsel.c", "-o", "libsel.so"],
-    );
-    std::fs::write(dir.join("main.c"), src("main.c")).unwrap();
-    let rpath = format!("-Wl,-rpath,{}", dir.display());
-    gcc(
-        &dir,
-        &[
-            "-O2",
-            "main.c",
-            s(&orig),
-            "-L.",
-            "-lsel",
-            &rpath,
-            "-o",
-            "prog",
-        ],
-    );
+    ifunc_cold_program(&dir, &orig);
     let mut prog = Program::spawn(Command::new(dir.join("prog")).stdin(Stdio::piped()));
     let mut stdin = prog.child.stdin.take().unwrap();
     let pid = prog.pid;

@@ -20,28 +20,23 @@ fn suture() -> Command {
     Command::new(env!("CARGO_BIN_EXE_suture"))
 }
 
-/// Builds the program and, with `suture diff -o`, the patch of lib.c.
-fn build(dir: &Path) -> (PathBuf, PathBuf) {
-    let _ = std::fs::remove_dir_all(dir);
-    for side in ["orig", "fixed"] {
-        std::fs::create_dir_all(dir.join(side)).unwrap();
-    }
-    let f = Path::new(FIXTURES);
-    std::fs::copy(f.join("main.c"), dir.join("main.c")).unwrap();
-    std::fs::copy(f.join("lib.c"), dir.join("orig/lib.c")).unwrap();
-    std::fs::copy(f.join("lib.fixed.c"), dir.join("fixed/lib.c")).unwrap();
+/// Compiles `orig` and `fixed` as `dir/{orig,fixed}/<unit>.c` (one section per function)
+/// and makes their patch with `suture diff -o`; returns the patch's path.
+fn patch_of(dir: &Path, unit: &str, orig: &Path, fixed: &Path) -> PathBuf {
     let c = ["-c", "-O2", "-g", "-ffunction-sections", "-fdata-sections"];
-    gcc(dir, &[&c[..], &["main.c", "-o", "main.o"]].concat());
-    for side in ["orig", "fixed"] {
+    let (src, obj) = (format!("{unit}.c"), format!("{unit}.o"));
+    for (side, from) in [("orig", orig), ("fixed", fixed)] {
+        std::fs::create_dir_all(dir.join(side)).unwrap();
+        std::fs::copy(from, dir.join(side).join(&src)).unwrap();
         gcc(
             &dir.join(side),
-            &[&c[..], &["lib.c", "-o", "lib.o"]].concat(),
+            &[&c[..], &[src.as_str(), "-o", obj.as_str()]].concat(),
         );
     }
-    gcc(dir, &["main.o", "orig/lib.o", "-o", "prog", "-lpthread"]);
-    let patch = dir.join("lib.patch.o");
+    let patch = dir.join(format!("{unit}.patch.o"));
     let st = suture()
-        .args(["diff", "orig/lib.o", "fixed/lib.o", "-o"])
+        .arg("diff")
+        .args([format!("orig/{obj}"), format!("fixed/{obj}"), "-o".into()])
         .arg(&patch)
         .current_dir(dir)
         .output()
@@ -52,6 +47,19 @@ fn build(dir: &Path) -> (PathBuf, PathBuf) {
         "{}",
         String::from_utf8_lossy(&st.stderr)
     );
+    patch
+}
+
+/// Builds the program and, with `suture diff -o`, the patch of lib.c.
+fn build(dir: &Path) -> (PathBuf, PathBuf) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let f = Path::new(FIXTURES);
+    let patch = patch_of(dir, "lib", &f.join("lib.c"), &f.join("lib.fixed.c"));
+    std::fs::copy(f.join("main.c"), dir.join("main.c")).unwrap();
+    let c = ["-c", "-O2", "-g", "-ffunction-sections", "-fdata-sections"];
+    gcc(dir, &[&c[..], &["main.c", "-o", "main.o"]].concat());
+    gcc(dir, &["main.o", "orig/lib.o", "-o", "prog", "-lpthread"]);
     (dir.join("prog"), patch)
 }
 
@@ -86,6 +94,53 @@ fn state(pid: u32) -> String {
         .to_string()
 }
 
+/// `suture apply PATCH --pid PID` with `SUTURE_FAILPOINT=point`: suture must die there.
+fn apply_killed_at(patch: &Path, pid: u32, point: &str) {
+    let out = suture()
+        .arg("apply")
+        .arg(patch)
+        .args(["--pid", &pid.to_string()])
+        .env("SUTURE_FAILPOINT", point)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{point}: suture was not killed there"
+    );
+}
+
+/// `suture apply PATCH --pid PID --json`, which must succeed (after the kill at `point`).
+fn apply_ok(patch: &Path, pid: u32, point: &str) {
+    let out = suture()
+        .arg("apply")
+        .arg(patch)
+        .args(["--pid", &pid.to_string(), "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{point}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The states of the patches in `pid`, as `suture status --json` reads them from it.
+fn patch_states(pid: u32) -> Vec<String> {
+    let status = suture()
+        .args(["status", "--json", "--pid", &pid.to_string()])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    v["patches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["header"]["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[test]
 fn sigkill_at_every_point_leaves_old_or_new_code_never_a_mixture() {
     let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "kill", "points");
@@ -102,18 +157,7 @@ fn sigkill_at_every_point_leaves_old_or_new_code_never_a_mixture() {
         let (child, rx) = start(&prog);
         rx.wait_for(OLD);
         let pid = child.id();
-        let out = suture()
-            .arg("apply")
-            .arg(&patch)
-            .args(["--pid", &pid.to_string()])
-            .env("SUTURE_FAILPOINT", point)
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.signal(),
-            Some(9),
-            "{point}: suture was not killed there"
-        );
+        apply_killed_at(&patch, pid, point);
         // Once the target prints the version it ends up with, it prints nothing else (and it
         // keeps printing: `only` takes the next 50 lines).
         let want = if switched { NEW } else { OLD };
@@ -125,45 +169,14 @@ fn sigkill_at_every_point_leaves_old_or_new_code_never_a_mixture() {
         );
         // The process itself says what happened: live after the switch, merely loaded (not
         // switched, reclaimable) before it.
-        let status = suture()
-            .args(["status", "--json", "--pid", &pid.to_string()])
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-        let states: Vec<&str> = v["patches"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["header"]["state"].as_str().unwrap())
-            .collect();
+        let states = patch_states(pid);
         if switched {
             assert_eq!(states, ["live"], "{point}");
         } else {
             assert!(states.iter().all(|s| *s == "loaded"), "{point}: {states:?}");
             // The next apply reclaims what the killed one left and switches normally.
-            let out = suture()
-                .arg("apply")
-                .arg(&patch)
-                .args(["--pid", &pid.to_string(), "--json"])
-                .output()
-                .unwrap();
-            assert_eq!(
-                out.status.code(),
-                Some(0),
-                "{point}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let status = suture()
-                .args(["status", "--json", "--pid", &pid.to_string()])
-                .output()
-                .unwrap();
-            let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-            let states: Vec<&str> = v["patches"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p["header"]["state"].as_str().unwrap())
-                .collect();
+            apply_ok(&patch, pid, point);
+            let states = patch_states(pid);
             assert_eq!(states, ["live"], "{point}: leftovers not reclaimed");
             only(&rx, NEW, point);
         }
@@ -182,51 +195,30 @@ fn sigkill_while_ifunc_resolvers_run_leaves_the_target_running() {
         env!("CARGO_MANIFEST_DIR"),
         "/../suture-process/tests/fixtures/ifunc-cold"
     ));
-    for side in ["orig", "fixed"] {
-        std::fs::create_dir_all(dir.join(side)).unwrap();
-    }
-    std::fs::copy(f.join("report.c"), dir.join("orig/report.c")).unwrap();
-    std::fs::copy(f.join("report.fixed.c"), dir.join("fixed/report.c")).unwrap();
+    let patch = patch_of(
+        &dir,
+        "report",
+        &f.join("report.c"),
+        &f.join("report.fixed.c"),
+    );
     std::fs::copy(f.join("libsel.c"), dir.join("libsel.c")).unwrap();
     std::fs::copy(f.join("main.c"), dir.join("main.c")).unwrap();
-    let c = ["-c", "-O2", "-g", "-ffunction-sections", "-fdata-sections"];
-    for side in ["orig", "fixed"] {
-        gcc(
-            &dir.join(side),
-            &[&c[..], &["report.c", "-o", "report.o"]].concat(),
-        );
-    }
     gcc(
         &dir,
         &["-O2", "-fPIC", "-shared", "libsel.c", "-o", "libsel.so"],
     );
     let rpath = format!("-Wl,-rpath,{}", dir.display());
-    gcc(
-        &dir,
-        &[
-            "-O2",
-            "main.c",
-            "orig/report.o",
-            "-L.",
-            "-lsel",
-            &rpath,
-            "-o",
-            "prog",
-        ],
-    );
-    let patch = dir.join("report.patch.o");
-    let st = suture()
-        .args(["diff", "orig/report.o", "fixed/report.o", "-o"])
-        .arg(&patch)
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert_eq!(
-        st.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    let link = [
+        "-O2",
+        "main.c",
+        "orig/report.o",
+        "-L.",
+        "-lsel",
+        &rpath,
+        "-o",
+        "prog",
+    ];
+    gcc(&dir, &link);
 
     for point in ["ifunc:started", "ifunc:running"] {
         let (mut child, rx) = spawn_lines(
@@ -237,53 +229,25 @@ fn sigkill_while_ifunc_resolvers_run_leaves_the_target_running() {
         let mut stdin = child.0.stdin.take().unwrap();
         rx.wait_for("ready");
         let pid = child.id();
-        let out = suture()
-            .arg("apply")
-            .arg(&patch)
-            .args(["--pid", &pid.to_string()])
-            .env("SUTURE_FAILPOINT", point)
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.signal(),
-            Some(9),
-            "{point}: suture was not killed there"
-        );
+        apply_killed_at(&patch, pid, point);
         stdin.write_all(b"report\n").unwrap();
         rx.wait_for("report none");
-        stdin.write_all(b"call\n").unwrap();
-        let native = rx.wait_for("call checksum=");
+        // The routine restored the main thread's registers itself, xmm15 included.
+        stdin.write_all(b"xmm\n").unwrap();
+        rx.wait_for("xmm kept");
         let st = state(pid);
         assert!(
             st != "T" && st != "t",
             "{point}: target left stopped ({st})"
         );
-        let status = suture()
-            .args(["status", "--json", "--pid", &pid.to_string()])
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-        assert_eq!(
-            v["patches"].as_array().map(Vec::len),
-            Some(0),
-            "{point}: {v}"
-        );
-        // The next apply: the program's own calls resolved the IFUNCs by now, and the
-        // patch gets the same implementations.
-        let out = suture()
-            .arg("apply")
-            .arg(&patch)
-            .args(["--pid", &pid.to_string()])
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{point}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_eq!(patch_states(pid), Vec::<String>::new(), "{point}");
+        // The next apply runs the resolvers again and gets what the program's own first
+        // calls get.
+        apply_ok(&patch, pid, point);
         stdin.write_all(b"report\n").unwrap();
         let patched = rx.wait_for("report checksum=");
+        stdin.write_all(b"call\n").unwrap();
+        let native = rx.wait_for("call checksum=");
         assert_eq!(
             patched.strip_prefix("report "),
             native.strip_prefix("call "),
