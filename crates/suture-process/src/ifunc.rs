@@ -12,11 +12,13 @@
 //! choice is not recomputed from the CPU by suture: a resolver may depend on anything
 //! (tunables, an environment variable, its library's state).
 //!
-//! **How it runs.** In one stop of the target, suture maps a private region
-//! (`MAP_FIXED_NOREPLACE`, nowhere near anything the program uses): one read-execute page of
-//! generated code, then read-write pages with a block (saved registers, results), an XSAVE area
-//! and a 64 KiB stack of its own. One stopped thread that does not block the marker signal
-//! (see [`crate::commit`]) is pointed at the code, which
+//! **How it runs.** suture maps a private region in a first short stop
+//! (`MAP_FIXED_NOREPLACE` in a free range near the first resolver, after checking every call
+//! against the target's seccomp filters): one read-execute page of generated code, then
+//! read-write pages with a block (saved registers, results), an XSAVE area and a 64 KiB stack
+//! of its own, and writes the code while the target runs. In a second stop, one thread in
+//! suture's interrupt stop that does not block the marker signal (see [`crate::commit`]) is
+//! pointed at the code, which
 //! 1. switches to the private stack, clears the direction flag and saves the whole extended
 //!    register state with `xsave64` (`fxsave64` on a CPU without XSAVE, which then has no
 //!    other state), then sets a flag;
@@ -29,7 +31,10 @@
 //!
 //! The other threads stay stopped throughout; signals that arrive meanwhile are held and
 //! re-injected at resume ([`StoppedProcess::run_routine_within`]). suture restores the
-//! thread's registers itself at the marker and unmaps the region in the same stop.
+//! thread's registers itself at the marker; a third stop unmaps the region. The routine gets a
+//! stop of its own because a remote system call (the `mmap`) leaves its thread in the single
+//! step's `SIGTRAP` signal-delivery-stop, which the kernel would deliver, killing the target,
+//! if suture died while that thread ran the routine.
 //!
 //! **Failures.** A resolver that faults: the signal is discarded, the thread is sent to step 3
 //! (so its extended state comes back too) and the symbol is refused. A resolver that does not
