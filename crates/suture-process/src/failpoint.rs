@@ -1,7 +1,8 @@
 //! Fault injection for tests: when `SUTURE_FAILPOINT` names a point, suture kills itself with
 //! SIGKILL there, to prove that a killed suture never leaves a target half-patched.
 //!
-//! Points: `apply:mapped` (region mapped, nothing written), `apply:written` (code written, not
+//! Points: `remote:stepped` (a remote system call has run; its thread is stopped again),
+//! `apply:mapped` (region mapped, nothing written), `apply:written` (code written, not
 //! switched), `apply:stopped` (switch stop taken, stacks checked), `commit:started` (a thread
 //! is pointed at the commit routine), `commit:running` (the routine was let run to its marker
 //! signal), `commit:midway` (the routine made its first system call; this point makes suture

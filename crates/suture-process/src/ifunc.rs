@@ -31,10 +31,9 @@
 //!
 //! The other threads stay stopped throughout; signals that arrive meanwhile are held and
 //! re-injected at resume ([`StoppedProcess::run_routine_within`]). suture restores the
-//! thread's registers itself at the marker; a third stop unmaps the region. The routine gets a
-//! stop of its own because a remote system call (the `mmap`) leaves its thread in the single
-//! step's `SIGTRAP` signal-delivery-stop, which the kernel would deliver, killing the target,
-//! if suture died while that thread ran the routine.
+//! thread's registers itself at the marker; a third stop unmaps the region. As in apply (map,
+//! write while running, switch), the code is written while the target runs and the stop in
+//! which a thread is borrowed does nothing else.
 //!
 //! **Failures.** A resolver that faults: the signal is discarded, the thread is sent to step 3
 //! (so its extended state comes back too) and the symbol is refused. A resolver that does not
@@ -179,8 +178,8 @@ fn generate(base: u64, resolvers: &[RemoteAddr], marker: i32, xsave: Option<u64>
 }
 
 /// The thread to run the routine: one in suture's interrupt stop (not at a ptrace event
-/// inside a system call, not in a signal-delivery-stop: if suture died there, the kernel
-/// would deliver that stop's signal) that does not block `sig`.
+/// inside a system call, not in a signal-delivery-stop, whose signal the kernel would deliver
+/// if suture died) that does not block `sig`.
 fn pick_thread(sp: &StoppedProcess, sig: i32) -> Option<(Tid, Registers)> {
     let kinds = sp.stop_kinds().ok()?;
     let regs = sp.all_regs().ok()?;
@@ -198,10 +197,8 @@ fn refuse(detail: String, outcome: Outcome) -> ApplyError {
 
 /// Runs `calls` in the target and returns each resolver's result, checked to point into an
 /// executable mapping of `maps`. Three short stops: map the region (the seccomp check first),
-/// run the routine, release the region. The routine runs in a stop of its own because the
-/// remote system calls leave their thread in the single step's `SIGTRAP`
-/// signal-delivery-stop, which the kernel would deliver if suture died while the routine ran.
-/// Errors leave the target untouched (the region released) unless it exited.
+/// run the routine, release the region. Errors leave the target untouched (the region
+/// released) unless it exited.
 pub fn call_resolvers(
     pid: Pid,
     maps: &Maps,

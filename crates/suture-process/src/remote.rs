@@ -12,7 +12,10 @@
 //!
 //! A signal that the borrowed thread dequeues instead of executing the instruction is held for
 //! re-injection at resume and the step retried. Faults caused by the instruction itself are
-//! discarded and reported.
+//! discarded and reported. After the step the thread is moved from the step's `SIGTRAP`
+//! signal-delivery-stop back into an interrupt stop (`park`): the kernel delivers a stopped
+//! thread's signal when its tracer dies, so a suture killed after a remote system call would
+//! otherwise kill the target with that `SIGTRAP`.
 
 use crate::error::{Error, Result, TargetState};
 use crate::ids::{Pid, RemoteAddr, Tid};
@@ -327,6 +330,7 @@ impl Tracer {
         let restored = self.setregs_raw(tid, saved);
         let ret = result?;
         restored?;
+        crate::failpoint::hit("remote:stepped");
         tracing::trace!(
             pid = self.pid.0,
             tid = tid.0,
@@ -367,6 +371,7 @@ impl Tracer {
                     let from_kernel = info.si_code > 0;
                     if sig == libc::SIGTRAP && from_kernel && rip == after {
                         let rax = self.getregs(tid)?.rax;
+                        self.park(tid)?;
                         return Ok(rax);
                     }
                     if from_kernel && is_fault_signal(sig) {
@@ -420,6 +425,62 @@ impl Tracer {
         Err(self.step_err(
             tid,
             format!("{MAX_STEP_ATTEMPTS} attempts were pre-empted by signals or stops"),
+        ))
+    }
+
+    /// Moves a thread from the single step's `SIGTRAP` signal-delivery-stop into an interrupt
+    /// stop, discarding the trap. A thread left in a signal-delivery-stop gets that signal
+    /// delivered when its tracer dies (the kernel keeps the stop's signal), and a `SIGTRAP`
+    /// would kill the target if suture were killed before resuming it. `PTRACE_INTERRUPT`
+    /// first, then `PTRACE_CONT` without a signal: the thread traps into the pending interrupt
+    /// stop before it returns to user space, so it runs no instruction. Signals it dequeues
+    /// first are held for re-injection.
+    fn park(&mut self, tid: Tid) -> Result<()> {
+        let npid = nix::unistd::Pid::from_raw(tid.0);
+        ptrace::interrupt(npid).map_err(|e| self.ptrace_step_err(tid, "INTERRUPT", e))?;
+        ptrace::cont(npid, None).map_err(|e| self.ptrace_step_err(tid, "CONT", e))?;
+        for _ in 0..MAX_STEP_ATTEMPTS {
+            let status = sys::wait_thread(tid.0, false)
+                .map_err(|e| self.ptrace_step_err(tid, "waitpid", e))?
+                .ok_or_else(|| self.step_err(tid, "waitpid reported nothing".into()))?;
+            match status {
+                WaitStatus::EventStop { sig, event } if event == PTRACE_EVENT_STOP => {
+                    let th = self.threads.get_mut(&tid).expect("checked by the caller");
+                    th.stop = if sig == libc::SIGTRAP {
+                        StopKind::Interrupt
+                    } else {
+                        StopKind::GroupStop(sig)
+                    };
+                    return Ok(());
+                }
+                WaitStatus::SignalStop(sig) => {
+                    let info = ptrace::getsiginfo(npid)
+                        .map_err(|e| self.ptrace_step_err(tid, "GETSIGINFO", e))?;
+                    let th = self.threads.get_mut(&tid).expect("checked by the caller");
+                    th.stop = StopKind::Signal(sig);
+                    th.held.push(HeldSignal { signo: sig, info });
+                    ptrace::cont(npid, None).map_err(|e| self.ptrace_step_err(tid, "CONT", e))?;
+                }
+                WaitStatus::EventStop { event, .. } => {
+                    if let Some(th) = self.threads.get_mut(&tid) {
+                        th.stop = StopKind::Event(event);
+                    }
+                    return Err(self.step_err(tid, format!("unexpected ptrace event {event}")));
+                }
+                WaitStatus::Exited(_) | WaitStatus::Killed(_) => {
+                    self.threads.remove(&tid);
+                    return Err(Error::RemoteStep {
+                        pid: self.pid,
+                        tid,
+                        detail: format!("the thread ended after its system call ({status:?})"),
+                        state: TargetState::Exited,
+                    });
+                }
+            }
+        }
+        Err(self.step_err(
+            tid,
+            "signals kept it from reaching its interrupt stop".into(),
         ))
     }
 

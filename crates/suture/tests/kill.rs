@@ -146,6 +146,7 @@ fn sigkill_at_every_point_leaves_old_or_new_code_never_a_mixture() {
     let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "kill", "points");
     let (prog, patch) = build(&dir);
     let points = [
+        ("remote:stepped", false),
         ("apply:mapped", false),
         ("apply:written", false),
         ("apply:stopped", false),
