@@ -846,6 +846,95 @@ fn verdicts(
     }
 }
 
+/// x86-64 relocations that hold a 32-bit displacement or address of their symbol.
+const R_X86_64_PC32: u32 = 2;
+const R_X86_64_32: u32 = 10;
+const R_X86_64_32S: u32 = 11;
+
+/// References of a patch that can only be out of reach at apply time: a PC-relative (or
+/// 32-bit absolute) access, other than a call or jump, to a symbol the linked output does
+/// not define. `-fPIE` code reads external variables that way, trusting the executable to
+/// hold a copy of them (a copy relocation); when the deployed program never used the
+/// variable, only the library defining it has one, beyond the ±2 GiB a 32-bit
+/// displacement reaches from the patch (see [`crate::units::indirect_extern_access`], which
+/// avoids this when the compiler can).
+fn out_of_reach(
+    source: &Path,
+    graph: &Graph,
+    results: &[UnitResult],
+) -> Result<Vec<Refusal>, BuildError> {
+    let mut defined: BTreeMap<PathBuf, crate::elfinfo::ElfSymbols> = BTreeMap::new();
+    let mut out = Vec::new();
+    for r in results {
+        let Some(patch) = &r.patch else { continue };
+        let unit = &graph.units[r.idx];
+        let src = rel(source, &unit.compile.source);
+        let obj = suture_object::Object::parse(patch).map_err(analysis(src.clone()))?;
+        let mut needed = BTreeSet::new();
+        for s in &obj.sections {
+            for x in &s.relocs {
+                if !matches!(x.r_type, R_X86_64_PC32 | R_X86_64_32 | R_X86_64_32S) {
+                    continue;
+                }
+                let sym = obj.symbol(x.sym);
+                let o = x.offset as usize;
+                let before = |n: usize| o.checked_sub(n).and_then(|i| s.data.get(i)).copied();
+                let branch = matches!(before(1), Some(0xe8 | 0xe9))
+                    || (before(2) == Some(0x0f) && before(1).is_some_and(|b| b & 0xf0 == 0x80));
+                // Statics of the original unit (`suture.local::...`) are in the output.
+                let local = suture_object::names::parse_local_reference(&sym.name).is_some();
+                let call = s.is_exec() && branch;
+                let external = sym.place == suture_object::elf::Place::Undefined
+                    && !sym.name.is_empty()
+                    && !local;
+                if external && !call {
+                    needed.insert(sym.name.clone());
+                }
+            }
+        }
+        if needed.is_empty() {
+            continue;
+        }
+        for output in &unit.outputs {
+            if !defined.contains_key(output) {
+                let bytes = std::fs::read(output).map_err(|e| BuildError::io(output, e))?;
+                let syms = crate::elfinfo::ElfSymbols::parse(&output.display().to_string(), &bytes)
+                    .map_err(BuildError::elf(output))?;
+                defined.insert(output.clone(), syms);
+            }
+            let syms = &defined[output];
+            if !syms.has_symtab {
+                // A stripped output lists only its exports: it cannot tell (apply will).
+                continue;
+            }
+            for name in &needed {
+                let here = syms.globals.contains_key(name)
+                    || syms.linker_local(name).is_ok_and(|x| x.is_some());
+                if here {
+                    continue;
+                }
+                let compiler = unit.compile.compiler.display().to_string();
+                out.push(Refusal {
+                    file: src.clone(),
+                    symbol: name.clone(),
+                    reason: format!(
+                        "the fix reads {name} with a 32-bit PC-relative (or absolute) address, \
+                         as -fPIE code does for external variables it expects the executable to \
+                         hold a copy of, but {} has no copy (the original program never used \
+                         {name}), so a live patch cannot reach the library's own; {compiler} \
+                         has no flag for GOT access to external data (gcc 12 and later: \
+                         -mno-direct-extern-access; clang 12 and later: \
+                         -fno-direct-access-external-data), which suture build adds to its \
+                         recompiles when the compiler knows it",
+                        output.display()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The deployed files to bind each changed output to: `(output, target)` pairs (no target:
 /// the output itself). Targets that are no changed output become notes; changed outputs no
 /// target names are skipped.
@@ -1113,6 +1202,9 @@ pub fn build(
     }
 
     let mut report = verdicts(&ws.source, &graph, sel, &results, &log);
+    report
+        .refusals
+        .extend(out_of_reach(&ws.source, &graph, &results)?);
     if !report.refusals.is_empty() {
         report.outcome = Outcome::Refused;
         return Ok(report);

@@ -203,7 +203,7 @@ impl ApplyError {
         }
     }
 
-    fn process(source: crate::error::Error, outcome: Outcome) -> ApplyError {
+    pub(crate) fn process(source: crate::error::Error, outcome: Outcome) -> ApplyError {
         // No roll-back or untouched claim about a process that is gone.
         let outcome = if source.target_exited() {
             Outcome::Exited
@@ -479,7 +479,7 @@ fn load_objects(
     })
 }
 
-fn regs_array(r: &Registers) -> [u64; 18] {
+pub(crate) fn regs_array(r: &Registers) -> [u64; 18] {
     [
         r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12,
         r.r13, r.r14, r.r15, r.rip, r.eflags,
@@ -488,7 +488,7 @@ fn regs_array(r: &Registers) -> [u64; 18] {
 
 /// Registers for the routine's own restore: a thread interrupted inside a restartable system
 /// call resumes by re-executing it.
-fn restartable(mut r: Registers) -> Registers {
+pub(crate) fn restartable(mut r: Registers) -> Registers {
     let rax = r.rax as i64;
     if (r.orig_rax as i64) >= 0 {
         match rax {
@@ -639,13 +639,26 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
     } else {
         plan
     };
-    let resolver = LiveResolver {
+    let mut resolver = LiveResolver {
         target: TargetResolver {
             patched,
             search: loaded.search(),
         },
         memory: &mem,
+        chosen: Default::default(),
     };
+    let site = SyscallSite::find_in(&maps, &mem)
+        .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    // IFUNCs nothing in the process has resolved: run their resolvers in the target, as
+    // ld.so would on a first call (see crate::ifunc).
+    let unresolved = resolver.unresolved_ifuncs(&plan.requests());
+    if !unresolved.is_empty() {
+        let chosen = crate::ifunc::call_resolvers(pid, &maps, &site, &unresolved)?;
+        for (c, v) in unresolved.iter().zip(chosen) {
+            tracing::debug!(pid = pid.0, ifunc = %c.name, resolver = %c.resolver, chosen = %RemoteAddr(v), "IFUNC resolver run in the target");
+            resolver.chosen.insert(c.resolver.0, v);
+        }
+    }
     let mut originals = Vec::new();
     for f in &functions {
         let Value::Address(from) =
@@ -746,8 +759,6 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
         Header::state_bytes(State::Live),
         marker_signal(pid),
     );
-    let site = SyscallSite::find_in(&maps, &mem)
-        .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
 
     // Regions an interrupted apply left behind (never switched, so nothing points into them).
     let leftovers: Vec<(RemoteAddr, u64)> = existing
@@ -1466,7 +1477,7 @@ fn switch_loop(
 /// The marker signal for a commit routine in `pid`: the first of [`MARKER_CANDIDATES`] the
 /// process does not catch (0 when it catches them all). Read before the stop; a handler
 /// installed in between only matters if suture also dies while the routine runs.
-fn marker_signal(pid: Pid) -> i32 {
+pub(crate) fn marker_signal(pid: Pid) -> i32 {
     let status = std::fs::read_to_string(crate::maps::live_proc_dir(pid).join("status"));
     let caught = status.ok().and_then(|s| {
         s.lines()
@@ -1483,7 +1494,7 @@ fn marker_signal(pid: Pid) -> i32 {
 }
 
 /// The process's id in its own (innermost) PID namespace, from `NSpid:` of its status.
-fn namespace_pid(pid: Pid) -> Option<i32> {
+pub(crate) fn namespace_pid(pid: Pid) -> Option<i32> {
     let status = std::fs::read_to_string(crate::maps::live_proc_dir(pid).join("status")).ok()?;
     let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
     line.split_whitespace().last()?.parse().ok()

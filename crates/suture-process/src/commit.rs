@@ -50,9 +50,9 @@ const SLOT: u64 = 16;
 const SYS_OPEN: u32 = 2;
 const SYS_CLOSE: u32 = 3;
 const SYS_PWRITE64: u32 = 18;
-const SYS_GETPID: u32 = 39;
-const SYS_GETTID: u32 = 186;
-const SYS_TGKILL: u32 = 234;
+pub(crate) const SYS_GETPID: u32 = 39;
+pub(crate) const SYS_GETTID: u32 = 186;
+pub(crate) const SYS_TGKILL: u32 = 234;
 /// The marker system call: suture's slow path waits for its entry and skips it.
 pub const MARKER_SYSCALL: u64 = SYS_TGKILL as u64;
 
@@ -97,34 +97,41 @@ const FD_ARG: u64 = u64::MAX - 1;
 const TID_ARG: u64 = u64::MAX - 2;
 const PID_ARG: u64 = u64::MAX - 3;
 
-struct Asm {
-    code: Vec<u8>,
-    base: u64,
+/// A minimal x86-64 assembler for suture's generated routines (also `crate::ifunc`).
+pub(crate) struct Asm {
+    pub(crate) code: Vec<u8>,
+    pub(crate) base: u64,
 }
 
 impl Asm {
-    fn here(&self) -> u64 {
+    pub(crate) fn new(base: u64) -> Asm {
+        Asm {
+            code: Vec::new(),
+            base,
+        }
+    }
+    pub(crate) fn here(&self) -> u64 {
         self.base + self.code.len() as u64
     }
-    fn bytes(&mut self, b: &[u8]) {
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
         self.code.extend_from_slice(b);
     }
     /// `mov r32, imm32` for eax (0), edx (2), esi (6).
-    fn mov_r32(&mut self, reg: u8, imm: u32) {
+    pub(crate) fn mov_r32(&mut self, reg: u8, imm: u32) {
         self.code.push(0xb8 + reg);
         self.bytes(&imm.to_le_bytes());
     }
     /// `movabs r64, imm64`; `reg` 0-15.
-    fn movabs(&mut self, reg: u8, imm: u64) {
+    pub(crate) fn movabs(&mut self, reg: u8, imm: u64) {
         self.code.push(if reg >= 8 { 0x49 } else { 0x48 });
         self.code.push(0xb8 + (reg & 7));
         self.bytes(&imm.to_le_bytes());
     }
-    fn syscall(&mut self) {
+    pub(crate) fn syscall(&mut self) {
         self.bytes(&[0x0f, 0x05]);
     }
     /// `mov reg, [rip + (target - next)]`; `reg` 0-15.
-    fn load_rip(&mut self, reg: u8, target: u64) {
+    pub(crate) fn load_rip(&mut self, reg: u8, target: u64) {
         self.code.push(if reg >= 8 { 0x4c } else { 0x48 });
         self.code.push(0x8b);
         self.code.push(((reg & 7) << 3) | 0b101);
@@ -132,24 +139,68 @@ impl Asm {
         self.bytes(&(target.wrapping_sub(next) as i32).to_le_bytes());
     }
     /// A `jcc rel32` / `jmp rel32` with the displacement to patch later; returns its offset.
-    fn jump_placeholder(&mut self, opcode: &[u8]) -> usize {
+    pub(crate) fn jump_placeholder(&mut self, opcode: &[u8]) -> usize {
         self.bytes(opcode);
         let at = self.code.len();
         self.bytes(&[0; 4]);
         at
     }
-    fn patch_jump(&mut self, at: usize, target: u64) {
+    pub(crate) fn patch_jump(&mut self, at: usize, target: u64) {
         let next = self.base + at as u64 + 4;
         let d = target.wrapping_sub(next) as i32;
         self.code[at..at + 4].copy_from_slice(&d.to_le_bytes());
     }
+
+    /// `tgkill(getpid(), gettid(), sig)`: the ids as the target's own PID namespace numbers
+    /// them (suture's view differs when the target runs in a container). Returns the address
+    /// after each of the three `syscall` instructions (the last one: the marker's `rip`).
+    pub(crate) fn marker(&mut self, sig: i32) -> [u64; 3] {
+        self.mov_r32(RAX, SYS_GETPID);
+        self.syscall();
+        let getpid = self.here();
+        self.bytes(&[0x49, 0x89, 0xc4]); // mov r12, rax
+        self.mov_r32(RAX, SYS_GETTID);
+        self.syscall();
+        let gettid = self.here();
+        self.bytes(&[0x89, 0xc6]); // mov esi, eax
+        self.bytes(&[0x44, 0x89, 0xe7]); // mov edi, r12d
+        self.mov_r32(RAX, SYS_TGKILL);
+        self.mov_r32(RDX, sig as u32);
+        self.syscall();
+        [getpid, gettid, self.here()]
+    }
+
+    /// Restores the flags (pushed on the current stack, which must have room) and every
+    /// general-purpose register from the saved registers at `block` ([`REGS`] order), then
+    /// jumps to the saved `rip`.
+    pub(crate) fn restore_registers(&mut self, block: u64) {
+        self.bytes(&[0xff, 0x35]); // push qword [rip + rflags]
+        let next = self.here() + 4;
+        let rflags = block + 8 * reg_index("rflags");
+        self.bytes(&(rflags.wrapping_sub(next) as i32).to_le_bytes());
+        self.code.push(0x9d); // popfq
+        for (enc, &idx) in BLOCK_INDEX.iter().enumerate() {
+            self.load_rip(enc as u8, block + 8 * idx as u64);
+        }
+        self.bytes(&[0xff, 0x25]); // jmp qword [rip + saved rip]
+        let next = self.here() + 4;
+        let rip = block + 8 * reg_index("rip");
+        self.bytes(&(rip.wrapping_sub(next) as i32).to_le_bytes());
+    }
+}
+
+/// The index of a register in [`REGS`].
+fn reg_index(name: &str) -> u64 {
+    REGS.iter()
+        .position(|r| *r == name)
+        .expect("known register") as u64
 }
 
 // Register numbers as x86 encodes them.
-const RAX: u8 = 0;
-const RDX: u8 = 2;
-const RSI: u8 = 6;
-const RDI: u8 = 7;
+pub(crate) const RAX: u8 = 0;
+pub(crate) const RDX: u8 = 2;
+pub(crate) const RSI: u8 = 6;
+pub(crate) const RDI: u8 = 7;
 const R10: u8 = 10;
 /// Block index of each register, in encoding order rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8..
 const BLOCK_INDEX: [usize; 16] = [0, 2, 3, 1, 7, 6, 4, 5, 8, 9, 10, 11, 12, 13, 14, 15];
@@ -244,46 +295,23 @@ impl Commit {
         a.syscall();
         record(&a, SYS_CLOSE, [FD_ARG, 0, 0, 0, 0, 0]);
         let finish = a.here();
-        // tgkill(getpid(), gettid(), marker_signal): the ids as the target's own PID namespace
-        // numbers them (suture's view differs when the target runs in a container).
-        a.mov_r32(RAX, SYS_GETPID);
-        a.syscall();
-        record(&a, SYS_GETPID, [0; 6]);
-        a.bytes(&[0x49, 0x89, 0xc4]); // mov r12, rax
-        a.mov_r32(RAX, SYS_GETTID);
-        a.syscall();
-        record(&a, SYS_GETTID, [0; 6]);
-        a.bytes(&[0x89, 0xc6]); // mov esi, eax
-        a.bytes(&[0x44, 0x89, 0xe7]); // mov edi, r12d
-        a.mov_r32(RAX, SYS_TGKILL);
-        a.mov_r32(RDX, marker_signal as u32);
-        a.syscall();
-        let marker_rip = a.here();
-        record(
-            &a,
-            SYS_TGKILL,
-            [PID_ARG, TID_ARG, marker_signal as u64, 0, 0, 0],
-        );
-        // Restore: rflags through a scratch slot below the red zone, then every register.
-        let reg = |name: &str| {
-            block_addr
-                + 8 * REGS
-                    .iter()
-                    .position(|r| *r == name)
-                    .expect("known register") as u64
-        };
-        a.load_rip(4, reg("rsp")); // mov rsp, [saved rsp]
-        a.bytes(&[0x48, 0x8d, 0xa4, 0x24, 0x00, 0xfe, 0xff, 0xff]); // lea rsp, [rsp-0x200]
-        a.bytes(&[0xff, 0x35]); // push qword [rip + rflags]
-        let next = a.here() + 4;
-        a.bytes(&(reg("rflags").wrapping_sub(next) as i32).to_le_bytes());
-        a.code.push(0x9d); // popfq
-        for (enc, &idx) in BLOCK_INDEX.iter().enumerate() {
-            a.load_rip(enc as u8, block_addr + 8 * idx as u64);
+        let [getpid, gettid, tgkill] = a.marker(marker_signal);
+        let marker_rip = tgkill;
+        for (nr, ip, args) in [
+            (SYS_GETPID, getpid, [0; 6]),
+            (SYS_GETTID, gettid, [0; 6]),
+            (
+                SYS_TGKILL,
+                tgkill,
+                [PID_ARG, TID_ARG, marker_signal as u64, 0, 0, 0],
+            ),
+        ] {
+            calls.push(Call { nr, args, ip });
         }
-        a.bytes(&[0xff, 0x25]); // jmp qword [rip + saved rip]
-        let next = a.here() + 4;
-        a.bytes(&(reg("rip").wrapping_sub(next) as i32).to_le_bytes());
+        // Restore: rflags through a scratch slot below the red zone, then every register.
+        a.load_rip(4, block_addr + 8 * reg_index("rsp")); // mov rsp, [saved rsp]
+        a.bytes(&[0x48, 0x8d, 0xa4, 0x24, 0x00, 0xfe, 0xff, 0xff]); // lea rsp, [rsp-0x200]
+        a.restore_registers(block_addr);
 
         a.patch_jump(open_failed, finish);
         a.patch_jump(done, close_at);

@@ -1,13 +1,17 @@
 //! Fault injection for tests: when `SUTURE_FAILPOINT` names a point, suture kills itself with
 //! SIGKILL there, to prove that a killed suture never leaves a target half-patched.
 //!
-//! Points: `apply:mapped` (region mapped, nothing written), `apply:written` (code written, not
+//! Points: `remote:stepped` (a remote system call has run; its thread is stopped again),
+//! `apply:mapped` (region mapped, nothing written), `apply:written` (code written, not
 //! switched), `apply:stopped` (switch stop taken, stacks checked), `apply:armed` and
-//! `revert:armed` (return stubs armed for busy threads, target resumed; see `retstub.rs`), `commit:started` (a thread
+//! `revert:armed` (return stubs armed for busy threads, target resumed; see `retstub.rs`),
+//! `commit:started` (a thread
 //! is pointed at the commit routine), `commit:running` (the routine was let run to its marker
 //! signal), `commit:midway` (the routine made its first system call; this point makes suture
 //! follow the routine system call by system call, the path it takes when no marker signal is
-//! usable), `revert:stopped` (revert's switch stop taken).
+//! usable), `revert:stopped` (revert's switch stop taken), `ifunc:started` and `ifunc:running`
+//! (a thread is pointed at, then let run, the routine that calls IFUNC resolvers: see
+//! `crate::ifunc`).
 
 pub fn hit(point: &str) {
     if std::env::var_os("SUTURE_FAILPOINT").is_some_and(|v| v == point) {

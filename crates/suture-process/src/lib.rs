@@ -17,6 +17,7 @@ pub mod failpoint;
 pub mod header;
 pub mod hexjson;
 pub mod ids;
+pub mod ifunc;
 pub mod link;
 pub mod maps;
 pub mod mem;

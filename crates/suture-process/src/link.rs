@@ -74,6 +74,14 @@ pub enum LinkError {
         section: String,
         offset: u64,
     },
+    /// A PC-relative access to an external variable (`-fPIE` code assumes the executable
+    /// holds a copy of it) that the process has only in a library, beyond ±2 GiB.
+    #[error("{symbol} at {target} is out of reach of the patch at {place}: the patch's code reads {symbol} PC-relatively, which is how compilers access external variables in -fPIE code, trusting the executable to hold a copy of them (a copy relocation); the running executable has no copy of {symbol} (the original program never used it), so the patch must reach the library's own. Compile both the original and the fixed unit again with -mno-direct-extern-access (gcc 12 and later; clang: -fno-direct-access-external-data) and diff them again: the patch then reads {symbol} through a GOT slot suture fills. `suture build` does this itself")]
+    ExternDataOutOfReach {
+        symbol: String,
+        target: RemoteAddr,
+        place: RemoteAddr,
+    },
     #[error("{symbol} at {target} is out of reach of {section}+{offset:#x} at {place} ({kind})")]
     OutOfRange {
         symbol: String,
@@ -635,6 +643,15 @@ impl<'a> Plan<'a> {
                                 {
                                     let stub = seg_base(Segment::Text).offset(off).0 as i64;
                                     v = stub.wrapping_add(a).wrapping_sub(p_);
+                                }
+                                _ if sym.place == Place::Undefined
+                                    && !is_branch(r.r_type, s.data, r.offset) =>
+                                {
+                                    return Err(LinkError::ExternDataOutOfReach {
+                                        symbol: sym.name.clone(),
+                                        target: RemoteAddr(target),
+                                        place,
+                                    })
                                 }
                                 _ => return Err(err_range(target, "32-bit PC-relative")),
                             }

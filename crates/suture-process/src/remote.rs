@@ -12,7 +12,10 @@
 //!
 //! A signal that the borrowed thread dequeues instead of executing the instruction is held for
 //! re-injection at resume and the step retried. Faults caused by the instruction itself are
-//! discarded and reported.
+//! discarded and reported. After the step the thread is moved from the step's `SIGTRAP`
+//! signal-delivery-stop back into an interrupt stop (`park`): the kernel delivers a stopped
+//! thread's signal when its tracer dies, so a suture killed after a remote system call would
+//! otherwise kill the target with that `SIGTRAP`.
 
 use crate::error::{Error, Result, TargetState};
 use crate::ids::{Pid, RemoteAddr, Tid};
@@ -327,6 +330,7 @@ impl Tracer {
         let restored = self.setregs_raw(tid, saved);
         let ret = result?;
         restored?;
+        crate::failpoint::hit("remote:stepped");
         tracing::trace!(
             pid = self.pid.0,
             tid = tid.0,
@@ -367,6 +371,7 @@ impl Tracer {
                     let from_kernel = info.si_code > 0;
                     if sig == libc::SIGTRAP && from_kernel && rip == after {
                         let rax = self.getregs(tid)?.rax;
+                        self.park(tid)?;
                         return Ok(rax);
                     }
                     if from_kernel && is_fault_signal(sig) {
@@ -423,6 +428,62 @@ impl Tracer {
         ))
     }
 
+    /// Moves a thread from the single step's `SIGTRAP` signal-delivery-stop into an interrupt
+    /// stop, discarding the trap. A thread left in a signal-delivery-stop gets that signal
+    /// delivered when its tracer dies (the kernel keeps the stop's signal), and a `SIGTRAP`
+    /// would kill the target if suture were killed before resuming it. `PTRACE_INTERRUPT`
+    /// first, then `PTRACE_CONT` without a signal: the thread traps into the pending interrupt
+    /// stop before it returns to user space, so it runs no instruction. Signals it dequeues
+    /// first are held for re-injection.
+    fn park(&mut self, tid: Tid) -> Result<()> {
+        let npid = nix::unistd::Pid::from_raw(tid.0);
+        ptrace::interrupt(npid).map_err(|e| self.ptrace_step_err(tid, "INTERRUPT", e))?;
+        ptrace::cont(npid, None).map_err(|e| self.ptrace_step_err(tid, "CONT", e))?;
+        for _ in 0..MAX_STEP_ATTEMPTS {
+            let status = sys::wait_thread(tid.0, false)
+                .map_err(|e| self.ptrace_step_err(tid, "waitpid", e))?
+                .ok_or_else(|| self.step_err(tid, "waitpid reported nothing".into()))?;
+            match status {
+                WaitStatus::EventStop { sig, event } if event == PTRACE_EVENT_STOP => {
+                    let th = self.threads.get_mut(&tid).expect("checked by the caller");
+                    th.stop = if sig == libc::SIGTRAP {
+                        StopKind::Interrupt
+                    } else {
+                        StopKind::GroupStop(sig)
+                    };
+                    return Ok(());
+                }
+                WaitStatus::SignalStop(sig) => {
+                    let info = ptrace::getsiginfo(npid)
+                        .map_err(|e| self.ptrace_step_err(tid, "GETSIGINFO", e))?;
+                    let th = self.threads.get_mut(&tid).expect("checked by the caller");
+                    th.stop = StopKind::Signal(sig);
+                    th.held.push(HeldSignal { signo: sig, info });
+                    ptrace::cont(npid, None).map_err(|e| self.ptrace_step_err(tid, "CONT", e))?;
+                }
+                WaitStatus::EventStop { event, .. } => {
+                    if let Some(th) = self.threads.get_mut(&tid) {
+                        th.stop = StopKind::Event(event);
+                    }
+                    return Err(self.step_err(tid, format!("unexpected ptrace event {event}")));
+                }
+                WaitStatus::Exited(_) | WaitStatus::Killed(_) => {
+                    self.threads.remove(&tid);
+                    return Err(Error::RemoteStep {
+                        pid: self.pid,
+                        tid,
+                        detail: format!("the thread ended after its system call ({status:?})"),
+                        state: TargetState::Exited,
+                    });
+                }
+            }
+        }
+        Err(self.step_err(
+            tid,
+            "signals kept it from reaching its interrupt stop".into(),
+        ))
+    }
+
     fn ptrace_step_err(&self, tid: Tid, op: &'static str, errno: Errno) -> Error {
         Error::Ptrace {
             pid: self.pid,
@@ -466,7 +527,24 @@ impl StoppedProcess {
         end: RoutineEnd,
         restore: Registers,
     ) -> Result<()> {
-        self.call(move |t| t.run_routine(tid, entry, end, restore))?
+        self.run_routine_within(tid, entry, end, restore, ROUTINE_DEADLINE, "commit")
+    }
+
+    /// [`run_routine`](StoppedProcess::run_routine) waiting up to `deadline` for the marker
+    /// of a [`RoutineEnd::Signal`] routine. When none comes, the thread is put back into an
+    /// interrupt stop wherever it is and `Ok` is returned: the caller tells from the memory
+    /// the routine writes whether it finished. `label` names its failpoints
+    /// (`<label>:started`, `<label>:running`, `<label>:midway`).
+    pub fn run_routine_within(
+        &mut self,
+        tid: Tid,
+        entry: RemoteAddr,
+        end: RoutineEnd,
+        restore: Registers,
+        deadline: std::time::Duration,
+        label: &'static str,
+    ) -> Result<()> {
+        self.call(move |t| t.run_routine(tid, entry, end, restore, deadline, label))?
     }
 
     /// The signal mask of a stopped thread (bit `n - 1` for signal `n`).
@@ -492,6 +570,8 @@ impl Tracer {
         entry: RemoteAddr,
         end: RoutineEnd,
         restore: Registers,
+        deadline: std::time::Duration,
+        label: &'static str,
     ) -> Result<()> {
         if !self.threads.contains_key(&tid) {
             return Err(Error::UnknownThread { pid: self.pid, tid });
@@ -500,7 +580,7 @@ impl Tracer {
         regs.rip = entry.0;
         regs.orig_rax = u64::MAX; // not inside a system call any more
         self.setregs_raw(tid, regs)?;
-        crate::failpoint::hit("commit:started");
+        crate::failpoint::hit(&format!("{label}:started"));
         let npid = nix::unistd::Pid::from_raw(tid.0);
         let mut in_marker = false;
         for _ in 0..MAX_ROUTINE_STOPS {
@@ -512,10 +592,10 @@ impl Tracer {
                     .map_err(|e| self.ptrace_step_err(tid, "SYSCALL", e))?,
             }
             if let RoutineEnd::Signal { .. } = end {
-                crate::failpoint::hit("commit:running");
+                crate::failpoint::hit(&format!("{label}:running"));
             }
             let status = match end {
-                RoutineEnd::Signal { .. } => match self.wait_routine(tid)? {
+                RoutineEnd::Signal { .. } => match self.wait_routine(tid, deadline)? {
                     Some(status) => status,
                     None => {
                         // No marker within the deadline (its tgkill failed?): the routine has
@@ -548,7 +628,7 @@ impl Tracer {
                                 && (info.si_code == libc::SIGTRAP
                                     || info.si_code == libc::SIGTRAP | 0x80) =>
                         {
-                            crate::failpoint::hit("commit:midway");
+                            crate::failpoint::hit(&format!("{label}:midway"));
                             let mut r = self.getregs(tid)?;
                             if in_marker {
                                 // The stop after the marker's entry is its exit: every write
@@ -571,7 +651,7 @@ impl Tracer {
                         // write is one system call), so put the thread back as it was.
                         let _ = self.setregs_raw(tid, restore);
                         return Err(
-                            self.step_err(tid, format!("the commit routine raised signal {sig}"))
+                            self.step_err(tid, format!("the {label} routine raised signal {sig}"))
                         );
                     }
                     let th = self.threads.get_mut(&tid).expect("checked above");
@@ -589,13 +669,17 @@ impl Tracer {
                 }
             }
         }
-        Err(self.step_err(tid, "the commit routine did not finish".into()))
+        Err(self.step_err(tid, format!("the {label} routine did not finish")))
     }
 
     /// Waits for the next stop of `tid` while it runs a routine at full speed: `None` when none
-    /// came within [`ROUTINE_DEADLINE`]. Polls (yielding for the first 2 ms, then sleeping), so
-    /// a routine that never stops cannot hang suture with the other threads stopped.
-    fn wait_routine(&mut self, tid: Tid) -> Result<Option<WaitStatus>> {
+    /// came within `deadline`. Polls (yielding for the first 2 ms, then sleeping), so a
+    /// routine that never stops cannot hang suture with the other threads stopped.
+    fn wait_routine(
+        &mut self,
+        tid: Tid,
+        deadline: std::time::Duration,
+    ) -> Result<Option<WaitStatus>> {
         let started = std::time::Instant::now();
         loop {
             if let Some(status) = sys::wait_thread(tid.0, true)
@@ -604,7 +688,7 @@ impl Tracer {
                 return Ok(Some(status));
             }
             let waited = started.elapsed();
-            if waited >= ROUTINE_DEADLINE {
+            if waited >= deadline {
                 return Ok(None);
             }
             if waited < std::time::Duration::from_millis(2) {

@@ -164,10 +164,15 @@ impl TargetMemory for crate::mem::ProcessMemory {
 ///   symbol: a `JUMP_SLOT`, `GLOB_DAT` or `64` slot against the name in any object (a lazy
 ///   `JUMP_SLOT` still pointing into its PLT does not count), or the defining object's own
 ///   `IRELATIVE` slot whose addend is the resolver. Using what the process uses keeps function
-///   pointers comparable and never runs a resolver. No such slot: refused.
+///   pointers comparable. No such slot: the resolver's result in `chosen`, filled by running
+///   the resolver in the target as ld.so would on a first call ([`crate::ifunc`]; see
+///   [`LiveResolver::unresolved_ifuncs`]); else refused.
 pub struct LiveResolver<'m> {
     pub target: TargetResolver<'m>,
     pub memory: &'m dyn TargetMemory,
+    /// IFUNC choices made by calling resolvers in the target: resolver address (load bias
+    /// applied) → implementation.
+    pub chosen: std::collections::HashMap<u64, u64>,
 }
 
 impl LiveResolver<'_> {
@@ -247,7 +252,50 @@ impl LiveResolver<'_> {
         }
     }
 
+    /// The IFUNCs among `requests` that no GOT slot in the process has resolved and `chosen`
+    /// does not know: each with its resolver's address, to be run in the target.
+    pub fn unresolved_ifuncs(&self, requests: &[Request]) -> Vec<crate::ifunc::Call> {
+        let mut out: Vec<crate::ifunc::Call> = Vec::new();
+        for r in requests {
+            let Ok(Some((m, s))) = self.target.lookup(r) else {
+                continue;
+            };
+            if !s.ifunc || s.tls {
+                continue;
+            }
+            let resolver = RemoteAddr(s.value.wrapping_add(m.bias));
+            if self.resolved_ifunc(m, &s).is_ok() || out.iter().any(|c| c.resolver == resolver) {
+                continue;
+            }
+            out.push(crate::ifunc::Call {
+                name: r.name().to_string(),
+                resolver,
+            });
+        }
+        out
+    }
+
     fn ifunc(&self, owner: &Mapped, s: &Sym, name: &str) -> Result<Value, String> {
+        match self.resolved_ifunc(owner, s) {
+            Ok(v) => Ok(v),
+            Err(failure) => {
+                if let Some(&v) = self.chosen.get(&s.value.wrapping_add(owner.bias)) {
+                    return Ok(Value::Address(RemoteAddr(v)));
+                }
+                Err(format!(
+                    "{name} in {} is an IFUNC and no object in the process has a resolved GOT \
+                     slot for it (nothing has called it through a PLT or taken its address \
+                     yet), and its resolver was not run{}",
+                    owner.path,
+                    failure.map(|e| format!("; {e}")).unwrap_or_default()
+                ))
+            }
+        }
+    }
+
+    /// The implementation ld.so installed in a GOT slot of the process; `Err` carries a read
+    /// failure, if any.
+    fn resolved_ifunc(&self, owner: &Mapped, s: &Sym) -> Result<Value, Option<String>> {
         let mut failure = None;
         let named = [
             elf::R_X86_64_GLOB_DAT.0,
@@ -281,13 +329,7 @@ impl LiveResolver<'_> {
                 Err(e) => failure = Some(e),
             }
         }
-        Err(format!(
-            "{name} in {} is an IFUNC and no object in the process has a resolved GOT slot for \
-             it (nothing has called it through a PLT or taken its address yet), so the \
-             implementation ld.so would choose is unknown{}",
-            owner.path,
-            failure.map(|e| format!("; {e}")).unwrap_or_default()
-        ))
+        Err(failure)
     }
 }
 

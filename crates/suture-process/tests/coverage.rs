@@ -8,15 +8,20 @@
 //!   records where a library's TLS is. Several threads, each with its own values. The library
 //!   and the executable are patched in the same process and reverted in either order.
 //! - `ifunc_*`: calls of libc IFUNCs (`strlen`, `memcpy`) and of an IFUNC defined by the
-//!   executable, and a refusal for an IFUNC nothing has resolved.
+//!   executable; IFUNCs nothing has resolved (a library's, glibc's), chosen by running their
+//!   resolvers in the target and compared with ld.so's own choice; resolvers that fault or
+//!   hang, refused without harm.
 //! - `stacking_*`: two different patches of one function, and patches of two functions
 //!   reverted in either order.
 //! - `new_code_and_data_*`: new functions and globals, the original's static local and
-//!   unchanged static function, libc's `stderr`; PIE and non-PIE executables.
+//!   unchanged static function, libc's `stderr`; PIE and non-PIE executables. `stderr` used
+//!   first by a fix (no copy in the executable): refused with the way out, then applied when
+//!   built with `-mno-direct-extern-access`.
 //!
 //! Every child process is killed on drop; work directories are per test.
 
 use std::collections::BTreeSet;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -396,7 +401,7 @@ fn tls_of_a_dlopened_library_is_reached_through_its_module() {
 
 /// The patch calls libc's `strlen` and `memcpy` (IFUNCs in libc) and the executable's own
 /// IFUNC `add_one`: each resolves to the implementation the process already uses. A patch
-/// calling `sub_one`, an IFUNC nothing in the process has resolved, is refused by name.
+/// calling `sub_one`, an IFUNC nothing in the process has resolved, gets its resolver's choice.
 #[test]
 fn ifunc_symbols_of_libc_and_of_the_executable() {
     let dir = work_dir("ifunc");
@@ -408,10 +413,10 @@ fn ifunc_symbols_of_libc_and_of_the_executable() {
         &fixture("ifunc", "text.fixed.c"),
         &[],
     );
-    let cold = object(&dir, "cold", "text", &fixture("ifunc", "text.cold.c"), &[]);
+    let cold_obj = object(&dir, "cold", "text", &fixture("ifunc", "text.cold.c"), &[]);
     let ifuncs = object(&dir, "orig", "ifuncs", &fixture("ifunc", "ifuncs.c"), &[]);
     let good = patch(&orig, &fixed);
-    let bad = patch(&orig, &cold);
+    let cold = patch(&orig, &cold_obj);
     let requests = Plan::new(&good, PAGE).unwrap().requests();
     for want in ["strlen", "memcpy", "add_one"] {
         assert!(
@@ -428,22 +433,14 @@ fn ifunc_symbols_of_libc_and_of_the_executable() {
     let pid = prog.pid;
     prog.expect_all(&["m=1 a=2".to_string()]);
     // The libc the program runs really implements both as IFUNCs.
-    let maps = std::fs::read_to_string(format!("/proc/{}/maps", pid.0)).unwrap();
-    let libc = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| p.contains("/libc.so"))
-        .expect("libc mapped");
-    let libc = ElfSymbols::parse(libc, &std::fs::read(libc).unwrap()).unwrap();
+    let libc = mapped_libc(pid);
     assert!(libc.globals["strlen"].ifunc && libc.globals["memcpy"].ifunc);
 
-    let e = apply(pid, &bad, &opts("cold", None)).expect_err("an unresolved IFUNC is refused");
-    let msg = e.to_string();
-    assert!(
-        msg.contains("sub_one") && msg.contains("IFUNC") && msg.contains("untouched"),
-        "{msg}"
-    );
-    assert!(no_live(pid));
+    // sub_one: its resolver runs in the target (see ifunc_never_resolved_*).
+    apply(pid, &cold, &opts("cold", None)).expect("apply");
+    prog.expect_all(&["m=9 a=2".to_string()]);
+    revert_now(pid, "cold");
+    prog.expect_all(&["m=1 a=2".to_string()]);
 
     apply(pid, &good, &opts("ifunc", None)).expect("apply");
     // strlen("hello") = 5, add_one(5) = 6, memcpy copied the word: 6 * 1000 + 'o'.
@@ -451,6 +448,142 @@ fn ifunc_symbols_of_libc_and_of_the_executable() {
     revert_now(pid, "ifunc");
     prog.expect_all(&["m=1 a=2".to_string()]);
     prog.assert_alive();
+}
+
+/// The symbols of the libc `pid` maps.
+fn mapped_libc(pid: Pid) -> ElfSymbols {
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", pid.0)).unwrap();
+    let libc = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("/libc.so"))
+        .expect("libc mapped");
+    ElfSymbols::parse(libc, &std::fs::read(libc).unwrap()).unwrap()
+}
+
+/// Builds the `ifunc-cold` fixture's `libsel.so` and `prog` (linked with `orig`) in `dir`.
+fn ifunc_cold_program(dir: &Path, orig: &Path) {
+    std::fs::write(dir.join("libsel.c"), fixture("ifunc-cold", "libsel.c")).unwrap();
+    gcc(
+        dir,
+        &["-O2", "-fPIC", "-shared", "libsel.c", "-o", "libsel.so"],
+    );
+    std::fs::write(dir.join("main.c"), fixture("ifunc-cold", "main.c")).unwrap();
+    let rpath = format!("-Wl,-rpath,{}", dir.display());
+    let args = [
+        "-O2",
+        "main.c",
+        s(orig),
+        "-L.",
+        "-lsel",
+        &rpath,
+        "-o",
+        "prog",
+    ];
+    gcc(dir, &args);
+}
+
+/// IFUNCs nothing in the process has resolved (no GOT slot holds an implementation): a
+/// library's `checksum`, whose resolver honours an environment override, and glibc's
+/// `wcsrchr` and `strstr` (glibc calls neither itself, so it has no IRELATIVE slot for them).
+/// The patch calls them and takes their addresses; suture runs the resolvers in the target.
+/// Then the program makes its own first calls (ld.so's lazy binding through the PLT) and asks
+/// `dlsym`, which runs the same resolvers in ld.so: the results and addresses must be the ones
+/// the patch got. The borrowed thread's registers, vector registers included, are as before.
+#[test]
+fn ifunc_never_resolved_is_chosen_as_ld_so_would() {
+    let dir = work_dir("ifunc-cold");
+    let src = |f: &str| fixture("ifunc-cold", f);
+    let orig = object(&dir, "orig", "report", &src("report.c"), &[]);
+    let fixed = object(&dir, "fixed", "report", &src("report.fixed.c"), &[]);
+    ifunc_cold_program(&dir, &orig);
+
+    let mut prog = Program::spawn(
+        Command::new(dir.join("prog"))
+            .env("SEL_IMPL", "2")
+            .env_remove("LD_BIND_NOW")
+            .stdin(Stdio::piped()),
+    );
+    let mut stdin = prog.child.stdin.take().unwrap();
+    let pid = prog.pid;
+    prog.expect_all(&["ready".to_string()]);
+    // glibc really has no resolved slot of its own for them.
+    let libc = mapped_libc(pid);
+    for name in ["wcsrchr", "strstr"] {
+        let sym = libc.globals[name];
+        assert!(sym.ifunc, "{name} is an IFUNC in this libc");
+        assert!(
+            !libc
+                .dyn_relocs
+                .iter()
+                .any(|r| r.symbol.is_none() && r.addend as u64 == sym.value),
+            "libc resolves {name} for itself: the test would not exercise an unresolved IFUNC"
+        );
+    }
+
+    apply(pid, &patch(&orig, &fixed), &opts("cold", None)).expect("apply");
+    stdin.write_all(b"report\n").unwrap();
+    let patched = prog.expect("the patched report", |l| l.starts_with("report "));
+    stdin.write_all(b"call\n").unwrap();
+    let native = prog.expect("the program's own calls", |l| l.starts_with("call "));
+    // checksum("abc") with SEL_IMPL=2: the wide variant (not what the CPU would pick).
+    let plain = "abc"
+        .bytes()
+        .fold(0u32, |h, c| h.wrapping_mul(31) + u32::from(c));
+    assert_eq!(
+        field(&patched, "checksum"),
+        i64::from(plain ^ 0x20000),
+        "{patched}"
+    );
+    assert_eq!(field(&patched, "wcsrchr"), 3, "{patched}");
+    assert_eq!(field(&patched, "strstr"), 10, "{patched}");
+    let tail = |l: &str| l.split_once(' ').unwrap().1.to_string();
+    assert_eq!(
+        tail(&patched),
+        tail(&native),
+        "the patch's IFUNC choices differ from ld.so's"
+    );
+    // The thread suture borrowed (the main thread, asleep with a value in xmm15) got its
+    // vector registers back: the resolver of checksum clears xmm15.
+    stdin.write_all(b"xmm\n").unwrap();
+    prog.expect_all(&["xmm kept".to_string()]);
+    revert_now(pid, "cold");
+    stdin.write_all(b"report\n").unwrap();
+    prog.expect_all(&["report none".to_string()]);
+    prog.assert_alive();
+}
+
+/// A resolver that faults and one that never returns: the patch is refused naming the
+/// failure, the program never sees the fault, keeps running its original code and answers.
+#[test]
+fn ifunc_resolver_that_faults_or_hangs_is_refused_and_harms_nothing() {
+    let dir = work_dir("ifunc-bad");
+    let src = |f: &str| fixture("ifunc-cold", f);
+    let orig = object(&dir, "orig", "report", &src("report.c"), &[]);
+    let crash = object(&dir, "crash", "report", &src("report.crash.c"), &[]);
+    let hang = object(&dir, "hang", "report", &src("report.hang.c"), &[]);
+    ifunc_cold_program(&dir, &orig);
+    let mut prog = Program::spawn(Command::new(dir.join("prog")).stdin(Stdio::piped()));
+    let mut stdin = prog.child.stdin.take().unwrap();
+    let pid = prog.pid;
+    prog.expect_all(&["ready".to_string()]);
+    for (id, obj, word) in [
+        ("crash", &crash, "signal 11"),
+        ("hang", &hang, "did not return"),
+    ] {
+        let e = apply(pid, &patch(&orig, obj), &opts(id, None)).expect_err("refused");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("IFUNC resolver") && msg.contains(word) && msg.contains("untouched"),
+            "{msg}"
+        );
+        assert!(no_live(pid));
+        stdin.write_all(b"report\n").unwrap();
+        prog.expect_all(&["report none".to_string()]);
+        prog.assert_alive();
+    }
+    // Nothing of suture's is left mapped but what the process had.
+    assert!(status(pid).unwrap().is_empty());
 }
 
 // ---- stacking ------------------------------------------------------------------------------
@@ -585,6 +718,51 @@ fn new_code_and_data_in_a_pie_executable() {
 #[test]
 fn new_code_and_data_in_a_non_pie_executable() {
     new_code_and_data("features-nopie", false);
+}
+
+/// A fix that writes to `stderr`, which the program never used: its PIE executable has no copy
+/// of it, so the patch needs glibc's own, more than 2 GiB away. A patch of units compiled
+/// the default way reads `stderr` PC-relatively (assuming a copy relocation): refused, and the
+/// message says how to build it. The same units compiled with `-mno-direct-extern-access`
+/// (what `suture build` does) read it through a GOT slot: applied, and the program's stderr
+/// shows the fix.
+#[test]
+fn stderr_first_used_by_the_fix() {
+    let dir = work_dir("stderr-first");
+    let src = |f: &str| fixture("stderr-first", f);
+    let orig = object(&dir, "orig", "check", &src("check.c"), &[]);
+    let fixed = object(&dir, "fixed", "check", &src("check.fixed.c"), &[]);
+    let indirect = ["-mno-direct-extern-access"];
+    let orig_got = object(&dir, "orig-got", "check", &src("check.c"), &indirect);
+    let fixed_got = object(&dir, "fixed-got", "check", &src("check.fixed.c"), &indirect);
+    std::fs::write(dir.join("main.c"), src("main.c")).unwrap();
+    gcc(&dir, &["-O2", "main.c", s(&orig), "-o", "prog"]);
+    let exe = ElfSymbols::parse("prog", &std::fs::read(dir.join("prog")).unwrap()).unwrap();
+    assert!(exe.relocatable, "a PIE executable");
+    assert!(!exe.globals.contains_key("stderr"), "no copy of stderr");
+
+    let mut prog = Program::spawn(&mut Command::new(dir.join("prog")));
+    let pid = prog.pid;
+    prog.expect_all(&["v=8".to_string()]);
+    let e = apply(pid, &patch(&orig, &fixed), &opts("direct", None)).expect_err("out of reach");
+    let msg = e.to_string();
+    for want in [
+        "stderr",
+        "out of reach",
+        "copy relocation",
+        "-mno-direct-extern-access",
+        "untouched",
+    ] {
+        assert!(msg.contains(want), "{want:?} missing: {msg}");
+    }
+    assert!(status(pid).unwrap().is_empty());
+
+    apply(pid, &patch(&orig_got, &fixed_got), &opts("got", None)).expect("apply");
+    prog.expect_err("check: 9 clamped");
+    prog.expect_all(&["v=7".to_string()]);
+    revert_now(pid, "got");
+    prog.expect_all(&["v=8".to_string()]);
+    prog.assert_alive();
 }
 
 /// No patch is live in `pid` (reverted regions stay mapped, retired: see apply.rs).

@@ -463,6 +463,144 @@ fn already_built_tree_without_records_is_explained() {
     assert_eq!(code, 0, "{}", text(&o));
 }
 
+/// A fix that logs to `stderr`, which the program never used before (the usual hardening
+/// fix: report the bad input, then clamp it). The PIE executable holds no copy of `stderr`
+/// (nothing in it referred to it), so the patch must read glibc's own, more than 2 GiB
+/// away: `suture build` compiles the units it rebuilds with
+/// `-mno-direct-extern-access`, which reads extern data through a GOT slot the patch's
+/// loader fills. Regression: the build said yes and apply said "stderr ... is out of reach".
+#[test]
+fn fix_using_stderr_for_the_first_time_applies() {
+    let (w, src) = project("make", "stderr-first");
+    let main = std::fs::read_to_string(src.join("main.c")).unwrap();
+    assert!(
+        !main.contains("stderr"),
+        "the program must not use stderr before the fix"
+    );
+    let fix = (
+        "util.c",
+        "\treturn pad(n > max_len ? max_len : n);",
+        "\tif (n > max_len)\n\t\tfprintf(stderr, \"clamp_len: %d clamped\\n\", n);\n\
+         \treturn pad(n >= max_len ? max_len - 1 : n);",
+    );
+    let include = (
+        "util.c",
+        "#include \"util.h\"\n",
+        "#include <stdio.h>\n#include \"util.h\"\n",
+    );
+    // Both edits in one file: apply them in sequence to one diff.
+    let orig = std::fs::read_to_string(src.join("util.c")).unwrap();
+    let fixed = orig.replace(include.1, include.2).replace(fix.1, fix.2);
+    assert_ne!(orig, fixed);
+    let diff = make_diff(&w, &src, &[("util.c", &orig, &fixed)]);
+    let out = w.join("out");
+    let (code, _, o) = build(&src, &diff, &out, "make", &[]);
+    assert_eq!(code, 0, "{}", text(&o));
+    // The deployed program really has no copy of stderr (no symbol, no copy relocation).
+    let exe = std::fs::read(src.join("prog")).unwrap();
+    let syms = suture_process::symbols::ElfSymbols::parse("prog", &exe).unwrap();
+    assert!(
+        !syms.globals.contains_key("stderr"),
+        "the executable defines stderr"
+    );
+
+    let mut cmd = Command::new(src.join("prog"));
+    cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+    let (mut child, lines) = spawn_lines(&mut cmd);
+    let err = Lines::of(child.0.stderr.take().unwrap());
+    lines.wait_for(BEFORE);
+    let pid = child.id().to_string();
+    let o = suture(&[
+        "apply",
+        out.join("prog.suture").to_str().unwrap(),
+        "--pid",
+        &pid,
+        "--timeout",
+        T,
+    ]);
+    ok(&o);
+    err.wait_for("clamp_len: 12 clamped");
+    lines.drain();
+    lines.wait_for("limit=7 scale=20 answer=42 v=1");
+    ok(&suture(&["revert", "fix", "--pid", &pid, "--timeout", T]));
+    lines.drain();
+    lines.wait_for(BEFORE);
+}
+
+/// The same fix built by a compiler without a flag for GOT access to external data (here gcc
+/// behind a `gcc-11` that rejects the flag, as gcc 11 does): the patch would read `stderr`
+/// PC-relatively from a copy the executable does not have, so the build refuses, naming the
+/// symbol, the reason and the flag, instead of writing a bundle apply would refuse.
+#[test]
+fn fix_using_stderr_without_the_flag_is_refused_at_build_time() {
+    let (w, src) = project("make", "stderr-old-gcc");
+    let bin = w.join("old-gcc");
+    std::fs::create_dir_all(&bin).unwrap();
+    // It runs the real gcc by its absolute path (through PATH, suture's wrapper would record
+    // that compile as the unit's).
+    let gcc = Command::new("sh")
+        .args(["-c", "command -v gcc"])
+        .output()
+        .unwrap();
+    let gcc = String::from_utf8(gcc.stdout).unwrap().trim().to_string();
+    assert!(gcc.starts_with('/'), "gcc not found: {gcc:?}");
+    std::fs::write(
+        bin.join("gcc-11"),
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in \
+             -mno-direct-extern-access|-fno-direct-access-external-data) \
+             echo \"gcc-11: error: unrecognized command-line option '$a'\" >&2; exit 1;; \
+             esac; done\nexec {gcc} \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    sh(&w, "chmod 755 old-gcc/gcc-11");
+    let orig = std::fs::read_to_string(src.join("util.c")).unwrap();
+    let fixed = orig
+        .replace(
+            "#include \"util.h\"\n",
+            "#include <stdio.h>\n#include \"util.h\"\n",
+        )
+        .replace(
+            "\treturn pad(n > max_len ? max_len : n);",
+            "\tif (n > max_len)\n\t\tfprintf(stderr, \"clamp_len: %d clamped\\n\", n);\n\
+             \treturn pad(n > max_len ? max_len : n);",
+        );
+    let diff = make_diff(&w, &src, &[("util.c", &orig, &fixed)]);
+    let out = w.join("out");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_suture"))
+        .args(["build", "--source"])
+        .arg(&src)
+        .arg("--diff")
+        .arg(&diff)
+        .args(["--build-cmd", "make CC=gcc-11", "-o"])
+        .arg(&out)
+        .arg("--json")
+        .env("PATH", path)
+        .env("SUTURE_CACHE_DIR", w.join("cache"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    refusal_mentions(
+        &report,
+        "util.c",
+        &["stderr", "no copy", "-mno-direct-extern-access"],
+    );
+    let symbols: Vec<&str> = report["refusals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["symbol"].as_str().unwrap())
+        .collect();
+    assert_eq!(symbols, ["stderr"], "{report:#}");
+}
+
 #[test]
 fn build_failure_shows_the_log_tail() {
     let (w, src) = project("make", "build-fails");

@@ -20,28 +20,23 @@ fn suture() -> Command {
     Command::new(env!("CARGO_BIN_EXE_suture"))
 }
 
-/// Builds the program and, with `suture diff -o`, the patch of lib.c.
-fn build(dir: &Path) -> (PathBuf, PathBuf) {
-    let _ = std::fs::remove_dir_all(dir);
-    for side in ["orig", "fixed"] {
-        std::fs::create_dir_all(dir.join(side)).unwrap();
-    }
-    let f = Path::new(FIXTURES);
-    std::fs::copy(f.join("main.c"), dir.join("main.c")).unwrap();
-    std::fs::copy(f.join("lib.c"), dir.join("orig/lib.c")).unwrap();
-    std::fs::copy(f.join("lib.fixed.c"), dir.join("fixed/lib.c")).unwrap();
+/// Compiles `orig` and `fixed` as `dir/{orig,fixed}/<unit>.c` (one section per function)
+/// and makes their patch with `suture diff -o`; returns the patch's path.
+fn patch_of(dir: &Path, unit: &str, orig: &Path, fixed: &Path) -> PathBuf {
     let c = ["-c", "-O2", "-g", "-ffunction-sections", "-fdata-sections"];
-    gcc(dir, &[&c[..], &["main.c", "-o", "main.o"]].concat());
-    for side in ["orig", "fixed"] {
+    let (src, obj) = (format!("{unit}.c"), format!("{unit}.o"));
+    for (side, from) in [("orig", orig), ("fixed", fixed)] {
+        std::fs::create_dir_all(dir.join(side)).unwrap();
+        std::fs::copy(from, dir.join(side).join(&src)).unwrap();
         gcc(
             &dir.join(side),
-            &[&c[..], &["lib.c", "-o", "lib.o"]].concat(),
+            &[&c[..], &[src.as_str(), "-o", obj.as_str()]].concat(),
         );
     }
-    gcc(dir, &["main.o", "orig/lib.o", "-o", "prog", "-lpthread"]);
-    let patch = dir.join("lib.patch.o");
+    let patch = dir.join(format!("{unit}.patch.o"));
     let st = suture()
-        .args(["diff", "orig/lib.o", "fixed/lib.o", "-o"])
+        .arg("diff")
+        .args([format!("orig/{obj}"), format!("fixed/{obj}"), "-o".into()])
         .arg(&patch)
         .current_dir(dir)
         .output()
@@ -52,6 +47,19 @@ fn build(dir: &Path) -> (PathBuf, PathBuf) {
         "{}",
         String::from_utf8_lossy(&st.stderr)
     );
+    patch
+}
+
+/// Builds the program and, with `suture diff -o`, the patch of lib.c.
+fn build(dir: &Path) -> (PathBuf, PathBuf) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let f = Path::new(FIXTURES);
+    let patch = patch_of(dir, "lib", &f.join("lib.c"), &f.join("lib.fixed.c"));
+    std::fs::copy(f.join("main.c"), dir.join("main.c")).unwrap();
+    let c = ["-c", "-O2", "-g", "-ffunction-sections", "-fdata-sections"];
+    gcc(dir, &[&c[..], &["main.c", "-o", "main.o"]].concat());
+    gcc(dir, &["main.o", "orig/lib.o", "-o", "prog", "-lpthread"]);
     (dir.join("prog"), patch)
 }
 
@@ -118,11 +126,28 @@ fn state(pid: u32) -> String {
         .to_string()
 }
 
+/// `suture apply PATCH --pid PID` with `SUTURE_FAILPOINT=point`: suture must die there.
+fn apply_killed_at(patch: &Path, pid: u32, point: &str) {
+    let out = suture()
+        .arg("apply")
+        .arg(patch)
+        .args(["--pid", &pid.to_string()])
+        .env("SUTURE_FAILPOINT", point)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{point}: suture was not killed there"
+    );
+}
+
 #[test]
 fn sigkill_at_every_point_leaves_old_or_new_code_never_a_mixture() {
     let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "kill", "points");
     let (prog, patch) = build(&dir);
     let points = [
+        ("remote:stepped", false),
         ("apply:mapped", false),
         ("apply:written", false),
         ("apply:stopped", false),
@@ -134,18 +159,7 @@ fn sigkill_at_every_point_leaves_old_or_new_code_never_a_mixture() {
         let (child, rx) = start(&prog);
         rx.wait_for(OLD);
         let pid = child.id();
-        let out = suture()
-            .arg("apply")
-            .arg(&patch)
-            .args(["--pid", &pid.to_string()])
-            .env("SUTURE_FAILPOINT", point)
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.signal(),
-            Some(9),
-            "{point}: suture was not killed there"
-        );
+        apply_killed_at(&patch, pid, point);
         // Once the target prints the version it ends up with, it prints nothing else (and it
         // keeps printing: `only` takes the next 50 lines).
         let want = if switched { NEW } else { OLD };
@@ -168,6 +182,84 @@ fn sigkill_at_every_point_leaves_old_or_new_code_never_a_mixture() {
             assert_eq!(states, ["live"], "{point}: leftovers not reclaimed");
             only(&rx, NEW, point);
         }
+    }
+}
+
+/// SIGKILL while a thread of the target runs the routine that calls IFUNC resolvers (before
+/// and after it is let run): the routine finishes alone and the thread resumes its own code
+/// with its own registers (here: inside `read`, which it re-enters). The program keeps
+/// answering with its original code, nothing is live, and the next apply works.
+#[test]
+fn sigkill_while_ifunc_resolvers_run_leaves_the_target_running() {
+    use std::io::Write as _;
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "kill", "ifunc");
+    let f = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../suture-process/tests/fixtures/ifunc-cold"
+    ));
+    let patch = patch_of(
+        &dir,
+        "report",
+        &f.join("report.c"),
+        &f.join("report.fixed.c"),
+    );
+    std::fs::copy(f.join("libsel.c"), dir.join("libsel.c")).unwrap();
+    std::fs::copy(f.join("main.c"), dir.join("main.c")).unwrap();
+    gcc(
+        &dir,
+        &["-O2", "-fPIC", "-shared", "libsel.c", "-o", "libsel.so"],
+    );
+    let rpath = format!("-Wl,-rpath,{}", dir.display());
+    let link = [
+        "-O2",
+        "main.c",
+        "orig/report.o",
+        "-L.",
+        "-lsel",
+        &rpath,
+        "-o",
+        "prog",
+    ];
+    gcc(&dir, &link);
+
+    for point in ["ifunc:started", "ifunc:running"] {
+        let (mut child, rx) = spawn_lines(
+            Command::new(dir.join("prog"))
+                .env("SEL_IMPL", "2")
+                .stdin(std::process::Stdio::piped()),
+        );
+        let mut stdin = child.0.stdin.take().unwrap();
+        rx.wait_for("ready");
+        let pid = child.id();
+        apply_killed_at(&patch, pid, point);
+        stdin.write_all(b"report\n").unwrap();
+        rx.wait_for("report none");
+        // The routine restored the main thread's registers itself, xmm15 included.
+        stdin.write_all(b"xmm\n").unwrap();
+        rx.wait_for("xmm kept");
+        let st = state(pid);
+        assert!(
+            st != "T" && st != "t",
+            "{point}: target left stopped ({st})"
+        );
+        assert_eq!(patch_states(pid), Vec::<String>::new(), "{point}");
+        // The next apply runs the resolvers again and gets what the program's own first
+        // calls get.
+        applied(&patch, pid);
+        stdin.write_all(b"report\n").unwrap();
+        let patched = rx.wait_for("report checksum=");
+        stdin.write_all(b"call\n").unwrap();
+        let native = rx.wait_for("call checksum=");
+        assert_eq!(
+            patched.strip_prefix("report "),
+            native.strip_prefix("call "),
+            "{point}"
+        );
+        assert_eq!(
+            child.try_wait().unwrap().map(|s| s.to_string()),
+            None,
+            "{point}"
+        );
     }
 }
 
@@ -325,18 +417,7 @@ fn sigkill_with_return_stubs_armed_leaves_the_original_code_running() {
     let (mut child, rx) = start(&prog);
     let pid: u32 = rx.wait_for("pid ")[4..].trim().parse().unwrap();
     rx.wait_for("v=11");
-    let out = suture()
-        .arg("apply")
-        .arg(&patch)
-        .args(["--pid", &pid.to_string()])
-        .env("SUTURE_FAILPOINT", "apply:armed")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.signal(),
-        Some(9),
-        "suture was not killed with stubs armed"
-    );
+    apply_killed_at(&patch, pid, "apply:armed");
     // 30 ticks of 25 naps of 2 ms: longer than a stub's longest wait.
     rx.drain();
     ticks(&rx, "v=11", 30, "after the kill");
