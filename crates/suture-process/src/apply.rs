@@ -580,6 +580,8 @@ struct Prepared {
     sites: ReturnSites,
     /// The target runs with a shadow stack: no return stubs.
     shadow_stack: bool,
+    /// The target can throw exceptions or unwind panics: no return stubs.
+    throws: bool,
     site: SyscallSite,
     commit: Commit,
     region: Region,
@@ -784,6 +786,7 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
         segments: if reused { Vec::new() } else { linked.segments },
         shadow_stack: std::fs::read_to_string(crate::maps::live_proc_dir(pid).join("status"))
             .map_or(true, |st| crate::retstub::shadow_stack_enabled(&st)),
+        throws: crate::retstub::may_unwind_through(&loaded.mapped),
         sites: if opts.scan_suspended {
             ReturnSites::read(&mem, &busy)
         } else {
@@ -822,7 +825,14 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
     } else {
         // No stop here to run the seccomp check: stubs only where no filter is installed.
         !crate::retstub::under_seccomp_filter(pid)
-    } && !p.shadow_stack;
+    } && !p.shadow_stack
+        && !p.throws;
+    if p.throws && opts.catch_returns {
+        tracing::debug!(
+            pid = pid.0,
+            "no return stubs: the program can throw exceptions"
+        );
+    }
     crate::failpoint::hit("apply:mapped");
     let retired = std::cell::Cell::new(false);
     let fail = |e: ApplyError| -> ApplyError {
@@ -1784,7 +1794,8 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
     // Unwind exactly through the program's files and every live patch's code (the scan of
     // every stack word remains the fallback when an unwind is incomplete).
     let mut unwind = UnwindInfo::default();
-    for (name, bytes, bias, code) in &load_objects(pid, &maps, None, None)?.files {
+    let loaded = load_objects(pid, &maps, None, None)?;
+    for (name, bytes, bias, code) in &loaded.files {
         unwind.add_elf(name, bytes, *bias, code.clone());
     }
     add_live_patches(&mut unwind, &mem, &maps, &patches);
@@ -1795,7 +1806,11 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
     let stubs = p
         .header
         .stubs
-        .filter(|_| !shadow && !crate::retstub::under_seccomp_filter(pid))
+        .filter(|_| {
+            !shadow
+                && !crate::retstub::may_unwind_through(&loaded.mapped)
+                && !crate::retstub::under_seccomp_filter(pid)
+        })
         .map(|page| StubArea::at(p.base + u64::from(page) * PAGE));
     let (done, _) = switch(
         pid,

@@ -31,8 +31,11 @@
 //! expect to survive a call.
 //!
 //! Not used: on threads whose unwind was incomplete (no exact return address slot), on
-//! targets whose seccomp filters refuse the stub's `nanosleep`, and on targets with a shadow
-//! stack (CET) enabled, where a changed return address would be a control-flow violation.
+//! targets whose seccomp filters refuse the stub's `nanosleep`, on targets with a shadow
+//! stack (CET) enabled, where a changed return address would be a control-flow violation, and
+//! on programs that can throw exceptions or unwind panics ([`may_unwind_through`]): an
+//! exception leaving the function while its return address names a stub would find no unwind
+//! rules there and abort the program. Those targets are only polled.
 
 use crate::ids::RemoteAddr;
 use crate::mem::ProcessMemory;
@@ -184,6 +187,23 @@ pub fn under_seccomp_filter(pid: crate::ids::Pid) -> bool {
             st.lines()
                 .any(|l| l.strip_prefix("Seccomp:").is_some_and(|v| v.trim() != "0"))
         })
+    })
+}
+
+/// Whether the program can unwind a stack by its unwind tables (C++ `throw`, Rust panics):
+/// an unwinder that meets a stub's address as a return address finds no unwind rules there and
+/// aborts the program. True when any mapped object imports `_Unwind_RaiseException` or
+/// `__cxa_throw` (libstdc++ does; so does a Rust program), or the executable defines them
+/// (linked statically). Thread cancellation (`_Unwind_ForcedUnwind`) is not counted: glibc
+/// ends such an unwind at a frame without rules by finishing the thread.
+pub fn may_unwind_through(mapped: &[crate::symbols::Mapped]) -> bool {
+    const THROW: [&str; 2] = ["_Unwind_RaiseException", "__cxa_throw"];
+    mapped.iter().any(|m| {
+        m.symbols
+            .dyn_relocs
+            .iter()
+            .any(|r| r.symbol.as_deref().is_some_and(|s| THROW.contains(&s)))
+            || (m.is_exec && THROW.iter().any(|s| m.symbols.globals.contains_key(*s)))
     })
 }
 

@@ -952,3 +952,57 @@ fn a_patch_object_for_another_build_is_refused() {
     lines.wait_for("v=2");
     assert!(child.0.try_wait().unwrap().is_none());
 }
+
+/// A C++ program whose threads are almost never outside `nap()`: it can throw exceptions, and an
+/// exception leaving `nap()` while its return address named a return stub would find no unwind
+/// rules there and abort the program. So no stub is armed: the apply only polls, times out and
+/// refuses, and the program runs on unharmed.
+#[test]
+fn return_stubs_are_not_used_in_programs_that_can_throw() {
+    const MAIN_CXX: &str = r#"
+#include <cstdio>
+#include <thread>
+#include <unistd.h>
+extern "C" int nap(int);
+int main() {
+    setvbuf(stdout, nullptr, _IOLBF, 0);
+    std::printf("pid %d\n", getpid());
+    std::thread t([] { for (;;) nap(10); });
+    for (unsigned long n = 0;; n++) {
+        int v = nap(10);
+        if (n % 25 == 0)
+            std::printf("tick %lu v=%d\n", n / 25, v);
+    }
+}
+"#;
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "apply", "napper-cxx");
+    let (_, patch) = napper(&dir);
+    std::fs::write(dir.join("main.cc"), MAIN_CXX).unwrap();
+    let st = Command::new("g++")
+        .args(["-O2", "-pthread", "main.cc", "orig/nap.o", "-o", "prog-cxx"])
+        .current_dir(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (mut child, lines) = spawn_lines(&mut Command::new(dir.join("prog-cxx")));
+    let pid = Pid(lines.wait_for("pid ")[4..].trim().parse().unwrap());
+    lines.wait_for("v=11");
+    let opts = ApplyOptions {
+        patch_id: "nap".into(),
+        timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    match apply(pid, &patch, &opts) {
+        Err(e @ suture_process::apply::ApplyError::Busy { .. }) => {
+            assert!(e.to_string().contains("nap"), "{e}");
+        }
+        other => panic!("expected nap to stay busy without return stubs, got {other:?}"),
+    }
+    assert!(no_live(pid));
+    lines.drain();
+    lines.wait_for("v=11");
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the program is alive"
+    );
+}
