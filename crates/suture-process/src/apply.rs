@@ -1410,7 +1410,22 @@ fn switch_loop(
         phases.check_us = lap();
         // (No return site in the replaced code: nothing can be suspended in it.)
         if let Some(sites) = sw.sites.filter(|s| !s.is_empty()) {
-            let threads: Vec<(u64, u64)> = regs.iter().map(|(_, r)| (r.rsp, r.fs_base)).collect();
+            let threads: Vec<crate::suspended::ThreadStack> = regs
+                .iter()
+                .zip(&stacks)
+                .map(|((_, r), stack)| crate::suspended::ThreadStack {
+                    rsp: r.rsp,
+                    fs_base: r.fs_base,
+                    red_zone: !sw.stubs.is_some_and(|a| a.contains_code(r.rip)),
+                    small_frames: sw
+                        .unwind
+                        .frames(r.rip, r.rsp, r.rbp, stack)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|f| f.end - f.start < crate::suspended::MIN_STACK)
+                        .collect(),
+                })
+                .collect();
             // The mappings as they are now: a stack mapped since `prepare` must be read too.
             let found = Maps::read(pid).and_then(|maps| {
                 crate::suspended::scan(pid, sp.mem(), &maps, &threads, sites, sw.busy, pre.as_ref())

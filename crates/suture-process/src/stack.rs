@@ -134,6 +134,44 @@ impl UnwindInfo {
         self.ranges.len()
     }
 
+    /// The frames of a thread whose stack unwinds completely, as address ranges from each
+    /// frame's stack pointer to its CFA (innermost first); `None` when the unwind is incomplete.
+    pub fn frames(
+        &self,
+        rip: u64,
+        rsp: u64,
+        rbp: u64,
+        stack: &StackSnapshot,
+    ) -> Option<Vec<Range<u64>>> {
+        let mut cache = CacheX86_64::<_>::new();
+        let mut read = |addr: u64| stack.read(addr).ok_or(());
+        let mut regs = UnwindRegsX86_64::new(rip, rsp, rbp);
+        let mut address = FrameAddress::from_instruction_pointer(rip);
+        let mut frames = Vec::new();
+        for _ in 0..MAX_FRAMES {
+            if !self
+                .ranges
+                .iter()
+                .any(|r| r.contains(&address.address_for_lookup()))
+            {
+                return None;
+            }
+            let sp = regs.sp();
+            match self
+                .unwinder
+                .unwind_frame(address, &mut regs, &mut cache, &mut read)
+            {
+                Ok(Some(ra)) => {
+                    frames.push(sp..regs.sp());
+                    address = FrameAddress::from_return_address(ra)?;
+                }
+                Ok(None) => return Some(frames),
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
     /// Checks one thread given its `rip`, `rsp`, `rbp` and stack snapshot.
     pub fn check(
         &self,

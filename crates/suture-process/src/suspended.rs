@@ -23,6 +23,12 @@
 //!   control block at the top of its stack). A coroutine stack carved out of the heap or a
 //!   larger mapping gets no such exclusion: the memory below its stack pointer may be another
 //!   coroutine's;
+//! - in a thread whose stack unwinds completely, its frames smaller than [`MIN_STACK`]: they
+//!   hold its own live data (uninitialised slots often keep stale return addresses of earlier
+//!   calls) and are too small to hold a coroutine's stack; larger frames (a local array used
+//!   as a coroutine stack) are read;
+//! - below the stack pointer of a thread parked in a return stub, even the red zone (the stub
+//!   uses none; what lies there is the dead frame of the function that just returned);
 //! - mappings that cannot be read (device memory): counted and logged.
 //!
 //! A word only counts if it points right after a call (any encoding: `e8`, `ff /2`, `ff /3`
@@ -286,7 +292,7 @@ pub fn prescan(pid: Pid, mem: &ProcessMemory, sites: &ReturnSites) -> Option<Pre
 
 fn writable(maps: &Maps) -> impl Iterator<Item = &crate::maps::Mapping> {
     maps.iter()
-        .filter(|m| m.perms.read && m.perms.write && !m.is_pseudo("[vvar]"))
+        .filter(|m| m.perms.read && m.perms.write && !m.is_pseudo("vvar"))
 }
 
 /// Reads `run` in chunks and hands each to `each` (which returns true to stop).
@@ -315,14 +321,13 @@ fn read_runs(
 }
 
 /// Scans the stopped target's writable memory for suspended frames in `busy`.
-/// `threads` holds each thread's stack pointer and TLS base (`fs_base`). `maps` must be read
-/// inside the same stop. With `pre` (a [`prescan`] of this target), a mapping it read is
+/// `threads` describes each thread's stack. `maps` must be read inside the same stop. With `pre` (a [`prescan`] of this target), a mapping it read is
 /// read again only where pages were written since, or held a return site then.
 pub fn scan(
     pid: Pid,
     mem: &ProcessMemory,
     maps: &Maps,
-    threads: &[(u64, u64)],
+    threads: &[ThreadStack],
     sites: &ReturnSites,
     busy: &[BusyRange],
     pre: Option<&PreScan>,
@@ -341,7 +346,7 @@ pub fn scan(
     let mut buf = Vec::new();
     let mut found = None;
     for m in writable(maps) {
-        let live = live_part(m.start.0..m.end.0, m.is_pseudo("[stack]"), threads);
+        let live = live_part(m.start.0..m.end.0, m.is_pseudo("stack"), threads);
         if live.is_empty() {
             continue;
         }
@@ -353,7 +358,11 @@ pub fn scan(
             }
             None => e & (PRESENT | SWAPPED) != 0,
         });
-        for run in runs {
+        let small: Vec<Range<u64>> = threads
+            .iter()
+            .flat_map(|t| t.small_frames.iter().cloned())
+            .collect();
+        for run in runs.into_iter().flat_map(|r| without(r, &small)) {
             let stop = read_runs(mem, &run, &mut buf, &mut stats, |at, bytes| {
                 found = sites.find_in(at, bytes);
                 found.is_some()
@@ -364,7 +373,7 @@ pub fn scan(
                     .path()
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| match &m.name {
-                        crate::maps::MapName::Pseudo(n) => n.clone(),
+                        crate::maps::MapName::Pseudo(n) => format!("[{n}]"),
                         _ => "anonymous".into(),
                     });
                 return Ok((
@@ -389,14 +398,54 @@ pub fn scan(
     Ok((None, stats))
 }
 
+/// `range` less every range of `holes`, in order.
+fn without(range: Range<u64>, holes: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut holes: Vec<&Range<u64>> = holes
+        .iter()
+        .filter(|h| h.start < range.end && h.end > range.start)
+        .collect();
+    holes.sort_by_key(|h| h.start);
+    let mut out = Vec::new();
+    let mut at = range.start;
+    for h in holes {
+        if h.start > at {
+            out.push(at..h.start);
+        }
+        at = at.max(h.end);
+    }
+    if at < range.end {
+        out.push(at..range.end);
+    }
+    out
+}
+
+/// What the scan needs of one stopped thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadStack {
+    pub rsp: u64,
+    /// The TLS base (`fs_base`): glibc puts it at the top of the thread's own stack mapping.
+    pub fs_base: u64,
+    /// Whether the 128 bytes below `rsp` may be in use (false for a thread parked in a return
+    /// stub, whose code uses none: what lies there is the returned function's dead frame).
+    pub red_zone: bool,
+    /// For a thread whose stack unwound completely: its frames smaller than [`MIN_STACK`]
+    /// (stack pointer to CFA). They hold its own live data, often stale copies of return
+    /// addresses in uninitialised slots, and are too small to hold a coroutine's stack.
+    pub small_frames: Vec<Range<u64>>,
+}
+
+/// The smallest stack a coroutine can run on (`MINSIGSTKSZ`): a frame smaller than this
+/// cannot contain one.
+pub const MIN_STACK: u64 = 2048;
+
 /// The part of `range` that can hold live data: without the dead stack below the stack
-/// pointer (less the red zone) of a thread whose own stack it is (`main_stack`, or the
-/// thread's TLS base lies in it as well).
-fn live_part(range: Range<u64>, main_stack: bool, threads: &[(u64, u64)]) -> Range<u64> {
+/// pointer (less the red zone, where it may be in use) of a thread whose own stack it is
+/// (`main_stack`, or the thread's TLS base lies in it as well).
+fn live_part(range: Range<u64>, main_stack: bool, threads: &[ThreadStack]) -> Range<u64> {
     let lowest_live = threads
         .iter()
-        .filter(|(sp, fs)| range.contains(sp) && (main_stack || range.contains(fs)))
-        .map(|(sp, _)| sp.saturating_sub(RED_ZONE) & !7)
+        .filter(|t| range.contains(&t.rsp) && (main_stack || range.contains(&t.fs_base)))
+        .map(|t| t.rsp.saturating_sub(if t.red_zone { RED_ZONE } else { 0 }) & !7)
         .min();
     match lowest_live {
         Some(from) => from.max(range.start)..range.end,
@@ -503,33 +552,46 @@ mod tests {
 
     #[test]
     fn the_dead_stack_below_a_stack_pointer_is_left_out() {
+        let t = |rsp: u64, fs_base: u64| ThreadStack {
+            rsp,
+            fs_base,
+            red_zone: true,
+            small_frames: Vec::new(),
+        };
+        let live = |main: bool, threads: &[ThreadStack]| live_part(0x1000..0x9000, main, threads);
         // The main stack, and a thread stack holding its thread's TLS at the top.
-        assert_eq!(
-            live_part(0x1000..0x9000, true, &[(0x8000, 0)]),
-            0x7f80..0x9000
-        );
+        assert_eq!(live(true, &[t(0x8000, 0)]), 0x7f80..0x9000);
         let tls = 0x8f00;
+        assert_eq!(live(false, &[t(0x8000, tls)]), 0x7f80..0x9000);
         assert_eq!(
-            live_part(0x1000..0x9000, false, &[(0x8000, tls)]),
-            0x7f80..0x9000
-        );
-        assert_eq!(
-            live_part(0x1000..0x9000, false, &[(0x8000, tls), (0x6008, tls)]),
+            live(false, &[t(0x8000, tls), t(0x6008, tls)]),
             0x5f88..0x9000
         );
-        assert_eq!(
-            live_part(0x1000..0x9000, true, &[(0xa000, 0)]),
-            0x1000..0x9000
-        );
-        assert_eq!(
-            live_part(0x1000..0x9000, true, &[(0x1010, 0)]),
-            0x1000..0x9000
-        );
+        assert_eq!(live(true, &[t(0xa000, 0)]), 0x1000..0x9000);
+        assert_eq!(live(true, &[t(0x1010, 0)]), 0x1000..0x9000);
         // A stack pointer in memory that is not the thread's own stack (a coroutine stack in
         // the heap): what lies below it may be another coroutine's, so nothing is left out.
+        assert_eq!(live(false, &[t(0x8000, 0x20000)]), 0x1000..0x9000);
+        // A thread parked in a return stub keeps no red zone.
+        let parked = ThreadStack {
+            red_zone: false,
+            ..t(0x8000, tls)
+        };
+        assert_eq!(live(false, &[parked]), 0x8000..0x9000);
+    }
+
+    #[test]
+    fn small_frames_are_cut_out_of_a_range() {
+        let whole = without(0x1000..0x2000, &[]);
+        assert_eq!((whole.len(), whole[0].clone()), (1, 0x1000..0x2000));
         assert_eq!(
-            live_part(0x1000..0x9000, false, &[(0x8000, 0x20000)]),
-            0x1000..0x9000
+            without(
+                0x1000..0x2000,
+                &[0x1100..0x1200, 0x1180..0x1300, 0x1f00..0x2100]
+            ),
+            vec![0x1000..0x1100, 0x1300..0x1f00]
         );
+        let everything = [0x0..0x3000, 0x1000..0x1000];
+        assert!(without(0x1000..0x2000, &everything).is_empty());
     }
 }
