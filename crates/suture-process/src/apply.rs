@@ -72,13 +72,16 @@ pub enum ApplyError {
         source: crate::error::Error,
         outcome: Outcome,
     },
-    #[error("{function} is still running in thread {tid} after {:.2} s; the patch was not {done} ({outcome})", .waited.as_secs_f64(), outcome = outcome_word(*.outcome))]
+    #[error("{function} is still running in thread {tid} after {:.2} s{}; the patch was not {done} ({outcome})", .waited.as_secs_f64(), .polled_only.map(|why| format!(" (only polled, no return stubs: {why})")).unwrap_or_default(), outcome = outcome_word(*.outcome))]
     Busy {
         function: String,
         tid: Tid,
         waited: Duration,
         /// What did not happen: "applied" or "reverted".
         done: &'static str,
+        /// Why threads were not caught as they returned ([`crate::retstub`]), when they were
+        /// not.
+        polled_only: Option<&'static str>,
         outcome: Outcome,
     },
     /// A return address into a busy function (or, for a revert, into the patch) sits in
@@ -179,12 +182,14 @@ impl ApplyError {
                 tid,
                 waited,
                 done,
+                polled_only,
                 ..
             } => ApplyError::Busy {
                 function,
                 tid,
                 waited,
                 done,
+                polled_only,
                 outcome,
             },
             ApplyError::Suspended {
@@ -820,19 +825,14 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
 
     // 2. Map the region with its final protections (and release leftovers in the same stop);
     //    a reused region is mapped already.
-    let stubs_ok = if !reused || !p.leftovers.is_empty() {
+    let seccomp_ok = if !reused || !p.leftovers.is_empty() {
         map_region(pid, &p.site, &p.commit, &p.leftovers, &p.region)?
     } else {
         // No stop here to run the seccomp check: stubs only where no filter is installed.
         !crate::retstub::under_seccomp_filter(pid)
-    } && !p.shadow_stack
-        && !p.throws;
-    if p.throws && opts.catch_returns {
-        tracing::debug!(
-            pid = pid.0,
-            "no return stubs: the program can throw exceptions"
-        );
-    }
+    };
+    let no_stubs = no_stubs_reason(opts.catch_returns, seccomp_ok, p.shadow_stack, p.throws);
+    let stubs_ok = no_stubs.is_none();
     crate::failpoint::hit("apply:mapped");
     let retired = std::cell::Cell::new(false);
     let fail = |e: ApplyError| -> ApplyError {
@@ -877,8 +877,9 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
             unwind: &p.unwind,
             busy: &p.busy,
             sites: opts.scan_suspended.then_some(&p.sites),
-            stubs: (stubs_ok && opts.catch_returns).then_some(p.region.stubs),
+            stubs: stubs_ok.then_some(p.region.stubs),
             retire_at: (!reused).then_some(base.offset(Header::STATE_OFFSET)),
+            no_stubs: no_stubs.unwrap_or(""),
             commit: &p.commit,
             code_addr: p.code_addr,
             block_addr: p.block_addr,
@@ -1119,6 +1120,8 @@ struct Switch<'a> {
     /// The header state to set to "reverted" before the first stub is armed (an apply's new
     /// region: armed stubs must keep it from being reclaimed as a leftover).
     retire_at: Option<RemoteAddr>,
+    /// Why `stubs` is `None` (said in a busy refusal).
+    no_stubs: &'static str,
     commit: &'a Commit,
     code_addr: RemoteAddr,
     block_addr: RemoteAddr,
@@ -1157,6 +1160,26 @@ pub struct StopPhases {
     pub commit_us: u64,
     /// Releasing stubs and resuming every thread.
     pub resume_us: u64,
+}
+
+/// Why busy threads are only polled, not caught as they return; `None` when stubs can be used.
+fn no_stubs_reason(
+    wanted: bool,
+    seccomp_ok: bool,
+    shadow_stack: bool,
+    throws: bool,
+) -> Option<&'static str> {
+    if !wanted {
+        Some("turned off")
+    } else if throws {
+        Some("the program can throw exceptions or unwind panics, which would stop at a stub")
+    } else if shadow_stack {
+        Some("the program runs with a shadow stack")
+    } else if !seccomp_ok {
+        Some("its seccomp filters do not allow the stubs' nanosleep")
+    } else {
+        None
+    }
 }
 
 /// Return stubs armed during one switch.
@@ -1394,6 +1417,7 @@ fn switch_loop(
                     tid,
                     waited: started.elapsed(),
                     done,
+                    polled_only: sw.stubs.is_none().then_some(sw.no_stubs),
                     outcome: Outcome::Untouched,
                 });
             }
@@ -1818,14 +1842,20 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
     // The region's return stubs (regions from before they existed have none).
     let shadow = std::fs::read_to_string(crate::maps::live_proc_dir(pid).join("status"))
         .map_or(true, |st| crate::retstub::shadow_stack_enabled(&st));
+    let no_stubs = if p.header.stubs.is_none() {
+        Some("the patch region has none (made by an older suture)")
+    } else {
+        no_stubs_reason(
+            true,
+            !crate::retstub::under_seccomp_filter(pid),
+            shadow,
+            crate::retstub::may_unwind_through(&loaded.mapped),
+        )
+    };
     let stubs = p
         .header
         .stubs
-        .filter(|_| {
-            !shadow
-                && !crate::retstub::may_unwind_through(&loaded.mapped)
-                && !crate::retstub::under_seccomp_filter(pid)
-        })
+        .filter(|_| no_stubs.is_none())
         .map(|page| StubArea::at(p.base + u64::from(page) * PAGE));
     let (done, _) = switch(
         pid,
@@ -1836,6 +1866,7 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
             sites: Some(&sites),
             stubs,
             retire_at: None,
+            no_stubs: no_stubs.unwrap_or(""),
             commit: &commit,
             code_addr: RemoteAddr(code_page),
             block_addr: RemoteAddr(block_addr),

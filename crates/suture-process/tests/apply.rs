@@ -864,7 +864,8 @@ fn functions_rarely_off_the_stack_are_caught_as_they_return() {
     };
     match apply(pid, &patch, &polling) {
         Err(e @ suture_process::apply::ApplyError::Busy { .. }) => {
-            assert!(e.to_string().contains("nap"), "{e}");
+            let msg = e.to_string();
+            assert!(msg.contains("nap") && msg.contains("turned off"), "{msg}");
         }
         other => panic!("expected nap to be busy when only polling, got {other:?}"),
     }
@@ -994,7 +995,11 @@ int main() {
     };
     match apply(pid, &patch, &opts) {
         Err(e @ suture_process::apply::ApplyError::Busy { .. }) => {
-            assert!(e.to_string().contains("nap"), "{e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("nap") && msg.contains("no return stubs") && msg.contains("throw"),
+                "{msg}"
+            );
         }
         other => panic!("expected nap to stay busy without return stubs, got {other:?}"),
     }
