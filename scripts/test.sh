@@ -11,7 +11,7 @@ exec </dev/null
 cache=${SUTURE_CACHE:-/var/tmp/suture}
 mkdir -p "$cache"
 
-packages=(gcc clang binutils patch make util-linux gcc-multilib cmake autoconf automake libtool diffutils
+packages=(gcc g++ clang binutils patch make util-linux gcc-multilib cmake autoconf automake libtool diffutils
     dpkg-dev debhelper quilt pkg-config bc libevent-dev libsasl2-dev libssl-dev sasl2-bin
     libsasl2-modules procps)
 missing=()
