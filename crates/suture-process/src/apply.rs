@@ -114,6 +114,9 @@ pub struct BusyDetail {
     pub suspended_at: Option<String>,
     pub returns_to: Option<String>,
     pub mapping: Option<String>,
+    /// For a running thread: why it was only polled, not caught as it returned (`None` when
+    /// return stubs were used).
+    pub polled_only: Option<String>,
 }
 
 fn outcome_word(o: Outcome) -> &'static str {
@@ -155,12 +158,18 @@ impl ApplyError {
     /// For a refusal because replaced code was in use: where (for `--json`).
     pub fn busy(&self) -> Option<BusyDetail> {
         match self {
-            ApplyError::Busy { function, tid, .. } => Some(BusyDetail {
+            ApplyError::Busy {
+                function,
+                tid,
+                polled_only,
+                ..
+            } => Some(BusyDetail {
                 function: function.clone(),
                 thread: Some(tid.0),
                 suspended_at: None,
                 returns_to: None,
                 mapping: None,
+                polled_only: polled_only.map(str::to_string),
             }),
             ApplyError::Suspended { frame, .. } => Some(BusyDetail {
                 function: frame.name.clone(),
@@ -168,6 +177,7 @@ impl ApplyError {
                 suspended_at: Some(format!("{:#x}", frame.at)),
                 returns_to: Some(format!("{:#x}", frame.returns_to)),
                 mapping: Some(frame.mapping.clone()),
+                polled_only: None,
             }),
             _ => None,
         }
