@@ -6,7 +6,7 @@
 # the tree Debian built before the security update, built, with a small driver program that
 # runs the fixed code path in a loop.
 #
-# Per package PKG (today: expat):
+# Per package PKG (today: expat, libpng1.6):
 #   PKG/vuln-src/     Debian's source package (`apt-get source`), the CVE patches unapplied
 #                     (quilt pop) and dropped from the series: the tree before the update,
 #                     unbuilt (what `suture build --source` gets a copy of)
@@ -40,7 +40,7 @@ srcroot=${SUTURE_DEBIAN_SRC:-$cache/debian-src}
 mkdir -p -- "$out"
 exec 9>"$out.lock"
 flock -w 3600 9 || die "timed out waiting for $out.lock"
-format=1
+format=4
 [[ -f $out/.ready ]] && grep -qx "format: $format" "$out/.ready" && exit 0
 rm -f -- "$out/.ready"
 
@@ -110,8 +110,13 @@ vuln expat 'cd expat && { test -f Makefile || { ./buildconf.sh && ./configure --
     expat/lib/.libs/libexpat.so.1.8.10
 probe expat expat/lib expat/lib/.libs expat
 
+# libpng1.6: the release tarball's configure (zlib from the system), make of the library only.
+vuln libpng1.6 '{ test -f Makefile || ./configure --disable-static CFLAGS="-g -O2"; } && make -j"$(nproc)" libpng16.la' \
+    .libs/libpng16.so.16.39.0
+probe libpng1.6 . .libs png16
+
 {
     echo "format: $format"
-    echo "packages: expat"
+    echo "packages: expat libpng1.6"
 } >"$out/.ready"
 log "ready: $out"
