@@ -6,7 +6,7 @@
 # the tree Debian built before the security update, built, with a small driver program that
 # runs the fixed code path in a loop.
 #
-# Per package PKG (today: expat, libpng1.6):
+# Per package PKG (today: expat, libpng1.6, giflib):
 #   PKG/vuln-src/     Debian's source package (`apt-get source`), the CVE patches unapplied
 #                     (quilt pop) and dropped from the series: the tree before the update,
 #                     unbuilt (what `suture build --source` gets a copy of)
@@ -40,7 +40,7 @@ srcroot=${SUTURE_DEBIAN_SRC:-$cache/debian-src}
 mkdir -p -- "$out"
 exec 9>"$out.lock"
 flock -w 3600 9 || die "timed out waiting for $out.lock"
-format=4
+format=5
 [[ -f $out/.ready ]] && grep -qx "format: $format" "$out/.ready" && exit 0
 rm -f -- "$out/.ready"
 
@@ -115,8 +115,14 @@ vuln libpng1.6 '{ test -f Makefile || ./configure --disable-static CFLAGS="-g -O
     .libs/libpng16.so.16.39.0
 probe libpng1.6 . .libs png16
 
+# giflib: its own Makefile, the shared library only.
+vuln giflib 'make -j"$(nproc)" OFLAGS="-O2 -g" libgif.so.7.2.0' libgif.so.7.2.0
+ln -sf libgif.so.7.2.0 "$out/giflib/vuln/libgif.so"
+ln -sf libgif.so.7.2.0 "$out/giflib/vuln/libgif.so.7"
+probe giflib . . gif
+
 {
     echo "format: $format"
-    echo "packages: expat libpng1.6"
+    echo "packages: expat libpng1.6 giflib"
 } >"$out/.ready"
 log "ready: $out"

@@ -28,6 +28,8 @@
 //! | libpng1.6 | 1.6.39-2+deb12u5 | CVE-2025-64720.patch | pngrtran.c | bundle built (png_init_read_transformations); not applied: no driver observes it yet |
 //! | libpng1.6 | 1.6.39-2+deb12u5 | CVE-2026-33636.patch | arm/palette_neon_intrinsics.c | correctly no change: ARM NEON code, not compiled on x86-64 |
 //! | libpng1.6 | 1.6.39-2+deb12u5 | CVE-2026-22801.patch | pngwrite.c, CMakeLists.txt, contrib/libtests/pngstest.c, tests/pngstest-large-stride | FAILED (builder): refused because CMakeLists.txt changes, though the autotools build never reads it; the pngwrite.c change itself is patchable |
+//! | giflib | 5.2.1-2.5+deb12u1 | CVE-2026-26740.patch | egif_lib.c | applied, observed (EGifGCBToSavedExtension refuses a 1-byte graphics control block), reverted |
+//! | giflib | 5.2.1-2.5+deb12u1 | CVE-2026-23868.patch | gifalloc.c | bundle built (GifMakeSavedImage); not applied: the fix shows only when an allocation fails, no driver forces that yet |
 //!
 //! Not tried: expat-2.5.0-CVE-2024-8176.patch applies only on top of CVE-2023-52425 (refused
 //! above), so no tree exists in which it alone is the fix. libpng1.6's other CVE patches
@@ -35,11 +37,11 @@
 //! parts) apply only on top of earlier patches of the series; not tried yet. zlib 1.2.13 and
 //! lz4 1.9.4 in Debian 12 carry no CVE patch.
 //!
-//! Totals: 11 fixes tried in 2 packages. Applied with the behaviour change observed and
-//! reverted: 4; correctly refused or found without a compiled change: 4; bundle built but not
-//! yet observed in a process: 2; failed: 1 (CVE-2026-22801, builder, cause above). Applied or
-//! correctly refused: 8/11 (73%); counting the two built bundles, 10/11 (91%). The issue's
-//! goal of 4 packages is not reached: this tier has expat and libpng1.6 only.
+//! Totals: 13 fixes tried in 3 packages. Applied with the behaviour change observed and
+//! reverted: 5; correctly refused or found without a compiled change: 4; bundle built but not
+//! yet applied and observed in a process: 3; failed: 1 (CVE-2026-22801, builder, cause above).
+//! Applied or correctly refused: 9/13 (69%); counting the three built bundles, 12/13 (92%).
+//! The goals of 10 observed-or-refused fixes and 4 packages are not reached yet.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -349,4 +351,33 @@ fn libpng_cve_2026_22801_refused_for_an_unused_cmake_file() {
     assert_eq!(v, "refused", "{detail}");
     assert!(detail.contains("build file"), "{detail}");
     assert_eq!(verdict(&report, "pngwrite.c").0, "patched", "{report:#}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// giflib 5.2.1-2.5+deb12u1
+
+/// CVE-2026-26740: EGifGCBToSavedExtension() wrote a 4-byte graphics control block into an
+/// existing extension block of any length. Fixed, a shorter block is refused (GIF_ERROR, 0).
+#[test]
+fn giflib_cve_2026_26740_short_gcb_block_refused_live() {
+    live_fix(
+        "giflib",
+        "CVE-2026-26740.patch",
+        &["EGifGCBToSavedExtension"],
+        &["gcb-short-block"],
+        "rc=1",
+        "rc=0",
+    );
+}
+
+/// CVE-2026-23868: GifMakeSavedImage() freed the copied-from image's data when an allocation
+/// failed partway. The bundle is built; no driver makes the allocation fail yet.
+#[test]
+fn giflib_cve_2026_23868_bundle_built() {
+    let Some(pkg) = package("giflib") else { return };
+    let patch = "CVE-2026-23868.patch";
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "real-fixes", patch);
+    let (code, report) = build(&pkg, patch, &dir);
+    assert_eq!(code, Some(0), "{report:#}");
+    bundle(&report, &["GifMakeSavedImage"]);
 }
