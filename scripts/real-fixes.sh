@@ -6,7 +6,7 @@
 # the tree Debian built before the security update, built, with a small driver program that
 # runs the fixed code path in a loop.
 #
-# Per package PKG (today: expat, libpng1.6, giflib):
+# Per package PKG (today: expat, libpng1.6, giflib, c-ares):
 #   PKG/vuln-src/     Debian's source package (`apt-get source`), the CVE patches unapplied
 #                     (quilt pop) and dropped from the series: the tree before the update,
 #                     unbuilt (what `suture build --source` gets a copy of)
@@ -40,7 +40,7 @@ srcroot=${SUTURE_DEBIAN_SRC:-$cache/debian-src}
 mkdir -p -- "$out"
 exec 9>"$out.lock"
 flock -w 3600 9 || die "timed out waiting for $out.lock"
-format=5
+format=8
 [[ -f $out/.ready ]] && grep -qx "format: $format" "$out/.ready" && exit 0
 rm -f -- "$out/.ready"
 
@@ -121,8 +121,14 @@ ln -sf libgif.so.7.2.0 "$out/giflib/vuln/libgif.so"
 ln -sf libgif.so.7.2.0 "$out/giflib/vuln/libgif.so.7"
 probe giflib . . gif
 
+# c-ares: the release tarball's configure (symbol hiding on: -fvisibility=hidden), make of the
+# library only.
+vuln c-ares '{ test -f Makefile || ./configure --disable-tests CFLAGS="-g -O2"; } && make -j"$(nproc)" -C src/lib' \
+    src/lib/.libs/libcares.so.2.5.1
+probe c-ares include src/lib/.libs cares
+
 {
     echo "format: $format"
-    echo "packages: expat libpng1.6 giflib"
+    echo "packages: expat libpng1.6 giflib c-ares"
 } >"$out/.ready"
 log "ready: $out"
