@@ -40,6 +40,10 @@ echo "==> preparing the memcached security-update case in $cache/memcached"
 bash scripts/memcached-case.sh "$cache"
 export SUTURE_MEMCACHED_CASE="$cache/memcached"
 
+echo "==> preparing the real-fixes tier (Debian CVE fixes) in $cache/real-fixes"
+bash scripts/real-fixes.sh "$cache"
+export SUTURE_REAL_FIXES="$cache/real-fixes"
+
 # The booted-guest tier (tests/kernel_guest.rs): QEMU (TCG) boots Debian's stock kernel, whose
 # image scripts/guest-kernel.sh fetches into the cache. Without recommends: no GUI, no firmware
 # beyond the BIOS.
