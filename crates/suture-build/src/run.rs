@@ -424,6 +424,51 @@ struct Selection {
 
 /// The verdict on a touched file that needs no look at the build: `Err` a refusal, `Ok` why
 /// it is not compiled; `None` for an existing source or header the build may compile.
+/// The build systems a tree can carry files of, the file each leaves in a tree it configured
+/// (looked for at the top and one directory down, where build directories go), and the path
+/// piece its compile outputs carry (`CMakeFiles/t.dir/x.c.o`, `t.p/x.c.o`).
+#[allow(clippy::type_complexity)]
+const OTHER_BUILD_SYSTEMS: [(&str, fn(&str) -> bool, &str, &str); 2] = [
+    (
+        "CMake",
+        |name| name == "CMakeLists.txt" || name.ends_with(".cmake"),
+        "CMakeCache.txt",
+        "/CMakeFiles/",
+    ),
+    (
+        "Meson",
+        |name| name == "meson.build" || name == "meson_options.txt",
+        "build.ninja",
+        ".p/",
+    ),
+];
+
+/// For a build file of a build system the recorded build did not use (a project shipping
+/// CMake files next to its autotools build, say): which system. Such a change is not part of
+/// the deployed build.
+fn unused_build_system(source: &Path, graph: &Graph, rel: &Path) -> Option<&'static str> {
+    let name = rel.file_name()?.to_str()?;
+    let (system, _, marker, outputs) = OTHER_BUILD_SYSTEMS.iter().find(|(_, is, _, _)| is(name))?;
+    let compiled_by_it = graph.units.iter().any(|u| {
+        u.compile
+            .output
+            .as_ref()
+            .is_some_and(|o| o.to_string_lossy().contains(outputs))
+    });
+    let configured = compiled_by_it
+        || std::iter::once(source.to_path_buf())
+            .chain(
+                std::fs::read_dir(source)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir()),
+            )
+            .any(|d| d.join(marker).is_file());
+    (!configured).then_some(*system)
+}
+
 fn verdict_by_kind(t: &Touched) -> Option<Result<&'static str, &'static str>> {
     Some(match (t.kind, t.created, t.deleted) {
         (FileKind::Build, ..) => Err("build file: a live patch cannot change how the program \
@@ -442,8 +487,6 @@ fn verdict_by_kind(t: &Touched) -> Option<Result<&'static str, &'static str>> {
     })
 }
 
-/// The units that compile `path` (a source) or include it (a header; only units linked into
-/// an output are asked for their headers, once each, cached in `deps`).
 /// Files the build compiles (sources, and the headers units include) that have `path`'s
 /// file name and contents but another path: copies made by the build.
 fn copies_of(
@@ -484,6 +527,8 @@ fn copies_of(
         .collect())
 }
 
+/// The units that compile `path` (a source) or include it (a header; only units linked into
+/// an output are asked for their headers, once each, cached in `deps`).
 fn users_of(
     path: &Path,
     kind: FileKind,
@@ -543,7 +588,20 @@ fn select_units(
             detail: String::new(),
             units: Vec::new(),
         };
-        match verdict_by_kind(t) {
+        let unused = (t.kind == FileKind::Build)
+            .then(|| unused_build_system(source, graph, &t.rel))
+            .flatten();
+        let verdict =
+            match unused {
+                Some("CMake") => Some(Ok(
+                    "a CMake file, and this build does not use CMake (no \
+                                      CMakeCache.txt in the tree): not part of the deployed build",
+                )),
+                Some(_) => Some(Ok("a Meson file, and this build does not use Meson (no \
+                                build.ninja in the tree): not part of the deployed build")),
+                None => verdict_by_kind(t),
+            };
+        match verdict {
             Some(Err(reason)) => {
                 refusals.push(Refusal {
                     file: name.clone(),

@@ -966,3 +966,57 @@ fn a_build_that_compiles_a_copy_gets_the_fix() {
     ok(&out);
     prog.wait_for("limit=7");
 }
+
+/// A CMakeLists.txt change is refused where the build is a CMake build, and only reported as
+/// not part of the build where the build never used CMake (the make project carries none, so a
+/// new CMake file next to it is such a case).
+#[test]
+fn cmake_files_count_only_where_the_build_uses_cmake() {
+    let (w, src) = project("cmake", "cmake-file-used");
+    let diff = make_diff(
+        &w,
+        &src,
+        &[(
+            "CMakeLists.txt",
+            "add_library(greet SHARED greet.c)",
+            "add_library(greet SHARED greet.c)\nadd_compile_definitions(EXTRA=1)",
+        )],
+    );
+    let (code, report, o) = build(
+        &src,
+        &diff,
+        &w.join("out"),
+        "cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo && cmake --build build",
+        &[],
+    );
+    assert_eq!(code, 2, "{}", text(&o));
+    refusal_mentions(&report, "CMakeLists.txt", &["build file"]);
+
+    let (w, src) = project("make", "cmake-file-unused");
+    std::fs::write(src.join("CMakeLists.txt"), "project(unused C)\n").unwrap();
+    let diff = make_diff(
+        &w,
+        &src,
+        &[
+            (
+                "CMakeLists.txt",
+                "project(unused C)\n",
+                "project(unused C)\nadd_compile_definitions(EXTRA=1)\n",
+            ),
+            UTIL_FIX,
+        ],
+    );
+    let (code, report, o) = build(&src, &diff, &w.join("out"), "make", &[]);
+    assert_eq!(code, 0, "{}", text(&o));
+    let f = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["file"] == "CMakeLists.txt")
+        .unwrap();
+    assert_eq!(f["verdict"], "not-compiled", "{report:#}");
+    assert!(
+        f["detail"].as_str().unwrap().contains("does not use CMake"),
+        "{report:#}"
+    );
+}
