@@ -7,9 +7,16 @@
  *                    extension block is 1 byte long (CVE-2026-26740): the old code writes the
  *                    4-byte block into it and succeeds, the fix refuses with GIF_ERROR; prints
  *                    the return value
+ *   copy-fails       GifMakeSavedImage() copying an image whose raster cannot be allocated
+ *                    (CVE-2026-23868): the old code, cleaning up after the failed allocation,
+ *                    freed the extension blocks of the image it copied from (they were still
+ *                    aliased in the new record); the fix clears the aliases first. Prints
+ *                    whether the source's extension array was freed (glibc hands the chunk
+ *                    just freed back to the next malloc of its size, in this thread)
  */
 #include <gif_lib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -39,14 +46,48 @@ static void probe_gcb_short_block(void) {
   EGifCloseFile(gif, &err);
 }
 
+static void probe_copy_fails(void) {
+  GifFileType gif;
+  memset(&gif, 0, sizeof gif);
+  /* a source image with one extension block and a raster too large to allocate */
+  SavedImage from;
+  memset(&from, 0, sizeof from);
+  from.ImageDesc.Width = -1;
+  from.ImageDesc.Height = 1;
+  from.ExtensionBlockCount = 1;
+  from.ExtensionBlocks = malloc(sizeof(ExtensionBlock));
+  ExtensionBlock *blocks = from.ExtensionBlocks;
+  blocks[0].Function = COMMENT_EXT_FUNC_CODE;
+  blocks[0].ByteCount = 200;
+  blocks[0].Bytes = malloc(200); /* another size class than the array */
+  memset(blocks[0].Bytes, 'x', 200);
+  SavedImage *sp = GifMakeSavedImage(&gif, &from);
+  void *again = malloc(sizeof(ExtensionBlock));
+  int freed = again == blocks;
+  if (freed) {
+    free(again); /* the library freed the array and its block's bytes */
+  } else {
+    free(again);
+    free(blocks[0].Bytes);
+    free(blocks);
+  }
+  printf("copy=%s freed=%d\n", sp ? "made" : "failed", freed);
+  GifFreeSavedImages(&gif);
+}
+
 int main(int argc, char **argv) {
-  if (argc != 2 || strcmp(argv[1], "gcb-short-block") != 0) {
-    fprintf(stderr, "usage: giflib-probe gcb-short-block\n");
+  void (*probe)(void) = NULL;
+  if (argc == 2 && strcmp(argv[1], "gcb-short-block") == 0)
+    probe = probe_gcb_short_block;
+  else if (argc == 2 && strcmp(argv[1], "copy-fails") == 0)
+    probe = probe_copy_fails;
+  if (!probe) {
+    fprintf(stderr, "usage: giflib-probe gcb-short-block|copy-fails\n");
     return 2;
   }
   const struct timespec pause = {0, 20 * 1000 * 1000};
   for (;;) {
-    probe_gcb_short_block();
+    probe();
     fflush(stdout);
     nanosleep(&pause, NULL);
   }

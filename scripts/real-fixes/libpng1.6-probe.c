@@ -12,6 +12,20 @@
  *                   colours (CVE-2026-25646): prints the reduced palette (the call rewrites the
  *                   caller's palette); the fix takes the pairs it merges from the current
  *                   palette order, not from the original indices
+ *   write-8bit      png_image_write_to_memory() of an 8-bit RGB image with convert_to_8bit
+ *                   set (CVE-2025-64506): the old code took the 16-bit conversion path and
+ *                   read the 8-bit rows as 16-bit samples (twice the row, past its end); the
+ *                   fix writes the rows as they are; prints a hash of the PNG written (the
+ *                   buffer has room for the old code's over-read, so it stays in bounds)
+ *   palette-compose png_image_finish_read() of a palette image with a tRNS chunk into RGB,
+ *                   composed on the buffer's contents (CVE-2025-64720): the old code
+ *                   composited the palette on black where it should only premultiply it
+ *                   (the results differ in rounding, and the old ones can exceed their
+ *                   alpha); prints a hash of the pixels read
+ *   write-stride    png_image_write_to_memory() of a 16-bit linear RGBA image whose row
+ *                   stride is over 65535 bytes (CVE-2026-22801): the old code truncated the
+ *                   stride to 16 bits and wrote rows from the wrong place; prints a hash of
+ *                   the PNG written
  */
 #include <png.h>
 #include <stdio.h>
@@ -75,14 +89,142 @@ static void probe_quantize_palette(void) {
   png_destroy_read_struct(&png, &info, NULL);
 }
 
+/* FNV-1a, enough to tell two outputs apart */
+static unsigned long hash(const unsigned char *p, size_t n) {
+  unsigned long h = 14695981039346656037ul;
+  for (size_t i = 0; i < n; i++)
+    h = (h ^ p[i]) * 1099511628211ul;
+  return h;
+}
+
+static unsigned char written[1 << 20];
+
+/* Writes `image` from `buffer` with `row_stride` to memory; prints the hash of the file. */
+static void write_and_print(png_image *image, int convert_to_8bit, const void *buffer,
+                            png_int_32 row_stride) {
+  png_alloc_size_t size = sizeof written;
+  if (!png_image_write_to_memory(image, written, &size, convert_to_8bit, buffer, row_stride,
+                                 NULL)) {
+    printf("write failed: %s\n", image->message);
+    return;
+  }
+  printf("png=%lx\n", hash(written, size));
+}
+
+static void probe_write_8bit(void) {
+  enum { W = 16, H = 8 };
+  /* twice the image: the old code reads each 8-bit row as 16-bit samples */
+  static png_byte pixels[2 * W * H * 3];
+  for (size_t i = 0; i < sizeof pixels; i++)
+    pixels[i] = (png_byte)(i * 7 + 3);
+  png_image image;
+  memset(&image, 0, sizeof image);
+  image.version = PNG_IMAGE_VERSION;
+  image.width = W;
+  image.height = H;
+  image.format = PNG_FORMAT_RGB;
+  write_and_print(&image, 1, pixels, 0);
+}
+
+static void read_memory(png_structp png, png_bytep out, size_t n) {
+  struct reader {
+    const png_byte *p;
+    size_t left;
+  } *in = png_get_io_ptr(png);
+  if (n > in->left)
+    png_error(png, "read past the end");
+  memcpy(out, in->p, n);
+  in->p += n;
+  in->left -= n;
+}
+
+static void probe_palette_compose(void) {
+  enum { W = 256, H = 2 };
+  /* a palette image with 256 entries of every alpha, written with the simplified API */
+  static png_byte map[256 * 4], indices[W * H];
+  unsigned seed = 1;
+  for (int i = 0; i < 256; i++) {
+    for (int c = 0; c < 3; c++) {
+      seed = seed * 1103515245u + 12345u;
+      map[4 * i + c] = (png_byte)(seed >> 16);
+    }
+    map[4 * i + 3] = (png_byte)i;
+  }
+  for (int i = 0; i < W * H; i++)
+    indices[i] = (png_byte)i;
+  png_image image;
+  memset(&image, 0, sizeof image);
+  image.version = PNG_IMAGE_VERSION;
+  image.width = W;
+  image.height = H;
+  image.format = PNG_FORMAT_RGBA_COLORMAP;
+  image.colormap_entries = 256;
+  png_alloc_size_t size = sizeof written;
+  if (!png_image_write_to_memory(&image, written, &size, 0, indices, 0, map)) {
+    printf("write failed: %s\n", image.message);
+    return;
+  }
+  png_image_free(&image);
+
+  memset(&image, 0, sizeof image);
+  image.version = PNG_IMAGE_VERSION;
+  if (!png_image_begin_read_from_memory(&image, written, size)) {
+    printf("read failed: %s\n", image.message);
+    return;
+  }
+  /* Read it back premultiplied (PNG_ALPHA_OPTIMIZED): libpng premultiplies the palette
+   * itself when it starts reading; png_get_PLTE() returns that palette. */
+  struct reader {
+    const png_byte *p;
+    size_t left;
+  } in = {written, size};
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+  png_infop info = png_create_info_struct(png);
+  if (setjmp(png_jmpbuf(png))) {
+    printf("read failed\n");
+    png_destroy_read_struct(&png, &info, NULL);
+    return;
+  }
+  png_set_read_fn(png, &in, read_memory);
+  png_read_info(png, info);
+  png_set_alpha_mode(png, PNG_ALPHA_OPTIMIZED, PNG_DEFAULT_sRGB);
+  png_read_update_info(png, info);
+  png_colorp palette;
+  int n = 0;
+  png_get_PLTE(png, info, &palette, &n);
+  printf("palette=%lx\n", hash((const unsigned char *)palette, (size_t)n * sizeof *palette));
+  png_destroy_read_struct(&png, &info, NULL);
+}
+
+static void probe_write_stride(void) {
+  enum { W = 4, H = 3, STRIDE = 33000 }; /* in samples: 66000 bytes a row */
+  static png_uint_16 pixels[STRIDE * H];
+  for (size_t i = 0; i < sizeof pixels / sizeof pixels[0]; i++)
+    pixels[i] = (png_uint_16)(i * 2654435761u >> 7);
+  png_image image;
+  memset(&image, 0, sizeof image);
+  image.version = PNG_IMAGE_VERSION;
+  image.width = W;
+  image.height = H;
+  image.format = PNG_FORMAT_LINEAR_RGB_ALPHA;
+  write_and_print(&image, 0, pixels, STRIDE);
+}
+
 int main(int argc, char **argv) {
   void (*probe)(void) = NULL;
   if (argc == 2 && strcmp(argv[1], "quantize-alloc") == 0)
     probe = probe_quantize_alloc;
   else if (argc == 2 && strcmp(argv[1], "quantize-palette") == 0)
     probe = probe_quantize_palette;
+  else if (argc == 2 && strcmp(argv[1], "write-8bit") == 0)
+    probe = probe_write_8bit;
+  else if (argc == 2 && strcmp(argv[1], "palette-compose") == 0)
+    probe = probe_palette_compose;
+  else if (argc == 2 && strcmp(argv[1], "write-stride") == 0)
+    probe = probe_write_stride;
   if (!probe) {
-    fprintf(stderr, "usage: libpng1.6-probe quantize-alloc|quantize-palette\n");
+    fprintf(stderr, "usage: libpng1.6-probe "
+                    "quantize-alloc|quantize-palette|write-8bit|palette-compose|write-stride\n");
     return 2;
   }
   const struct timespec pause = {0, 20 * 1000 * 1000};
