@@ -40,7 +40,7 @@ srcroot=${SUTURE_DEBIAN_SRC:-$cache/debian-src}
 mkdir -p -- "$out"
 exec 9>"$out.lock"
 flock -w 3600 9 || die "timed out waiting for $out.lock"
-format=10
+format=11
 [[ -f $out/.ready ]] && grep -qx "format: $format" "$out/.ready" && exit 0
 rm -f -- "$out/.ready"
 

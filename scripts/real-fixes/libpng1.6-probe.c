@@ -22,6 +22,22 @@
  *                   composited the palette on black where it should only premultiply it
  *                   (the results differ in rounding, and the old ones can exceed their
  *                   alpha); prints a hash of the pixels read
+ *   read-interlaced-16
+ *                   png_image_finish_read() of an interlaced 16-bit RGB image into 8-bit
+ *                   RGB rows of exactly the image's width (CVE-2025-65018): the old code
+ *                   combined the interlace passes at the image's 16 bits a sample into the
+ *                   8-bit rows, each row's write running into the next (past the last one
+ *                   for wider images); prints whether the bytes after the image changed, and
+ *                   a hash of the image read
+ *   read-interlaced-16-padded
+ *                   the same with rows padded by 64 bytes (CVE-2026-22695, on top of the fix
+ *                   for CVE-2025-65018): that fix copied each row from its row buffer with the
+ *                   caller's stride, reading past the buffer into the padding; prints whether
+ *                   the padding changed, and a hash of the image read
+ *   palette-gamma   png_image_finish_read() of a palette image with tRNS and gAMA into RGB,
+ *                   composed on the buffer's contents (CVE-2025-66293): the old code took
+ *                   the palette's sRGB values for linear premultiplied ones and indexed past
+ *                   its sRGB table; prints a hash of the pixels read
  *   write-stride    png_image_write_to_memory() of a 16-bit linear RGBA image whose row
  *                   stride is over 65535 bytes (CVE-2026-22801): the old code truncated the
  *                   stride to 16 bits and wrote rows from the wrong place; prints a hash of
@@ -126,6 +142,16 @@ static void probe_write_8bit(void) {
   write_and_print(&image, 1, pixels, 0);
 }
 
+static void write_memory(png_structp png, png_bytep data, size_t n) {
+  struct sink {
+    size_t size;
+  } *out = png_get_io_ptr(png);
+  if (n > sizeof written - out->size)
+    png_error(png, "image too large for the probe");
+  memcpy(written + out->size, data, n);
+  out->size += n;
+}
+
 static void read_memory(png_structp png, png_bytep out, size_t n) {
   struct reader {
     const png_byte *p;
@@ -196,6 +222,134 @@ static void probe_palette_compose(void) {
   png_destroy_read_struct(&png, &info, NULL);
 }
 
+/* Writes a PNG with the low-level API into `written`; returns its size (0: failed). */
+static size_t write_png(png_uint_32 w, png_uint_32 h, int color_type, int depth, int interlace,
+                        const png_color *palette, int entries, const png_byte *trans,
+                        int ntrans, double gamma, png_bytep *rows) {
+  struct sink {
+    size_t size;
+  } out = {0};
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+  png_infop info = png_create_info_struct(png);
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_write_struct(&png, &info);
+    return 0;
+  }
+  png_set_write_fn(png, &out, write_memory, NULL);
+  png_set_IHDR(png, info, w, h, depth, color_type, interlace, PNG_COMPRESSION_TYPE_DEFAULT,
+               PNG_FILTER_TYPE_DEFAULT);
+  if (palette)
+    png_set_PLTE(png, info, palette, entries);
+  if (trans)
+    png_set_tRNS(png, info, trans, ntrans, NULL);
+  if (gamma > 0)
+    png_set_gAMA(png, info, gamma);
+  png_write_info(png, info);
+  png_write_image(png, rows);
+  png_write_end(png, info);
+  png_destroy_write_struct(&png, &info);
+  return out.size;
+}
+
+enum { IW = 16, IH = 16, PAD = 64 };
+/* 8-bit RGB rows read from an interlaced 16-bit image, with room after them */
+static png_byte image8[(IW * 3 + PAD) * IH + 4096];
+
+/* Reads the interlaced 16-bit image into `image8` with `stride` bytes a row; returns 0 when
+ * the read failed (printed). */
+static int read_interlaced_16(size_t stride) {
+  static png_uint_16 samples[IH][IW * 3];
+  static png_bytep rows[IH];
+  for (int y = 0; y < IH; y++) {
+    for (int x = 0; x < IW * 3; x++)
+      samples[y][x] = (png_uint_16)((y * 4099 + x * 977) * 13);
+    rows[y] = (png_bytep)samples[y];
+  }
+  size_t size = write_png(IW, IH, PNG_COLOR_TYPE_RGB, 16, PNG_INTERLACE_ADAM7, NULL, 0, NULL, 0,
+                          0, rows);
+  png_image image;
+  memset(&image, 0, sizeof image);
+  image.version = PNG_IMAGE_VERSION;
+  if (!size || !png_image_begin_read_from_memory(&image, written, size)) {
+    printf("read failed: %s\n", image.message);
+    return 0;
+  }
+  image.format = PNG_FORMAT_RGB;
+  memset(image8, 0xaa, sizeof image8);
+  if (!png_image_finish_read(&image, NULL, image8, (png_int_32)stride, NULL)) {
+    printf("read failed: %s\n", image.message);
+    return 0;
+  }
+  return 1;
+}
+
+/* Whether any of `n` bytes at `p` is no longer the fill byte */
+static int changed(const png_byte *p, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (p[i] != 0xaa)
+      return 1;
+  return 0;
+}
+
+static void probe_read_interlaced_16(void) {
+  if (!read_interlaced_16(IW * 3))
+    return;
+  size_t end = IW * 3 * IH;
+  printf("after-image=%s pixels=%lx\n", changed(image8 + end, sizeof image8 - end) ? "written" : "intact",
+         hash(image8, end));
+}
+
+static void probe_read_interlaced_16_padded(void) {
+  if (!read_interlaced_16(IW * 3 + PAD))
+    return;
+  int padding = 0;
+  for (int y = 0; y < IH; y++)
+    padding |= changed(image8 + y * (IW * 3 + PAD) + IW * 3, PAD);
+  png_byte rows[IW * 3 * IH];
+  for (int y = 0; y < IH; y++)
+    memcpy(rows + y * IW * 3, image8 + y * (IW * 3 + PAD), IW * 3);
+  printf("padding=%s pixels=%lx\n", padding ? "written" : "intact", hash(rows, sizeof rows));
+}
+
+static void probe_palette_gamma(void) {
+  enum { W = 256, H = 2 };
+  static png_color palette[256];
+  static png_byte trans[256], indices[H][W], rgb[W * H * 3];
+  static png_bytep rows[H];
+  unsigned seed = 99;
+  for (int i = 0; i < 256; i++) {
+    seed = seed * 1103515245u + 12345u;
+    palette[i].red = (png_byte)(seed >> 16);
+    seed = seed * 1103515245u + 12345u;
+    palette[i].green = (png_byte)(seed >> 16);
+    seed = seed * 1103515245u + 12345u;
+    palette[i].blue = (png_byte)(seed >> 16);
+    trans[i] = (png_byte)i;
+  }
+  for (int y = 0; y < H; y++) {
+    for (int x = 0; x < W; x++)
+      indices[y][x] = (png_byte)x;
+    rows[y] = indices[y];
+  }
+  size_t size = write_png(W, H, PNG_COLOR_TYPE_PALETTE, 8, PNG_INTERLACE_NONE, palette, 256,
+                          trans, 256, 1 / 1.8, rows);
+  png_image image;
+  memset(&image, 0, sizeof image);
+  image.version = PNG_IMAGE_VERSION;
+  if (!size || !png_image_begin_read_from_memory(&image, written, size)) {
+    printf("read failed: %s\n", image.message);
+    return;
+  }
+  image.format = PNG_FORMAT_RGB;
+  for (size_t i = 0; i < sizeof rgb; i++)
+    rgb[i] = (png_byte)(i * 13);
+  if (!png_image_finish_read(&image, NULL, rgb, 0, NULL)) {
+    printf("read failed: %s\n", image.message);
+    return;
+  }
+  printf("pixels=%lx\n", hash(rgb, sizeof rgb));
+}
+
 static void probe_write_stride(void) {
   enum { W = 4, H = 3, STRIDE = 33000 }; /* in samples: 66000 bytes a row */
   static png_uint_16 pixels[STRIDE * H];
@@ -220,11 +374,18 @@ int main(int argc, char **argv) {
     probe = probe_write_8bit;
   else if (argc == 2 && strcmp(argv[1], "palette-compose") == 0)
     probe = probe_palette_compose;
+  else if (argc == 2 && strcmp(argv[1], "read-interlaced-16") == 0)
+    probe = probe_read_interlaced_16;
+  else if (argc == 2 && strcmp(argv[1], "read-interlaced-16-padded") == 0)
+    probe = probe_read_interlaced_16_padded;
+  else if (argc == 2 && strcmp(argv[1], "palette-gamma") == 0)
+    probe = probe_palette_gamma;
   else if (argc == 2 && strcmp(argv[1], "write-stride") == 0)
     probe = probe_write_stride;
   if (!probe) {
     fprintf(stderr, "usage: libpng1.6-probe "
-                    "quantize-alloc|quantize-palette|write-8bit|palette-compose|write-stride\n");
+                    "quantize-alloc|quantize-palette|write-8bit|palette-compose|write-stride|"
+                    "read-interlaced-16|read-interlaced-16-padded|palette-gamma\n");
     return 2;
   }
   const struct timespec pause = {0, 20 * 1000 * 1000};
