@@ -399,6 +399,9 @@ pub fn diff<'b>(
                         .join(", "),
                     d.report.new_functions.len()
                 ));
+                for n in &d.report.notes {
+                    progress(&format!("{}: note: {n}", b.file));
+                }
                 patches.push(Patched {
                     built: b,
                     patch,

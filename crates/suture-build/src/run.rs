@@ -864,6 +864,9 @@ fn verdicts(
                 }
             ));
         }
+        if r.report.status == Status::Patchable {
+            notes.extend(r.report.notes.iter().map(|n| format!("{src}: {n}")));
+        }
     }
     for (fi, f) in files.iter_mut().enumerate() {
         if f.verdict != "pending" {

@@ -1424,12 +1424,16 @@ fn fill_report(d: &mut Diff, changed: BTreeMap<UnitId, Vec<Reason>>) {
     let mut changed_functions = Vec::new();
     let mut new_functions = Vec::new();
     let mut new_data = Vec::new();
+    let mut free_notes = Vec::new();
     for (&b, role) in &d.included {
         let ub = p.unit(b);
         match role {
             Role::Changed => {
                 let a = d.p2o[b.0 as usize].expect("changed units are correlated");
                 let ua = o.unit(a);
+                if ua.kind == UnitKind::Func {
+                    free_notes.extend(added_frees(o, a, p, b));
+                }
                 let mut reasons = changed.get(&b).cloned().unwrap_or_default();
                 reasons.sort();
                 changed_functions.push(ChangedFunction {
@@ -1496,6 +1500,69 @@ fn fill_report(d: &mut Diff, changed: BTreeMap<UnitId, Vec<Reason>>) {
     r.new_functions = new_functions;
     r.new_data = new_data;
     r.removed_functions = removed;
+    r.notes.extend(free_notes);
+}
+
+/// True for the name of a function (or function pointer) that releases memory: the C library's
+/// `free`, the kernel's `kfree` family, and the `*_free` / `*Free` convention of libraries
+/// (`png_free`, `g_free`, `xmlFree`, ...).
+fn is_deallocator(name: &str) -> bool {
+    const EXACT: [&str; 7] = [
+        "free",
+        "cfree",
+        "kfree",
+        "kvfree",
+        "vfree",
+        "kfree_sensitive",
+        "kmem_cache_free",
+    ];
+    EXACT.contains(&name) || name.ends_with("_free") || name.ends_with("Free")
+}
+
+/// A note when the patched function `b` refers to deallocators more often than its original
+/// `a`. A fix that frees memory the old code left alone is safe live only if no object made
+/// before the patch still shares that memory: a change of ownership (a buffer that used to be
+/// aliased and is now freed by its holder) frees it twice in objects from before the patch,
+/// and nothing in the code says which one it is. Counted per deallocator name, so a free that
+/// merely moved is not reported.
+fn added_frees(o: &Units, a: UnitId, p: &Units, b: UnitId) -> Option<String> {
+    let count = |u: &Units, id: UnitId| {
+        let mut n: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, t) in u.relocs(id) {
+            let name = target_name(u, &t);
+            if is_deallocator(&name) {
+                *n.entry(name).or_default() += 1;
+            }
+        }
+        n
+    };
+    let (before, after) = (count(o, a), count(p, b));
+    let added: Vec<String> = after
+        .iter()
+        .filter(|(name, &n)| n > before.get(*name).copied().unwrap_or(0))
+        .map(|(name, &n)| {
+            let times = |n: usize| match n {
+                0 => "never".to_string(),
+                1 => "once".to_string(),
+                n => format!("{n} times"),
+            };
+            format!(
+                "{name} {} (the original {})",
+                times(n),
+                times(before.get(name).copied().unwrap_or(0))
+            )
+        })
+        .collect();
+    if added.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{} now refers to {}: a fix that frees memory the old code left alone is safe live only \
+         if no object created before the patch still shares that memory (an ownership change \
+         would free it twice); review it before applying",
+        p.unit(b).name,
+        added.join(", ")
+    ))
 }
 
 /// Named data holding addresses *inside* a changed function (computed-goto label tables) must

@@ -42,15 +42,16 @@
 //! | c-ares | 1.18.1-3 | CVE-2023-31130.diff | src/lib/inet_net_pton.c, test/ares-test-internal.cc | applied (ares_inet_net_pton, ares_inet_pton), observed (ares_inet_pton on the CVE's input `0::00:00:00/2`: 0 -> 1), reverted |
 //! | c-ares | 1.18.1-3 | CVE-2023-32067.diff | src/lib/ares_process.c | applied (read_udp_packets, handle_error, end_query), observed (a server on 127.0.0.1 sends an empty datagram, then the reply: the query's status 11 `ARES_ECONNREFUSED` -> 0), reverted |
 //!
-//! Built, not applied, and a failure of suture's: CVE-2026-33416 (parts 1-4, pngread.c,
-//! pngset.c, pngwrite.c, pngrtran.c; pngrutil.c's part is not compiled here) gives png_struct
-//! its own copies of `trans_alpha` and `palette`, which used to alias info_ptr's, and frees
-//! them in png_destroy_read_struct/png_destroy_write_struct. `suture build` writes the bundle
-//! (png_destroy_read_struct, png_read_transform_info, png_set_quantize, png_set_PLTE,
-//! png_set_tRNS, png_destroy_write_struct) without a word, but applying it live is unsafe:
-//! a png_struct created before the patch still aliases info_ptr's buffers, and the patched
-//! destroy frees them twice. A careful engineer would refuse it (or add a state transition);
-//! suture cannot yet tell a change of ownership from the code, so no test applies it.
+//! Built, flagged, not applied: CVE-2026-33416 (parts 1-4, pngread.c, pngset.c, pngwrite.c,
+//! pngrtran.c; pngrutil.c's part is not compiled here) gives png_struct its own copies of
+//! `trans_alpha` and `palette`, which used to alias info_ptr's, and frees them in
+//! png_destroy_read_struct/png_destroy_write_struct. Applying it live is unsafe: a png_struct
+//! created before the patch still aliases info_ptr's buffers, and the patched destroy frees
+//! them twice (reproduced by hand: glibc aborts with "double free detected"). The code alone
+//! cannot tell an ownership change from a leak fix; `suture build` writes the bundle and a
+//! note for each function that now frees more (png_set_tRNS, png_set_PLTE,
+//! png_destroy_read_struct, png_destroy_write_struct), asking for review. A careful engineer
+//! reading them would not apply it.
 //!
 //! Not tried: expat-2.5.0-CVE-2024-8176.patch applies only on top of CVE-2023-52425 (refused
 //! above), so no tree exists in which it alone is the fix. libpng1.6's CVE-2026-34757 (parts
@@ -59,8 +60,9 @@
 //!
 //! Totals: 20 fixes tried in 4 packages. Applied with the behaviour change observed and
 //! reverted: 15 (three of them as cumulative live patches of several patches of the series);
-//! correctly refused or found without a compiled change: 4; failed: 1 (CVE-2026-33416, an
-//! unsafe bundle built without a warning). Applied or correctly refused: 19/20 (95%).
+//! correctly refused or found without a compiled change: 4; built with its ownership change
+//! flagged for review and rightly not applied: 1 (CVE-2026-33416); failed: 0.
+//! Applied or correctly refused: 19/20 (95%); the 20th is flagged, not refused.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -460,6 +462,45 @@ fn libpng_cve_2025_66293_palette_gamma_composite_live() {
         "pixels=e12dbd2ad19b94d1",
         "pixels=34b6a218354913d5",
     );
+}
+
+/// CVE-2026-33416 (parts 1-4) gives png_struct its own copies of `trans_alpha` and
+/// `palette`, which used to alias png_info's, and frees them on destroy. Live, a png_struct
+/// made before the patch would have its buffers freed twice; the code alone cannot tell that
+/// from a leak fix. The bundle is written, and the build names every function that now frees
+/// more, for review (nothing applies it).
+#[test]
+fn libpng_cve_2026_33416_ownership_change_flagged_for_review() {
+    let Some(pkg) = package("libpng1.6") else {
+        return;
+    };
+    let parts = [
+        "CVE-2026-33416-part1.patch",
+        "CVE-2026-33416-part2.patch",
+        "CVE-2026-33416-part3.patch",
+        "CVE-2026-33416-part4.patch",
+    ];
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "real-fixes", "CVE-2026-33416");
+    let (code, report) = build_series(&pkg, &parts, &dir);
+    assert_eq!(code, Some(0), "{report:#}");
+    let notes: Vec<&str> = report["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    for f in [
+        "pngset.c: png_set_tRNS now refers to png_free",
+        "pngset.c: png_set_PLTE now refers to png_free",
+        "pngread.c: png_destroy_read_struct now refers to png_free",
+        "pngwrite.c: png_destroy_write_struct now refers to png_free",
+    ] {
+        let n = notes
+            .iter()
+            .find(|n| n.starts_with(f))
+            .unwrap_or_else(|| panic!("no note starting {f:?}: {notes:#?}"));
+        assert!(n.contains("free it twice"), "{n}");
+    }
 }
 
 /// CVE-2026-33636 changes only arm/palette_neon_intrinsics.c, which an x86-64 build never
