@@ -28,7 +28,9 @@
 //!   keep the original's key, so a patched initialiser must use the same key: correlated by
 //!   use, refused as ambiguous otherwise. Without `CONFIG_LOCKDEP` (Debian's kernels) the keys
 //!   are empty objects, hold no state and never block a patch.
-//! - `__func__`: read-only, correlated and compared by contents like any constant.
+//! - `__func__` (and `CSWTCH` switch tables): read-only and without address identity; the
+//!   patch carries its own copy, because gcc numbers them per unit and a large binary defines
+//!   one name many times, which a reference to the original's would have to tell apart.
 //! - dynamic-debug descriptors (`__UNIQUE_ID_ddebug*` in `__dyndbg`): compared without their
 //!   line number, so a descriptor that only moved stays the original's, which is the one
 //!   registered with dynamic debug (a copy could never be enabled). A changed format or
@@ -281,6 +283,7 @@ pub fn diff_with<'o, 'a>(
         included.insert(b, Role::DataCopy);
     }
     close_over_fragments(&p, &p2o, &mut included, &mut changed);
+    copy_compiler_constants(&p, &p2o, &mut included);
 
     for (&b, role) in &included {
         if *role != Role::Changed {
@@ -1667,6 +1670,44 @@ fn refuse_escaped_copies(
     }
     for b in refused {
         copies.remove(&b);
+    }
+}
+
+/// Read-only statics the compiler makes whose address nothing compares or stores for later:
+/// function-name strings and switch tables. gcc numbers them per unit (`__func__.25`), so one
+/// name is defined by many units of a large binary (five times in Debian's vmlinux for one
+/// kernel name), and a reference to the original's would have to be told apart from the rest.
+const COMPILER_CONSTANTS: &[&str] = &["__func__", "__FUNCTION__", "__PRETTY_FUNCTION__", "CSWTCH"];
+
+/// Included code gets its own copy of the [`COMPILER_CONSTANTS`] it uses instead of a
+/// reference to the original's: equal contents, no address identity, nothing to locate.
+fn copy_compiler_constants(
+    p: &Units,
+    p2o: &[Option<UnitId>],
+    included: &mut BTreeMap<UnitId, Role>,
+) {
+    let funcs: Vec<UnitId> = included
+        .iter()
+        .filter(|(&u, _)| p.unit(u).kind == UnitKind::Func)
+        .map(|(&u, _)| u)
+        .collect();
+    for f in funcs {
+        for (_, t) in p.relocs(f) {
+            let Target::Unit { unit, .. } = t else {
+                continue;
+            };
+            let u = p.unit(unit);
+            // gcc: `__func__.25` (key `__func__`); clang: `fn.__func__`.
+            let base = u.key.rsplit('.').next().unwrap_or(&u.key);
+            if u.kind == UnitKind::Data
+                && u.bind == Bind::Local
+                && !p.is_writable(unit)
+                && p2o[unit.0 as usize].is_some()
+                && COMPILER_CONSTANTS.contains(&base)
+            {
+                included.entry(unit).or_insert(Role::DataCopy);
+            }
+        }
     }
 }
 
