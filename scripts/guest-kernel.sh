@@ -37,7 +37,7 @@ fi
 # Installed headers name the version; for another release (scripts/kernel-tree.sh --release) the
 # archive's version of linux-headers-RELEASE, the one that script prepares the tree from.
 want=$(dpkg-query -W -f='${Version}' "linux-headers-$RELEASE" 2>/dev/null ||
-       apt-cache show --no-all-versions "linux-headers-$RELEASE" 2>/dev/null |
+       { apt-cache show --no-all-versions "linux-headers-$RELEASE" 2>/dev/null || true; } |
        sed -n 's/^Version: //p' | head -n1)
 [ -n "$want" ] || die "linux-headers-$RELEASE is neither installed nor known to apt"
 pkg=linux-image-$RELEASE

@@ -154,7 +154,7 @@ fetch() {
 
 # Version of a package in the apt lists (the candidate), empty when apt does not know it.
 archive_version() {
-    apt-cache show --no-all-versions "$1" 2>/dev/null | sed -n 's/^Version: //p' | head -n1
+    { apt-cache show --no-all-versions "$1" 2>/dev/null || true; } | sed -n 's/^Version: //p' | head -n1
 }
 
 release_tree() {
@@ -162,7 +162,7 @@ release_tree() {
     local img=linux-image-$RELEASE-amd64 imgver known
     srcver=$(archive_version "$hpkg")
     if [ -z "$srcver" ]; then
-        known=$(apt-cache pkgnames linux-headers-6 2>/dev/null |
+        known=$({ apt-cache pkgnames linux-headers-6 2>/dev/null || true; } |
                 sed -n 's/^linux-headers-\([0-9.]*-[0-9]*\)-amd64$/\1/p' | sort -V | tr '\n' ' ')
         die "apt knows no $hpkg (not in the archive, or the lists are stale: apt-get update); \
 releases it knows: ${known:-none}"
