@@ -27,7 +27,6 @@ else
     RELEASE=$(printf '%s\n' "$dep" | sed -n 's/^linux-headers-\([^ ,]*\).*/\1/p')
     [ -n "$RELEASE" ] || die "cannot read the kernel release from: $dep"
 fi
-[ -d "/usr/src/linux-headers-$RELEASE" ] || die "no /usr/src/linux-headers-$RELEASE"
 OUT=$CACHE/$RELEASE
 if [ -e "$OUT/.ready" ]; then
     log "$OUT is ready (remove $OUT/.ready to redo it)"
@@ -35,7 +34,12 @@ if [ -e "$OUT/.ready" ]; then
 fi
 
 # The image must be the build the headers describe: same package version.
-want=$(dpkg-query -W -f='${Version}' "linux-headers-$RELEASE")
+# Installed headers name the version; for another release (scripts/kernel-tree.sh --release) the
+# archive's version of linux-headers-RELEASE, the one that script prepares the tree from.
+want=$(dpkg-query -W -f='${Version}' "linux-headers-$RELEASE" 2>/dev/null ||
+       { apt-cache show --no-all-versions "linux-headers-$RELEASE" 2>/dev/null || true; } |
+       sed -n 's/^Version: //p' | head -n1)
+[ -n "$want" ] || die "linux-headers-$RELEASE is neither installed nor known to apt"
 pkg=linux-image-$RELEASE
 mkdir -p "$CACHE"
 work=$(mktemp -d "$CACHE/.work.XXXXXX")

@@ -2,26 +2,63 @@
 # Prepare a Debian bookworm kernel source tree for rebuilding single translation units.
 #
 #   scripts/kernel-tree.sh DIR
+#   scripts/kernel-tree.sh --release 6.1.0-N[-amd64] DIR
+#   scripts/kernel-tree.sh --help
 #
-# Idempotent: when DIR/.suture-ready exists nothing is done. Otherwise the Debian packages are
-# installed when missing (as root), /usr/src/linux-source-*.tar.xz is unpacked into DIR, the
-# .config of the matching linux-headers-<ver>-amd64 package is copied in, and the tree is brought
-# to `modules_prepare` with gcc-12 (the compiler Debian built its kernel with). Needs ~1.6 GB.
+# Without --release: the Debian packages are installed when missing (as root),
+# /usr/src/linux-source-*.tar.xz is unpacked into DIR, the .config of the installed
+# linux-headers-<ver>-amd64 package of the same version is copied in, and the tree is brought to
+# `modules_prepare` with gcc-12 (the compiler Debian built its kernel with).
+#
+# With --release 6.1.0-N: the exact tree of that Debian kernel release, side by side with others.
+# The version V of linux-headers-6.1.0-N-amd64 (the version of linux-image-6.1.0-N-amd64 too) is
+# looked up with apt-cache; linux-source-6.1=V, linux-headers-6.1.0-N-amd64=V,
+# linux-headers-6.1.0-N-common=V and linux-kbuild-6.1 (the archive's, which the headers accept:
+# they depend on ">= V") are fetched with `apt-get download` and unpacked with `dpkg-deb -x` --
+# nothing is installed on the host. The headers go to DIR/.suture-headers/ (their Makefile and
+# links point into it), the tree gets that release's .config and Module.symvers, and
+# DIR/.suture-ready names the headers directory, so `suture build --kernel --source DIR` finds
+# them. The tools (make, gcc-12, ...) must be installed (the no-argument form installs them).
+#
+# Idempotent: when DIR/.suture-ready exists nothing is done. Needs ~1.6 GB per tree.
 set -euo pipefail
 
 log() { printf 'kernel-tree: %s\n' "$*" >&2; }
 die() { printf 'kernel-tree: error: %s\n' "$*" >&2; exit 1; }
 
-[ $# -eq 1 ] || die "usage: $0 DIR"
+usage() { sed -n '2,/^$/s/^# \{0,1\}//p' "$0" | sed '$d'; }
+RELEASE=
+while [ $# -gt 0 ]; do
+    case $1 in
+        -h | --help) usage; exit 0 ;;
+        --release)
+            [ $# -ge 2 ] || die "--release needs a value, e.g. --release 6.1.0-56"
+            RELEASE=$2
+            shift 2
+            ;;
+        --release=*) RELEASE=${1#--release=}; shift ;;
+        --) shift; break ;;
+        -*) die "unknown option $1 (see --help)" ;;
+        *) break ;;
+    esac
+done
+[ $# -eq 1 ] || die "usage: $0 [--release 6.1.0-N] DIR (see --help)"
 DIR=$1
+if [ -n "$RELEASE" ]; then
+    RELEASE=${RELEASE%-amd64}
+    [[ $RELEASE =~ ^[0-9]+\.[0-9]+\.[0-9]+-[0-9]+$ ]] ||
+        die "--release '$RELEASE' is not a Debian kernel ABI release like 6.1.0-56"
+fi
 if [ -e "$DIR/.suture-ready" ]; then
     log "$DIR is ready (remove $DIR/.suture-ready to redo it)"
     exit 0
 fi
 
 JOBS=${SUTURE_KERNEL_JOBS:-2}
-PACKAGES=(linux-source linux-headers-amd64 build-essential bc bison flex libelf-dev libssl-dev
-          gcc-12 xz-utils patch dwarves)
+PACKAGES=(build-essential bc bison flex libelf-dev libssl-dev gcc-12 xz-utils patch dwarves)
+# Without --release the tree is the installed linux-source's, configured by the installed headers;
+# with --release both are fetched (and never installed).
+[ -n "$RELEASE" ] || PACKAGES=(linux-source linux-headers-amd64 "${PACKAGES[@]}")
 TOOLS=(gcc-12 make bc bison flex xz tar patch pahole)
 
 need_install() {
@@ -72,34 +109,116 @@ if need_install; then
     log "packages installed in $((SECONDS - t0)) s"
 fi
 
-# --- find the source tarball and the headers package of the same Debian version ---------------
-shopt -s nullglob
-tarballs=(/usr/src/linux-source-*.tar.xz)
-shopt -u nullglob
-[ ${#tarballs[@]} -ge 1 ] || die "no /usr/src/linux-source-*.tar.xz (is linux-source installed?)"
-[ ${#tarballs[@]} -eq 1 ] || die "several source tarballs, don't know which one: ${tarballs[*]}"
-TARBALL=${tarballs[0]}
-srcpkg=$(dpkg-query -S "$TARBALL" 2>/dev/null | cut -d: -f1 | head -n1 || true)
-[ -n "$srcpkg" ] || die "$TARBALL belongs to no installed package"
-srcver=$(dpkg-query -W -f='${Version}' "$srcpkg")
-log "source: $TARBALL ($srcpkg $srcver)"
+# --- the source tarball and the headers package of the same Debian version --------------------
+installed_tree() {
+    shopt -s nullglob
+    tarballs=(/usr/src/linux-source-*.tar.xz)
+    shopt -u nullglob
+    [ ${#tarballs[@]} -ge 1 ] || die "no /usr/src/linux-source-*.tar.xz (is linux-source installed?)"
+    [ ${#tarballs[@]} -eq 1 ] || die "several source tarballs, don't know which one: ${tarballs[*]}"
+    TARBALL=${tarballs[0]}
+    srcpkg=$(dpkg-query -S "$TARBALL" 2>/dev/null | cut -d: -f1 | head -n1 || true)
+    [ -n "$srcpkg" ] || die "$TARBALL belongs to no installed package"
+    srcver=$(dpkg-query -W -f='${Version}' "$srcpkg")
+    log "source: $TARBALL ($srcpkg $srcver)"
 
-# The headers package of the same Debian version, e.g. linux-headers-6.1.0-42-amd64 6.1.192-2.
-HDR=
-candidates=
-for d in /usr/src/linux-headers-*-amd64; do
-    [ -f "$d/.config" ] || continue
-    hpkg=$(basename "$d")
-    # only the generic flavour (not -cloud-amd64, -rt-amd64)
-    [[ $hpkg =~ ^linux-headers-[0-9.]+-[0-9]+-amd64$ ]] || continue
-    hver=$(dpkg-query -W -f='${Version}' "$hpkg" 2>/dev/null || true)
-    candidates+=" $hpkg=$hver"
-    if [ "$hver" = "$srcver" ]; then HDR=$d; fi
-done
-[ -n "$HDR" ] || die "no linux-headers-*-amd64 package with version $srcver (the linux-source \
+    # The headers package of the same Debian version, e.g. linux-headers-6.1.0-42-amd64 6.1.192-2.
+    HDR=
+    local candidates= d hpkg hver
+    for d in /usr/src/linux-headers-*-amd64; do
+        [ -f "$d/.config" ] || continue
+        hpkg=$(basename "$d")
+        # only the generic flavour (not -cloud-amd64, -rt-amd64)
+        [[ $hpkg =~ ^linux-headers-[0-9.]+-[0-9]+-amd64$ ]] || continue
+        hver=$(dpkg-query -W -f='${Version}' "$hpkg" 2>/dev/null || true)
+        candidates+=" $hpkg=$hver"
+        if [ "$hver" = "$srcver" ]; then HDR=$d; fi
+    done
+    [ -n "$HDR" ] || die "no linux-headers-*-amd64 package with version $srcver (the linux-source \
 version) is installed; found:${candidates:- none}. Install matching versions, e.g. \
-'apt-get install linux-source=$srcver linux-headers-amd64=$srcver', or upgrade both."
+'apt-get install linux-source=$srcver linux-headers-amd64=$srcver', or upgrade both; or use \
+--release 6.1.0-N to fetch one release's source and headers."
+}
+
+# `apt-get download PKG` into the current directory unless a .deb of it is already there.
+fetch() {
+    local pkg=${1%%=*} i
+    compgen -G "${pkg}_*.deb" >/dev/null && return 0
+    for i in 1 2 3; do
+        if apt-get download -q "$1" >/dev/null 2>apt.err; then return 0; fi
+        log "apt-get download $1 failed (attempt $i of 3): $(tail -n1 apt.err)"
+        sleep 2
+    done
+    die "cannot download $1 (is it still in the archive? apt-get update may help)"
+}
+
+# Version of a package in the apt lists (the candidate), empty when apt does not know it.
+archive_version() {
+    { apt-cache show --no-all-versions "$1" 2>/dev/null || true; } | sed -n 's/^Version: //p' | head -n1
+}
+
+release_tree() {
+    local hpkg=linux-headers-$RELEASE-amd64 cpkg=linux-headers-$RELEASE-common
+    local img=linux-image-$RELEASE-amd64 imgver known
+    srcver=$(archive_version "$hpkg")
+    if [ -z "$srcver" ]; then
+        known=$({ apt-cache pkgnames linux-headers-6 2>/dev/null || true; } |
+                sed -n 's/^linux-headers-\([0-9.]*-[0-9]*\)-amd64$/\1/p' | sort -V | tr '\n' ' ')
+        die "apt knows no $hpkg (not in the archive, or the lists are stale: apt-get update); \
+releases it knows: ${known:-none}"
+    fi
+    imgver=$(archive_version "$img")
+    [ -z "$imgver" ] || [ "$imgver" = "$srcver" ] ||
+        die "$img is $imgver but $hpkg is $srcver: not one release"
+    log "release $RELEASE: Debian $srcver ($hpkg${imgver:+, $img})"
+
+    mkdir -p "$DIR"
+    DIR=$(cd "$DIR" && pwd)
+    local debs=$DIR/.suture-debs hr=$DIR/.suture-headers t0=$SECONDS
+    mkdir -p "$debs"
+    # apt-get download runs as the _apt user when it can: let it write here.
+    chmod 1777 "$debs"
+    (
+        cd "$debs"
+        fetch "linux-source-6.1=$srcver"
+        fetch "$hpkg=$srcver"
+        fetch "$cpkg=$srcver"
+        # Only the archive's newest linux-kbuild-6.1 stays in the archive; the headers depend on
+        # "linux-kbuild-6.1 (>= $srcver)", so that one serves them as it would on a Debian host.
+        fetch linux-kbuild-6.1
+    )
+    log "downloaded in $((SECONDS - t0)) s ($(du -sh "$debs" | cut -f1))"
+
+    if [ ! -f "$hr/.suture-unpacked" ]; then
+        rm -rf "$hr"
+        mkdir -p "$hr"
+        local deb
+        for deb in "$debs/${hpkg}"_*.deb "$debs/${cpkg}"_*.deb "$debs"/linux-kbuild-6.1_*.deb; do
+            dpkg-deb -x "$deb" "$hr"
+        done
+        # The flavour's Makefile includes the common one by absolute path; point it into $hr.
+        sed -i "s|^include /usr/src/|include $hr/usr/src/|" "$hr/usr/src/$hpkg/Makefile"
+        touch "$hr/.suture-unpacked"
+    fi
+    HDR=$hr/usr/src/$hpkg
+    [ -f "$HDR/.config" ] && [ -f "$HDR/Module.symvers" ] || die "$hpkg has no .config or Module.symvers"
+    [ -d "$HDR/scripts/" ] || die "$HDR/scripts does not resolve (linux-kbuild-6.1 unpacked?)"
+
+    if [ ! -f "$DIR/.suture-unpacked" ]; then
+        dpkg-deb --fsys-tarfile "$debs"/linux-source-6.1_*.deb |
+            tar -x -C "$debs" ./usr/src/linux-source-6.1.tar.xz
+    fi
+    TARBALL=$debs/usr/src/linux-source-6.1.tar.xz
+}
+
+if [ -n "$RELEASE" ]; then release_tree; else installed_tree; fi
 log "config: $HDR/.config ($(basename "$HDR") $srcver)"
+
+# The compiler: the one the release was built with, exactly.
+want_cc=$(sed -n 's/^CONFIG_CC_VERSION_TEXT="\(.*\)"$/\1/p' "$HDR/.config")
+have_cc=$(gcc-12 --version | head -n1)
+[ "$want_cc" = "$have_cc" ] || die "$(basename "$HDR") was built with '$want_cc' but gcc-12 is \
+'$have_cc'; a rebuilt unit would not match the running kernel's code"
 
 # --- unpack -------------------------------------------------------------------------------------
 mkdir -p "$DIR"
@@ -133,6 +252,8 @@ log "kernel $treever (Debian $srcver, $(basename "$HDR"))"
 
 # --- configure and prepare ----------------------------------------------------------------------
 cp "$HDR/.config" "$DIR/.config"
+# What the release's modules were linked against (modpost of a unit's module reads it).
+cp "$HDR/Module.symvers" "$DIR/Module.symvers"
 cd "$DIR"
 t0=$SECONDS
 log "make CC=gcc-12 olddefconfig"
@@ -144,5 +265,8 @@ log "make CC=gcc-12 -j$JOBS modules_prepare"
 make CC=gcc-12 -j"$JOBS" modules_prepare </dev/null
 log "modules_prepare took $((SECONDS - t0)) s"
 
-printf '%s\n' "kernel=$treever" "debian=$srcver" "headers=$(basename "$HDR")" > "$DIR/.suture-ready"
+printf '%s\n' "kernel=$treever" "debian=$srcver" "headers=$(basename "$HDR")" \
+    "headers_dir=$HDR" >"$DIR/.suture-ready"
+# The downloaded packages are not needed any more (the headers stay in .suture-headers).
+[ -z "$RELEASE" ] || rm -rf "$DIR/.suture-debs"
 log "ready: $DIR"

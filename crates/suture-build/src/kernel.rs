@@ -204,7 +204,7 @@ pub fn check(
     let headers = match headers {
         Some(h) => Headers::at(h)?,
         None => match tree::prepared_headers(source) {
-            Some(rel) => Headers::for_release(&rel)?,
+            Some(dir) => Headers::at(&dir)?,
             None => {
                 return Err(BuildError::NoHeaders {
                     tree: source.display().to_string(),

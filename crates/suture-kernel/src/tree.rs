@@ -145,12 +145,17 @@ pub fn check_tree(tree: &Path, headers: &Path) -> Result<String, Error> {
         .ok_or(Error::NoRelease { file: uts })
 }
 
-/// The headers package a tree prepared by scripts/kernel-tree.sh was configured from.
-pub fn prepared_headers(tree: &Path) -> Option<String> {
+/// The headers a tree prepared by scripts/kernel-tree.sh was configured from: the recorded
+/// `headers_dir` (a release's headers unpacked next to the tree), else the installed
+/// `/usr/src/linux-headers-<release>` of the recorded package.
+pub fn prepared_headers(tree: &Path) -> Option<std::path::PathBuf> {
     let text = std::fs::read_to_string(tree.join(".suture-ready")).ok()?;
+    if let Some(dir) = text.lines().find_map(|l| l.strip_prefix("headers_dir=")) {
+        return Some(dir.into());
+    }
     text.lines()
         .find_map(|l| l.strip_prefix("headers=linux-headers-"))
-        .map(str::to_string)
+        .map(|rel| format!("/usr/src/linux-headers-{rel}").into())
 }
 
 /// Which kernel object a compiled unit belongs to: kbuild's `.<file>.o.cmd` records
