@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs suture's whole test suite, including the tiers that need prepared source trees:
 #   - real Linux kernel translation units (Debian's linux-source, Debian's config and gcc-12),
+#   - real Debian kernel security updates loaded into the older releases' stock images,
 #   - translation units of real C projects (Debian source packages, Debian's build flags).
 # As root it installs the Debian packages it needs. Trees are cached in $SUTURE_CACHE
-# (default /var/tmp/suture, ~3 GB); a second run reuses them.
+# (default /var/tmp/suture, ~11 GB with four kernel releases side by side); a second run reuses them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec </dev/null
@@ -66,6 +67,9 @@ fi
 echo "==> preparing the guest kernel in $cache/guest"
 bash scripts/guest-kernel.sh "$cache/guest"
 export SUTURE_GUEST_CACHE="$cache/guest"
+echo "==> preparing consecutive kernel releases (real kernel fixes) in $cache"
+bash scripts/kernel-releases.sh "$cache"
+export SUTURE_KERNEL_RELEASES="$cache"
 
 echo "==> cargo test"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -11,7 +11,7 @@ mod guest;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use guest::{boot, GuestKernel, Initramfs, Script};
+use guest::{boot, Initramfs, Script};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -133,44 +133,6 @@ fn refused_kernel_fixes() {
     assert!(st.success(), "the tree was left modified");
 }
 
-/// The target's /proc/kallsyms, dumped from a guest once and cached next to its image.
-fn guest_kallsyms(kernel: &GuestKernel) -> PathBuf {
-    let path = kernel.dir.join("kallsyms");
-    if path.exists() {
-        return path;
-    }
-    let mut s = Script::new();
-    s.step("kallsyms", "cat /proc/kallsyms");
-    let b = boot(kernel, "kallsyms", &mut Initramfs::new(), &s);
-    let out = &b.expect("kallsyms", 0, &[" T start_kernel"]).output;
-    let tmp = kernel.dir.join(format!("kallsyms.{}", std::process::id()));
-    std::fs::write(&tmp, out).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
-    path
-}
-
-/// The target's /sys/kernel/notes (its vmlinux build-id), dumped from a guest once (as hex,
-/// the console is text) and cached next to its image.
-fn guest_notes(kernel: &GuestKernel) -> PathBuf {
-    let path = kernel.dir.join("notes");
-    if path.exists() {
-        return path;
-    }
-    let mut s = Script::new();
-    s.step("notes", "od -An -v -tx1 /sys/kernel/notes");
-    let b = boot(kernel, "notes", &mut Initramfs::new(), &s);
-    let out = &b.expect("notes", 0, &[]).output;
-    let bytes: Vec<u8> = out
-        .split_whitespace()
-        .map(|h| u8::from_str_radix(h, 16).unwrap_or_else(|e| panic!("{h:?}: {e}\n{out}")))
-        .collect();
-    assert!(bytes.len() >= 36, "short notes:\n{out}");
-    let tmp = kernel.dir.join(format!("notes.{}", std::process::id()));
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
-    path
-}
-
 /// Sets TCP_WINDOW_CLAMP far above the largest window TCP can advertise (65535 << 14) on a
 /// TCP socket and prints what the kernel kept.
 const CLAMP_C: &str = r#"
@@ -203,8 +165,8 @@ fn generated_modules_in_the_stock_kernel() {
     let Some(kernel) = guest::kernel() else {
         return;
     };
-    let kallsyms = guest_kallsyms(&kernel);
-    let notes = guest_notes(&kernel);
+    let kallsyms = guest::kallsyms(&kernel);
+    let notes = guest::notes(&kernel);
     let modules = kernel.dir.join("modules");
     let work = guest::scratch("kbuild-guest");
     let cases = [
@@ -526,8 +488,8 @@ fn module_identity_in_the_stock_kernel() {
     let Some(kernel) = guest::kernel() else {
         return;
     };
-    let kallsyms = guest_kallsyms(&kernel);
-    let notes = guest_notes(&kernel);
+    let kallsyms = guest::kallsyms(&kernel);
+    let notes = guest::notes(&kernel);
     let work = guest::scratch("kbuild-identity");
     let real = std::fs::read(&notes).unwrap();
     let real_id = suture_kernel::identity::build_id_from_notes(&real)
@@ -780,8 +742,8 @@ fn patch_for_nfsd_before_sunrpc() {
     let Some(kernel) = guest::kernel() else {
         return;
     };
-    let kallsyms = guest_kallsyms(&kernel);
-    let notes = guest_notes(&kernel);
+    let kallsyms = guest::kallsyms(&kernel);
+    let notes = guest::notes(&kernel);
     let work = guest::scratch("kbuild-nfsd");
     let diff = work.join("nfsd-stats.diff");
     std::fs::write(

@@ -70,6 +70,64 @@ pub fn kernel() -> Option<GuestKernel> {
     }
 }
 
+/// A prepared older release: its image in `CACHE/guest/<release>-amd64` (scripts/guest-kernel.sh)
+/// and the headers recorded by its tree `CACHE/kernel-tree-<release>` (scripts/kernel-tree.sh
+/// --release), which need not be installed. `None` when either is missing.
+pub fn release(cache: &Path, release: &str) -> Option<GuestKernel> {
+    let rel = format!("{release}-amd64");
+    let dir = cache.join("guest").join(&rel);
+    let tree = cache.join(format!("kernel-tree-{release}"));
+    if !dir.join(".ready").exists() {
+        return None;
+    }
+    let ready = std::fs::read_to_string(tree.join(".suture-ready")).ok()?;
+    let headers = ready.lines().find_map(|l| l.strip_prefix("headers_dir="))?;
+    let headers = Headers::at(Path::new(headers)).ok()?;
+    Some(GuestKernel {
+        release: rel,
+        dir,
+        headers,
+    })
+}
+
+/// The target's /proc/kallsyms, dumped from a guest once and cached next to its image.
+pub fn kallsyms(kernel: &GuestKernel) -> PathBuf {
+    let path = kernel.dir.join("kallsyms");
+    if path.exists() {
+        return path;
+    }
+    let mut s = Script::new();
+    s.step("kallsyms", "cat /proc/kallsyms");
+    let b = boot(kernel, "kallsyms", &mut Initramfs::new(), &s);
+    let out = &b.expect("kallsyms", 0, &[" T start_kernel"]).output;
+    let tmp = kernel.dir.join(format!("kallsyms.{}", std::process::id()));
+    std::fs::write(&tmp, out).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+/// The target's /sys/kernel/notes (its vmlinux build-id), dumped from a guest once (as hex,
+/// the console is text) and cached next to its image.
+pub fn notes(kernel: &GuestKernel) -> PathBuf {
+    let path = kernel.dir.join("notes");
+    if path.exists() {
+        return path;
+    }
+    let mut s = Script::new();
+    s.step("notes", "od -An -v -tx1 /sys/kernel/notes");
+    let b = boot(kernel, "notes", &mut Initramfs::new(), &s);
+    let out = &b.expect("notes", 0, &[]).output;
+    let bytes: Vec<u8> = out
+        .split_whitespace()
+        .map(|h| u8::from_str_radix(h, 16).unwrap_or_else(|e| panic!("{h:?}: {e}\n{out}")))
+        .collect();
+    assert!(bytes.len() >= 36, "short notes:\n{out}");
+    let tmp = kernel.dir.join(format!("notes.{}", std::process::id()));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
 /// A scratch directory for one test (unique per process and tag).
 pub fn scratch(tag: &str) -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -189,9 +247,12 @@ impl Initramfs {
     /// An executable with the shared libraries `ldd` lists, at their host paths. Debug info is
     /// stripped from the copy (the initramfs stays small).
     pub fn program(&mut self, guest: &str, host: &Path) -> &mut Self {
+        // Unique per call: tests of one process may strip the same guest path at once.
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let tmp = std::env::temp_dir().join(format!(
-            "suture-guest-strip-{}-{}",
+            "suture-guest-strip-{}-{}-{}",
             std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             guest.replace('/', "_")
         ));
         let st = Command::new("strip")
