@@ -75,10 +75,12 @@ pub fn plan(inv: &Inventory) -> Plan {
         disk_bytes: vm_sum(inv, |v| v.disk_bytes()),
     };
     let recommendation = recommend(&fleet, &strategies);
+    let mut fix = inv.fix.clone();
+    fix.stop_window_ms = Some(fix.stop_window_seconds() * 1e3);
     Plan {
         schema: "suture.plan/1",
         fleet,
-        fix: inv.fix.clone(),
+        fix,
         policy: inv.policy.clone(),
         strategies,
         recommendation,
@@ -123,7 +125,7 @@ fn recommend(fleet: &Fleet, outcomes: &[Outcome]) -> Recommendation {
     let mut lead = vec![format!(
         "{}: {} VM-hours of downtime (worst VM {}), fleet fixed after {}",
         best.strategy.name(),
-        hours(best.vm_hours_disrupted),
+        vm_hours(best.vm_hours_disrupted),
         duration(best.downtime_worst_seconds),
         duration(best.fixed_after_seconds)
     )];
@@ -134,7 +136,7 @@ fn recommend(fleet: &Fleet, outcomes: &[Outcome]) -> Recommendation {
         lead.push(format!(
             "against {}: {} VM-hours (worst VM {}), fixed after {}{}",
             o.strategy.name(),
-            hours(o.vm_hours_disrupted),
+            vm_hours(o.vm_hours_disrupted),
             duration(o.downtime_worst_seconds),
             duration(o.fixed_after_seconds),
             costs(o)
@@ -196,7 +198,8 @@ pub fn bytes(b: f64) -> String {
     format!("{v:.1} {}", units[i])
 }
 
-fn hours(h: f64) -> String {
+/// VM-hours with the precision their size needs.
+pub fn vm_hours(h: f64) -> String {
     if h == 0.0 {
         "0".to_string()
     } else if h >= 100.0 {
@@ -252,7 +255,7 @@ pub fn human(p: &Plan) -> String {
             bytes(o.data_moved_bytes),
             duration(o.downtime_median_seconds),
             duration(o.downtime_worst_seconds),
-            hours(o.vm_hours_disrupted),
+            vm_hours(o.vm_hours_disrupted),
             o.spare_hosts_needed,
             o.waves
         );
