@@ -129,6 +129,13 @@ fn recommend(fleet: &Fleet, outcomes: &[Outcome]) -> Recommendation {
         duration(best.downtime_worst_seconds),
         duration(best.fixed_after_seconds)
     )];
+    if best.soak_seconds > best.fixed_after_seconds / 2.0 {
+        lead.push(format!(
+            "{} of its {} are the policy's soak between waves",
+            duration(best.soak_seconds),
+            duration(best.fixed_after_seconds)
+        ));
+    }
     for o in outcomes
         .iter()
         .filter(|o| o.feasible && o.strategy != best.strategy)

@@ -57,6 +57,8 @@ pub struct Outcome {
     pub spare_hosts_needed: u64,
     /// Waves run (leap-frog rounds for live migration).
     pub waves: u64,
+    /// Of `fixed_after_seconds`, the policy's soak between waves, s.
+    pub soak_seconds: f64,
     /// VMs whose migration could not reach the downtime target (live migration only).
     pub vms_not_converged: u64,
     pub timeline: Vec<Point>,
@@ -124,6 +126,7 @@ impl Run {
                 vm_hours_disrupted: 0.0,
                 spare_hosts_needed: 0,
                 waves: 0,
+                soak_seconds: 0.0,
                 vms_not_converged: 0,
                 timeline: vec![Point {
                     seconds: 0.0,
@@ -145,6 +148,12 @@ impl Run {
         });
         self.outcome.fixed_after_seconds = self.now;
         self.outcome.waves += 1;
+    }
+
+    /// The policy's wait between two waves.
+    fn soak(&mut self, seconds: f64) {
+        self.now += seconds;
+        self.outcome.soak_seconds += seconds;
     }
 
     fn refuse(&mut self, reason: String) {
@@ -234,7 +243,7 @@ fn staged(
     let mut cursor = Cursor::new(&inv.hosts);
     for (i, &size) in sizes.iter().enumerate() {
         if i > 0 {
-            run.now += inv.policy.soak_minutes * 60.0;
+            run.soak(inv.policy.soak_minutes * 60.0);
         }
         let parts = cursor.take(size);
         let seconds = wave(&parts, &mut run.downtimes);
@@ -324,7 +333,7 @@ pub fn live_migration(inv: &Inventory) -> Outcome {
     let mut cursor = Cursor::new(&inv.hosts);
     'waves: for (i, &size) in sizes.iter().enumerate() {
         if i > 0 {
-            run.now += p.soak_minutes * 60.0;
+            run.soak(p.soak_minutes * 60.0);
         }
         let mut wave_left = size;
         while wave_left > 0 {

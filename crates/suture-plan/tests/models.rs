@@ -196,6 +196,7 @@ fn reboot_waves_by_hand() {
     assert!(o.feasible);
     assert_eq!(o.waves, 3);
     assert_close!(o.fixed_after_seconds, (3.0 * 12.0 + 2.0 * 60.0) * 60.0);
+    assert_close!(o.soak_seconds, 2.0 * 3600.0);
     assert_close!(o.downtime_median_seconds, 12.0 * 60.0);
     assert_close!(o.downtime_worst_seconds, 12.0 * 60.0);
     assert_close!(o.vm_hours_disrupted, 20.0 * 12.0 / 60.0);

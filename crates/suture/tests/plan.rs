@@ -48,6 +48,7 @@ fn example_json_has_the_schema_fields_and_the_svg_is_written() {
             "vm_hours_disrupted",
             "spare_hosts_needed",
             "waves",
+            "soak_seconds",
             "vms_not_converged",
         ] {
             assert!(s[field].is_number(), "{field} in {s}");
