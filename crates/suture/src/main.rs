@@ -11,6 +11,7 @@ mod demo;
 mod diff_cmd;
 mod kernel_build;
 mod kernel_cmd;
+mod plan_cmd;
 mod process_cmd;
 
 /// Exit statuses, documented in `--help` and README.md.
@@ -242,6 +243,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare hot-patching, rebooting and live-migrating a fleet for one fix: time until every
+    /// host is fixed, data moved, per-VM downtime, VM-hours of disruption, spare hosts and
+    /// waves, and a recommendation. The inventory (CSV or JSON, see docs/plan.md) lists the
+    /// hosts, their VMs, the fix and the policies; the models are documented there too.
+    #[command(
+        after_help = "Exit status:\n  0  the plan was computed (also when a strategy is \
+                            not possible: it says why)\n  1  error (unreadable or malformed \
+                            inventory: the line or field is named; cannot write --svg)"
+    )]
+    Plan {
+        /// The inventory: JSON (starts with `{`) or CSV.
+        #[arg(value_name = "INVENTORY", required_unless_present = "example")]
+        inventory: Option<PathBuf>,
+        /// Use the built-in fleet modelled on the 2014 cloud reboots (10,000 hosts x 20 VMs,
+        /// 16 GiB memory and 200 GB local disk each, 25 GbE) instead of an inventory.
+        #[arg(long, conflicts_with = "inventory")]
+        example: bool,
+        /// Print the plan as JSON (schema `suture.plan/1`, see docs/plan.md).
+        #[arg(long)]
+        json: bool,
+        /// Also write an SVG chart of hosts fixed over time per strategy to FILE.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+    },
     /// Run suture on a built-in example: start a small network service with a memory leak bug,
     /// show the leak, patch it live under load from a shipped fix, show the leak is gone,
     /// revert, and clean up (needs gcc, make and patch).
@@ -368,6 +393,12 @@ fn main() -> ExitCode {
             include_line_shifts,
             json,
         }),
+        Command::Plan {
+            inventory,
+            example,
+            json,
+            svg,
+        } => plan_cmd::run(inventory.as_deref(), example, json, svg.as_deref()),
         Command::Demo { keep } => demo::run(keep),
         Command::Kernel { command } => kernel_cmd::run(command),
     };
@@ -455,6 +486,7 @@ impl Command {
             Command::Revert { json: true, .. } => Some("revert"),
             Command::Status { json: true, .. } => Some("status"),
             Command::Build { json: true, .. } => Some("build"),
+            Command::Plan { json: true, .. } => Some("plan"),
             _ => None,
         }
     }

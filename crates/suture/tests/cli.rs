@@ -167,6 +167,7 @@ fn every_subcommand_help_states_its_exit_status() {
         &["status"],
         &["build"],
         &["demo"],
+        &["plan"],
         &["kernel", "load"],
         &["kernel", "unload"],
         &["kernel", "status"],
