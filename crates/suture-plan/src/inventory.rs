@@ -237,6 +237,12 @@ impl VmClass {
 /// 2^30.
 pub const GIB: f64 = 1073741824.0;
 
+/// The most hosts (in service and spare) an inventory may list: far above any fleet, low
+/// enough that counts never overflow and a plan's timeline stays small.
+pub const MAX_HOSTS: u64 = 1_000_000;
+/// The most VMs plus free slots on one host.
+pub const MAX_VMS_PER_HOST: u64 = 10_000;
+
 impl Inventory {
     /// Parses and validates the JSON form.
     pub fn from_json(text: &str) -> Result<Inventory, PlanError> {
@@ -275,6 +281,13 @@ impl Inventory {
         for (i, h) in self.hosts.iter().enumerate() {
             h.validate(&format!("hosts[{i}]"))?;
         }
+        let hosts: u64 = self.hosts.iter().map(|h| h.count + h.spare_hosts).sum();
+        if hosts > MAX_HOSTS {
+            return Err(invalid(
+                "hosts",
+                &format!("total {hosts} (spare hosts included) is above {MAX_HOSTS}"),
+            ));
+        }
         self.fix.validate()?;
         self.policy.validate()
     }
@@ -294,6 +307,18 @@ impl HostClass {
         }
         for (j, v) in self.vms.iter().enumerate() {
             v.validate(&format!("{at}.vms[{j}]"))?;
+        }
+        for (name, n) in [("count", self.count), ("spare_hosts", self.spare_hosts)] {
+            if n > MAX_HOSTS {
+                return Err(invalid(&f(name), &format!("is above {MAX_HOSTS}")));
+            }
+        }
+        let slots = self.vms.iter().map(|v| v.count).sum::<u64>() + self.free_slots;
+        if self.free_slots > MAX_VMS_PER_HOST || slots > MAX_VMS_PER_HOST {
+            return Err(invalid(
+                &f("vms"),
+                &format!("VMs and free slots per host must be at most {MAX_VMS_PER_HOST}"),
+            ));
         }
         Ok(())
     }

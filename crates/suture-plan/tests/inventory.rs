@@ -102,3 +102,13 @@ fn invalid_json_values_name_their_field() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn fleets_beyond_the_limits_are_refused() {
+    // Each class within the limit, together above it.
+    let text = "host,a,600000,10\nhost,b,600000,10\n";
+    match Inventory::parse(text) {
+        Err(e @ PlanError::Invalid { .. }) => assert!(e.to_string().contains("hosts"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
