@@ -396,8 +396,8 @@ fn leap_round<'a>(
         cursor.advance(n);
         pool -= n * vms;
         wave_left -= n;
-        if n < left.min(wave_left + n) {
-            break; // the pool is full
+        if n < left {
+            break; // the pool is full (or the wave is complete)
         }
     }
     round
