@@ -409,3 +409,38 @@ fn non_negative(field: &str, v: f64) -> Result<(), PlanError> {
         ))
     }
 }
+
+/// The median stop window, in ms, of the processes a `suture apply --json` report (schema
+/// `suture.process/2`, docs/process-json.md) applied to: a fleet's own figure, measured on a
+/// staging host, for `fix.stop_window_ms`. Errors when the report is not such a report or no
+/// process was patched.
+pub fn stop_window_from_apply_json(text: &str) -> Result<f64, PlanError> {
+    let malformed = |message: String| PlanError::Malformed { line: 0, message };
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| PlanError::Malformed {
+        line: e.line(),
+        message: e.to_string(),
+    })?;
+    if v["schema"] != "suture.process/2" {
+        return Err(malformed(format!(
+            "not a `suture apply --json` report (schema {} instead of \"suture.process/2\")",
+            v["schema"]
+        )));
+    }
+    let mut windows: Vec<f64> = v["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["applied"] == true)
+        .filter_map(|p| p["result"]["stop_window_us"].as_f64())
+        .filter(|us| us.is_finite() && *us >= 0.0)
+        .collect();
+    if windows.is_empty() {
+        return Err(malformed(
+            "the apply report has no patched process with a stop window".to_string(),
+        ));
+    }
+    windows.sort_by(f64::total_cmp);
+    let n = windows.len();
+    let median_us = (windows[(n - 1) / 2] + windows[n / 2]) / 2.0;
+    Ok(median_us / 1e3)
+}
