@@ -8,7 +8,8 @@
 //! policy,KEY,VALUE[,VALUE...]         (several values make a list: wave_sizes)
 //! ```
 //!
-//! A `vm` row belongs to the host class named before it. Every error names its line (1-based).
+//! A `vm` row belongs to the host class named before it. Every error in a row names its line
+//! (1-based); only the fleet-wide host limit, checked at the end, has none.
 
 use serde_json::{Map, Value};
 

@@ -237,6 +237,12 @@ impl VmClass {
 /// 2^30.
 pub const GIB: f64 = 1073741824.0;
 
+/// The most hosts (in service and spare) an inventory may list: far above any fleet, low
+/// enough that counts never overflow and a plan's timeline stays small.
+pub const MAX_HOSTS: u64 = 1_000_000;
+/// The most VMs plus free slots on one host.
+pub const MAX_VMS_PER_HOST: u64 = 10_000;
+
 impl Inventory {
     /// Parses and validates the JSON form.
     pub fn from_json(text: &str) -> Result<Inventory, PlanError> {
@@ -275,6 +281,13 @@ impl Inventory {
         for (i, h) in self.hosts.iter().enumerate() {
             h.validate(&format!("hosts[{i}]"))?;
         }
+        let hosts: u64 = self.hosts.iter().map(|h| h.count + h.spare_hosts).sum();
+        if hosts > MAX_HOSTS {
+            return Err(invalid(
+                "hosts",
+                &format!("total {hosts} (spare hosts included) is above {MAX_HOSTS}"),
+            ));
+        }
         self.fix.validate()?;
         self.policy.validate()
     }
@@ -294,6 +307,18 @@ impl HostClass {
         }
         for (j, v) in self.vms.iter().enumerate() {
             v.validate(&format!("{at}.vms[{j}]"))?;
+        }
+        for (name, n) in [("count", self.count), ("spare_hosts", self.spare_hosts)] {
+            if n > MAX_HOSTS {
+                return Err(invalid(&f(name), &format!("is above {MAX_HOSTS}")));
+            }
+        }
+        let slots = self.vms.iter().map(|v| v.count).sum::<u64>() + self.free_slots;
+        if self.free_slots > MAX_VMS_PER_HOST || slots > MAX_VMS_PER_HOST {
+            return Err(invalid(
+                &f("vms"),
+                &format!("VMs and free slots per host must be at most {MAX_VMS_PER_HOST}"),
+            ));
         }
         Ok(())
     }
@@ -383,4 +408,39 @@ fn non_negative(field: &str, v: f64) -> Result<(), PlanError> {
             &format!("must be a number of at least 0, not {v}"),
         ))
     }
+}
+
+/// The median stop window, in ms, of the processes a `suture apply --json` report (schema
+/// `suture.process/2`, docs/process-json.md) applied to: a fleet's own figure, measured on a
+/// staging host, for `fix.stop_window_ms`. Errors when the report is not such a report or no
+/// process was patched.
+pub fn stop_window_from_apply_json(text: &str) -> Result<f64, PlanError> {
+    let malformed = |message: String| PlanError::Malformed { line: 0, message };
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| PlanError::Malformed {
+        line: e.line(),
+        message: e.to_string(),
+    })?;
+    if v["schema"] != "suture.process/2" {
+        return Err(malformed(format!(
+            "not a `suture apply --json` report (schema {} instead of \"suture.process/2\")",
+            v["schema"]
+        )));
+    }
+    let mut windows: Vec<f64> = v["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["applied"] == true)
+        .filter_map(|p| p["result"]["stop_window_us"].as_f64())
+        .filter(|us| us.is_finite() && *us >= 0.0)
+        .collect();
+    if windows.is_empty() {
+        return Err(malformed(
+            "the apply report has no patched process with a stop window".to_string(),
+        ));
+    }
+    windows.sort_by(f64::total_cmp);
+    let n = windows.len();
+    let median_us = (windows[(n - 1) / 2] + windows[n / 2]) / 2.0;
+    Ok(median_us / 1e3)
 }

@@ -1,6 +1,8 @@
 //! The three strategies over the whole fleet: hot-patch staged rollout, reboot waves, and
 //! leap-frog live migration. Each walks the hosts in inventory order, wave by wave.
 
+use std::collections::{BTreeMap, HashMap};
+
 use serde::Serialize;
 
 use crate::inventory::{FixKind, HostClass, Inventory};
@@ -64,36 +66,39 @@ pub struct Outcome {
     pub timeline: Vec<Point>,
 }
 
-/// Per-VM downtimes as (seconds, VMs) pairs.
+/// Per-VM downtimes: VMs by downtime. Downtimes are never negative, and the bits of
+/// non-negative floats sort as the floats do, so the map iterates in order of seconds.
 #[derive(Debug, Default)]
-pub(crate) struct Downtimes(Vec<(f64, u64)>);
+pub(crate) struct Downtimes(BTreeMap<u64, u64>);
 
 impl Downtimes {
     pub(crate) fn add(&mut self, seconds: f64, vms: u64) {
         if vms > 0 {
-            self.0.push((seconds, vms));
+            *self.0.entry(seconds.max(0.0).to_bits()).or_insert(0) += vms;
         }
     }
 
+    fn iter(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        self.0.iter().map(|(&bits, &n)| (f64::from_bits(bits), n))
+    }
+
     fn total_seconds(&self) -> f64 {
-        self.0.iter().map(|&(s, n)| s * n as f64).sum()
+        self.iter().map(|(s, n)| s * n as f64).sum()
     }
 
     fn worst(&self) -> f64 {
-        self.0.iter().map(|&(s, _)| s).fold(0.0, f64::max)
+        self.iter().last().map_or(0.0, |(s, _)| s)
     }
 
     /// The median VM's downtime (mean of the two middle VMs for an even count).
     fn median(&self) -> f64 {
-        let mut sorted = self.0.clone();
-        sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let n: u64 = sorted.iter().map(|&(_, k)| k).sum();
+        let n: u64 = self.0.values().sum();
         if n == 0 {
             return 0.0;
         }
         let nth = |i: u64| {
             let mut seen = 0;
-            for &(s, k) in &sorted {
+            for (s, k) in self.iter() {
                 seen += k;
                 if i < seen {
                     return s;
@@ -331,6 +336,7 @@ pub fn live_migration(inv: &Inventory) -> Outcome {
     let mut spare_needed = 0u64;
     let sizes = wave_sizes(inv.host_count(), &p.wave_sizes);
     let mut cursor = Cursor::new(&inv.hosts);
+    let mut memo = Evacuations::new();
     'waves: for (i, &size) in sizes.iter().enumerate() {
         if i > 0 {
             run.soak(p.soak_minutes * 60.0);
@@ -356,7 +362,7 @@ pub fn live_migration(inv: &Inventory) -> Outcome {
             }
             let moved: u64 = round.iter().map(|&(c, n)| c.vms_per_host() * n).sum();
             spare_needed = spare_needed.max(moved.saturating_sub(gained));
-            let seconds = migrate_round(inv, &round, &mut run) + update_seconds;
+            let seconds = migrate_round(inv, &round, &mut run, &mut memo) + update_seconds;
             let hosts: u64 = round.iter().map(|&(_, n)| n).sum();
             let freed: u64 = round.iter().map(|&(c, n)| c.free_slots * n).sum();
             pool += freed;
@@ -390,15 +396,24 @@ fn leap_round<'a>(
         cursor.advance(n);
         pool -= n * vms;
         wave_left -= n;
-        if n < left.min(wave_left + n) {
-            break; // the pool is full
+        if n < left {
+            break; // the pool is full (or the wave is complete)
         }
     }
     round
 }
 
 /// Migrates every VM of one round's hosts at once and returns the slowest host's evacuation.
-fn migrate_round(inv: &Inventory, round: &[(&HostClass, u64)], run: &mut Run) -> f64 {
+/// A class's migrations and evacuation time at one bandwidth, by (class address, bandwidth
+/// bits): rounds of a steady leap-frog repeat the same computation.
+type Evacuations = HashMap<(usize, u64), (Vec<(Migration, u64)>, f64)>;
+
+fn migrate_round(
+    inv: &Inventory,
+    round: &[(&HostClass, u64)],
+    run: &mut Run,
+    memo: &mut Evacuations,
+) -> f64 {
     let p = &inv.policy;
     let lanes = |c: &HostClass| p.concurrent_migrations_per_host.min(c.vms_per_host());
     let all_lanes: u64 = round.iter().map(|&(c, n)| lanes(c) * n).sum();
@@ -412,12 +427,17 @@ fn migrate_round(inv: &Inventory, round: &[(&HostClass, u64)], run: &mut Run) ->
             continue;
         }
         let bandwidth = (class.migration_bytes_per_s() / host_lanes as f64).min(fabric_share);
-        let migrations: Vec<(Migration, u64)> = class
-            .vms
-            .iter()
-            .map(|vm| (migrate(vm, bandwidth, p), vm.count))
-            .collect();
-        for (m, count) in &migrations {
+        let key = (std::ptr::from_ref(class) as usize, bandwidth.to_bits());
+        let (migrations, evacuation) = memo.entry(key).or_insert_with(|| {
+            let migrations: Vec<(Migration, u64)> = class
+                .vms
+                .iter()
+                .map(|vm| (migrate(vm, bandwidth, p), vm.count))
+                .collect();
+            let seconds = evacuation_seconds(&migrations, host_lanes);
+            (migrations, seconds)
+        });
+        for (m, count) in migrations.iter() {
             let vms = count * hosts;
             run.downtimes.add(m.downtime_seconds, vms);
             run.outcome.data_moved_bytes += m.bytes * vms as f64;
@@ -425,7 +445,7 @@ fn migrate_round(inv: &Inventory, round: &[(&HostClass, u64)], run: &mut Run) ->
                 run.outcome.vms_not_converged += vms;
             }
         }
-        longest = longest.max(evacuation_seconds(&migrations, host_lanes));
+        longest = longest.max(*evacuation);
     }
     longest
 }

@@ -102,3 +102,32 @@ fn invalid_json_values_name_their_field() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn fleets_beyond_the_limits_are_refused() {
+    // Each class within the limit, together above it.
+    let text = "host,a,600000,10\nhost,b,600000,10\n";
+    match Inventory::parse(text) {
+        Err(e @ PlanError::Invalid { .. }) => assert!(e.to_string().contains("hosts"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn stop_window_from_an_apply_report() {
+    use suture_plan::inventory::stop_window_from_apply_json;
+    // Patched processes stopped 300, 500 and 900 us (a failed one has no result): median
+    // 500 us = 0.5 ms.
+    let report = r#"{"schema":"suture.process/2","patch_id":"fix","processes":[
+        {"pid":1,"applied":true,"result":{"stop_window_us":900}},
+        {"pid":2,"applied":false,"error":"busy","outcome":"untouched"},
+        {"pid":3,"applied":true,"result":{"stop_window_us":300}},
+        {"pid":4,"applied":true,"result":{"stop_window_us":500}}]}"#;
+    assert_eq!(stop_window_from_apply_json(report).unwrap(), 0.5);
+    // Even count: the mean of the middle two, (300 + 500) / 2 us.
+    let two = report.replace(r#"{"stop_window_us":900}"#, r#"{}"#);
+    assert_eq!(stop_window_from_apply_json(&two).unwrap(), 0.4);
+    assert!(stop_window_from_apply_json(r#"{"schema":"suture.status/2"}"#).is_err());
+    let none = r#"{"schema":"suture.process/2","processes":[]}"#;
+    assert!(stop_window_from_apply_json(none).is_err());
+}

@@ -79,6 +79,12 @@ fn pre_copy_rounds_by_hand() {
     assert_close!(m.downtime_seconds, v2 / b);
     assert_close!(m.seconds, (v0 + v1 + v2) / b);
     assert_close!(m.bytes, v0 + v1 + v2);
+
+    // Target 110 ms (fits 1.1e8 B): V1 = 107,374,182.4 B already fits, so one round, then a
+    // pause of V1 / B = 107.37 ms.
+    let m = migrate(&vm(1.0, 100.0, 0.0, 0.0), b, &with_target(110.0));
+    assert_eq!(m.rounds, 1);
+    assert_close!(m.downtime_seconds, v1 / b);
 }
 
 #[test]
@@ -256,9 +262,67 @@ fn leap_frog_by_hand() {
     assert_close!(o.fixed_after_seconds, 2.0 * round);
     assert_eq!(o.spare_hosts_needed, 2);
 
+    // Policy waves of half the fleet with 60 min of soak: one round of 2 hosts per wave, and
+    // the soak once between the two waves.
+    let policy = Policy {
+        wave_sizes: vec![0.5],
+        soak_minutes: 60.0,
+        ..leap_policy(None)
+    };
+    let o = live_migration(&inventory(vec![hosts(4, 2, 2)], policy));
+    assert_eq!(o.waves, 2);
+    assert_close!(o.fixed_after_seconds, 2.0 * round + 3600.0);
+    assert_close!(o.soak_seconds, 3600.0);
+
     // A fabric cap of 8 Gbit/s (1e9 B/s) shared by the 2 migrations of a round: 5e8 B/s each.
     let o = live_migration(&inventory(vec![hosts(4, 2, 2)], leap_policy(Some(8.0))));
     assert_close!(o.fixed_after_seconds, 2.0 * (2.0 * GIB / 5e8 + 600.0));
+}
+
+#[test]
+fn spare_hosts_needed_counts_what_fixed_hosts_do_not_provide() {
+    // 10 hosts x 2 VMs with 2 free slots each; 3 spare hosts of 4 slots (pool 12); policy
+    // waves of 2, 6, then 2 hosts. Round 1 moves 4 VMs (nothing gained yet: 4 from spares);
+    // its 2 hosts add 4 free slots. Round 2 moves 12 VMs, 4 of them into gained slots: 8 from
+    // spares = 2 spare hosts. Round 3 moves 4 with 16 gained. Needed: 2 of the 3.
+    let mut h = hosts(10, 3, 2);
+    h.free_slots = 2;
+    let policy = Policy {
+        wave_sizes: vec![0.2, 0.6],
+        ..leap_policy(None)
+    };
+    let o = live_migration(&inventory(vec![h], policy));
+    let fixed: Vec<u64> = o.timeline.iter().map(|p| p.hosts_fixed).collect();
+    assert_eq!(fixed, [0, 2, 8, 10]);
+    assert_eq!(o.spare_hosts_needed, 2);
+}
+
+#[test]
+fn median_and_worst_downtime_over_mixed_vms() {
+    // One host with 2 VMs of 1 GiB and 2 of 3 GiB, D = 10 MB/s, B = 1e9 B/s, target 50 ms
+    // (fits 5e7 B). Round 0 sends M in M / B; the dirtied D M / B = 0.01 M fits, so the pause
+    // is 0.01 M / B: 10.74 ms for 1 GiB, 32.21 ms for 3 GiB. Four VMs: the median is the mean
+    // of the second and third, (10.74 + 32.21) / 2 ms; worst 32.21 ms; VM-hours the sum.
+    let mut h = hosts(1, 1, 0);
+    h.vms = vec![
+        VmClass {
+            count: 2,
+            ..vm(1.0, 10.0, 0.0, 0.0)
+        },
+        VmClass {
+            count: 2,
+            ..vm(3.0, 10.0, 0.0, 0.0)
+        },
+    ];
+    let policy = Policy {
+        downtime_target_ms: 50.0,
+        ..leap_policy(None)
+    };
+    let o = live_migration(&inventory(vec![h], policy));
+    let (small, large) = (0.01 * GIB / 1e9, 0.03 * GIB / 1e9);
+    assert_close!(o.downtime_median_seconds, (small + large) / 2.0);
+    assert_close!(o.downtime_worst_seconds, large);
+    assert_close!(o.vm_hours_disrupted, 2.0 * (small + large) / 3600.0);
 }
 
 #[test]

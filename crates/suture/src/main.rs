@@ -260,6 +260,10 @@ enum Command {
         /// 16 GiB memory and 200 GB local disk each, 25 GbE) instead of an inventory.
         #[arg(long, conflicts_with = "inventory")]
         example: bool,
+        /// Take the fix's stop window from a `suture apply --json` report (for example of a
+        /// staging host): the median `stop_window_us` of the processes it patched.
+        #[arg(long = "apply-json", value_name = "FILE")]
+        apply_json: Option<PathBuf>,
         /// Print the plan as JSON (schema `suture.plan/1`, see docs/plan.md).
         #[arg(long)]
         json: bool,
@@ -396,9 +400,16 @@ fn main() -> ExitCode {
         Command::Plan {
             inventory,
             example,
+            apply_json,
             json,
             svg,
-        } => plan_cmd::run(inventory.as_deref(), example, json, svg.as_deref()),
+        } => plan_cmd::run(
+            inventory.as_deref(),
+            example,
+            apply_json.as_deref(),
+            json,
+            svg.as_deref(),
+        ),
         Command::Demo { keep } => demo::run(keep),
         Command::Kernel { command } => kernel_cmd::run(command),
     };

@@ -6,8 +6,14 @@ use anyhow::{Context, Result};
 
 use crate::exit;
 
-pub fn run(inventory: Option<&Path>, example: bool, json: bool, svg: Option<&Path>) -> Result<u8> {
-    let inv = match (inventory, example) {
+pub fn run(
+    inventory: Option<&Path>,
+    example: bool,
+    apply_json: Option<&Path>,
+    json: bool,
+    svg: Option<&Path>,
+) -> Result<u8> {
+    let mut inv = match (inventory, example) {
         (Some(path), false) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
@@ -16,6 +22,16 @@ pub fn run(inventory: Option<&Path>, example: bool, json: bool, svg: Option<&Pat
         (None, true) => suture_plan::example::fleet_2014(),
         _ => anyhow::bail!("give an inventory file or --example"),
     };
+    if let Some(path) = apply_json {
+        if inv.fix.kind != suture_plan::FixKind::Process {
+            anyhow::bail!("--apply-json is for a process fix (fix kind process): a kernel live patch stops no process");
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let ms = suture_plan::inventory::stop_window_from_apply_json(&text)
+            .with_context(|| format!("{}", path.display()))?;
+        inv.fix.stop_window_ms = Some(ms);
+    }
     let plan = suture_plan::plan(&inv);
     if let Some(path) = svg {
         std::fs::write(path, suture_plan::svg::chart(&plan))

@@ -11,6 +11,12 @@ fn suture(args: &[&std::ffi::OsStr]) -> Output {
         .unwrap()
 }
 
+/// Exit status 0, or the failure with suture's stderr.
+fn succeeded(out: &Output) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
+
 #[test]
 fn example_json_has_the_schema_fields_and_the_svg_is_written() {
     let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "plan", "example");
@@ -22,12 +28,7 @@ fn example_json_has_the_schema_fields_and_the_svg_is_written() {
         "--svg".as_ref(),
         svg.as_os_str(),
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     assert_eq!(v["schema"], "suture.plan/1");
     assert_eq!(v["fleet"]["hosts"], 10_000);
@@ -104,4 +105,35 @@ fn the_human_report_recommends_and_a_bad_row_names_its_line() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("error as JSON");
     assert_eq!(v["schema"], "suture.error/1");
     assert_eq!(v["command"], "plan");
+}
+
+#[test]
+fn the_stop_window_comes_from_an_apply_report() {
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "plan", "apply-json");
+    let (inv, report) = (dir.join("fleet.csv"), dir.join("apply.json"));
+    std::fs::write(&inv, "host,a,4,25,0.5,1\nvm,a,2,4,10\nfix,kind,process\n").unwrap();
+    std::fs::write(
+        &report,
+        r#"{"schema":"suture.process/2","processes":[
+            {"pid":7,"applied":true,"result":{"stop_window_us":1250}}]}"#,
+    )
+    .unwrap();
+    let args = |extra: &[&std::ffi::OsStr]| {
+        let mut a: Vec<&std::ffi::OsStr> = vec!["plan".as_ref(), inv.as_os_str()];
+        a.extend_from_slice(extra);
+        suture(&a)
+    };
+    let out = args(&[
+        "--apply-json".as_ref(),
+        report.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    succeeded(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["fix"]["stop_window_ms"], 1.25);
+    assert_eq!(v["strategies"][0]["downtime_worst_seconds"], 0.00125);
+    // A kernel fix stops no process: the report does not apply.
+    std::fs::write(&inv, "host,a,4,25,0.5,1\nvm,a,2,4,10\nfix,kind,kernel\n").unwrap();
+    let out = args(&["--apply-json".as_ref(), report.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
 }
