@@ -44,6 +44,10 @@ echo "==> preparing the real-fixes tier (Debian CVE fixes) in $cache/real-fixes"
 bash scripts/real-fixes.sh "$cache"
 export SUTURE_REAL_FIXES="$cache/real-fixes"
 
+echo "==> preparing the suture build --deb tier in $cache/deb"
+bash scripts/deb-build.sh "$cache"
+export SUTURE_DEB_BUILD="$cache/deb"
+
 # The booted-guest tier (tests/kernel_guest.rs): QEMU (TCG) boots Debian's stock kernel, whose
 # image scripts/guest-kernel.sh fetches into the cache. Without recommends: no GUI, no firmware
 # beyond the BIOS.
