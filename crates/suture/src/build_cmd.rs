@@ -188,6 +188,7 @@ pub fn apply_bundle(
             }
         }
     }
+    let files = patched_files(&results);
     if req.json {
         crate::out(&format!(
             "{}\n",
@@ -195,9 +196,73 @@ pub fn apply_bundle(
                 "schema": "suture.process/2",
                 "patch_id": id,
                 "build_id": m.target.build_id,
-                "processes": results
+                "processes": results,
+                "files": files
             }))?
         ));
+    } else {
+        for f in &files {
+            let owner = match (&f["package"], &f["version"]) {
+                (serde_json::Value::String(p), serde_json::Value::String(v)) => {
+                    format!("package {p} {v}, ")
+                }
+                _ => String::new(),
+            };
+            crate::out(&format!(
+                "{id}: patched {owner}file {} in {} process(es): {}\n",
+                f["file"].as_str().unwrap_or_default(),
+                f["pids"].as_array().map_or(0, Vec::len),
+                f["pids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
     }
     Ok(if failed == 0 { exit::OK } else { exit::ERROR })
+}
+
+/// The files a bundle patched, each with the processes it was patched in and the Debian
+/// package that installed it (`dpkg -S`, also under the path without `/usr` on merged-/usr
+/// systems), when one did.
+fn patched_files(results: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let mut by_file: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for r in results.iter().filter(|r| r["applied"] == true) {
+        if let (Some(o), Some(pid)) = (r["object"].as_str(), r["pid"].as_u64()) {
+            by_file.entry(o.to_string()).or_default().push(pid);
+        }
+    }
+    by_file
+        .into_iter()
+        .map(|(file, pids)| {
+            let (package, version) = debian_package(&file).unzip();
+            serde_json::json!({"file": file, "pids": pids, "package": package, "version": version})
+        })
+        .collect()
+}
+
+/// The installed Debian package that owns `file`, and its version.
+fn debian_package(file: &str) -> Option<(String, String)> {
+    let query = |args: &[&str]| -> Option<String> {
+        let o = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let mut paths = vec![file.to_string()];
+    if let Some(rest) = file.strip_prefix("/usr") {
+        paths.push(rest.to_string());
+    }
+    let owner = paths.iter().find_map(|p| query(&["dpkg", "-S", p]))?;
+    let package = owner.lines().next()?.split_once(": ")?.0.to_string();
+    let package = package.split(", ").next()?.to_string();
+    let version = query(&["dpkg-query", "-W", "-f", "${Version}", &package])?;
+    Some((package, version))
 }

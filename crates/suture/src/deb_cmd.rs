@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use suture_build::deb::{self, DebFix, DebOptions, DebSpec};
 
 use crate::build_cmd;
@@ -19,6 +19,9 @@ pub struct Args {
 pub fn run(mut a: Args) -> Result<u8> {
     let fix = match a.to {
         Some(v) => DebFix::To(v),
+        None if a.patches.is_empty() => {
+            bail!("--deb needs the fix: --patch FILE (repeatable) or --to NEWER_VERSION")
+        }
         None => DebFix::Patches(a.patches),
     };
     let opts = DebOptions {

@@ -234,12 +234,7 @@ enum Command {
         deb: Option<String>,
         /// (--deb) The fix: a patch of the source package (-p1 from its root, like
         /// debian/patches). Repeat for a series, applied in order.
-        #[arg(
-            long = "patch",
-            value_name = "FILE",
-            requires = "deb",
-            required_unless_present_any = ["to", "diff", "kernel"]
-        )]
+        #[arg(long = "patch", value_name = "FILE", requires = "deb")]
         patches: Vec<PathBuf>,
         /// (--deb) The fix: every patch that debian/patches/series of this newer version of the
         /// source package has and the installed version's lacks, in series order.
