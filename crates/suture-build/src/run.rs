@@ -859,7 +859,13 @@ fn verdicts(
                 .map(|l| l.function.clone())
                 .collect(),
         });
-        for l in &r.report.line_shifts {
+        // A patchable unit's differ notes (copied below) already say this.
+        let shifts = if r.report.status == Status::Patchable {
+            &[][..]
+        } else {
+            &r.report.line_shifts[..]
+        };
+        for l in shifts {
             let moved: Vec<String> = l.lines.iter().map(|(a, b)| format!("{a}->{b}")).collect();
             notes.push(format!(
                 "{src}: {} differs only in source line numbers ({} line {}), moved by the fix: \
@@ -904,6 +910,10 @@ fn verdicts(
         }
     }
 
+    // A source compiled more than once (a package building several flavours of one library)
+    // gives the same note once per unit.
+    let mut seen = std::collections::HashSet::new();
+    notes.retain(|n| seen.insert(n.clone()));
     BuildReport {
         schema: "suture.build/1",
         outcome: Outcome::NoChange,
