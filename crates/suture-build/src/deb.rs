@@ -174,6 +174,9 @@ pub struct DebReport {
     pub origin: SourceOrigin,
     pub fix: FixReport,
     pub packages: Vec<InstalledPackage>,
+    /// Installed binary packages of the same source at another version (`PACKAGE VERSION`),
+    /// whose files this build does not patch.
+    pub other_versions: Vec<String>,
     pub files: Vec<InstalledFile>,
     /// Whether the Debian build ran now (false: the cached built tree was used).
     pub debian_build_ran: bool,
@@ -934,19 +937,22 @@ fn compare(
 // ---------------------------------------------------------------------------------------------
 // The pipeline
 
-/// The source package, its version, the installed binary packages of it.
-fn resolve(spec: &DebSpec) -> Result<(String, String, Vec<Installed>), BuildError> {
+/// The source package, its version, the installed binary packages of that version, and those
+/// of other versions of the same source (a partial upgrade: their files are left alone).
+fn resolve(spec: &DebSpec) -> Result<(String, String, Vec<Installed>, Vec<Installed>), BuildError> {
     let all = dpkg_installed()?;
     let (src, version) = match spec {
         DebSpec::Package { name, version } => {
-            let src = all
-                .iter()
-                .find(|i| &i.name == name || &i.package == name)
-                .map_or_else(|| name.clone(), |i| i.source.clone());
-            let installed = all
-                .iter()
-                .find(|i| i.source == src)
-                .map(|i| i.source_version.clone());
+            let named = all.iter().find(|i| &i.name == name || &i.package == name);
+            let src = named.map_or_else(|| name.clone(), |i| i.source.clone());
+            // The named binary package's version, else (a source package named) the newest
+            // installed binary package's of that source.
+            let installed = named.map(|i| i.source_version.clone()).or_else(|| {
+                all.iter()
+                    .filter(|i| i.source == src)
+                    .map(|i| i.source_version.clone())
+                    .reduce(|a, b| if version_lt(&a, &b) { b } else { a })
+            });
             let v = version.clone().or(installed).ok_or_else(|| {
                 err(format!(
                     "no installed package comes from the source package {src}: nothing to patch"
@@ -964,19 +970,26 @@ fn resolve(spec: &DebSpec) -> Result<(String, String, Vec<Installed>), BuildErro
             (top.source, top.version)
         }
     };
-    let bins: Vec<Installed> = all.into_iter().filter(|i| i.source == src).collect();
+    let (bins, others): (Vec<Installed>, Vec<Installed>) = all
+        .into_iter()
+        .filter(|i| i.source == src)
+        .partition(|i| i.source_version == version);
     if bins.is_empty() {
-        return Err(err(format!(
-            "no installed package comes from the source package {src}: nothing to patch"
-        )));
+        let what = others
+            .iter()
+            .map(|o| format!("{} {} (source {})", o.package, o.version, o.source_version))
+            .collect::<Vec<_>>();
+        return Err(err(if what.is_empty() {
+            format!("no installed package comes from the source package {src}: nothing to patch")
+        } else {
+            format!(
+                "no installed package comes from {src} {version} (installed: {}): build the \
+                 installed version",
+                what.join(", ")
+            )
+        }));
     }
-    if let Some(other) = bins.iter().find(|b| b.source_version != version) {
-        return Err(err(format!(
-            "{} is installed at {} (source {}), not {src} {version}: build the installed version",
-            other.package, other.version, other.source_version
-        )));
-    }
-    Ok((src, version, bins))
+    Ok((src, version, bins, others))
 }
 
 /// The patches `newer` has in its series that `older`'s series lacks, in series order.
@@ -999,7 +1012,7 @@ fn newer_patches(older: &Path, newer: &Path) -> Result<Vec<PathBuf>, BuildError>
 pub fn build(opts: &DebOptions, progress: &mut dyn FnMut(&str)) -> Result<DebReport, BuildError> {
     let t0 = Instant::now();
     let cache = abs(&opts.cache);
-    let (src, version, bins) = resolve(&opts.spec)?;
+    let (src, version, bins, others) = resolve(&opts.spec)?;
     progress(&format!(
         "{src} {version}: installed binary packages {}",
         bins.iter()
@@ -1007,6 +1020,16 @@ pub fn build(opts: &DebOptions, progress: &mut dyn FnMut(&str)) -> Result<DebRep
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    let other_versions: Vec<String> = others
+        .iter()
+        .map(|o| format!("{} {}", o.package, o.version))
+        .collect();
+    if !other_versions.is_empty() {
+        progress(&format!(
+            "left alone (installed from another version of {src}): {}",
+            other_versions.join(", ")
+        ));
+    }
     let (source, origin) = match &opts.spec {
         DebSpec::Dir(d) => (
             abs(d),
@@ -1185,6 +1208,7 @@ pub fn build(opts: &DebOptions, progress: &mut dyn FnMut(&str)) -> Result<DebRep
             diff: diff.display().to_string(),
         },
         packages,
+        other_versions,
         files,
         debian_build_ran: ran,
         build: report,
