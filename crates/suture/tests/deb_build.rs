@@ -30,8 +30,8 @@ const TIER: &str = "deb-build";
 const INSTALLED: &str = "2.5.0-1+deb12u1";
 const NEWER: &str = "2.5.0-1+deb12u2";
 
-/// The tier's cache, when it is prepared and libexpat1 is at the version the test knows.
-fn cache() -> Option<PathBuf> {
+/// The tier's cache, when it is prepared.
+fn tier_dir() -> Option<PathBuf> {
     let dir = suture_testkit::tier::require("SUTURE_DEB_BUILD", TIER)?;
     if !dir.join(".ready").is_file() {
         return suture_testkit::tier::unavailable(
@@ -42,18 +42,14 @@ fn cache() -> Option<PathBuf> {
             ),
         );
     }
-    let out = run(Command::new("dpkg-query").args(["-W", "-f", "${Version}", "libexpat1"]));
-    let version = String::from_utf8_lossy(&out.stdout).into_owned();
-    if version != INSTALLED {
-        return suture_testkit::tier::unavailable(
-            TIER,
-            &format!(
-                "libexpat1 is installed at {version:?}, not {INSTALLED} (the version whose \
-                 source and update this test knows; the archive no longer serves it)"
-            ),
-        );
-    }
     Some(dir)
+}
+
+/// The tier's cache, when it is prepared and libexpat1 is at the version the test knows (the
+/// archive no longer serves it: the machine must have it installed already).
+fn cache() -> Option<PathBuf> {
+    let dir = tier_dir()?;
+    installed_at("libexpat1", INSTALLED).then_some(dir)
 }
 
 /// `suture build --deb libexpat1=INSTALLED ARGS -o OUT --json`: exit code and report.
@@ -241,4 +237,165 @@ fn expat_installed_library_patched_from_the_newer_debian_source() {
     ]));
     assert_eq!(o.status.code(), Some(0), "revert: {}", text(&o));
     settle(&lines, "status=1 error=0");
+}
+
+/// One installed library, an older version `scripts/deb-build.sh` installs from the archive,
+/// patched live from a fix of a newer version of its source package.
+struct Case {
+    /// The binary package named to `--deb` (its version is the installed one).
+    package: &'static str,
+    /// Its source package.
+    source: &'static str,
+    installed: &'static str,
+    /// The source package's newer version whose fix is taken.
+    newer: &'static str,
+    /// The newer source's patch (under debian/patches) given with `--patch`, or None for
+    /// `--to newer` (every patch the newer version added).
+    patch: Option<&'static str>,
+    /// The installed library the bundle targets.
+    library: &'static str,
+    /// The patch id (`suture revert`).
+    patch_id: &'static str,
+    /// The functions the bundle replaces, sorted.
+    functions: &'static [&'static str],
+    /// The probe (scripts/deb-cases/NAME.c), its compiler flags and its argument.
+    probe: &'static str,
+    cflags: &'static [&'static str],
+    probe_arg: &'static str,
+    /// The probe's line before and after the fix.
+    before: &'static str,
+    after: &'static str,
+}
+
+/// Whether `package` is installed at `version`; else why the case cannot run.
+fn installed_at(package: &str, version: &str) -> bool {
+    let out = run(Command::new("dpkg-query").args(["-W", "-f", "${Version}", package]));
+    let have = String::from_utf8_lossy(&out.stdout).into_owned();
+    have == version
+        || suture_testkit::tier::unavailable::<()>(
+            TIER,
+            &format!("{package} is installed at {have:?}, not {version} (scripts/deb-build.sh installs it)"),
+        )
+        .is_some()
+}
+
+/// Builds the case's fix with `suture build --deb`, checks that the installed library's
+/// build-id is bound, runs the probe linked with the installed library, applies the bundle
+/// to it (`--pid`: the library is mapped by system processes too), sees the fixed behaviour,
+/// reverts and sees the old one.
+fn live_case(case: &Case) {
+    let Some(cache) = tier_dir() else { return };
+    if !installed_at(case.package, case.installed) {
+        return;
+    }
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "deb-build", case.package);
+    let fix = match case.patch {
+        // The newer source package, unpacked by scripts/deb-build.sh.
+        Some(p) => {
+            let patch = cache
+                .join(format!("fixes/{}_{}", case.source, case.newer))
+                .join("debian/patches")
+                .join(p);
+            assert!(
+                patch.is_file(),
+                "{} is missing: run scripts/deb-build.sh",
+                patch.display()
+            );
+            vec!["--patch".to_string(), patch.display().to_string()]
+        }
+        None => vec!["--to".to_string(), case.newer.to_string()],
+    };
+    let o = run(Command::new(env!("CARGO_BIN_EXE_suture"))
+        .env("SUTURE_DEB_CACHE", &cache)
+        .args(["build", "--json", "--deb"])
+        .arg(format!("{}={}", case.package, case.installed))
+        .args(&fix)
+        .arg("-o")
+        .arg(dir.dir("out")));
+    let report: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("suture build --deb --json: {e}: {}", text(&o)));
+    assert_eq!(o.status.code(), Some(0), "{report:#}");
+    let file = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"].as_str().unwrap().ends_with(case.library))
+        .unwrap_or_else(|| panic!("{} not matched: {report:#}", case.library));
+    let status = file["status"].as_str().unwrap();
+    assert!(status == "reproduced" || status == "same-load", "{file:#}");
+    let bundle = report["build"]["bundles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["target"].as_str().unwrap().ends_with(case.library))
+        .unwrap_or_else(|| panic!("no bundle for {}: {report:#}", case.library));
+    let mut functions = strs(&bundle["functions"]);
+    functions.sort();
+    assert_eq!(functions, case.functions, "{bundle:#}");
+    let bundle = PathBuf::from(bundle["path"].as_str().unwrap());
+    let library = file["path"].as_str().unwrap().to_string();
+
+    let probe = dir.path().join(case.probe);
+    let cc = run(Command::new("gcc")
+        .args(["-O2", "-Wall", "-Werror"])
+        .args(case.cflags)
+        .arg("-o")
+        .arg(&probe)
+        .arg(format!(
+            "{}/../../scripts/deb-cases/{}.c",
+            env!("CARGO_MANIFEST_DIR"),
+            case.probe
+        ))
+        .arg(&library));
+    assert!(cc.status.success(), "{}", text(&cc));
+    let (child, lines) = spawn_lines(Command::new(&probe).arg(case.probe_arg));
+    let pid = child.id().to_string();
+    settle(&lines, case.before);
+    let suture = || Command::new(env!("CARGO_BIN_EXE_suture"));
+    let o = run(suture()
+        .args(["apply", "--json", "--timeout", "60"])
+        .arg(&bundle)
+        .args(["--pid", &pid]));
+    assert_eq!(o.status.code(), Some(0), "apply: {}", text(&o));
+    settle(&lines, case.after);
+    let applied: Value = serde_json::from_slice(&o.stdout).expect("apply --json");
+    let f = &applied["files"][0];
+    assert_eq!(f["file"], library.as_str(), "{applied:#}");
+    assert_eq!(f["version"], case.installed, "{applied:#}");
+    assert_eq!(
+        f["package"].as_str().unwrap().split(':').next().unwrap(),
+        case.package,
+        "{applied:#}"
+    );
+    let o = run(suture().args(["revert", case.patch_id, "--timeout", "60", "--pid", &pid]));
+    assert_eq!(o.status.code(), Some(0), "revert: {}", text(&o));
+    settle(&lines, case.before);
+}
+
+/// libxml2 2.9.14+dfsg-1.3~deb12u4 (bookworm-security), installed by scripts/deb-build.sh,
+/// whose build-id Debian's build reproduces; the fix of CVE-2025-9714 from deb12u6
+/// (bookworm): XPath evaluation keeps the caller's recursion depth instead of resetting it.
+#[test]
+fn libxml2_xpath_depth_fix_from_a_newer_debian_source() {
+    live_case(&Case {
+        package: "libxml2",
+        source: "libxml2",
+        installed: "2.9.14+dfsg-1.3~deb12u4",
+        newer: "2.9.14+dfsg-1.3~deb12u6",
+        patch: Some("CVE-2025-9714.patch"),
+        library: "/libxml2.so.2.9.14",
+        patch_id: "CVE-2025-9714",
+        // xmlXPathRunEval is static and inlined into its two callers.
+        functions: &[
+            "xmlXPathCompiledEvalInternal",
+            "xmlXPathCtxtCompile",
+            "xmlXPathEval",
+            "xmlXPathEvalExpr",
+        ],
+        probe: "libxml2-probe",
+        cflags: &["-I/usr/include/libxml2"],
+        probe_arg: "xpath-depth",
+        before: "count=3 depth=0",
+        after: "count=3 depth=100",
+    });
 }
