@@ -70,6 +70,9 @@ impl DebSpec {
 pub enum DebFix {
     Patches(Vec<PathBuf>),
     To(String),
+    /// No fix yet: fetch, build the Debian way and bind the installed files, so that a later
+    /// fix builds in seconds (`--prepare`).
+    Prepare,
 }
 
 /// Inputs of [`build`].
@@ -167,12 +170,14 @@ pub struct Seconds {
 #[derive(Clone, Debug, Serialize)]
 pub struct DebReport {
     pub schema: &'static str,
-    pub outcome: Outcome,
+    /// `written`, `refused`, `no-change` (the fix's build), or `prepared` (no fix given).
+    pub outcome: &'static str,
     pub source: String,
     pub version: String,
     pub tree: String,
     pub origin: SourceOrigin,
-    pub fix: FixReport,
+    /// Null when preparing.
+    pub fix: Option<FixReport>,
     pub packages: Vec<InstalledPackage>,
     /// Installed binary packages of the same source at another version (`PACKAGE VERSION`),
     /// whose files this build does not patch.
@@ -180,7 +185,8 @@ pub struct DebReport {
     pub files: Vec<InstalledFile>,
     /// Whether the Debian build ran now (false: the cached built tree was used).
     pub debian_build_ran: bool,
-    pub build: BuildReport,
+    /// The `suture.build/1` report of the fix; null when preparing.
+    pub build: Option<BuildReport>,
     pub seconds: Seconds,
 }
 
@@ -1043,6 +1049,7 @@ pub fn build(opts: &DebOptions, progress: &mut dyn FnMut(&str)) -> Result<DebRep
 
     // The fix.
     let (patches, newer_version) = match &opts.fix {
+        DebFix::Prepare => (Vec::new(), None),
         DebFix::Patches(p) => (p.iter().map(|x| abs(x)).collect::<Vec<_>>(), None),
         DebFix::To(v) => {
             if !version_lt(&version, v) {
@@ -1076,26 +1083,31 @@ pub fn build(opts: &DebOptions, progress: &mut dyn FnMut(&str)) -> Result<DebRep
             diff_text.push('\n');
         }
     }
-    let stem = match &newer_version {
-        Some(v) => format!("{src}-{v}"),
-        None => patches[0]
+    let stem = match (&newer_version, patches.first()) {
+        (Some(v), _) => format!("{src}-{v}"),
+        (None, Some(p)) => p
             .file_stem()
             .map_or_else(|| "fix".into(), |s| s.to_string_lossy().into_owned()),
+        (None, None) => "prepare".into(),
     };
     let diff = state.join(format!("{stem}.diff"));
-    std::fs::write(&diff, &diff_text).map_err(|e| BuildError::io(&diff, e))?;
-    progress(&format!(
-        "the fix: {}",
-        patches
-            .iter()
-            .map(|p| p
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned())
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
+    if !patches.is_empty() {
+        std::fs::write(&diff, &diff_text).map_err(|e| BuildError::io(&diff, e))?;
+    }
+    if !patches.is_empty() {
+        progress(&format!(
+            "the fix: {}",
+            patches
+                .iter()
+                .map(|p| p
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     let t_source = t0.elapsed().as_secs_f64();
 
     // The Debian build, once per tree (a copy of the source, which stays pristine).
@@ -1180,6 +1192,36 @@ pub fn build(opts: &DebOptions, progress: &mut dyn FnMut(&str)) -> Result<DebRep
         )));
     }
 
+    let fix = FixReport {
+        patches: patches.iter().map(|p| p.display().to_string()).collect(),
+        newer_version,
+        diff: diff.display().to_string(),
+    };
+    let report = |outcome, fix, build, patch_build| DebReport {
+        schema: "suture.deb-build/1",
+        outcome,
+        source: src.clone(),
+        version: version.clone(),
+        tree: tree.display().to_string(),
+        origin: origin.clone(),
+        fix,
+        packages: packages.clone(),
+        other_versions: other_versions.clone(),
+        files: files.clone(),
+        debian_build_ran: ran,
+        build,
+        seconds: Seconds {
+            source: t_source,
+            debian_build: t_debian,
+            patch_build,
+            total: t0.elapsed().as_secs_f64(),
+        },
+    };
+    if patches.is_empty() {
+        progress("prepared: a fix given later (--patch or --to) reuses this build");
+        return Ok(report("prepared", None, None, 0.0));
+    }
+
     // The fix, through the ordinary pipeline on the built tree.
     let t2 = Instant::now();
     let bopts = BuildOptions {
@@ -1194,31 +1236,18 @@ pub fn build(opts: &DebOptions, progress: &mut dyn FnMut(&str)) -> Result<DebRep
         wrapper_exe: opts.wrapper_exe.clone(),
         diff_options: opts.diff_options.clone(),
     };
-    let report = crate::build(&bopts, progress)?;
-    Ok(DebReport {
-        schema: "suture.deb-build/1",
-        outcome: report.outcome,
-        source: src,
-        version,
-        tree: tree.display().to_string(),
-        origin,
-        fix: FixReport {
-            patches: patches.iter().map(|p| p.display().to_string()).collect(),
-            newer_version,
-            diff: diff.display().to_string(),
-        },
-        packages,
-        other_versions,
-        files,
-        debian_build_ran: ran,
-        build: report,
-        seconds: Seconds {
-            source: t_source,
-            debian_build: t_debian,
-            patch_build: t2.elapsed().as_secs_f64(),
-            total: t0.elapsed().as_secs_f64(),
-        },
-    })
+    let built = crate::build(&bopts, progress)?;
+    let outcome = match built.outcome {
+        Outcome::Written => "written",
+        Outcome::Refused => "refused",
+        Outcome::NoChange => "no-change",
+    };
+    Ok(report(
+        outcome,
+        Some(fix),
+        Some(built),
+        t2.elapsed().as_secs_f64(),
+    ))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use suture_build::deb::{self, DebFix, DebOptions, DebSpec};
 
 use crate::build_cmd;
@@ -13,21 +13,29 @@ pub struct Args {
     pub spec: String,
     pub patches: Vec<PathBuf>,
     pub to: Option<String>,
+    pub prepare: bool,
     pub common: build_cmd::Common,
 }
 
 pub fn run(mut a: Args) -> Result<u8> {
     let fix = match a.to {
         Some(v) => DebFix::To(v),
-        None if a.patches.is_empty() => {
-            bail!("--deb needs the fix: --patch FILE (repeatable) or --to NEWER_VERSION")
-        }
+        None if a.prepare => DebFix::Prepare,
+        None if a.patches.is_empty() => bail!(
+            "--deb needs the fix: --patch FILE (repeatable) or --to NEWER_VERSION (or \
+             --prepare to build and bind the installed version ahead of a fix)"
+        ),
         None => DebFix::Patches(a.patches),
     };
     let opts = DebOptions {
         spec: DebSpec::parse(&a.spec),
         fix,
-        out_dir: a.common.output.take().context("--output is required")?,
+        // Preparing writes only logs: they may go to the cache.
+        out_dir: match a.common.output.take() {
+            Some(o) => o,
+            None if a.prepare => deb::default_cache().join("prepare"),
+            None => bail!("--output is required"),
+        },
         cache: deb::default_cache(),
         patch_id: a.common.id.take(),
         created_by: format!("suture {}", env!("CARGO_PKG_VERSION")),
@@ -55,8 +63,13 @@ pub fn run(mut a: Args) -> Result<u8> {
         for f in &report.files {
             t += &format!("{} ({}): {}\n", f.path, f.package, f.status);
         }
-        t += &build_cmd::summary(&report.build);
+        match &report.build {
+            Some(b) => t += &build_cmd::summary(b),
+            None => t += "prepared: a fix given later with --patch or --to reuses this build\n",
+        }
         crate::out(&t);
     }
-    Ok(build_cmd::exit_code(report.outcome))
+    Ok(report
+        .build
+        .map_or(crate::exit::OK, |b| build_cmd::exit_code(b.outcome)))
 }

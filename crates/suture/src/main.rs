@@ -210,7 +210,7 @@ enum Command {
             short = 'o',
             long = "output",
             value_name = "OUTDIR",
-            required_unless_present = "kernel"
+            required_unless_present_any = ["kernel", "prepare"]
         )]
         output: Option<PathBuf>,
         /// Patch the files of an installed Debian package: PACKAGE (a binary or source package;
@@ -245,6 +245,11 @@ enum Command {
             conflicts_with = "patches"
         )]
         to: Option<String>,
+        /// (--deb) No fix yet: fetch the installed version's source, build it the Debian way
+        /// and bind the installed files (build-ids), so that a fix given later builds in
+        /// seconds. Writes no bundle.
+        #[arg(long, requires = "deb", conflicts_with_all = ["patches", "to"])]
+        prepare: bool,
         /// Patch id recorded in processes (default: the diff's file stem).
         #[arg(long, value_name = "NAME")]
         id: Option<String>,
@@ -394,6 +399,7 @@ fn main() -> ExitCode {
             deb: Some(deb),
             patches,
             to,
+            prepare,
             output,
             id,
             debug_dirs,
@@ -404,6 +410,7 @@ fn main() -> ExitCode {
             spec: deb,
             patches,
             to,
+            prepare,
             common: build_cmd::Common {
                 output,
                 id,

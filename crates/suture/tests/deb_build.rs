@@ -254,8 +254,6 @@ struct Case {
     patch: Option<&'static str>,
     /// The installed library the bundle targets.
     library: &'static str,
-    /// The patch id (`suture revert`).
-    patch_id: &'static str,
     /// The functions the bundle replaces, sorted.
     functions: &'static [&'static str],
     /// The probe (scripts/deb-cases/NAME.c), its compiler flags and its argument.
@@ -289,6 +287,29 @@ fn live_case(case: &Case) {
         return;
     }
     let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "deb-build", case.package);
+    // `--prepare`: the Debian build and the binding, no fix, no bundle (scripts/test.sh ran
+    // it first, so that the Debian build is not timed as part of this test).
+    let o = run(Command::new(env!("CARGO_BIN_EXE_suture"))
+        .env("SUTURE_DEB_CACHE", &cache)
+        .args(["build", "--json", "--prepare", "--deb", case.package]));
+    let prepared: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("suture build --deb --prepare --json: {e}: {}", text(&o)));
+    assert_eq!(o.status.code(), Some(0), "{prepared:#}");
+    assert_eq!(prepared["outcome"], "prepared", "{prepared:#}");
+    assert_eq!(prepared["version"], case.installed, "{prepared:#}");
+    assert!(
+        prepared["fix"].is_null() && prepared["build"].is_null(),
+        "{prepared:#}"
+    );
+    assert!(
+        prepared["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["path"].as_str().unwrap().ends_with(case.library)
+                && f["status"] == "reproduced"),
+        "{prepared:#}"
+    );
     let fix = match case.patch {
         // The newer source package, unpacked by scripts/deb-build.sh.
         Some(p) => {
@@ -360,14 +381,21 @@ fn live_case(case: &Case) {
     settle(&lines, case.after);
     let applied: Value = serde_json::from_slice(&o.stdout).expect("apply --json");
     let f = &applied["files"][0];
-    assert_eq!(f["file"], library.as_str(), "{applied:#}");
+    // The process maps the file under its merged-/usr path, dpkg lists it under /lib.
+    let canon = |p: &str| std::fs::canonicalize(p).unwrap();
+    assert_eq!(
+        canon(f["file"].as_str().unwrap()),
+        canon(&library),
+        "{applied:#}"
+    );
     assert_eq!(f["version"], case.installed, "{applied:#}");
     assert_eq!(
         f["package"].as_str().unwrap().split(':').next().unwrap(),
         case.package,
         "{applied:#}"
     );
-    let o = run(suture().args(["revert", case.patch_id, "--timeout", "60", "--pid", &pid]));
+    let id = applied["patch_id"].as_str().unwrap();
+    let o = run(suture().args(["revert", id, "--timeout", "60", "--pid", &pid]));
     assert_eq!(o.status.code(), Some(0), "revert: {}", text(&o));
     settle(&lines, case.before);
 }
@@ -384,7 +412,6 @@ fn libxml2_xpath_depth_fix_from_a_newer_debian_source() {
         newer: "2.9.14+dfsg-1.3~deb12u6",
         patch: Some("CVE-2025-9714.patch"),
         library: "/libxml2.so.2.9.14",
-        patch_id: "CVE-2025-9714",
         // xmlXPathRunEval is static and inlined into its two callers.
         functions: &[
             "xmlXPathCompiledEvalInternal",
@@ -397,5 +424,34 @@ fn libxml2_xpath_depth_fix_from_a_newer_debian_source() {
         probe_arg: "xpath-depth",
         before: "count=3 depth=0",
         after: "count=3 depth=100",
+    });
+}
+
+/// liblzma5 5.4.1-1+deb12u1 (bookworm), installed by scripts/deb-build.sh while the machine's
+/// xz-utils stays at deb12u2 (a partial upgrade, which `--deb liblzma5` follows), patched with
+/// every fix xz-utils 5.4.1-1+deb12u2 (bookworm-security) added (`--to`): GHSA-5qpq-xqfv-j9pg
+/// (a failed LZMA1 decoder initialisation is cleaned up at once) and two hardenings of the
+/// decoders. Debian's build reproduces the installed build-id.
+#[test]
+fn liblzma_update_from_a_newer_debian_source() {
+    live_case(&Case {
+        package: "liblzma5",
+        source: "xz-utils",
+        installed: "5.4.1-1+deb12u1",
+        newer: "5.4.1-1+deb12u2",
+        patch: None,
+        library: "/liblzma.so.5.4.1",
+        functions: &[
+            "alone_decode",
+            "lzip_decode",
+            "lzma_lz_decoder_init",
+            "microlzma_decode",
+            "stream_decode_mt",
+        ],
+        probe: "liblzma-probe",
+        cflags: &[],
+        probe_arg: "alone-init-failure",
+        before: "ret=5 live=4 after-end=0",
+        after: "ret=5 live=2 after-end=0",
     });
 }
