@@ -45,6 +45,18 @@ echo "==> preparing the real-fixes tier (Debian CVE fixes) in $cache/real-fixes"
 bash scripts/real-fixes.sh "$cache"
 export SUTURE_REAL_FIXES="$cache/real-fixes"
 
+echo "==> preparing the suture build --deb tier in $cache/deb"
+bash scripts/deb-build.sh "$cache"
+export SUTURE_DEB_BUILD="$cache/deb"
+# The Debian builds of the installed packages the tier patches take minutes each when cold:
+# done here (`suture build --deb --prepare`), not inside a test's time limit. A failure is
+# left for the test to report.
+for p in libexpat1 libxml2 liblzma5; do
+    echo "==> suture build --deb $p --prepare"
+    SUTURE_DEB_CACHE="$SUTURE_DEB_BUILD" cargo run -q -p suture -- build --deb "$p" --prepare \
+        >/dev/null 2>"$cache/deb/prepare-$p.log" || echo "    failed: see $cache/deb/prepare-$p.log"
+done
+
 # The booted-guest tier (tests/kernel_guest.rs): QEMU (TCG) boots Debian's stock kernel, whose
 # image scripts/guest-kernel.sh fetches into the cache. Without recommends: no GUI, no firmware
 # beyond the BIOS.

@@ -4,13 +4,19 @@
 //!
 //! The twin is, in order of preference: the rebuild's output when it has the deployed file's
 //! build-id; the deployed file itself when it is not stripped; a debug file found by build-id
-//! (`<debug-dir>/.build-id/xx/yyyy.debug`). The comparison reads the deployed file's bytes at
+//! (`<debug-dir>/.build-id/xx/yyyy.debug`); the rebuild's output when its build-id differs but
+//! everything the file loads is byte-identical ([`loaded_differences`]: every allocated
+//! section but the build-id note has the same name, address, size and bytes), which is how a
+//! distribution's stripped file compares with a rebuild whose compiler version string or
+//! debug information (both stripped from the package) differ. The comparison reads the deployed file's bytes at
 //! the twin's addresses and the rebuild's bytes at the rebuild's own addresses: equal bytes
 //! (which include every PC-relative displacement) mean the code the patch was diffed against
 //! is the code that runs.
 
 use std::path::{Path, PathBuf};
 
+use object::read::elf::{ElfFile64, SectionHeader as _};
+use object::{LittleEndian as LE, Object as _, ObjectSection as _};
 use suture_bundle::{hex, Symbol, Twin};
 use suture_object::report::{RefScope, Report, SymbolKind};
 
@@ -122,6 +128,10 @@ pub fn bind(
         })
     };
     let same_build = rebuild_id == deployed_id;
+    let same_load = || {
+        rebuild.symbols.has_symtab
+            && loaded_differences(&rebuild.data, &deployed.data).is_ok_and(|d| d.is_empty())
+    };
     let debug;
     let (twin, twin_kind): (&ElfInfo, &str) = if same_build && rebuild.symbols.has_symtab {
         (rebuild, "rebuild")
@@ -136,6 +146,8 @@ pub fn bind(
             });
         }
         (&debug, "debug-file")
+    } else if same_load() {
+        (rebuild, "rebuild-same-load")
     } else {
         let id = hex(&deployed_id);
         return Err(BuildError::Unlocatable {
@@ -209,7 +221,19 @@ pub fn bind(
         });
     }
     let mut notes = Vec::new();
-    if !same_build {
+    if twin_kind == "rebuild-same-load" {
+        notes.push(format!(
+            "{}: build-id {} differs from the rebuild's {}, but every section it loads is \
+             byte-identical to the rebuild's (the builds differ only in what the file does not \
+             load, such as the compiler's version string or debug information), so the \
+             rebuild's symbol table gives the addresses; all {} symbols the patch relies on \
+             are byte-identical",
+            deployed.path,
+            hex(&deployed_id),
+            hex(&rebuild_id),
+            symbols.len()
+        ));
+    } else if !same_build {
         notes.push(format!(
             "{}: build-id {} differs from the rebuild's {}, but all {} symbols the patch relies \
              on are byte-identical (addresses from {} {})",
@@ -232,7 +256,75 @@ pub fn bind(
     })
 }
 
+/// The allocated sections (what the loader maps) in which two linked ELF files differ: a name
+/// for each section missing from one of them or with another address, size or contents. The
+/// GNU build-id note is left out (it is what differs between builds that load the same
+/// bytes). Empty: everything the two files load is byte-identical.
+pub fn loaded_differences(a: &[u8], b: &[u8]) -> Result<Vec<String>, String> {
+    /// Name, address, size and contents of an allocated section.
+    type Loaded<'a> = (String, u64, u64, &'a [u8]);
+    fn loaded(data: &[u8]) -> Result<Vec<Loaded<'_>>, String> {
+        let f = ElfFile64::<LE>::parse(data).map_err(|e| e.to_string())?;
+        let mut v = Vec::new();
+        for s in f.sections() {
+            let flags = s.elf_section_header().sh_flags(f.endian());
+            let alloc = flags.0 & object::elf::SHF_ALLOC.0 != 0;
+            let name = s.name().map_err(|e| e.to_string())?;
+            if !alloc || name == ".note.gnu.build-id" {
+                continue;
+            }
+            let bytes = s.data().map_err(|e| e.to_string())?;
+            v.push((name.to_string(), s.address(), s.size(), bytes));
+        }
+        Ok(v)
+    }
+    let (la, lb) = (loaded(a)?, loaded(b)?);
+    let mut differ = Vec::new();
+    for (name, addr, size, bytes) in &la {
+        match lb.iter().find(|s| &s.0 == name) {
+            None => differ.push(format!("{name} (only in one file)")),
+            Some((_, a2, s2, b2)) if (a2, s2) != (addr, size) => differ.push(format!(
+                "{name} (at {addr:#x}, {size} bytes vs at {a2:#x}, {s2} bytes)"
+            )),
+            Some((_, _, _, b2)) if b2 != bytes => differ.push(format!("{name} (contents)")),
+            Some(_) => {}
+        }
+    }
+    for (name, ..) in &lb {
+        if !la.iter().any(|s| &s.0 == name) {
+            differ.push(format!("{name} (only in one file)"));
+        }
+    }
+    Ok(differ)
+}
+
 /// Default debug-file directories.
 pub fn default_debug_dirs() -> Vec<PathBuf> {
     vec![Path::new("/usr/lib/debug").to_path_buf()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loaded_differences_sees_one_changed_byte_of_text() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(loaded_differences(&me, &me), Ok(Vec::new()));
+        let f = ElfFile64::<LE>::parse(&*me).unwrap();
+        let text = f.section_by_name(".text").unwrap();
+        let (off, _) = text.file_range().unwrap();
+        let mut other = me.clone();
+        other[usize::try_from(off).unwrap() + 16] ^= 0xff;
+        assert_eq!(
+            loaded_differences(&me, &other),
+            Ok(vec![".text (contents)".to_string()])
+        );
+        // Something the loader does not map (a non-allocated section) is not a difference.
+        let comment = f.section_by_name(".comment").unwrap();
+        let (off, _) = comment.file_range().unwrap();
+        let mut other = me.clone();
+        other[usize::try_from(off).unwrap()] ^= 0xff;
+        assert_eq!(loaded_differences(&me, &other), Ok(Vec::new()));
+    }
 }

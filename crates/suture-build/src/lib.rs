@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 pub mod bind;
+pub mod deb;
 pub mod elfinfo;
 pub mod kernel;
 pub mod patchset;
@@ -31,7 +32,7 @@ pub mod sandbox;
 pub mod units;
 
 mod run;
-pub use run::{build, BuildOptions, BuildReport, Outcome};
+pub use run::{build, records_dir, run_build, BuildOptions, BuildReport, Outcome};
 
 /// Why a build could not run to a verdict. Each variant carries what it is about (file,
 /// command, symbol...); the message is short and leaves the underlying error to `source()`
@@ -193,6 +194,9 @@ pub enum BuildError {
     KernelNotes { path: String, reason: String },
     #[error("the fix changes {file}, which the source tree does not have")]
     NotInTree { file: String },
+    /// `suture build --deb`: the package, its source or its build (`message` says which).
+    #[error("{message}")]
+    Deb { message: String },
     #[error(transparent)]
     Kernel(#[from] suture_kernel::tree::Error),
     #[error(transparent)]

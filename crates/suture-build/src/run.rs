@@ -182,8 +182,12 @@ pub fn records_dir(source: &Path, out_dir: &Path) -> PathBuf {
     base.join("build").join(&key[..16])
 }
 
-fn run_build(
-    opts: &BuildOptions,
+/// Runs `build_cmd` (with `sh -c`, in `source`) with the compiler wrapper `wrapper_exe`
+/// first in `PATH`, its output in `log`; the commands it ran are appended to the tree's
+/// records in `records` (see [`records_dir`]). Returns every recorded invocation, of this run
+/// and of earlier ones.
+pub fn run_build(
+    (build_cmd, wrapper_exe): (&str, &Path),
     source: &Path,
     records: &Path,
     log: &Path,
@@ -197,7 +201,7 @@ fn run_build(
     .map_err(|e| BuildError::io(records, e))?;
     // A stable path: build systems that cache the compiler's path (CMake) find it next time.
     let wrap = records.join("bin");
-    wrapper_dir(&wrap, &opts.wrapper_exe)?;
+    wrapper_dir(&wrap, wrapper_exe)?;
     let commands = records.join("commands.jsonl");
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut paths = vec![wrap.clone()];
@@ -208,7 +212,7 @@ fn run_build(
     })?;
     progress(&format!(
         "running the build: {} (in {}, log {})",
-        opts.build_cmd,
+        build_cmd,
         source.display(),
         log.display()
     ));
@@ -216,7 +220,7 @@ fn run_build(
     let errf = logf.try_clone().map_err(|e| BuildError::io(log, e))?;
     let status = Command::new("sh")
         .arg("-c")
-        .arg(&opts.build_cmd)
+        .arg(build_cmd)
         .current_dir(source)
         .env("PATH", new_path)
         .env(record::LOG_ENV, &commands)
@@ -231,7 +235,7 @@ fn run_build(
         })?;
     if !status.success() {
         return Err(BuildError::BuildFailed {
-            cmd: opts.build_cmd.clone(),
+            cmd: build_cmd.to_string(),
             status: status.to_string(),
             log: log.display().to_string(),
             tail: tail(log, 30),
@@ -395,7 +399,13 @@ fn record(
     let (source, out_dir) = (&ws.source, &ws.out_dir);
     let log = ws.state.join("build.log");
     let records = records_dir(source, out_dir);
-    let invocations = run_build(opts, source, &records, &log, progress)?;
+    let invocations = run_build(
+        (&opts.build_cmd, &opts.wrapper_exe),
+        source,
+        &records,
+        &log,
+        progress,
+    )?;
     let graph = Graph::new(&invocations);
     if graph.units.is_empty() {
         return Err(BuildError::NothingRecorded {
@@ -849,7 +859,13 @@ fn verdicts(
                 .map(|l| l.function.clone())
                 .collect(),
         });
-        for l in &r.report.line_shifts {
+        // A patchable unit's differ notes (copied below) already say this.
+        let shifts = if r.report.status == Status::Patchable {
+            &[][..]
+        } else {
+            &r.report.line_shifts[..]
+        };
+        for l in shifts {
             let moved: Vec<String> = l.lines.iter().map(|(a, b)| format!("{a}->{b}")).collect();
             notes.push(format!(
                 "{src}: {} differs only in source line numbers ({} line {}), moved by the fix: \
@@ -894,6 +910,10 @@ fn verdicts(
         }
     }
 
+    // A source compiled more than once (a package building several flavours of one library)
+    // gives the same note once per unit.
+    let mut seen = std::collections::HashSet::new();
+    notes.retain(|n| seen.insert(n.clone()));
     BuildReport {
         schema: "suture.build/1",
         outcome: Outcome::NoChange,

@@ -14,11 +14,35 @@ pub struct Args {
     pub diff: Vec<PathBuf>,
     pub build_cmd: String,
     pub targets: Vec<PathBuf>,
+    pub common: Common,
+}
+
+/// Options every userspace `suture build` takes (also `--deb`).
+pub struct Common {
     pub output: Option<PathBuf>,
     pub id: Option<String>,
     pub debug_dirs: Vec<PathBuf>,
     pub include_line_shifts: bool,
     pub json: bool,
+}
+
+impl Common {
+    /// `--debug-dir`, or the default directories.
+    pub fn debug_dirs(&mut self) -> Vec<PathBuf> {
+        let dirs = std::mem::take(&mut self.debug_dirs);
+        if dirs.is_empty() {
+            suture_build::bind::default_debug_dirs()
+        } else {
+            dirs
+        }
+    }
+
+    pub fn diff_options(&self) -> suture_object::Options {
+        suture_object::Options {
+            include_line_shifts: self.include_line_shifts,
+            ..Default::default()
+        }
+    }
 }
 
 /// When this process was started by a build as `cc`, `gcc`, ... (wrapper mode): records the
@@ -29,7 +53,7 @@ pub fn wrapper_mode() -> Option<u8> {
     Some(u8::try_from(code).unwrap_or(exit::ERROR))
 }
 
-pub fn run(a: Args) -> Result<u8> {
+pub fn run(mut a: Args) -> Result<u8> {
     let exe = std::env::current_exe()?;
     let (diff, _combined) = crate::one_diff(&a.diff)?;
     let opts = BuildOptions {
@@ -37,21 +61,14 @@ pub fn run(a: Args) -> Result<u8> {
         diff,
         build_cmd: a.build_cmd,
         targets: a.targets,
-        out_dir: a.output.context("--output is required")?,
-        patch_id: a.id,
+        out_dir: a.common.output.take().context("--output is required")?,
+        patch_id: a.common.id.take(),
         created_by: format!("suture {}", env!("CARGO_PKG_VERSION")),
-        debug_dirs: if a.debug_dirs.is_empty() {
-            suture_build::bind::default_debug_dirs()
-        } else {
-            a.debug_dirs
-        },
+        debug_dirs: a.common.debug_dirs(),
         wrapper_exe: exe,
-        diff_options: suture_object::Options {
-            include_line_shifts: a.include_line_shifts,
-            ..Default::default()
-        },
+        diff_options: a.common.diff_options(),
     };
-    let json = a.json;
+    let json = a.common.json;
     let mut progress = |line: &str| {
         // Progress goes to stderr so stdout stays the result (JSON or the summary).
         eprintln!("suture build: {line}");
@@ -61,54 +78,64 @@ pub fn run(a: Args) -> Result<u8> {
     if json {
         crate::out(&format!("{}\n", serde_json::to_string_pretty(&report)?));
     } else {
-        let mut t = String::new();
-        for f in &report.files {
-            let detail = if f.detail.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", f.detail)
-            };
-            t += &format!("{} [{}]{detail}\n", f.file, f.verdict);
-        }
-        for r in &report.refusals {
-            let sym = if r.symbol.is_empty() {
-                String::new()
-            } else {
-                format!(" {}", r.symbol)
-            };
-            t += &format!("refused: {}{sym}: {}\n", r.file, r.reason);
-        }
-        for n in &report.notes {
-            t += &format!("note: {n}\n");
-        }
-        for s in &report.skipped {
-            t += &format!("skipped: {s} (no --target names it)\n");
-        }
-        for b in &report.bundles {
-            t += &format!(
-                "bundle {} for {} (build-id {}): replaces {}; {} original symbols verified \
-                 (addresses from {} {})\n",
-                b.path,
-                b.target,
-                b.build_id,
-                b.functions.join(", "),
-                b.symbols_verified,
-                b.twin.kind,
-                b.twin.path
-            );
-        }
-        t += match report.outcome {
-            Outcome::Written => "",
-            Outcome::Refused => "nothing written: the fix cannot be live-patched\n",
-            Outcome::NoChange => "nothing written: no change in any compiled output\n",
-        };
-        crate::out(&t);
+        crate::out(&summary(&report));
     }
-    Ok(match report.outcome {
+    Ok(exit_code(report.outcome))
+}
+
+/// The human summary of a `suture build` report (what `--json` does not print).
+pub(crate) fn summary(report: &suture_build::BuildReport) -> String {
+    let mut t = String::new();
+    for f in &report.files {
+        let detail = if f.detail.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", f.detail)
+        };
+        t += &format!("{} [{}]{detail}\n", f.file, f.verdict);
+    }
+    for r in &report.refusals {
+        let sym = if r.symbol.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", r.symbol)
+        };
+        t += &format!("refused: {}{sym}: {}\n", r.file, r.reason);
+    }
+    for n in &report.notes {
+        t += &format!("note: {n}\n");
+    }
+    for s in &report.skipped {
+        t += &format!("skipped: {s} (no --target names it)\n");
+    }
+    for b in &report.bundles {
+        t += &format!(
+            "bundle {} for {} (build-id {}): replaces {}; {} original symbols verified \
+             (addresses from {} {})\n",
+            b.path,
+            b.target,
+            b.build_id,
+            b.functions.join(", "),
+            b.symbols_verified,
+            b.twin.kind,
+            b.twin.path
+        );
+    }
+    t += match report.outcome {
+        Outcome::Written => "",
+        Outcome::Refused => "nothing written: the fix cannot be live-patched\n",
+        Outcome::NoChange => "nothing written: no change in any compiled output\n",
+    };
+    t
+}
+
+/// The exit status of a build's outcome.
+pub(crate) fn exit_code(outcome: Outcome) -> u8 {
+    match outcome {
         Outcome::Written => exit::OK,
         Outcome::Refused => exit::UNSUPPORTED,
         Outcome::NoChange => exit::NO_CHANGE,
-    })
+    }
 }
 
 /// `suture apply BUNDLE`: the object patched in each process is the mapped file whose
@@ -161,6 +188,7 @@ pub fn apply_bundle(
             }
         }
     }
+    let files = patched_files(&results);
     if req.json {
         crate::out(&format!(
             "{}\n",
@@ -168,9 +196,73 @@ pub fn apply_bundle(
                 "schema": "suture.process/2",
                 "patch_id": id,
                 "build_id": m.target.build_id,
-                "processes": results
+                "processes": results,
+                "files": files
             }))?
         ));
+    } else {
+        for f in &files {
+            let owner = match (&f["package"], &f["version"]) {
+                (serde_json::Value::String(p), serde_json::Value::String(v)) => {
+                    format!("package {p} {v}, ")
+                }
+                _ => String::new(),
+            };
+            crate::out(&format!(
+                "{id}: patched {owner}file {} in {} process(es): {}\n",
+                f["file"].as_str().unwrap_or_default(),
+                f["pids"].as_array().map_or(0, Vec::len),
+                f["pids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
     }
     Ok(if failed == 0 { exit::OK } else { exit::ERROR })
+}
+
+/// The files a bundle patched, each with the processes it was patched in and the Debian
+/// package that installed it (`dpkg -S`, also under the path without `/usr` on merged-/usr
+/// systems), when one did.
+fn patched_files(results: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let mut by_file: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for r in results.iter().filter(|r| r["applied"] == true) {
+        if let (Some(o), Some(pid)) = (r["object"].as_str(), r["pid"].as_u64()) {
+            by_file.entry(o.to_string()).or_default().push(pid);
+        }
+    }
+    by_file
+        .into_iter()
+        .map(|(file, pids)| {
+            let (package, version) = debian_package(&file).unzip();
+            serde_json::json!({"file": file, "pids": pids, "package": package, "version": version})
+        })
+        .collect()
+}
+
+/// The installed Debian package that owns `file`, and its version.
+fn debian_package(file: &str) -> Option<(String, String)> {
+    let query = |args: &[&str]| -> Option<String> {
+        let o = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let mut paths = vec![file.to_string()];
+    if let Some(rest) = file.strip_prefix("/usr") {
+        paths.push(rest.to_string());
+    }
+    let owner = paths.iter().find_map(|p| query(&["dpkg", "-S", p]))?;
+    let package = owner.lines().next()?.split_once(": ")?.0.to_string();
+    let package = package.split(", ").next()?.to_string();
+    let version = query(&["dpkg-query", "-W", "-f", "${Version}", &package])?;
+    Some((package, version))
 }

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod build_cmd;
+mod deb_cmd;
 mod demo;
 mod diff_cmd;
 mod kernel_build;
@@ -62,6 +63,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the `build` variant (many options) does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Compare two builds of one translation unit and decide what a live patch must contain.
@@ -176,12 +179,22 @@ enum Command {
     #[command(after_help = EXIT_HELP)]
     Build {
         /// The source tree, as it was when the deployed binaries were built.
-        #[arg(long, value_name = "DIR", required_unless_present = "kernel")]
+        #[arg(
+            long,
+            value_name = "DIR",
+            required_unless_present_any = ["kernel", "deb"],
+            conflicts_with = "deb"
+        )]
         source: Option<PathBuf>,
         /// The fix: a unified diff (`git diff` or `diff -u`; -p1 or -p0 paths). Repeat for a fix
         /// in several patches (applied in order, like a patch series); the default patch id is
         /// the first one's file stem.
-        #[arg(long, value_name = "FIX.patch", required = true)]
+        #[arg(
+            long,
+            value_name = "FIX.patch",
+            required_unless_present = "deb",
+            conflicts_with = "deb"
+        )]
         diff: Vec<PathBuf>,
         /// The project's build command, run with `sh -c` in DIR (CC/CXX are taken from PATH,
         /// where suture's compiler wrapper comes first).
@@ -198,9 +211,46 @@ enum Command {
             short = 'o',
             long = "output",
             value_name = "OUTDIR",
-            required_unless_present = "kernel"
+            required_unless_present_any = ["kernel", "prepare"]
         )]
         output: Option<PathBuf>,
+        /// Patch the files of an installed Debian package: PACKAGE (a binary or source package;
+        /// its installed version), PACKAGE=VERSION (the installed version), or an unpacked
+        /// source tree of it. The source comes from `apt-get source` (cached in
+        /// $SUTURE_DEB_CACHE, default /var/tmp/suture/deb); a version the archive no longer
+        /// serves is reconstructed from the nearest newer one by reversing the patches its newer
+        /// changelog entries added. The package is built the Debian way (`debian/rules build`,
+        /// Debian's flags) through the recorded build (once per version; missing build
+        /// dependencies are installed with `apt-get build-dep` when run as root); each installed
+        /// ELF file is matched with the rebuild by build-id, and when the build-id is not
+        /// reproduced the report says why (compiler, build path, dependencies) and whether the
+        /// loaded bytes are still identical (then the rebuild gives the addresses). One bundle
+        /// is written per installed file the fix changes. Needs --patch or --to; --json prints
+        /// schema `suture.deb-build/1` (docs/deb.md).
+        #[arg(
+            long,
+            value_name = "PACKAGE[=VERSION]|SRCDIR",
+            conflicts_with = "kernel"
+        )]
+        deb: Option<String>,
+        /// (--deb) The fix: a patch of the source package (-p1 from its root, like
+        /// debian/patches). Repeat for a series, applied in order.
+        #[arg(long = "patch", value_name = "FILE", requires = "deb")]
+        patches: Vec<PathBuf>,
+        /// (--deb) The fix: every patch that debian/patches/series of this newer version of the
+        /// source package has and the installed version's lacks, in series order.
+        #[arg(
+            long,
+            value_name = "NEWER_VERSION",
+            requires = "deb",
+            conflicts_with = "patches"
+        )]
+        to: Option<String>,
+        /// (--deb) No fix yet: fetch the installed version's source, build it the Debian way
+        /// and bind the installed files (build-ids), so that a fix given later builds in
+        /// seconds. Writes no bundle.
+        #[arg(long, requires = "deb", conflicts_with_all = ["patches", "to"])]
+        prepare: bool,
         /// Patch id recorded in processes (default: the diff's file stem).
         #[arg(long, value_name = "NAME")]
         id: Option<String>,
@@ -375,6 +425,30 @@ fn main() -> ExitCode {
             json,
         }),
         Command::Build {
+            deb: Some(deb),
+            patches,
+            to,
+            prepare,
+            output,
+            id,
+            debug_dirs,
+            include_line_shifts,
+            json,
+            ..
+        } => deb_cmd::run(deb_cmd::Args {
+            spec: deb,
+            patches,
+            to,
+            prepare,
+            common: build_cmd::Common {
+                output,
+                id,
+                debug_dirs,
+                include_line_shifts,
+                json,
+            },
+        }),
+        Command::Build {
             source,
             diff,
             build_cmd,
@@ -391,11 +465,13 @@ fn main() -> ExitCode {
             diff,
             build_cmd,
             targets,
-            output,
-            id,
-            debug_dirs,
-            include_line_shifts,
-            json,
+            common: build_cmd::Common {
+                output,
+                id,
+                debug_dirs,
+                include_line_shifts,
+                json,
+            },
         }),
         Command::Plan {
             inventory,
