@@ -102,8 +102,19 @@ pub struct KernelBuildReport {
     pub release: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub units: Vec<KernelUnitReport>,
+    /// Units the fix changes that the target kernel does not contain (its configuration leaves
+    /// them out): left out of the module, with the reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_built: Vec<NotBuilt>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seconds: Option<Seconds>,
+}
+
+/// A unit of the fix that is not part of the target kernel.
+#[derive(Clone, Debug, Serialize)]
+pub struct NotBuilt {
+    pub unit: String,
+    pub reason: String,
 }
 
 pub const SCHEMA: &str = "suture.kernel-build/1";
@@ -118,6 +129,7 @@ impl KernelBuildReport {
             module: None,
             release: None,
             units: Vec::new(),
+            not_built: Vec::new(),
             seconds: None,
         }
     }
@@ -494,12 +506,53 @@ pub fn build(
     drop(t);
     let compile_s = t_build.elapsed().as_secs_f64();
 
+    // Units the target's configuration leaves out: nothing to patch there, whatever the
+    // fix changes in them (a fix often touches drivers of other architectures or options).
+    let mut not_built = Vec::new();
+    let built = match &opts.kallsyms {
+        None => built,
+        Some(p) => {
+            let table = suture_kernel::kallsyms::read_kallsyms(p)
+                .map_err(|e| BuildError::from(generate::Error::Symbols(e)))?;
+            let mut kept = Vec::new();
+            for b in built {
+                let why = if b.object == "vmlinux" {
+                    generate::not_in_vmlinux(&b.orig, &table).map_err(|source| {
+                        BuildError::Analysis {
+                            what: format!("{} (original)", b.file),
+                            source,
+                        }
+                    })?
+                } else {
+                    None
+                };
+                match why {
+                    Some(reason) => {
+                        progress(&format!("{}: {reason}", b.file));
+                        not_built.push(NotBuilt {
+                            unit: b.file.clone(),
+                            reason,
+                        });
+                    }
+                    None => kept.push(b),
+                }
+            }
+            kept
+        }
+    };
+
     let patches = match diff(&built, &text, progress)? {
         Ok(p) => p,
-        Err(refused) => return Ok(refused),
+        Err(mut refused) => {
+            refused.not_built = not_built;
+            return Ok(refused);
+        }
     };
     if patches.is_empty() {
-        return Ok(KernelBuildReport::outcome(KernelOutcome::NoChange));
+        return Ok(KernelBuildReport {
+            not_built,
+            ..KernelBuildReport::outcome(KernelOutcome::NoChange)
+        });
     }
 
     let name = generate::module_name(&match &opts.name {
@@ -521,7 +574,10 @@ pub fn build(
     };
     let module = match generate(&patches, gen_opts)? {
         Ok(m) => m,
-        Err(refused) => return Ok(refused),
+        Err(mut refused) => {
+            refused.not_built = not_built;
+            return Ok(refused);
+        }
     };
     Ok(KernelBuildReport {
         module: Some(module),
@@ -534,6 +590,7 @@ pub fn build(
                 report: p.report.clone(),
             })
             .collect(),
+        not_built,
         seconds: Some(Seconds {
             compile: compile_s,
             total: start.elapsed().as_secs_f64(),

@@ -393,6 +393,40 @@ fn has_fentry(orig: &suture_object::Object, name: &str) -> Option<bool> {
 }
 
 /// Builds the livepatch module.
+/// Why a compiled unit of vmlinux is not part of the target kernel, or None when it is (or
+/// cannot be told). kbuild compiles a single object on request whatever the configuration
+/// says, as built-in code when the configuration does not make it a module, so a fix to a
+/// driver the target's configuration leaves out compiles as if it belonged to vmlinux. Its
+/// code is then nowhere in the target: none of the unit's functions is in the target's
+/// kallsyms, which lists every function of vmlinux (static and `__init` ones too). A unit that
+/// defines no function cannot be told and counts as present.
+pub fn not_in_vmlinux(
+    orig: &[u8],
+    kallsyms: &ObjectSymbols,
+) -> Result<Option<String>, suture_object::Error> {
+    let o = suture_object::Object::parse(orig)?;
+    let funcs: Vec<&str> = o
+        .symbols
+        .iter()
+        .filter(|s| s.section().is_some() && s.kind == suture_object::elf::SymKind::Func)
+        .map(|s| s.name.as_str())
+        .collect();
+    if funcs.is_empty() || funcs.iter().any(|f| kallsyms.contains(f)) {
+        return Ok(None);
+    }
+    let mut shown: Vec<&str> = funcs.iter().copied().take(3).collect();
+    if funcs.len() > 3 {
+        shown.push("...");
+    }
+    Ok(Some(format!(
+        "not built in the target kernel: none of its {} function(s) ({}) is in the target's \
+         kallsyms, so its configuration leaves this unit out (kbuild compiled it only because \
+         it was asked to); the fix does not apply to this kernel",
+        funcs.len(),
+        shown.join(", ")
+    )))
+}
+
 pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
     check_config(&opts.headers)?;
     check_compiler(&opts.headers)?;

@@ -133,6 +133,95 @@ fn refused_kernel_fixes() {
     assert!(st.success(), "the tree was left modified");
 }
 
+/// A fix that also touches a driver the target's configuration leaves out (Debian's config
+/// has no CONFIG_UDMABUF; kbuild compiles drivers/dma-buf/udmabuf.c anyway when asked): that
+/// unit is reported as not built, even though its change (a new initial value of existing
+/// data) would be refused in a kernel that has it, and the rest of the fix is built.
+#[test]
+fn a_unit_the_target_does_not_build_is_left_out() {
+    let Some(tree) = tree() else { return };
+    let Some(kernel) = guest::kernel() else {
+        return;
+    };
+    let config = std::fs::read_to_string(tree.join(".config")).unwrap();
+    assert!(
+        config.contains("# CONFIG_UDMABUF is not set"),
+        "the case needs a configuration without CONFIG_UDMABUF"
+    );
+    let kallsyms = guest::kallsyms(&kernel);
+    let notes = guest::notes(&kernel);
+    let work = guest::scratch("kbuild-not-built");
+    let rel = "drivers/dma-buf/udmabuf.c";
+    let text = std::fs::read_to_string(tree.join(rel)).unwrap();
+    let old = "static int size_limit_mb = 64;";
+    assert!(text.contains(old), "{rel} changed upstream");
+    let new_file = work.join("udmabuf.c");
+    std::fs::write(
+        &new_file,
+        text.replace(old, "static int size_limit_mb = 32;"),
+    )
+    .unwrap();
+    let o = Command::new("diff")
+        .args([
+            "-u",
+            "--label",
+            &format!("a/{rel}"),
+            "--label",
+            &format!("b/{rel}"),
+        ])
+        .arg(tree.join(rel))
+        .arg(&new_file)
+        .output()
+        .unwrap();
+    let mut diff = String::from_utf8(o.stdout).unwrap();
+    assert!(diff.contains("+static int size_limit_mb = 32;"), "{diff}");
+    diff.push_str(&std::fs::read_to_string(case("cmdline-body")).unwrap());
+    let fix = work.join("fix.diff");
+    std::fs::write(&fix, diff).unwrap();
+    let kallsyms_arg = kallsyms.to_str().unwrap();
+    let notes_arg = notes.to_str().unwrap();
+    let b = suture_build(
+        &tree,
+        &fix,
+        &work.join("out"),
+        &["--kallsyms", kallsyms_arg, "--kernel-notes", notes_arg],
+    );
+    assert_eq!(b.status, 0, "{}{}", b.stdout, b.stderr);
+    let j: serde_json::Value = serde_json::from_str(&b.stdout).unwrap();
+    assert_eq!(j["status"], "built", "{j:#}");
+    let not_built = j["not_built"].as_array().expect("not_built");
+    assert_eq!(not_built.len(), 1, "{j:#}");
+    assert_eq!(not_built[0]["unit"], rel, "{j:#}");
+    assert!(
+        not_built[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not built in the target kernel"),
+        "{j:#}"
+    );
+    let units: Vec<&str> = j["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(units, ["fs/proc/cmdline.c"], "{j:#}");
+    // Alone, the same change is no change for this kernel (exit 3), not a refusal.
+    let lone = work.join("lone.diff");
+    let d = std::fs::read_to_string(&fix).unwrap();
+    std::fs::write(&lone, &d[..d.find("--- a/fs/proc/cmdline.c").unwrap()]).unwrap();
+    let b = suture_build(
+        &tree,
+        &lone,
+        &work.join("lone"),
+        &["--kallsyms", kallsyms_arg, "--kernel-notes", notes_arg],
+    );
+    assert_eq!(b.status, 3, "{}{}", b.stdout, b.stderr);
+    let j: serde_json::Value = serde_json::from_str(&b.stdout).unwrap();
+    assert_eq!(j["status"], "no-change", "{j:#}");
+    assert_eq!(j["not_built"][0]["unit"], rel, "{j:#}");
+}
+
 /// Sets TCP_WINDOW_CLAMP far above the largest window TCP can advertise (65535 << 14) on a
 /// TCP socket and prints what the kernel kept.
 const CLAMP_C: &str = r#"
