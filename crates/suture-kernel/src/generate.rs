@@ -190,6 +190,10 @@ pub struct Module {
     pub objects: Vec<ObjectSummary>,
     pub klp_sections: Vec<(String, usize)>,
     pub klp_symbols: Vec<String>,
+    /// What the module does differently from the fixed kernel code (e.g. tracepoints that
+    /// stay off in patched functions).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -254,6 +258,22 @@ pub fn check_compiler(headers: &Headers) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// The namespaces of namespaced exports in the headers' `Module.symvers` (its fifth column):
+/// symbol name → namespace. A module using such a symbol must import the namespace
+/// (`MODULE_IMPORT_NS`), or modpost and the module loader refuse it.
+pub fn read_symbol_namespaces(headers: &Headers) -> Result<HashMap<String, String>, Error> {
+    let path = headers.dir.join("Module.symvers");
+    let text = std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let ns = f.get(4).filter(|n| !n.is_empty())?;
+            Some((f.get(1)?.to_string(), ns.to_string()))
+        })
+        .collect())
 }
 
 /// Exported symbols of the headers' `Module.symvers`: name → exporting object.
@@ -392,6 +412,26 @@ fn has_fentry(orig: &suture_object::Object, name: &str) -> Option<bool> {
     )
 }
 
+/// Whether `name` (an undefined symbol of a patch object) is a static key that only turns on
+/// observation: a tracepoint (`__tracepoint_<event>`, whose `key` field the jump label tests)
+/// or a dynamic-debug descriptor (`__UNIQUE_ID_ddebug<n>`, `descriptor`). Code compiled for
+/// such a key with its compiled default does exactly what it did, minus the trace event or
+/// debug message.
+fn observation_key(name: &str) -> bool {
+    let base = display_name(name);
+    let base = base.split('.').next().unwrap_or_default();
+    base.starts_with("__tracepoint_")
+        || base.starts_with("__UNIQUE_ID_ddebug")
+        || base == "descriptor"
+}
+
+/// `name` without suture's local-reference prefix.
+fn display_name(name: &str) -> String {
+    suture_object::names::parse_local_reference(name)
+        .map_or(name, |(_, n)| n)
+        .to_string()
+}
+
 /// Builds the livepatch module.
 /// Why a compiled unit of vmlinux is not part of the target kernel, or None when it is (or
 /// cannot be told). kbuild compiles a single object on request whatever the configuration
@@ -431,6 +471,8 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
     check_config(&opts.headers)?;
     check_compiler(&opts.headers)?;
     let symvers = read_symvers(&opts.headers)?;
+    let namespaces = read_symbol_namespaces(&opts.headers)?;
+    let mut imports: BTreeSet<String> = BTreeSet::new();
     let mut refusals = Vec::new();
     let refuse = |refusals: &mut Vec<Refusal>, unit: &Unit, symbol: &str, reason: String| {
         refusals.push(Refusal {
@@ -465,6 +507,7 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
 
     let mut plans: Vec<Plan> = Vec::new();
     let mut objs: BTreeMap<String, ObjectPlan> = BTreeMap::new();
+    let mut notes: Vec<String> = Vec::new();
     for (ui, unit) in units.iter().enumerate() {
         let orig = suture_object::Object::parse(unit.orig).map_err(|e| Error::BadObject {
             unit: unit.source.clone(),
@@ -569,6 +612,9 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
                 None => (u.name.clone(), false),
             };
             if !local && symvers.contains_key(&name) {
+                if let Some(ns) = namespaces.get(&name) {
+                    imports.insert(ns.clone());
+                }
                 continue; // exported: an ordinary, modversioned reference
             }
             // Where the symbol lives: the unit's own object first, then vmlinux.
@@ -641,6 +687,20 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
             .map(|(n, _)| n.as_str())
             .collect();
         for (table, sym) in &info.load_time_refs {
+            if table == "__jump_table" && late.contains(sym.as_str()) && observation_key(sym) {
+                if plan.off_keys.insert(sym.clone()) {
+                    notes.push(format!(
+                        "{}: {} is a tracepoint or dynamic-debug key of {}, which a livepatch \
+                         module cannot reference from __jump_table (the module loader needs it \
+                         before livepatch resolves module symbols): in the patched functions \
+                         that tracepoint or debug message stays off while the patch is loaded",
+                        unit.source,
+                        display_name(sym),
+                        unit.object
+                    ));
+                }
+                continue;
+            }
             if late.contains(sym.as_str()) {
                 refuse(
                     &mut refusals,
@@ -688,7 +748,8 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
         .map_err(io(format!("writing .{file}.cmd")))?;
         objects.push(file);
     }
-    let c = c_source(opts, &target, &objs);
+    let off_key = plans.iter().any(|p| !p.off_keys.is_empty());
+    let c = c_source(opts, &target, &objs, off_key, &imports);
     std::fs::write(build.join(format!("{}_main.c", opts.name)), c)
         .map_err(io("writing the module source"))?;
     std::fs::write(
@@ -731,6 +792,7 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
             .collect(),
         klp_sections: summary.klp_sections,
         klp_symbols: summary.klp_symbols,
+        notes,
     })
 }
 
@@ -768,6 +830,8 @@ fn c_source(
     opts: &Options,
     target: &KernelIdentity,
     objs: &BTreeMap<String, ObjectPlan>,
+    off_key: bool,
+    imports: &BTreeSet<String>,
 ) -> String {
     let mut c = String::new();
     let _ = writeln!(
@@ -779,6 +843,20 @@ fn c_source(
          #include <linux/livepatch.h>\n",
         opts.name
     );
+    // The namespaces of the namespaced exports the patched code uses (the patched module
+    // imports them in its own .modinfo, which the patch does not carry).
+    for ns in imports {
+        let _ = writeln!(c, "MODULE_IMPORT_NS({ns});");
+    }
+    if off_key {
+        let _ = writeln!(
+            c,
+            "#include <linux/jump_label.h>\n\n\
+             /* Stands in for module tracepoint and dynamic-debug keys in __jump_table. */\n\
+             struct static_key_false {} = STATIC_KEY_FALSE_INIT;\n",
+            klp::OFF_KEY
+        );
+    }
     for p in objs.values() {
         for (_, _, alias) in &p.funcs {
             let _ = writeln!(c, "extern void {alias}(void);");
@@ -876,7 +954,7 @@ mod tests {
             release: "6.1.0-57-amd64".into(),
             vmlinux_build_id: "2401381".into(),
         };
-        let c = c_source(&opts, &target, &BTreeMap::new());
+        let c = c_source(&opts, &target, &BTreeMap::new(), false, &BTreeSet::new());
         assert!(
             c.contains("MODULE_INFO(suture_release, \"6.1.0-57-amd64\");"),
             "{c}"

@@ -75,7 +75,16 @@ pub struct Plan {
     pub klp: BTreeMap<String, KlpSym>,
     /// Global aliases to add: (defined symbol name, alias).
     pub aliases: Vec<(String, String)>,
+    /// Undefined symbols (by their name in the patch object) whose `__jump_table` key
+    /// references are pointed at [`OFF_KEY`] instead: a module's tracepoint or dynamic-debug
+    /// keys, which the module loader would need before livepatch can resolve them. Their
+    /// branches in the patched code then keep their compiled default (off).
+    pub off_keys: std::collections::BTreeSet<String>,
 }
+
+/// A disabled static key the generated module defines (`struct static_key_false`), standing
+/// in for the keys of [`Plan::off_keys`].
+pub const OFF_KEY: &str = "__suture_off_key";
 
 /// Applies `plan` to a patch object (see the module comment).
 pub fn prepare(data: &[u8], plan: &Plan) -> Result<Vec<u8>, Error> {
@@ -97,6 +106,9 @@ pub fn prepare(data: &[u8], plan: &Plan) -> Result<Vec<u8>, Error> {
         if sec.name.as_slice() == suture_object::emit::MANIFEST_SECTION.as_bytes() {
             sec.delete = true;
         }
+    }
+    if !plan.off_keys.is_empty() {
+        retarget_off_keys(&mut b, &plan.off_keys);
     }
     let mut found_klp = 0;
     let mut aliases: HashMap<&str, &str> = HashMap::new();
@@ -148,6 +160,48 @@ pub fn prepare(data: &[u8], plan: &Plan) -> Result<Vec<u8>, Error> {
     let mut out = Vec::new();
     b.write(&mut out).map_err(Error::Write)?;
     Ok(out)
+}
+
+/// Points every `__jump_table` key relocation to a symbol of `keys` at [`OFF_KEY`], keeping
+/// the entry's branch bit (the addend's low bits; keys are 8-byte aligned, so the rest of the
+/// addend is the key's offset inside the original symbol, e.g. a tracepoint's `key` field).
+fn retarget_off_keys(b: &mut Builder, keys: &std::collections::BTreeSet<String>) {
+    let wanted: std::collections::HashSet<usize> = b
+        .symbols
+        .iter()
+        .filter(|s| keys.contains(String::from_utf8_lossy(s.name.as_slice()).as_ref()))
+        .map(|s| s.id().index())
+        .collect();
+    let Some(table) = b
+        .sections
+        .iter()
+        .find(|s| s.name.as_slice() == b"__jump_table")
+        .map(|s| s.id())
+    else {
+        return;
+    };
+    let off = {
+        let s = b.symbols.add();
+        s.name = ByteString::from(OFF_KEY.as_bytes().to_vec());
+        s.section = None;
+        s.st_shndx = elf::SHN_UNDEF;
+        s.st_info = elf::SymbolInfo::new(elf::STB_GLOBAL, elf::STT_OBJECT);
+        s.id()
+    };
+    for sec in b.sections.iter_mut() {
+        if sec.sh_info_section != Some(table) {
+            continue;
+        }
+        let SectionData::Relocation(relocs) = &mut sec.data else {
+            continue;
+        };
+        for r in relocs.iter_mut() {
+            if r.symbol.is_some_and(|s| wanted.contains(&s.index())) {
+                r.symbol = Some(off);
+                r.r_addend &= 7;
+            }
+        }
+    }
 }
 
 /// Summary of a finalised module.

@@ -17,6 +17,9 @@
 //! | 6.1.0-54 | 6.1.0-55 | time/namespace: validate tv_nsec of a time namespace offset | kernel/time/namespace.c | vmlinux | writing an offset whose nanoseconds are -5 (as 2^64 - 5) to /proc/self/timens_offsets: accepted -> EINVAL -> accepted |
 //! | 6.1.0-54 | 6.1.0-55 | crypto: algif_skcipher: refuse a read shorter than a block while more data is due | crypto/algif_skcipher.c | algif_skcipher | AF_ALG cbc(aes), 16 bytes sent with MSG_MORE, an 8-byte read: 0 -> EINVAL -> 0 |
 //! | 6.1.0-54 | 6.1.0-55 | mm/mlock: NR_MLOCK updated with the interrupt-safe helper | mm/mlock.c | vmlinux | loaded and unloaded (a counter race, not observable) |
+//! | 6.1.0-54 | 6.1.0-55 | binder: free the fixups of an outdated transaction (stable) | drivers/android/binder.c | binder_linux | loaded and unloaded (its function holds a binder tracepoint's jump label) |
+//! | 6.1.0-54 | 6.1.0-55 | ixgbe: no XPS setup on XDP rings (stable) | drivers/net/ethernet/intel/ixgbe/ixgbe_main.c | ixgbe | loaded and unloaded (dynamic-debug jump labels; no such NIC in the guest) |
+//! | 6.1.0-54 | 6.1.0-55 | iio: st_accel: log ACPI mount-matrix messages on the parent device (stable) | drivers/iio/accel/st_accel_core.c | st_accel | loaded and unloaded (dynamic-debug jump labels, exports of the IIO_ST_SENSORS namespace) |
 //! | 6.1.0-55 (6.1.192-1) | 6.1.0-56 | ext4: fix NULL folio dereference in mballoc (#1154101) | fs/ext4/mballoc.c | ext4 | loaded with ext4 in use and unloaded (needs an allocation failure) |
 //! | 6.1.0-56 (6.1.192-2) | 6.1.0-57 | nfsd: preflight SEQUENCE replies before accepting a slot (CVE-2026-99362) | fs/nfsd/nfs4state.c | nfsd | loaded with nfsd loaded and unloaded (needs an NFSv4.1 client) |
 //!
@@ -194,6 +197,35 @@ const FIXES: &[(&str, &[Fix])] = &[
                 files: &["mm/mlock.c"],
                 object: "vmlinux",
                 modules: &[],
+                observe: None,
+            },
+            // The patched functions of these three module fixes hold jump labels on keys of
+            // their own module (a tracepoint, dynamic-debug descriptors), which the module
+            // loader processes before livepatch can resolve module symbols: the generated
+            // module points them at a disabled key of its own (a note says so), and st_accel
+            // also uses exports of the IIO_ST_SENSORS namespace, which it must import.
+            Fix {
+                name: "binder_tracepoint",
+                next: "6.1.0-55",
+                files: &["drivers/android/binder.c"],
+                object: "binder_linux",
+                modules: &["binder_linux"],
+                observe: None,
+            },
+            Fix {
+                name: "ixgbe_ddebug",
+                next: "6.1.0-55",
+                files: &["drivers/net/ethernet/intel/ixgbe/ixgbe_main.c"],
+                object: "ixgbe",
+                modules: &["ixgbe"],
+                observe: None,
+            },
+            Fix {
+                name: "st_accel_namespace",
+                next: "6.1.0-55",
+                files: &["drivers/iio/accel/st_accel_core.c"],
+                object: "st_accel",
+                modules: &["st_accel"],
                 observe: None,
             },
         ],
