@@ -248,6 +248,16 @@ pub fn sympos(syms: &ObjectSymbols, name: &str, hint: &UnitHint) -> Result<usize
         })
         .map(|(n, _)| n + 1)
         .collect();
+    if let [pos] = hits.as_slice() {
+        return Ok(*pos);
+    }
+    // The ranges can mislead: one `__init` function or cold part of the unit, far from the
+    // rest, stretches them over other units. The unit's code is laid out together, so the
+    // candidate whose nearest neighbours in the symbol table are the unit's own (uniquely
+    // named) symbols is its; taken only when it is clearly so.
+    if let Some(pos) = by_neighbours(syms, cands, hint) {
+        return Ok(pos);
+    }
     match hits.as_slice() {
         [pos] => Ok(*pos),
         [] => Err(format!(
@@ -261,6 +271,45 @@ pub fn sympos(syms: &ObjectSymbols, name: &str, hint: &UnitHint) -> Result<usize
             cands.len(),
             hits.len()
         )),
+    }
+}
+
+/// Symbols on each side of a candidate that [`by_neighbours`] looks at.
+const NEIGHBOURS: usize = 6;
+
+/// The sympos of the one candidate (indices `cands` into `syms`) with at least 2 of the
+/// unit's uniquely named symbols among its [`NEIGHBOURS`] neighbours on each side (same
+/// region) and at least 2 more than any other candidate; None when no candidate stands out so.
+fn by_neighbours(syms: &ObjectSymbols, cands: &[usize], hint: &UnitHint) -> Option<usize> {
+    let own: std::collections::HashSet<&str> = hint
+        .names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| syms.named(n).len() == 1)
+        .collect();
+    let score = |i: usize| {
+        let region_of = region(syms.syms[i].class);
+        let lo = i.saturating_sub(NEIGHBOURS);
+        let hi = (i + NEIGHBOURS + 1).min(syms.syms.len());
+        (lo..hi)
+            .filter(|&j| j != i)
+            .filter(|&j| {
+                let s = &syms.syms[j];
+                region(s.class) == region_of && own.contains(s.name.as_str())
+            })
+            .count()
+    };
+    let mut scored: Vec<(usize, usize)> = cands
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| (score(i), n + 1))
+        .collect();
+    scored.sort_unstable_by(|a, b| b.cmp(a));
+    match scored.as_slice() {
+        [(best, pos), rest @ ..] if *best >= 2 && rest.first().is_none_or(|r| best - r.0 >= 2) => {
+            Some(*pos)
+        }
+        _ => None,
     }
 }
 
@@ -279,6 +328,45 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    /// route.c's `dst_discard` (five in vmlinux): the unit's `__init` function lies far away,
+    /// so its range covers four of them; its neighbours tell which is its.
+    #[test]
+    fn a_far_init_function_does_not_hide_the_units_copy() {
+        let mut list = vec![("dst_discard", 0x100, 't')];
+        let others = ["o1", "o2", "o3", "o4", "o5", "o6", "o7"];
+        list.extend(others.iter().map(|&n| (n, 0x110, 't')));
+        list.extend([
+            ("rt_a", 0x200, 't'),
+            ("rt_b", 0x210, 't'),
+            ("dst_discard", 0x220, 't'),
+            ("rt_c", 0x230, 't'),
+            ("rt_d", 0x240, 't'),
+        ]);
+        let more = ["p1", "p2", "p3", "p4", "p5", "p6", "p7"];
+        list.extend(more.iter().map(|&n| (n, 0x300, 't')));
+        list.extend([("dst_discard", 0x400, 't'), ("rt_init", 0x900, 't')]);
+        let s = syms(&list);
+        let names: Vec<String> = ["rt_a", "rt_b", "rt_c", "rt_d", "rt_init", "dst_discard"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let hint = UnitHint {
+            names: &names,
+            file: None,
+        };
+        assert_eq!(sympos(&s, "dst_discard", &hint), Ok(2));
+        // Without enough of the unit around any copy, it stays refused.
+        let few: Vec<String> = ["rt_a", "rt_init", "dst_discard"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let hint = UnitHint {
+            names: &few,
+            file: None,
+        };
+        assert!(sympos(&s, "dst_discard", &hint).is_err());
     }
 
     #[test]
