@@ -19,6 +19,7 @@
 //! | 6.1.0-54 | 6.1.0-55 | mm/mlock: NR_MLOCK updated with the interrupt-safe helper | mm/mlock.c | vmlinux | loaded and unloaded (a counter race, not observable) |
 //! | 6.1.0-54 | 6.1.0-55 | binder: free the fixups of an outdated transaction (stable) | drivers/android/binder.c | binder_linux | loaded and unloaded (its function holds a binder tracepoint's jump label) |
 //! | 6.1.0-54 | 6.1.0-55 | ixgbe: no XPS setup on XDP rings (stable) | drivers/net/ethernet/intel/ixgbe/ixgbe_main.c | ixgbe | loaded and unloaded (dynamic-debug jump labels; no such NIC in the guest) |
+//! | 6.1.0-54 | 6.1.0-55 | ipv4: route: the stable updates to net/ipv4/route.c (PMTU, uncached routes) | net/ipv4/route.c | vmlinux | loaded and unloaded (refers to one of five static `dst_discard`s) |
 //! | 6.1.0-54 | 6.1.0-55 | iio: st_accel: log ACPI mount-matrix messages on the parent device (stable) | drivers/iio/accel/st_accel_core.c | st_accel | loaded and unloaded (dynamic-debug jump labels, exports of the IIO_ST_SENSORS namespace) |
 //! | 6.1.0-55 (6.1.192-1) | 6.1.0-56 | ext4: fix NULL folio dereference in mballoc (#1154101) | fs/ext4/mballoc.c | ext4 | loaded with ext4 in use and unloaded (needs an allocation failure) |
 //! | 6.1.0-56 (6.1.192-2) | 6.1.0-57 | nfsd: preflight SEQUENCE replies before accepting a slot (CVE-2026-99362) | fs/nfsd/nfs4state.c | nfsd | loaded with nfsd loaded and unloaded (needs an NFSv4.1 client) |
@@ -218,6 +219,16 @@ const FIXES: &[(&str, &[Fix])] = &[
                 files: &["drivers/net/ethernet/intel/ixgbe/ixgbe_main.c"],
                 object: "ixgbe",
                 modules: &["ixgbe"],
+                observe: None,
+            },
+            // route.c's dst_discard is one of five in vmlinux, and the unit's __init
+            // function lies far from the rest of it: found by its neighbours.
+            Fix {
+                name: "route_pmtu",
+                next: "6.1.0-55",
+                files: &["net/ipv4/route.c"],
+                object: "vmlinux",
+                modules: &[],
                 observe: None,
             },
             Fix {
