@@ -1,0 +1,170 @@
+//! The agent's state on the host (`<state dir>/state.json`, schema `suture.agent-state/1`):
+//! which patch it applied to which process, so that a later pass reverts exactly those when
+//! the patch is withdrawn, and `suture agent status` can say what the host runs. Written
+//! atomically (a temporary file renamed over the old one), so a killed agent leaves the old
+//! state or the new one. The TUF client's trusted metadata lives beside it in `tuf/`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::host::ProcId;
+
+/// The schema name of [`State`].
+pub const STATE_SCHEMA: &str = "suture.agent-state/1";
+
+/// The default state directory.
+pub const DEFAULT_DIR: &str = "/var/lib/suture";
+
+/// A patch the agent applied to one process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedPatch {
+    /// The patch id recorded in the process.
+    pub patch_id: String,
+    /// The TUF target it came from.
+    pub target: String,
+    /// The target's sha256 (hex), as signed in `targets.json`.
+    pub sha256: String,
+    pub process: ProcId,
+    /// The mapped file that was patched.
+    pub object: String,
+    pub build_id: String,
+    /// Seconds since the epoch.
+    pub applied_at: u64,
+}
+
+/// The versions of the trusted metadata of the last verified pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versions {
+    pub root: u64,
+    pub targets: u64,
+    pub snapshot: u64,
+    pub timestamp: u64,
+    /// When the timestamp expires (RFC 3339).
+    pub timestamp_expires: String,
+}
+
+/// `state.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub schema: String,
+    /// The repository of the last pass.
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// Seconds since the epoch when the last pass ended (also a failed one).
+    #[serde(default)]
+    pub last_pass: Option<u64>,
+    /// The last pass's error, when it failed.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Seconds since the epoch of the last pass that verified the repository.
+    #[serde(default)]
+    pub last_verified: Option<u64>,
+    #[serde(default)]
+    pub metadata: Option<Versions>,
+    #[serde(default)]
+    pub applied: Vec<AppliedPatch>,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            schema: STATE_SCHEMA.into(),
+            repo: None,
+            last_pass: None,
+            last_error: None,
+            last_verified: None,
+            metadata: None,
+            applied: Vec::new(),
+        }
+    }
+}
+
+/// `<dir>/state.json`.
+pub fn state_path(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+/// Creates the state directory (mode 0700) if it does not exist.
+pub fn ensure_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io("create the state directory", dir, e))
+}
+
+impl State {
+    /// The state in `dir`; the empty state when there is none yet.
+    pub fn load(dir: &Path) -> Result<State> {
+        let path = state_path(dir);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(e) => return Err(Error::io("read", &path, e)),
+        };
+        let s: State = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::with(format!("{} is not valid agent state", path.display()), e))?;
+        if s.schema != STATE_SCHEMA {
+            return Err(Error::msg(format!(
+                "{} has schema {:?}; this suture reads {STATE_SCHEMA:?}",
+                path.display(),
+                s.schema
+            )));
+        }
+        Ok(s)
+    }
+
+    /// Writes the state to `dir` atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        ensure_dir(dir)?;
+        let path = state_path(dir);
+        let tmp = dir.join(".state.json.tmp");
+        let mut text = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::with("cannot serialise the agent state", e))?;
+        text.push(b'\n');
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| Error::io("write", &path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_and_loads() {
+        let dir = std::env::temp_dir().join(format!("suture-fleet-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(State::load(&dir).unwrap(), State::default());
+        let mut s = State::default();
+        s.applied.push(AppliedPatch {
+            patch_id: "fix".into(),
+            target: "fix.suture".into(),
+            sha256: "00".into(),
+            process: ProcId {
+                pid: 1,
+                start_time: 2,
+            },
+            object: "/bin/prog".into(),
+            build_id: "ab".into(),
+            applied_at: 3,
+        });
+        s.save(&dir).unwrap();
+        assert_eq!(State::load(&dir).unwrap(), s);
+        std::fs::write(state_path(&dir), "{\"schema\": \"x/2\"}").unwrap();
+        assert!(State::load(&dir).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,392 @@
+//! `suture repo` and `suture agent`: glue over `suture_fleet` (docs/fleet.md).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use suture_fleet::{agent, repo};
+
+use crate::exit;
+
+/// `suture repo ...`.
+#[derive(Subcommand)]
+pub enum RepoCommand {
+    /// Create a signed repository in DIR (The Update Framework's layout: root, targets,
+    /// snapshot and timestamp roles, one new ed25519 key each, written to KEYDIR). Prints the
+    /// trusted root to install on every host (`suture agent --trust`).
+    Init {
+        /// The repository directory: publish it with any static web server or object store.
+        dir: PathBuf,
+        /// Where to write the signing keys (outside DIR; created with mode 0700, keys 0600).
+        #[arg(long, value_name = "KEYDIR")]
+        keys: PathBuf,
+        /// Seconds until the timestamp expires (default 7 days): agents refuse the repository
+        /// after that unless `suture repo refresh` re-signs it.
+        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+        timestamp_expires_in: Option<i64>,
+        /// Print the result as JSON (schema `suture.repo/1`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add patch bundles (from `suture build`) and kernel livepatch modules (from `suture
+    /// build --kernel`) to the repository, with what they patch (build-ids; kernel release and
+    /// build-id), their patch id and channel, and re-sign targets, snapshot and timestamp.
+    Add {
+        dir: PathBuf,
+        /// The bundles (*.suture) and modules (*.ko).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// The directory `suture repo init` wrote the keys to.
+        #[arg(long, value_name = "KEYDIR")]
+        keys: PathBuf,
+        /// The rollout channel: agents apply only their channel's patches.
+        #[arg(long, value_name = "NAME", default_value = suture_fleet::meta::DEFAULT_CHANNEL)]
+        channel: String,
+        /// Seconds until the new timestamp expires (default 7 days).
+        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+        timestamp_expires_in: Option<i64>,
+        /// Print the result as JSON (schema `suture.repo/1`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw every target of patch ID and re-sign: each agent reverts it where it applied
+    /// it, on its next pass.
+    Withdraw {
+        dir: PathBuf,
+        /// The patch id (as `suture repo list` shows it).
+        id: String,
+        #[arg(long, value_name = "KEYDIR")]
+        keys: PathBuf,
+        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+        timestamp_expires_in: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-sign the snapshot and timestamp with a new expiry (run it from a timer well before
+    /// the timestamp expires; the targets are unchanged).
+    Refresh {
+        dir: PathBuf,
+        #[arg(long, value_name = "KEYDIR")]
+        keys: PathBuf,
+        /// Seconds until the new timestamp expires (default 7 days; a negative value writes an
+        /// expired timestamp, for testing agents).
+        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+        timestamp_expires_in: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the repository's targets with their metadata (signatures verified, expiry not).
+    List {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl RepoCommand {
+    pub fn json(&self) -> bool {
+        match self {
+            RepoCommand::Init { json, .. }
+            | RepoCommand::Add { json, .. }
+            | RepoCommand::Withdraw { json, .. }
+            | RepoCommand::Refresh { json, .. }
+            | RepoCommand::List { json, .. } => *json,
+        }
+    }
+}
+
+/// `suture agent status`.
+#[derive(Subcommand)]
+pub enum AgentCommand {
+    /// Show what the agent applied on this host (from its state, checked against the running
+    /// processes) and how its last pass went.
+    Status {
+        /// The agent's state directory.
+        #[arg(long = "state", value_name = "DIR", default_value = suture_fleet::state::DEFAULT_DIR)]
+        state_dir: PathBuf,
+        /// Print the status as JSON (schema `suture.agent-status/1`).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The options of `suture agent` (a pass).
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// The repository: an http://, https:// or file:// URL, or a local directory.
+    #[arg(long, value_name = "URL")]
+    pub repo: Option<String>,
+    /// The trusted root.json (printed by `suture repo init`), installed on the host.
+    #[arg(long, value_name = "ROOT.json")]
+    pub trust: Option<PathBuf>,
+    /// The agent's state directory (what it applied; the TUF client's trusted metadata).
+    #[arg(long = "state", value_name = "DIR", default_value = suture_fleet::state::DEFAULT_DIR)]
+    pub state_dir: PathBuf,
+    /// The channel to follow.
+    #[arg(long, value_name = "NAME", default_value = suture_fleet::meta::DEFAULT_CHANNEL)]
+    pub channel: String,
+    /// One pass, then exit. Without it the agent runs a pass every --interval seconds.
+    #[arg(long)]
+    pub once: bool,
+    /// Seconds between passes (without --once).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub interval: u64,
+    /// Only consider these processes (repeat for several; default: every process).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<i32>,
+    /// Per process, seconds to keep retrying apply or revert while patched code runs.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub timeout: f64,
+    /// Print each pass's report as JSON (schema `suture.agent/1`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn expiry(secs: Option<i64>) -> repo::Expiry {
+    let mut e = repo::Expiry::default();
+    if let Some(s) = secs {
+        e.timestamp_secs = s;
+    }
+    e
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    crate::out(&format!("{}\n", serde_json::to_string_pretty(v)?));
+    Ok(())
+}
+
+fn fleet(e: suture_fleet::Error) -> anyhow::Error {
+    anyhow::Error::new(e)
+}
+
+fn signed_text(verb: &str, s: &repo::Signed) -> String {
+    let mut t = String::new();
+    for c in &s.changed {
+        let what = c.meta.as_ref().map_or(String::new(), |m| {
+            let on = if m.build_ids.is_empty() {
+                m.kernel_release.clone().unwrap_or_default()
+            } else {
+                format!("build-id {}", m.build_ids.join(", "))
+            };
+            format!(" (patch {}, channel {}, {on})", m.patch_id, m.channel)
+        });
+        t += &format!("{verb} {}{what}\n", c.name);
+    }
+    t += &format!(
+        "signed: targets v{}, snapshot v{}, timestamp v{} (expires {})\n",
+        s.targets_version, s.snapshot_version, s.timestamp_version, s.timestamp_expires
+    );
+    t
+}
+
+pub fn repo(cmd: RepoCommand) -> Result<u8> {
+    match cmd {
+        RepoCommand::Init {
+            dir,
+            keys,
+            timestamp_expires_in,
+            json,
+        } => {
+            let r = repo::init(&dir, &keys, &expiry(timestamp_expires_in)).map_err(fleet)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                crate::out(&format!(
+                    "repository in {} (publish this directory)\nkeys in {} (keep them off the \
+                     web server)\ntrusted root to install on hosts: {}\n",
+                    dir.display(),
+                    keys.display(),
+                    r.root.display()
+                ));
+            }
+        }
+        RepoCommand::Add {
+            dir,
+            files,
+            keys,
+            channel,
+            timestamp_expires_in,
+            json,
+        } => {
+            let r = repo::add(&dir, &keys, &files, &channel, &expiry(timestamp_expires_in))
+                .map_err(fleet)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                crate::out(&signed_text("added", &r));
+            }
+        }
+        RepoCommand::Withdraw {
+            dir,
+            id,
+            keys,
+            timestamp_expires_in,
+            json,
+        } => {
+            let r =
+                repo::withdraw(&dir, &keys, &id, &expiry(timestamp_expires_in)).map_err(fleet)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                crate::out(&signed_text("withdrew", &r));
+            }
+        }
+        RepoCommand::Refresh {
+            dir,
+            keys,
+            timestamp_expires_in,
+            json,
+        } => {
+            let r = repo::refresh(&dir, &keys, &expiry(timestamp_expires_in)).map_err(fleet)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                crate::out(&signed_text("", &r));
+            }
+        }
+        RepoCommand::List { dir, json } => {
+            let r = repo::list(&dir).map_err(fleet)?;
+            if json {
+                print_json(&serde_json::json!({"schema": "suture.repo-list/1", "targets": r}))?;
+            } else if r.is_empty() {
+                crate::out("no targets\n");
+            } else {
+                let mut t = String::new();
+                for l in &r {
+                    match &l.meta {
+                        Some(m) => {
+                            t += &format!(
+                                "{}: patch {} ({:?}), channel {}, {}\n",
+                                l.name,
+                                m.patch_id,
+                                m.kind,
+                                m.channel,
+                                if m.build_ids.is_empty() {
+                                    format!("kernel {}", m.kernel_release.as_deref().unwrap_or("?"))
+                                } else {
+                                    format!("build-id {}", m.build_ids.join(", "))
+                                }
+                            )
+                        }
+                        None => t += &format!("{}: (no suture metadata)\n", l.name),
+                    }
+                }
+                crate::out(&t);
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+pub fn agent(args: AgentArgs, command: Option<AgentCommand>) -> Result<u8> {
+    if let Some(AgentCommand::Status { state_dir, json }) = command {
+        let s = agent::status(&state_dir).map_err(fleet)?;
+        if json {
+            print_json(&s)?;
+        } else {
+            crate::out(&status_text(&s));
+        }
+        return Ok(exit::OK);
+    }
+    let (Some(repo), Some(trust)) = (args.repo.clone(), args.trust.clone()) else {
+        bail!("suture agent needs --repo URL and --trust ROOT.json (or the `status` subcommand)");
+    };
+    if !(0.0..=3600.0).contains(&args.timeout) {
+        bail!("--timeout must be between 0 and 3600 seconds");
+    }
+    let opts = agent::Options {
+        repo,
+        trust,
+        state_dir: args.state_dir.clone(),
+        channel: args.channel.clone(),
+        only_pids: (!args.pids.is_empty()).then(|| args.pids.clone()),
+        timeout: Duration::from_secs_f64(args.timeout),
+    };
+    loop {
+        let code = match agent::run_once(&opts) {
+            Ok(r) => {
+                if args.json {
+                    print_json(&r)?;
+                } else {
+                    crate::out(&report_text(&r));
+                }
+                if r.ok {
+                    exit::OK
+                } else {
+                    exit::ERROR
+                }
+            }
+            Err(e) if args.once => return Err(fleet(e)),
+            Err(e) => {
+                eprintln!("suture: agent: {}", e.chain());
+                exit::ERROR
+            }
+        };
+        if args.once {
+            return Ok(code);
+        }
+        std::thread::sleep(Duration::from_secs(args.interval.max(1)));
+    }
+}
+
+fn report_text(r: &agent::Report) -> String {
+    let mut t = format!(
+        "repository {} verified (targets v{}, timestamp v{}, expires {})\n",
+        r.repo, r.metadata.targets, r.metadata.timestamp, r.metadata.timestamp_expires
+    );
+    for a in &r.reverted {
+        t += &format!(
+            "{}: reverted in process {} (withdrawn)\n",
+            a.patch_id, a.pid
+        );
+    }
+    for a in &r.applied {
+        t += &format!(
+            "{}: live in process {} on {} (stopped {} us)\n",
+            a.patch_id, a.pid, a.object, a.stop_window_us
+        );
+    }
+    for f in &r.failed {
+        t += &format!(
+            "{}: {} failed in process {}: {}\n",
+            f.patch_id, f.stage, f.pid, f.error
+        );
+    }
+    if r.applied.is_empty() && r.reverted.is_empty() && r.failed.is_empty() {
+        t += "nothing to do\n";
+    }
+    t
+}
+
+fn status_text(s: &agent::Status) -> String {
+    let mut t = String::new();
+    match (s.last_pass, &s.last_error) {
+        (None, _) => t += "no pass yet\n",
+        (Some(at), None) => {
+            t += &format!("last pass at {at} (seconds since the epoch): verified\n")
+        }
+        (Some(at), Some(e)) => t += &format!("last pass at {at} failed: {e}\n"),
+    }
+    if let Some(m) = &s.metadata {
+        t += &format!(
+            "trusted metadata: targets v{}, snapshot v{}, timestamp v{} (expires {})\n",
+            m.targets, m.snapshot, m.timestamp, m.timestamp_expires
+        );
+    }
+    if s.patches.is_empty() {
+        t += "no patches applied by the agent\n";
+    }
+    for p in &s.patches {
+        let state = match (p.alive, p.live) {
+            (true, true) => "live",
+            (true, false) => "not live",
+            (false, _) => "process gone",
+        };
+        t += &format!(
+            "{}: {state} in process {} on {} ({})\n",
+            p.patch.patch_id, p.patch.process.pid, p.patch.object, p.patch.target
+        );
+    }
+    t
+}
