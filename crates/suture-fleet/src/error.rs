@@ -23,11 +23,24 @@ impl Error {
         }
     }
 
-    /// An error caused by `cause`.
+    /// An error caused by `cause`. The cause's own chain is folded into one message, each
+    /// source's text added only when the text so far does not already say it (tough's errors
+    /// repeat their sources in their messages).
     pub fn with(message: impl Into<String>, cause: impl Into<Cause>) -> Error {
+        let cause: Cause = cause.into();
+        let mut text = cause.to_string();
+        let mut next = cause.source();
+        while let Some(c) = next {
+            let m = c.to_string();
+            if !text.contains(&m) {
+                text.push_str(": ");
+                text.push_str(&m);
+            }
+            next = c.source();
+        }
         Error {
             message: message.into(),
-            cause: Some(cause.into()),
+            cause: Some(text.into()),
         }
     }
 

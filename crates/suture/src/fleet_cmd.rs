@@ -257,10 +257,13 @@ pub fn repo(cmd: RepoCommand) -> Result<u8> {
                     match &l.meta {
                         Some(m) => {
                             t += &format!(
-                                "{}: patch {} ({:?}), channel {}, {}\n",
+                                "{}: patch {} ({}), channel {}, {}\n",
                                 l.name,
                                 m.patch_id,
-                                m.kind,
+                                match m.kind {
+                                    suture_fleet::meta::Kind::Process => "process",
+                                    suture_fleet::meta::Kind::Kernel => "kernel",
+                                },
                                 m.channel,
                                 if m.build_ids.is_empty() {
                                     format!("kernel {}", m.kernel_release.as_deref().unwrap_or("?"))

@@ -1,0 +1,519 @@
+//! Fleet rollout end to end (docs/fleet.md): `suture repo` writes a signed TUF repository, a
+//! real HTTP server on loopback serves it, and `suture agent --once` passes on simulated hosts
+//! (each its own state directory and its own running target, selected with `--pid`) apply the
+//! bundle to the running program (its output changes), revert it after a withdrawal, and
+//! refuse tampered targets, tampered metadata, an expired timestamp and a replayed older
+//! version with a clear error and nothing applied.
+//!
+//! The fixture is the make project of `crates/suture-build/tests/projects/make`, built once per
+//! test binary with a fix that turns its `v=1` into `v=2`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use suture_testkit::{run, spawn_lines, text, KillOnDrop, Lines, Scratch};
+
+const BEFORE: &str = "v=1";
+const AFTER: &str = "v=2";
+
+fn suture<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    run(Command::new(env!("CARGO_BIN_EXE_suture")).args(args))
+}
+
+fn ok(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", text(o));
+    serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn sh(dir: &Path, cmd: &str) {
+    let o = run(Command::new("sh").arg("-c").arg(cmd).current_dir(dir));
+    assert!(o.status.success(), "{cmd}: {}", text(&o));
+}
+
+/// The fixture program and its bundle, built once: (program, bundle).
+fn fixture() -> &'static (PathBuf, PathBuf) {
+    static F: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    F.get_or_init(|| {
+        let w = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("fleet")
+            .join(format!("fixture-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&w);
+        std::fs::create_dir_all(&w).unwrap();
+        let projects =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../suture-build/tests/projects/make");
+        sh(&w, &format!("cp -r '{}' src", projects.display()));
+        let src = w.join("src");
+        let orig = std::fs::read_to_string(src.join("version.c")).unwrap();
+        std::fs::write(w.join("a.c"), &orig).unwrap();
+        std::fs::write(w.join("b.c"), orig.replace("return 1;", "return 2;")).unwrap();
+        let d = run(Command::new("diff")
+            .args([
+                "-u",
+                "--label",
+                "a/version.c",
+                "--label",
+                "b/version.c",
+                "a.c",
+                "b.c",
+            ])
+            .current_dir(&w));
+        std::fs::write(w.join("fix.patch"), &d.stdout).unwrap();
+        let o = run(Command::new(env!("CARGO_BIN_EXE_suture"))
+            .args(["build", "--source"])
+            .arg(&src)
+            .arg("--diff")
+            .arg(w.join("fix.patch"))
+            .arg("-o")
+            .arg(w.join("out"))
+            .env("SUTURE_CACHE_DIR", w.join("cache")));
+        assert!(o.status.success(), "suture build: {}", text(&o));
+        (src.join("prog"), w.join("out/prog.suture"))
+    })
+}
+
+/// A running fixture program.
+struct Target {
+    child: KillOnDrop,
+    lines: Lines,
+}
+
+impl Target {
+    fn start() -> Target {
+        let mut cmd = Command::new(&fixture().0);
+        cmd.stdin(Stdio::null());
+        let (child, lines) = spawn_lines(&mut cmd);
+        let t = Target { child, lines };
+        t.lines.wait_for(BEFORE);
+        t
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// Waits for a line printed after this call that contains `want`.
+    fn prints(&self, want: &str) {
+        self.lines.drain();
+        self.lines.wait_for(want);
+    }
+
+    /// The patch ids live in the process, read by `suture status`.
+    fn live(&self) -> Vec<String> {
+        let v = ok(&suture(&["status", "--pid", &self.pid(), "--json"]));
+        v["patches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["header"]["state"] == "live")
+            .map(|p| p["header"]["patch_id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Nothing was applied: no live patch, and the program still prints the old output.
+    fn untouched(&self) {
+        assert!(self.live().is_empty(), "{:?}", self.live());
+        self.prints(BEFORE);
+    }
+}
+
+/// A static file server on 127.0.0.1 (ephemeral port) serving `root`, on a thread that lives
+/// as long as the test binary. GET only; 404 for anything missing or outside `root`.
+fn serve(root: &Path) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let root = root.to_path_buf();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().map_while(Result::ok) {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let _ = answer(&root, conn);
+            });
+        }
+    });
+    url
+}
+
+fn answer(root: &Path, mut conn: TcpStream) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
+            break;
+        }
+    }
+    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    let rel = path.trim_start_matches('/');
+    let file = (!rel.split('/').any(|c| c == ".." || c.is_empty()))
+        .then(|| std::fs::read(root.join(rel)).ok())
+        .flatten();
+    match file {
+        Some(body) => {
+            write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
+            conn.write_all(&body)?;
+        }
+        None => conn.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )?,
+    }
+    conn.flush()
+}
+
+/// A repository with its keys in a scratch directory, served over HTTP.
+struct Repo {
+    dir: PathBuf,
+    keys: PathBuf,
+    root: PathBuf,
+    url: String,
+}
+
+impl Repo {
+    fn new(s: &Scratch) -> Repo {
+        let dir = s.path().join("repo");
+        let keys = s.path().join("keys");
+        let v = ok(&suture(&[
+            "repo".as_ref(),
+            "init".as_ref(),
+            dir.as_os_str(),
+            "--keys".as_ref(),
+            keys.as_os_str(),
+            "--json".as_ref(),
+        ]));
+        let root = PathBuf::from(v["root"].as_str().unwrap());
+        assert_eq!(root, dir.join("metadata/1.root.json"));
+        let url = serve(&dir);
+        Repo {
+            dir,
+            keys,
+            root,
+            url,
+        }
+    }
+
+    /// `suture repo <cmd> DIR <args> --keys KEYDIR --json`.
+    fn sign(&self, cmd: &str, args: &[&str]) -> serde_json::Value {
+        let mut a: Vec<String> = vec!["repo".into(), cmd.into(), self.dir.display().to_string()];
+        a.extend(args.iter().map(|s| s.to_string()));
+        a.extend([
+            "--keys".into(),
+            self.keys.display().to_string(),
+            "--json".into(),
+        ]);
+        ok(&suture(&a))
+    }
+
+    fn add(&self) -> serde_json::Value {
+        self.sign("add", &[fixture().1.to_str().unwrap()])
+    }
+}
+
+/// A simulated host: its state directory and the one process it considers.
+struct Host {
+    state: PathBuf,
+}
+
+impl Host {
+    fn new(s: &Scratch, name: &str) -> Host {
+        Host {
+            state: s.path().join(name),
+        }
+    }
+
+    fn pass_output(&self, repo: &Repo, target: &Target) -> Output {
+        suture(&[
+            "agent",
+            "--repo",
+            &repo.url,
+            "--trust",
+            repo.root.to_str().unwrap(),
+            "--state",
+            self.state.to_str().unwrap(),
+            "--pid",
+            &target.pid(),
+            "--timeout",
+            "60",
+            "--once",
+            "--json",
+        ])
+    }
+
+    /// One pass that must succeed; its report.
+    fn pass(&self, repo: &Repo, target: &Target) -> serde_json::Value {
+        let v = ok(&self.pass_output(repo, target));
+        assert_eq!(v["schema"], "suture.agent/1", "{v:#}");
+        assert_eq!(v["ok"], true, "{v:#}");
+        v
+    }
+
+    /// One pass that must be refused; its error (the `suture.error/1` message and causes).
+    fn refused(&self, repo: &Repo, target: &Target) -> String {
+        let o = self.pass_output(repo, target);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("error JSON");
+        assert_eq!(v["schema"], "suture.error/1", "{v:#}");
+        assert_eq!(v["command"], "agent");
+        format!("{}: {}", v["error"].as_str().unwrap(), v["causes"])
+    }
+
+    fn status(&self) -> serde_json::Value {
+        ok(&suture(&[
+            "agent",
+            "status",
+            "--state",
+            self.state.to_str().unwrap(),
+            "--json",
+        ]))
+    }
+}
+
+fn pids(list: &serde_json::Value) -> Vec<i64> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pid"].as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn two_hosts_apply_then_revert_a_withdrawn_patch() {
+    let s = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "fleet", "rollout");
+    let repo = Repo::new(&s);
+    let (a, b) = (Target::start(), Target::start());
+    let (host_a, host_b) = (Host::new(&s, "host-a"), Host::new(&s, "host-b"));
+
+    // An empty repository: nothing to do.
+    let v = host_a.pass(&repo, &a);
+    assert_eq!(v["targets"], serde_json::json!([]), "{v:#}");
+
+    let added = repo.add();
+    let t = &added["changed"][0];
+    assert_eq!(t["meta"]["patch_id"], "fix", "{added:#}");
+    assert_eq!(t["meta"]["channel"], "stable");
+    assert_eq!(t["meta"]["kind"], "process");
+    let bundle = suture_bundle_build_id(&fixture().1);
+    assert_eq!(t["meta"]["build_ids"], serde_json::json!([bundle]));
+
+    // Host A patches its process; host B's is untouched until host B's agent runs.
+    let v = host_a.pass(&repo, &a);
+    assert_eq!(pids(&v["applied"]), [i64::from(a.child.id())], "{v:#}");
+    assert_eq!(v["targets"][0]["action"], "applied", "{v:#}");
+    a.prints(AFTER);
+    assert_eq!(a.live(), ["fix"]);
+    b.prints(BEFORE);
+    let v = host_b.pass(&repo, &b);
+    assert_eq!(pids(&v["applied"]), [i64::from(b.child.id())], "{v:#}");
+    b.prints(AFTER);
+
+    // Another pass changes nothing; the state says what is live.
+    let v = host_a.pass(&repo, &a);
+    assert_eq!(v["applied"], serde_json::json!([]), "{v:#}");
+    assert_eq!(v["targets"][0]["action"], "live", "{v:#}");
+    let st = host_a.status();
+    assert_eq!(st["patches"][0]["patch_id"], "fix", "{st:#}");
+    assert_eq!(st["patches"][0]["live"], true, "{st:#}");
+    assert_eq!(st["patches"][0]["process"]["pid"], a.child.id());
+
+    // Withdrawn: each host's next pass reverts it.
+    let w = repo.sign("withdraw", &["fix"]);
+    assert_eq!(w["changed"].as_array().unwrap().len(), 1, "{w:#}");
+    let v = host_a.pass(&repo, &a);
+    assert_eq!(pids(&v["reverted"]), [i64::from(a.child.id())], "{v:#}");
+    a.prints(BEFORE);
+    assert!(a.live().is_empty());
+    b.prints(AFTER);
+    let v = host_b.pass(&repo, &b);
+    assert_eq!(pids(&v["reverted"]), [i64::from(b.child.id())], "{v:#}");
+    b.prints(BEFORE);
+    let st = host_a.status();
+    assert_eq!(st["patches"], serde_json::json!([]), "{st:#}");
+}
+
+/// The build-id a bundle is for (its manifest).
+fn suture_bundle_build_id(bundle: &Path) -> String {
+    let b = suture_bundle::decode(&std::fs::read(bundle).unwrap()).unwrap();
+    b.manifest.target.build_id
+}
+
+/// The one target file of the repository.
+fn target_file(repo: &Repo) -> PathBuf {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo.dir.join("targets"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files.pop().unwrap()
+}
+
+#[test]
+fn tampered_target_and_metadata_are_refused() {
+    let s = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "fleet", "tampered");
+    let repo = Repo::new(&s);
+    let p = Target::start();
+    let host = Host::new(&s, "host");
+    repo.add();
+
+    // One byte of the bundle changed on the server (same length).
+    let file = target_file(&repo);
+    let good = std::fs::read(&file).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x40;
+    std::fs::write(&file, &bad).unwrap();
+    let e = host.refused(&repo, &p);
+    assert!(
+        e.contains("did not verify") && e.contains("nothing was applied"),
+        "{e}"
+    );
+    assert!(e.contains("Hash mismatch"), "{e}");
+    p.untouched();
+    std::fs::write(&file, &good).unwrap();
+
+    // targets.json edited without its key: another channel's name for the patch.
+    let meta = repo.dir.join("metadata/2.targets.json");
+    let good_meta = std::fs::read_to_string(&meta).unwrap();
+    assert!(good_meta.contains("\"fix\""));
+    std::fs::write(&meta, good_meta.replace("\"fix\"", "\"fiy\"")).unwrap();
+    let e = host.refused(&repo, &p);
+    assert!(e.contains("did not verify"), "{e}");
+    assert!(e.contains("2.targets.json"), "{e}");
+    p.untouched();
+    let st = host.status();
+    assert!(
+        st["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("did not verify"),
+        "{st:#}"
+    );
+    std::fs::write(&meta, good_meta).unwrap();
+
+    // Restored: the same host applies it.
+    let v = host.pass(&repo, &p);
+    assert_eq!(pids(&v["applied"]), [i64::from(p.child.id())], "{v:#}");
+    p.prints(AFTER);
+}
+
+#[test]
+fn expired_and_replayed_metadata_are_refused() {
+    let s = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "fleet", "expired");
+    let repo = Repo::new(&s);
+    let p = Target::start();
+    let host = Host::new(&s, "host");
+
+    // A timestamp that expired a minute ago, over a repository holding the patch.
+    repo.add();
+    let expired = repo.sign("refresh", &["--timestamp-expires-in=-60"]);
+    assert_eq!(expired["timestamp_version"], 3, "{expired:#}");
+    let e = host.refused(&repo, &p);
+    assert!(e.contains("timestamp metadata is expired"), "{e}");
+    p.untouched();
+
+    // Rollback: the host trusts version 5 (the patch withdrawn); the server then replays the
+    // genuine, still unexpired version 4 that listed the patch.
+    let fresh = repo.sign("refresh", &[]);
+    assert_eq!(fresh["timestamp_version"], 4, "{fresh:#}");
+    let old = std::fs::read(repo.dir.join("metadata/timestamp.json")).unwrap();
+    repo.sign("withdraw", &["fix"]);
+    let v = host.pass(&repo, &p);
+    assert_eq!(v["metadata"]["timestamp"], 5, "{v:#}");
+    assert_eq!(v["targets"], serde_json::json!([]), "{v:#}");
+    std::fs::write(repo.dir.join("metadata/timestamp.json"), old).unwrap();
+    let e = host.refused(&repo, &p);
+    assert!(
+        e.contains(
+            "Found version 4 of timestamp metadata when we had previously fetched version 5"
+        ),
+        "{e}"
+    );
+    p.untouched();
+    // The trusted version stays the newer one.
+    let st = host.status();
+    assert_eq!(st["metadata"]["timestamp"], 5, "{st:#}");
+}
+
+#[test]
+fn repo_commands_explain_their_errors() {
+    let s = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "fleet", "errors");
+    let dir = s.path().join("repo");
+    // Keys inside the repository would be published.
+    let o = suture(&[
+        "repo".as_ref(),
+        "init".as_ref(),
+        dir.as_os_str(),
+        "--keys".as_ref(),
+        dir.join("keys").as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("inside the repository"), "{}", text(&o));
+    let repo = Repo::new(&s);
+    // Twice in one directory.
+    let o = suture(&[
+        "repo".as_ref(),
+        "init".as_ref(),
+        repo.dir.as_os_str(),
+        "--keys".as_ref(),
+        s.path().join("keys2").as_os_str(),
+    ]);
+    assert!(
+        text(&o).contains("already holds a repository"),
+        "{}",
+        text(&o)
+    );
+    // Not a bundle.
+    let junk = s.write("junk.bin", "hello");
+    let o = suture(&[
+        "repo".as_ref(),
+        "add".as_ref(),
+        repo.dir.as_os_str(),
+        junk.as_os_str(),
+        "--keys".as_ref(),
+        repo.keys.as_os_str(),
+    ]);
+    assert!(text(&o).contains("neither a patch bundle"), "{}", text(&o));
+    // Withdrawing an unknown patch.
+    let o = suture(&[
+        "repo".as_ref(),
+        "withdraw".as_ref(),
+        repo.dir.as_os_str(),
+        "nope".as_ref(),
+        "--keys".as_ref(),
+        repo.keys.as_os_str(),
+    ]);
+    assert!(
+        text(&o).contains("no target of patch \"nope\""),
+        "{}",
+        text(&o)
+    );
+    // Adding the same bundle twice.
+    repo.add();
+    let o = suture(&[
+        "repo".as_ref(),
+        "add".as_ref(),
+        repo.dir.as_os_str(),
+        fixture().1.as_os_str(),
+        "--keys".as_ref(),
+        repo.keys.as_os_str(),
+    ]);
+    assert!(
+        text(&o).contains("already in the repository"),
+        "{}",
+        text(&o)
+    );
+    // Keys are private.
+    use std::os::unix::fs::PermissionsExt;
+    for role in ["root", "targets", "snapshot", "timestamp"] {
+        let m = std::fs::metadata(repo.keys.join(format!("{role}.pk8"))).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o600, "{role}");
+    }
+    // An agent without a repository says what it needs.
+    let o = suture(&["agent", "--once"]);
+    assert!(text(&o).contains("--repo URL and --trust"), "{}", text(&o));
+}
