@@ -1,7 +1,8 @@
 //! Fetching a repository: `tough`'s client (every TUF check: signatures and thresholds, the
 //! root chain, expiry, version rollback against the trusted metadata kept in the state
 //! directory, lengths and hashes of metadata and targets) over a small transport of ours:
-//! `http://` and `https://` through `ureq` (bounded time and size), `file://` through
+//! `http://` and `https://` through `ureq` (bounded time and size; TLS by rustls with
+//! aws-lc-rs, server certificates checked against the webpki roots), `file://` through
 //! tough's own file transport.
 
 use std::path::Path;
@@ -32,7 +33,15 @@ pub struct Http {
 
 impl Default for Http {
     fn default() -> Http {
+        // HTTPS through rustls with aws-lc-rs (the crypto tough already uses) and the
+        // webpki roots.
+        let tls = ureq::tls::TlsConfig::builder()
+            .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .build();
         let config = ureq::Agent::config_builder()
+            .tls_config(tls)
             .timeout_global(Some(REQUEST_TIMEOUT))
             .http_status_as_error(false)
             .build();
@@ -131,7 +140,9 @@ pub async fn load(url: &Url, trust: &[u8], datastore: &Path) -> Result<Repositor
         .await
         .map_err(|e| {
             Error::with(
-                format!("refused the repository {url}: its metadata did not verify, so nothing was applied"),
+                format!(
+                    "the repository {url} could not be fetched and verified; nothing was applied"
+                ),
                 e,
             )
         })

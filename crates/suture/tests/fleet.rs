@@ -382,15 +382,15 @@ fn tampered_target_and_metadata_are_refused() {
     assert!(good_meta.contains("\"fix\""));
     std::fs::write(&meta, good_meta.replace("\"fix\"", "\"fiy\"")).unwrap();
     let e = host.refused(&repo, &p);
-    assert!(e.contains("did not verify"), "{e}");
-    assert!(e.contains("2.targets.json"), "{e}");
+    assert!(e.contains("could not be fetched and verified"), "{e}");
+    assert!(
+        e.contains("Hash mismatch") && e.contains("2.targets.json"),
+        "{e}"
+    );
     p.untouched();
     let st = host.status();
     assert!(
-        st["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("did not verify"),
+        st["last_error"].as_str().unwrap().contains("Hash mismatch"),
         "{st:#}"
     );
     std::fs::write(&meta, good_meta).unwrap();
