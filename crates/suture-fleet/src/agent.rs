@@ -53,6 +53,9 @@ pub struct Options {
     pub channel: String,
     /// Only these processes (default: every process on the host).
     pub only_pids: Option<Vec<i32>>,
+    /// Write Prometheus text-format metrics here after every pass (for node_exporter's
+    /// textfile collector).
+    pub metrics: Option<PathBuf>,
     /// Per process, how long apply and revert keep retrying while patched code is running.
     pub timeout: Duration,
 }
@@ -68,8 +71,11 @@ pub struct TargetReport {
     /// `applied` (in at least one process this pass), `live` (already live in every
     /// matching process), `no-match` (no process maps a file with its build-id),
     /// `other-channel`, `kernel-not-supported` (the agent does not load kernel modules yet),
-    /// `failed` (applying failed in every matching process).
+    /// `failed` (applying failed in every matching process), `waiting` (this host's wave
+    /// starts at `wave_start`), `not-in-wave` (no wave includes this host's seed).
     pub action: &'static str,
+    /// When this host's wave starts (seconds since the epoch), for a staged target.
+    pub wave_start: Option<u64>,
     /// The matching processes.
     pub pids: Vec<i32>,
 }
@@ -116,6 +122,8 @@ pub struct Report {
     pub repo: String,
     pub channel: String,
     pub state_dir: PathBuf,
+    /// This host's seed for staged rollouts (`<state dir>/seed`).
+    pub seed: u32,
     pub started_at: u64,
     pub finished_at: u64,
     /// The verified metadata versions.
@@ -170,6 +178,10 @@ pub fn run_once(opts: &Options) -> Result<Report> {
         Err(e) => st.last_error = Some(e.chain()),
     }
     st.save(&opts.state_dir)?;
+    if let Some(path) = &opts.metrics {
+        let text = crate::metrics::render(&metrics_of(&st, result.as_ref().ok()));
+        crate::metrics::write(path, &text)?;
+    }
     result
 }
 
@@ -195,6 +207,7 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
     };
 
     // Select.
+    let seed = state::host_seed(&opts.state_dir)?;
     let pids = host::processes(opts.only_pids.as_deref());
     let mut scan = Scan::default();
     let mut reports = Vec::new();
@@ -220,6 +233,7 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
             channel: meta.channel.clone(),
             build_ids: meta.build_ids.clone(),
             action: "no-match",
+            wave_start: None,
             pids: Vec::new(),
         };
         if meta.channel != opts.channel {
@@ -244,6 +258,22 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         }
         if !report.pids.is_empty() {
             report.action = "live";
+        }
+        if !meta.waves.is_empty() {
+            report.wave_start = meta.wave_start(seed);
+            if !pending.is_empty() {
+                match report.wave_start {
+                    None => {
+                        report.action = "not-in-wave";
+                        pending.clear();
+                    }
+                    Some(t) if t > crate::now_secs() => {
+                        report.action = "waiting";
+                        pending.clear();
+                    }
+                    Some(_) => {}
+                }
+            }
         }
         if !pending.is_empty() {
             selected.push((
@@ -429,6 +459,7 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         repo: opts.repo.clone(),
         channel: opts.channel.clone(),
         state_dir: opts.state_dir.clone(),
+        seed,
         started_at,
         finished_at: crate::now_secs(),
         metadata,
@@ -437,6 +468,43 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         reverted,
         failed,
     })
+}
+
+/// The metrics of a pass (`report`: `None` when it failed) and the state after it.
+fn metrics_of(st: &State, report: Option<&Report>) -> crate::metrics::Metrics {
+    let mut m = crate::metrics::Metrics {
+        last_pass: st.last_pass.unwrap_or(0),
+        last_success: st.last_verified.unwrap_or(0),
+        ok: report.is_some_and(|r| r.ok),
+        verified: report.is_some(),
+        ..Default::default()
+    };
+    for a in &st.applied {
+        *m.applied_processes.entry(a.patch_id.clone()).or_default() += 1;
+    }
+    if let Some(v) = &st.metadata {
+        m.versions = vec![
+            ("root", v.root),
+            ("targets", v.targets),
+            ("snapshot", v.snapshot),
+            ("timestamp", v.timestamp),
+        ];
+        m.timestamp_expires = v
+            .timestamp_expires
+            .parse::<jiff::Timestamp>()
+            .map_or(0, |t| t.as_second());
+    }
+    if let Some(r) = report {
+        m.seed = Some(r.seed);
+        m.pass_applied = r.applied.len() as u64;
+        m.pass_reverted = r.reverted.len() as u64;
+        m.pass_failed = r.failed.len() as u64;
+        for t in &r.targets {
+            m.targets
+                .push((t.patch_id.clone(), t.name.clone(), t.action.to_string()));
+        }
+    }
+    m
 }
 
 /// One patch of the state, as the host runs it now.

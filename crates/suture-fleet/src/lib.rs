@@ -9,6 +9,7 @@
 pub mod error;
 pub mod host;
 pub mod meta;
+pub mod metrics;
 pub mod state;
 
 #[cfg(feature = "tuf")]

@@ -395,6 +395,7 @@ pub fn describe(path: &Path, channel: &str) -> Result<(TargetMeta, String)> {
                 kernel_release: None,
                 kernel_build_id: None,
                 added_at: now,
+                waves: Vec::new(),
             },
             name,
         ));
@@ -428,6 +429,7 @@ pub fn describe(path: &Path, channel: &str) -> Result<(TargetMeta, String)> {
                 kernel_release: release,
                 kernel_build_id: build_id,
                 added_at: now,
+                waves: Vec::new(),
             },
             format!("{name}.ko"),
         ));
@@ -494,14 +496,18 @@ async fn next_version(dir: &Path, bump_targets: bool, expiry: &Expiry) -> Result
     })
 }
 
-/// Adds `files` (bundles, kernel modules) as targets of `channel`, and re-signs.
+/// Adds `files` (bundles, kernel modules) as targets of `channel`, rolled out in `waves`
+/// (`repo add --wave` specifications, see [`crate::meta::parse_waves`]; none: every host at
+/// once), and re-signs.
 pub fn add(
     dir: &Path,
     keys: &Path,
     files: &[PathBuf],
     channel: &str,
+    waves: &[String],
     expiry: &Expiry,
 ) -> Result<Signed> {
+    let waves = crate::meta::parse_waves(waves, crate::now_secs()).map_err(Error::msg)?;
     if files.is_empty() {
         return Err(Error::msg("no file to add"));
     }
@@ -516,7 +522,12 @@ pub fn add(
     }
     let described: Vec<(PathBuf, TargetMeta, String)> = files
         .iter()
-        .map(|f| describe(f, channel).map(|(m, n)| (f.clone(), m, n)))
+        .map(|f| {
+            describe(f, channel).map(|(mut m, n)| {
+                m.waves = waves.clone();
+                (f.clone(), m, n)
+            })
+        })
         .collect::<Result<_>>()?;
     runtime()?.block_on(async {
         let mut next = next_version(dir, true, expiry).await?;

@@ -100,6 +100,40 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("create the state directory", dir, e))
 }
 
+/// This host's seed for staged rollouts (`crate::meta::Wave`), in `0..SEED_RANGE`: read from
+/// `<dir>/seed`, drawn from `/dev/urandom` and written there the first time. Write the file
+/// by hand to place a host in a given wave.
+pub fn host_seed(dir: &Path) -> Result<u32> {
+    use std::io::Read;
+    let path = dir.join("seed");
+    match std::fs::read_to_string(&path) {
+        Ok(t) => {
+            return t
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|&s| s < crate::meta::SEED_RANGE)
+                .ok_or_else(|| {
+                    Error::msg(format!(
+                        "{} must hold a number below {}",
+                        path.display(),
+                        crate::meta::SEED_RANGE
+                    ))
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("read", &path, e)),
+    }
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| Error::io("read", Path::new("/dev/urandom"), e))?;
+    let seed = (u64::from_le_bytes(b) % u64::from(crate::meta::SEED_RANGE)) as u32;
+    ensure_dir(dir)?;
+    std::fs::write(&path, format!("{seed}\n")).map_err(|e| Error::io("write", &path, e))?;
+    Ok(seed)
+}
+
 impl State {
     /// The state in `dir`; the empty state when there is none yet.
     pub fn load(dir: &Path) -> Result<State> {
@@ -163,6 +197,11 @@ mod tests {
         });
         s.save(&dir).unwrap();
         assert_eq!(State::load(&dir).unwrap(), s);
+        let seed = host_seed(&dir).unwrap();
+        assert!(seed < crate::meta::SEED_RANGE);
+        assert_eq!(host_seed(&dir).unwrap(), seed);
+        std::fs::write(dir.join("seed"), "10000").unwrap();
+        assert!(host_seed(&dir).is_err());
         std::fs::write(state_path(&dir), "{\"schema\": \"x/2\"}").unwrap();
         assert!(State::load(&dir).is_err());
         std::fs::remove_dir_all(&dir).unwrap();

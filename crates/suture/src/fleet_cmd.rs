@@ -43,6 +43,12 @@ pub enum RepoCommand {
         /// The rollout channel: agents apply only their channel's patches.
         #[arg(long, value_name = "NAME", default_value = suture_fleet::meta::DEFAULT_CHANNEL)]
         channel: String,
+        /// A wave of a staged rollout, PERCENT@DELAY: the first PERCENT of hosts (by their
+        /// random seed) may apply from DELAY after now (seconds, or 30m, 6h, 2d); repeat with
+        /// growing percentages, e.g. --wave 1@0 --wave 10@1h --wave 100@1d. Default: every
+        /// host at once.
+        #[arg(long = "wave", value_name = "PERCENT@DELAY")]
+        waves: Vec<String>,
         /// Seconds until the new timestamp expires (default 7 days).
         #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
         timestamp_expires_in: Option<i64>,
@@ -138,6 +144,10 @@ pub struct AgentArgs {
     /// Per process, seconds to keep retrying apply or revert while patched code runs.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     pub timeout: f64,
+    /// After every pass, write Prometheus text-format metrics to FILE (atomically; point
+    /// node_exporter's textfile collector at its directory).
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<PathBuf>,
     /// Print each pass's report as JSON (schema `suture.agent/1`).
     #[arg(long)]
     pub json: bool,
@@ -206,11 +216,19 @@ pub fn repo(cmd: RepoCommand) -> Result<u8> {
             files,
             keys,
             channel,
+            waves,
             timestamp_expires_in,
             json,
         } => {
-            let r = repo::add(&dir, &keys, &files, &channel, &expiry(timestamp_expires_in))
-                .map_err(fleet)?;
+            let r = repo::add(
+                &dir,
+                &keys,
+                &files,
+                &channel,
+                &waves,
+                &expiry(timestamp_expires_in),
+            )
+            .map_err(fleet)?;
             if json {
                 print_json(&r)?;
             } else {
@@ -304,6 +322,7 @@ pub fn agent(args: AgentArgs, command: Option<AgentCommand>) -> Result<u8> {
         state_dir: args.state_dir.clone(),
         channel: args.channel.clone(),
         only_pids: (!args.pids.is_empty()).then(|| args.pids.clone()),
+        metrics: args.metrics.clone(),
         timeout: Duration::from_secs_f64(args.timeout),
     };
     loop {
@@ -349,6 +368,24 @@ fn report_text(r: &agent::Report) -> String {
             "{}: live in process {} on {} (stopped {} us)\n",
             a.patch_id, a.pid, a.object, a.stop_window_us
         );
+    }
+    for x in &r.targets {
+        match (x.action, x.wave_start) {
+            ("waiting", Some(at)) => {
+                t += &format!(
+                    "{}: waiting for this host's wave (seed {}), from {at} (seconds since the \
+                     epoch)\n",
+                    x.patch_id, r.seed
+                )
+            }
+            ("not-in-wave", _) => {
+                t += &format!(
+                    "{}: no wave includes this host (seed {})\n",
+                    x.patch_id, r.seed
+                )
+            }
+            _ => {}
+        }
     }
     for f in &r.failed {
         t += &format!(

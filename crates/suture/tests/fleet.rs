@@ -228,7 +228,12 @@ impl Host {
     }
 
     fn pass_output(&self, repo: &Repo, target: &Target) -> Output {
-        suture(&[
+        self.pass_output_with(repo, target, &[])
+    }
+
+    fn pass_output_with(&self, repo: &Repo, target: &Target, extra: &[&str]) -> Output {
+        let pid = target.pid();
+        let mut args = vec![
             "agent",
             "--repo",
             &repo.url,
@@ -237,17 +242,23 @@ impl Host {
             "--state",
             self.state.to_str().unwrap(),
             "--pid",
-            &target.pid(),
+            &pid,
             "--timeout",
             "60",
             "--once",
             "--json",
-        ])
+        ];
+        args.extend_from_slice(extra);
+        suture(&args)
     }
 
     /// One pass that must succeed; its report.
     fn pass(&self, repo: &Repo, target: &Target) -> serde_json::Value {
-        let v = ok(&self.pass_output(repo, target));
+        self.pass_with(repo, target, &[])
+    }
+
+    fn pass_with(&self, repo: &Repo, target: &Target, extra: &[&str]) -> serde_json::Value {
+        let v = ok(&self.pass_output_with(repo, target, extra));
         assert_eq!(v["schema"], "suture.agent/1", "{v:#}");
         assert_eq!(v["ok"], true, "{v:#}");
         v
@@ -516,4 +527,78 @@ fn repo_commands_explain_their_errors() {
     // An agent without a repository says what it needs.
     let o = suture(&["agent", "--once"]);
     assert!(text(&o).contains("--repo URL and --trust"), "{}", text(&o));
+}
+
+#[test]
+fn waves_channels_and_metrics() {
+    let s = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "fleet", "waves");
+    let repo = Repo::new(&s);
+    let (a, b) = (Target::start(), Target::start());
+    let (host_a, host_b) = (Host::new(&s, "host-a"), Host::new(&s, "host-b"));
+    // Host A draws a seed in the first 10 % of the range, host B near its end.
+    std::fs::create_dir_all(&host_a.state).unwrap();
+    std::fs::create_dir_all(&host_b.state).unwrap();
+    std::fs::write(host_a.state.join("seed"), "100\n").unwrap();
+    std::fs::write(host_b.state.join("seed"), "9000\n").unwrap();
+    let added = repo.sign(
+        "add",
+        &[
+            fixture().1.to_str().unwrap(),
+            "--wave",
+            "10@0",
+            "--wave",
+            "100@1d",
+        ],
+    );
+    let waves = &added["changed"][0]["meta"]["waves"];
+    assert_eq!(waves[0]["seeds"], serde_json::json!([0, 1000]), "{added:#}");
+    assert_eq!(
+        waves[1]["seeds"],
+        serde_json::json!([1000, 10000]),
+        "{added:#}"
+    );
+
+    // Following another channel: nothing for this host.
+    let v = host_a.pass_with(&repo, &a, &["--channel", "canary"]);
+    assert_eq!(v["targets"][0]["action"], "other-channel", "{v:#}");
+    assert_eq!(v["applied"], serde_json::json!([]), "{v:#}");
+
+    // The first wave has started: host A applies, with its metrics written.
+    let metrics = s.path().join("host-a.prom");
+    let v = host_a.pass_with(&repo, &a, &["--metrics", metrics.to_str().unwrap()]);
+    assert_eq!(v["seed"], 100, "{v:#}");
+    assert_eq!(pids(&v["applied"]), [i64::from(a.child.id())], "{v:#}");
+    a.prints(AFTER);
+    let m = std::fs::read_to_string(&metrics).unwrap();
+    for want in [
+        "suture_agent_last_pass_ok 1\n",
+        "suture_agent_repository_verified 1\n",
+        "suture_agent_seed 100\n",
+        "suture_agent_patched_processes{patch_id=\"fix\"} 1\n",
+        "suture_agent_metadata_version{role=\"targets\"} 2\n",
+        "suture_agent_last_pass_processes{result=\"applied\"} 1\n",
+    ] {
+        assert!(m.contains(want), "{want} not in:\n{m}");
+    }
+
+    // Host B's wave starts in a day: it waits, untouched.
+    let v = host_b.pass(&repo, &b);
+    assert_eq!(v["targets"][0]["action"], "waiting", "{v:#}");
+    assert!(
+        v["targets"][0]["wave_start"].as_u64().unwrap()
+            > v["started_at"].as_u64().unwrap() + 80_000
+    );
+    assert_eq!(v["applied"], serde_json::json!([]), "{v:#}");
+    b.untouched();
+
+    // A refused pass shows in the metrics too.
+    repo.sign("refresh", &["--timestamp-expires-in=-60"]);
+    let o = host_a.pass_output_with(&repo, &a, &["--metrics", metrics.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let m = std::fs::read_to_string(&metrics).unwrap();
+    assert!(m.contains("suture_agent_repository_verified 0\n"), "{m}");
+    assert!(
+        m.contains("suture_agent_patched_processes{patch_id=\"fix\"} 1\n"),
+        "{m}"
+    );
 }
