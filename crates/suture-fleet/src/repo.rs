@@ -529,11 +529,23 @@ pub fn add(
             })
         })
         .collect::<Result<_>>()?;
+    add_described(dir, keys, &described, expiry)
+}
+
+/// Adds files with the metadata and target names given (what `add` derives with
+/// [`describe`]), and re-signs. The metadata is signed as given: callers other than `add`
+/// (tests of the agent's refusals) can sign metadata that does not describe the file.
+pub fn add_described(
+    dir: &Path,
+    keys: &Path,
+    described: &[(PathBuf, TargetMeta, String)],
+    expiry: &Expiry,
+) -> Result<Signed> {
     runtime()?.block_on(async {
         let mut next = next_version(dir, true, expiry).await?;
         let mut copies = Vec::new();
         let mut changed = Vec::new();
-        for (path, meta, name) in described {
+        for (path, meta, name) in described.iter().cloned() {
             let tname = target_name(&name)?;
             let mut target = Target::from_path(&path)
                 .await
