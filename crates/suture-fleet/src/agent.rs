@@ -160,7 +160,7 @@ struct Selected {
 /// processes are entries of the report's `failed`.
 pub fn run_once(opts: &Options) -> Result<Report> {
     let started_at = crate::now_secs();
-    state::ensure_dir(&opts.state_dir)?;
+    let _lock = state::lock(&opts.state_dir)?;
     let mut st = State::load(&opts.state_dir)?;
     let result = pass(opts, &mut st, started_at);
     st.last_pass = Some(crate::now_secs());

@@ -100,6 +100,37 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("create the state directory", dir, e))
 }
 
+/// An exclusive lock on a state directory (`<dir>/lock`, `flock`), held for one agent pass so
+/// that two agents never apply, revert or record over each other; released when dropped (and
+/// by the kernel when the agent dies).
+#[derive(Debug)]
+pub struct Lock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+/// Takes the state directory's lock, or says that another agent holds it.
+pub fn lock(dir: &Path) -> Result<Lock> {
+    ensure_dir(dir)?;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map(Lock)
+        .map_err(|(_, errno)| {
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                Error::msg(format!(
+                    "another suture agent is running with the state directory {} (one agent \
+                     per state directory)",
+                    dir.display()
+                ))
+            } else {
+                Error::io("lock", &path, errno.into())
+            }
+        })
+}
+
 /// This host's seed for staged rollouts (`crate::meta::Wave`), in `0..SEED_RANGE`: read from
 /// `<dir>/seed`, drawn from `/dev/urandom` and written there the first time. Write the file
 /// by hand to place a host in a given wave.
@@ -197,6 +228,11 @@ mod tests {
         });
         s.save(&dir).unwrap();
         assert_eq!(State::load(&dir).unwrap(), s);
+        let held = lock(&dir).unwrap();
+        let e = lock(&dir).unwrap_err().chain();
+        assert!(e.contains("another suture agent"), "{e}");
+        drop(held);
+        drop(lock(&dir).unwrap());
         let seed = host_seed(&dir).unwrap();
         assert!(seed < crate::meta::SEED_RANGE);
         assert_eq!(host_seed(&dir).unwrap(), seed);

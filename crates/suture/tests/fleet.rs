@@ -602,3 +602,25 @@ fn waves_channels_and_metrics() {
         "{m}"
     );
 }
+
+/// The shipped systemd unit passes `systemd-analyze verify` (with its ExecStart pointed at the
+/// binary under test), where systemd-analyze is installed.
+#[test]
+fn systemd_unit_verifies() {
+    let Ok(o) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("skipped: no systemd-analyze");
+        return;
+    };
+    assert!(o.status.success());
+    let s = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "fleet", "unit");
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/suture-agent.service"),
+    )
+    .unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/suture agent"));
+    let unit = unit.replace("/usr/local/bin/suture", env!("CARGO_BIN_EXE_suture"));
+    let path = s.write("suture-agent.service", unit);
+    let o = run(Command::new("systemd-analyze").arg("verify").arg(&path));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.stderr.is_empty() && o.stdout.is_empty(), "{}", text(&o));
+}
