@@ -351,13 +351,16 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         if !a.process.alive() {
             continue; // the process ended: nothing to keep track of
         }
+        let pid = Pid(a.process.pid);
+        if !live_ids(pid).contains(&a.patch_id) {
+            // Reverted by someone else, or recorded by an agent that was killed before its
+            // apply switched (selection above has taken the process up again if the patch is
+            // still wanted).
+            continue;
+        }
         if channel_ids.contains(&a.patch_id) {
             keep.push(a);
             continue;
-        }
-        let pid = Pid(a.process.pid);
-        if !live_ids(pid).contains(&a.patch_id) {
-            continue; // reverted by someone else
         }
         let result =
             suture_process::targets::revert(&a.patch_id, &Targets::Pids(vec![pid]), opts.timeout)
@@ -397,10 +400,35 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
     };
     for ((index, s), b) in selected.iter().zip(&bundles) {
         let idents: Vec<Option<ProcId>> = s.pending.iter().map(|p| ProcId::of(p.0)).collect();
+        // Recorded before the apply: an agent killed during it still knows which processes it
+        // may have patched (the next pass drops the entries whose patch is not live).
+        for process in idents.iter().flatten() {
+            let known = st
+                .applied
+                .iter()
+                .any(|a| a.patch_id == s.meta.patch_id && a.process == *process);
+            if !known {
+                st.applied.push(AppliedPatch {
+                    patch_id: s.meta.patch_id.clone(),
+                    target: s.name.raw().to_string(),
+                    sha256: s.sha256.clone(),
+                    process: *process,
+                    object: String::new(),
+                    build_id: b.manifest.target.build_id.clone(),
+                    applied_at: crate::now_secs(),
+                });
+            }
+        }
+        st.save(&opts.state_dir)?;
+        let forget = |st: &mut State, process: Option<ProcId>| {
+            st.applied
+                .retain(|a| !(a.patch_id == s.meta.patch_id && Some(a.process) == process));
+        };
         let outcomes = match bundle::apply(b, &Targets::Pids(s.pending.clone()), &bopts) {
             Ok(it) => it.collect::<Vec<_>>(),
             Err(e) => {
-                for p in &s.pending {
+                for (p, ident) in s.pending.iter().zip(&idents) {
+                    forget(st, *ident);
                     failed.push(Failure {
                         stage: "apply",
                         patch_id: s.meta.patch_id.clone(),
@@ -425,29 +453,27 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
                         target: s.name.raw().to_string(),
                         pid: o.pid.0,
                         object: done.object.clone(),
-                        build_id: build_id.clone(),
+                        build_id,
                         stop_window_us: done.applied.stop_window_us,
                     });
-                    if let Some(process) = ident {
-                        st.applied.push(AppliedPatch {
-                            patch_id: s.meta.patch_id.clone(),
-                            target: s.name.raw().to_string(),
-                            sha256: s.sha256.clone(),
-                            process,
-                            object: done.object,
-                            build_id,
-                            applied_at: crate::now_secs(),
-                        });
+                    for a in st.applied.iter_mut() {
+                        if a.patch_id == s.meta.patch_id && Some(a.process) == ident {
+                            a.object = done.object.clone();
+                            a.applied_at = crate::now_secs();
+                        }
                     }
                 }
-                Err(e) => failed.push(Failure {
-                    stage: "apply",
-                    patch_id: s.meta.patch_id.clone(),
-                    target: s.name.raw().to_string(),
-                    pid: o.pid.0,
-                    error: e.to_string(),
-                    outcome: Some(e.outcome()),
-                }),
+                Err(e) => {
+                    forget(st, ident);
+                    failed.push(Failure {
+                        stage: "apply",
+                        patch_id: s.meta.patch_id.clone(),
+                        target: s.name.raw().to_string(),
+                        pid: o.pid.0,
+                        error: e.to_string(),
+                        outcome: Some(e.outcome()),
+                    })
+                }
             }
         }
         reports[*index].action = if any { "applied" } else { "failed" };

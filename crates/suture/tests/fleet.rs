@@ -624,3 +624,55 @@ fn systemd_unit_verifies() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(o.stderr.is_empty() && o.stdout.is_empty(), "{}", text(&o));
 }
+
+/// An agent killed during its apply (at a point before the switch and at one during it)
+/// leaves the target untouched or fully patched and its state knowing the process; the next
+/// pass finishes the job, and a withdrawal reverts it.
+#[test]
+fn agent_killed_mid_apply_recovers() {
+    use std::os::unix::process::ExitStatusExt;
+    let s = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "fleet", "killed");
+    let repo = Repo::new(&s);
+    repo.add();
+    let mut hosts = Vec::new();
+    for point in ["apply:written", "commit:running"] {
+        let p = Target::start();
+        let host = Host::new(&s, &point.replace(':', "-"));
+        let pid = p.pid();
+        let o = run(Command::new(env!("CARGO_BIN_EXE_suture"))
+            .args(["agent", "--repo", &repo.url, "--trust"])
+            .arg(&repo.root)
+            .arg("--state")
+            .arg(&host.state)
+            .args(["--pid", &pid, "--timeout", "60", "--once", "--json"])
+            .env("SUTURE_FAILPOINT", point));
+        assert_eq!(o.status.signal(), Some(9), "{point}: {}", text(&o));
+        // Untouched or fully patched, never between (suture-process's invariant)...
+        p.prints(if p.live().is_empty() { BEFORE } else { AFTER });
+        // ... and the agent's state lists the process it was working on.
+        let st = host.status();
+        assert_eq!(
+            st["patches"][0]["process"]["pid"],
+            p.child.id(),
+            "{point}: {st:#}"
+        );
+        // The next pass finishes the job.
+        let v = host.pass(&repo, &p);
+        assert_eq!(v["targets"][0]["pids"][0], p.child.id(), "{point}: {v:#}");
+        p.prints(AFTER);
+        let st = host.status();
+        assert_eq!(
+            st["patches"].as_array().unwrap().len(),
+            1,
+            "{point}: {st:#}"
+        );
+        assert_eq!(st["patches"][0]["live"], true, "{point}: {st:#}");
+        hosts.push((p, host));
+    }
+    repo.sign("withdraw", &["fix"]);
+    for (p, host) in &hosts {
+        let v = host.pass(&repo, p);
+        assert_eq!(pids(&v["reverted"]), [i64::from(p.child.id())], "{v:#}");
+        p.prints(BEFORE);
+    }
+}
