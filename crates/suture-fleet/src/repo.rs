@@ -304,10 +304,27 @@ async fn write_signed(
             .map_err(|e| Error::with(format!("cannot copy {} in", path.display()), e))?;
     }
     // Targets first, metadata last: an agent sees new metadata only once its files are there.
+    // The metadata is written to a staging directory and renamed in, the versioned files
+    // before `timestamp.json` (the entry point), so a web server never serves a partly
+    // written file and the published repository switches at one rename.
+    let staging = dir.join(format!(".staging-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
     signed
-        .write(metadata_dir(dir))
+        .write(&staging)
         .await
-        .map_err(|e| Error::with("cannot write the metadata", e))
+        .map_err(|e| Error::with("cannot write the metadata", e))?;
+    let meta = metadata_dir(dir);
+    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&staging)
+        .map_err(|e| Error::io("read", &staging, e))?
+        .filter_map(|e| Some(e.ok()?.file_name()))
+        .collect();
+    // `timestamp.json` sorts after the `N.*.json` files, but say it rather than rely on it.
+    names.sort_by_key(|n| (n == "timestamp.json", n.clone()));
+    for name in names {
+        let to = meta.join(&name);
+        std::fs::rename(staging.join(&name), &to).map_err(|e| Error::io("write", &to, e))?;
+    }
+    std::fs::remove_dir(&staging).map_err(|e| Error::io("remove", &staging, e))
 }
 
 /// The newest `N.root.json` of the repository.

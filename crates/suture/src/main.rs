@@ -276,7 +276,9 @@ enum Command {
     /// A signed patch repository for fleet rollout (The Update Framework, see docs/fleet.md):
     /// init, add, withdraw, refresh, list.
     #[cfg(feature = "fleet")]
-    #[command(after_help = "Exit status:\n  0  done\n  1  error (nothing was written)")]
+    #[command(
+        after_help = "Exit status:\n  0  done\n  1  error (the published metadata is unchanged)"
+    )]
     Repo {
         #[command(subcommand)]
         command: fleet_cmd::RepoCommand,
