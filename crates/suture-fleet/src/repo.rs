@@ -484,24 +484,19 @@ impl Next {
     }
 }
 
-/// Opens the repository for a new version: snapshot and timestamp one up, and targets too
-/// when `bump_targets`.
-async fn next_version(dir: &Path, bump_targets: bool, expiry: &Expiry) -> Result<Next> {
+/// Opens the repository for a new version: targets, snapshot and timestamp one up, with fresh
+/// expiries. Targets gets a new version even when its content is unchanged (`refresh`): a
+/// versioned file is never rewritten, since the published snapshot pins its bytes.
+async fn next_version(dir: &Path, expiry: &Expiry) -> Result<Next> {
     let (root_path, repo) = load_local(dir).await?;
     let targets_v = repo.targets().signed.version.get();
-    let targets_exp = repo.targets().signed.expires;
     let snapshot_v = repo.snapshot().signed.version.get();
     let timestamp_v = repo.timestamp().signed.version.get();
     let mut editor = RepositoryEditor::from_repo(&root_path, repo.clone())
         .await
         .map_err(|e| Error::with("cannot edit the repository", e))?;
-    let targets = if bump_targets {
-        set_targets(&mut editor, targets_v + 1, later(expiry.targets)?)?;
-        targets_v + 1
-    } else {
-        set_targets(&mut editor, targets_v, targets_exp)?;
-        targets_v
-    };
+    let targets = targets_v + 1;
+    set_targets(&mut editor, targets, later(expiry.targets)?)?;
     let timestamp_expires = set_versions(&mut editor, snapshot_v + 1, timestamp_v + 1, expiry)?;
     Ok(Next {
         editor,
@@ -559,7 +554,7 @@ pub fn add_described(
     expiry: &Expiry,
 ) -> Result<Signed> {
     runtime()?.block_on(async {
-        let mut next = next_version(dir, true, expiry).await?;
+        let mut next = next_version(dir, expiry).await?;
         let mut copies = Vec::new();
         let mut changed = Vec::new();
         for (path, meta, name) in described.iter().cloned() {
@@ -598,7 +593,7 @@ pub fn add_described(
 /// Withdraws every target of patch `id`; agents revert it where they applied it.
 pub fn withdraw(dir: &Path, keys: &Path, id: &str, expiry: &Expiry) -> Result<Signed> {
     runtime()?.block_on(async {
-        let mut next = next_version(dir, true, expiry).await?;
+        let mut next = next_version(dir, expiry).await?;
         let mut changed = Vec::new();
         let all: Vec<(TargetName, Target)> = next
             .repo
@@ -634,10 +629,10 @@ pub fn withdraw(dir: &Path, keys: &Path, id: &str, expiry: &Expiry) -> Result<Si
     })
 }
 
-/// Re-signs the snapshot and the timestamp with a new expiry (targets unchanged).
+/// Re-signs targets (same content, next version), snapshot and timestamp with new expiries.
 pub fn refresh(dir: &Path, keys: &Path, expiry: &Expiry) -> Result<Signed> {
     runtime()?.block_on(async {
-        let next = next_version(dir, false, expiry).await?;
+        let next = next_version(dir, expiry).await?;
         let summary = next.summary(Vec::new());
         write_signed(next.editor, &absolute(dir)?, keys, &[]).await?;
         Ok(summary)

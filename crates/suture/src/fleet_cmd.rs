@@ -69,8 +69,8 @@ pub enum RepoCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Re-sign the snapshot and timestamp with a new expiry (run it from a timer well before
-    /// the timestamp expires; the targets are unchanged).
+    /// Re-sign targets (same content), snapshot and timestamp with new expiries (run it from a
+    /// timer well before the timestamp expires).
     Refresh {
         dir: PathBuf,
         #[arg(long, value_name = "KEYDIR")]
