@@ -332,12 +332,23 @@ fn two_hosts_apply_then_revert_a_withdrawn_patch() {
     assert_eq!(st["patches"][0]["live"], true, "{st:#}");
     assert_eq!(st["patches"][0]["process"]["pid"], a.child.id());
 
-    // Withdrawn: each host's next pass reverts it.
+    // A process started on host A after the patch went live is patched by the next pass.
+    let c = Target::start();
+    let v = host_a.pass_with(&repo, &a, &["--pid", &c.pid()]);
+    assert_eq!(pids(&v["applied"]), [i64::from(c.child.id())], "{v:#}");
+    c.prints(AFTER);
+
+    // Withdrawn: each host's next pass reverts it, in every process it patched.
     let w = repo.sign("withdraw", &["fix"]);
     assert_eq!(w["changed"].as_array().unwrap().len(), 1, "{w:#}");
     let v = host_a.pass(&repo, &a);
-    assert_eq!(pids(&v["reverted"]), [i64::from(a.child.id())], "{v:#}");
+    let mut reverted = pids(&v["reverted"]);
+    reverted.sort_unstable();
+    let mut want = [i64::from(a.child.id()), i64::from(c.child.id())];
+    want.sort_unstable();
+    assert_eq!(reverted, want, "{v:#}");
     a.prints(BEFORE);
+    c.prints(BEFORE);
     assert!(a.live().is_empty());
     b.prints(AFTER);
     let v = host_b.pass(&repo, &b);
