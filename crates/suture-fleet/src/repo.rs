@@ -126,10 +126,48 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     std::path::absolute(p).map_err(|e| Error::io("resolve", p, e))
 }
 
+fn role_type(role: &str) -> RoleType {
+    match role {
+        "root" => RoleType::Root,
+        "targets" => RoleType::Targets,
+        "snapshot" => RoleType::Snapshot,
+        _ => RoleType::Timestamp,
+    }
+}
+
+/// A new ed25519 key, written as PKCS#8 to `path` (created, mode 0600, never overwritten):
+/// its TUF form and key id.
+fn generate_key(
+    path: &Path,
+    role: &str,
+    rng: &SystemRandom,
+) -> Result<(
+    tough::schema::key::Key,
+    tough::schema::decoded::Decoded<tough::schema::decoded::Hex>,
+)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let pkcs8 = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(rng)
+        .map_err(|e| Error::msg(format!("cannot generate the {role} key: {e}")))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io("create", path, e))?;
+    std::io::Write::write_all(&mut f, pkcs8.as_ref()).map_err(|e| Error::io("write", path, e))?;
+    let sign = tough::sign::parse_keypair(pkcs8.as_ref())
+        .map_err(|e| Error::with(format!("cannot read back the {role} key"), e))?;
+    let key = tough::sign::Sign::tuf_key(&sign);
+    let id = key
+        .key_id()
+        .map_err(|e| Error::with(format!("cannot compute the {role} key id"), e))?;
+    Ok((key, id))
+}
+
 /// Creates a repository in `dir` (which must not hold one) with new keys in `keys` (outside
 /// `dir`; created, must not hold keys already).
 pub fn init(dir: &Path, keys: &Path, expiry: &Expiry) -> Result<Init> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let dir = absolute(dir)?;
     let keys = absolute(keys)?;
     if keys.starts_with(&dir) {
@@ -174,32 +212,11 @@ pub fn init(dir: &Path, keys: &Path, expiry: &Expiry) -> Result<Init> {
     };
     let mut key_files = Vec::new();
     for role in ROLES {
-        let pkcs8 = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng)
-            .map_err(|e| Error::msg(format!("cannot generate the {role} key: {e}")))?;
         let path = key_path(&keys, role);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| Error::io("create", &path, e))?;
-        std::io::Write::write_all(&mut f, pkcs8.as_ref())
-            .map_err(|e| Error::io("write", &path, e))?;
-        let sign = tough::sign::parse_keypair(pkcs8.as_ref())
-            .map_err(|e| Error::with(format!("cannot read back the {role} key"), e))?;
-        let key = tough::sign::Sign::tuf_key(&sign);
-        let id = key
-            .key_id()
-            .map_err(|e| Error::with(format!("cannot compute the {role} key id"), e))?;
+        let (key, id) = generate_key(&path, role, &rng)?;
         root.keys.insert(id.clone(), key);
-        let role_type = match role {
-            "root" => RoleType::Root,
-            "targets" => RoleType::Targets,
-            "snapshot" => RoleType::Snapshot,
-            _ => RoleType::Timestamp,
-        };
         root.roles.insert(
-            role_type,
+            role_type(role),
             RoleKeys {
                 keyids: vec![id],
                 threshold: NonZeroU64::MIN,
@@ -269,10 +286,15 @@ fn set_versions(
     Ok(ts_expires)
 }
 
-fn keys_of(keys: &Path) -> Result<Vec<Box<dyn KeySource>>> {
+/// The targets, snapshot and timestamp keys in `keys`; `replace` names a role whose key is
+/// taken from another file (a key being rotated in).
+fn keys_of(keys: &Path, replace: Option<(&str, &Path)>) -> Result<Vec<Box<dyn KeySource>>> {
     let mut v: Vec<Box<dyn KeySource>> = Vec::new();
     for role in &ROLES[1..] {
-        let path = key_path(keys, role);
+        let path = match replace {
+            Some((r, p)) if r == *role => p.to_path_buf(),
+            _ => key_path(keys, role),
+        };
         if !path.is_file() {
             return Err(Error::msg(format!(
                 "no {role} key at {} (--keys is the directory `suture repo init` wrote)",
@@ -292,8 +314,19 @@ async fn write_signed(
     keys: &Path,
     files: &[(PathBuf, TargetName)],
 ) -> Result<()> {
+    write_signed_with(editor, dir, keys, files, None).await
+}
+
+/// [`write_signed`], with one role's key taken from another file.
+async fn write_signed_with(
+    editor: RepositoryEditor,
+    dir: &Path,
+    keys: &Path,
+    files: &[(PathBuf, TargetName)],
+    replace: Option<(&str, &Path)>,
+) -> Result<()> {
     let signed = editor
-        .sign(&keys_of(keys)?)
+        .sign(&keys_of(keys, replace)?)
         .await
         .map_err(|e| Error::with("cannot sign the repository", e))?;
     let tdir = targets_dir(dir);
@@ -489,10 +522,19 @@ impl Next {
 /// versioned file is never rewritten, since the published snapshot pins its bytes.
 async fn next_version(dir: &Path, expiry: &Expiry) -> Result<Next> {
     let (root_path, repo) = load_local(dir).await?;
+    next_version_of(&root_path, repo, expiry).await
+}
+
+/// [`next_version`] of a loaded repository, signed under the root at `root_path`.
+async fn next_version_of(
+    root_path: &Path,
+    repo: tough::Repository,
+    expiry: &Expiry,
+) -> Result<Next> {
     let targets_v = repo.targets().signed.version.get();
     let snapshot_v = repo.snapshot().signed.version.get();
     let timestamp_v = repo.timestamp().signed.version.get();
-    let mut editor = RepositoryEditor::from_repo(&root_path, repo.clone())
+    let mut editor = RepositoryEditor::from_repo(root_path, repo.clone())
         .await
         .map_err(|e| Error::with("cannot edit the repository", e))?;
     let targets = targets_v + 1;
@@ -636,5 +678,132 @@ pub fn refresh(dir: &Path, keys: &Path, expiry: &Expiry) -> Result<Signed> {
         let summary = next.summary(Vec::new());
         write_signed(next.editor, &absolute(dir)?, keys, &[]).await?;
         Ok(summary)
+    })
+}
+
+/// What `rotate` did.
+#[derive(Debug, Serialize)]
+pub struct Rotated {
+    pub schema: &'static str,
+    pub role: String,
+    /// The new root: agents reach it from their trusted root through the root chain.
+    pub root: PathBuf,
+    pub root_version: u64,
+    /// Where the replaced key was moved (kept for audit; it no longer signs anything).
+    pub retired_key: PathBuf,
+    /// The re-signed targets, snapshot and timestamp.
+    pub signed: Signed,
+}
+
+/// Replaces the key of `role` (root, targets, snapshot or timestamp) by a new one: writes root
+/// version N+1 listing it, signed by the current root key and (for a root rotation) by the new
+/// one too, as TUF's root chain requires, moves the old key file aside, and re-signs targets,
+/// snapshot and timestamp with the keys the new root names.
+pub fn rotate(dir: &Path, keys: &Path, role: &str, expiry: &Expiry) -> Result<Rotated> {
+    if !ROLES.contains(&role) {
+        return Err(Error::msg(format!(
+            "no role {role:?} (root, targets, snapshot, timestamp)"
+        )));
+    }
+    let dir = absolute(dir)?;
+    let old_path = latest_root(&dir)?;
+    let old: tough::schema::Signed<Root> = serde_json::from_slice(
+        &std::fs::read(&old_path).map_err(|e| Error::io("read", &old_path, e))?,
+    )
+    .map_err(|e| Error::with(format!("{} is not a root", old_path.display()), e))?;
+    let rng = SystemRandom::new();
+    let new_key_path = keys.join(format!("{role}.pk8.new"));
+    let _ = std::fs::remove_file(&new_key_path);
+    let (key, id) = generate_key(&new_key_path, role, &rng)?;
+    let mut root = old.signed.clone();
+    root.version = root.version.saturating_add(1);
+    root.expires = later(expiry.root)?;
+    let rt = role_type(role);
+    let old_ids = root
+        .roles
+        .get(&rt)
+        .map(|r| r.keyids.clone())
+        .unwrap_or_default();
+    for old_id in &old_ids {
+        if !root
+            .roles
+            .iter()
+            .any(|(t, r)| *t != rt && r.keyids.contains(old_id))
+        {
+            root.keys.remove(old_id);
+        }
+    }
+    root.keys.insert(id.clone(), key);
+    root.roles.insert(
+        rt,
+        RoleKeys {
+            keyids: vec![id],
+            threshold: NonZeroU64::MIN,
+            _extra: HashMap::new(),
+        },
+    );
+    let version = root.version.get();
+    let root_path = metadata_dir(&dir).join(format!("{version}.root.json"));
+    let retired = keys.join(format!("{role}.pk8.retired-root-v{}", version - 1));
+    let rt_async = runtime()?;
+    let signed = rt_async.block_on(async {
+        // Loaded under the current root: its roles still verify with the keys it lists.
+        let (_, repo) = load_local(&dir).await?;
+        let old_root_key: Vec<Box<dyn KeySource>> = vec![Box::new(LocalKeySource {
+            path: key_path(keys, "root"),
+        })];
+        let new_root_key: Vec<Box<dyn KeySource>> = vec![Box::new(LocalKeySource {
+            path: if role == "root" {
+                new_key_path.clone()
+            } else {
+                key_path(keys, "root")
+            },
+        })];
+        // Signed by the new root's root key...
+        let by_new = SignedRole::new(
+            root.clone(),
+            &KeyHolder::Root(root.clone()),
+            &new_root_key,
+            &rng,
+        )
+        .await
+        .map_err(|e| Error::with("cannot sign the new root", e))?;
+        // ... and by the current root's, which agents trust.
+        let by_old = SignedRole::new(
+            root.clone(),
+            &KeyHolder::Root(old.signed.clone()),
+            &old_root_key,
+            &rng,
+        )
+        .await
+        .map_err(|e| Error::with("cannot sign the new root with the current root key", e))?;
+        let both = by_new
+            .add_old_signatures(by_old.signed().signatures.clone())
+            .map_err(|e| Error::with("cannot sign the new root", e))?;
+        // The new root goes out with the re-signed roles (timestamp last); the key files are
+        // swapped only once all of it is published.
+        let staging = dir.join(format!(".staging-root-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        both.write(&staging, true)
+            .await
+            .map_err(|e| Error::with("cannot write the new root", e))?;
+        let staged_root = staging.join(format!("{version}.root.json"));
+        let next = next_version_of(&staged_root, repo, expiry).await?;
+        let summary = next.summary(Vec::new());
+        let replace = (role != "root").then_some((role, new_key_path.as_path()));
+        write_signed_with(next.editor, &dir, keys, &[], replace).await?;
+        let _ = std::fs::remove_dir_all(&staging);
+        let current = key_path(keys, role);
+        std::fs::rename(&current, &retired).map_err(|e| Error::io("retire", &current, e))?;
+        std::fs::rename(&new_key_path, &current).map_err(|e| Error::io("install", &current, e))?;
+        Ok::<Signed, Error>(summary)
+    })?;
+    Ok(Rotated {
+        schema: REPO_SCHEMA,
+        role: role.to_string(),
+        root: root_path,
+        root_version: version,
+        retired_key: retired,
+        signed,
     })
 }

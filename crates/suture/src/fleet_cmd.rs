@@ -82,6 +82,21 @@ pub enum RepoCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Replace the signing key of one role (root, targets, snapshot or timestamp) by a new one:
+    /// writes the next root version (signed by the current and, for root, the new root key),
+    /// re-signs the other roles, and moves the old key file aside. Agents follow the change
+    /// through the root chain from the root they trust.
+    RotateKey {
+        dir: PathBuf,
+        /// root, targets, snapshot or timestamp.
+        role: String,
+        #[arg(long, value_name = "KEYDIR")]
+        keys: PathBuf,
+        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+        timestamp_expires_in: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the repository's targets with their metadata (signatures verified, expiry not).
     List {
         dir: PathBuf,
@@ -97,6 +112,7 @@ impl RepoCommand {
             | RepoCommand::Add { json, .. }
             | RepoCommand::Withdraw { json, .. }
             | RepoCommand::Refresh { json, .. }
+            | RepoCommand::RotateKey { json, .. }
             | RepoCommand::List { json, .. } => *json,
         }
     }
@@ -261,6 +277,28 @@ pub fn repo(cmd: RepoCommand) -> Result<u8> {
                 print_json(&r)?;
             } else {
                 crate::out(&signed_text("", &r));
+            }
+        }
+        RepoCommand::RotateKey {
+            dir,
+            role,
+            keys,
+            timestamp_expires_in,
+            json,
+        } => {
+            let r =
+                repo::rotate(&dir, &keys, &role, &expiry(timestamp_expires_in)).map_err(fleet)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                crate::out(&format!(
+                    "new {role} key in {}; old one moved to {}\nroot v{} written: {}\n{}",
+                    keys.join(format!("{role}.pk8")).display(),
+                    r.retired_key.display(),
+                    r.root_version,
+                    r.root.display(),
+                    signed_text("", &r.signed)
+                ));
             }
         }
         RepoCommand::List { dir, json } => {

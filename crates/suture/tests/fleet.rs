@@ -687,3 +687,49 @@ fn agent_killed_mid_apply_recovers() {
         p.prints(BEFORE);
     }
 }
+
+/// Key rotation: agents trusting root v1 follow a targets-key rotation (root v2) and a
+/// root-key rotation (root v3) through the root chain, keep applying and reverting, and refuse
+/// a root version that the current root key did not sign.
+#[test]
+fn key_rotation_is_followed() {
+    let s = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "fleet", "rotation");
+    let repo = Repo::new(&s);
+    let p = Target::start();
+    let host = Host::new(&s, "host");
+    repo.add();
+    let v = host.pass(&repo, &p);
+    assert_eq!(pids(&v["applied"]), [i64::from(p.child.id())], "{v:#}");
+    p.prints(AFTER);
+
+    let r = repo.sign("rotate-key", &["targets"]);
+    assert_eq!(r["root_version"], 2, "{r:#}");
+    assert!(Path::new(r["retired_key"].as_str().unwrap()).is_file());
+    let v = host.pass(&repo, &p);
+    assert_eq!(v["metadata"]["root"], 2, "{v:#}");
+    assert_eq!(v["targets"][0]["action"], "live", "{v:#}");
+
+    let r = repo.sign("rotate-key", &["root"]);
+    assert_eq!(r["root_version"], 3, "{r:#}");
+    let v = host.pass(&repo, &p);
+    assert_eq!(v["metadata"]["root"], 3, "{v:#}");
+
+    // A root v4 with the current content but a signature the root key never made.
+    let v3 = std::fs::read_to_string(repo.dir.join("metadata/3.root.json")).unwrap();
+    let mut forged: serde_json::Value = serde_json::from_str(&v3).unwrap();
+    forged["signed"]["version"] = 4.into();
+    let forged_path = repo.dir.join("metadata/4.root.json");
+    std::fs::write(&forged_path, serde_json::to_vec_pretty(&forged).unwrap()).unwrap();
+    let e = host.refused(&repo, &p);
+    assert!(
+        e.contains("Failed to verify root metadata: Signature threshold of 1 not met"),
+        "{e}"
+    );
+    std::fs::remove_file(&forged_path).unwrap();
+
+    // Withdrawn under the rotated keys: reverted.
+    repo.sign("withdraw", &["fix"]);
+    let v = host.pass(&repo, &p);
+    assert_eq!(pids(&v["reverted"]), [i64::from(p.child.id())], "{v:#}");
+    p.prints(BEFORE);
+}
