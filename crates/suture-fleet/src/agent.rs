@@ -58,6 +58,70 @@ pub struct Options {
     pub metrics: Option<PathBuf>,
     /// Per process, how long apply and revert keep retrying while patched code is running.
     pub timeout: Duration,
+    /// The health gate run after each apply (see [`Health`]).
+    pub health: Health,
+}
+
+/// The health gate: after a patch goes live in a process, the agent waits `settle`, then the
+/// process must still be running (same pid and start time) and `check`, when given, must exit
+/// with status 0 within `check_timeout` (run with `sh -c`, environment `SUTURE_PID`,
+/// `SUTURE_PATCH_ID`, `SUTURE_OBJECT`). Otherwise the patch is reverted in that process, the
+/// failure reported, and the target held back on this host (`State::held`) until the
+/// repository publishes another file for it.
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    pub settle: Duration,
+    pub check: Option<String>,
+    pub check_timeout: Duration,
+}
+
+/// Runs the health gate for one process; `Err` says why it failed.
+fn health_gate(
+    h: &Health,
+    process: Option<ProcId>,
+    patch_id: &str,
+    object: &str,
+) -> std::result::Result<(), String> {
+    if !h.settle.is_zero() {
+        std::thread::sleep(h.settle);
+    }
+    let Some(process) = process.filter(ProcId::alive) else {
+        return Err("the process exited after the patch went live".into());
+    };
+    let Some(cmd) = &h.check else {
+        return Ok(());
+    };
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("SUTURE_PID", process.pid.to_string())
+        .env("SUTURE_PATCH_ID", patch_id)
+        .env("SUTURE_OBJECT", object)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run the health check {cmd:?}: {e}"))?;
+    let deadline = std::time::Instant::now() + h.check_timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) if st.success() => break,
+            Ok(Some(st)) => return Err(format!("the health check {cmd:?} failed ({st})")),
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "the health check {cmd:?} did not finish within {} s",
+                    h.check_timeout.as_secs_f64()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("cannot wait for the health check: {e}")),
+        }
+    }
+    if !process.alive() {
+        return Err("the process exited during the health check".into());
+    }
+    Ok(())
 }
 
 /// What a pass did with one target of the repository.
@@ -72,7 +136,8 @@ pub struct TargetReport {
     /// matching process), `no-match` (no process maps a file with its build-id),
     /// `other-channel`, `kernel-not-supported` (the agent does not load kernel modules yet),
     /// `failed` (applying failed in every matching process), `waiting` (this host's wave
-    /// starts at `wave_start`), `not-in-wave` (no wave includes this host's seed).
+    /// starts at `wave_start`), `not-in-wave` (no wave includes this host's seed), `held`
+    /// (it failed this host's health gate earlier; see the state's `held`).
     pub action: &'static str,
     /// When this host's wave starts (seconds since the epoch), for a staged target.
     pub wave_start: Option<u64>,
@@ -103,7 +168,7 @@ pub struct RevertedReport {
 /// A failure in one process.
 #[derive(Clone, Debug, Serialize)]
 pub struct Failure {
-    /// `apply` or `revert`.
+    /// `apply`, `revert` or `health` (the patch went live, then the health gate failed).
     pub stage: &'static str,
     pub patch_id: String,
     pub target: String,
@@ -258,6 +323,16 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         }
         if !report.pids.is_empty() {
             report.action = "live";
+        }
+        let sha256 = suture_bundle::hex(&t.hashes.sha256);
+        if !pending.is_empty()
+            && st
+                .held
+                .iter()
+                .any(|h| h.target == report.name && h.sha256 == sha256)
+        {
+            report.action = "held";
+            pending.clear();
         }
         if !meta.waves.is_empty() {
             report.wave_start = meta.wave_start(seed);
@@ -446,6 +521,47 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         for (o, ident) in outcomes.into_iter().zip(idents) {
             match o.result {
                 Ok(done) => {
+                    if let Err(why) =
+                        health_gate(&opts.health, ident, &s.meta.patch_id, &done.object)
+                    {
+                        let pid = o.pid;
+                        let reverted = !ident.is_some_and(|p| p.alive())
+                            || suture_process::targets::revert(
+                                &s.meta.patch_id,
+                                &Targets::Pids(vec![pid]),
+                                opts.timeout,
+                            )
+                            .ok()
+                            .and_then(|mut it| it.next())
+                            .is_some_and(|r| r.result.is_ok());
+                        if reverted {
+                            forget(st, ident);
+                        }
+                        st.held.retain(|h| h.target != s.name.raw());
+                        st.held.push(state::Held {
+                            patch_id: s.meta.patch_id.clone(),
+                            target: s.name.raw().to_string(),
+                            sha256: s.sha256.clone(),
+                            at: crate::now_secs(),
+                            error: why.clone(),
+                        });
+                        failed.push(Failure {
+                            stage: "health",
+                            patch_id: s.meta.patch_id.clone(),
+                            target: s.name.raw().to_string(),
+                            pid: pid.0,
+                            error: format!(
+                                "{why}; {}",
+                                if reverted {
+                                    "the patch was reverted; the target is held back on this host"
+                                } else {
+                                    "reverting the patch failed too; the target is held back on this host"
+                                }
+                            ),
+                            outcome: None,
+                        });
+                        continue;
+                    }
                     any = true;
                     let build_id = b.manifest.target.build_id.clone();
                     applied.push(AppliedReport {
@@ -555,6 +671,8 @@ pub struct Status {
     pub last_error: Option<String>,
     pub metadata: Option<Versions>,
     pub patches: Vec<StatusEntry>,
+    /// Targets held back after failing the health gate.
+    pub held: Vec<state::Held>,
 }
 
 /// The host's state in `state_dir`, checked against the running processes.
@@ -581,5 +699,6 @@ pub fn status(state_dir: &Path) -> Result<Status> {
         last_error: st.last_error,
         metadata: st.metadata,
         patches,
+        held: st.held,
     })
 }

@@ -66,6 +66,21 @@ pub struct State {
     pub metadata: Option<Versions>,
     #[serde(default)]
     pub applied: Vec<AppliedPatch>,
+    /// Targets that failed this host's health gate: not applied again here until the
+    /// repository publishes another file (another sha256) for them.
+    #[serde(default)]
+    pub held: Vec<Held>,
+}
+
+/// A target held back on this host after failing its health gate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub patch_id: String,
+    pub target: String,
+    pub sha256: String,
+    /// Seconds since the epoch.
+    pub at: u64,
+    pub error: String,
 }
 
 impl Default for State {
@@ -78,6 +93,7 @@ impl Default for State {
             last_verified: None,
             metadata: None,
             applied: Vec::new(),
+            held: Vec::new(),
         }
     }
 }

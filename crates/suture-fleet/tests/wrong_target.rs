@@ -78,6 +78,7 @@ fn metadata_not_describing_its_bundle_is_refused() {
         only_pids: Some(vec![std::process::id() as i32]),
         metrics: None,
         timeout: std::time::Duration::from_secs(1),
+        health: Default::default(),
     };
 
     // The signed metadata says patch "fix" for this executable; the bundle is patch "other".

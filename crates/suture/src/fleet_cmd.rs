@@ -160,6 +160,18 @@ pub struct AgentArgs {
     /// Per process, seconds to keep retrying apply or revert while patched code runs.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     pub timeout: f64,
+    /// Health gate: a command run (with `sh -c`) after each apply, with SUTURE_PID,
+    /// SUTURE_PATCH_ID and SUTURE_OBJECT set; a non-zero exit (or the process gone) reverts
+    /// the patch in that process and holds the target back on this host.
+    #[arg(long, value_name = "CMD")]
+    pub health_check: Option<String>,
+    /// Seconds to wait after each apply before the health gate looks (the process must still
+    /// be running, then --health-check must pass).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    pub health_settle: f64,
+    /// Seconds --health-check may take.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub health_timeout: f64,
     /// After every pass, write Prometheus text-format metrics to FILE (atomically; point
     /// node_exporter's textfile collector at its directory).
     #[arg(long, value_name = "FILE")]
@@ -351,8 +363,14 @@ pub fn agent(args: AgentArgs, command: Option<AgentCommand>) -> Result<u8> {
     let (Some(repo), Some(trust)) = (args.repo.clone(), args.trust.clone()) else {
         bail!("suture agent needs --repo URL and --trust ROOT.json (or the `status` subcommand)");
     };
-    if !(0.0..=3600.0).contains(&args.timeout) {
-        bail!("--timeout must be between 0 and 3600 seconds");
+    for (name, v) in [
+        ("--timeout", args.timeout),
+        ("--health-settle", args.health_settle),
+        ("--health-timeout", args.health_timeout),
+    ] {
+        if !(0.0..=3600.0).contains(&v) {
+            bail!("{name} must be between 0 and 3600 seconds");
+        }
     }
     let opts = agent::Options {
         repo,
@@ -361,6 +379,11 @@ pub fn agent(args: AgentArgs, command: Option<AgentCommand>) -> Result<u8> {
         channel: args.channel.clone(),
         only_pids: (!args.pids.is_empty()).then(|| args.pids.clone()),
         metrics: args.metrics.clone(),
+        health: agent::Health {
+            settle: Duration::from_secs_f64(args.health_settle),
+            check: args.health_check.clone(),
+            check_timeout: Duration::from_secs_f64(args.health_timeout),
+        },
         timeout: Duration::from_secs_f64(args.timeout),
     };
     loop {
@@ -454,6 +477,12 @@ fn status_text(s: &agent::Status) -> String {
     }
     if s.patches.is_empty() {
         t += "no patches applied by the agent\n";
+    }
+    for h in &s.held {
+        t += &format!(
+            "{}: held back on this host ({}): {}\n",
+            h.patch_id, h.target, h.error
+        );
     }
     for p in &s.patches {
         let state = match (p.alive, p.live) {

@@ -733,3 +733,48 @@ fn key_rotation_is_followed() {
     assert_eq!(pids(&v["reverted"]), [i64::from(p.child.id())], "{v:#}");
     p.prints(BEFORE);
 }
+
+/// The health gate: a check that fails reverts the patch in that process, reports it, and
+/// holds the target back on the host; a check that passes (with the process's pid in its
+/// environment) keeps it.
+#[test]
+fn failed_health_check_reverts_and_holds() {
+    let s = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "fleet", "health");
+    let repo = Repo::new(&s);
+    let p = Target::start();
+    let host = Host::new(&s, "host");
+    repo.add();
+    let o = host.pass_output_with(
+        &repo,
+        &p,
+        &["--health-settle", "0", "--health-check", "exit 3"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["failed"][0]["stage"], "health", "{v:#}");
+    let e = v["failed"][0]["error"].as_str().unwrap();
+    assert!(
+        e.contains("failed (exit status: 3)") && e.contains("reverted"),
+        "{e}"
+    );
+    p.untouched();
+    // Held back: the next pass does not apply it again.
+    let v = host.pass_with(&repo, &p, &["--health-settle", "0"]);
+    assert_eq!(v["targets"][0]["action"], "held", "{v:#}");
+    p.untouched();
+
+    // Another host whose check sees the patched process passes.
+    let q = Target::start();
+    let other = Host::new(&s, "other");
+    let check = format!(
+        "test \"$SUTURE_PID\" = {} && test \"$SUTURE_PATCH_ID\" = fix",
+        q.pid()
+    );
+    let v = other.pass_with(
+        &repo,
+        &q,
+        &["--health-settle", "0", "--health-check", &check],
+    );
+    assert_eq!(pids(&v["applied"]), [i64::from(q.child.id())], "{v:#}");
+    q.prints(AFTER);
+}
