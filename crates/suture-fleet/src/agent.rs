@@ -137,7 +137,8 @@ pub struct TargetReport {
     /// `other-channel`, `kernel-not-supported` (the agent does not load kernel modules yet),
     /// `failed` (applying failed in every matching process), `waiting` (this host's wave
     /// starts at `wave_start`), `not-in-wave` (no wave includes this host's seed), `held`
-    /// (it failed this host's health gate earlier; see the state's `held`).
+    /// (it failed this host's health gate earlier; see the state's `held`), `paused` (the
+    /// rollout is paused: applied nowhere new).
     pub action: &'static str,
     /// When this host's wave starts (seconds since the epoch), for a staged target.
     pub wave_start: Option<u64>,
@@ -323,6 +324,10 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         }
         if !report.pids.is_empty() {
             report.action = "live";
+        }
+        if !pending.is_empty() && meta.paused {
+            report.action = "paused";
+            pending.clear();
         }
         let sha256 = suture_bundle::hex(&t.hashes.sha256);
         if !pending.is_empty()

@@ -55,6 +55,10 @@ pub struct TargetMeta {
     /// host, at once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waves: Vec<Wave>,
+    /// `repo pause`: agents apply it nowhere new (and keep it where it is live) until
+    /// `repo resume`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 /// Host seeds are in `0..SEED_RANGE` (each host draws its own once, `crate::state`).
@@ -167,6 +171,7 @@ mod tests {
             kernel_build_id: None,
             added_at: 7,
             waves: parse_waves(&["10@0".into(), "100@1h".into()], 1000).unwrap(),
+            paused: true,
         };
         let mut custom = std::collections::HashMap::new();
         custom.insert(CUSTOM_KEY.to_string(), serde_json::to_value(&m).unwrap());
@@ -207,6 +212,7 @@ mod tests {
             kernel_build_id: None,
             added_at: 0,
             waves: w,
+            paused: false,
         };
         assert_eq!(m.wave_start(0), Some(1000));
         assert_eq!(m.wave_start(999), Some(1000));

@@ -446,6 +446,7 @@ pub fn describe(path: &Path, channel: &str) -> Result<(TargetMeta, String)> {
                 kernel_build_id: None,
                 added_at: now,
                 waves: Vec::new(),
+                paused: false,
             },
             name,
         ));
@@ -480,6 +481,7 @@ pub fn describe(path: &Path, channel: &str) -> Result<(TargetMeta, String)> {
                 kernel_build_id: build_id,
                 added_at: now,
                 waves: Vec::new(),
+                paused: false,
             },
             format!("{name}.ko"),
         ));
@@ -634,6 +636,28 @@ pub fn add_described(
 
 /// Withdraws every target of patch `id`; agents revert it where they applied it.
 pub fn withdraw(dir: &Path, keys: &Path, id: &str, expiry: &Expiry) -> Result<Signed> {
+    edit_patch(dir, keys, id, expiry, |_| None)
+}
+
+/// Pauses (`paused`) or resumes the rollout of patch `id`: agents apply a paused patch
+/// nowhere new, and keep it where it is live.
+pub fn pause(dir: &Path, keys: &Path, id: &str, paused: bool, expiry: &Expiry) -> Result<Signed> {
+    edit_patch(dir, keys, id, expiry, |m| {
+        let mut m = m.clone();
+        m.paused = paused;
+        Some(m)
+    })
+}
+
+/// Re-signs the repository with every target of patch `id` changed by `edit`: its new
+/// metadata, or `None` to remove it. Refuses a patch id with no target.
+fn edit_patch(
+    dir: &Path,
+    keys: &Path,
+    id: &str,
+    expiry: &Expiry,
+    edit: impl Fn(&TargetMeta) -> Option<TargetMeta>,
+) -> Result<Signed> {
     runtime()?.block_on(async {
         let mut next = next_version(dir, expiry).await?;
         let mut changed = Vec::new();
@@ -644,18 +668,34 @@ pub fn withdraw(dir: &Path, keys: &Path, id: &str, expiry: &Expiry) -> Result<Si
             .collect();
         for (name, t) in &all {
             let l = listed(name, t);
-            if l.meta.as_ref().is_some_and(|m| m.patch_id == id) {
+            let Some(meta) = l.meta.as_ref().filter(|m| m.patch_id == id) else {
+                continue;
+            };
+            let edited = edit(meta);
+            next.editor
+                .remove_target(name)
+                .map_err(|e| Error::with(format!("cannot change {}", l.name), e))?;
+            if let Some(m) = edited {
+                let mut t = t.clone();
+                t.custom.insert(
+                    crate::meta::CUSTOM_KEY.into(),
+                    serde_json::to_value(&m).map_err(|e| Error::with("cannot serialise", e))?,
+                );
+                changed.push(listed(name, &t));
                 next.editor
-                    .remove_target(name)
-                    .map_err(|e| Error::with(format!("cannot remove {}", l.name), e))?;
+                    .add_target(name.clone(), t)
+                    .map_err(|e| Error::with(format!("cannot change {}", l.name), e))?;
+            } else {
                 changed.push(l);
             }
         }
         if changed.is_empty() {
-            let ids: Vec<String> = all
+            let mut ids: Vec<String> = all
                 .iter()
                 .filter_map(|(n, t)| Some(listed(n, t).meta?.patch_id))
                 .collect();
+            ids.sort();
+            ids.dedup();
             return Err(Error::msg(format!(
                 "no target of patch {id:?} in the repository (patches: {})",
                 if ids.is_empty() {

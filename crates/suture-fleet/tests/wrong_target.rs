@@ -57,6 +57,7 @@ fn meta(patch_id: &str, build_id: &str) -> TargetMeta {
         kernel_build_id: None,
         added_at: 0,
         waves: Vec::new(),
+        paused: false,
     }
 }
 

@@ -69,6 +69,29 @@ pub enum RepoCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Pause the rollout of patch ID: agents apply it nowhere new, and keep it where it is
+    /// live, until `suture repo resume`.
+    Pause {
+        dir: PathBuf,
+        id: String,
+        #[arg(long, value_name = "KEYDIR")]
+        keys: PathBuf,
+        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+        timestamp_expires_in: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume the paused rollout of patch ID.
+    Resume {
+        dir: PathBuf,
+        id: String,
+        #[arg(long, value_name = "KEYDIR")]
+        keys: PathBuf,
+        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+        timestamp_expires_in: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-sign targets (same content), snapshot and timestamp with new expiries (run it from a
     /// timer well before the timestamp expires).
     Refresh {
@@ -112,6 +135,8 @@ impl RepoCommand {
             | RepoCommand::Add { json, .. }
             | RepoCommand::Withdraw { json, .. }
             | RepoCommand::Refresh { json, .. }
+            | RepoCommand::Pause { json, .. }
+            | RepoCommand::Resume { json, .. }
             | RepoCommand::RotateKey { json, .. }
             | RepoCommand::List { json, .. } => *json,
         }
@@ -218,6 +243,24 @@ fn signed_text(verb: &str, s: &repo::Signed) -> String {
     t
 }
 
+/// `repo pause` (`paused`) and `repo resume`.
+fn pause(
+    dir: &std::path::Path,
+    id: &str,
+    keys: &std::path::Path,
+    timestamp_expires_in: Option<i64>,
+    json: bool,
+    paused: bool,
+) -> Result<()> {
+    let r = repo::pause(dir, keys, id, paused, &expiry(timestamp_expires_in)).map_err(fleet)?;
+    if json {
+        print_json(&r)
+    } else {
+        crate::out(&signed_text(if paused { "paused" } else { "resumed" }, &r));
+        Ok(())
+    }
+}
+
 pub fn repo(cmd: RepoCommand) -> Result<u8> {
     match cmd {
         RepoCommand::Init {
@@ -278,6 +321,20 @@ pub fn repo(cmd: RepoCommand) -> Result<u8> {
                 crate::out(&signed_text("withdrew", &r));
             }
         }
+        RepoCommand::Pause {
+            dir,
+            id,
+            keys,
+            timestamp_expires_in,
+            json,
+        } => pause(&dir, &id, &keys, timestamp_expires_in, json, true)?,
+        RepoCommand::Resume {
+            dir,
+            id,
+            keys,
+            timestamp_expires_in,
+            json,
+        } => pause(&dir, &id, &keys, timestamp_expires_in, json, false)?,
         RepoCommand::Refresh {
             dir,
             keys,

@@ -778,3 +778,28 @@ fn failed_health_check_reverts_and_holds() {
     assert_eq!(pids(&v["applied"]), [i64::from(q.child.id())], "{v:#}");
     q.prints(AFTER);
 }
+
+/// A paused rollout is applied nowhere new but kept where it is live; resumed, it goes on.
+#[test]
+fn paused_rollout_goes_nowhere_new() {
+    let s = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "fleet", "pause");
+    let repo = Repo::new(&s);
+    let (a, b) = (Target::start(), Target::start());
+    let (host_a, host_b) = (Host::new(&s, "host-a"), Host::new(&s, "host-b"));
+    repo.add();
+    host_a.pass(&repo, &a);
+    a.prints(AFTER);
+    let r = repo.sign("pause", &["fix"]);
+    assert_eq!(r["changed"][0]["meta"]["paused"], true, "{r:#}");
+    let v = host_b.pass(&repo, &b);
+    assert_eq!(v["targets"][0]["action"], "paused", "{v:#}");
+    b.untouched();
+    let v = host_a.pass(&repo, &a);
+    assert_eq!(v["targets"][0]["action"], "live", "{v:#}");
+    assert_eq!(v["reverted"], serde_json::json!([]), "{v:#}");
+    a.prints(AFTER);
+    repo.sign("resume", &["fix"]);
+    let v = host_b.pass(&repo, &b);
+    assert_eq!(pids(&v["applied"]), [i64::from(b.child.id())], "{v:#}");
+    b.prints(AFTER);
+}
