@@ -37,9 +37,17 @@ fn sh(dir: &Path, cmd: &str) {
 fn fixture() -> &'static (PathBuf, PathBuf) {
     static F: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     F.get_or_init(|| {
-        let w = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join("fleet")
-            .join(format!("fixture-{}", std::process::id()));
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fleet");
+        // Fixtures of earlier runs whose test process is gone.
+        for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("fixture-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let w = base.join(format!("fixture-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&w);
         std::fs::create_dir_all(&w).unwrap();
         let projects =
