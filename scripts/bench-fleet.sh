@@ -35,7 +35,7 @@ t0=$(ms)
 t1=$(ms)
 for i in $(seq "$hosts"); do
     "$suture" agent --repo "$url" --trust "$w/repo/metadata/1.root.json" --state "$w/host$i" \
-        --pid "${targets[$((i - 1))]}" --once --json >"$w/pass$i.json"
+        --pid "${targets[$((i - 1))]}" --health-settle 0 --once --json >"$w/pass$i.json"
 done
 t2=$(ms)
 applied=$(grep -c '"stop_window_us"' "$w"/pass*.json | awk -F: '{s+=$2} END {print s}')
