@@ -8,6 +8,8 @@
 //! The fixture is the make project of `crates/suture-build/tests/projects/make`, built once per
 //! test binary with a fix that turns its `v=1` into `v=2`.
 
+#![cfg(feature = "fleet")]
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
