@@ -316,6 +316,9 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         let mut pending = Vec::new();
         for id in &meta.build_ids {
             for (pid, _) in scan.mapping(&pids, id) {
+                if report.pids.contains(&pid.0) {
+                    continue; // maps files with two of the target's build-ids
+                }
                 report.pids.push(pid.0);
                 if !live_ids(pid).contains(&meta.patch_id) {
                     pending.push(pid);
