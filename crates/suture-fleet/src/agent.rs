@@ -156,6 +156,10 @@ pub struct AppliedReport {
     pub build_id: String,
     /// How long the process was stopped for the switch.
     pub stop_window_us: u64,
+    /// How long the process had been running unpatched when the patch went live
+    /// (milliseconds; for a process started after the patch was published, the window during
+    /// which it ran unpatched).
+    pub process_age_ms: Option<u64>,
 }
 
 /// A withdrawn patch reverted in one process.
@@ -529,6 +533,7 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         for (o, ident) in outcomes.into_iter().zip(idents) {
             match o.result {
                 Ok(done) => {
+                    let live_age_ms = ident.and_then(|p| p.age()).map(|d| d.as_millis() as u64);
                     if let Err(why) =
                         health_gate(&opts.health, ident, &s.meta.patch_id, &done.object)
                     {
@@ -579,6 +584,7 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
                         object: done.object.clone(),
                         build_id,
                         stop_window_us: done.applied.stop_window_us,
+                        process_age_ms: live_age_ms,
                     });
                     for a in st.applied.iter_mut() {
                         if a.patch_id == s.meta.patch_id && Some(a.process) == ident {
@@ -655,6 +661,93 @@ fn metrics_of(st: &State, report: Option<&Report>) -> crate::metrics::Metrics {
         }
     }
     m
+}
+
+/// The build-ids a watch between passes looks for: those of the process targets of the
+/// agent's channel in a verified pass.
+fn watched(r: &Report) -> Vec<String> {
+    r.targets
+        .iter()
+        .filter(|t| t.kind == Kind::Process && t.channel == r.channel)
+        .flat_map(|t| t.build_ids.iter().cloned())
+        .collect()
+}
+
+/// A process younger than this that maps nothing watched is looked at again at the next
+/// rescan: it may be between its fork and its exec.
+const YOUNG: Duration = Duration::from_secs(2);
+
+/// Runs forever: a full pass every `interval`, and between them, every `rescan` (zero: never),
+/// a pass for the processes that appeared since the last look and map a file with the
+/// build-id of a process target of the channel (as the last verified pass saw them). Each
+/// such pass verifies the repository again, like any pass. `each` gets every pass's result.
+pub fn run_daemon(
+    opts: &Options,
+    interval: Duration,
+    rescan: Duration,
+    mut each: impl FnMut(Result<Report>),
+) -> ! {
+    use std::collections::HashSet;
+    use std::time::Instant;
+    let scope = |opts: &Options| -> HashSet<ProcId> {
+        host::processes(opts.only_pids.as_deref())
+            .into_iter()
+            .filter_map(|p| ProcId::of(p.0))
+            .collect()
+    };
+    let mut watch: Vec<String> = Vec::new();
+    loop {
+        let mut known = scope(opts);
+        let r = run_once(opts);
+        if let Ok(rep) = &r {
+            watch = watched(rep);
+        }
+        each(r);
+        let next = Instant::now() + interval;
+        loop {
+            let now = Instant::now();
+            if now >= next {
+                break;
+            }
+            let left = next - now;
+            std::thread::sleep(if rescan.is_zero() {
+                left
+            } else {
+                rescan.min(left)
+            });
+            if rescan.is_zero() || watch.is_empty() {
+                continue;
+            }
+            let current = scope(opts);
+            let fresh: Vec<ProcId> = current.difference(&known).copied().collect();
+            if fresh.is_empty() {
+                continue;
+            }
+            let mut scan = Scan::default();
+            let mut hits = Vec::new();
+            for p in fresh {
+                let maps_watched = watch
+                    .iter()
+                    .any(|id| !scan.mapping(&[Pid(p.pid)], id).is_empty());
+                if maps_watched {
+                    hits.push(p.pid);
+                    known.insert(p);
+                } else if p.age().is_none_or(|a| a >= YOUNG) {
+                    known.insert(p);
+                }
+            }
+            known.retain(|p| current.contains(p));
+            if !hits.is_empty() {
+                let mut o = opts.clone();
+                o.only_pids = Some(hits);
+                let r = run_once(&o);
+                if let Ok(rep) = &r {
+                    watch = watched(rep);
+                }
+                each(r);
+            }
+        }
+    }
 }
 
 /// One patch of the state, as the host runs it now.

@@ -30,15 +30,53 @@ impl ProcId {
     pub fn alive(&self) -> bool {
         ProcId::of(self.pid) == Some(*self)
     }
+
+    /// How long the process has been running (from its start time and `/proc/uptime`).
+    pub fn age(&self) -> Option<std::time::Duration> {
+        let up: f64 = std::fs::read_to_string("/proc/uptime")
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()?? as f64;
+        let started = self.start_time as f64 / hz;
+        Some(std::time::Duration::from_secs_f64((up - started).max(0.0)))
+    }
 }
 
-/// The processes an agent considers: `only` when given (an operator's scope, and how tests
-/// simulate several hosts on one machine), else every process but this one.
+/// The parent pid of a process.
+fn ppid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The processes an agent considers: with `only` (an operator's scope, and how tests simulate
+/// several hosts on one machine), those processes and all their descendants; else every
+/// process but this one.
 pub fn processes(only: Option<&[i32]>) -> Vec<Pid> {
-    match only {
-        Some(pids) => pids.iter().copied().map(Pid).collect(),
-        None => suture_process::targets::all_pids(),
+    let all = suture_process::targets::all_pids();
+    let Some(roots) = only else {
+        return all;
+    };
+    let mut children: std::collections::HashMap<i32, Vec<i32>> = Default::default();
+    for p in &all {
+        if let Some(pp) = ppid(p.0) {
+            children.entry(pp).or_default().push(p.0);
+        }
     }
+    let mut out: Vec<i32> = Vec::new();
+    let mut todo: Vec<i32> = roots.to_vec();
+    while let Some(p) = todo.pop() {
+        if out.contains(&p) {
+            continue;
+        }
+        out.push(p);
+        todo.extend(children.get(&p).into_iter().flatten());
+    }
+    out.sort_unstable();
+    out.into_iter().map(Pid).collect()
 }
 
 /// Build-ids of the files mapped by processes, cached by file identity for one pass.
@@ -73,11 +111,29 @@ mod tests {
         let a = ProcId::of(me).expect("own stat");
         assert_eq!(ProcId::of(me), Some(a));
         assert!(a.alive());
+        assert!(a.age().is_some());
         let gone = ProcId {
             pid: me,
             start_time: a.start_time + 1,
         };
         assert!(!gone.alive());
+    }
+
+    #[test]
+    fn scope_takes_descendants() {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let me = std::process::id() as i32;
+        let scope = processes(Some(&[me]));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(scope.contains(&Pid(me)), "{scope:?}");
+        assert!(scope.contains(&Pid(child.id() as i32)), "{scope:?}");
+        assert!(!scope.contains(&Pid(1)), "{scope:?}");
     }
 
     #[test]

@@ -176,10 +176,16 @@ pub struct AgentArgs {
     /// One pass, then exit. Without it the agent runs a pass every --interval seconds.
     #[arg(long)]
     pub once: bool,
-    /// Seconds between passes (without --once).
+    /// Seconds between full passes (without --once).
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub interval: u64,
-    /// Only consider these processes (repeat for several; default: every process).
+    /// Without --once: every SECONDS between full passes, look for processes started since
+    /// the last look that map a file a patch of the channel is for, and run a pass for them
+    /// (0: only full passes).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    pub rescan: f64,
+    /// Only consider these processes and their descendants (repeat for several; default:
+    /// every process).
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<i32>,
     /// Per process, seconds to keep retrying apply or revert while patched code runs.
@@ -443,31 +449,30 @@ pub fn agent(args: AgentArgs, command: Option<AgentCommand>) -> Result<u8> {
         },
         timeout: Duration::from_secs_f64(args.timeout),
     };
-    loop {
-        let code = match agent::run_once(&opts) {
-            Ok(r) => {
-                if args.json {
-                    print_json(&r)?;
-                } else {
-                    crate::out(&report_text(&r));
-                }
-                if r.ok {
-                    exit::OK
-                } else {
-                    exit::ERROR
-                }
-            }
-            Err(e) if args.once => return Err(fleet(e)),
-            Err(e) => {
-                eprintln!("suture: agent: {}", e.chain());
-                exit::ERROR
-            }
-        };
-        if args.once {
-            return Ok(code);
+    if args.once {
+        let r = agent::run_once(&opts).map_err(fleet)?;
+        if args.json {
+            print_json(&r)?;
+        } else {
+            crate::out(&report_text(&r));
         }
-        std::thread::sleep(Duration::from_secs(args.interval.max(1)));
+        return Ok(if r.ok { exit::OK } else { exit::ERROR });
     }
+    if !(0.0..=3600.0).contains(&args.rescan) {
+        bail!("--rescan must be between 0 and 3600 seconds");
+    }
+    agent::run_daemon(
+        &opts,
+        Duration::from_secs(args.interval.max(1)),
+        Duration::from_secs_f64(args.rescan),
+        |r| match r {
+            Ok(r) if args.json => {
+                let _ = print_json(&r);
+            }
+            Ok(r) => crate::out(&report_text(&r)),
+            Err(e) => eprintln!("suture: agent: {}", e.chain()),
+        },
+    )
 }
 
 fn report_text(r: &agent::Report) -> String {

@@ -813,3 +813,76 @@ fn paused_rollout_goes_nowhere_new() {
     assert_eq!(pids(&v["applied"]), [i64::from(b.child.id())], "{v:#}");
     b.prints(AFTER);
 }
+
+/// The agent as a daemon patches a process started after the patch went live on its next
+/// rescan (not its next full pass, an hour away), and reports how long it ran unpatched.
+#[test]
+fn daemon_patches_a_process_started_later() {
+    let s = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "fleet", "daemon");
+    let repo = Repo::new(&s);
+    let host = Host::new(&s, "host");
+    repo.add();
+    // A shell that starts the program (as its child) once told to, on a line of stdin.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("read go; \"$0\"")
+        .arg(&fixture().0)
+        .stdin(Stdio::piped());
+    let (mut shell, lines) = spawn_lines(&mut cmd);
+    // The program is the shell's child: killed (by the shell's pid as parent) even when the
+    // test fails, before the shell itself.
+    struct KillChildren(u32);
+    impl Drop for KillChildren {
+        fn drop(&mut self) {
+            let _ = Command::new("pkill")
+                .args(["-P", &self.0.to_string()])
+                .status();
+        }
+    }
+    let _children = KillChildren(shell.id());
+    let mut agent = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_suture"))
+            .args(["agent", "--repo", &repo.url, "--trust"])
+            .arg(&repo.root)
+            .arg("--state")
+            .arg(&host.state)
+            .args(["--pid", &shell.id().to_string()])
+            .args([
+                "--interval",
+                "3600",
+                "--rescan",
+                "0.05",
+                "--health-settle",
+                "0",
+            ])
+            .args(["--timeout", "60", "--json"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The first full pass has found nothing to patch.
+    suture_testkit::wait_until("the agent's first pass", suture_testkit::WAIT, || {
+        host.state.join("last-report.json").is_file()
+    });
+    shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    // (Not waiting for the unpatched output first: on a loaded machine the agent may patch
+    // the program before it prints its first line.)
+    lines.wait_for(AFTER);
+    let st = host.status();
+    let prog = st["patches"][0]["process"]["pid"]
+        .as_i64()
+        .expect("tracked");
+    assert_eq!(st["patches"][0]["live"], true, "{st:#}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(host.state.join("last-report.json")).unwrap())
+            .unwrap();
+    assert_eq!(pids(&report["applied"]), [prog], "{report:#}");
+    let age = report["applied"][0]["process_age_ms"].as_u64();
+    assert!(age.is_some(), "{report:#}");
+    eprintln!("the process ran unpatched for {} ms", age.unwrap_or(0));
+    let _ = agent.0.kill();
+    let _ = agent.0.wait();
+    drop(_children);
+    let _ = shell.0.wait();
+}
