@@ -164,3 +164,79 @@ pub fn build_id(data: &[u8]) -> Option<Vec<u8>> {
     let file = ElfFile64::<LE>::parse(data).ok()?;
     file.build_id().ok()?.map(<[u8]>::to_vec)
 }
+
+/// The GNU build-id of the ELF file at `path`, reading only what it needs: the ELF and
+/// program headers and the `PT_NOTE` segments (a few KiB of a linked file), falling back to
+/// the section headers for a file without a build-id note segment. `Ok(None)`: not a 64-bit
+/// little-endian ELF file, or no build-id. Scanning every file mapped on a host this way
+/// costs kilobytes where [`build_id`] needs the whole file in memory.
+pub fn build_id_of_file(path: &std::path::Path) -> std::io::Result<Option<Vec<u8>>> {
+    let cache = object::ReadCache::new(std::fs::File::open(path)?);
+    Ok(build_id_in(&cache))
+}
+
+fn build_id_in<'a, R: object::ReadRef<'a>>(data: R) -> Option<Vec<u8>> {
+    let hdr = elf::FileHeader64::<LE>::parse(data).ok()?;
+    let endian = hdr.endian().ok()?;
+    for ph in hdr.program_headers(endian, data).ok()? {
+        let Ok(Some(mut notes)) = ph.notes(endian, data) else {
+            continue;
+        };
+        while let Ok(Some(note)) = notes.next() {
+            if note.n_type(endian) == elf::NT_GNU_BUILD_ID && note.name() == elf::ELF_NOTE_GNU {
+                return Some(note.desc().to_vec());
+            }
+        }
+    }
+    let file = ElfFile64::<LE, R>::parse(data).ok()?;
+    file.build_id().ok()?.map(<[u8]>::to_vec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str, data: &[u8]) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("suture-elf-{}-{name}", std::process::id()));
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+
+    #[test]
+    fn build_id_of_file_agrees_with_the_whole_file() {
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        let whole = build_id(&exe);
+        assert!(whole.is_some(), "the test binary is linked with a build-id");
+        let from_file = build_id_of_file(std::path::Path::new("/proc/self/exe")).unwrap();
+        assert_eq!(from_file, whole);
+        if let Ok(sh) = std::fs::read("/bin/sh") {
+            assert_eq!(
+                build_id_of_file(std::path::Path::new("/bin/sh")).unwrap(),
+                build_id(&sh)
+            );
+        }
+
+        // Without note segments (every PT_NOTE made PT_NULL), the section headers answer.
+        let mut bytes = exe.clone();
+        let hdr = elf::FileHeader64::<LE>::parse(&*exe).unwrap();
+        let (phoff, phentsize, phnum) = (
+            hdr.e_phoff.get(LE) as usize,
+            usize::from(hdr.e_phentsize.get(LE)),
+            usize::from(hdr.e_phnum.get(LE)),
+        );
+        for i in 0..phnum {
+            let at = phoff + i * phentsize;
+            if u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) == elf::PT_NOTE.0 {
+                bytes[at..at + 4].copy_from_slice(&elf::PT_NULL.0.to_le_bytes());
+            }
+        }
+        let p = temp("no-note-segment", &bytes);
+        assert_eq!(build_id_of_file(&p).unwrap(), whole);
+        std::fs::remove_file(&p).unwrap();
+
+        let p = temp("not-elf", b"#!/bin/sh\n");
+        assert_eq!(build_id_of_file(&p).unwrap(), None);
+        std::fs::remove_file(&p).unwrap();
+        assert!(build_id_of_file(std::path::Path::new("/nonexistent/file")).is_err());
+    }
+}

@@ -12,7 +12,7 @@
 mod info;
 mod symbols;
 
-pub use info::{build_id, bytes_at, lookup, ElfInfo};
+pub use info::{build_id, build_id_of_file, bytes_at, lookup, ElfInfo};
 pub use symbols::{DynReloc, ElfSymbols, Sym};
 
 /// Why a linked ELF file could not be used.

@@ -92,10 +92,9 @@ impl BuildIds {
     fn of(&mut self, path: &Path, key: (u64, u64)) -> Option<Vec<u8>> {
         self.0
             .entry(key)
-            .or_insert_with(|| {
-                let data = std::fs::read(path).ok()?;
-                suture_elf::build_id(&data)
-            })
+            // Only the headers and note segments are read: a scan of every mapped file of a
+            // host stays small.
+            .or_insert_with(|| suture_elf::build_id_of_file(path).ok().flatten())
             .clone()
     }
 

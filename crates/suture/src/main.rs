@@ -10,6 +10,8 @@ mod build_cmd;
 mod deb_cmd;
 mod demo;
 mod diff_cmd;
+#[cfg(feature = "fleet")]
+mod fleet_cmd;
 mod kernel_build;
 mod kernel_cmd;
 mod plan_cmd;
@@ -321,6 +323,31 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         svg: Option<PathBuf>,
     },
+    /// A signed patch repository for fleet rollout (The Update Framework, see docs/fleet.md):
+    /// init, add, withdraw, refresh, list.
+    #[cfg(feature = "fleet")]
+    #[command(
+        after_help = "Exit status:\n  0  done\n  1  error (the published metadata is unchanged)"
+    )]
+    Repo {
+        #[command(subcommand)]
+        command: fleet_cmd::RepoCommand,
+    },
+    /// The host agent: pull the repository, verify it through TUF, apply the patches whose
+    /// build-ids match files mapped by running processes, revert withdrawn ones (docs/fleet.md).
+    #[cfg(feature = "fleet")]
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Exit status:\n  0  the pass verified the repository and nothing failed\n  1  \
+                      the repository did not verify (nothing was applied), or applying or \
+                      reverting failed in a process"
+    )]
+    Agent {
+        #[command(flatten)]
+        args: fleet_cmd::AgentArgs,
+        #[command(subcommand)]
+        command: Option<fleet_cmd::AgentCommand>,
+    },
     /// Run suture on a built-in example: start a small network service with a memory leak bug,
     /// show the leak, patch it live under load from a shipped fix, show the leak is gone,
     /// revert, and clean up (needs gcc, make and patch).
@@ -487,6 +514,10 @@ fn main() -> ExitCode {
             svg.as_deref(),
         ),
         Command::Demo { keep } => demo::run(keep),
+        #[cfg(feature = "fleet")]
+        Command::Repo { command } => fleet_cmd::repo(command),
+        #[cfg(feature = "fleet")]
+        Command::Agent { args, command } => fleet_cmd::agent(args, command),
         Command::Kernel { command } => kernel_cmd::run(command),
     };
     match result {
@@ -574,6 +605,17 @@ impl Command {
             Command::Status { json: true, .. } => Some("status"),
             Command::Build { json: true, .. } => Some("build"),
             Command::Plan { json: true, .. } => Some("plan"),
+            #[cfg(feature = "fleet")]
+            Command::Repo { command } if command.json() => Some("repo"),
+            #[cfg(feature = "fleet")]
+            Command::Agent {
+                args: fleet_cmd::AgentArgs { json: true, .. },
+                command: None,
+            }
+            | Command::Agent {
+                command: Some(fleet_cmd::AgentCommand::Status { json: true, .. }),
+                ..
+            } => Some("agent"),
             _ => None,
         }
     }

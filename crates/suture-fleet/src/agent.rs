@@ -1,0 +1,805 @@
+//! The host agent: one pass of pull, verify, select, apply and revert (`suture agent
+//! --once`), and the host's status (`suture agent status`).
+//!
+//! A pass, in order:
+//! 1. Load and verify the repository through TUF (`crate::fetch`). Any failure (a bad
+//!    signature, tampered or expired metadata, an older version than the one trusted last
+//!    time) ends the pass before anything is selected: nothing is applied or reverted.
+//! 2. Select: every process bundle of the agent's channel whose build-id is the build-id of
+//!    a file mapped by a process on this host (`crate::host`), minus the processes where
+//!    that patch is live already.
+//! 3. Download every selected bundle through tough (length and SHA-256 checked against the
+//!    signed `targets.json`) and check that its manifest says what the signed metadata says
+//!    (patch id, build-id). Any failure ends the pass: nothing is applied or reverted.
+//! 4. Revert patches this agent applied earlier whose patch id is no longer a target of its
+//!    channel (withdrawn), in the processes it applied them to (same pid, same start time).
+//! 5. Apply each selected bundle to its processes through `suture_process::bundle::apply`,
+//!    the path `suture apply` takes (symbol digests checked, one typed outcome per process).
+//! 6. Record what it applied in the state (`crate::state`) and return the report.
+//!
+//! The agent runs nothing from the repository: a bundle is data (a patch object and a
+//! manifest) that only the process-side library interprets after verification.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use suture_process::apply::Outcome;
+use suture_process::bundle::{self, BundleOptions};
+use suture_process::header::State as PatchState;
+use suture_process::ids::Pid;
+use suture_process::targets::Targets;
+use tough::TargetName;
+
+use crate::error::{Error, Result};
+use crate::host::{self, ProcId, Scan};
+use crate::meta::{Kind, TargetMeta};
+use crate::state::{self, AppliedPatch, State, Versions};
+
+/// The schema of [`Report`].
+pub const REPORT_SCHEMA: &str = "suture.agent/1";
+/// The schema of [`Status`].
+pub const STATUS_SCHEMA: &str = "suture.agent-status/1";
+
+/// What one pass is asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The repository: `http://`, `https://`, `file://` URL or a local directory.
+    pub repo: String,
+    /// The trusted root (`1.root.json` as `suture repo init` printed it).
+    pub trust: PathBuf,
+    pub state_dir: PathBuf,
+    pub channel: String,
+    /// Only these processes (default: every process on the host).
+    pub only_pids: Option<Vec<i32>>,
+    /// Write Prometheus text-format metrics here after every pass (for node_exporter's
+    /// textfile collector).
+    pub metrics: Option<PathBuf>,
+    /// Per process, how long apply and revert keep retrying while patched code is running.
+    pub timeout: Duration,
+    /// The health gate run after each apply (see [`Health`]).
+    pub health: Health,
+}
+
+/// The health gate: after a patch goes live in a process, the agent waits `settle`, then the
+/// process must still be running (same pid and start time) and `check`, when given, must exit
+/// with status 0 within `check_timeout` (run with `sh -c`, environment `SUTURE_PID`,
+/// `SUTURE_PATCH_ID`, `SUTURE_OBJECT`). Otherwise the patch is reverted in that process, the
+/// failure reported, and the target held back on this host (`State::held`) until the
+/// repository publishes another file for it.
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    pub settle: Duration,
+    pub check: Option<String>,
+    pub check_timeout: Duration,
+}
+
+/// Runs the health gate for one process; `Err` says why it failed.
+fn health_gate(
+    h: &Health,
+    process: Option<ProcId>,
+    patch_id: &str,
+    object: &str,
+) -> std::result::Result<(), String> {
+    if !h.settle.is_zero() {
+        std::thread::sleep(h.settle);
+    }
+    let Some(process) = process.filter(ProcId::alive) else {
+        return Err("the process exited after the patch went live".into());
+    };
+    let Some(cmd) = &h.check else {
+        return Ok(());
+    };
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("SUTURE_PID", process.pid.to_string())
+        .env("SUTURE_PATCH_ID", patch_id)
+        .env("SUTURE_OBJECT", object)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run the health check {cmd:?}: {e}"))?;
+    let deadline = std::time::Instant::now() + h.check_timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) if st.success() => break,
+            Ok(Some(st)) => return Err(format!("the health check {cmd:?} failed ({st})")),
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "the health check {cmd:?} did not finish within {} s",
+                    h.check_timeout.as_secs_f64()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("cannot wait for the health check: {e}")),
+        }
+    }
+    if !process.alive() {
+        return Err("the process exited during the health check".into());
+    }
+    Ok(())
+}
+
+/// What a pass did with one target of the repository.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetReport {
+    pub name: String,
+    pub patch_id: String,
+    pub kind: Kind,
+    pub channel: String,
+    pub build_ids: Vec<String>,
+    /// `applied` (in at least one process this pass), `live` (already live in every
+    /// matching process), `no-match` (no process maps a file with its build-id),
+    /// `other-channel`, `kernel-not-supported` (the agent does not load kernel modules yet),
+    /// `failed` (applying failed in every matching process), `waiting` (this host's wave
+    /// starts at `wave_start`), `not-in-wave` (no wave includes this host's seed), `held`
+    /// (it failed this host's health gate earlier; see the state's `held`), `paused` (the
+    /// rollout is paused: applied nowhere new).
+    pub action: &'static str,
+    /// When this host's wave starts (seconds since the epoch), for a staged target.
+    pub wave_start: Option<u64>,
+    /// The matching processes.
+    pub pids: Vec<i32>,
+}
+
+/// A patch applied to one process in this pass.
+#[derive(Clone, Debug, Serialize)]
+pub struct AppliedReport {
+    pub patch_id: String,
+    pub target: String,
+    pub pid: i32,
+    pub object: String,
+    pub build_id: String,
+    /// How long the process was stopped for the switch.
+    pub stop_window_us: u64,
+    /// How long the process had been running unpatched when the patch went live
+    /// (milliseconds; for a process started after the patch was published, the window during
+    /// which it ran unpatched).
+    pub process_age_ms: Option<u64>,
+}
+
+/// A withdrawn patch reverted in one process.
+#[derive(Clone, Debug, Serialize)]
+pub struct RevertedReport {
+    pub patch_id: String,
+    pub target: String,
+    pub pid: i32,
+}
+
+/// A failure in one process.
+#[derive(Clone, Debug, Serialize)]
+pub struct Failure {
+    /// `apply`, `revert` or `health` (the patch went live, then the health gate failed).
+    pub stage: &'static str,
+    pub patch_id: String,
+    pub target: String,
+    pub pid: i32,
+    pub error: String,
+    /// What became of the process (`untouched`, `rolled-back`, `exited`; null when unknown).
+    pub outcome: Option<Outcome>,
+}
+
+/// The report of a pass (`suture agent --once --json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    /// No failure in any process.
+    pub ok: bool,
+    pub repo: String,
+    pub channel: String,
+    pub state_dir: PathBuf,
+    /// This host's seed for staged rollouts (`<state dir>/seed`).
+    pub seed: u32,
+    pub started_at: u64,
+    pub finished_at: u64,
+    /// The verified metadata versions.
+    pub metadata: Versions,
+    pub targets: Vec<TargetReport>,
+    pub applied: Vec<AppliedReport>,
+    pub reverted: Vec<RevertedReport>,
+    pub failed: Vec<Failure>,
+}
+
+/// The patch ids live in a process (empty when it cannot be read).
+fn live_ids(pid: Pid) -> BTreeSet<String> {
+    suture_process::apply::status(pid)
+        .map(|v| {
+            v.into_iter()
+                .filter(|l| l.header.state == PatchState::Live)
+                .map(|l| l.header.patch_id)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A target selected for this pass, with the processes still to patch.
+struct Selected {
+    name: TargetName,
+    meta: TargetMeta,
+    sha256: String,
+    length: u64,
+    pending: Vec<Pid>,
+}
+
+/// Runs one pass. `Err` when the repository or a selected target did not verify (nothing was
+/// applied or reverted then) or the state cannot be read or written; failures in single
+/// processes are entries of the report's `failed`.
+pub fn run_once(opts: &Options) -> Result<Report> {
+    let started_at = crate::now_secs();
+    let _lock = state::lock(&opts.state_dir)?;
+    let mut st = State::load(&opts.state_dir)?;
+    let result = pass(opts, &mut st, started_at);
+    st.last_pass = Some(crate::now_secs());
+    st.repo = Some(opts.repo.clone());
+    match &result {
+        Ok(report) => {
+            st.last_error = None;
+            st.last_verified = Some(report.finished_at);
+            st.metadata = Some(report.metadata.clone());
+            let path = opts.state_dir.join("last-report.json");
+            let text = serde_json::to_vec_pretty(report)
+                .map_err(|e| Error::with("cannot serialise the report", e))?;
+            std::fs::write(&path, text).map_err(|e| Error::io("write", &path, e))?;
+        }
+        Err(e) => st.last_error = Some(e.chain()),
+    }
+    st.save(&opts.state_dir)?;
+    if let Some(path) = &opts.metrics {
+        let text = crate::metrics::render(&metrics_of(&st, result.as_ref().ok()));
+        crate::metrics::write(path, &text)?;
+    }
+    result
+}
+
+fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
+    let trust = std::fs::read(&opts.trust)
+        .map_err(|e| Error::io("read the trusted root", &opts.trust, e))?;
+    let url = crate::fetch::repo_url(&opts.repo)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| Error::with("cannot start the async runtime", e))?;
+    let repo = rt.block_on(crate::fetch::load(
+        &url,
+        &trust,
+        &opts.state_dir.join("tuf"),
+    ))?;
+    let metadata = Versions {
+        root: repo.root().signed.version.get(),
+        targets: repo.targets().signed.version.get(),
+        snapshot: repo.snapshot().signed.version.get(),
+        timestamp: repo.timestamp().signed.version.get(),
+        timestamp_expires: repo.timestamp().signed.expires.to_string(),
+    };
+
+    // Select.
+    let seed = state::host_seed(&opts.state_dir)?;
+    let pids = host::processes(opts.only_pids.as_deref());
+    let mut scan = Scan::default();
+    let mut reports = Vec::new();
+    let mut selected = Vec::new();
+    let mut channel_ids = BTreeSet::new();
+    let mut all: Vec<(&TargetName, &tough::schema::Target)> = repo.all_targets().collect();
+    all.sort_by(|a, b| a.0.raw().cmp(b.0.raw()));
+    for (name, t) in all {
+        let meta = match TargetMeta::from_custom(&t.custom) {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(e) => {
+                return Err(Error::msg(format!(
+                    "target {} of the signed metadata: {e}; nothing was applied",
+                    name.raw()
+                )))
+            }
+        };
+        let mut report = TargetReport {
+            name: name.raw().to_string(),
+            patch_id: meta.patch_id.clone(),
+            kind: meta.kind,
+            channel: meta.channel.clone(),
+            build_ids: meta.build_ids.clone(),
+            action: "no-match",
+            wave_start: None,
+            pids: Vec::new(),
+        };
+        if meta.channel != opts.channel {
+            report.action = "other-channel";
+            reports.push(report);
+            continue;
+        }
+        if meta.kind == Kind::Kernel {
+            report.action = "kernel-not-supported";
+            reports.push(report);
+            continue;
+        }
+        channel_ids.insert(meta.patch_id.clone());
+        let mut pending = Vec::new();
+        for id in &meta.build_ids {
+            for (pid, _) in scan.mapping(&pids, id) {
+                if report.pids.contains(&pid.0) {
+                    continue; // maps files with two of the target's build-ids
+                }
+                report.pids.push(pid.0);
+                if !live_ids(pid).contains(&meta.patch_id) {
+                    pending.push(pid);
+                }
+            }
+        }
+        if !report.pids.is_empty() {
+            report.action = "live";
+        }
+        if !pending.is_empty() && meta.paused {
+            report.action = "paused";
+            pending.clear();
+        }
+        let sha256 = suture_bundle::hex(&t.hashes.sha256);
+        if !pending.is_empty()
+            && st
+                .held
+                .iter()
+                .any(|h| h.target == report.name && h.sha256 == sha256)
+        {
+            report.action = "held";
+            pending.clear();
+        }
+        if !meta.waves.is_empty() {
+            report.wave_start = meta.wave_start(seed);
+            if !pending.is_empty() {
+                match report.wave_start {
+                    None => {
+                        report.action = "not-in-wave";
+                        pending.clear();
+                    }
+                    Some(t) if t > crate::now_secs() => {
+                        report.action = "waiting";
+                        pending.clear();
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if !pending.is_empty() {
+            selected.push((
+                reports.len(),
+                Selected {
+                    name: name.clone(),
+                    sha256: suture_bundle::hex(&t.hashes.sha256),
+                    length: t.length,
+                    meta,
+                    pending,
+                },
+            ));
+        }
+        reports.push(report);
+    }
+
+    // Download and check every selected bundle before changing anything.
+    let mut bundles = Vec::new();
+    for (_, s) in &selected {
+        let bytes = rt.block_on(async {
+            use tough::IntoVec;
+            let stream = repo
+                .read_target(&s.name)
+                .await
+                .map_err(|e| Error::with(format!("target {} did not verify", s.name.raw()), e))?;
+            let Some(stream) = stream else {
+                return Err(Error::msg(format!(
+                    "target {} is in the signed metadata but not in the repository",
+                    s.name.raw()
+                )));
+            };
+            stream.into_vec().await.map_err(|e| {
+                Error::with(
+                    format!(
+                        "target {} did not verify (signed length {}, sha256 {})",
+                        s.name.raw(),
+                        s.length,
+                        s.sha256
+                    ),
+                    e,
+                )
+            })
+        });
+        let bytes = bytes.map_err(|e| Error::with("refused; nothing was applied", e))?;
+        let b = suture_bundle::decode(&bytes).map_err(|e| {
+            Error::with(
+                format!(
+                    "target {} is not a valid bundle; nothing was applied",
+                    s.name.raw()
+                ),
+                e,
+            )
+        })?;
+        let m = &b.manifest;
+        if m.patch_id != s.meta.patch_id || !s.meta.build_ids.contains(&m.target.build_id) {
+            return Err(Error::msg(format!(
+                "target {} is wrongly targeted: its bundle is patch {:?} for build-id {}, the \
+                 signed metadata says patch {:?} for {}; nothing was applied",
+                s.name.raw(),
+                m.patch_id,
+                m.target.build_id,
+                s.meta.patch_id,
+                s.meta.build_ids.join(", ")
+            )));
+        }
+        bundles.push(b);
+    }
+
+    let mut failed = Vec::new();
+
+    // Revert withdrawn patches.
+    let mut reverted = Vec::new();
+    let mut keep = Vec::new();
+    for a in std::mem::take(&mut st.applied) {
+        if !a.process.alive() {
+            continue; // the process ended: nothing to keep track of
+        }
+        let pid = Pid(a.process.pid);
+        if !live_ids(pid).contains(&a.patch_id) {
+            // Reverted by someone else, or recorded by an agent that was killed before its
+            // apply switched (selection above has taken the process up again if the patch is
+            // still wanted).
+            continue;
+        }
+        if channel_ids.contains(&a.patch_id) {
+            keep.push(a);
+            continue;
+        }
+        let result =
+            suture_process::targets::revert(&a.patch_id, &Targets::Pids(vec![pid]), opts.timeout)
+                .map_err(|e| e.to_string())
+                .and_then(|mut it| match it.next() {
+                    Some(o) => o.result.map(|_| ()).map_err(|e| e.to_string()),
+                    None => Ok(()),
+                });
+        match result {
+            Ok(()) => reverted.push(RevertedReport {
+                patch_id: a.patch_id.clone(),
+                target: a.target.clone(),
+                pid: pid.0,
+            }),
+            Err(error) => {
+                failed.push(Failure {
+                    stage: "revert",
+                    patch_id: a.patch_id.clone(),
+                    target: a.target.clone(),
+                    pid: pid.0,
+                    error,
+                    outcome: None,
+                });
+                keep.push(a);
+            }
+        }
+    }
+    st.applied = keep;
+
+    // Apply.
+    let mut applied = Vec::new();
+    let bopts = BundleOptions {
+        timeout: opts.timeout,
+        patch_id: None,
+        replace: None,
+        scan_suspended: true,
+    };
+    for ((index, s), b) in selected.iter().zip(&bundles) {
+        let idents: Vec<Option<ProcId>> = s.pending.iter().map(|p| ProcId::of(p.0)).collect();
+        // Recorded before the apply: an agent killed during it still knows which processes it
+        // may have patched (the next pass drops the entries whose patch is not live).
+        for process in idents.iter().flatten() {
+            let known = st
+                .applied
+                .iter()
+                .any(|a| a.patch_id == s.meta.patch_id && a.process == *process);
+            if !known {
+                st.applied.push(AppliedPatch {
+                    patch_id: s.meta.patch_id.clone(),
+                    target: s.name.raw().to_string(),
+                    sha256: s.sha256.clone(),
+                    process: *process,
+                    object: String::new(),
+                    build_id: b.manifest.target.build_id.clone(),
+                    applied_at: crate::now_secs(),
+                });
+            }
+        }
+        st.save(&opts.state_dir)?;
+        let forget = |st: &mut State, process: Option<ProcId>| {
+            st.applied
+                .retain(|a| !(a.patch_id == s.meta.patch_id && Some(a.process) == process));
+        };
+        let outcomes = match bundle::apply(b, &Targets::Pids(s.pending.clone()), &bopts) {
+            Ok(it) => it.collect::<Vec<_>>(),
+            Err(e) => {
+                for (p, ident) in s.pending.iter().zip(&idents) {
+                    forget(st, *ident);
+                    failed.push(Failure {
+                        stage: "apply",
+                        patch_id: s.meta.patch_id.clone(),
+                        target: s.name.raw().to_string(),
+                        pid: p.0,
+                        error: e.to_string(),
+                        outcome: Some(Outcome::Untouched),
+                    });
+                }
+                reports[*index].action = "failed";
+                continue;
+            }
+        };
+        let mut any = false;
+        for (o, ident) in outcomes.into_iter().zip(idents) {
+            match o.result {
+                Ok(done) => {
+                    let live_age_ms = ident.and_then(|p| p.age()).map(|d| d.as_millis() as u64);
+                    if let Err(why) =
+                        health_gate(&opts.health, ident, &s.meta.patch_id, &done.object)
+                    {
+                        let pid = o.pid;
+                        let reverted = !ident.is_some_and(|p| p.alive())
+                            || suture_process::targets::revert(
+                                &s.meta.patch_id,
+                                &Targets::Pids(vec![pid]),
+                                opts.timeout,
+                            )
+                            .ok()
+                            .and_then(|mut it| it.next())
+                            .is_some_and(|r| r.result.is_ok());
+                        if reverted {
+                            forget(st, ident);
+                        }
+                        st.held.retain(|h| h.target != s.name.raw());
+                        st.held.push(state::Held {
+                            patch_id: s.meta.patch_id.clone(),
+                            target: s.name.raw().to_string(),
+                            sha256: s.sha256.clone(),
+                            at: crate::now_secs(),
+                            error: why.clone(),
+                        });
+                        failed.push(Failure {
+                            stage: "health",
+                            patch_id: s.meta.patch_id.clone(),
+                            target: s.name.raw().to_string(),
+                            pid: pid.0,
+                            error: format!(
+                                "{why}; {}",
+                                if reverted {
+                                    "the patch was reverted; the target is held back on this host"
+                                } else {
+                                    "reverting the patch failed too; the target is held back on this host"
+                                }
+                            ),
+                            outcome: None,
+                        });
+                        continue;
+                    }
+                    any = true;
+                    let build_id = b.manifest.target.build_id.clone();
+                    applied.push(AppliedReport {
+                        patch_id: s.meta.patch_id.clone(),
+                        target: s.name.raw().to_string(),
+                        pid: o.pid.0,
+                        object: done.object.clone(),
+                        build_id,
+                        stop_window_us: done.applied.stop_window_us,
+                        process_age_ms: live_age_ms,
+                    });
+                    for a in st.applied.iter_mut() {
+                        if a.patch_id == s.meta.patch_id && Some(a.process) == ident {
+                            a.object = done.object.clone();
+                            a.applied_at = crate::now_secs();
+                        }
+                    }
+                }
+                Err(e) => {
+                    forget(st, ident);
+                    failed.push(Failure {
+                        stage: "apply",
+                        patch_id: s.meta.patch_id.clone(),
+                        target: s.name.raw().to_string(),
+                        pid: o.pid.0,
+                        error: e.to_string(),
+                        outcome: Some(e.outcome()),
+                    })
+                }
+            }
+        }
+        reports[*index].action = if any { "applied" } else { "failed" };
+    }
+
+    Ok(Report {
+        schema: REPORT_SCHEMA,
+        ok: failed.is_empty(),
+        repo: opts.repo.clone(),
+        channel: opts.channel.clone(),
+        state_dir: opts.state_dir.clone(),
+        seed,
+        started_at,
+        finished_at: crate::now_secs(),
+        metadata,
+        targets: reports,
+        applied,
+        reverted,
+        failed,
+    })
+}
+
+/// The metrics of a pass (`report`: `None` when it failed) and the state after it.
+fn metrics_of(st: &State, report: Option<&Report>) -> crate::metrics::Metrics {
+    let mut m = crate::metrics::Metrics {
+        last_pass: st.last_pass.unwrap_or(0),
+        last_success: st.last_verified.unwrap_or(0),
+        ok: report.is_some_and(|r| r.ok),
+        verified: report.is_some(),
+        ..Default::default()
+    };
+    for a in &st.applied {
+        *m.applied_processes.entry(a.patch_id.clone()).or_default() += 1;
+    }
+    if let Some(v) = &st.metadata {
+        m.versions = vec![
+            ("root", v.root),
+            ("targets", v.targets),
+            ("snapshot", v.snapshot),
+            ("timestamp", v.timestamp),
+        ];
+        m.timestamp_expires = v
+            .timestamp_expires
+            .parse::<jiff::Timestamp>()
+            .map_or(0, |t| t.as_second());
+    }
+    if let Some(r) = report {
+        m.seed = Some(r.seed);
+        m.pass_applied = r.applied.len() as u64;
+        m.pass_reverted = r.reverted.len() as u64;
+        m.pass_failed = r.failed.len() as u64;
+        for t in &r.targets {
+            m.targets
+                .push((t.patch_id.clone(), t.name.clone(), t.action.to_string()));
+        }
+    }
+    m
+}
+
+/// The build-ids a watch between passes looks for: those of the process targets of the
+/// agent's channel in a verified pass.
+fn watched(r: &Report) -> Vec<String> {
+    r.targets
+        .iter()
+        .filter(|t| t.kind == Kind::Process && t.channel == r.channel)
+        .flat_map(|t| t.build_ids.iter().cloned())
+        .collect()
+}
+
+/// A process younger than this that maps nothing watched is looked at again at the next
+/// rescan: it may be between its fork and its exec.
+const YOUNG: Duration = Duration::from_secs(2);
+
+/// Runs forever: a full pass every `interval`, and between them, every `rescan` (zero: never),
+/// a pass for the processes that appeared since the last look and map a file with the
+/// build-id of a process target of the channel (as the last verified pass saw them). Each
+/// such pass verifies the repository again, like any pass. `each` gets every pass's result.
+pub fn run_daemon(
+    opts: &Options,
+    interval: Duration,
+    rescan: Duration,
+    mut each: impl FnMut(Result<Report>),
+) -> ! {
+    use std::collections::HashSet;
+    use std::time::Instant;
+    let scope = |opts: &Options| -> HashSet<ProcId> {
+        host::processes(opts.only_pids.as_deref())
+            .into_iter()
+            .filter_map(|p| ProcId::of(p.0))
+            .collect()
+    };
+    let mut watch: Vec<String> = Vec::new();
+    loop {
+        let mut known = scope(opts);
+        let r = run_once(opts);
+        if let Ok(rep) = &r {
+            watch = watched(rep);
+        }
+        each(r);
+        let next = Instant::now() + interval;
+        loop {
+            let now = Instant::now();
+            if now >= next {
+                break;
+            }
+            let left = next - now;
+            std::thread::sleep(if rescan.is_zero() {
+                left
+            } else {
+                rescan.min(left)
+            });
+            if rescan.is_zero() || watch.is_empty() {
+                continue;
+            }
+            let current = scope(opts);
+            let fresh: Vec<ProcId> = current.difference(&known).copied().collect();
+            if fresh.is_empty() {
+                continue;
+            }
+            let mut scan = Scan::default();
+            let mut hits = Vec::new();
+            for p in fresh {
+                let maps_watched = watch
+                    .iter()
+                    .any(|id| !scan.mapping(&[Pid(p.pid)], id).is_empty());
+                if maps_watched {
+                    hits.push(p.pid);
+                    known.insert(p);
+                } else if p.age().is_none_or(|a| a >= YOUNG) {
+                    known.insert(p);
+                }
+            }
+            known.retain(|p| current.contains(p));
+            if !hits.is_empty() {
+                let mut o = opts.clone();
+                o.only_pids = Some(hits);
+                let r = run_once(&o);
+                if let Ok(rep) = &r {
+                    watch = watched(rep);
+                }
+                each(r);
+            }
+        }
+    }
+}
+
+/// One patch of the state, as the host runs it now.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusEntry {
+    #[serde(flatten)]
+    pub patch: AppliedPatch,
+    /// The process still exists (same pid, same start time).
+    pub alive: bool,
+    /// The patch is live in it (read from the process).
+    pub live: bool,
+}
+
+/// `suture agent status --json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub schema: &'static str,
+    pub state_dir: PathBuf,
+    pub repo: Option<String>,
+    pub last_pass: Option<u64>,
+    pub last_verified: Option<u64>,
+    pub last_error: Option<String>,
+    pub metadata: Option<Versions>,
+    pub patches: Vec<StatusEntry>,
+    /// Targets held back after failing the health gate.
+    pub held: Vec<state::Held>,
+}
+
+/// The host's state in `state_dir`, checked against the running processes.
+pub fn status(state_dir: &Path) -> Result<Status> {
+    let st = State::load(state_dir)?;
+    let patches = st
+        .applied
+        .iter()
+        .map(|a| {
+            let alive = a.process.alive();
+            StatusEntry {
+                patch: a.clone(),
+                alive,
+                live: alive && live_ids(Pid(a.process.pid)).contains(&a.patch_id),
+            }
+        })
+        .collect();
+    Ok(Status {
+        schema: STATUS_SCHEMA,
+        state_dir: state_dir.to_path_buf(),
+        repo: st.repo,
+        last_pass: st.last_pass,
+        last_verified: st.last_verified,
+        last_error: st.last_error,
+        metadata: st.metadata,
+        patches,
+        held: st.held,
+    })
+}
