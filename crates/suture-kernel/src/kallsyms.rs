@@ -48,6 +48,9 @@ pub struct Sym {
 pub struct ObjectSymbols {
     pub syms: Vec<Sym>,
     by_name: HashMap<String, Vec<usize>>,
+    /// A module's symbol table (in symbol-table order), not vmlinux's kallsyms (in address
+    /// order).
+    pub module: bool,
 }
 
 impl ObjectSymbols {
@@ -56,7 +59,11 @@ impl ObjectSymbols {
         for (i, s) in syms.iter().enumerate() {
             by_name.entry(s.name.clone()).or_default().push(i);
         }
-        ObjectSymbols { syms, by_name }
+        ObjectSymbols {
+            syms,
+            by_name,
+            module: false,
+        }
     }
 
     /// Indices of the symbols called `name`, in kallsyms order.
@@ -172,7 +179,10 @@ pub fn module_symbols(data: &[u8]) -> Result<ObjectSymbols, String> {
             file: file.clone(),
         });
     }
-    Ok(ObjectSymbols::new(syms))
+    Ok(ObjectSymbols {
+        module: true,
+        ..ObjectSymbols::new(syms)
+    })
 }
 
 /// Broad kinds of kallsyms classes whose symbols of one translation unit are contiguous.
@@ -227,6 +237,18 @@ pub fn sympos(syms: &ObjectSymbols, name: &str, hint: &UnitHint) -> Result<usize
             cands.len()
         ));
     }
+    // Modules whose file symbols were stripped (Debian's are): `ld -r` keeps each object's
+    // local symbols together in the symbol table, so the unit's own neighbours tell, across
+    // sections (a module's symbol values are offsets into different sections).
+    if syms.module {
+        return by_neighbours(syms, cands, hint, false).ok_or_else(|| {
+            format!(
+                "{name} is defined {} times in the module, which has no file symbols, and \
+                 none of them clearly lies among the unit's other symbols",
+                cands.len()
+            )
+        });
+    }
     // vmlinux: ranges of the unit's uniquely named symbols, per region.
     let mut ranges: HashMap<char, (u64, u64)> = HashMap::new();
     for n in hint.names {
@@ -255,7 +277,7 @@ pub fn sympos(syms: &ObjectSymbols, name: &str, hint: &UnitHint) -> Result<usize
     // rest, stretches them over other units. The unit's code is laid out together, so the
     // candidate whose nearest neighbours in the symbol table are the unit's own (uniquely
     // named) symbols is its; taken only when it is clearly so.
-    if let Some(pos) = by_neighbours(syms, cands, hint) {
+    if let Some(pos) = by_neighbours(syms, cands, hint, true) {
         return Ok(pos);
     }
     match hits.as_slice() {
@@ -278,9 +300,15 @@ pub fn sympos(syms: &ObjectSymbols, name: &str, hint: &UnitHint) -> Result<usize
 const NEIGHBOURS: usize = 6;
 
 /// The sympos of the one candidate (indices `cands` into `syms`) with at least 2 of the
-/// unit's uniquely named symbols among its [`NEIGHBOURS`] neighbours on each side (same
-/// region) and at least 2 more than any other candidate; None when no candidate stands out so.
-fn by_neighbours(syms: &ObjectSymbols, cands: &[usize], hint: &UnitHint) -> Option<usize> {
+/// unit's uniquely named symbols among its [`NEIGHBOURS`] neighbours on each side (of the same
+/// region when `same_region`: kallsyms is in address order) and at least 2 more than any other
+/// candidate; None when no candidate stands out so.
+fn by_neighbours(
+    syms: &ObjectSymbols,
+    cands: &[usize],
+    hint: &UnitHint,
+    same_region: bool,
+) -> Option<usize> {
     let own: std::collections::HashSet<&str> = hint
         .names
         .iter()
@@ -295,7 +323,7 @@ fn by_neighbours(syms: &ObjectSymbols, cands: &[usize], hint: &UnitHint) -> Opti
             .filter(|&j| j != i)
             .filter(|&j| {
                 let s = &syms.syms[j];
-                region(s.class) == region_of && own.contains(s.name.as_str())
+                (!same_region || region(s.class) == region_of) && own.contains(s.name.as_str())
             })
             .count()
     };
@@ -367,6 +395,45 @@ mod tests {
             file: None,
         };
         assert!(sympos(&s, "dst_discard", &hint).is_err());
+    }
+
+    /// A Debian module has no file symbols; its locals are grouped per object in symbol-table
+    /// order, across sections (values are per-section offsets and tell nothing).
+    #[test]
+    fn module_statics_without_file_symbols_are_found_by_neighbours() {
+        // Two units of eight functions and a table each, the duplicate in the middle of each.
+        let unit = |p: &'static str| -> Vec<(String, u64, char)> {
+            let mut v: Vec<(String, u64, char)> = (0..8)
+                .map(|i| (format!("{p}_fn{i}"), i * 0x10, 't'))
+                .collect();
+            v.insert(4, ("__already_done.2".into(), 0x8, 'd'));
+            v.push((format!("{p}_tab"), 0x80, 'r'));
+            v
+        };
+        let all: Vec<(String, u64, char)> = unit("a").into_iter().chain(unit("b")).collect();
+        let list: Vec<(&str, u64, char)> =
+            all.iter().map(|(n, a, c)| (n.as_str(), *a, *c)).collect();
+        let mut s = syms(&list);
+        s.module = true;
+        let names: Vec<String> = (0..8)
+            .map(|i| format!("b_fn{i}"))
+            .chain(["b_tab".to_string(), "__already_done.2".to_string()])
+            .collect();
+        let hint = UnitHint {
+            names: &names,
+            file: Some("b.c"),
+        };
+        assert_eq!(sympos(&s, "__already_done.2", &hint), Ok(2));
+        let names: Vec<String> = ["b_fn1", "__already_done.2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let hint = UnitHint {
+            names: &names,
+            file: Some("b.c"),
+        };
+        let e = sympos(&s, "__already_done.2", &hint).unwrap_err();
+        assert!(e.contains("no file symbols"), "{e}");
     }
 
     #[test]
