@@ -1686,11 +1686,9 @@ fn copy_compiler_constants(
     p2o: &[Option<UnitId>],
     included: &mut BTreeMap<UnitId, Role>,
 ) {
-    let funcs: Vec<UnitId> = included
-        .iter()
-        .filter(|(&u, _)| p.unit(u).kind == UnitKind::Func)
-        .map(|(&u, _)| u)
-        .collect();
+    // Functions, and data the patch carries itself (a dynamic-debug descriptor names its
+    // function with `__func__`).
+    let funcs: Vec<UnitId> = included.keys().copied().collect();
     for f in funcs {
         for (_, t) in p.relocs(f) {
             let Target::Unit { unit, .. } = t else {
