@@ -20,6 +20,8 @@
 //! | 6.1.0-54 | 6.1.0-55 | binder: free the fixups of an outdated transaction (stable) | drivers/android/binder.c | binder_linux | loaded and unloaded (its function holds a binder tracepoint's jump label) |
 //! | 6.1.0-54 | 6.1.0-55 | ixgbe: no XPS setup on XDP rings (stable) | drivers/net/ethernet/intel/ixgbe/ixgbe_main.c | ixgbe | loaded and unloaded (dynamic-debug jump labels; no such NIC in the guest) |
 //! | 6.1.0-54 | 6.1.0-55 | ipv4: route: the stable updates to net/ipv4/route.c (PMTU, uncached routes) | net/ipv4/route.c | vmlinux | loaded and unloaded (refers to one of five static `dst_discard`s) |
+//! | 6.1.0-54 | 6.1.0-55 | net/mlx5e: the stable updates to en_rx.c | drivers/net/ethernet/mellanox/mlx5/core/en_rx.c | mlx5_core | loaded and unloaded (WARN_ONCE flags among several of one name in the module; no such NIC) |
+//! | 6.1.0-54 | 6.1.0-55 | Bluetooth: read req_status with READ_ONCE | net/bluetooth/hci_request.c | bluetooth | loaded and unloaded (a data race, not observable) |
 //! | 6.1.0-54 | 6.1.0-55 | iio: st_accel: log ACPI mount-matrix messages on the parent device (stable) | drivers/iio/accel/st_accel_core.c | st_accel | loaded and unloaded (dynamic-debug jump labels, exports of the IIO_ST_SENSORS namespace) |
 //! | 6.1.0-55 (6.1.192-1) | 6.1.0-56 | ext4: fix NULL folio dereference in mballoc (#1154101) | fs/ext4/mballoc.c | ext4 | loaded with ext4 in use and unloaded (needs an allocation failure) |
 //! | 6.1.0-56 (6.1.192-2) | 6.1.0-57 | nfsd: preflight SEQUENCE replies before accepting a slot (CVE-2026-99362) | fs/nfsd/nfs4state.c | nfsd | loaded with nfsd loaded and unloaded (needs an NFSv4.1 client) |
@@ -229,6 +231,25 @@ const FIXES: &[(&str, &[Fix])] = &[
                 files: &["net/ipv4/route.c"],
                 object: "vmlinux",
                 modules: &[],
+                observe: None,
+            },
+            // Debian's modules have no file symbols: the once-flags (`__already_done.N`, each
+            // defined several times in mlx5_core.ko) are found by their neighbours in the
+            // symbol table; hci_request.c's dynamic-debug data carries its own __func__.
+            Fix {
+                name: "mlx5_rx_once",
+                next: "6.1.0-55",
+                files: &["drivers/net/ethernet/mellanox/mlx5/core/en_rx.c"],
+                object: "mlx5_core",
+                modules: &["mlx5_core"],
+                observe: None,
+            },
+            Fix {
+                name: "hci_req_pend",
+                next: "6.1.0-55",
+                files: &["net/bluetooth/hci_request.c"],
+                object: "bluetooth",
+                modules: &["bluetooth"],
                 observe: None,
             },
             Fix {
