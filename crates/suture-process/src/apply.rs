@@ -1494,14 +1494,30 @@ fn switch_loop(
         }
         phases.scan_us = lap();
         crate::failpoint::hit(sw.failpoint);
-        let (tid, saved, end) = routine_thread(&sp, &regs, sw.commit);
-        let block = sw
-            .commit
-            .block_with_registers(&regs_array(&restartable(saved)));
-        let run = sp
-            .mem()
-            .write(sw.block_addr, &block)
-            .and_then(|()| sp.run_routine(tid, sw.code_addr, end, saved));
+        let run = if commit_in_target() {
+            let (tid, saved, end) = routine_thread(&sp, &regs, sw.commit);
+            let block = sw
+                .commit
+                .block_with_registers(&regs_array(&restartable(saved)));
+            sp.mem()
+                .write(sw.block_addr, &block)
+                .and_then(|()| sp.run_routine(tid, sw.code_addr, end, saved))
+        } else {
+            let template = sw.commit.block.clone();
+            let block_of = Box::new(move |r: &Registers| {
+                let mut b = template;
+                for (i, v) in regs_array(&restartable(*r)).iter().enumerate() {
+                    b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+                }
+                b
+            });
+            sp.commit_direct(
+                sw.code_addr,
+                sw.block_addr,
+                block_of,
+                sw.commit.writes.clone(),
+            )
+        };
         let state = sp.mem().read_vec(sw.state_addr, 4);
         let switched = matches!(&state, Ok(b) if b[..] == Header::state_bytes(sw.want));
         phases.commit_us = lap();
@@ -1531,6 +1547,16 @@ fn switch_loop(
             phases,
         });
     }
+}
+
+/// Whether the switch runs the commit routine in the target (the design before the direct
+/// commit, kept for comparison: `SUTURE_COMMIT=routine`, and for the failpoints inside the
+/// routine) rather than writing the jumps from suture with the routine as a safety net.
+fn commit_in_target() -> bool {
+    std::env::var_os("SUTURE_COMMIT").is_some_and(|v| v == "routine")
+        || ["commit:started", "commit:running", "commit:midway"]
+            .iter()
+            .any(|p| crate::failpoint::armed(p))
 }
 
 /// The marker signal for a commit routine in `pid`: the first of [`MARKER_CANDIDATES`] the
@@ -1773,9 +1799,25 @@ fn region_code(maps: &Maps, p: &LivePatch) -> Vec<BusyRange> {
     out
 }
 
+/// A revert done: the patch it reverted and how long its switch stopped the target.
+#[derive(Clone, Debug)]
+pub struct Reverted {
+    pub patch: LivePatch,
+    /// Stops of the switch (1 unless busy code made it retry).
+    pub attempts: u32,
+    /// The last (successful) stop of the switch, as suture saw it.
+    pub stop_window_us: u64,
+    pub stop_phases: StopPhases,
+}
+
 /// Reverts the live patch `patch_id` (the most recent one with that id): the same switch in
 /// reverse, checking that no thread runs patch code, then releases its memory.
 pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, ApplyError> {
+    revert_timed(pid, patch_id, timeout).map(|r| r.patch)
+}
+
+/// [`revert`], also saying how long the switch stopped the target.
+pub fn revert_timed(pid: Pid, patch_id: &str, timeout: Duration) -> Result<Reverted, ApplyError> {
     let patches = status(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let p = latest_live(&patches, patch_id, pid)?;
     let maps = Maps::read(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
@@ -1890,7 +1932,12 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
         // module comment); the next apply of this patch reuses it.
         |_| {},
     );
-    done?;
+    let done = done?;
     tracing::info!(pid = pid.0, patch = patch_id, "patch reverted");
-    Ok(p)
+    Ok(Reverted {
+        patch: p,
+        attempts: done.attempts,
+        stop_window_us: done.window.as_micros() as u64,
+        stop_phases: done.phases,
+    })
 }

@@ -82,6 +82,10 @@ pub struct Commit {
     pub marker_signal: i32,
     /// Every system call the routine can make, for the seccomp check.
     calls: Vec<Call>,
+    /// The routine's writes as `(address, new bytes, original bytes)`, the header state last:
+    /// what suture writes itself in the direct commit
+    /// ([`StoppedProcess::commit_direct`](crate::stop::StoppedProcess::commit_direct)).
+    pub writes: Vec<(crate::ids::RemoteAddr, Vec<u8>, Vec<u8>)>,
 }
 
 /// A system call of the routine: number, arguments, address after its `syscall`.
@@ -318,12 +322,23 @@ impl Commit {
         for (i, at) in failed_at.into_iter().enumerate() {
             a.patch_jump(at, undo_entry[i]);
         }
+        let mut direct: Vec<_> = writes
+            .iter()
+            .map(|w| (crate::ids::RemoteAddr(w.addr), w.new.clone(), w.old.clone()))
+            .collect();
+        // The state's original bytes are never written back: it is the last write.
+        direct.push((
+            crate::ids::RemoteAddr(state_addr),
+            state.to_vec(),
+            state.to_vec(),
+        ));
         Commit {
             code: a.code,
             block,
             marker_rip,
             marker_signal,
             calls,
+            writes: direct,
         }
     }
 

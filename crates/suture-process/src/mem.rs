@@ -61,6 +61,20 @@ impl ProcessMemory {
         self.pid
     }
 
+    /// A second handle on the same open file (for suture's tracer thread).
+    pub fn try_clone(&self) -> Result<ProcessMemory> {
+        let file = self.file.try_clone().map_err(|source| Error::Proc {
+            path: crate::maps::live_proc_dir(self.pid).join("mem"),
+            source,
+            state: TargetState::Untouched,
+        })?;
+        Ok(ProcessMemory {
+            pid: self.pid,
+            via: self.via,
+            file,
+        })
+    }
+
     /// Fill `buf` from `addr` onwards; all or nothing.
     pub fn read(&self, addr: RemoteAddr, buf: &mut [u8]) -> Result<()> {
         if buf.is_empty() {

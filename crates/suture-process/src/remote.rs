@@ -502,6 +502,9 @@ const MAX_ROUTINE_STOPS: usize = 20_000;
 /// How long a routine run at full speed may take before suture stops waiting for its marker.
 const ROUTINE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Makes a commit routine's block from the registers of the thread that would run it.
+pub type BlockOf = Box<dyn FnOnce(&Registers) -> Vec<u8> + Send>;
+
 /// How suture learns that a routine it started has finished.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RoutineEnd {
@@ -545,6 +548,31 @@ impl StoppedProcess {
         label: &'static str,
     ) -> Result<()> {
         self.call(move |t| t.run_routine(tid, entry, end, restore, deadline, label))?
+    }
+
+    /// The switch written by suture itself while every thread is stopped, with a commit
+    /// routine as the safety net: thread `tid` is first pointed at the routine at `entry`
+    /// (which performs the same `writes` and restores the thread's registers from its block,
+    /// see [`crate::commit`]); then suture writes each `(addr, new, old)` through
+    /// `/proc/PID/mem`, one `pwrite` each, in order; then the thread gets its registers back.
+    /// If suture is killed in between, the kernel detaches the thread, which runs the routine
+    /// and completes the switch (rewriting bytes already written is harmless), so the target
+    /// runs the old or the new code, never a mixture; no context switch into the target is
+    /// needed otherwise. A failed write undoes the ones before it (in reverse order) and is
+    /// returned.
+    ///
+    /// The thread is the first one in an interrupt stop (else the first not stopped inside
+    /// `clone`); `block_of` makes the routine's block from its registers, written at
+    /// `block_addr` before the thread is pointed at the routine. One round trip to the tracer
+    /// thread for everything.
+    pub fn commit_direct(
+        &mut self,
+        entry: RemoteAddr,
+        block_addr: RemoteAddr,
+        block_of: BlockOf,
+        writes: Vec<(RemoteAddr, Vec<u8>, Vec<u8>)>,
+    ) -> Result<()> {
+        self.call(move |t| t.commit_direct(entry, block_addr, block_of, &writes))?
     }
 
     /// The signal mask of a stopped thread (bit `n - 1` for signal `n`).
@@ -670,6 +698,69 @@ impl Tracer {
             }
         }
         Err(self.step_err(tid, format!("the {label} routine did not finish")))
+    }
+
+    fn commit_direct(
+        &mut self,
+        entry: RemoteAddr,
+        block_addr: RemoteAddr,
+        block_of: BlockOf,
+        writes: &[(RemoteAddr, Vec<u8>, Vec<u8>)],
+    ) -> Result<()> {
+        let pick = |want: fn(StopKind) -> bool| {
+            self.threads
+                .iter()
+                .find(|(_, th)| want(th.stop))
+                .map(|(&tid, _)| tid)
+        };
+        let tid = pick(|k| k == StopKind::Interrupt)
+            .or(pick(|k| !matches!(k, StopKind::Event(_))))
+            .ok_or(Error::ThreadInSyscall {
+                pid: self.pid,
+                tid: Tid(self.pid.0),
+            })?;
+        let current = self.getregs(tid)?;
+        self.mem.write(block_addr, &block_of(&current))?;
+        let mut armed = current;
+        armed.rip = entry.0;
+        armed.orig_rax = u64::MAX; // not inside a system call any more
+                                   // Should anything below fail, resuming gives the thread its own registers back.
+        let had_saved = {
+            let th = self.threads.get_mut(&tid).expect("checked above");
+            let had = th.saved_regs.is_some();
+            th.saved_regs.get_or_insert(current);
+            had
+        };
+        self.setregs_raw(tid, armed)?;
+        crate::failpoint::hit("commit:armed");
+        let mut failed = None;
+        for (i, (addr, new, _)) in writes.iter().enumerate() {
+            if let Err(e) = self.mem.write(*addr, new) {
+                failed = Some((i, e));
+                break;
+            }
+            if i == 0 {
+                crate::failpoint::hit("commit:writing");
+            }
+        }
+        if let Some((i, _)) = &failed {
+            for (addr, _, old) in writes[..*i].iter().rev() {
+                if let Err(e) = self.mem.write(*addr, old) {
+                    tracing::warn!(pid = self.pid.0, addr = %addr, %e, "undoing a jump write");
+                }
+            }
+        }
+        // Disarm: the thread goes on with its own registers.
+        self.setregs_raw(tid, current)?;
+        if !had_saved {
+            if let Some(th) = self.threads.get_mut(&tid) {
+                th.saved_regs = None;
+            }
+        }
+        match failed {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Waits for the next stop of `tid` while it runs a routine at full speed: `None` when none

@@ -93,7 +93,11 @@ pub(crate) struct Thread {
     pub(crate) stop: StopKind,
     pub(crate) held: Vec<HeldSignal>,
     /// Registers before the caller's first `set_regs`, restored at resume.
-    saved_regs: Option<Registers>,
+    pub(crate) saved_regs: Option<Registers>,
+    /// Stopped inside a system call (`orig_rax` not -1): a thread blocked in one (a sleep, a
+    /// read) observes a stop only if its wait ends meanwhile, so it is resumed after the
+    /// threads that were running code.
+    in_syscall: bool,
 }
 
 impl Thread {
@@ -102,6 +106,7 @@ impl Thread {
             stop,
             held: Vec::new(),
             saved_regs: None,
+            in_syscall: false,
         }
     }
 }
@@ -119,6 +124,12 @@ pub(crate) struct Tracer {
     pub(crate) pid: Pid,
     pub(crate) threads: BTreeMap<Tid, Thread>,
     released: bool,
+    /// Every thread's registers as read when the stop was complete: valid until the first
+    /// change of any thread's registers (every resumption of a thread follows one).
+    stop_regs: std::cell::RefCell<Option<BTreeMap<Tid, Registers>>>,
+    /// The target's memory, for writes made while every thread is stopped
+    /// ([`crate::remote`]'s direct commit).
+    pub(crate) mem: ProcessMemory,
 }
 
 type Job = Box<dyn FnOnce(&mut Tracer) + Send>;
@@ -167,9 +178,16 @@ impl StoppedProcess {
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Vec<Tid>>>(1);
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
         let opts = opts.clone();
+        let tracer_mem = match mem.try_clone() {
+            Ok(m) => m,
+            Err(e) => {
+                unhold(pid);
+                return Err(e);
+            }
+        };
         let spawned = std::thread::Builder::new()
             .name(format!("suture-tracer-{}", pid.0))
-            .spawn(move || tracer_main(pid, opts, ready_tx, jobs_rx));
+            .spawn(move || tracer_main(pid, tracer_mem, opts, ready_tx, jobs_rx));
         let thread = match spawned {
             Ok(t) => t,
             Err(source) => {
@@ -246,9 +264,17 @@ impl StoppedProcess {
         self.call(move |t| t.getregs(tid))?
     }
 
-    /// The registers of every thread, in one round trip to the tracer thread.
+    /// The registers of every thread, in one round trip to the tracer thread (as read when
+    /// the stop completed, unless registers were changed since).
     pub fn all_regs(&self) -> Result<Vec<(Tid, Registers)>> {
         self.call(|t| {
+            if let Some(cached) = t.stop_regs.borrow().as_ref() {
+                if cached.len() == t.threads.len()
+                    && t.threads.keys().all(|tid| cached.contains_key(tid))
+                {
+                    return Ok(cached.iter().map(|(&tid, &r)| (tid, r)).collect());
+                }
+            }
             let tids: Vec<Tid> = t.threads.keys().copied().collect();
             tids.into_iter()
                 .map(|tid| Ok((tid, t.getregs(tid)?)))
@@ -331,6 +357,7 @@ fn unhold(pid: Pid) {
 
 fn tracer_main(
     pid: Pid,
+    mem: ProcessMemory,
     opts: StopOptions,
     ready: mpsc::SyncSender<Result<Vec<Tid>>>,
     jobs: mpsc::Receiver<Job>,
@@ -341,6 +368,8 @@ fn tracer_main(
         pid,
         threads: BTreeMap::new(),
         released: false,
+        stop_regs: std::cell::RefCell::new(None),
+        mem,
     };
     let started = Instant::now();
     match tracer.attach_all(&opts).and_then(|()| tracer.check_64bit()) {
@@ -405,6 +434,7 @@ impl Tracer {
 
     /// `PTRACE_SETREGS` without bookkeeping (the caller restores).
     pub(crate) fn setregs_raw(&self, tid: Tid, regs: Registers) -> Result<()> {
+        self.stop_regs.borrow_mut().take();
         ptrace::setregs(npid(tid), regs).map_err(|e| self.ptrace_err(tid, "SETREGS", e))
     }
 
@@ -433,7 +463,9 @@ impl Tracer {
         let mut rounds = 0;
         loop {
             let tids = list_tasks(pid).map_err(|e| self.gone_or(e))?;
-            let mut new = 0;
+            // Seize every thread first, then interrupt them: seizing stops nothing, so the
+            // target's stop begins at the first interrupt.
+            let mut seized = Vec::new();
             for tid in tids {
                 if self.threads.contains_key(&tid) || pending.contains(&tid) {
                     continue;
@@ -441,12 +473,7 @@ impl Tracer {
                 match ptrace::seize(npid(tid), options) {
                     Ok(()) => {
                         tracing::trace!(tid = tid.0, "seized");
-                        match ptrace::interrupt(npid(tid)) {
-                            Ok(()) | Err(Errno::ESRCH) => {}
-                            Err(e) => return Err(self.attach_err(tid, "INTERRUPT", e)),
-                        }
-                        pending.insert(tid);
-                        new += 1;
+                        seized.push(tid);
                     }
                     Err(Errno::ESRCH) => {} // exited since the scan
                     Err(Errno::EPERM) => {
@@ -484,6 +511,14 @@ impl Tracer {
                     }
                     Err(e) => return Err(self.attach_err(tid, "SEIZE", e)),
                 }
+            }
+            let new = seized.len();
+            for tid in seized {
+                match ptrace::interrupt(npid(tid)) {
+                    Ok(()) | Err(Errno::ESRCH) => {}
+                    Err(e) => return Err(self.attach_err(tid, "INTERRUPT", e)),
+                }
+                pending.insert(tid);
             }
             if new == 0 && pending.is_empty() {
                 break;
@@ -693,10 +728,17 @@ impl Tracer {
         }
     }
 
-    fn check_64bit(&self) -> Result<()> {
-        for &tid in self.threads.keys() {
-            let regs =
-                ptrace::getregs(npid(tid)).map_err(|e| self.attach_err(tid, "GETREGS", e))?;
+    /// Refuses 32-bit threads; keeps every thread's registers for [`StoppedProcess::all_regs`].
+    fn check_64bit(&mut self) -> Result<()> {
+        let mut all = BTreeMap::new();
+        for (&tid, th) in self.threads.iter_mut() {
+            let regs = ptrace::getregs(npid(tid)).map_err(|e| Error::Ptrace {
+                pid: self.pid,
+                tid,
+                op: "GETREGS",
+                errno: e,
+                state: TargetState::Resumed,
+            })?;
             if regs.cs != USER64_CS {
                 return Err(Error::Thread32Bit {
                     pid: self.pid,
@@ -704,7 +746,10 @@ impl Tracer {
                     cs: regs.cs,
                 });
             }
+            th.in_syscall = regs.orig_rax != u64::MAX;
+            all.insert(tid, regs);
         }
+        *self.stop_regs.borrow_mut() = Some(all);
         Ok(())
     }
 
@@ -716,7 +761,10 @@ impl Tracer {
         self.released = true;
         let pid = self.pid;
         let mut problems = Vec::new();
-        for (tid, th) in std::mem::take(&mut self.threads) {
+        // Threads that were running code first: they are the ones that observe the stop.
+        let mut order: Vec<(Tid, Thread)> = std::mem::take(&mut self.threads).into_iter().collect();
+        order.sort_by_key(|(tid, th)| (th.in_syscall, *tid));
+        for (tid, th) in order {
             if let Some(regs) = th.saved_regs {
                 if let Err(e) = ptrace::setregs(npid(tid), regs) {
                     problems.push(format!("restoring registers of thread {tid}: {e}"));
