@@ -16,7 +16,7 @@
 # commit routine run in the target:
 #   DESIGNS="old=/path/to/suture new=target/release/suture routine=target/release/suture,SUTURE_COMMIT=routine"
 #
-#   scripts/bench-stop.sh [CYCLES] [STOPWATCH.c]
+#   [DESIGNS=...] [SETS="one 0,one 64"] scripts/bench-stop.sh [CYCLES] [STOPWATCH.c]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cycles=${1:-100}
@@ -53,7 +53,9 @@ echo "load before: $(uptime)"
 echo
 echo "| design | functions | threads | operation | min ms | median ms | p90 ms | cycles |"
 echo "|---|---|---|---|---|---|---|---|"
-for set in "one 0" "one 8" "one 64" "wide 0" "wide 64"; do
+# SETS: which probes and extra thread counts to run ("one" has 1 function, "wide" 101).
+IFS=, read -r -a sets <<< "${SETS:-one 0,one 8,one 64,wide 0,wide 64}"
+for set in "${sets[@]}"; do
     read -r name extra <<< "$set"
     d="$work/$name"
     "$d/stopwatch" "$extra" > "$d/gaps.$extra" &

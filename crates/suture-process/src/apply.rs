@@ -522,17 +522,40 @@ pub(crate) fn restartable(mut r: Registers) -> Registers {
 }
 
 /// Reads every thread's stack (from its stack pointer to the end of its mapping, at most
-/// `cap` bytes) in one copy each.
-fn snapshot(mem: &ProcessMemory, maps: &Maps, rsp: u64, cap: u64) -> StackSnapshot {
-    let end = maps
-        .find(RemoteAddr(rsp))
-        .map_or(rsp + 4096, |m| m.end.0)
-        .min(rsp.saturating_add(cap));
-    let mut bytes = vec![0u8; end.saturating_sub(rsp) as usize];
-    if mem.read(RemoteAddr(rsp), &mut bytes).is_err() {
-        bytes.clear();
-    }
-    StackSnapshot { base: rsp, bytes }
+/// `cap` bytes), with one system call for all of them where it can; a stack that cannot be
+/// read is empty.
+fn snapshots(
+    mem: &ProcessMemory,
+    maps: &Maps,
+    regs: &[(Tid, Registers)],
+    cap: u64,
+) -> Vec<StackSnapshot> {
+    let mut reqs: Vec<(RemoteAddr, Vec<u8>)> = regs
+        .iter()
+        .map(|(_, r)| {
+            let end = maps
+                .find(RemoteAddr(r.rsp))
+                .map_or(r.rsp + 4096, |m| m.end.0)
+                .min(r.rsp.saturating_add(cap));
+            (
+                RemoteAddr(r.rsp),
+                vec![0u8; end.saturating_sub(r.rsp) as usize],
+            )
+        })
+        .collect();
+    let ok = mem.read_many(&mut reqs);
+    reqs.into_iter()
+        .zip(ok)
+        .map(|((base, mut bytes), ok)| {
+            if !ok {
+                bytes.clear();
+            }
+            StackSnapshot {
+                base: base.0,
+                bytes,
+            }
+        })
+        .collect()
 }
 
 const STACK_CAP: u64 = 1 << 20;
@@ -1389,10 +1412,7 @@ fn switch_loop(
         phases.registers_us = lap();
         let mut blocked = None;
         let mut slots = Vec::new();
-        let mut stacks = Vec::with_capacity(regs.len());
-        for (_, r) in &regs {
-            stacks.push(snapshot(sp.mem(), sw.maps, r.rsp, STACK_CAP));
-        }
+        let stacks = snapshots(sp.mem(), sw.maps, &regs, STACK_CAP);
         phases.stacks_us = lap();
         for ((tid, r), stack) in regs.iter().zip(&stacks) {
             if let Finding::Busy { name, ret_slot, .. } =

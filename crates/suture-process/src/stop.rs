@@ -199,7 +199,7 @@ impl StoppedProcess {
                 });
             }
         };
-        match ready_rx.recv() {
+        match receive(&ready_rx).ok_or(()) {
             Ok(Ok(tids)) => Ok(StoppedProcess {
                 pid,
                 tids,
@@ -319,7 +319,7 @@ impl StoppedProcess {
             let _ = tx.send(f(t));
         }))
         .map_err(|_| lost())?;
-        rx.recv().map_err(|_| lost())
+        receive(&rx).ok_or_else(lost)
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -345,6 +345,28 @@ impl Drop for StoppedProcess {
     fn drop(&mut self) {
         if let Err(e) = self.finish() {
             tracing::warn!(pid = self.pid.0, error = %e, "resuming on drop failed");
+        }
+    }
+}
+
+/// How long a thread waiting for the other side of a [`StoppedProcess`] keeps polling
+/// (yielding its processor) before it blocks.
+const HANDOFF_SPIN: Duration = Duration::from_micros(300);
+
+/// The next message, `None` once the sender is gone. The caller and the tracer thread hand
+/// work back and forth several times while the target is stopped; blocking at once would put
+/// a wake-up of the other thread (tens of microseconds in a virtual machine) in the stop each
+/// time, so each side polls for a short while first.
+fn receive<T>(rx: &mpsc::Receiver<T>) -> Option<T> {
+    let started = Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return Some(v),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) if started.elapsed() < HANDOFF_SPIN => {
+                std::thread::yield_now()
+            }
+            Err(mpsc::TryRecvError::Empty) => return rx.recv().ok(),
         }
     }
 }
@@ -393,7 +415,7 @@ fn tracer_main(
             return;
         }
     }
-    while let Ok(job) = jobs.recv() {
+    while let Some(job) = receive(&jobs) {
         job(&mut tracer);
     }
     // `tracer` drops here and releases the target if no job did.
@@ -513,12 +535,32 @@ impl Tracer {
                 }
             }
             let new = seized.len();
-            for tid in seized {
-                match ptrace::interrupt(npid(tid)) {
-                    Ok(()) | Err(Errno::ESRCH) => {}
-                    Err(e) => return Err(self.attach_err(tid, "INTERRUPT", e)),
+            // Threads that are running code observe the stop; a thread blocked in the kernel
+            // (sleeping, waiting for input) does not unless its wait ends meanwhile. So the
+            // blocked ones are stopped first and the running ones last, once the others have
+            // reached their stops: the running threads' stop then begins when everything else
+            // is ready (they are also resumed first).
+            let running: BTreeSet<Tid> = if seized.len() > 1 {
+                seized
+                    .iter()
+                    .copied()
+                    .filter(|&tid| task_running(pid, tid))
+                    .collect()
+            } else {
+                BTreeSet::new()
+            };
+            if !running.is_empty() && running.len() < seized.len() {
+                for &tid in seized.iter().filter(|t| !running.contains(t)) {
+                    self.interrupt(tid, &mut pending)?;
                 }
-                pending.insert(tid);
+                self.wait_for_stops(&mut pending, deadline, opts)?;
+                seized.retain(|t| running.contains(t));
+            }
+            for tid in seized {
+                // A running thread may have stopped by itself meanwhile (at a `clone` event).
+                if !self.threads.contains_key(&tid) {
+                    self.interrupt(tid, &mut pending)?;
+                }
             }
             if new == 0 && pending.is_empty() {
                 break;
@@ -533,6 +575,16 @@ impl Tracer {
             return Err(Error::ExitedWhileAttaching { pid });
         }
         tracing::debug!(rounds, "no new threads");
+        Ok(())
+    }
+
+    /// `PTRACE_INTERRUPT` of a seized thread, which is then awaited.
+    fn interrupt(&self, tid: Tid, pending: &mut BTreeSet<Tid>) -> Result<()> {
+        match ptrace::interrupt(npid(tid)) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => return Err(self.attach_err(tid, "INTERRUPT", e)),
+        }
+        pending.insert(tid);
         Ok(())
     }
 
@@ -845,6 +897,17 @@ fn process_gone(pid: Pid) -> bool {
     })
 }
 
+/// Whether a thread is running or runnable (`R` in its `stat`), as opposed to blocked.
+fn task_running(pid: Pid, tid: Tid) -> bool {
+    let Ok(stat) = std::fs::read_to_string(task_path(pid, tid, "stat")) else {
+        return false;
+    };
+    // "TID (COMM) STATE ...": COMM may contain spaces and parentheses; the last ')' ends it.
+    stat.rfind(')')
+        .and_then(|at| stat[at + 1..].split_whitespace().next())
+        .is_some_and(|state| state == "R")
+}
+
 fn task_path(pid: Pid, tid: Tid, file: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{}/task/{}/{}", pid.0, tid.0, file))
 }
@@ -1092,6 +1155,32 @@ mod tests {
         assert_eq!(st.uids, [1000, 1001, 1002, 1003]);
         assert_eq!(st.seccomp, 2);
         assert!(!st.kthread);
+    }
+
+    #[test]
+    fn tells_running_threads_from_blocked_ones() {
+        let me = Pid(std::process::id() as i32);
+        let tid = Tid(nix::unistd::gettid().as_raw());
+        // This thread runs while it reads its own state.
+        assert!(task_running(me, tid));
+        let (tx, rx) = mpsc::channel::<()>();
+        let (tid_tx, tid_rx) = mpsc::channel();
+        let sleeper = std::thread::spawn(move || {
+            tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            let _ = rx.recv(); // blocked in the kernel until told
+        });
+        let other = Tid(tid_rx.recv().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while task_running(me, other) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!task_running(me, other));
+        tx.send(()).unwrap();
+        sleeper.join().unwrap();
+        assert!(
+            !task_running(me, Tid(i32::MAX)),
+            "a thread that does not exist"
+        );
     }
 
     #[test]
