@@ -3,8 +3,9 @@
 # spins calling version(); any gap between two iterations is time the process was stopped.
 # For each thread count, CYCLES times: apply a patch making version() return 2, then revert;
 # an operation's stop window is the largest gap starting inside it. Prints Markdown tables:
-# the target-observed windows, then where suture's own view of each stop went (`stop_phases`
-# of `suture apply --json` / `suture revert --json`).
+# the target-observed windows (and the wall time of each whole CLI call, from the driver's
+# fork to the child's exit), then where suture's own view of each stop went (`stop_phases` of
+# `suture apply --json` / `suture revert --json`).
 #
 # A second probe adds 100 functions that the patch also changes (101 redirects), to compare
 # the stop window with 1 and with 101 patched functions.
@@ -51,8 +52,8 @@ build wide 100
 
 echo "load before: $(uptime)"
 echo
-echo "| design | functions | threads | operation | min ms | median ms | p90 ms | cycles |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| design | functions | threads | operation | min ms | median ms | p90 ms | cycles | CLI wall median ms |"
+echo "|---|---|---|---|---|---|---|---|---|"
 # SETS: which probes and extra thread counts to run ("one" has 1 function, "wide" 101).
 IFS=, read -r -a sets <<< "${SETS:-one 0,one 8,one 64,wide 0,wide 64}"
 for set in "${sets[@]}"; do
@@ -117,7 +118,8 @@ for name, _, _ in designs:
         sel = [(t0, t1, doc) for n, o, t0, t1, doc in ops if n == name and o == op]
         v = sorted(max([g for s, g in gaps if t0 <= s <= t1], default=0) / 1e6 for t0, t1, _ in sel)
         p90 = v[min(len(v) - 1, int(round(0.9 * (len(v) - 1))))]
-        print(f"| {name} | {funcs} | {extra + 1} | {op} | {v[0]:.3f} | {statistics.median(v):.3f} | {p90:.3f} | {len(v)} |")
+        wall = statistics.median((t1 - t0) / 1e6 for t0, t1, _ in sel)
+        print(f"| {name} | {funcs} | {extra + 1} | {op} | {v[0]:.3f} | {statistics.median(v):.3f} | {p90:.3f} | {len(v)} | {wall:.2f} |")
         res = [p.get("result", p) for _, _, doc in sel for p in doc["processes"]]
         res = [r for r in res if "stop_phases" in r]
         if res:

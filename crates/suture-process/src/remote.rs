@@ -502,6 +502,52 @@ const MAX_ROUTINE_STOPS: usize = 20_000;
 /// How long a routine run at full speed may take before suture stops waiting for its marker.
 const ROUTINE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The largest run of unchanged bytes [`coalesce`] writes again to join two writes.
+const COALESCE_GAP: u64 = 4096;
+
+/// Joins writes (but the last one, which stays separate and last) that lie at most
+/// [`COALESCE_GAP`] bytes apart into one write of the whole span: the bytes in between are
+/// written back as `read` finds them now (the caller holds every thread stopped), and the
+/// span's original bytes become its undo. Writes whose span cannot be read stay as they are.
+pub(crate) fn coalesce(
+    writes: &[(RemoteAddr, Vec<u8>, Vec<u8>)],
+    read: impl Fn(RemoteAddr, usize) -> Option<Vec<u8>>,
+) -> Vec<(RemoteAddr, Vec<u8>, Vec<u8>)> {
+    let Some((last, rest)) = writes.split_last() else {
+        return Vec::new();
+    };
+    let mut sorted: Vec<&(RemoteAddr, Vec<u8>, Vec<u8>)> = rest.iter().collect();
+    sorted.sort_by_key(|w| w.0 .0);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i].0 .0;
+        let mut end = start + sorted[i].1.len() as u64;
+        let mut j = i + 1;
+        while j < sorted.len() && sorted[j].0 .0 >= end && sorted[j].0 .0 - end <= COALESCE_GAP {
+            end = sorted[j].0 .0 + sorted[j].1.len() as u64;
+            j += 1;
+        }
+        let joined = (j - i > 1)
+            .then(|| read(RemoteAddr(start), (end - start) as usize))
+            .flatten();
+        match joined {
+            Some(old) => {
+                let mut new = old.clone();
+                for (addr, bytes, _) in &sorted[i..j] {
+                    let at = (addr.0 - start) as usize;
+                    new[at..at + bytes.len()].copy_from_slice(bytes);
+                }
+                out.push((RemoteAddr(start), new, old));
+            }
+            None => out.extend(sorted[i..j].iter().map(|&w| w.clone())),
+        }
+        i = j;
+    }
+    out.push(last.clone());
+    out
+}
+
 /// Makes a commit routine's block from the registers of the thread that would run it.
 pub type BlockOf = Box<dyn FnOnce(&Registers) -> Vec<u8> + Send>;
 
@@ -731,6 +777,8 @@ impl Tracer {
             th.saved_regs.get_or_insert(current);
             had
         };
+        // Jumps a few bytes apart become one write (fewer system calls in the stop).
+        let writes = &coalesce(writes, |addr, len| self.mem.read_vec(addr, len).ok());
         self.setregs_raw(tid, armed)?;
         crate::failpoint::hit("commit:armed");
         let mut failed = None;
@@ -836,5 +884,44 @@ impl Tracer {
         let th = self.threads.get_mut(&tid).expect("checked by the caller");
         th.stop = StopKind::Signal(sig);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn near_writes_become_one_and_the_last_stays_last() {
+        // Memory 0x1000.. holds bytes equal to the low byte of their address.
+        let read = |addr: RemoteAddr, len: usize| {
+            Some((0..len as u64).map(|i| (addr.0 + i) as u8).collect())
+        };
+        let w = |addr: u64, new: &[u8]| (RemoteAddr(addr), new.to_vec(), vec![0; new.len()]);
+        let writes = vec![
+            w(0x1010, &[0xaa, 0xaa]),
+            w(0x1000, &[0xbb]),
+            w(0x9000, &[0xcc]),
+            w(0x1000 + COALESCE_GAP + 0x20, &[0xdd]),
+            w(0x5000, &[0xee]), // the state: never joined
+        ];
+        let out = coalesce(&writes, read);
+        assert_eq!(out.len(), 4);
+        let (addr, new, old) = &out[0];
+        assert_eq!(*addr, RemoteAddr(0x1000));
+        assert_eq!(new.len(), 0x12);
+        assert_eq!(
+            (new[0], new[1], new[0x10], new[0x11]),
+            (0xbb, 0x01, 0xaa, 0xaa)
+        );
+        assert_eq!(old[0x10], 0x10);
+        // More than the gap away: separate.
+        assert_eq!(out[1].0, RemoteAddr(0x1000 + COALESCE_GAP + 0x20));
+        assert_eq!(out[2].0, RemoteAddr(0x9000));
+        assert_eq!(out[3], writes[4]);
+        // Unreadable spans keep their writes.
+        let out = coalesce(&writes, |_, _| None);
+        assert_eq!(out.len(), 5);
+        assert_eq!(out[4], writes[4]);
     }
 }

@@ -185,7 +185,15 @@ impl UnwindInfo {
         stack: &StackSnapshot,
         busy: &[BusyRange],
     ) -> Finding {
-        let hit = |pc: u64| busy.iter().find(|b| b.range.contains(&pc));
+        // The scan fallback below tests every stack word: most lie outside all busy ranges.
+        let lo = busy.iter().map(|b| b.range.start).min().unwrap_or(0);
+        let hi = busy.iter().map(|b| b.range.end).max().unwrap_or(0);
+        let hit = |pc: u64| {
+            if pc < lo || pc >= hi {
+                return None;
+            }
+            busy.iter().find(|b| b.range.contains(&pc))
+        };
         let mut guard = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let cache = guard.get_or_insert_with(CacheX86_64::new);
         let mut read = |addr: u64| stack.read(addr).ok_or(());
