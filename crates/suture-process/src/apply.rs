@@ -401,7 +401,7 @@ fn check_original_code(
 /// The mapped ELF files of a process: the patched object first, then the others in map order.
 struct Loaded {
     mapped: Vec<Mapped>,
-    files: Vec<(String, Vec<u8>, u64, std::ops::Range<u64>)>,
+    files: Vec<(String, crate::sys::MappedFile, u64, std::ops::Range<u64>)>,
     patched: usize,
 }
 
@@ -446,7 +446,7 @@ fn load_objects(
         let Some(open) = m.open_path(pid) else {
             continue;
         };
-        let Ok(bytes) = std::fs::read(&open) else {
+        let Ok(bytes) = crate::sys::MappedFile::open(&open) else {
             continue;
         };
         let name = path.to_string_lossy().into_owned();
@@ -1179,7 +1179,8 @@ struct Switched {
 /// successful stop).
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct StopPhases {
-    /// Seizing and interrupting every thread, until all are stopped.
+    /// Seizing every thread (no stop yet), then interrupting the blocked ones and the running
+    /// ones, until all are stopped. The running threads' own stop starts late in this phase.
     pub stop_us: u64,
     /// Reading every thread's registers.
     pub registers_us: u64,
@@ -1189,7 +1190,8 @@ pub struct StopPhases {
     pub check_us: u64,
     /// The suspended-frame scan of writable memory (`suspended.rs`).
     pub scan_us: u64,
-    /// Running the commit routine in the target and checking its result.
+    /// Writing the jumps and the header state (with `SUTURE_COMMIT=routine`: running the
+    /// commit routine in the target), and checking the state.
     pub commit_us: u64,
     /// Releasing stubs and resuming every thread.
     pub resume_us: u64,
