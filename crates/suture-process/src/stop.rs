@@ -309,6 +309,17 @@ impl StoppedProcess {
         &self,
         f: impl FnOnce(&mut Tracer) -> R + Send + 'static,
     ) -> Result<R> {
+        self.call_with(f, true)
+    }
+
+    /// [`call`](StoppedProcess::call); `poll`: poll for the answer before blocking (only
+    /// while the target is stopped: a thread polling while the target runs yields its
+    /// processor to the target's threads, which may keep it until the next scheduler tick).
+    fn call_with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Tracer) -> R + Send + 'static,
+        poll: bool,
+    ) -> Result<R> {
         let lost = || Error::Detach {
             pid: self.pid,
             detail: "the tracer thread is gone (the kernel detached the target)".into(),
@@ -319,14 +330,19 @@ impl StoppedProcess {
             let _ = tx.send(f(t));
         }))
         .map_err(|_| lost())?;
-        receive(&rx).ok_or_else(lost)
+        if poll {
+            receive(&rx).ok_or_else(lost)
+        } else {
+            rx.recv().map_err(|_| lost())
+        }
     }
 
     fn finish(&mut self) -> Result<()> {
         let Some(thread) = self.thread.take() else {
             return Ok(());
         };
-        let result = self.call(|t| t.release());
+        // Resuming lets the target run while this thread waits: block rather than poll.
+        let result = self.call_with(|t| t.release(), false);
         self.jobs = None; // ends the tracer thread's loop
         let joined = thread.join();
         unhold(self.pid);
@@ -417,6 +433,10 @@ fn tracer_main(
     }
     while let Some(job) = receive(&jobs) {
         job(&mut tracer);
+        if tracer.released {
+            // Resumed: end at once (the caller waits for this thread).
+            break;
+        }
     }
     // `tracer` drops here and releases the target if no job did.
 }
