@@ -9,8 +9,10 @@
 //!    protections (W^X).
 //! 3. *(running)* Write code, data, header (state "loaded") and routine through /proc/PID/mem.
 //! 4. *(stopped: the stop window, `switch`)* Check every thread's stack; if a replaced
-//!    function is busy, resume and retry until the timeout. Otherwise one thread runs the commit
-//!    routine, which writes every jump and sets the header to "live".
+//!    function is busy, resume and retry until the timeout. Otherwise one thread is pointed at
+//!    the commit routine (the safety net should suture die), suture writes every jump and sets
+//!    the header to "live", and the thread gets its registers back (`SUTURE_COMMIT=routine`:
+//!    the thread runs the routine instead, see [`crate::commit`]).
 //!
 //! Any failure after step 2 unmaps the region: the target keeps running its original code.
 //!
@@ -1336,8 +1338,8 @@ impl Arms {
 }
 
 /// Stops the target until no thread runs a busy range (retrying until the timeout, catching
-/// busy threads as they return where it can), then has one thread run the commit routine, and
-/// checks the header state it leaves. `then` runs in the same stop after a successful switch
+/// busy threads as they return where it can), then writes the switch with the commit routine
+/// as its safety net (or has one thread run it), and checks the header state it leaves. `then` runs in the same stop after a successful switch
 /// (revert releases the region there). Also says whether a return stub may still be entered
 /// (the region must then stay mapped).
 fn switch(
