@@ -2,12 +2,22 @@
 # Stop-window benchmark (method of shared/bench/README.md): the stopwatch probe's main thread
 # spins calling version(); any gap between two iterations is time the process was stopped.
 # For each thread count, CYCLES times: apply a patch making version() return 2, then revert;
-# an operation's stop window is the largest gap starting inside it. Prints a Markdown table.
+# an operation's stop window is the largest gap starting inside it. Prints Markdown tables:
+# the target-observed windows (and the wall time of each whole CLI call, from the driver's
+# fork to the child's exit), then where suture's own view of each stop went (`stop_phases` of
+# `suture apply --json` / `suture revert --json`).
 #
 # A second probe adds 100 functions that the patch also changes (101 redirects), to compare
 # the stop window with 1 and with 101 patched functions.
 #
-#   scripts/bench-stop.sh [CYCLES] [STOPWATCH.c]
+# Several designs can be compared in one run: DESIGNS="name=BINARY[,VAR=value...] ..." runs
+# each cycle's apply + revert with every design in turn (the order alternates from one cycle
+# to the next, so a loaded moment hits all of them); the default is this tree's release build.
+# For example, the old design on another binary against this one, and this one with the
+# commit routine run in the target:
+#   DESIGNS="old=/path/to/suture new=target/release/suture routine=target/release/suture,SUTURE_COMMIT=routine"
+#
+#   [DESIGNS=...] [SETS="one 0,one 64"] scripts/bench-stop.sh [CYCLES] [STOPWATCH.c]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cycles=${1:-100}
@@ -16,8 +26,11 @@ src=${2:-../shared/bench/stopwatch.c}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 cargo build --release -q -p suture
-suture=$PWD/target/release/suture
-# build NAME EXTRA_FUNCTIONS: probe binary and patch for it in $work/NAME/
+target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+suture=$target_dir/release/suture
+designs=${DESIGNS:-new=$suture}
+# build NAME EXTRA_FUNCTIONS: probe binary and patch for it in $work/NAME/, from the shared
+# probe source (its version() cannot be hoisted out of the loop).
 build() {
     local d="$work/$1" n=$2
     mkdir -p "$d/orig" "$d/fixed"
@@ -27,6 +40,7 @@ build() {
     done
     sed -e 's/^\treturn 1;$/\treturn 2;/' -e 's/return x + \([0-9]*\); }/return x + \1 + 1; }/' \
         "$d/orig/stopwatch.c" > "$d/fixed/stopwatch.c"
+    cmp -s "$d/orig/stopwatch.c" "$d/fixed/stopwatch.c" && { echo "the fix changed nothing" >&2; exit 1; }
     for side in orig fixed; do
         (cd "$d/$side" && gcc -c -O2 -g -ffunction-sections -fdata-sections stopwatch.c -o stopwatch.o)
     done
@@ -36,86 +50,93 @@ build() {
 build one 0
 build wide 100
 
-phases_of=()
-echo "| functions | threads | operation | min ms | median ms | p90 ms | cycles |"
-echo "|---|---|---|---|---|---|---|"
-for set in "one 0" "one 8" "one 64" "wide 0" "wide 64"; do
+echo "load before: $(uptime)"
+echo
+echo "| design | functions | threads | operation | min ms | median ms | p90 ms | cycles | CLI wall median ms |"
+echo "|---|---|---|---|---|---|---|---|---|"
+# SETS: which probes and extra thread counts to run ("one" has 1 function, "wide" 101).
+IFS=, read -r -a sets <<< "${SETS:-one 0,one 8,one 64,wide 0,wide 64}"
+for set in "${sets[@]}"; do
     read -r name extra <<< "$set"
     d="$work/$name"
-    funcs=$([ "$name" = one ] && echo 1 || echo 101)
     "$d/stopwatch" "$extra" > "$d/gaps.$extra" &
     pid=$!
     sleep 0.3
-    : > "$d/ops.$extra"
-    for _ in $(seq "$cycles"); do
-        for op in apply revert; do
-            t0=$(python3 -c 'import time; print(time.monotonic_ns())')
-            if [ "$op" = apply ]; then
-                "$suture" apply "$d/patch.o" --pid "$pid" --id bench --json >> "$d/json.$extra"
-            else
-                "$suture" revert bench --pid "$pid" >/dev/null
-            fi
-            t1=$(python3 -c 'import time; print(time.monotonic_ns())')
-            echo "$op $t0 $t1" >> "$d/ops.$extra"
-        done
-    done
-    kill "$pid"; wait "$pid" 2>/dev/null || true
-    phases_of+=("$d/json.$extra $funcs $((extra + 1))")
-    python3 - "$d/gaps.$extra" "$d/ops.$extra" "$((extra + 1))" "$funcs" <<'PY'
-import statistics, sys
+    python3 - "$d" "$pid" "$extra" "$cycles" $designs <<'PY'
+# Drive the cycles (times from CLOCK_MONOTONIC, the probe's clock), then read the probe.
+import json, os, statistics, subprocess, sys, time
+d, pid, extra, cycles = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+designs = []
+for spec in sys.argv[5:]:
+    name, rest = spec.split("=", 1)
+    binary, *env = rest.split(",")
+    designs.append((name, binary, dict(kv.split("=", 1) for kv in env)))
+funcs = 1 if os.path.basename(d) == "one" else 101
+ops = []  # (design, op, t0, t1, json)
+probe = open(f"{d}/gaps.{extra}")
+def shows(want, since):
+    """Waits (up to 2 s) for the probe's line saying version() returns `want` now: every
+    apply must show v=2 and every revert v=1 (the probe prints a line whenever version()
+    changes; a probe whose call the compiler hoisted out of its loop never would). Waiting
+    also keeps the next operation from starting before the probe ran again."""
+    limit = time.monotonic() + 2
+    while time.monotonic() < limit:
+        line = probe.readline()
+        if not line:
+            time.sleep(0.0005)
+            continue
+        f = line.split()
+        if f and f[0] == "GAP" and f[3] == want and int(f[1]) >= since:
+            return True
+    return False
+for c in range(cycles):
+    order = designs if c % 2 == 0 else designs[::-1]
+    for name, binary, env in order:
+        e = dict(os.environ, **env)
+        for op in ("apply", "revert"):
+            cmd = [binary, "apply", f"{d}/patch.o", "--pid", pid, "--id", "bench", "--json"] \
+                if op == "apply" else [binary, "revert", "bench", "--pid", pid, "--json"]
+            t0 = time.monotonic_ns()
+            out = subprocess.run(cmd, env=e, capture_output=True, text=True)
+            t1 = time.monotonic_ns()
+            if out.returncode != 0:
+                sys.exit(f"{name} {op} failed: {out.stdout}{out.stderr}")
+            ops.append((name, op, t0, t1, json.loads(out.stdout)))
+            want = "v=2" if op == "apply" else "v=1"
+            if not shows(want, t0):
+                sys.exit(f"{name} {op} (cycle {c}): the probe never showed {want}")
+time.sleep(0.05)
 gaps = []
-versions = []  # (start_ns, version) of every GAP line
-for line in open(sys.argv[1]):
+for line in open(f"{d}/gaps.{extra}"):
     f = line.split()
     if f and f[0] == "GAP":
         gaps.append((int(f[1]), int(f[2])))
-        versions.append((int(f[1]), f[3]))
-res = {"apply": [], "revert": []}
-ops = [(op, int(t0), int(t1)) for op, t0, t1 in (l.split() for l in open(sys.argv[2]))]
-for op, t0, t1 in ops:
-    inside = [g for s, g in gaps if t0 <= s <= t1]
-    res[op].append(max(inside) / 1e6 if inside else 0.0)
-# Every apply must show the new version before the next revert starts (the probe prints a line
-# when version() changes): a probe whose call the compiler hoisted would never show it.
-seen = 0
-for i, (op, t0, _) in enumerate(ops):
-    if op != "apply":
-        continue
-    end = ops[i + 1][1] if i + 1 < len(ops) else float("inf")
-    seen += any(t0 <= s <= end and v == "v=2" for s, v in versions)
-applies = sum(1 for op, _, _ in ops if op == "apply")
-if seen != applies:
-    sys.exit(f"only {seen} of {applies} applies showed v=2 in the probe")
-for op, v in res.items():
-    v.sort()
-    p90 = v[min(len(v) - 1, int(round(0.9 * (len(v) - 1))))]
-    print(f"| {sys.argv[4]} | {sys.argv[3]} | {op} | {v[0]:.3f} | {statistics.median(v):.3f} | {p90:.3f} | {len(v)} |")
+rows, phases = [], []
+keys = ["stop_us", "registers_us", "stacks_us", "check_us", "scan_us", "commit_us", "resume_us"]
+for name, _, _ in designs:
+    for op in ("apply", "revert"):
+        sel = [(t0, t1, doc) for n, o, t0, t1, doc in ops if n == name and o == op]
+        v = sorted(max([g for s, g in gaps if t0 <= s <= t1], default=0) / 1e6 for t0, t1, _ in sel)
+        p90 = v[min(len(v) - 1, int(round(0.9 * (len(v) - 1))))]
+        wall = statistics.median((t1 - t0) / 1e6 for t0, t1, _ in sel)
+        print(f"| {name} | {funcs} | {extra + 1} | {op} | {v[0]:.3f} | {statistics.median(v):.3f} | {p90:.3f} | {len(v)} | {wall:.2f} |")
+        res = [p.get("result", p) for _, _, doc in sel for p in doc["processes"]]
+        res = [r for r in res if "stop_phases" in r]
+        if res:
+            med = [statistics.median(r["stop_phases"][k] for r in res) for k in keys]
+            total = statistics.median(r["stop_window_us"] for r in res)
+            phases.append(f"| {name} | {funcs} | {extra + 1} | {op} | " + " | ".join(f"{m:.0f}" for m in med) + f" | {total:.0f} |")
+with open(f"{os.path.dirname(d)}/phases.md", "a") as f:
+    f.write("".join(p + "\n" for p in phases))
 PY
+    kill "$pid"; wait "$pid" 2>/dev/null || true
 done
 
-# Where the apply stop's time goes (suture's view, `stop_phases` of `suture apply --json`):
-# medians per phase, in microseconds.
+# Where each stop's time goes, as suture sees it: medians per phase, in microseconds
+# (suture's window starts before the first thread stops and ends after the last resumes).
 echo
-echo "| functions | threads | stop | registers | stacks | check | scan | commit | resume | total |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
-for entry in "${phases_of[@]}"; do
-    read -r file funcs threads <<< "$entry"
-    python3 - "$file" "$funcs" "$threads" <<'PY'
-import json, statistics, sys
-dec = json.JSONDecoder()
-text = open(sys.argv[1]).read()
-docs, i = [], 0
-while i < len(text):
-    while i < len(text) and text[i].isspace():
-        i += 1
-    if i >= len(text):
-        break
-    obj, i = dec.raw_decode(text, i)
-    docs.append(obj)
-results = [p["result"] for d in docs for p in d["processes"] if p.get("applied")]
-keys = ["stop_us", "registers_us", "stacks_us", "check_us", "scan_us", "commit_us", "resume_us"]
-med = [statistics.median(r["stop_phases"][k] for r in results) for k in keys]
-total = statistics.median(r["stop_window_us"] for r in results)
-print(f"| {sys.argv[2]} | {sys.argv[3]} | " + " | ".join(f"{m:.0f}" for m in med) + f" | {total:.0f} |")
-PY
-done
+echo "| design | functions | threads | operation | stop | registers | stacks | check | scan | commit | resume | total |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+cat "$work/phases.md" 2>/dev/null || true
+echo
+echo "load after: $(uptime)"

@@ -9,8 +9,10 @@
 //!    protections (W^X).
 //! 3. *(running)* Write code, data, header (state "loaded") and routine through /proc/PID/mem.
 //! 4. *(stopped: the stop window, `switch`)* Check every thread's stack; if a replaced
-//!    function is busy, resume and retry until the timeout. Otherwise one thread runs the commit
-//!    routine, which writes every jump and sets the header to "live".
+//!    function is busy, resume and retry until the timeout. Otherwise one thread is pointed at
+//!    the commit routine (the safety net should suture die), suture writes every jump and sets
+//!    the header to "live", and the thread gets its registers back (`SUTURE_COMMIT=routine`:
+//!    the thread runs the routine instead, see [`crate::commit`]).
 //!
 //! Any failure after step 2 unmaps the region: the target keeps running its original code.
 //!
@@ -401,7 +403,7 @@ fn check_original_code(
 /// The mapped ELF files of a process: the patched object first, then the others in map order.
 struct Loaded {
     mapped: Vec<Mapped>,
-    files: Vec<(String, Vec<u8>, u64, std::ops::Range<u64>)>,
+    files: Vec<(String, crate::sys::MappedFile, u64, std::ops::Range<u64>)>,
     patched: usize,
 }
 
@@ -446,7 +448,7 @@ fn load_objects(
         let Some(open) = m.open_path(pid) else {
             continue;
         };
-        let Ok(bytes) = std::fs::read(&open) else {
+        let Ok(bytes) = crate::sys::MappedFile::open(&open) else {
             continue;
         };
         let name = path.to_string_lossy().into_owned();
@@ -522,17 +524,40 @@ pub(crate) fn restartable(mut r: Registers) -> Registers {
 }
 
 /// Reads every thread's stack (from its stack pointer to the end of its mapping, at most
-/// `cap` bytes) in one copy each.
-fn snapshot(mem: &ProcessMemory, maps: &Maps, rsp: u64, cap: u64) -> StackSnapshot {
-    let end = maps
-        .find(RemoteAddr(rsp))
-        .map_or(rsp + 4096, |m| m.end.0)
-        .min(rsp.saturating_add(cap));
-    let mut bytes = vec![0u8; end.saturating_sub(rsp) as usize];
-    if mem.read(RemoteAddr(rsp), &mut bytes).is_err() {
-        bytes.clear();
-    }
-    StackSnapshot { base: rsp, bytes }
+/// `cap` bytes), with one system call for all of them where it can; a stack that cannot be
+/// read is empty.
+fn snapshots(
+    mem: &ProcessMemory,
+    maps: &Maps,
+    regs: &[(Tid, Registers)],
+    cap: u64,
+) -> Vec<StackSnapshot> {
+    let mut reqs: Vec<(RemoteAddr, Vec<u8>)> = regs
+        .iter()
+        .map(|(_, r)| {
+            let end = maps
+                .find(RemoteAddr(r.rsp))
+                .map_or(r.rsp + 4096, |m| m.end.0)
+                .min(r.rsp.saturating_add(cap));
+            (
+                RemoteAddr(r.rsp),
+                vec![0u8; end.saturating_sub(r.rsp) as usize],
+            )
+        })
+        .collect();
+    let ok = mem.read_many(&mut reqs);
+    reqs.into_iter()
+        .zip(ok)
+        .map(|((base, mut bytes), ok)| {
+            if !ok {
+                bytes.clear();
+            }
+            StackSnapshot {
+                base: base.0,
+                bytes,
+            }
+        })
+        .collect()
 }
 
 const STACK_CAP: u64 = 1 << 20;
@@ -1156,7 +1181,8 @@ struct Switched {
 /// successful stop).
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct StopPhases {
-    /// Seizing and interrupting every thread, until all are stopped.
+    /// Seizing every thread (no stop yet), then interrupting the blocked ones and the running
+    /// ones, until all are stopped. The running threads' own stop starts late in this phase.
     pub stop_us: u64,
     /// Reading every thread's registers.
     pub registers_us: u64,
@@ -1166,7 +1192,8 @@ pub struct StopPhases {
     pub check_us: u64,
     /// The suspended-frame scan of writable memory (`suspended.rs`).
     pub scan_us: u64,
-    /// Running the commit routine in the target and checking its result.
+    /// Writing the jumps and the header state (with `SUTURE_COMMIT=routine`: running the
+    /// commit routine in the target), and checking the state.
     pub commit_us: u64,
     /// Releasing stubs and resuming every thread.
     pub resume_us: u64,
@@ -1311,8 +1338,8 @@ impl Arms {
 }
 
 /// Stops the target until no thread runs a busy range (retrying until the timeout, catching
-/// busy threads as they return where it can), then has one thread run the commit routine, and
-/// checks the header state it leaves. `then` runs in the same stop after a successful switch
+/// busy threads as they return where it can), then writes the switch with the commit routine
+/// as its safety net (or has one thread run it), and checks the header state it leaves. `then` runs in the same stop after a successful switch
 /// (revert releases the region there). Also says whether a return stub may still be entered
 /// (the region must then stay mapped).
 fn switch(
@@ -1389,10 +1416,7 @@ fn switch_loop(
         phases.registers_us = lap();
         let mut blocked = None;
         let mut slots = Vec::new();
-        let mut stacks = Vec::with_capacity(regs.len());
-        for (_, r) in &regs {
-            stacks.push(snapshot(sp.mem(), sw.maps, r.rsp, STACK_CAP));
-        }
+        let stacks = snapshots(sp.mem(), sw.maps, &regs, STACK_CAP);
         phases.stacks_us = lap();
         for ((tid, r), stack) in regs.iter().zip(&stacks) {
             if let Finding::Busy { name, ret_slot, .. } =
@@ -1494,14 +1518,30 @@ fn switch_loop(
         }
         phases.scan_us = lap();
         crate::failpoint::hit(sw.failpoint);
-        let (tid, saved, end) = routine_thread(&sp, &regs, sw.commit);
-        let block = sw
-            .commit
-            .block_with_registers(&regs_array(&restartable(saved)));
-        let run = sp
-            .mem()
-            .write(sw.block_addr, &block)
-            .and_then(|()| sp.run_routine(tid, sw.code_addr, end, saved));
+        let run = if commit_in_target() {
+            let (tid, saved, end) = routine_thread(&sp, &regs, sw.commit);
+            let block = sw
+                .commit
+                .block_with_registers(&regs_array(&restartable(saved)));
+            sp.mem()
+                .write(sw.block_addr, &block)
+                .and_then(|()| sp.run_routine(tid, sw.code_addr, end, saved))
+        } else {
+            let template = sw.commit.block.clone();
+            let block_of = Box::new(move |r: &Registers| {
+                let mut b = template;
+                for (i, v) in regs_array(&restartable(*r)).iter().enumerate() {
+                    b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+                }
+                b
+            });
+            sp.commit_direct(
+                sw.code_addr,
+                sw.block_addr,
+                block_of,
+                sw.commit.writes.clone(),
+            )
+        };
         let state = sp.mem().read_vec(sw.state_addr, 4);
         let switched = matches!(&state, Ok(b) if b[..] == Header::state_bytes(sw.want));
         phases.commit_us = lap();
@@ -1531,6 +1571,16 @@ fn switch_loop(
             phases,
         });
     }
+}
+
+/// Whether the switch runs the commit routine in the target (the design before the direct
+/// commit, kept for comparison: `SUTURE_COMMIT=routine`, and for the failpoints inside the
+/// routine) rather than writing the jumps from suture with the routine as a safety net.
+fn commit_in_target() -> bool {
+    std::env::var_os("SUTURE_COMMIT").is_some_and(|v| v == "routine")
+        || ["commit:started", "commit:running", "commit:midway"]
+            .iter()
+            .any(|p| crate::failpoint::armed(p))
 }
 
 /// The marker signal for a commit routine in `pid`: the first of [`MARKER_CANDIDATES`] the
@@ -1773,9 +1823,25 @@ fn region_code(maps: &Maps, p: &LivePatch) -> Vec<BusyRange> {
     out
 }
 
+/// A revert done: the patch it reverted and how long its switch stopped the target.
+#[derive(Clone, Debug)]
+pub struct Reverted {
+    pub patch: LivePatch,
+    /// Stops of the switch (1 unless busy code made it retry).
+    pub attempts: u32,
+    /// The last (successful) stop of the switch, as suture saw it.
+    pub stop_window_us: u64,
+    pub stop_phases: StopPhases,
+}
+
 /// Reverts the live patch `patch_id` (the most recent one with that id): the same switch in
 /// reverse, checking that no thread runs patch code, then releases its memory.
 pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, ApplyError> {
+    revert_timed(pid, patch_id, timeout).map(|r| r.patch)
+}
+
+/// [`revert`], also saying how long the switch stopped the target.
+pub fn revert_timed(pid: Pid, patch_id: &str, timeout: Duration) -> Result<Reverted, ApplyError> {
     let patches = status(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let p = latest_live(&patches, patch_id, pid)?;
     let maps = Maps::read(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
@@ -1890,7 +1956,12 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
         // module comment); the next apply of this patch reuses it.
         |_| {},
     );
-    done?;
+    let done = done?;
     tracing::info!(pid = pid.0, patch = patch_id, "patch reverted");
-    Ok(p)
+    Ok(Reverted {
+        patch: p,
+        attempts: done.attempts,
+        stop_window_us: done.window.as_micros() as u64,
+        stop_phases: done.phases,
+    })
 }

@@ -1,8 +1,12 @@
-//! The commit routine: the switch to (or back from) patched code, executed by the target.
+//! The commit routine: the switch to (or back from) patched code, executable by the target.
 //!
 //! Writing several jumps with one `pwrite` each from suture would leave a half-patched process
-//! if suture were killed between two writes. Instead one stopped thread of the target is pointed
-//! at this routine. It opens `/proc/thread-self/mem` (`/proc/self/mem` has no memory once the
+//! if suture were killed between two writes. So one stopped thread of the target is pointed
+//! at this routine first. Suture then writes the same bytes itself and gives the thread its
+//! registers back ([`StoppedProcess::commit_direct`](crate::stop::StoppedProcess::commit_direct)):
+//! the routine only runs if suture dies in between, and completes the switch (bytes already
+//! written are written again, unchanged). With `SUTURE_COMMIT=routine` (the earlier design,
+//! kept for comparison) the thread always runs it, as described below. It opens `/proc/thread-self/mem` (`/proc/self/mem` has no memory once the
 //! main thread has exited), writes every jump (and the header's new state),
 //! closes the file, sends its own thread the *marker signal* with `tgkill`, restores every
 //! general-purpose register and the flags from the commit block, and jumps back to where the
@@ -82,6 +86,10 @@ pub struct Commit {
     pub marker_signal: i32,
     /// Every system call the routine can make, for the seccomp check.
     calls: Vec<Call>,
+    /// The routine's writes as `(address, new bytes, original bytes)`, the header state last:
+    /// what suture writes itself in the direct commit
+    /// ([`StoppedProcess::commit_direct`](crate::stop::StoppedProcess::commit_direct)).
+    pub writes: Vec<(crate::ids::RemoteAddr, Vec<u8>, Vec<u8>)>,
 }
 
 /// A system call of the routine: number, arguments, address after its `syscall`.
@@ -318,12 +326,23 @@ impl Commit {
         for (i, at) in failed_at.into_iter().enumerate() {
             a.patch_jump(at, undo_entry[i]);
         }
+        let mut direct: Vec<_> = writes
+            .iter()
+            .map(|w| (crate::ids::RemoteAddr(w.addr), w.new.clone(), w.old.clone()))
+            .collect();
+        // The state's original bytes are never written back: it is the last write.
+        direct.push((
+            crate::ids::RemoteAddr(state_addr),
+            state.to_vec(),
+            state.to_vec(),
+        ));
         Commit {
             code: a.code,
             block,
             marker_rip,
             marker_signal,
             calls,
+            writes: direct,
         }
     }
 

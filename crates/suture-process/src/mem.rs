@@ -61,6 +61,20 @@ impl ProcessMemory {
         self.pid
     }
 
+    /// A second handle on the same open file (for suture's tracer thread).
+    pub fn try_clone(&self) -> Result<ProcessMemory> {
+        let file = self.file.try_clone().map_err(|source| Error::Proc {
+            path: crate::maps::live_proc_dir(self.pid).join("mem"),
+            source,
+            state: TargetState::Untouched,
+        })?;
+        Ok(ProcessMemory {
+            pid: self.pid,
+            via: self.via,
+            file,
+        })
+    }
+
     /// Fill `buf` from `addr` onwards; all or nothing.
     pub fn read(&self, addr: RemoteAddr, buf: &mut [u8]) -> Result<()> {
         if buf.is_empty() {
@@ -95,6 +109,52 @@ impl ProcessMemory {
             });
         }
         Ok(())
+    }
+
+    /// Fills every buffer from its address, with one `process_vm_readv` for all of them where
+    /// it can (falling back to [`read`](ProcessMemory::read) for those it could not fill).
+    /// Says for each whether it was filled.
+    pub fn read_many(&self, reqs: &mut [(RemoteAddr, Vec<u8>)]) -> Vec<bool> {
+        let mut ok = vec![false; reqs.len()];
+        // The kernel takes at most IOV_MAX (1024) vectors per call.
+        for (chunk, oks) in reqs.chunks_mut(1024).zip(ok.chunks_mut(1024)) {
+            let remote: Option<Vec<nix::sys::uio::RemoteIoVec>> = chunk
+                .iter()
+                .map(|(addr, buf)| {
+                    Some(nix::sys::uio::RemoteIoVec {
+                        base: usize::try_from(addr.0).ok()?,
+                        len: buf.len(),
+                    })
+                })
+                .collect();
+            let mut got = match remote {
+                Some(remote) => {
+                    let mut local: Vec<IoSliceMut> = chunk
+                        .iter_mut()
+                        .map(|(_, buf)| IoSliceMut::new(buf))
+                        .collect();
+                    nix::sys::uio::process_vm_readv(
+                        nix::unistd::Pid::from_raw(self.via.0),
+                        &mut local,
+                        &remote,
+                    )
+                    .unwrap_or(0)
+                }
+                None => 0,
+            };
+            // A short count stops at the first byte it could not read: the buffers before it
+            // are complete; the rest are read one by one.
+            for ((addr, buf), ok) in chunk.iter_mut().zip(oks.iter_mut()) {
+                if got >= buf.len() {
+                    got -= buf.len();
+                    *ok = true;
+                } else {
+                    got = 0;
+                    *ok = self.read(*addr, buf).is_ok();
+                }
+            }
+        }
+        ok
     }
 
     /// Read `len` bytes at `addr`.
@@ -169,6 +229,23 @@ mod tests {
         // The write happened behind the compiler's back: make it reload.
         let target = std::hint::black_box(&mut target);
         assert_eq!(target.as_slice(), b"0123456789abcdef");
+    }
+
+    #[test]
+    fn read_many_fills_what_it_can() {
+        let me = Pid(std::process::id() as i32);
+        let mem = ProcessMemory::open(me).unwrap();
+        let a = vec![1u8; 100];
+        let b = vec![2u8; 5000];
+        let mut reqs = vec![
+            (RemoteAddr(a.as_ptr() as u64), vec![0u8; 100]),
+            (RemoteAddr(8), vec![0u8; 4]),
+            (RemoteAddr(b.as_ptr() as u64), vec![0u8; 5000]),
+            (RemoteAddr(a.as_ptr() as u64), Vec::new()),
+        ];
+        assert_eq!(mem.read_many(&mut reqs), [true, false, true, true]);
+        assert_eq!(reqs[0].1, a);
+        assert_eq!(reqs[2].1, b);
     }
 
     #[test]

@@ -502,6 +502,55 @@ const MAX_ROUTINE_STOPS: usize = 20_000;
 /// How long a routine run at full speed may take before suture stops waiting for its marker.
 const ROUTINE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The largest run of unchanged bytes [`coalesce`] writes again to join two writes.
+const COALESCE_GAP: u64 = 4096;
+
+/// Joins writes (but the last one, which stays separate and last) that lie at most
+/// [`COALESCE_GAP`] bytes apart into one write of the whole span: the bytes in between are
+/// written back as `read` finds them now (the caller holds every thread stopped), and the
+/// span's original bytes become its undo. Writes whose span cannot be read stay as they are.
+pub(crate) fn coalesce(
+    writes: &[(RemoteAddr, Vec<u8>, Vec<u8>)],
+    read: impl Fn(RemoteAddr, usize) -> Option<Vec<u8>>,
+) -> Vec<(RemoteAddr, Vec<u8>, Vec<u8>)> {
+    let Some((last, rest)) = writes.split_last() else {
+        return Vec::new();
+    };
+    let mut sorted: Vec<&(RemoteAddr, Vec<u8>, Vec<u8>)> = rest.iter().collect();
+    sorted.sort_by_key(|w| w.0 .0);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i].0 .0;
+        let mut end = start + sorted[i].1.len() as u64;
+        let mut j = i + 1;
+        while j < sorted.len() && sorted[j].0 .0 >= end && sorted[j].0 .0 - end <= COALESCE_GAP {
+            end = sorted[j].0 .0 + sorted[j].1.len() as u64;
+            j += 1;
+        }
+        let joined = (j - i > 1)
+            .then(|| read(RemoteAddr(start), (end - start) as usize))
+            .flatten();
+        match joined {
+            Some(old) => {
+                let mut new = old.clone();
+                for (addr, bytes, _) in &sorted[i..j] {
+                    let at = (addr.0 - start) as usize;
+                    new[at..at + bytes.len()].copy_from_slice(bytes);
+                }
+                out.push((RemoteAddr(start), new, old));
+            }
+            None => out.extend(sorted[i..j].iter().map(|&w| w.clone())),
+        }
+        i = j;
+    }
+    out.push(last.clone());
+    out
+}
+
+/// Makes a commit routine's block from the registers of the thread that would run it.
+pub type BlockOf = Box<dyn FnOnce(&Registers) -> Vec<u8> + Send>;
+
 /// How suture learns that a routine it started has finished.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RoutineEnd {
@@ -545,6 +594,31 @@ impl StoppedProcess {
         label: &'static str,
     ) -> Result<()> {
         self.call(move |t| t.run_routine(tid, entry, end, restore, deadline, label))?
+    }
+
+    /// The switch written by suture itself while every thread is stopped, with a commit
+    /// routine as the safety net: thread `tid` is first pointed at the routine at `entry`
+    /// (which performs the same `writes` and restores the thread's registers from its block,
+    /// see [`crate::commit`]); then suture writes each `(addr, new, old)` through
+    /// `/proc/PID/mem`, one `pwrite` each, in order; then the thread gets its registers back.
+    /// If suture is killed in between, the kernel detaches the thread, which runs the routine
+    /// and completes the switch (rewriting bytes already written is harmless), so the target
+    /// runs the old or the new code, never a mixture; no context switch into the target is
+    /// needed otherwise. A failed write undoes the ones before it (in reverse order) and is
+    /// returned.
+    ///
+    /// The thread is the first one in an interrupt stop (else the first not stopped inside
+    /// `clone`); `block_of` makes the routine's block from its registers, written at
+    /// `block_addr` before the thread is pointed at the routine. One round trip to the tracer
+    /// thread for everything.
+    pub fn commit_direct(
+        &mut self,
+        entry: RemoteAddr,
+        block_addr: RemoteAddr,
+        block_of: BlockOf,
+        writes: Vec<(RemoteAddr, Vec<u8>, Vec<u8>)>,
+    ) -> Result<()> {
+        self.call(move |t| t.commit_direct(entry, block_addr, block_of, &writes))?
     }
 
     /// The signal mask of a stopped thread (bit `n - 1` for signal `n`).
@@ -672,6 +746,71 @@ impl Tracer {
         Err(self.step_err(tid, format!("the {label} routine did not finish")))
     }
 
+    fn commit_direct(
+        &mut self,
+        entry: RemoteAddr,
+        block_addr: RemoteAddr,
+        block_of: BlockOf,
+        writes: &[(RemoteAddr, Vec<u8>, Vec<u8>)],
+    ) -> Result<()> {
+        let pick = |want: fn(StopKind) -> bool| {
+            self.threads
+                .iter()
+                .find(|(_, th)| want(th.stop))
+                .map(|(&tid, _)| tid)
+        };
+        let tid = pick(|k| k == StopKind::Interrupt)
+            .or(pick(|k| !matches!(k, StopKind::Event(_))))
+            .ok_or(Error::ThreadInSyscall {
+                pid: self.pid,
+                tid: Tid(self.pid.0),
+            })?;
+        let current = self.getregs(tid)?;
+        self.mem.write(block_addr, &block_of(&current))?;
+        let mut armed = current;
+        armed.rip = entry.0;
+        armed.orig_rax = u64::MAX; // not inside a system call any more
+                                   // Should anything below fail, resuming gives the thread its own registers back.
+        let had_saved = {
+            let th = self.threads.get_mut(&tid).expect("checked above");
+            let had = th.saved_regs.is_some();
+            th.saved_regs.get_or_insert(current);
+            had
+        };
+        // Jumps a few bytes apart become one write (fewer system calls in the stop).
+        let writes = &coalesce(writes, |addr, len| self.mem.read_vec(addr, len).ok());
+        self.setregs_raw(tid, armed)?;
+        crate::failpoint::hit("commit:armed");
+        let mut failed = None;
+        for (i, (addr, new, _)) in writes.iter().enumerate() {
+            if let Err(e) = self.mem.write(*addr, new) {
+                failed = Some((i, e));
+                break;
+            }
+            if i == 0 {
+                crate::failpoint::hit("commit:writing");
+            }
+        }
+        if let Some((i, _)) = &failed {
+            for (addr, _, old) in writes[..*i].iter().rev() {
+                if let Err(e) = self.mem.write(*addr, old) {
+                    tracing::warn!(pid = self.pid.0, addr = %addr, %e, "undoing a jump write");
+                }
+            }
+        }
+        // Disarm: the thread goes on with its own registers.
+        self.setregs_raw(tid, current)?;
+        if !had_saved {
+            if let Some(th) = self.threads.get_mut(&tid) {
+                th.saved_regs = None;
+            }
+        }
+        match failed {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Waits for the next stop of `tid` while it runs a routine at full speed: `None` when none
     /// came within `deadline`. Polls (yielding for the first 2 ms, then sleeping), so a
     /// routine that never stops cannot hang suture with the other threads stopped.
@@ -745,5 +884,44 @@ impl Tracer {
         let th = self.threads.get_mut(&tid).expect("checked by the caller");
         th.stop = StopKind::Signal(sig);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn near_writes_become_one_and_the_last_stays_last() {
+        // Memory 0x1000.. holds bytes equal to the low byte of their address.
+        let read = |addr: RemoteAddr, len: usize| {
+            Some((0..len as u64).map(|i| (addr.0 + i) as u8).collect())
+        };
+        let w = |addr: u64, new: &[u8]| (RemoteAddr(addr), new.to_vec(), vec![0; new.len()]);
+        let writes = vec![
+            w(0x1010, &[0xaa, 0xaa]),
+            w(0x1000, &[0xbb]),
+            w(0x9000, &[0xcc]),
+            w(0x1000 + COALESCE_GAP + 0x20, &[0xdd]),
+            w(0x5000, &[0xee]), // the state: never joined
+        ];
+        let out = coalesce(&writes, read);
+        assert_eq!(out.len(), 4);
+        let (addr, new, old) = &out[0];
+        assert_eq!(*addr, RemoteAddr(0x1000));
+        assert_eq!(new.len(), 0x12);
+        assert_eq!(
+            (new[0], new[1], new[0x10], new[0x11]),
+            (0xbb, 0x01, 0xaa, 0xaa)
+        );
+        assert_eq!(old[0x10], 0x10);
+        // More than the gap away: separate.
+        assert_eq!(out[1].0, RemoteAddr(0x1000 + COALESCE_GAP + 0x20));
+        assert_eq!(out[2].0, RemoteAddr(0x9000));
+        assert_eq!(out[3], writes[4]);
+        // Unreadable spans keep their writes.
+        let out = coalesce(&writes, |_, _| None);
+        assert_eq!(out.len(), 5);
+        assert_eq!(out[4], writes[4]);
     }
 }

@@ -68,6 +68,9 @@ pub struct UnwindInfo {
     /// Code ranges that have unwind information. A frame outside them means framehop fell
     /// back to frame pointers, which -O2 code does not keep: such an unwind is not trusted.
     ranges: Vec<Range<u64>>,
+    /// framehop's rule cache, shared by every unwind (it is keyed by address and by the
+    /// unwinder's module set; making one costs an allocation of several kilobytes).
+    cache: std::sync::Mutex<Option<CacheX86_64>>,
 }
 
 const MAX_FRAMES: usize = 1024;
@@ -143,7 +146,8 @@ impl UnwindInfo {
         rbp: u64,
         stack: &StackSnapshot,
     ) -> Option<Vec<Range<u64>>> {
-        let mut cache = CacheX86_64::<_>::new();
+        let mut guard = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = guard.get_or_insert_with(CacheX86_64::new);
         let mut read = |addr: u64| stack.read(addr).ok_or(());
         let mut regs = UnwindRegsX86_64::new(rip, rsp, rbp);
         let mut address = FrameAddress::from_instruction_pointer(rip);
@@ -159,7 +163,7 @@ impl UnwindInfo {
             let sp = regs.sp();
             match self
                 .unwinder
-                .unwind_frame(address, &mut regs, &mut cache, &mut read)
+                .unwind_frame(address, &mut regs, cache, &mut read)
             {
                 Ok(Some(ra)) => {
                     frames.push(sp..regs.sp());
@@ -181,8 +185,17 @@ impl UnwindInfo {
         stack: &StackSnapshot,
         busy: &[BusyRange],
     ) -> Finding {
-        let hit = |pc: u64| busy.iter().find(|b| b.range.contains(&pc));
-        let mut cache = CacheX86_64::<_>::new();
+        // The scan fallback below tests every stack word: most lie outside all busy ranges.
+        let lo = busy.iter().map(|b| b.range.start).min().unwrap_or(0);
+        let hi = busy.iter().map(|b| b.range.end).max().unwrap_or(0);
+        let hit = |pc: u64| {
+            if pc < lo || pc >= hi {
+                return None;
+            }
+            busy.iter().find(|b| b.range.contains(&pc))
+        };
+        let mut guard = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = guard.get_or_insert_with(CacheX86_64::new);
         let mut read = |addr: u64| stack.read(addr).ok_or(());
         let mut regs = UnwindRegsX86_64::new(rip, rsp, rbp);
         let mut address = FrameAddress::from_instruction_pointer(rip);
@@ -201,7 +214,7 @@ impl UnwindInfo {
             }
             match self
                 .unwinder
-                .unwind_frame(address, &mut regs, &mut cache, &mut read)
+                .unwind_frame(address, &mut regs, cache, &mut read)
             {
                 Ok(Some(ra)) => {
                     if here.is_some() {

@@ -93,7 +93,11 @@ pub(crate) struct Thread {
     pub(crate) stop: StopKind,
     pub(crate) held: Vec<HeldSignal>,
     /// Registers before the caller's first `set_regs`, restored at resume.
-    saved_regs: Option<Registers>,
+    pub(crate) saved_regs: Option<Registers>,
+    /// Stopped inside a system call (`orig_rax` not -1): a thread blocked in one (a sleep, a
+    /// read) observes a stop only if its wait ends meanwhile, so it is resumed after the
+    /// threads that were running code.
+    in_syscall: bool,
 }
 
 impl Thread {
@@ -102,6 +106,7 @@ impl Thread {
             stop,
             held: Vec::new(),
             saved_regs: None,
+            in_syscall: false,
         }
     }
 }
@@ -119,6 +124,12 @@ pub(crate) struct Tracer {
     pub(crate) pid: Pid,
     pub(crate) threads: BTreeMap<Tid, Thread>,
     released: bool,
+    /// Every thread's registers as read when the stop was complete: valid until the first
+    /// change of any thread's registers (every resumption of a thread follows one).
+    stop_regs: std::cell::RefCell<Option<BTreeMap<Tid, Registers>>>,
+    /// The target's memory, for writes made while every thread is stopped
+    /// ([`crate::remote`]'s direct commit).
+    pub(crate) mem: ProcessMemory,
 }
 
 type Job = Box<dyn FnOnce(&mut Tracer) + Send>;
@@ -167,9 +178,16 @@ impl StoppedProcess {
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Vec<Tid>>>(1);
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
         let opts = opts.clone();
+        let tracer_mem = match mem.try_clone() {
+            Ok(m) => m,
+            Err(e) => {
+                unhold(pid);
+                return Err(e);
+            }
+        };
         let spawned = std::thread::Builder::new()
             .name(format!("suture-tracer-{}", pid.0))
-            .spawn(move || tracer_main(pid, opts, ready_tx, jobs_rx));
+            .spawn(move || tracer_main(pid, tracer_mem, opts, ready_tx, jobs_rx));
         let thread = match spawned {
             Ok(t) => t,
             Err(source) => {
@@ -181,7 +199,7 @@ impl StoppedProcess {
                 });
             }
         };
-        match ready_rx.recv() {
+        match receive(&ready_rx).ok_or(()) {
             Ok(Ok(tids)) => Ok(StoppedProcess {
                 pid,
                 tids,
@@ -246,9 +264,17 @@ impl StoppedProcess {
         self.call(move |t| t.getregs(tid))?
     }
 
-    /// The registers of every thread, in one round trip to the tracer thread.
+    /// The registers of every thread, in one round trip to the tracer thread (as read when
+    /// the stop completed, unless registers were changed since).
     pub fn all_regs(&self) -> Result<Vec<(Tid, Registers)>> {
         self.call(|t| {
+            if let Some(cached) = t.stop_regs.borrow().as_ref() {
+                if cached.len() == t.threads.len()
+                    && t.threads.keys().all(|tid| cached.contains_key(tid))
+                {
+                    return Ok(cached.iter().map(|(&tid, &r)| (tid, r)).collect());
+                }
+            }
             let tids: Vec<Tid> = t.threads.keys().copied().collect();
             tids.into_iter()
                 .map(|tid| Ok((tid, t.getregs(tid)?)))
@@ -283,6 +309,17 @@ impl StoppedProcess {
         &self,
         f: impl FnOnce(&mut Tracer) -> R + Send + 'static,
     ) -> Result<R> {
+        self.call_with(f, true)
+    }
+
+    /// [`call`](StoppedProcess::call); `poll`: poll for the answer before blocking (only
+    /// while the target is stopped: a thread polling while the target runs yields its
+    /// processor to the target's threads, which may keep it until the next scheduler tick).
+    fn call_with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Tracer) -> R + Send + 'static,
+        poll: bool,
+    ) -> Result<R> {
         let lost = || Error::Detach {
             pid: self.pid,
             detail: "the tracer thread is gone (the kernel detached the target)".into(),
@@ -293,14 +330,19 @@ impl StoppedProcess {
             let _ = tx.send(f(t));
         }))
         .map_err(|_| lost())?;
-        rx.recv().map_err(|_| lost())
+        if poll {
+            receive(&rx).ok_or_else(lost)
+        } else {
+            rx.recv().map_err(|_| lost())
+        }
     }
 
     fn finish(&mut self) -> Result<()> {
         let Some(thread) = self.thread.take() else {
             return Ok(());
         };
-        let result = self.call(|t| t.release());
+        // Resuming lets the target run while this thread waits: block rather than poll.
+        let result = self.call_with(|t| t.release(), false);
         self.jobs = None; // ends the tracer thread's loop
         let joined = thread.join();
         unhold(self.pid);
@@ -323,6 +365,28 @@ impl Drop for StoppedProcess {
     }
 }
 
+/// How long a thread waiting for the other side of a [`StoppedProcess`] keeps polling
+/// (yielding its processor) before it blocks.
+const HANDOFF_SPIN: Duration = Duration::from_micros(300);
+
+/// The next message, `None` once the sender is gone. The caller and the tracer thread hand
+/// work back and forth several times while the target is stopped; blocking at once would put
+/// a wake-up of the other thread (tens of microseconds in a virtual machine) in the stop each
+/// time, so each side polls for a short while first.
+fn receive<T>(rx: &mpsc::Receiver<T>) -> Option<T> {
+    let started = Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return Some(v),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) if started.elapsed() < HANDOFF_SPIN => {
+                std::thread::yield_now()
+            }
+            Err(mpsc::TryRecvError::Empty) => return rx.recv().ok(),
+        }
+    }
+}
+
 fn unhold(pid: Pid) {
     HELD.lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -331,6 +395,7 @@ fn unhold(pid: Pid) {
 
 fn tracer_main(
     pid: Pid,
+    mem: ProcessMemory,
     opts: StopOptions,
     ready: mpsc::SyncSender<Result<Vec<Tid>>>,
     jobs: mpsc::Receiver<Job>,
@@ -341,6 +406,8 @@ fn tracer_main(
         pid,
         threads: BTreeMap::new(),
         released: false,
+        stop_regs: std::cell::RefCell::new(None),
+        mem,
     };
     let started = Instant::now();
     match tracer.attach_all(&opts).and_then(|()| tracer.check_64bit()) {
@@ -364,8 +431,12 @@ fn tracer_main(
             return;
         }
     }
-    while let Ok(job) = jobs.recv() {
+    while let Some(job) = receive(&jobs) {
         job(&mut tracer);
+        if tracer.released {
+            // Resumed: end at once (the caller waits for this thread).
+            break;
+        }
     }
     // `tracer` drops here and releases the target if no job did.
 }
@@ -405,6 +476,7 @@ impl Tracer {
 
     /// `PTRACE_SETREGS` without bookkeeping (the caller restores).
     pub(crate) fn setregs_raw(&self, tid: Tid, regs: Registers) -> Result<()> {
+        self.stop_regs.borrow_mut().take();
         ptrace::setregs(npid(tid), regs).map_err(|e| self.ptrace_err(tid, "SETREGS", e))
     }
 
@@ -433,7 +505,9 @@ impl Tracer {
         let mut rounds = 0;
         loop {
             let tids = list_tasks(pid).map_err(|e| self.gone_or(e))?;
-            let mut new = 0;
+            // Seize every thread first, then interrupt them: seizing stops nothing, so the
+            // target's stop begins at the first interrupt.
+            let mut seized = Vec::new();
             for tid in tids {
                 if self.threads.contains_key(&tid) || pending.contains(&tid) {
                     continue;
@@ -441,12 +515,7 @@ impl Tracer {
                 match ptrace::seize(npid(tid), options) {
                     Ok(()) => {
                         tracing::trace!(tid = tid.0, "seized");
-                        match ptrace::interrupt(npid(tid)) {
-                            Ok(()) | Err(Errno::ESRCH) => {}
-                            Err(e) => return Err(self.attach_err(tid, "INTERRUPT", e)),
-                        }
-                        pending.insert(tid);
-                        new += 1;
+                        seized.push(tid);
                     }
                     Err(Errno::ESRCH) => {} // exited since the scan
                     Err(Errno::EPERM) => {
@@ -485,6 +554,34 @@ impl Tracer {
                     Err(e) => return Err(self.attach_err(tid, "SEIZE", e)),
                 }
             }
+            let new = seized.len();
+            // Threads that are running code observe the stop; a thread blocked in the kernel
+            // (sleeping, waiting for input) does not unless its wait ends meanwhile. So the
+            // blocked ones are stopped first and the running ones last, once the others have
+            // reached their stops: the running threads' stop then begins when everything else
+            // is ready (they are also resumed first).
+            let running: BTreeSet<Tid> = if seized.len() > 1 {
+                seized
+                    .iter()
+                    .copied()
+                    .filter(|&tid| task_running(pid, tid))
+                    .collect()
+            } else {
+                BTreeSet::new()
+            };
+            if !running.is_empty() && running.len() < seized.len() {
+                for &tid in seized.iter().filter(|t| !running.contains(t)) {
+                    self.interrupt(tid, &mut pending)?;
+                }
+                self.wait_for_stops(&mut pending, deadline, opts)?;
+                seized.retain(|t| running.contains(t));
+            }
+            for tid in seized {
+                // A running thread may have stopped by itself meanwhile (at a `clone` event).
+                if !self.threads.contains_key(&tid) {
+                    self.interrupt(tid, &mut pending)?;
+                }
+            }
             if new == 0 && pending.is_empty() {
                 break;
             }
@@ -498,6 +595,16 @@ impl Tracer {
             return Err(Error::ExitedWhileAttaching { pid });
         }
         tracing::debug!(rounds, "no new threads");
+        Ok(())
+    }
+
+    /// `PTRACE_INTERRUPT` of a seized thread, which is then awaited.
+    fn interrupt(&self, tid: Tid, pending: &mut BTreeSet<Tid>) -> Result<()> {
+        match ptrace::interrupt(npid(tid)) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => return Err(self.attach_err(tid, "INTERRUPT", e)),
+        }
+        pending.insert(tid);
         Ok(())
     }
 
@@ -693,10 +800,17 @@ impl Tracer {
         }
     }
 
-    fn check_64bit(&self) -> Result<()> {
-        for &tid in self.threads.keys() {
-            let regs =
-                ptrace::getregs(npid(tid)).map_err(|e| self.attach_err(tid, "GETREGS", e))?;
+    /// Refuses 32-bit threads; keeps every thread's registers for [`StoppedProcess::all_regs`].
+    fn check_64bit(&mut self) -> Result<()> {
+        let mut all = BTreeMap::new();
+        for (&tid, th) in self.threads.iter_mut() {
+            let regs = ptrace::getregs(npid(tid)).map_err(|e| Error::Ptrace {
+                pid: self.pid,
+                tid,
+                op: "GETREGS",
+                errno: e,
+                state: TargetState::Resumed,
+            })?;
             if regs.cs != USER64_CS {
                 return Err(Error::Thread32Bit {
                     pid: self.pid,
@@ -704,7 +818,10 @@ impl Tracer {
                     cs: regs.cs,
                 });
             }
+            th.in_syscall = regs.orig_rax != u64::MAX;
+            all.insert(tid, regs);
         }
+        *self.stop_regs.borrow_mut() = Some(all);
         Ok(())
     }
 
@@ -716,7 +833,10 @@ impl Tracer {
         self.released = true;
         let pid = self.pid;
         let mut problems = Vec::new();
-        for (tid, th) in std::mem::take(&mut self.threads) {
+        // Threads that were running code first: they are the ones that observe the stop.
+        let mut order: Vec<(Tid, Thread)> = std::mem::take(&mut self.threads).into_iter().collect();
+        order.sort_by_key(|(tid, th)| (th.in_syscall, *tid));
+        for (tid, th) in order {
             if let Some(regs) = th.saved_regs {
                 if let Err(e) = ptrace::setregs(npid(tid), regs) {
                     problems.push(format!("restoring registers of thread {tid}: {e}"));
@@ -795,6 +915,17 @@ fn process_gone(pid: Pid) -> bool {
     !tids.into_iter().any(|tid| {
         read_status(&task_path(pid, tid, "status")).is_ok_and(|st| !matches!(st.state, 'Z' | 'X'))
     })
+}
+
+/// Whether a thread is running or runnable (`R` in its `stat`), as opposed to blocked.
+fn task_running(pid: Pid, tid: Tid) -> bool {
+    let Ok(stat) = std::fs::read_to_string(task_path(pid, tid, "stat")) else {
+        return false;
+    };
+    // "TID (COMM) STATE ...": COMM may contain spaces and parentheses; the last ')' ends it.
+    stat.rfind(')')
+        .and_then(|at| stat[at + 1..].split_whitespace().next())
+        .is_some_and(|state| state == "R")
 }
 
 fn task_path(pid: Pid, tid: Tid, file: &str) -> PathBuf {
@@ -1044,6 +1175,32 @@ mod tests {
         assert_eq!(st.uids, [1000, 1001, 1002, 1003]);
         assert_eq!(st.seccomp, 2);
         assert!(!st.kthread);
+    }
+
+    #[test]
+    fn tells_running_threads_from_blocked_ones() {
+        let me = Pid(std::process::id() as i32);
+        let tid = Tid(nix::unistd::gettid().as_raw());
+        // This thread runs while it reads its own state.
+        assert!(task_running(me, tid));
+        let (tx, rx) = mpsc::channel::<()>();
+        let (tid_tx, tid_rx) = mpsc::channel();
+        let sleeper = std::thread::spawn(move || {
+            tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            let _ = rx.recv(); // blocked in the kernel until told
+        });
+        let other = Tid(tid_rx.recv().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while task_running(me, other) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!task_running(me, other));
+        tx.send(()).unwrap();
+        sleeper.join().unwrap();
+        assert!(
+            !task_running(me, Tid(i32::MAX)),
+            "a thread that does not exist"
+        );
     }
 
     #[test]

@@ -122,7 +122,7 @@ pub fn revert<'a>(
     patch_id: &'a str,
     targets: &Targets,
     timeout: Duration,
-) -> Result<impl Iterator<Item = ProcessOutcome<LivePatch>> + 'a, NoTargets> {
+) -> Result<impl Iterator<Item = ProcessOutcome<apply::Reverted>> + 'a, NoTargets> {
     let pids = match targets {
         Targets::Pids(p) => p.clone(),
         Targets::All => with_patch(patch_id),
@@ -134,7 +134,7 @@ pub fn revert<'a>(
     }
     Ok(pids.into_iter().map(move |pid| ProcessOutcome {
         pid,
-        result: apply::revert(pid, patch_id, timeout),
+        result: apply::revert_timed(pid, patch_id, timeout),
     }))
 }
 

@@ -150,11 +150,14 @@ pub fn revert(arg: &str, pids: &[i32], all: bool, timeout: f64, json: bool) -> R
     for o in targets::revert(id, &pids_or_all(pids, all), timeout)? {
         let pid = o.pid;
         match o.result {
-            Ok(_) => {
+            Ok(r) => {
                 if !json {
                     crate::out(&format!("{id}: reverted in process {pid}\n"));
                 }
-                results.push(json!({"pid": pid.0, "reverted": true}));
+                results.push(
+                    json!({"pid": pid.0, "reverted": true, "attempts": r.attempts,
+                    "stop_window_us": r.stop_window_us, "stop_phases": r.stop_phases}),
+                );
             }
             Err(e) => {
                 failed += 1;

@@ -151,6 +151,10 @@ fn sigkill_at_every_point_leaves_old_or_new_code_never_a_mixture() {
         ("apply:mapped", false),
         ("apply:written", false),
         ("apply:stopped", false),
+        // The direct commit: a thread pointed at the routine, then one jump written.
+        ("commit:armed", true),
+        ("commit:writing", true),
+        // The commit routine run in the target (these points select that design).
         ("commit:started", true),
         ("commit:running", true),
         ("commit:midway", true),
