@@ -59,17 +59,20 @@ pub enum FixKind {
 }
 
 /// suture's measured median apply stop window for a process with 9 threads (a VMM has a few
-/// vCPU and I/O threads): 0.410 ms, docs/benchmarks.md, "Stop window", run of 2026-11-24
-/// 23:49 (row: 1 function, 9 threads, apply).
-pub const MEASURED_PROCESS_STOP_MS: f64 = 0.410;
+/// vCPU and I/O threads): 0.107 ms, docs/benchmarks.md, "Stop window at the physical limit",
+/// run of 2026-12-05 17:44 (row: new, 1 function, 9 threads, apply).
+pub const MEASURED_PROCESS_STOP_MS: f64 = 0.107;
+/// The whole `suture apply` of one function to one 9-thread process, CLI wall time: median
+/// 3.78 ms, same row.
+pub const MEASURED_PROCESS_APPLY_S: f64 = 0.00378;
 /// `finit_module` of a one-function livepatch module in the booted guest: median 0.144 s,
 /// docs/benchmarks.md, "Kernel live patches in the booted guest" (25 loads).
 pub const MEASURED_KERNEL_LOAD_S: f64 = 0.144;
 /// End of `finit_module` to the livepatch transition complete: median 0.050 s, same table.
 pub const MEASURED_KERNEL_TRANSITION_S: f64 = 0.050;
 
-/// The fix and its costs when hot-patched. Defaults are suture's own measurements, except
-/// `apply_seconds_per_process`, which suture has not measured (an assumption, see docs/plan.md).
+/// The fix and its costs when hot-patched. Defaults are suture's own measurements
+/// (docs/benchmarks.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fix {
@@ -145,7 +148,7 @@ fn default_kernel_transition() -> f64 {
     MEASURED_KERNEL_TRANSITION_S
 }
 fn default_apply_process() -> f64 {
-    1.0
+    MEASURED_PROCESS_APPLY_S
 }
 fn default_one() -> u64 {
     1

@@ -221,9 +221,10 @@ fn hot_patch_waves_by_hand() {
     assert_close!(o.fixed_after_seconds, 3.0 * per_host + 2.0 * 3600.0);
     assert_eq!(o.vm_hours_disrupted, 0.0);
     assert_eq!(o.waves, 3);
-    // Process fix: 2 VMs x 1 process applied one after another, 1 s each (default), so a wave
-    // is 2 s; every VM pauses once for the measured stop window.
+    // Process fix: 2 VMs x 1 process applied one after another, 1 s each, so a wave is 2 s;
+    // every VM pauses once for the measured stop window.
     inv.fix.kind = FixKind::Process;
+    inv.fix.apply_seconds_per_process = 1.0;
     let stop = inv.fix.stop_window_seconds();
     assert!(stop > 0.0);
     let o = hot_patch(&inv);
