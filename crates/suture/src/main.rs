@@ -95,7 +95,9 @@ enum Command {
     /// them. Exit status 0 only when it is live in every process asked.
     #[command(after_help = EXIT_HELP_ACT)]
     Apply {
-        /// A patch bundle (from `suture build`) or a patch object (from `suture diff -o`).
+        /// A patch bundle (from `suture build`), a patch object (from `suture diff -o`), or
+        /// a directory: every bundle in it (`*.suture`, in name order; with --all, a bundle
+        /// whose file no process maps is skipped with a note).
         patch: PathBuf,
         /// Process to patch (repeat for several).
         #[arg(long = "pid", value_name = "PID", required_unless_present = "all")]

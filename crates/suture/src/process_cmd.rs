@@ -33,6 +33,7 @@ fn seconds(s: f64) -> Result<Duration> {
 }
 
 /// What `suture apply` was asked to do.
+#[derive(Clone)]
 pub struct ApplyRequest {
     pub pids: Vec<i32>,
     pub all: bool,
@@ -64,6 +65,9 @@ pub fn switch_summary(a: &suture_process::apply::Applied) -> String {
 }
 
 pub fn apply(patch: &Path, req: ApplyRequest) -> Result<u8> {
+    if patch.is_dir() {
+        return apply_dir(patch, req);
+    }
     let bytes = crate::read(patch)?;
     if suture_bundle::is_bundle(&bytes) {
         let timeout = seconds(req.timeout)?;
@@ -257,4 +261,47 @@ pub fn status(pid: Option<i32>, json: bool) -> Result<u8> {
     }
     crate::out(&text);
     Ok(exit::OK)
+}
+
+/// `suture apply DIR`: every bundle (`*.suture`) in DIR, in name order, as `suture build`
+/// writes them (one per changed file). With `--all`, a bundle whose file no running process
+/// maps is reported and skipped, not an error: nothing runs that code. The exit status is the
+/// worst of the bundles'; with `--json`, one document per bundle follows another.
+fn apply_dir(dir: &Path, req: ApplyRequest) -> Result<u8> {
+    let mut bundles: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "suture") && p.is_file())
+        .collect();
+    bundles.sort();
+    if bundles.is_empty() {
+        bail!("{} holds no bundle (*.suture)", dir.display());
+    }
+    let mut worst = exit::OK;
+    for b in &bundles {
+        match apply(b, req.clone()) {
+            Ok(code) => worst = worst.max(code),
+            Err(e)
+                if req.all
+                    && e.downcast_ref::<suture_process::targets::NoTargets>()
+                        .is_some() =>
+            {
+                if req.json {
+                    crate::out(&format!(
+                        "{}\n",
+                        serde_json::to_string_pretty(&json!({
+                            "schema": "suture.process/2",
+                            "bundle": b.display().to_string(),
+                            "processes": [],
+                            "skipped": e.to_string()
+                        }))?
+                    ));
+                } else {
+                    crate::out(&format!("{}: skipped: {e}\n", b.display()));
+                }
+            }
+            Err(e) => return Err(e.context(format!("applying {}", b.display()))),
+        }
+    }
+    Ok(worst)
 }

@@ -195,11 +195,14 @@ fn expat_installed_library_patched_from_the_newer_debian_source() {
     let (child, lines) = spawn_lines(Command::new(&probe).arg("stop-unstarted"));
     settle(&lines, "status=1 error=0");
     let suture = || Command::new(env!("CARGO_BIN_EXE_suture"));
-    // `--all`: every process mapping the installed library (the driver among them); the
-    // report names the package, its version, the file and the processes.
+    // The output directory with `--all`: every bundle in it, each in every process mapping
+    // its installed library (the driver among them); the report names the package, its
+    // version, the file and the processes. libexpatw's bundle is skipped when no process maps
+    // that library.
+    let out_dir = bundle.parent().unwrap();
     let o = run(suture()
         .args(["apply", "--json", "--all", "--timeout", "60"])
-        .arg(&bundle));
+        .arg(out_dir));
     // Other processes on the machine may map the library too; one of them being busy must
     // not fail this test, the driver being patched must.
     assert!(
@@ -208,7 +211,20 @@ fn expat_installed_library_patched_from_the_newer_debian_source() {
         text(&o)
     );
     settle(&lines, "status=0 error=44");
-    let applied: Value = serde_json::from_slice(&o.stdout).expect("apply --json");
+    let docs: Vec<Value> = serde_json::Deserializer::from_slice(&o.stdout)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .expect("apply --json: one document per bundle");
+    assert_eq!(docs.len(), 2, "{docs:#?}");
+    let applied = docs
+        .iter()
+        .find(|d| d["files"].as_array().is_some_and(|f| !f.is_empty()))
+        .unwrap_or_else(|| panic!("no bundle was applied: {docs:#?}"));
+    let other = docs.iter().find(|d| !std::ptr::eq(*d, applied)).unwrap();
+    assert!(
+        other["skipped"].is_string() || other["files"].as_array().is_some_and(|f| !f.is_empty()),
+        "libexpatw's bundle is neither applied nor skipped: {other:#}"
+    );
     let file = applied["files"]
         .as_array()
         .unwrap()
