@@ -9,9 +9,16 @@
 /// The build-stable key of a symbol name.
 pub fn stable_key(name: &str) -> String {
     // The kernel's `__UNIQUE_ID_<name><counter>`: the counter is per translation unit.
+    // A static local also gets gcc's `.N` (`__UNIQUE_ID_ddebug624.25`): both numbers go.
     if let Some(rest) = name.strip_prefix("__UNIQUE_ID_") {
-        let base = rest.trim_end_matches(|c: char| c.is_ascii_digit());
-        return format!("__UNIQUE_ID_{}", stable_key(base));
+        let keyed = stable_key(rest);
+        let (first, tail) = keyed.split_once('.').unwrap_or((keyed.as_str(), ""));
+        let base = first.trim_end_matches(|c: char| c.is_ascii_digit());
+        return if tail.is_empty() {
+            format!("__UNIQUE_ID_{base}")
+        } else {
+            format!("__UNIQUE_ID_{base}.{tail}")
+        };
     }
     if !name.contains('.') || name.starts_with('.') {
         return name.to_string();
@@ -78,6 +85,17 @@ mod tests {
         assert_eq!(
             stable_key("__UNIQUE_ID___addressable_tcp_abort1050"),
             stable_key("__UNIQUE_ID___addressable_tcp_abort1051")
+        );
+        // A dynamic-debug descriptor is a static local: a fix that adds one `__COUNTER__`
+        // use (READ_ONCE's compile-time assert) renumbers every later one.
+        assert_eq!(
+            stable_key("__UNIQUE_ID_ddebug624.25"),
+            stable_key("__UNIQUE_ID_ddebug625.25")
+        );
+        assert_eq!(stable_key("__UNIQUE_ID_ddebug624.25"), "__UNIQUE_ID_ddebug");
+        assert_eq!(
+            stable_key("__UNIQUE_ID___addressable_tcp_abort1050"),
+            "__UNIQUE_ID___addressable_tcp_abort"
         );
     }
 
