@@ -249,6 +249,17 @@ fn signed_text(verb: &str, s: &repo::Signed) -> String {
     t
 }
 
+/// Prints a signing command's result: its JSON, or one line per changed target and the
+/// versions signed.
+fn print_signed(verb: &str, r: &repo::Signed, json: bool) -> Result<()> {
+    if json {
+        print_json(r)
+    } else {
+        crate::out(&signed_text(verb, r));
+        Ok(())
+    }
+}
+
 /// `repo pause` (`paused`) and `repo resume`.
 fn pause(
     dir: &std::path::Path,
@@ -259,12 +270,7 @@ fn pause(
     paused: bool,
 ) -> Result<()> {
     let r = repo::pause(dir, keys, id, paused, &expiry(timestamp_expires_in)).map_err(fleet)?;
-    if json {
-        print_json(&r)
-    } else {
-        crate::out(&signed_text(if paused { "paused" } else { "resumed" }, &r));
-        Ok(())
-    }
+    print_signed(if paused { "paused" } else { "resumed" }, &r, json)
 }
 
 pub fn repo(cmd: RepoCommand) -> Result<u8> {
@@ -306,11 +312,7 @@ pub fn repo(cmd: RepoCommand) -> Result<u8> {
                 &expiry(timestamp_expires_in),
             )
             .map_err(fleet)?;
-            if json {
-                print_json(&r)?;
-            } else {
-                crate::out(&signed_text("added", &r));
-            }
+            print_signed("added", &r, json)?;
         }
         RepoCommand::Withdraw {
             dir,
@@ -321,11 +323,7 @@ pub fn repo(cmd: RepoCommand) -> Result<u8> {
         } => {
             let r =
                 repo::withdraw(&dir, &keys, &id, &expiry(timestamp_expires_in)).map_err(fleet)?;
-            if json {
-                print_json(&r)?;
-            } else {
-                crate::out(&signed_text("withdrew", &r));
-            }
+            print_signed("withdrew", &r, json)?;
         }
         RepoCommand::Pause {
             dir,
@@ -348,11 +346,7 @@ pub fn repo(cmd: RepoCommand) -> Result<u8> {
             json,
         } => {
             let r = repo::refresh(&dir, &keys, &expiry(timestamp_expires_in)).map_err(fleet)?;
-            if json {
-                print_json(&r)?;
-            } else {
-                crate::out(&signed_text("", &r));
-            }
+            print_signed("", &r, json)?;
         }
         RepoCommand::RotateKey {
             dir,
