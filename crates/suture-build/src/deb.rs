@@ -422,6 +422,32 @@ fn dpkg_installed() -> Result<Vec<Installed>, BuildError> {
         .collect())
 }
 
+/// The installed Debian package that owns `file` (`dpkg -S`, also under the path without
+/// `/usr` on merged-/usr systems, where a process maps `/usr/lib/...` that dpkg lists as
+/// `/lib/...`), and its version.
+pub fn owner(file: &str) -> Option<(String, String)> {
+    let query = |args: &[&str]| -> Option<String> {
+        let o = Command::new(args[0])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let mut paths = vec![file.to_string()];
+    if let Some(rest) = file.strip_prefix("/usr") {
+        paths.push(rest.to_string());
+    }
+    let owner = paths.iter().find_map(|p| query(&["dpkg", "-S", p]))?;
+    let package = owner.lines().next()?.split_once(": ")?.0;
+    let package = package.split(", ").next()?.to_string();
+    let version = query(&["dpkg-query", "-W", "-f", "${Version}", &package])?;
+    Some((package, version))
+}
+
 /// `dpkg --compare-versions a lt b`.
 fn version_lt(a: &str, b: &str) -> bool {
     Command::new("dpkg")

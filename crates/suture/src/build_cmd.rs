@@ -226,8 +226,7 @@ pub fn apply_bundle(
 }
 
 /// The files a bundle patched, each with the processes it was patched in and the Debian
-/// package that installed it (`dpkg -S`, also under the path without `/usr` on merged-/usr
-/// systems), when one did.
+/// package that installed it, when one did.
 fn patched_files(results: &[serde_json::Value]) -> Vec<serde_json::Value> {
     let mut by_file: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
     for r in results.iter().filter(|r| r["applied"] == true) {
@@ -238,31 +237,8 @@ fn patched_files(results: &[serde_json::Value]) -> Vec<serde_json::Value> {
     by_file
         .into_iter()
         .map(|(file, pids)| {
-            let (package, version) = debian_package(&file).unzip();
+            let (package, version) = suture_build::deb::owner(&file).unzip();
             serde_json::json!({"file": file, "pids": pids, "package": package, "version": version})
         })
         .collect()
-}
-
-/// The installed Debian package that owns `file`, and its version.
-fn debian_package(file: &str) -> Option<(String, String)> {
-    let query = |args: &[&str]| -> Option<String> {
-        let o = std::process::Command::new(args[0])
-            .args(&args[1..])
-            .stderr(std::process::Stdio::null())
-            .output()
-            .ok()?;
-        o.status
-            .success()
-            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let mut paths = vec![file.to_string()];
-    if let Some(rest) = file.strip_prefix("/usr") {
-        paths.push(rest.to_string());
-    }
-    let owner = paths.iter().find_map(|p| query(&["dpkg", "-S", p]))?;
-    let package = owner.lines().next()?.split_once(": ")?.0.to_string();
-    let package = package.split(", ").next()?.to_string();
-    let version = query(&["dpkg-query", "-W", "-f", "${Version}", &package])?;
-    Some((package, version))
 }
