@@ -49,7 +49,12 @@ fn tier_dir() -> Option<PathBuf> {
 /// archive no longer serves it: the machine must have it installed already).
 fn cache() -> Option<PathBuf> {
     let dir = tier_dir()?;
-    installed_at("libexpat1", INSTALLED).then_some(dir)
+    installed_at(
+        "libexpat1",
+        INSTALLED,
+        "the archive no longer serves it: the machine must have it installed already",
+    )
+    .then_some(dir)
 }
 
 /// `suture build --deb libexpat1=INSTALLED ARGS -o OUT --json`: exit code and report.
@@ -281,16 +286,20 @@ struct Case {
     after: &'static str,
 }
 
-/// Whether `package` is installed at `version`; else why the case cannot run.
-fn installed_at(package: &str, version: &str) -> bool {
+/// Whether `package` is installed at `version`; if not, the tier is unavailable (a note
+/// locally, a failure under `CI`).
+/// `how`: how the machine gets that version.
+fn installed_at(package: &str, version: &str, how: &str) -> bool {
     let out = run(Command::new("dpkg-query").args(["-W", "-f", "${Version}", package]));
     let have = String::from_utf8_lossy(&out.stdout).into_owned();
-    have == version
-        || suture_testkit::tier::unavailable::<()>(
-            TIER,
-            &format!("{package} is installed at {have:?}, not {version} (scripts/deb-build.sh installs it)"),
-        )
-        .is_some()
+    if have == version {
+        return true;
+    }
+    suture_testkit::tier::unavailable::<()>(
+        TIER,
+        &format!("{package} is installed at {have:?}, not {version} ({how})"),
+    );
+    false
 }
 
 /// Builds the case's fix with `suture build --deb`, checks that the installed library's
@@ -299,7 +308,11 @@ fn installed_at(package: &str, version: &str) -> bool {
 /// reverts and sees the old one.
 fn live_case(case: &Case) {
     let Some(cache) = tier_dir() else { return };
-    if !installed_at(case.package, case.installed) {
+    if !installed_at(
+        case.package,
+        case.installed,
+        "scripts/deb-build.sh installs it",
+    ) {
         return;
     }
     let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "deb-build", case.package);
