@@ -10,7 +10,10 @@
 #     --deb` finds nothing missing;
 #   - older versions of libxml2 and liblzma5 installed from the archive (downgrades where the
 #     machine has newer ones), and the newer sources whose fixes the tests take;
-#   - CACHE/deb/.ready, written last; a second call returns at once when it exists.
+#   - CACHE/deb/.ready, written last. It records only that the sources were fetched: the
+#     installed versions and build dependencies are checked on every call (cheap when they
+#     hold), since a cache directory can outlive the packages installed beside it (a CI
+#     machine restored from an image with a warm cache, or an `apt-get upgrade` since).
 # libexpat1 2.5.0-1+deb12u1 must be installed already: the archive no longer serves that
 # version, and the test says so when another one is installed.
 #
@@ -33,8 +36,8 @@ mkdir -p -- "$out"
 exec 9>"$out.lock"
 flock -w 3600 9 || die "timed out waiting for $out.lock"
 format=2
-[[ -f $out/.ready ]] && grep -qx "format: $format" "$out/.ready" && exit 0
-rm -f -- "$out/.ready"
+ready=0
+[[ -f $out/.ready ]] && grep -qx "format: $format" "$out/.ready" && ready=1
 
 "$here/debian-source.sh" expat "$srcroot/expat"
 
@@ -52,29 +55,12 @@ if ((${#missing[@]})) || ! (cd "$srcroot/expat" && dpkg-checkbuilddeps) >/dev/nu
         --no-install-recommends "$srcroot/expat" >&2 || die "apt-get build-dep expat failed"
 fi
 
-# Build dependencies first: the downgrades below must come last.
-for src in libxml2 xz-utils; do
-    DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=300 build-dep -y \
-        --no-install-recommends "$src" >&2 || die "apt-get build-dep $src failed"
-done
-
 # The older versions of libraries the tests patch, from the archive (a downgrade where the
 # machine has a newer one), with their -dev packages for the probes, and the newer source
 # packages whose fixes the tests take, unpacked under CACHE/deb/fixes.
 older=(libxml2=2.9.14+dfsg-1.3~deb12u4 libxml2-dev=2.9.14+dfsg-1.3~deb12u4
        liblzma5=5.4.1-1+deb12u1 liblzma-dev=5.4.1-1+deb12u1)
 newer=(libxml2=2.9.14+dfsg-1.3~deb12u6 xz-utils=5.4.1-1+deb12u2)
-stale=()
-for pv in "${older[@]}"; do
-    [[ $(dpkg-query -W -f='${Version}' "${pv%%=*}" 2>/dev/null) == "${pv#*=}" ]] || stale+=("$pv")
-done
-if ((${#stale[@]})); then
-    [[ $(id -u) -eq 0 ]] || die "needs ${stale[*]} installed; run as root"
-    log "installing ${stale[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=300 install -y \
-        --allow-downgrades --no-install-recommends "${stale[@]}" >&2 \
-        || die "apt-get install ${stale[*]} failed (does the archive still serve them?)"
-fi
 for sv in "${newer[@]}"; do
     src=${sv%%=*} ver=${sv#*=}
     dest=$out/fixes/${src}_$ver
@@ -87,5 +73,28 @@ for sv in "${newer[@]}"; do
     rm -rf -- "$dest.dl"
 done
 
-echo "format: $format" >"$out/.ready"
+# Build dependencies, checked against the newer sources: `apt-get build-dep` only when
+# something is missing, because it also upgrades what is already installed (liblzma-dev and
+# with it liblzma5, which the downgrades below then undo). The downgrades come last.
+for sv in "${newer[@]}"; do
+    dest=$out/fixes/${sv%%=*}_${sv#*=}
+    (cd "$dest" && dpkg-checkbuilddeps) >/dev/null 2>&1 && continue
+    [[ $(id -u) -eq 0 ]] || die "needs the build dependencies of ${sv%%=*}; run as root"
+    log "installing the build dependencies of ${sv%%=*}"
+    DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=300 build-dep -y \
+        --no-install-recommends "$dest" >&2 || die "apt-get build-dep ${sv%%=*} failed"
+done
+
+stale=()
+for pv in "${older[@]}"; do
+    [[ $(dpkg-query -W -f='${Version}' "${pv%%=*}" 2>/dev/null) == "${pv#*=}" ]] || stale+=("$pv")
+done
+if ((${#stale[@]})); then
+    [[ $(id -u) -eq 0 ]] || die "needs ${stale[*]} installed; run as root"
+    log "installing ${stale[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=300 install -y \
+        --allow-downgrades --no-install-recommends "${stale[@]}" >&2 \
+        || die "apt-get install ${stale[*]} failed (does the archive still serve them?)"
+fi
+((ready)) || echo "format: $format" >"$out/.ready"
 log "ready: $out"
