@@ -109,6 +109,8 @@ pub struct Options {
     /// also be the move the diff makes at that line (the line itself unchanged), not only one
     /// the line tables show.
     pub line_map: Option<std::sync::Arc<crate::lines::LineMap>>,
+    /// Compute on-stack replacement maps for the replaced functions ([`crate::osr`]).
+    pub osr: bool,
 }
 
 pub fn diff<'o, 'a>(orig: &'o Object<'a>, patched: &'o Object<'a>) -> Diff<'o, 'a> {
@@ -1456,6 +1458,7 @@ fn fill_report(d: &mut Diff, changed: BTreeMap<UnitId, Vec<Reason>>) {
                             o.relocs(a).map(|(r, _)| r.offset - ua.start).collect();
                         OriginalCode::new(o.bytes(a), &offsets)
                     }),
+                    osr: None,
                 });
             }
             Role::NewFunc | Role::NewData | Role::DataCopy => {

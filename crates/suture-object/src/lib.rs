@@ -15,6 +15,7 @@ pub mod emit;
 mod error;
 pub mod lines;
 pub mod names;
+pub mod osr;
 pub mod report;
 pub mod special;
 pub mod units;
@@ -44,6 +45,11 @@ pub fn analyze_with<'o, 'a>(
     options: diff::Options,
 ) -> Result<Diff<'o, 'a>> {
     let mut d = diff::diff_with(orig, patched, options.clone());
+    if options.osr {
+        for (i, table) in osr::tables(&d) {
+            d.report.changed_functions[i].osr = Some(table);
+        }
+    }
     for s in &d.report.line_shifts {
         let moved: Vec<String> = s.lines.iter().map(|(a, b)| format!("{a}->{b}")).collect();
         d.report.notes.push(format!(

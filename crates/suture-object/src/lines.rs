@@ -13,10 +13,10 @@ use gimli::{EndianSlice, LittleEndian, RelocateReader};
 use crate::elf::{Object, SecIdx};
 
 /// Addresses are tagged with their section: `(section + 1) << TAG | offset`.
-const TAG: u32 = 40;
+pub(crate) const TAG: u32 = 40;
 
 #[derive(Debug, Default)]
-struct Relocs(HashMap<usize, u64>);
+pub(crate) struct Relocs(HashMap<usize, u64>);
 
 impl gimli::Relocate<usize> for &Relocs {
     fn relocate_address(&self, offset: usize, value: u64) -> gimli::Result<u64> {
@@ -27,7 +27,25 @@ impl gimli::Relocate<usize> for &Relocs {
     }
 }
 
-type Reader<'a, 'r> = RelocateReader<EndianSlice<'a, LittleEndian>, &'r Relocs>;
+pub(crate) type Reader<'a, 'r> = RelocateReader<EndianSlice<'a, LittleEndian>, &'r Relocs>;
+
+/// The relocations of a debug section as a map from offset to value, each target in an
+/// allocated section given as a tagged address `(section + 1) << TAG | offset`.
+pub(crate) fn reloc_map(obj: &Object, s: &crate::elf::Section) -> Relocs {
+    let mut map = Relocs::default();
+    for r in &s.relocs {
+        let sym = &obj.symbols[r.sym.0 as usize];
+        let base = sym.value.wrapping_add(r.addend as u64);
+        let value = match sym.section() {
+            Some(sec) if obj.section(sec).is_alloc() => {
+                (u64::from(sec.0) + 1) << TAG | (base & ((1 << TAG) - 1))
+            }
+            _ => base,
+        };
+        map.0.insert(r.offset as usize, value);
+    }
+    map
+}
 
 /// The line of each instruction address, by code section.
 #[derive(Debug, Default)]
@@ -49,22 +67,7 @@ impl LineTable {
                 .map(|(i, s)| (SecIdx(i as u32), s))
         };
         let (_, line) = section(".debug_line")?;
-        let relocs = |s: &crate::elf::Section| {
-            let mut map = Relocs::default();
-            for r in &s.relocs {
-                let sym = &obj.symbols[r.sym.0 as usize];
-                let base = sym.value.wrapping_add(r.addend as u64);
-                let value = match sym.section() {
-                    Some(sec) if obj.section(sec).is_alloc() => {
-                        (u64::from(sec.0) + 1) << TAG | (base & ((1 << TAG) - 1))
-                    }
-                    _ => base,
-                };
-                map.0.insert(r.offset as usize, value);
-            }
-            map
-        };
-        let line_relocs = relocs(line);
+        let line_relocs = reloc_map(obj, line);
         let empty = Relocs::default();
         let str_section = |name: &str| -> Reader {
             let data = section(name).map_or(&[][..], |(_, s)| s.data);

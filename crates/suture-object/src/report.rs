@@ -71,6 +71,10 @@ pub struct ChangedFunction {
     /// running code is that build (absent for data and in older patch objects).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub original_code: Option<OriginalCode>,
+    /// Where frames waiting in a call from this function can continue in the other version
+    /// (on-stack replacement, `crate::osr`), when the build asked for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub osr: Option<crate::osr::OsrTable>,
 }
 
 /// A function whose every code difference is a source line number: an immediate operand equal

@@ -40,6 +40,7 @@ impl Common {
     pub fn diff_options(&self) -> suture_object::Options {
         suture_object::Options {
             include_line_shifts: self.include_line_shifts,
+            osr: true,
             ..Default::default()
         }
     }

@@ -394,6 +394,7 @@ fn main() -> ExitCode {
             output.as_deref(),
             suture_object::Options {
                 include_line_shifts,
+                osr: true,
                 ..Default::default()
             },
         ),

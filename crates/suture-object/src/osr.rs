@@ -1,0 +1,1499 @@
+//! On-stack replacement maps: where a frame of a replaced function that is waiting in a call
+//! may go on in the other version of the function, and what has to move for it to.
+//!
+//! A thread blocked in a call made from a replaced function (a connection loop in `read`, an
+//! event loop in `epoll_wait`) holds a frame of the old code. Its return address can be pointed
+//! at the equivalent call site of the new code when, and only when, the new code will find
+//! everything it reads after that call where it expects it. This module decides that from the
+//! two objects, at build time, for every call site of every replaced function, in both
+//! directions (apply: original → patched; revert: patched → original):
+//!
+//! 1. **The equivalent call site.** Calls are keyed by their callee (the relocation's target,
+//!    by its build-stable name) and by the chain of inlined functions they sit in (DWARF
+//!    `DW_TAG_inlined_subroutine`); the n-th call with a key in one version pairs with the n-th
+//!    in the other, and only when both versions have the same number of them. Indirect calls
+//!    are never paired (their callee cannot be compared).
+//! 2. **The frame.** The CFA rule and the save rule of every callee-saved register
+//!    (`rbx rbp r12-r15`) must be identical at both return addresses (from `.eh_frame`): the
+//!    frame is then the same size and holds the caller's registers in the same places, so the
+//!    stack above the frame and the epilogue work unchanged.
+//! 3. **Everything the new code reads.** A liveness analysis of the destination function
+//!    (iced-x86's register and memory use per instruction, a backward data flow over its
+//!    control-flow graph including `.cold` parts and jump tables) gives the callee-saved
+//!    registers and the frame's stack slots that are read after the call before being written.
+//!    Caller-saved registers are dead after a call by the ABI (`rax`/`rdx` hold the callee's
+//!    result, the same callee's in both versions). Each live register must be
+//!    - still the caller's own value in both versions (CFI "same value"), or
+//!    - the location, at the destination's return address, of a variable (DWARF location
+//!      lists) that the source has at its return address in a callee-saved register, as
+//!      `reg + k`, or as a constant: the value is then moved (`dst = src + k`).
+//!
+//!    Each live stack slot must be a callee-saved register's save slot (identical by 2.) or a
+//!    variable's memory that the source keeps in the very same slot; every variable the
+//!    destination has in the frame's memory must be in the same slot in the source (its address
+//!    may have escaped, so memory never moves). A variable is only used when its name (with its
+//!    inlined-function chain) is unique among the variables in scope at the address.
+//!
+//! Anything else refuses the site with a reason ([`OsrRefusal`]); apply then treats a frame at
+//! such a site as busy, as without OSR. What this cannot see, and why it is still the rule:
+//! memory the new code reads through a pointer into its own frame computed *after* the call
+//! (such memory is a variable with a frame location, checked above, unless the compiler made
+//! an undescribed temporary of it), and DWARF that lies (a compiler bug).
+//!
+//! The moves are performed by a trampoline the process side generates: the return address
+//! is pointed at it, it sets the destination registers from the red zone copies of the
+//! sources (so moves that swap registers are right) and jumps to the destination site.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
+
+use gimli::{EndianSlice, LittleEndian, RelocateReader, UnwindSection as _};
+use iced_x86::{
+    Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, OpAccess, Register,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::diff::{Diff, Role};
+use crate::lines::{reloc_map, Reader, Relocs, TAG};
+use crate::names;
+use crate::units::{Target, UnitId, Units};
+
+/// DWARF numbers of the callee-saved registers of the x86-64 System V ABI.
+pub const CALLEE_SAVED: [u16; 6] = [3, 6, 12, 13, 14, 15];
+/// Most moves one site may need: their sources are copied to the red zone (128 bytes).
+pub const MAX_MOVES: usize = 15;
+
+/// The on-stack replacement sites of one replaced function.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OsrTable {
+    /// Original → patched (apply).
+    pub forward: Vec<OsrSite>,
+    /// Patched → original (revert).
+    pub backward: Vec<OsrSite>,
+    /// Call sites of the original whose frames cannot be moved to the patched code, and why.
+    pub refused: Vec<OsrRefusal>,
+}
+
+/// A frame waiting in the call whose return address is `from` (offset from the start of the
+/// source version) continues at `to` (offset in the destination version) after `moves`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OsrSite {
+    pub from: u32,
+    pub to: u32,
+    pub callee: String,
+    /// Performed in parallel (every source read before any destination is written).
+    pub moves: Vec<OsrMove>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OsrMove {
+    /// DWARF number of the destination register (callee-saved).
+    pub dst: u16,
+    pub src: OsrSource,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum OsrSource {
+    /// `reg + add` (DWARF number: callee-saved, or `rax`/`rdx`, the callee's result).
+    Register {
+        reg: u16,
+        add: i64,
+    },
+    Constant {
+        value: i64,
+    },
+    /// The address CFA + `offset` of the frame (the same in both versions).
+    Frame {
+        offset: i64,
+    },
+    /// The address a RIP-relative `lea` at offset `at` of the destination function computes
+    /// (a string or table of the version the frame moves to).
+    Address {
+        at: u32,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OsrRefusal {
+    /// Return offset of the call in the original function.
+    pub at: u32,
+    pub callee: String,
+    pub reason: String,
+}
+
+/// The DWARF name of a register (for reasons).
+pub fn reg_name(r: u16) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12",
+        "r13", "r14", "r15", "rip",
+    ];
+    NAMES.get(usize::from(r)).copied().unwrap_or("?")
+}
+
+fn saved_index(r: u16) -> Option<usize> {
+    CALLEE_SAVED.iter().position(|&x| x == r)
+}
+
+fn dwarf_reg(r: Register) -> Option<u16> {
+    Some(match r.full_register() {
+        Register::RAX => 0,
+        Register::RDX => 1,
+        Register::RCX => 2,
+        Register::RBX => 3,
+        Register::RSI => 4,
+        Register::RDI => 5,
+        Register::RBP => 6,
+        Register::RSP => 7,
+        Register::R8 => 8,
+        Register::R9 => 9,
+        Register::R10 => 10,
+        Register::R11 => 11,
+        Register::R12 => 12,
+        Register::R13 => 13,
+        Register::R14 => 14,
+        Register::R15 => 15,
+        _ => return None,
+    })
+}
+
+/// Computes the tables of every replaced function of `d` (by index in
+/// `d.report.changed_functions`).
+pub fn tables(d: &Diff) -> Vec<(usize, OsrTable)> {
+    let od = FnDebug::index(&d.orig);
+    let pd = FnDebug::index(&d.patched);
+    let mut out = Vec::new();
+    for (&b, role) in &d.included {
+        if *role != Role::Changed {
+            continue;
+        }
+        let ub = d.patched.unit(b);
+        if ub.kind != crate::units::UnitKind::Func || names::is_fragment(&ub.name) {
+            continue;
+        }
+        let Some(a) = d.p2o[b.0 as usize] else {
+            continue;
+        };
+        let Some(idx) = d
+            .report
+            .changed_functions
+            .iter()
+            .position(|f| f.name == ub.name)
+        else {
+            continue;
+        };
+        let old = Side::new(&d.orig, a, od.as_ref());
+        let new = Side::new(&d.patched, b, pd.as_ref());
+        let (forward, refused) = map(&old, &new);
+        let (backward, _) = map(&new, &old);
+        out.push((
+            idx,
+            OsrTable {
+                forward,
+                backward,
+                refused,
+            },
+        ));
+    }
+    out
+}
+
+/// Pairs the call sites of `src` with those of `dst` and checks each pair.
+fn map(src: &Side, dst: &Side) -> (Vec<OsrSite>, Vec<OsrRefusal>) {
+    let mut sites = Vec::new();
+    let mut refused = Vec::new();
+    let key = |c: &Call| format!("{}@{}", c.callee, c.inline_path);
+    let mut dst_by_key: HashMap<String, Vec<&Call>> = HashMap::new();
+    for c in &dst.calls {
+        dst_by_key.entry(key(c)).or_default().push(c);
+    }
+    let mut src_by_key: HashMap<String, Vec<&Call>> = HashMap::new();
+    for c in &src.calls {
+        src_by_key.entry(key(c)).or_default().push(c);
+    }
+    let liveness = dst.liveness();
+    let values = (src.values(), dst.values());
+    for c in &src.calls {
+        let refuse = |reason: String| OsrRefusal {
+            at: c.ret as u32,
+            callee: c.callee.clone(),
+            reason,
+        };
+        if c.indirect {
+            refused.push(refuse(
+                "an indirect call: its callee cannot be compared".into(),
+            ));
+            continue;
+        }
+        let k = key(c);
+        let mine = &src_by_key[&k];
+        let theirs = dst_by_key.get(&k).map_or(&[][..], |v| &v[..]);
+        if mine.len() != theirs.len() {
+            refused.push(refuse(format!(
+                "{} has {} call(s) to {}{} here, the other version {}",
+                src.name,
+                mine.len(),
+                c.callee,
+                if c.inline_path.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (inlined from {})", c.inline_path)
+                },
+                theirs.len()
+            )));
+            continue;
+        }
+        let n = mine
+            .iter()
+            .position(|x| std::ptr::eq(*x, c))
+            .expect("a call is in its own group");
+        let d = theirs[n];
+        match check(src, c.ret, dst, d.ret, &liveness, &values) {
+            Ok(moves) => sites.push(OsrSite {
+                from: c.ret as u32,
+                to: d.ret as u32,
+                callee: c.callee.clone(),
+                moves,
+            }),
+            Err(reason) => refused.push(refuse(reason)),
+        }
+    }
+    (sites, refused)
+}
+
+/// Checks that a frame at `from` in `src` can continue at `to` in `dst`; the moves if so.
+fn check(
+    src: &Side,
+    from: u64,
+    dst: &Side,
+    to: u64,
+    liveness: &Liveness,
+    values: &(Values, Values),
+) -> Result<Vec<OsrMove>, String> {
+    let at = |side: &Side, vals: &[Option<[Val; 16]>], off: u64| {
+        side.index
+            .get(&(side.unit, off))
+            .and_then(|&i| vals[i])
+            .unwrap_or([Val::Unknown; 16])
+    };
+    let vsrc = at(src, &values.0, from);
+    let vdst = at(dst, &values.1, to);
+    let (Some(rs), Some(rd)) = (src.row(src.unit, from), dst.row(dst.unit, to)) else {
+        return Err("no unwind information (.eh_frame) at the call".into());
+    };
+    let (Some(cfa_s), Some(cfa_d)) = (rs.cfa, rd.cfa) else {
+        return Err("the frame address is a DWARF expression".into());
+    };
+    if cfa_s != cfa_d {
+        return Err(format!(
+            "the frame differs: CFA {}+{} in the running version, {}+{} in the other",
+            reg_name(cfa_s.0),
+            cfa_s.1,
+            reg_name(cfa_d.0),
+            cfa_d.1
+        ));
+    }
+    for (i, r) in CALLEE_SAVED.iter().enumerate() {
+        if rs.saves[i] != rd.saves[i] {
+            return Err(format!(
+                "the caller's {} is kept differently ({:?} vs {:?})",
+                reg_name(*r),
+                rs.saves[i],
+                rd.saves[i]
+            ));
+        }
+    }
+    let Some(live) = liveness.at(dst.unit, to) else {
+        return Err("the call is the function's last instruction".into());
+    };
+    if live.unknown {
+        return Err(
+            "the code after the call reaches stack accesses or jumps suture cannot follow".into(),
+        );
+    }
+    let (Some(vs), Some(vd)) = (src.vars_at(from, &rs), dst.vars_at(to, &rd)) else {
+        return Err("no debug information for the function (build with -g)".into());
+    };
+    // Memory variables never move: their address may be held by the callee.
+    for (k, v) in &vd {
+        if let Loc::Frame(off) = v.loc {
+            match vs.get(k).map(|s| s.loc) {
+                Some(Loc::Frame(o)) if o == off => {}
+                other => {
+                    return Err(format!(
+                        "variable {k} is in the frame at CFA{off:+} in the other version, {} in \
+                         the running one",
+                        describe(other)
+                    ))
+                }
+            }
+        }
+    }
+    let mut moves = Vec::new();
+    for (i, &r) in CALLEE_SAVED.iter().enumerate() {
+        if live.regs & (1 << i) == 0 {
+            continue;
+        }
+        if rd.saves[i] == Save::Same && rs.saves[i] == Save::Same {
+            continue;
+        }
+        // What the code itself proves the destination register holds.
+        let proven = match vdst[usize::from(r)] {
+            Val::Imm(c) => Some(OsrSource::Constant { value: c }),
+            Val::Frame(k) => Some(OsrSource::Frame { offset: k }),
+            Val::RipLea(off) => Some(OsrSource::Address { at: off as u32 }),
+            want @ Val::Entry(..) => CALLEE_SAVED
+                .iter()
+                .find(|&&s| vsrc[usize::from(s)] == want)
+                .map(|&s| OsrSource::Register { reg: s, add: 0 }),
+            Val::Unknown => None,
+        };
+        if let Some(p) = proven {
+            if p != (OsrSource::Register { reg: r, add: 0 }) {
+                moves.push(OsrMove { dst: r, src: p });
+            }
+            continue;
+        }
+        let mut why = Vec::new();
+        let mut found = None;
+        for (k, v) in &vd {
+            let b = match v.loc {
+                Loc::Reg(x) if x == r => 0,
+                Loc::Affine(x, b) if x == r => b,
+                _ => continue,
+            };
+            let src_loc = vs.get(k).map(|s| s.loc);
+            let source = match src_loc {
+                Some(Loc::Reg(s)) => Some(OsrSource::Register {
+                    reg: s,
+                    add: b.wrapping_neg(),
+                }),
+                Some(Loc::Affine(s, a)) => Some(OsrSource::Register {
+                    reg: s,
+                    add: a.wrapping_sub(b),
+                }),
+                Some(Loc::Const(c)) => Some(OsrSource::Constant {
+                    value: c.wrapping_sub(b),
+                }),
+                _ => None,
+            };
+            match source {
+                Some(OsrSource::Register { reg, .. }) if saved_index(reg).is_none() && reg > 1 => {
+                    why.push(format!(
+                        "{k} is in {} (clobbered by the call)",
+                        reg_name(reg)
+                    ))
+                }
+                Some(s) => {
+                    found = Some(s);
+                    break;
+                }
+                None => why.push(format!("{k} is {}", describe(src_loc))),
+            }
+        }
+        match found {
+            Some(OsrSource::Register { reg, add: 0 }) if reg == r => {}
+            Some(src) => moves.push(OsrMove { dst: r, src }),
+            None => {
+                return Err(format!(
+                    "{} is read after the call in the other version and holds no variable \
+                     the running frame has{}",
+                    reg_name(r),
+                    if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", why.join("; "))
+                    }
+                ))
+            }
+        }
+    }
+    for &slot in &live.slots {
+        let lo = slot * 8;
+        if lo == -8 {
+            continue; // the return address, read by `ret`
+        }
+        let saved = rd
+            .saves
+            .iter()
+            .any(|s| matches!(s, Save::At(n) if (lo..lo + 8).contains(n)));
+        let var = vd.iter().any(|(_, v)| match v.loc {
+            Loc::Frame(off) => off <= lo && lo < off + v.size.max(1) as i64,
+            _ => false,
+        });
+        if !saved && !var {
+            return Err(format!(
+                "the stack slot at CFA{lo:+} is read after the call in the other version and \
+                 holds no variable"
+            ));
+        }
+    }
+    if moves.len() > MAX_MOVES {
+        return Err(format!(
+            "{} registers would move (at most {MAX_MOVES})",
+            moves.len()
+        ));
+    }
+    Ok(moves)
+}
+
+fn describe(l: Option<Loc>) -> String {
+    match l {
+        None => "not described (optimised out)".into(),
+        Some(Loc::Reg(r)) => format!("in {}", reg_name(r)),
+        Some(Loc::Affine(r, k)) => format!("{}{k:+}", reg_name(r)),
+        Some(Loc::Frame(o)) => format!("in the frame at CFA{o:+}"),
+        Some(Loc::Const(c)) => format!("the constant {c}"),
+        Some(Loc::Other) => "a computed location".into(),
+    }
+}
+
+// ---- One version of a function ----------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Save {
+    /// The caller's value is still in the register.
+    Same,
+    /// Saved at CFA+n.
+    At(i64),
+    Other,
+}
+
+#[derive(Clone, Debug)]
+struct Row {
+    range: Range<u64>,
+    /// (DWARF register, offset); `None` for an expression.
+    cfa: Option<(u16, i64)>,
+    saves: [Save; 6],
+}
+
+struct Call {
+    /// Return offset (end of the call) from the function's start.
+    ret: u64,
+    callee: String,
+    inline_path: String,
+    indirect: bool,
+}
+
+struct Ins {
+    unit: UnitId,
+    off: u64,
+    insn: Instruction,
+    /// Successors (indices); `exit` when control may leave the function here.
+    succ: Vec<usize>,
+    exit: bool,
+    unknown: bool,
+}
+
+struct Side<'x, 'o, 'a> {
+    u: &'x Units<'o, 'a>,
+    unit: UnitId,
+    name: String,
+    calls: Vec<Call>,
+    code: Vec<Ins>,
+    index: HashMap<(UnitId, u64), usize>,
+    rows: HashMap<UnitId, Vec<Row>>,
+    debug: Option<&'x FnVars>,
+}
+
+impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
+    fn new(u: &'x Units<'o, 'a>, unit: UnitId, debug: Option<&'x FnDebug>) -> Self {
+        let start = tagged(u, unit, 0);
+        let vars = debug.and_then(|d| d.functions.iter().find(|f| f.entry == start));
+        let mut side = Side {
+            u,
+            unit,
+            name: u.unit(unit).name.clone(),
+            calls: Vec::new(),
+            code: Vec::new(),
+            index: HashMap::new(),
+            rows: HashMap::new(),
+            debug: vars,
+        };
+        side.decode();
+        side
+    }
+
+    /// Decodes the function and the `.cold` parts it jumps to, and links the graph.
+    fn decode(&mut self) {
+        let u = self.u;
+        let mut units = vec![self.unit];
+        let mut i = 0;
+        // Raw branch targets per instruction: Ok((unit, offset)) or Err(()) for leaving.
+        let mut targets: Vec<Vec<Result<(UnitId, u64), ()>>> = Vec::new();
+        while i < units.len() {
+            let unit = units[i];
+            i += 1;
+            self.rows.insert(unit, rows_of(u, unit));
+            let bytes = u.bytes(unit);
+            let relocs: Vec<_> = u.relocs(unit).collect();
+            let ustart = u.unit(unit).start;
+            let mut decoder = Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE);
+            let mut insn = Instruction::default();
+            while decoder.can_decode() {
+                decoder.decode_out(&mut insn);
+                let off = insn.ip();
+                let len = insn.len() as u64;
+                let reloc = relocs
+                    .iter()
+                    .find(|(r, _)| (ustart + off..ustart + off + len).contains(&r.offset));
+                let mut tg = Vec::new();
+                let mut exit = false;
+                let mut unknown = insn.is_invalid();
+                let resolved = |t: &Target, units: &mut Vec<UnitId>| -> Option<(UnitId, u64)> {
+                    if let Target::Unit { unit: tu, rel, .. } = *t {
+                        let name = &u.unit(tu).name;
+                        if tu == self.unit || names::is_fragment(name) && belongs(name, &self.name)
+                        {
+                            if !units.contains(&tu) {
+                                units.push(tu);
+                            }
+                            return Some((tu, rel as u64));
+                        }
+                    }
+                    None
+                };
+                match insn.flow_control() {
+                    FlowControl::Next | FlowControl::XbeginXabortXend => {}
+                    FlowControl::Call | FlowControl::IndirectCall if unit == self.unit => {
+                        let (callee, indirect) = match reloc {
+                            Some((_, t)) => (callee_name(u, t), false),
+                            None if insn.flow_control() == FlowControl::Call => {
+                                // A call the assembler resolved inside the section.
+                                let at = ustart.wrapping_add(insn.near_branch_target());
+                                match u.unit_at(u.unit(unit).section, at as i64) {
+                                    Some(t) => (u.unit(t).key.clone(), false),
+                                    None => (String::new(), true),
+                                }
+                            }
+                            None => (String::new(), true),
+                        };
+                        self.calls.push(Call {
+                            ret: off + len,
+                            callee,
+                            inline_path: String::new(),
+                            indirect,
+                        });
+                    }
+                    FlowControl::Call | FlowControl::IndirectCall => {}
+                    FlowControl::Return => exit = true,
+                    FlowControl::Interrupt | FlowControl::Exception => {}
+                    FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch => {
+                        match reloc {
+                            Some((_, t)) => match resolved(t, &mut units) {
+                                Some(x) => tg.push(Ok(x)),
+                                None => exit = true,
+                            },
+                            None => {
+                                let t = insn.near_branch_target();
+                                if t < bytes.len() as u64 {
+                                    tg.push(Ok((unit, t)));
+                                } else {
+                                    // Outside the unit without a relocation: not followed.
+                                    unknown = true;
+                                }
+                            }
+                        }
+                    }
+                    FlowControl::IndirectBranch => {
+                        let cands = table_targets(u, &units, unit);
+                        if cands.is_empty() {
+                            unknown = true;
+                        }
+                        tg.extend(cands.into_iter().map(Ok));
+                        exit = true;
+                    }
+                }
+                let falls = matches!(
+                    insn.flow_control(),
+                    FlowControl::Next
+                        | FlowControl::ConditionalBranch
+                        | FlowControl::Call
+                        | FlowControl::IndirectCall
+                        | FlowControl::XbeginXabortXend
+                );
+                if falls {
+                    tg.push(if off + len < bytes.len() as u64 {
+                        Ok((unit, off + len))
+                    } else {
+                        Err(())
+                    });
+                }
+                self.index.insert((unit, off), self.code.len());
+                self.code.push(Ins {
+                    unit,
+                    off,
+                    insn,
+                    succ: Vec::new(),
+                    exit,
+                    unknown,
+                });
+                targets.push(tg);
+            }
+        }
+        for (n, tg) in targets.into_iter().enumerate() {
+            for t in tg {
+                match t.ok().and_then(|k| self.index.get(&k).copied()) {
+                    Some(s) => self.code[n].succ.push(s),
+                    // Into the middle of an instruction, or off the end: not followed.
+                    None => self.code[n].unknown = true,
+                }
+            }
+        }
+        if let Some(v) = self.debug {
+            for c in &mut self.calls {
+                // The call instruction itself: one byte before its return address.
+                let pc = tagged(u, self.unit, c.ret - 1);
+                c.inline_path = v.inline_path(pc);
+            }
+        }
+    }
+
+    fn row(&self, unit: UnitId, off: u64) -> Option<Row> {
+        self.rows
+            .get(&unit)?
+            .iter()
+            .find(|r| r.range.contains(&off))
+            .cloned()
+    }
+
+    /// Variables in scope at return offset `off`, by unique key, with their locations.
+    fn vars_at(&self, off: u64, row: &Row) -> Option<HashMap<String, VarAt>> {
+        let d = self.debug?;
+        let pc = tagged(self.u, self.unit, off);
+        let mut out: HashMap<String, VarAt> = HashMap::new();
+        let mut dup = BTreeSet::new();
+        for v in &d.vars {
+            if !v.scopes.is_empty() && !v.scopes.iter().any(|r| r.contains(&pc)) {
+                continue;
+            }
+            let expr = match &v.loc {
+                VarLoc::Expr(e) => Some(&e[..]),
+                VarLoc::List(l) => l.iter().find(|(r, _)| r.contains(&pc)).map(|(_, e)| &e[..]),
+            };
+            let Some(expr) = expr else { continue };
+            let loc = classify(expr, d.frame_base_cfa, row);
+            if out.contains_key(&v.key) {
+                dup.insert(v.key.clone());
+            }
+            out.insert(v.key.clone(), VarAt { loc, size: v.size });
+        }
+        for k in dup {
+            out.remove(&k);
+        }
+        Some(out)
+    }
+
+    /// Forward must-analysis of the values of the general registers (`Val`), per instruction
+    /// (state on entry to it); `None` where unreachable from the entry.
+    fn values(&self) -> Values {
+        let n = self.code.len();
+        let mut state: Vec<Option<[Val; 16]>> = vec![None; n];
+        let Some(&entry) = self.index.get(&(self.unit, 0)) else {
+            return state;
+        };
+        let mut init = [Val::Unknown; 16];
+        for (r, v) in init.iter_mut().enumerate() {
+            if r != 7 {
+                *v = Val::Entry(r as u16, 64);
+            }
+        }
+        state[entry] = Some(init);
+        let mut factory = InstructionInfoFactory::new();
+        let mut work = vec![entry];
+        while let Some(i) = work.pop() {
+            let Some(mut v) = state[i] else { continue };
+            let ins = &self.code[i];
+            self.transfer(ins, &mut v, &mut factory);
+            for &s in &ins.succ {
+                let merged = match state[s] {
+                    None => v,
+                    Some(old) => {
+                        let mut m = old;
+                        for r in 0..16 {
+                            if m[r] != v[r] {
+                                m[r] = Val::Unknown;
+                            }
+                        }
+                        m
+                    }
+                };
+                if state[s] != Some(merged) {
+                    state[s] = Some(merged);
+                    work.push(s);
+                }
+            }
+        }
+        state
+    }
+
+    fn transfer(&self, ins: &Ins, v: &mut [Val; 16], factory: &mut InstructionInfoFactory) {
+        use iced_x86::{Mnemonic, OpKind};
+        let x = &ins.insn;
+        let reg64 = |r: Register| r.is_gpr64() || r.is_gpr32();
+        let dst = (x.op_count() >= 1 && x.op0_kind() == OpKind::Register)
+            .then(|| x.op0_register())
+            .filter(|r| reg64(*r));
+        let new = match (x.mnemonic(), dst) {
+            (Mnemonic::Mov, Some(d)) if x.op1_kind() == OpKind::Register => {
+                let s = x.op1_register();
+                let cfa = self.row(ins.unit, ins.off).and_then(|r| r.cfa);
+                match dwarf_reg(s).map(|r| v[usize::from(r)]) {
+                    // `mov rsp, reg`: the frame's address.
+                    _ if s == Register::RSP => match cfa {
+                        Some((7, n)) if d.is_gpr64() => Some(Val::Frame(-n)),
+                        _ => Some(Val::Unknown),
+                    },
+                    Some(Val::Entry(r, w)) if d.is_gpr32() => Some(Val::Entry(r, w.min(32))),
+                    Some(val) if d.is_gpr64() && s.is_gpr64() => Some(val),
+                    _ => Some(Val::Unknown),
+                }
+            }
+            (Mnemonic::Mov, Some(d))
+                if matches!(
+                    x.op1_kind(),
+                    OpKind::Immediate32 | OpKind::Immediate64 | OpKind::Immediate32to64
+                ) =>
+            {
+                let imm = x.immediate(1);
+                Some(Val::Imm(if d.is_gpr32() {
+                    i64::from(imm as u32)
+                } else {
+                    imm as i64
+                }))
+            }
+            (Mnemonic::Xor, Some(d))
+                if x.op1_kind() == OpKind::Register && x.op1_register() == d =>
+            {
+                Some(Val::Imm(0))
+            }
+            (Mnemonic::Lea, Some(d)) if d.is_gpr64() && x.memory_index() == Register::None => {
+                let row = self.row(ins.unit, ins.off).and_then(|r| r.cfa);
+                match (x.memory_base(), row) {
+                    (Register::RIP, _) if ins.unit == self.unit => Some(Val::RipLea(ins.off)),
+                    (Register::RSP, Some((7, n))) | (Register::RBP, Some((6, n))) => Some(
+                        Val::Frame((x.memory_displacement64() as i64).wrapping_sub(n)),
+                    ),
+                    _ => Some(Val::Unknown),
+                }
+            }
+            _ => None,
+        };
+        let info = factory.info(x);
+        for r in info.used_registers() {
+            if matches!(
+                r.access(),
+                OpAccess::Write
+                    | OpAccess::ReadWrite
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadCondWrite
+            ) {
+                if let Some(d) = dwarf_reg(r.register()) {
+                    v[usize::from(d)] = Val::Unknown;
+                }
+            }
+        }
+        if matches!(
+            x.flow_control(),
+            FlowControl::Call | FlowControl::IndirectCall
+        ) {
+            for r in CALLER_SAVED {
+                v[usize::from(r)] = Val::Unknown;
+            }
+        }
+        if let (Some(val), Some(d)) = (new, dst.and_then(dwarf_reg)) {
+            v[usize::from(d)] = val;
+        }
+    }
+
+    fn liveness(&self) -> Liveness {
+        let n = self.code.len();
+        let mut effects = Vec::with_capacity(n);
+        let mut factory = InstructionInfoFactory::new();
+        for ins in &self.code {
+            effects.push(self.effect(ins, &mut factory));
+        }
+        let mut live_in: Vec<Live> = vec![Live::default(); n];
+        let mut preds: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, ins) in self.code.iter().enumerate() {
+            for &s in &ins.succ {
+                preds[s].push(i);
+            }
+        }
+        let mut work: Vec<usize> = (0..n).collect();
+        let mut queued = vec![true; n];
+        while let Some(i) = work.pop() {
+            queued[i] = false;
+            let ins = &self.code[i];
+            let mut out = Live::default();
+            if ins.exit {
+                // The caller's registers must be back by the time control leaves.
+                out.regs = 0x3f;
+            }
+            if ins.unknown {
+                out.regs = 0x3f;
+                out.unknown = true;
+            }
+            for &s in &ins.succ {
+                out.union(&live_in[s]);
+            }
+            let e = &effects[i];
+            let mut inn = out;
+            inn.regs &= !e.kill_regs;
+            for k in &e.kill_slots {
+                inn.slots.remove(k);
+            }
+            inn.regs |= e.use_regs;
+            inn.slots.extend(e.use_slots.iter().copied());
+            inn.unknown |= e.unknown;
+            if inn != live_in[i] {
+                live_in[i] = inn;
+                for &p in &preds[i] {
+                    if !queued[p] {
+                        queued[p] = true;
+                        work.push(p);
+                    }
+                }
+            }
+        }
+        Liveness {
+            live_in,
+            index: self.index.clone(),
+        }
+    }
+
+    /// What one instruction reads and writes of the tracked state.
+    fn effect(&self, ins: &Ins, factory: &mut InstructionInfoFactory) -> Effect {
+        let mut e = Effect::default();
+        let info = factory.info(&ins.insn);
+        for r in info.used_registers() {
+            let Some(i) = dwarf_reg(r.register()).and_then(saved_index) else {
+                continue;
+            };
+            let bit = 1u8 << i;
+            match r.access() {
+                OpAccess::Read | OpAccess::CondRead => e.use_regs |= bit,
+                OpAccess::Write => {
+                    if r.register().size() >= 4 {
+                        e.kill_regs |= bit;
+                    } else {
+                        e.use_regs |= bit;
+                    }
+                }
+                OpAccess::ReadWrite | OpAccess::ReadCondWrite => e.use_regs |= bit,
+                _ => {}
+            }
+        }
+        let row = self.row(ins.unit, ins.off);
+        for m in info.used_memory() {
+            if matches!(m.access(), OpAccess::NoMemAccess | OpAccess::None) {
+                continue;
+            }
+            let base = m.base();
+            let frame_rel = match (base, row.as_ref().and_then(|r| r.cfa)) {
+                (Register::RSP, Some((7, n))) | (Register::RBP, Some((6, n))) => Some(n),
+                (Register::RSP | Register::ESP, _) => {
+                    e.unknown = true;
+                    continue;
+                }
+                _ => None,
+            };
+            let Some(n) = frame_rel else { continue };
+            if m.index() != Register::None {
+                // An indexed frame access (an array in the frame): any of its slots.
+                e.unknown = true;
+                continue;
+            }
+            let off = (m.displacement() as i64).wrapping_sub(n);
+            let size = m.memory_size().size().max(1) as i64;
+            let first = off.div_euclid(8);
+            let last = (off + size - 1).div_euclid(8);
+            match m.access() {
+                OpAccess::Write => {
+                    for k in first..=last {
+                        if k * 8 >= off && k * 8 + 8 <= off + size {
+                            e.kill_slots.push(k);
+                        }
+                    }
+                }
+                OpAccess::CondWrite => {}
+                _ => e.use_slots.extend(first..=last),
+            }
+        }
+        e
+    }
+}
+
+/// Whether `.cold` fragment `frag` belongs to function `f` (`f.cold`, `f.cold.1`...).
+fn belongs(frag: &str, f: &str) -> bool {
+    frag.strip_prefix(f)
+        .is_some_and(|rest| rest.starts_with(".cold"))
+}
+
+fn callee_name(u: &Units, t: &Target) -> String {
+    match *t {
+        Target::Unit { unit, .. } => u.unit(unit).key.clone(),
+        Target::External { sym, .. } | Target::Absolute { sym, .. } => {
+            let name = &u.obj.symbol(sym).name;
+            // `foo@PLT` and versioned names compare by the symbol.
+            name.split('@').next().unwrap_or(name).to_string()
+        }
+        _ => "?".into(),
+    }
+}
+
+fn tagged(u: &Units, unit: UnitId, off: u64) -> u64 {
+    let x = u.unit(unit);
+    (u64::from(x.section.0) + 1) << TAG | (x.start + off)
+}
+
+/// Offsets (in `units`) that jump tables in data sections point at: for every data
+/// reference of the function's code to the start of a table, the consecutive code addresses
+/// stored from there (8-byte absolute entries, or 4-byte entries relative to the table).
+fn table_targets(u: &Units, units: &[UnitId], _here: UnitId) -> Vec<(UnitId, u64)> {
+    let mut starts = BTreeSet::new();
+    for &unit in units {
+        for (_, t) in u.relocs(unit) {
+            if let Target::Anon { sec, at, .. } = t {
+                starts.insert((sec, at as u64));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (sec, start) in starts {
+        let section = u.obj.section(sec);
+        if section.flags & 0x4 != 0 {
+            continue; // executable: not a table
+        }
+        let relocs: Vec<_> = u
+            .section_relocs_of(sec, start, section.size)
+            .collect::<Vec<_>>();
+        let mut expect = start;
+        for (r, t) in relocs {
+            if r.offset != expect {
+                break;
+            }
+            let Target::Unit { unit, rel, .. } = t else {
+                break;
+            };
+            if !units.contains(&unit) {
+                break;
+            }
+            let (stride, target) = match r.r_type {
+                1 => (8, rel),                                  // R_X86_64_64
+                2 | 24 => (4, rel - (r.offset - start) as i64), // PC32, PC64-ish
+                _ => break,
+            };
+            out.push((unit, target as u64));
+            expect += stride;
+        }
+    }
+    out
+}
+
+fn rows_of(u: &Units, unit: UnitId) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let Ok(Some((sec, fdes))) = u.eh_frame_records() else {
+        return rows;
+    };
+    let data = u.obj.section(sec).data;
+    let eh = gimli::EhFrame::new(data, LittleEndian);
+    let bases = gimli::BaseAddresses::default().set_eh_frame(0);
+    for f in fdes.iter().filter(|f| f.unit == Some(unit)) {
+        // The FDE's pc_begin relocation: where in the unit it starts.
+        let start = u
+            .section_relocs_of(sec, (f.at + 8) as u64, (f.at + 9) as u64)
+            .next()
+            .and_then(|(_, t)| match t {
+                Target::Unit { rel, .. } => Some(rel),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let Ok(fde) = eh.fde_from_offset(
+            &bases,
+            gimli::EhFrameOffset(f.at),
+            gimli::EhFrame::cie_from_offset,
+        ) else {
+            continue;
+        };
+        let initial = fde.initial_address();
+        let mut ctx = gimli::UnwindContext::new();
+        let Ok(mut table) = fde.rows(&eh, &bases, &mut ctx) else {
+            continue;
+        };
+        while let Ok(Some(row)) = table.next_row() {
+            let at = |a: u64| (a.wrapping_sub(initial) as i64 + start) as u64;
+            let cfa = match row.cfa() {
+                gimli::CfaRule::RegisterAndOffset { register, offset } => {
+                    Some((register.0, *offset))
+                }
+                _ => None,
+            };
+            let mut saves = [Save::Same; 6];
+            for (i, r) in CALLEE_SAVED.iter().enumerate() {
+                saves[i] = match row.register(gimli::Register(*r)) {
+                    None
+                    | Some(gimli::RegisterRule::SameValue)
+                    | Some(gimli::RegisterRule::Undefined) => Save::Same,
+                    Some(gimli::RegisterRule::Offset(n)) => Save::At(n),
+                    Some(_) => Save::Other,
+                };
+            }
+            rows.push(Row {
+                range: at(row.start_address())..at(row.end_address()),
+                cfa,
+                saves,
+            });
+        }
+    }
+    rows
+}
+
+// ---- What registers hold ----------------------------------------------------------------
+
+/// A value a register provably holds at an instruction (on every path to it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Val {
+    /// The value register `r` had at the function's entry (`w` = 64) or its low 32 bits,
+    /// zero-extended (`w` = 32).
+    Entry(u16, u8),
+    /// The address CFA + k.
+    Frame(i64),
+    /// The result of the RIP-relative `lea` at this offset of the function.
+    RipLea(u64),
+    Imm(i64),
+    Unknown,
+}
+
+/// Register values per instruction (see [`Side::values`]).
+type Values = Vec<Option<[Val; 16]>>;
+
+const CALLER_SAVED: [u16; 9] = [0, 1, 2, 4, 5, 8, 9, 10, 11];
+
+// ---- Liveness ----------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Live {
+    /// Bit i: `CALLEE_SAVED[i]`.
+    regs: u8,
+    /// 8-byte slots, by CFA-relative offset / 8.
+    slots: BTreeSet<i64>,
+    /// Something was reached that the analysis cannot follow.
+    unknown: bool,
+}
+
+impl Live {
+    fn union(&mut self, o: &Live) {
+        self.regs |= o.regs;
+        self.slots.extend(o.slots.iter().copied());
+        self.unknown |= o.unknown;
+    }
+}
+
+#[derive(Default)]
+struct Effect {
+    use_regs: u8,
+    kill_regs: u8,
+    use_slots: Vec<i64>,
+    kill_slots: Vec<i64>,
+    unknown: bool,
+}
+
+struct Liveness {
+    live_in: Vec<Live>,
+    index: HashMap<(UnitId, u64), usize>,
+}
+
+impl Liveness {
+    fn at(&self, unit: UnitId, off: u64) -> Option<&Live> {
+        self.index.get(&(unit, off)).map(|&i| &self.live_in[i])
+    }
+}
+
+// ---- DWARF variables -----------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loc {
+    Reg(u16),
+    /// The value is `reg + k`.
+    Affine(u16, i64),
+    /// In memory at CFA + k.
+    Frame(i64),
+    Const(i64),
+    Other,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct VarAt {
+    loc: Loc,
+    size: u64,
+}
+
+enum VarLoc {
+    Expr(Vec<u8>),
+    /// (tagged address range, expression)
+    List(Vec<(Range<u64>, Vec<u8>)>),
+}
+
+struct Var {
+    key: String,
+    /// Tagged address ranges of the innermost scope holding it (empty: the whole function).
+    scopes: Vec<Range<u64>>,
+    loc: VarLoc,
+    size: u64,
+}
+
+struct FnVars {
+    /// Tagged address of the function's entry.
+    entry: u64,
+    frame_base_cfa: bool,
+    vars: Vec<Var>,
+    /// Inlined-function instances: (path, tagged ranges).
+    inlines: Vec<(String, Vec<Range<u64>>)>,
+}
+
+impl FnVars {
+    fn inline_path(&self, pc: u64) -> String {
+        // The longest path whose ranges hold the pc (paths nest).
+        self.inlines
+            .iter()
+            .filter(|(_, r)| r.iter().any(|r| r.contains(&pc)))
+            .map(|(p, _)| p.as_str())
+            .max_by_key(|p| p.len())
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+struct FnDebug {
+    functions: Vec<FnVars>,
+}
+
+fn read_leb(b: &[u8], i: &mut usize, signed: bool) -> Option<i64> {
+    let mut result: i64 = 0;
+    let mut shift = 0;
+    loop {
+        let byte = *b.get(*i)?;
+        *i += 1;
+        if shift < 64 {
+            result |= i64::from(byte & 0x7f) << shift;
+        }
+        shift += 7;
+        if byte & 0x80 == 0 {
+            if signed && shift < 64 && byte & 0x40 != 0 {
+                result |= -1i64 << shift;
+            }
+            return Some(result);
+        }
+    }
+}
+
+/// The simple location forms, from an expression's bytes.
+fn classify(e: &[u8], frame_base_cfa: bool, row: &Row) -> Loc {
+    let mut i = 1;
+    let op = match e.first() {
+        Some(&op) => op,
+        None => return Loc::Other,
+    };
+    let stack_value = |i: usize| e.get(i..) == Some(&[0x9f][..]);
+    let num = |i: &mut usize, n: usize, signed: bool| -> Option<i64> {
+        let b = e.get(*i..*i + n)?;
+        *i += n;
+        let mut v = [0u8; 8];
+        v[..n].copy_from_slice(b);
+        let u = u64::from_le_bytes(v);
+        Some(if signed && n < 8 {
+            let sh = 64 - 8 * n as u32;
+            ((u << sh) as i64) >> sh
+        } else {
+            u as i64
+        })
+    };
+    let r = (|| -> Option<Loc> {
+        Some(match op {
+            0x50..=0x6f if e.len() == 1 => Loc::Reg(u16::from(op - 0x50)),
+            0x90 => {
+                let r = read_leb(e, &mut i, false)?;
+                (i == e.len()).then_some(Loc::Reg(r as u16))?
+            }
+            0x70..=0x8f => {
+                let reg = u16::from(op - 0x70);
+                let k = read_leb(e, &mut i, true)?;
+                if stack_value(i) {
+                    Loc::Affine(reg, k)
+                } else if i == e.len() && reg == 7 {
+                    // Memory at rsp + k.
+                    match row.cfa {
+                        Some((7, n)) => Loc::Frame(k - n),
+                        _ => Loc::Other,
+                    }
+                } else {
+                    Loc::Other
+                }
+            }
+            0x91 if frame_base_cfa => {
+                let k = read_leb(e, &mut i, true)?;
+                (i == e.len()).then_some(Loc::Frame(k))?
+            }
+            0x30..=0x4f if stack_value(1) => Loc::Const(i64::from(op - 0x30)),
+            0x08..=0x0f => {
+                let (n, s) = match op {
+                    0x08 => (1, false),
+                    0x09 => (1, true),
+                    0x0a => (2, false),
+                    0x0b => (2, true),
+                    0x0c => (4, false),
+                    0x0d => (4, true),
+                    0x0e => (8, false),
+                    _ => (8, true),
+                };
+                let v = num(&mut i, n, s)?;
+                stack_value(i).then_some(Loc::Const(v))?
+            }
+            0x10 | 0x11 => {
+                let v = read_leb(e, &mut i, op == 0x11)?;
+                stack_value(i).then_some(Loc::Const(v))?
+            }
+            0x9e => {
+                let n = read_leb(e, &mut i, false)? as usize;
+                if n == 0 || n > 8 || i + n != e.len() {
+                    return None;
+                }
+                Loc::Const(num(&mut i, n, false)?)
+            }
+            _ => return None,
+        })
+    })();
+    r.unwrap_or(Loc::Other)
+}
+
+type Dw<'a, 'r> = gimli::Dwarf<Reader<'a, 'r>>;
+type DwUnit<'a, 'r> = gimli::Unit<Reader<'a, 'r>>;
+
+impl FnDebug {
+    /// The variables of every function of an object with DWARF (`-g`).
+    fn index(u: &Units) -> Option<FnDebug> {
+        let obj = u.obj;
+        obj.sections.iter().find(|s| s.name == ".debug_info")?;
+        let relocs: Vec<Relocs> = obj.sections.iter().map(|s| reloc_map(obj, s)).collect();
+        let empty = Relocs::default();
+        let load = |id: gimli::SectionId| -> Result<Reader, ()> {
+            let found = obj
+                .sections
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.name == id.name());
+            Ok(match found {
+                Some((i, s)) => {
+                    RelocateReader::new(EndianSlice::new(s.data, LittleEndian), &relocs[i])
+                }
+                None => RelocateReader::new(EndianSlice::new(&[], LittleEndian), &empty),
+            })
+        };
+        let dwarf = gimli::Dwarf::load(load).ok()?;
+        let mut functions = Vec::new();
+        let mut headers = dwarf.units();
+        while let Ok(Some(h)) = headers.next() {
+            let Ok(unit) = dwarf.unit(h) else { continue };
+            let Ok(mut tree) = unit.entries_tree(None) else {
+                continue;
+            };
+            let Ok(root) = tree.root() else { continue };
+            let _ = collect_functions(&dwarf, &unit, root, &mut functions);
+        }
+        Some(FnDebug { functions })
+    }
+}
+
+fn attr_name<'a, 'r>(
+    dwarf: &Dw<'a, 'r>,
+    unit: &DwUnit<'a, 'r>,
+    e: &gimli::DebuggingInformationEntry<Reader<'a, 'r>>,
+) -> Option<String> {
+    use gimli::Reader as _;
+    if let Some(v) = e.attr_value(gimli::DW_AT_name) {
+        if let Ok(s) = dwarf.attr_string(unit, v) {
+            return s.to_string_lossy().ok().map(|c| c.into_owned());
+        }
+    }
+    for at in [gimli::DW_AT_abstract_origin, gimli::DW_AT_specification] {
+        if let Some(gimli::AttributeValue::UnitRef(off)) = e.attr_value(at) {
+            if let Ok(origin) = unit.entry(off) {
+                if let Some(n) = attr_name(dwarf, unit, &origin) {
+                    return Some(n);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn ranges<'a, 'r>(
+    dwarf: &Dw<'a, 'r>,
+    unit: &DwUnit<'a, 'r>,
+    e: &gimli::DebuggingInformationEntry<Reader<'a, 'r>>,
+) -> Vec<Range<u64>> {
+    let mut out = Vec::new();
+    if let Ok(mut it) = dwarf.die_ranges(unit, e) {
+        while let Ok(Some(r)) = it.next() {
+            out.push(r.begin..r.end);
+        }
+    }
+    out
+}
+
+fn type_size<'a, 'r>(
+    unit: &DwUnit<'a, 'r>,
+    e: &gimli::DebuggingInformationEntry<Reader<'a, 'r>>,
+    depth: u32,
+) -> u64 {
+    if depth > 16 {
+        return 8;
+    }
+    if let Some(v) = e.attr_value(gimli::DW_AT_byte_size) {
+        if let Some(n) = v.udata_value() {
+            return n;
+        }
+    }
+    let Some(gimli::AttributeValue::UnitRef(t)) = e.attr_value(gimli::DW_AT_type) else {
+        return 8;
+    };
+    let Ok(te) = unit.entry(t) else { return 8 };
+    if te.tag() == gimli::DW_TAG_array_type {
+        let elem = type_size(unit, &te, depth + 1);
+        let mut count = 1u64;
+        if let Ok(mut tree) = unit.entries_tree(Some(t)) {
+            if let Ok(root) = tree.root() {
+                let mut ch = root.children();
+                while let Ok(Some(c)) = ch.next() {
+                    let ce = c.entry();
+                    let n = match (
+                        ce.attr_value(gimli::DW_AT_count),
+                        ce.attr_value(gimli::DW_AT_upper_bound),
+                    ) {
+                        (Some(c), _) => c.udata_value(),
+                        (None, Some(ub)) => ub.udata_value().map(|x| x + 1),
+                        _ => None,
+                    };
+                    count = count.saturating_mul(n.unwrap_or(1));
+                }
+            }
+        }
+        return elem.saturating_mul(count);
+    }
+    type_size(unit, &te, depth + 1)
+}
+
+fn collect_functions<'a, 'r>(
+    dwarf: &Dw<'a, 'r>,
+    unit: &DwUnit<'a, 'r>,
+    node: gimli::EntriesTreeNode<Reader<'a, 'r>>,
+    out: &mut Vec<FnVars>,
+) -> gimli::Result<()> {
+    let mut children = node.children();
+    while let Some(child) = children.next()? {
+        let e = child.entry();
+        if e.tag() == gimli::DW_TAG_subprogram {
+            let rs = ranges(dwarf, unit, e);
+            if let Some(entry) = rs.first().map(|r| r.start).filter(|_| !rs.is_empty()) {
+                let low = match e.attr_value(gimli::DW_AT_low_pc) {
+                    Some(v) => dwarf.attr_address(unit, v)?.unwrap_or(entry),
+                    None => entry,
+                };
+                let frame_base_cfa = matches!(
+                    e.attr_value(gimli::DW_AT_frame_base),
+                    Some(gimli::AttributeValue::Exprloc(ref x)) if {
+                        use gimli::Reader as _;
+                        x.0.to_slice().map(|b| b[..] == [0x9c]).unwrap_or(false)
+                    }
+                );
+                let mut f = FnVars {
+                    entry: low,
+                    frame_base_cfa,
+                    vars: Vec::new(),
+                    inlines: Vec::new(),
+                };
+                collect_vars(dwarf, unit, child, "", &[], &mut f)?;
+                out.push(f);
+                continue;
+            }
+        }
+        collect_functions(dwarf, unit, child, out)?;
+    }
+    Ok(())
+}
+
+fn collect_vars<'a, 'r>(
+    dwarf: &Dw<'a, 'r>,
+    unit: &DwUnit<'a, 'r>,
+    node: gimli::EntriesTreeNode<Reader<'a, 'r>>,
+    path: &str,
+    scopes: &[Range<u64>],
+    f: &mut FnVars,
+) -> gimli::Result<()> {
+    use gimli::Reader as _;
+    let mut children = node.children();
+    while let Some(child) = children.next()? {
+        let e = child.entry();
+        match e.tag() {
+            gimli::DW_TAG_variable | gimli::DW_TAG_formal_parameter => {
+                let Some(name) = attr_name(dwarf, unit, e) else {
+                    continue;
+                };
+                let size = match e.attr_value(gimli::DW_AT_abstract_origin) {
+                    Some(gimli::AttributeValue::UnitRef(o)) => {
+                        unit.entry(o).map(|oe| type_size(unit, &oe, 0)).unwrap_or(8)
+                    }
+                    _ => type_size(unit, e, 0),
+                };
+                let loc = match e.attr_value(gimli::DW_AT_location) {
+                    Some(gimli::AttributeValue::Exprloc(x)) => {
+                        VarLoc::Expr(x.0.to_slice()?.into_owned())
+                    }
+                    Some(v) => match dwarf.attr_locations(unit, v)? {
+                        Some(mut it) => {
+                            let mut list = Vec::new();
+                            while let Some(le) = it.next()? {
+                                list.push((
+                                    le.range.begin..le.range.end,
+                                    le.data.0.to_slice()?.into_owned(),
+                                ));
+                            }
+                            VarLoc::List(list)
+                        }
+                        None => continue,
+                    },
+                    None => continue,
+                };
+                f.vars.push(Var {
+                    key: if path.is_empty() {
+                        name
+                    } else {
+                        format!("{path}>{name}")
+                    },
+                    scopes: scopes.to_vec(),
+                    loc,
+                    size,
+                });
+            }
+            gimli::DW_TAG_lexical_block => {
+                let rs = ranges(dwarf, unit, e);
+                let inner = if rs.is_empty() { scopes.to_vec() } else { rs };
+                collect_vars(dwarf, unit, child, path, &inner, f)?;
+            }
+            gimli::DW_TAG_inlined_subroutine => {
+                let rs = ranges(dwarf, unit, e);
+                let name = attr_name(dwarf, unit, e).unwrap_or_else(|| "?".into());
+                let p = if path.is_empty() {
+                    name
+                } else {
+                    format!("{path}>{name}")
+                };
+                f.inlines.push((p.clone(), rs.clone()));
+                collect_vars(dwarf, unit, child, &p, &rs, f)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
