@@ -81,15 +81,28 @@ pub struct OsrSite {
     pub from: u32,
     pub to: u32,
     pub callee: String,
+    /// The CFA's offset from `rsp` at the return address (the same in both versions), for
+    /// `Frame` sources.
+    #[serde(default)]
+    pub cfa: i64,
     /// Performed in parallel (every source read before any destination is written).
     pub moves: Vec<OsrMove>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OsrMove {
-    /// DWARF number of the destination register (callee-saved).
-    pub dst: u16,
+    pub dst: OsrDest,
     pub src: OsrSource,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum OsrDest {
+    /// A callee-saved register (DWARF number).
+    Register { reg: u16 },
+    /// `size` (4 or 8) bytes at CFA + `offset`: a spill slot whose address the function never
+    /// takes.
+    Frame { offset: i64, size: u8 },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -111,6 +124,11 @@ pub enum OsrSource {
     /// (a string or table of the version the frame moves to).
     Address {
         at: u32,
+    },
+    /// `size` (4 or 8) bytes at CFA + `offset` of the running frame.
+    Slot {
+        offset: i64,
+        size: u8,
     },
 }
 
@@ -249,10 +267,11 @@ fn map(src: &Side, dst: &Side) -> (Vec<OsrSite>, Vec<OsrRefusal>) {
             .expect("a call is in its own group");
         let d = theirs[n];
         match check(src, c.ret, dst, d.ret, &liveness, &values) {
-            Ok(moves) => sites.push(OsrSite {
+            Ok((cfa, moves)) => sites.push(OsrSite {
                 from: c.ret as u32,
                 to: d.ret as u32,
                 callee: c.callee.clone(),
+                cfa,
                 moves,
             }),
             Err(reason) => refused.push(refuse(reason)),
@@ -261,7 +280,8 @@ fn map(src: &Side, dst: &Side) -> (Vec<OsrSite>, Vec<OsrRefusal>) {
     (sites, refused)
 }
 
-/// Checks that a frame at `from` in `src` can continue at `to` in `dst`; the moves if so.
+/// Checks that a frame at `from` in `src` can continue at `to` in `dst`; the CFA's offset
+/// from `rsp` there and the moves if so.
 fn check(
     src: &Side,
     from: u64,
@@ -269,15 +289,19 @@ fn check(
     to: u64,
     liveness: &Liveness,
     values: &(Values, Values),
-) -> Result<Vec<OsrMove>, String> {
-    let at = |side: &Side, vals: &[Option<[Val; 16]>], off: u64| {
+) -> Result<(i64, Vec<OsrMove>), String> {
+    let at = |side: &Side, vals: &Values, off: u64| {
         side.index
             .get(&(side.unit, off))
-            .and_then(|&i| vals[i])
-            .unwrap_or([Val::Unknown; 16])
+            .and_then(|&i| vals[i].clone())
+            .unwrap_or(VState {
+                regs: [Val::Unknown; 16],
+                slots: Default::default(),
+            })
     };
     let vsrc = at(src, &values.0, from);
     let vdst = at(dst, &values.1, to);
+    let (src_floor, dst_floor) = (src.escape_floor(), dst.escape_floor());
     let (Some(rs), Some(rd)) = (src.row(src.unit, from), dst.row(dst.unit, to)) else {
         return Err("no unwind information (.eh_frame) at the call".into());
     };
@@ -314,11 +338,15 @@ fn check(
     let (Some(vs), Some(vd)) = (src.vars_at(from, &rs), dst.vars_at(to, &rd)) else {
         return Err("no debug information for the function (build with -g)".into());
     };
-    // Memory variables never move: their address may be held by the callee.
+    // A slot may be written for the destination only where neither version ever takes an
+    // address (a spill slot in both): elsewhere a pointer the callee holds may reach it.
+    let private = |off: i64, size: u8| off + i64::from(size) <= src_floor.min(dst_floor);
+    // Memory variables with an address never move: the callee may hold it.
     for (k, v) in &vd {
         if let Loc::Frame(off) = v.loc {
             match vs.get(k).map(|s| s.loc) {
                 Some(Loc::Frame(o)) if o == off => {}
+                _ if private(off, v.size.min(8) as u8) => {}
                 other => {
                     return Err(format!(
                         "variable {k} is in the frame at CFA{off:+} in the other version, {} in \
@@ -329,6 +357,57 @@ fn check(
             }
         }
     }
+    // Where the running frame has a value the code proves: a callee-saved register or an
+    // unescaped slot.
+    let find = |want: Val| -> Option<OsrSource> {
+        match want {
+            Val::Imm(c) => Some(OsrSource::Constant { value: c }),
+            Val::Frame(k) => Some(OsrSource::Frame { offset: k }),
+            Val::RipLea(off) => Some(OsrSource::Address { at: off as u32 }),
+            Val::Entry(..) => CALLEE_SAVED
+                .iter()
+                .find(|&&s| vsrc.regs[usize::from(s)] == want)
+                .map(|&s| OsrSource::Register { reg: s, add: 0 })
+                .or_else(|| {
+                    vsrc.slots
+                        .iter()
+                        .find(|(_, (v, size))| {
+                            *v == want && (*size == 8 || matches!(want, Val::Entry(_, 32)))
+                        })
+                        .map(|(&offset, &(_, size))| OsrSource::Slot { offset, size })
+                }),
+            Val::Unknown => None,
+        }
+    };
+    // What a variable of the destination is, from where the running frame has it.
+    let from_var = |k: &str, b: i64| -> Result<OsrSource, String> {
+        let src_loc = vs.get(k).map(|s| (s.loc, s.size));
+        match src_loc {
+            Some((Loc::Reg(s), _)) | Some((Loc::Affine(s, _), _))
+                if saved_index(s).is_none() && s > 1 =>
+            {
+                Err(format!("{k} is in {} (clobbered by the call)", reg_name(s)))
+            }
+            Some((Loc::Reg(s), _)) => Ok(OsrSource::Register {
+                reg: s,
+                add: b.wrapping_neg(),
+            }),
+            Some((Loc::Affine(s, a), _)) => Ok(OsrSource::Register {
+                reg: s,
+                add: a.wrapping_sub(b),
+            }),
+            Some((Loc::Const(c), _)) => Ok(OsrSource::Constant {
+                value: c.wrapping_sub(b),
+            }),
+            Some((Loc::Frame(o), size)) if b == 0 && (size == 4 || size == 8) => {
+                Ok(OsrSource::Slot {
+                    offset: o,
+                    size: size as u8,
+                })
+            }
+            other => Err(format!("{k} is {}", describe(other.map(|x| x.0)))),
+        }
+    };
     let mut moves = Vec::new();
     for (i, &r) in CALLEE_SAVED.iter().enumerate() {
         if live.regs & (1 << i) == 0 {
@@ -337,20 +416,13 @@ fn check(
         if rd.saves[i] == Save::Same && rs.saves[i] == Save::Same {
             continue;
         }
-        // What the code itself proves the destination register holds.
-        let proven = match vdst[usize::from(r)] {
-            Val::Imm(c) => Some(OsrSource::Constant { value: c }),
-            Val::Frame(k) => Some(OsrSource::Frame { offset: k }),
-            Val::RipLea(off) => Some(OsrSource::Address { at: off as u32 }),
-            want @ Val::Entry(..) => CALLEE_SAVED
-                .iter()
-                .find(|&&s| vsrc[usize::from(s)] == want)
-                .map(|&s| OsrSource::Register { reg: s, add: 0 }),
-            Val::Unknown => None,
-        };
-        if let Some(p) = proven {
+        // What the code itself proves the destination register holds, then DWARF.
+        if let Some(p) = find(vdst.regs[usize::from(r)]) {
             if p != (OsrSource::Register { reg: r, add: 0 }) {
-                moves.push(OsrMove { dst: r, src: p });
+                moves.push(OsrMove {
+                    dst: OsrDest::Register { reg: r },
+                    src: p,
+                });
             }
             continue;
         }
@@ -362,42 +434,24 @@ fn check(
                 Loc::Affine(x, b) if x == r => b,
                 _ => continue,
             };
-            let src_loc = vs.get(k).map(|s| s.loc);
-            let source = match src_loc {
-                Some(Loc::Reg(s)) => Some(OsrSource::Register {
-                    reg: s,
-                    add: b.wrapping_neg(),
-                }),
-                Some(Loc::Affine(s, a)) => Some(OsrSource::Register {
-                    reg: s,
-                    add: a.wrapping_sub(b),
-                }),
-                Some(Loc::Const(c)) => Some(OsrSource::Constant {
-                    value: c.wrapping_sub(b),
-                }),
-                _ => None,
-            };
-            match source {
-                Some(OsrSource::Register { reg, .. }) if saved_index(reg).is_none() && reg > 1 => {
-                    why.push(format!(
-                        "{k} is in {} (clobbered by the call)",
-                        reg_name(reg)
-                    ))
-                }
-                Some(s) => {
+            match from_var(k, b) {
+                Ok(s) => {
                     found = Some(s);
                     break;
                 }
-                None => why.push(format!("{k} is {}", describe(src_loc))),
+                Err(e) => why.push(e),
             }
         }
         match found {
             Some(OsrSource::Register { reg, add: 0 }) if reg == r => {}
-            Some(src) => moves.push(OsrMove { dst: r, src }),
+            Some(src) => moves.push(OsrMove {
+                dst: OsrDest::Register { reg: r },
+                src,
+            }),
             None => {
                 return Err(format!(
-                    "{} is read after the call in the other version and holds no variable \
-                     the running frame has{}",
+                    "{} is read after the call in the other version and holds no value the \
+                     running frame has{}",
                     reg_name(r),
                     if why.is_empty() {
                         String::new()
@@ -408,33 +462,92 @@ fn check(
             }
         }
     }
-    for &slot in &live.slots {
-        let lo = slot * 8;
-        if lo == -8 {
-            continue; // the return address, read by `ret`
+    // Every live byte of the frame must be explained; items explained once.
+    let mut explained: BTreeSet<i64> = BTreeSet::new();
+    for &b in &live.slots {
+        if (-8..0).contains(&b) || explained.contains(&b) {
+            continue; // the return address (read by `ret`), or done
         }
-        let saved = rd
-            .saves
-            .iter()
-            .any(|s| matches!(s, Save::At(n) if (lo..lo + 8).contains(n)));
-        let var = vd.iter().any(|(_, v)| match v.loc {
-            Loc::Frame(off) => off <= lo && lo < off + v.size.max(1) as i64,
+        // A callee-saved register's save slot (identical in both versions).
+        if let Some(n) = rd.saves.iter().find_map(|s| match s {
+            Save::At(n) if (*n..*n + 8).contains(&b) => Some(*n),
+            _ => None,
+        }) {
+            explained.extend(n..n + 8);
+            continue;
+        }
+        // A value the code proves the slot holds.
+        if let Some((&off, &(val, size))) = vdst
+            .slots
+            .range(b - 7..=b)
+            .find(|(&off, (_, size))| off + i64::from(*size) > b)
+        {
+            explained.extend(off..off + i64::from(size));
+            if vsrc.slots.get(&off) == Some(&(val, size)) {
+                continue;
+            }
+            if !private(off, size) {
+                return Err(format!(
+                    "the stack slot at CFA{off:+} would need rewriting but the running frame \
+                     may hand out its address"
+                ));
+            }
+            let source = find(val).ok_or_else(|| {
+                format!(
+                    "the stack slot at CFA{off:+} is read after the call in the other version \
+                     and the running frame has no copy of its value"
+                )
+            })?;
+            moves.push(OsrMove {
+                dst: OsrDest::Frame { offset: off, size },
+                src: source,
+            });
+            continue;
+        }
+        // A variable of the destination in the frame.
+        let var = vd.iter().find(|(_, v)| match v.loc {
+            Loc::Frame(off) => off <= b && b < off + v.size.max(1) as i64,
             _ => false,
         });
-        if !saved && !var {
+        let Some((k, v)) = var else {
             return Err(format!(
-                "the stack slot at CFA{lo:+} is read after the call in the other version and \
+                "the stack slot at CFA{b:+} is read after the call in the other version and \
                  holds no variable"
             ));
+        };
+        let Loc::Frame(off) = v.loc else {
+            unreachable!("matched a frame location")
+        };
+        explained.extend(off..off + v.size.max(1) as i64);
+        if matches!(vs.get(k).map(|s| s.loc), Some(Loc::Frame(o)) if o == off) {
+            continue;
         }
+        // A spill slot (checked above): move the value in.
+        let size = v.size as u8;
+        if size != 4 && size != 8 {
+            return Err(format!(
+                "variable {k} would move into the frame ({size} bytes)"
+            ));
+        }
+        moves.push(OsrMove {
+            dst: OsrDest::Frame { offset: off, size },
+            src: from_var(k, 0)?,
+        });
     }
     if moves.len() > MAX_MOVES {
         return Err(format!(
-            "{} registers would move (at most {MAX_MOVES})",
+            "{} values would move (at most {MAX_MOVES})",
             moves.len()
         ));
     }
-    Ok(moves)
+    let frame_relative = moves.iter().any(|m| {
+        matches!(m.src, OsrSource::Frame { .. } | OsrSource::Slot { .. })
+            || matches!(m.dst, OsrDest::Frame { .. })
+    });
+    if frame_relative && cfa_d.0 != 7 {
+        return Err("a frame slot or address would move in a frame-pointer function".into());
+    }
+    Ok((cfa_d.1, moves))
 }
 
 fn describe(l: Option<Loc>) -> String {
@@ -688,37 +801,39 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
     /// (state on entry to it); `None` where unreachable from the entry.
     fn values(&self) -> Values {
         let n = self.code.len();
-        let mut state: Vec<Option<[Val; 16]>> = vec![None; n];
+        let mut state: Values = vec![None; n];
         let Some(&entry) = self.index.get(&(self.unit, 0)) else {
             return state;
         };
-        let mut init = [Val::Unknown; 16];
-        for (r, v) in init.iter_mut().enumerate() {
+        let mut regs = [Val::Unknown; 16];
+        for (r, v) in regs.iter_mut().enumerate() {
             if r != 7 {
                 *v = Val::Entry(r as u16, 64);
             }
         }
-        state[entry] = Some(init);
+        state[entry] = Some(VState {
+            regs,
+            slots: Default::default(),
+        });
+        let floor = self.escape_floor();
         let mut factory = InstructionInfoFactory::new();
         let mut work = vec![entry];
         while let Some(i) = work.pop() {
-            let Some(mut v) = state[i] else { continue };
+            let Some(mut v) = state[i].clone() else {
+                continue;
+            };
             let ins = &self.code[i];
-            self.transfer(ins, &mut v, &mut factory);
+            self.transfer(ins, &mut v, floor, &mut factory);
             for &s in &ins.succ {
-                let merged = match state[s] {
-                    None => v,
+                let merged = match &state[s] {
+                    None => v.clone(),
                     Some(old) => {
-                        let mut m = old;
-                        for r in 0..16 {
-                            if m[r] != v[r] {
-                                m[r] = Val::Unknown;
-                            }
-                        }
+                        let mut m = old.clone();
+                        m.join(&v);
                         m
                     }
                 };
-                if state[s] != Some(merged) {
+                if state[s].as_ref() != Some(&merged) {
                     state[s] = Some(merged);
                     work.push(s);
                 }
@@ -727,26 +842,100 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
         state
     }
 
-    fn transfer(&self, ins: &Ins, v: &mut [Val; 16], factory: &mut InstructionInfoFactory) {
+    /// The lowest CFA offset whose address the function computes (`lea` of a frame address,
+    /// `mov rsp` to a register): objects there and above may be reached through pointers;
+    /// slots below it are the function's own spill slots, reached only by name.
+    fn escape_floor(&self) -> i64 {
+        use iced_x86::{Mnemonic, OpKind};
+        let mut floor = 0i64;
+        for ins in &self.code {
+            let x = &ins.insn;
+            let cfa = self.row(ins.unit, ins.off).and_then(|r| r.cfa);
+            let k = match x.mnemonic() {
+                Mnemonic::Lea => match (x.memory_base(), cfa) {
+                    (Register::RSP, Some((7, n))) | (Register::RBP, Some((6, n))) => {
+                        Some((x.memory_displacement64() as i64).wrapping_sub(n))
+                    }
+                    (Register::RSP | Register::RBP, _) => Some(i64::MIN),
+                    _ => None,
+                },
+                _ if (0..x.op_count()).any(|i| {
+                    x.op_kind(i) == OpKind::Register && x.op_register(i) == Register::RSP && i > 0
+                }) =>
+                {
+                    match cfa {
+                        Some((7, n)) => Some(-n),
+                        _ => Some(i64::MIN),
+                    }
+                }
+                _ => None,
+            };
+            if let Some(k) = k {
+                floor = floor.min(k);
+            }
+        }
+        floor
+    }
+
+    fn transfer(
+        &self,
+        ins: &Ins,
+        st: &mut VState,
+        floor: i64,
+        factory: &mut InstructionInfoFactory,
+    ) {
         use iced_x86::{Mnemonic, OpKind};
         let x = &ins.insn;
+        let v = &mut st.regs;
+        let cfa = self.row(ins.unit, ins.off).and_then(|r| r.cfa);
+        // A frame slot named by an rsp/rbp-relative operand, as (CFA offset, bytes).
+        let slot_of = |x: &Instruction| -> Option<(i64, u8)> {
+            if x.memory_index() != Register::None {
+                return None;
+            }
+            let n = match (x.memory_base(), cfa) {
+                (Register::RSP, Some((7, n))) | (Register::RBP, Some((6, n))) => n,
+                _ => return None,
+            };
+            Some((
+                (x.memory_displacement64() as i64).wrapping_sub(n),
+                x.memory_size().size() as u8,
+            ))
+        };
         let reg64 = |r: Register| r.is_gpr64() || r.is_gpr32();
         let dst = (x.op_count() >= 1 && x.op0_kind() == OpKind::Register)
             .then(|| x.op0_register())
             .filter(|r| reg64(*r));
+        let narrow = |val: Val, d: Register| match val {
+            Val::Entry(r, w) if d.is_gpr32() => Val::Entry(r, w.min(32)),
+            Val::Imm(c) if d.is_gpr32() => Val::Imm(i64::from(c as u32)),
+            val if d.is_gpr64() => val,
+            _ => Val::Unknown,
+        };
+        // A store of a register or immediate into an unescaped slot.
+        let mut store: Option<(i64, u8, Val)> = None;
         let new = match (x.mnemonic(), dst) {
             (Mnemonic::Mov, Some(d)) if x.op1_kind() == OpKind::Register => {
                 let s = x.op1_register();
-                let cfa = self.row(ins.unit, ins.off).and_then(|r| r.cfa);
                 match dwarf_reg(s).map(|r| v[usize::from(r)]) {
                     // `mov rsp, reg`: the frame's address.
                     _ if s == Register::RSP => match cfa {
                         Some((7, n)) if d.is_gpr64() => Some(Val::Frame(-n)),
                         _ => Some(Val::Unknown),
                     },
-                    Some(Val::Entry(r, w)) if d.is_gpr32() => Some(Val::Entry(r, w.min(32))),
-                    Some(val) if d.is_gpr64() && s.is_gpr64() => Some(val),
+                    Some(val) if d.is_gpr32() || s.is_gpr64() => Some(narrow(val, d)),
                     _ => Some(Val::Unknown),
+                }
+            }
+            (Mnemonic::Mov, Some(d)) if x.op1_kind() == OpKind::Memory => {
+                match slot_of(x).and_then(|(off, size)| {
+                    st.slots
+                        .get(&off)
+                        .filter(|(_, stored)| *stored == size && off < floor)
+                        .map(|(val, _)| *val)
+                }) {
+                    Some(val) => Some(narrow(val, d)),
+                    None => Some(Val::Unknown),
                 }
             }
             (Mnemonic::Mov, Some(d))
@@ -762,14 +951,32 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                     imm as i64
                 }))
             }
+            (Mnemonic::Mov, None) if x.op0_kind() == OpKind::Memory => {
+                if let Some((off, size)) = slot_of(x).filter(|(off, _)| *off < floor) {
+                    let val = match x.op1_kind() {
+                        OpKind::Register => dwarf_reg(x.op1_register())
+                            .map(|r| v[usize::from(r)])
+                            .map_or(Val::Unknown, |val| match (val, size) {
+                                (val, 8) => val,
+                                (Val::Entry(r, _), 4) => Val::Entry(r, 32),
+                                _ => Val::Unknown,
+                            }),
+                        OpKind::Immediate32 | OpKind::Immediate32to64 => {
+                            Val::Imm(x.immediate(1) as i64)
+                        }
+                        _ => Val::Unknown,
+                    };
+                    store = Some((off, size, val));
+                }
+                None
+            }
             (Mnemonic::Xor, Some(d))
                 if x.op1_kind() == OpKind::Register && x.op1_register() == d =>
             {
                 Some(Val::Imm(0))
             }
             (Mnemonic::Lea, Some(d)) if d.is_gpr64() && x.memory_index() == Register::None => {
-                let row = self.row(ins.unit, ins.off).and_then(|r| r.cfa);
-                match (x.memory_base(), row) {
+                match (x.memory_base(), cfa) {
                     (Register::RIP, _) if ins.unit == self.unit => Some(Val::RipLea(ins.off)),
                     (Register::RSP, Some((7, n))) | (Register::RBP, Some((6, n))) => Some(
                         Val::Frame((x.memory_displacement64() as i64).wrapping_sub(n)),
@@ -791,6 +998,39 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                 if let Some(d) = dwarf_reg(r.register()) {
                     v[usize::from(d)] = Val::Unknown;
                 }
+            }
+        }
+        // Any other write to the frame forgets the slots it overlaps.
+        for m in info.used_memory() {
+            if !matches!(
+                m.access(),
+                OpAccess::Write
+                    | OpAccess::ReadWrite
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadCondWrite
+            ) {
+                continue;
+            }
+            let n = match (m.base(), cfa) {
+                (Register::RSP, Some((7, n))) | (Register::RBP, Some((6, n))) => n,
+                (Register::RSP | Register::RBP, _) => {
+                    st.slots.clear();
+                    continue;
+                }
+                _ => continue,
+            };
+            if m.index() != Register::None {
+                st.slots.clear();
+                continue;
+            }
+            let lo = (m.displacement() as i64).wrapping_sub(n);
+            let hi = lo + m.memory_size().size().max(1) as i64;
+            st.slots
+                .retain(|&off, (_, size)| off + i64::from(*size) <= lo || off >= hi);
+        }
+        if let Some((off, size, val)) = store {
+            if val != Val::Unknown {
+                st.slots.insert(off, (val, size));
             }
         }
         if matches!(
@@ -905,19 +1145,12 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                 continue;
             }
             let off = (m.displacement() as i64).wrapping_sub(n);
-            let size = m.memory_size().size().max(1) as i64;
-            let first = off.div_euclid(8);
-            let last = (off + size - 1).div_euclid(8);
+            // Bytes, so that a 4-byte spill next to another one is told apart.
+            let size = m.memory_size().size().clamp(1, 64) as i64;
             match m.access() {
-                OpAccess::Write => {
-                    for k in first..=last {
-                        if k * 8 >= off && k * 8 + 8 <= off + size {
-                            e.kill_slots.push(k);
-                        }
-                    }
-                }
+                OpAccess::Write => e.kill_slots.extend(off..off + size),
                 OpAccess::CondWrite => {}
-                _ => e.use_slots.extend(first..=last),
+                _ => e.use_slots.extend(off..off + size),
             }
         }
         e
@@ -1065,8 +1298,27 @@ enum Val {
     Unknown,
 }
 
-/// Register values per instruction (see [`Side::values`]).
-type Values = Vec<Option<[Val; 16]>>;
+/// What the registers and the frame's unescaped slots hold before an instruction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct VState {
+    regs: [Val; 16],
+    /// By CFA offset: (value, bytes stored).
+    slots: std::collections::BTreeMap<i64, (Val, u8)>,
+}
+
+impl VState {
+    fn join(&mut self, o: &VState) {
+        for r in 0..16 {
+            if self.regs[r] != o.regs[r] {
+                self.regs[r] = Val::Unknown;
+            }
+        }
+        self.slots.retain(|k, v| o.slots.get(k) == Some(v));
+    }
+}
+
+/// Register and slot values per instruction (see [`Side::values`]).
+type Values = Vec<Option<VState>>;
 
 const CALLER_SAVED: [u16; 9] = [0, 1, 2, 4, 5, 8, 9, 10, 11];
 
@@ -1076,7 +1328,7 @@ const CALLER_SAVED: [u16; 9] = [0, 1, 2, 4, 5, 8, 9, 10, 11];
 struct Live {
     /// Bit i: `CALLEE_SAVED[i]`.
     regs: u8,
-    /// 8-byte slots, by CFA-relative offset / 8.
+    /// Bytes of the frame, by CFA-relative offset.
     slots: BTreeSet<i64>,
     /// Something was reached that the analysis cannot follow.
     unknown: bool,

@@ -74,7 +74,7 @@ pub enum ApplyError {
         source: crate::error::Error,
         outcome: Outcome,
     },
-    #[error("{function} is still running in thread {tid} after {:.2} s{}; the patch was not {done} ({outcome})", .waited.as_secs_f64(), .polled_only.map(|why| format!(" (only polled, no return stubs: {why})")).unwrap_or_default(), outcome = outcome_word(*.outcome))]
+    #[error("{function} is still running in thread {tid} after {:.2} s{}{}; the patch was not {done} ({outcome})", .waited.as_secs_f64(), .polled_only.map(|why| format!(" (only polled, no return stubs: {why})")).unwrap_or_default(), .not_moved.as_ref().map(|why| format!("; its frame cannot move to the other version: {why}")).unwrap_or_default(), outcome = outcome_word(*.outcome))]
     Busy {
         function: String,
         tid: Tid,
@@ -84,6 +84,9 @@ pub enum ApplyError {
         /// Why threads were not caught as they returned ([`crate::retstub`]), when they were
         /// not.
         polled_only: Option<&'static str>,
+        /// Why the thread's frame was not moved by on-stack replacement, when the builder
+        /// refused the call site it waits at.
+        not_moved: Option<String>,
         outcome: Outcome,
     },
     /// A return address into a busy function (or, for a revert, into the patch) sits in
@@ -119,6 +122,10 @@ pub struct BusyDetail {
     /// For a running thread: why it was only polled, not caught as it returned (`None` when
     /// return stubs were used).
     pub polled_only: Option<String>,
+    /// Why on-stack replacement could not move the frame (the builder's reason for its call
+    /// site), when that was the obstacle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_moved: Option<String>,
 }
 
 fn outcome_word(o: Outcome) -> &'static str {
@@ -164,6 +171,7 @@ impl ApplyError {
                 function,
                 tid,
                 polled_only,
+                not_moved,
                 ..
             } => Some(BusyDetail {
                 function: function.clone(),
@@ -172,6 +180,7 @@ impl ApplyError {
                 returns_to: None,
                 mapping: None,
                 polled_only: polled_only.map(str::to_string),
+                not_moved: not_moved.clone(),
             }),
             ApplyError::Suspended { frame, .. } => Some(BusyDetail {
                 function: frame.name.clone(),
@@ -180,6 +189,7 @@ impl ApplyError {
                 returns_to: Some(format!("{:#x}", frame.returns_to)),
                 mapping: Some(frame.mapping.clone()),
                 polled_only: None,
+                not_moved: None,
             }),
             _ => None,
         }
@@ -195,6 +205,7 @@ impl ApplyError {
                 waited,
                 done,
                 polled_only,
+                not_moved,
                 ..
             } => ApplyError::Busy {
                 function,
@@ -202,6 +213,7 @@ impl ApplyError {
                 waited,
                 done,
                 polled_only,
+                not_moved,
                 outcome,
             },
             ApplyError::Suspended {
@@ -290,8 +302,68 @@ pub struct Applied {
     /// Threads caught by a return stub as they left a busy function (0 when stopping at
     /// random moments found the functions idle).
     pub caught_returns: u32,
+    /// Frames moved from a replaced function to the patched code (on-stack replacement).
+    pub moved_frames: Vec<MovedFrame>,
     /// The id of the patch this one replaced, if any.
     pub replaced: Option<String>,
+}
+
+/// A frame that waited in a call from a replaced function and was moved to the other version
+/// (on-stack replacement, [`crate::osr`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MovedFrame {
+    pub thread: i32,
+    /// The return address it had, and the one it got (a trampoline to the other version).
+    #[serde(serialize_with = "crate::hexjson::addr")]
+    pub from: u64,
+    #[serde(serialize_with = "crate::hexjson::addr")]
+    pub to: u64,
+}
+
+/// How many moved frames (return addresses) one switch can write: the commit routine's pages
+/// are sized for them when a patch has on-stack replacement sites.
+const OSR_FRAMES: usize = 256;
+
+/// The on-stack replacement functions of a patch: original → patched for apply, patched →
+/// original for revert. Without `linked` (measuring) every address is 0.
+fn osr_functions<'a>(
+    originals: &'a [(&ChangedFn, RemoteAddr)],
+    linked: Option<(&'a crate::link::Linked, &'a [Vec<u8>])>,
+) -> Vec<crate::osr::Function<'a>> {
+    let mut out = Vec::new();
+    for (i, (f, from)) in originals.iter().enumerate() {
+        let Some(table) = &f.osr else { continue };
+        let (new, new_code, old_code): (u64, &[u8], &[u8]) = match linked {
+            None => (0, &[], &[]),
+            Some((l, codes)) => {
+                let Some(to) = l.symbols.get(&f.name) else {
+                    continue;
+                };
+                let code = l
+                    .segments
+                    .iter()
+                    .find(|(_, at, b)| (at.0..at.0 + b.len() as u64).contains(&to.0))
+                    .map_or(&[][..], |(_, at, b)| &b[(to.0 - at.0) as usize..]);
+                (to.0, code, &codes[i][..])
+            }
+        };
+        let old = if linked.is_some() { from.0 } else { 0 };
+        out.push(crate::osr::Function {
+            src: old,
+            dst: new,
+            dst_code: new_code,
+            sites: &table.forward,
+            revert: false,
+        });
+        out.push(crate::osr::Function {
+            src: new,
+            dst: old,
+            dst_code: old_code,
+            sites: &table.backward,
+            revert: true,
+        });
+    }
+    out
 }
 
 /// A patch found in a process by its header.
@@ -309,6 +381,8 @@ struct ChangedFn {
     size: u64,
     /// The original's code as compiled (patch objects from this suture on).
     original_code: Option<suture_object::report::OriginalCode>,
+    /// Where frames waiting in a call from it can move (`suture_object::osr`).
+    osr: Option<suture_object::osr::OsrTable>,
 }
 
 fn manifest_functions(plan: &Plan) -> Result<Vec<ChangedFn>, ApplyError> {
@@ -351,6 +425,7 @@ fn manifest_functions(plan: &Plan) -> Result<Vec<ChangedFn>, ApplyError> {
             request,
             size: f["original_size"].as_u64().unwrap_or(0),
             original_code: serde_json::from_value(f["original_code"].clone()).ok(),
+            osr: serde_json::from_value(f["osr"].clone()).ok(),
         });
     }
     if out.is_empty() {
@@ -628,6 +703,13 @@ struct Prepared {
     code_addr: RemoteAddr,
     block_addr: RemoteAddr,
     header_bytes: Vec<u8>,
+    /// The on-stack replacement table and trampolines (empty without OSR sites).
+    osr: crate::osr::Area,
+    /// The switch's writes (the commit routine is generated again from them, with the
+    /// return addresses of moved frames added, when frames move).
+    writes: Vec<Write>,
+    /// Return addresses of call sites the builder refused to map, with the reason.
+    refusals: Vec<(u64, String)>,
     /// The linked segments to write (empty for a reused region: its bytes are there).
     segments: Vec<(Segment, RemoteAddr, Vec<u8>)>,
     redirects: Vec<Redirect>,
@@ -730,6 +812,15 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
         unwind.add_elf(name, bytes, *bias, code.clone());
     }
     add_live_patches(&mut unwind, &mem, &maps, &existing);
+    // On-stack replacement (crate::osr): the trampolines' size does not depend on where
+    // anything is, so the pages are counted before the region is placed.
+    let osr_len = crate::osr::Area::measure(&osr_functions(&originals, None))
+        .map_err(|e| ApplyError::Patch(format!("on-stack replacement: {e}")))?;
+    let osr_pages = if osr_len > 16 {
+        osr_len.div_ceil(PAGE)
+    } else {
+        0
+    };
     let dummy = Commit::generate(
         0,
         0,
@@ -739,8 +830,11 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
                 new: vec![0; 8],
                 old: vec![0; 8]
             };
-            // Each function, each entry of a replaced patch, its header state.
-            originals.len() + replaced.as_ref().map_or(0, |p| p.header.redirects.len() + 1)
+            // Each function, each entry of a replaced patch, its header state, and return
+            // addresses of moved frames (apply now or revert later).
+            originals.len()
+                + replaced.as_ref().map_or(0, |p| p.header.redirects.len() + 1)
+                + if osr_pages > 0 { OSR_FRAMES } else { 0 }
         ],
         0,
         [0; 4],
@@ -749,8 +843,8 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
     let code_pages = (dummy.code.len() as u64).div_ceil(PAGE).max(1);
     let block_pages = (dummy.block.len() as u64).div_ceil(PAGE).max(1);
     let plan_size = plan.region_size();
-    // Then two pages of return stubs (crate::retstub).
-    let size = plan_size + (code_pages + block_pages + 2) * PAGE;
+    // Then two pages of return stubs (crate::retstub), then the OSR pages.
+    let size = plan_size + (code_pages + block_pages + 2 + osr_pages) * PAGE;
     let center = RemoteAddr(originals.iter().map(|(_, a)| a.0).min().unwrap_or(0));
     let (base, linked, reused) =
         match reusable(&mem, &plan, &resolver, &existing, &opts.patch_id, size)? {
@@ -763,6 +857,19 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
     let code_addr = base.offset(plan_size);
     let block_addr = code_addr.offset(code_pages * PAGE);
     let stubs = StubArea::at(block_addr.0 + block_pages * PAGE);
+    let osr_addr = RemoteAddr(stubs.code + 2 * PAGE);
+    let osr = if osr_pages > 0 {
+        let originals_code: Vec<Vec<u8>> = originals
+            .iter()
+            .map(|(f, from)| mem.read_vec(*from, f.size as usize).unwrap_or_default())
+            .collect();
+        let functions = osr_functions(&originals, Some((&linked, &originals_code)));
+        crate::osr::Area::build(osr_addr.0, &functions)
+            .map_err(|e| ApplyError::Patch(format!("on-stack replacement: {e}")))?
+    } else {
+        crate::osr::Area::default()
+    };
+    unwind.add_trampolines(&osr);
 
     let (writes, redirects, busy) =
         redirect_writes(&mem, &maps, &originals, &linked, replaced.as_ref())?;
@@ -789,6 +896,13 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
             .ok()
             .zip(u16::try_from((block_addr.0 - base.0) / PAGE).ok()),
         stubs: u16::try_from((stubs.code - base.0) / PAGE).ok(),
+        osr: (osr_pages > 0)
+            .then(|| {
+                u16::try_from((osr_addr.0 - base.0) / PAGE)
+                    .ok()
+                    .zip(u16::try_from(osr_pages).ok())
+            })
+            .flatten(),
     };
     let header_bytes = header
         .encode()
@@ -821,8 +935,26 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
             data: (data_at, data_len),
             code: (code_addr, code_pages * PAGE),
             stubs,
+            osr: (osr_addr, osr_pages * PAGE),
             reused,
         },
+        osr,
+        writes,
+        refusals: originals
+            .iter()
+            .flat_map(|(f, from)| {
+                let name = f.request.name().to_string();
+                f.osr.iter().flat_map(move |t| {
+                    let name = name.clone();
+                    t.refused.iter().map(move |r| {
+                        (
+                            from.0 + u64::from(r.at),
+                            format!("{name}+{:#x}, the call to {}: {}", r.at, r.callee, r.reason),
+                        )
+                    })
+                })
+            })
+            .collect(),
         segments: if reused { Vec::new() } else { linked.segments },
         shadow_stack: std::fs::read_to_string(crate::maps::live_proc_dir(pid).join("status"))
             .map_or(true, |st| crate::retstub::shadow_stack_enabled(&st)),
@@ -899,7 +1031,12 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         mem.write(
             RemoteAddr(p.region.stubs.code),
             &crate::retstub::code_page(),
-        )
+        )?;
+        // Identical bytes in a reused region (same addresses, same sites).
+        if !p.osr.is_empty() {
+            mem.write(p.region.osr.0, &p.osr.bytes)?;
+        }
+        Ok(())
     })();
     written.map_err(|e| fail(ApplyError::process(e, Outcome::Untouched)))?;
     crate::failpoint::hit("apply:written");
@@ -916,6 +1053,9 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
             retire_at: (!reused).then_some(base.offset(Header::STATE_OFFSET)),
             no_stubs: no_stubs.unwrap_or(""),
             commit: &p.commit,
+            writes: &p.writes,
+            osr: (!p.osr.is_empty()).then_some(&p.osr),
+            refusals: &p.refusals,
             code_addr: p.code_addr,
             block_addr: p.block_addr,
             state_addr: base.offset(Header::STATE_OFFSET),
@@ -940,6 +1080,7 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         stop_window_us: done.window.as_micros() as u64,
         stop_phases: done.phases,
         caught_returns: done.caught,
+        moved_frames: done.moved,
         replaced: p.replaced.map(|r| r.header.patch_id),
     })
 }
@@ -1041,6 +1182,8 @@ struct Region {
     code: (RemoteAddr, u64),
     /// The return stubs' code page (read-execute) and slot page (read-write).
     stubs: StubArea,
+    /// The on-stack replacement pages (read-execute; length 0 without).
+    osr: (RemoteAddr, u64),
     /// The region is mapped already (a retired region of the same patch).
     reused: bool,
 }
@@ -1063,6 +1206,7 @@ fn map_region(
         data: (data_at, data_len),
         code: (code_addr, code_len),
         stubs,
+        osr: (osr_at, osr_len),
         reused,
     } = *region;
     let mut sp =
@@ -1084,6 +1228,9 @@ fn map_region(
         c.push(Injected::mmap(ip, code_addr.0, code_len, 5, fixed, -1, 0));
         c.push(Injected::mmap(ip, stubs.code, PAGE, 5, fixed, -1, 0));
         c.push(Injected::mprotect(ip, stubs.slots, PAGE, 3));
+        if osr_len > 0 {
+            c.push(Injected::mmap(ip, osr_at.0, osr_len, 5, fixed, -1, 0));
+        }
         c.push(Injected::munmap(ip, base.0, size));
         for &(at, len) in leftovers {
             c.push(Injected::munmap(ip, at.0, len));
@@ -1129,7 +1276,11 @@ fn map_region(
             }
             rm.mmap(code_addr, code_len, Prot::RX, fixed, -1, 0)?;
             rm.mmap(RemoteAddr(stubs.code), PAGE, Prot::RX, fixed, -1, 0)?;
-            rm.mprotect(RemoteAddr(stubs.slots), PAGE, Prot::READ | Prot::WRITE)
+            rm.mprotect(RemoteAddr(stubs.slots), PAGE, Prot::READ | Prot::WRITE)?;
+            if osr_len > 0 {
+                rm.mmap(osr_at, osr_len, Prot::RX, fixed, -1, 0)?;
+            }
+            Ok(())
         })();
         if r.is_err() {
             let _ = rm.munmap(base, size);
@@ -1158,6 +1309,12 @@ struct Switch<'a> {
     /// Why `stubs` is `None` (said in a busy refusal).
     no_stubs: &'static str,
     commit: &'a Commit,
+    /// The writes `commit` was generated from (without the header state).
+    writes: &'a [Write],
+    /// The region's on-stack replacement table: busy frames it maps are moved, not waited for.
+    osr: Option<&'a crate::osr::Area>,
+    /// Call sites (return addresses) the builder refused to map, with the reason.
+    refusals: &'a [(u64, String)],
     code_addr: RemoteAddr,
     block_addr: RemoteAddr,
     state_addr: RemoteAddr,
@@ -1175,6 +1332,7 @@ struct Switched {
     /// Threads caught by a return stub on the way (0 when polling sufficed).
     caught: u32,
     phases: StopPhases,
+    moved: Vec<MovedFrame>,
 }
 
 /// Where the time of the switch's stop went, in microseconds, as suture saw it (the last,
@@ -1284,6 +1442,15 @@ impl Arms {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// The real return address behind an armed stub's entry (for unwinding through it).
+    fn stub_return(&self, ra: u64) -> Option<u64> {
+        let area = self.area?;
+        self.armed
+            .iter()
+            .find(|a| area.entry(a.slot) == ra)
+            .map(|a| a.ret)
     }
 
     /// Waits (the target running) until every armed thread has returned into its stub, or
@@ -1416,14 +1583,38 @@ fn switch_loop(
         phases.registers_us = lap();
         let mut blocked = None;
         let mut slots = Vec::new();
+        let mut moved: Vec<(Tid, u64, u64, u64)> = Vec::new();
+        // A return address into busy code at a call site the builder refused to map.
+        let mut unmoved: Option<u64> = None;
         let stacks = snapshots(sp.mem(), sw.maps, &regs, STACK_CAP);
         phases.stacks_us = lap();
         for ((tid, r), stack) in regs.iter().zip(&stacks) {
             if let Finding::Busy { name, ret_slot, .. } =
                 sw.unwind.check(r.rip, r.rsp, r.rbp, stack, sw.busy)
             {
-                blocked.get_or_insert((name, *tid));
-                slots.extend(ret_slot);
+                // Frames waiting in calls at mapped sites move instead (crate::osr).
+                let revert = sw.want == State::Reverted;
+                let movable = (sw.osr.is_some() || !sw.refusals.is_empty()).then(|| {
+                    sw.unwind.movable(
+                        (r.rip, r.rsp, r.rbp),
+                        stack,
+                        sw.busy,
+                        |ra| sw.osr.and_then(|area| area.target(ra, revert)),
+                        |ra| arms.stub_return(ra),
+                    )
+                });
+                match movable {
+                    Some(Ok(m)) if !m.is_empty() => {
+                        moved.extend(m.into_iter().map(|(slot, ra, to)| (*tid, slot, ra, to)));
+                    }
+                    other => {
+                        if let Some(Err(Some(ra))) = other {
+                            unmoved.get_or_insert(ra);
+                        }
+                        blocked.get_or_insert((name, *tid));
+                        slots.extend(ret_slot);
+                    }
+                }
             }
         }
         let done = if sw.want == State::Reverted {
@@ -1452,6 +1643,12 @@ fn switch_loop(
                     waited: started.elapsed(),
                     done,
                     polled_only: sw.stubs.is_none().then_some(sw.no_stubs),
+                    not_moved: unmoved.and_then(|ra| {
+                        sw.refusals
+                            .iter()
+                            .find(|(at, _)| *at == ra)
+                            .map(|(_, why)| why.clone())
+                    }),
                     outcome: Outcome::Untouched,
                 });
             }
@@ -1516,18 +1713,55 @@ fn switch_loop(
                 }
             }
         }
+        // Moved frames: their return addresses join the switch's writes, so the commit
+        // routine completes or undoes them with the jumps.
+        let regenerated;
+        let commit = if moved.is_empty() {
+            sw.commit
+        } else if moved.len() > OSR_FRAMES {
+            let _ = sp.resume();
+            return Err(ApplyError::Target(
+                format!(
+                    "{} frames would move (at most {OSR_FRAMES} in one switch)",
+                    moved.len()
+                ),
+                Outcome::Untouched,
+            ));
+        } else {
+            let mut writes = sw.writes.to_vec();
+            writes.extend(moved.iter().map(|&(_, slot, ra, to)| Write {
+                addr: slot,
+                new: to.to_le_bytes().to_vec(),
+                old: ra.to_le_bytes().to_vec(),
+            }));
+            regenerated = Commit::generate(
+                sw.code_addr.0,
+                sw.block_addr.0,
+                &writes,
+                sw.state_addr.0,
+                Header::state_bytes(sw.want),
+                marker_signal(pid),
+            );
+            let written = sp
+                .mem()
+                .write(sw.code_addr, &regenerated.code)
+                .and_then(|()| sp.mem().write(sw.block_addr, &regenerated.block));
+            if let Err(e) = written {
+                let _ = sp.resume();
+                return Err(ApplyError::process(e, Outcome::Untouched));
+            }
+            &regenerated
+        };
         phases.scan_us = lap();
         crate::failpoint::hit(sw.failpoint);
         let run = if commit_in_target() {
-            let (tid, saved, end) = routine_thread(&sp, &regs, sw.commit);
-            let block = sw
-                .commit
-                .block_with_registers(&regs_array(&restartable(saved)));
+            let (tid, saved, end) = routine_thread(&sp, &regs, commit);
+            let block = commit.block_with_registers(&regs_array(&restartable(saved)));
             sp.mem()
                 .write(sw.block_addr, &block)
                 .and_then(|()| sp.run_routine(tid, sw.code_addr, end, saved))
         } else {
-            let template = sw.commit.block.clone();
+            let template = commit.block.clone();
             let block_of = Box::new(move |r: &Registers| {
                 let mut b = template;
                 for (i, v) in regs_array(&restartable(*r)).iter().enumerate() {
@@ -1535,12 +1769,7 @@ fn switch_loop(
                 }
                 b
             });
-            sp.commit_direct(
-                sw.code_addr,
-                sw.block_addr,
-                block_of,
-                sw.commit.writes.clone(),
-            )
+            sp.commit_direct(sw.code_addr, sw.block_addr, block_of, commit.writes.clone())
         };
         let state = sp.mem().read_vec(sw.state_addr, 4);
         let switched = matches!(&state, Ok(b) if b[..] == Header::state_bytes(sw.want));
@@ -1564,11 +1793,26 @@ fn switch_loop(
         if let Err(e) = resumed {
             tracing::warn!(pid = pid.0, %e, "resuming after the switch");
         }
+        if !moved.is_empty() {
+            tracing::info!(
+                pid = pid.0,
+                frames = moved.len(),
+                "frames moved to the other version (on-stack replacement)"
+            );
+        }
         return Ok(Switched {
             attempts,
             window,
             caught: arms.caught,
             phases,
+            moved: moved
+                .into_iter()
+                .map(|(tid, _, from, to)| MovedFrame {
+                    thread: tid.0,
+                    from,
+                    to,
+                })
+                .collect(),
         });
     }
 }
@@ -1776,7 +2020,19 @@ fn add_live_patches(
     maps: &Maps,
     patches: &[LivePatch],
 ) {
-    for p in patches.iter().filter(|p| p.header.state == State::Live) {
+    // Trampolines of every region (a frame moved by a revert may still wait to return into
+    // one of a retired region).
+    for p in patches {
+        if let Some(area) = osr_area(mem, p) {
+            unwind.add_trampolines(&area);
+        }
+    }
+    // Live patches' code, and retired regions with trampolines (a frame waiting to return
+    // into one still has the shape of the region's code).
+    for p in patches
+        .iter()
+        .filter(|p| p.header.state == State::Live || p.header.osr.is_some())
+    {
         let Some((off, len)) = p.header.eh_frame else {
             continue;
         };
@@ -1789,6 +2045,15 @@ fn add_live_patches(
             unwind.add_patch(&name, code.range, at, bytes.clone());
         }
     }
+}
+
+/// The on-stack replacement table of a region, read back from the target.
+fn osr_area(mem: &ProcessMemory, p: &LivePatch) -> Option<crate::osr::Area> {
+    let (page, n) = p.header.osr?;
+    let at = p.base + u64::from(page) * PAGE;
+    let len = u64::from(n) * PAGE;
+    let bytes = mem.read_vec(RemoteAddr(at), len as usize).ok()?;
+    crate::osr::Area::decode(&bytes, at..at + len)
 }
 
 /// The code pages of a patch region: busy while any thread runs them.
@@ -1832,6 +2097,8 @@ pub struct Reverted {
     /// The last (successful) stop of the switch, as suture saw it.
     pub stop_window_us: u64,
     pub stop_phases: StopPhases,
+    /// Frames moved from the patch back to the original code (on-stack replacement).
+    pub moved_frames: Vec<MovedFrame>,
 }
 
 /// Reverts the live patch `patch_id` (the most recent one with that id): the same switch in
@@ -1933,6 +2200,7 @@ pub fn revert_timed(pid: Pid, patch_id: &str, timeout: Duration) -> Result<Rever
         .stubs
         .filter(|_| no_stubs.is_none())
         .map(|page| StubArea::at(p.base + u64::from(page) * PAGE));
+    let osr = osr_area(&mem, &p).filter(|a| !a.is_empty());
     let (done, _) = switch(
         pid,
         &Switch {
@@ -1944,6 +2212,9 @@ pub fn revert_timed(pid: Pid, patch_id: &str, timeout: Duration) -> Result<Rever
             retire_at: None,
             no_stubs: no_stubs.unwrap_or(""),
             commit: &commit,
+            writes: &writes,
+            osr: osr.as_ref(),
+            refusals: &[],
             code_addr: RemoteAddr(code_page),
             block_addr: RemoteAddr(block_addr),
             state_addr: base.offset(Header::STATE_OFFSET),
@@ -1963,5 +2234,6 @@ pub fn revert_timed(pid: Pid, patch_id: &str, timeout: Duration) -> Result<Rever
         attempts: done.attempts,
         stop_window_us: done.window.as_micros() as u64,
         stop_phases: done.phases,
+        moved_frames: done.moved,
     })
 }

@@ -22,6 +22,8 @@
 //!                  (optional: absent in headers written before it existed; 0, 0 = none)
 //!     stubs        u32 page index of the return stubs' code (their slots are the next page;
 //!                  see `retstub.rs`); optional as eh_frame; 0 = none
+//!     osr          u32 page index (low 16 bits) and page count (high 16 bits) of the
+//!                  on-stack replacement table and trampolines (`osr.rs`); optional; 0 = none
 //! ```
 //! Data read back from a target is untrusted: [`Header::decode`] bounds every field.
 
@@ -97,6 +99,8 @@ pub struct Header {
     /// Page index (from the region's start) of the return stubs' code page; their slots are
     /// the page after it ([`crate::retstub`]).
     pub stubs: Option<u16>,
+    /// Page index and page count of the on-stack replacement pages ([`crate::osr`]).
+    pub osr: Option<(u16, u16)>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -191,6 +195,10 @@ impl Header {
         out.extend_from_slice(&off.to_le_bytes());
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(&u32::from(self.stubs.unwrap_or(0)).to_le_bytes());
+        let osr = self
+            .osr
+            .map_or(0, |(page, n)| u32::from(page) | u32::from(n) << 16);
+        out.extend_from_slice(&osr.to_le_bytes());
         if out.len() > MAX_LEN {
             return Err(HeaderError::TooLarge);
         }
@@ -209,6 +217,7 @@ impl Header {
             + object.len()
             + redirects * REDIRECT_LEN
             + 8
+            + 4
             + 4
     }
 
@@ -292,6 +301,15 @@ impl Header {
         } else {
             None
         };
+        // Pages that would leave the region are ignored (frames are then not moved).
+        let osr = if r.at + 4 <= r.b.len() {
+            let v = r.u32()?;
+            let (page, n) = ((v & 0xffff) as u16, (v >> 16) as u16);
+            (page > 0 && n > 0 && (u64::from(page) + u64::from(n)) * 4096 <= region_size)
+                .then_some((page, n))
+        } else {
+            None
+        };
         Ok(Header {
             state,
             region_size,
@@ -303,6 +321,7 @@ impl Header {
             eh_frame,
             commit_pages,
             stubs,
+            osr,
         })
     }
 }
@@ -334,6 +353,7 @@ mod tests {
             eh_frame: Some((0x1000, 0x80)),
             commit_pages: Some((3, 4)),
             stubs: None,
+            osr: None,
         }
     }
 
@@ -342,8 +362,8 @@ mod tests {
     #[test]
     fn eh_frame_record_is_optional_and_bounded() {
         let mut b = sample().encode().unwrap();
-        // A header from before both trailing records (eh_frame, stubs).
-        b.truncate(b.len() - 12);
+        // A header from before the trailing records (eh_frame, stubs, osr).
+        b.truncate(b.len() - 16);
         let len = b.len() as u32;
         b[8..12].copy_from_slice(&len.to_le_bytes());
         let old = Header::decode(&b).unwrap();
@@ -362,6 +382,25 @@ mod tests {
         assert_eq!(Header::decode(&h.encode().unwrap()).unwrap().eh_frame, None);
     }
 
+    /// The osr record: round-trips; absent in older headers; pages outside the region are
+    /// ignored (frames are then not moved).
+    #[test]
+    fn osr_record_is_optional_and_bounded() {
+        let mut h = sample();
+        h.osr = Some((3, 2)); // pages 3 and 4 of a 5-page region
+        assert_eq!(
+            Header::decode(&h.encode().unwrap()).unwrap().osr,
+            Some((3, 2))
+        );
+        let mut b = h.encode().unwrap();
+        b.truncate(b.len() - 4);
+        let len = b.len() as u32;
+        b[8..12].copy_from_slice(&len.to_le_bytes());
+        assert_eq!(Header::decode(&b).unwrap().osr, None);
+        h.osr = Some((4, 2));
+        assert_eq!(Header::decode(&h.encode().unwrap()).unwrap().osr, None);
+    }
+
     /// The stubs record: round-trips; absent in older headers; a page whose two pages would
     /// leave the region is ignored (the region is then used without stubs).
     #[test]
@@ -370,7 +409,8 @@ mod tests {
         h.stubs = Some(3);
         assert_eq!(Header::decode(&h.encode().unwrap()).unwrap().stubs, Some(3));
         let mut b = h.encode().unwrap();
-        b.truncate(b.len() - 4);
+        // A header from before the stubs record (and the osr record after it).
+        b.truncate(b.len() - 8);
         let len = b.len() as u32;
         b[8..12].copy_from_slice(&len.to_le_bytes());
         let old = Header::decode(&b).unwrap();

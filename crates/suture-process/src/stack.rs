@@ -71,6 +71,10 @@ pub struct UnwindInfo {
     /// framehop's rule cache, shared by every unwind (it is keyed by address and by the
     /// unwinder's module set; making one costs an allocation of several kilobytes).
     cache: std::sync::Mutex<Option<CacheX86_64>>,
+    /// On-stack replacement trampolines ([`crate::osr`]): a return address equal to one is
+    /// unwound as the `from` it was moved from (the frame still has that shape) and checked
+    /// as the `to` it goes on at.
+    trampolines: std::collections::HashMap<u64, (u64, u64)>,
 }
 
 const MAX_FRAMES: usize = 1024;
@@ -133,6 +137,18 @@ impl UnwindInfo {
             .add_module(Module::new(name.to_string(), code, base, info));
     }
 
+    /// Registers the trampolines of an on-stack replacement table.
+    pub fn add_trampolines(&mut self, area: &crate::osr::Area) {
+        for e in &area.entries {
+            self.trampolines.insert(e.trampoline, (e.from, e.to));
+        }
+    }
+
+    /// The return address a trampoline stands for when unwinding.
+    pub fn unwinds_as(&self, ra: u64) -> Option<u64> {
+        self.trampolines.get(&ra).map(|&(from, _)| from)
+    }
+
     pub fn module_count(&self) -> usize {
         self.ranges.len()
     }
@@ -167,13 +183,83 @@ impl UnwindInfo {
             {
                 Ok(Some(ra)) => {
                     frames.push(sp..regs.sp());
-                    address = FrameAddress::from_return_address(ra)?;
+                    address = FrameAddress::from_return_address(self.unwinds_as(ra).unwrap_or(ra))?;
                 }
                 Ok(None) => return Some(frames),
                 Err(_) => return None,
             }
         }
         None
+    }
+
+    /// On-stack replacement ([`crate::osr`]): when every frame of the thread in `busy` waits
+    /// in a call whose return address `target` maps, the writes that move them, as (slot,
+    /// return address, new return address). An error when the thread itself runs busy code,
+    /// the unwind is incomplete, or a busy frame cannot move (with its return address: a call
+    /// site `target` does not map). A return address that `alias` maps
+    /// (a trampoline a frame was moved to earlier) is unwound as the address it stands for.
+    pub fn movable(
+        &self,
+        (rip, rsp, rbp): (u64, u64, u64),
+        stack: &StackSnapshot,
+        busy: &[BusyRange],
+        target: impl Fn(u64) -> Option<u64>,
+        alias: impl Fn(u64) -> Option<u64>,
+    ) -> Result<Vec<(u64, u64, u64)>, Option<u64>> {
+        let hit = |pc: u64| busy.iter().any(|b| b.range.contains(&pc));
+        if hit(rip) {
+            return Err(None);
+        }
+        let mut guard = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = guard.get_or_insert_with(CacheX86_64::new);
+        let mut read = |addr: u64| stack.read(addr).ok_or(());
+        let mut regs = UnwindRegsX86_64::new(rip, rsp, rbp);
+        let mut address = FrameAddress::from_instruction_pointer(rip);
+        // The raw return address of the current frame (None for the innermost).
+        let mut raw: Option<u64> = None;
+        let mut moves = Vec::new();
+        for _ in 0..MAX_FRAMES {
+            let pc = address.address_for_lookup();
+            if !self.ranges.iter().any(|r| r.contains(&pc)) {
+                return Err(None);
+            }
+            let busy_here = hit(pc)
+                || raw.is_some_and(|r| {
+                    hit(r.wrapping_sub(1))
+                        || self
+                            .trampolines
+                            .get(&r)
+                            .is_some_and(|&(_, to)| hit(to.wrapping_sub(1)))
+                });
+            let sp = regs.sp();
+            let next = match self
+                .unwinder
+                .unwind_frame(address, &mut regs, cache, &mut read)
+            {
+                Ok(next) => next,
+                Err(_) => return Err(None),
+            };
+            if busy_here {
+                // The return address into this frame sits just below the callee's CFA, which
+                // is this frame's stack pointer at the call: read it where the unwind found it.
+                let ra = raw.ok_or(None)?;
+                let to = target(ra).ok_or(Some(ra))?;
+                let slot = sp.checked_sub(8).ok_or(None)?;
+                if stack.read(slot) != Some(ra) {
+                    return Err(None);
+                }
+                moves.push((slot, ra, to));
+            }
+            match next {
+                Some(ra) => {
+                    raw = Some(ra);
+                    let shape = self.unwinds_as(ra).or_else(|| alias(ra)).unwrap_or(ra);
+                    address = FrameAddress::from_return_address(shape).ok_or(None)?;
+                }
+                None => return Ok(moves),
+            }
+        }
+        Err(None)
     }
 
     /// Checks one thread given its `rip`, `rsp`, `rbp` and stack snapshot.
@@ -203,10 +289,16 @@ impl UnwindInfo {
         // The innermost busy frame (name, depth) and the return slot of the outermost one.
         let mut first: Option<(&BusyRange, usize)> = None;
         let mut outermost: Option<(u64, u64)> = None;
+        // Where the frame being looked at goes on, when its return address is a trampoline.
+        // The raw return address into the frame being looked at.
+        let mut resumes: Option<u64> = None;
+        let mut raw: Option<u64> = None;
         for depth in 0..MAX_FRAMES {
             // A return address points after the call: look up the call itself.
             let pc = address.address_for_lookup();
-            let here = hit(pc);
+            let here = hit(pc)
+                .or_else(|| raw.and_then(|r| hit(r.wrapping_sub(1))))
+                .or_else(|| resumes.and_then(|to| hit(to.wrapping_sub(1))));
             if let Some(b) = here {
                 first.get_or_insert((b, depth));
             } else if !self.ranges.iter().any(|r| r.contains(&pc)) {
@@ -225,7 +317,10 @@ impl UnwindInfo {
                         let ruled = self.ranges.iter().any(|r| r.contains(&pc));
                         outermost = (ruled && stack.read(slot) == Some(ra)).then_some((slot, ra));
                     }
-                    match FrameAddress::from_return_address(ra) {
+                    let alias = self.trampolines.get(&ra).copied();
+                    resumes = alias.map(|(_, to)| to);
+                    raw = Some(ra);
+                    match FrameAddress::from_return_address(alias.map_or(ra, |(from, _)| from)) {
                         Some(next) => address = next,
                         None => {
                             complete = true;

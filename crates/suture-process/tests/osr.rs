@@ -1,0 +1,267 @@
+//! On-stack replacement on real programs built with gcc -O2 -g: frames of replaced functions
+//! that never return (a connection thread's loop, `main`'s epoll loop, a forked helper's loop)
+//! move to the fixed code at the equivalent call site while their connections stay open, and
+//! revert moves them back. Without the builder's maps the same patches are refused as busy.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use suture_process::apply::{apply, revert_timed, ApplyError, ApplyOptions};
+use suture_process::ids::Pid;
+use suture_testkit::cc::gcc;
+use suture_testkit::{spawn_lines, Scratch, TIMEOUT};
+
+const CONN: &str = include_str!("fixtures/osr/conn.c");
+const EVLOOP: &str = include_str!("fixtures/osr/evloop.c");
+const FORKED: &str = include_str!("fixtures/osr/forked.c");
+
+struct Built {
+    prog: PathBuf,
+    /// The patch with on-stack replacement maps.
+    patch: Vec<u8>,
+    /// The same patch without them.
+    plain: Vec<u8>,
+}
+
+/// Builds the program from `src` and the patch of the variant `define` (`FIXED`...).
+fn build(dir: &Path, src: &str, define: &str) -> Built {
+    std::fs::write(dir.join("prog.c"), src).unwrap();
+    let flags = [
+        "-O2",
+        "-g",
+        "-ffunction-sections",
+        "-fdata-sections",
+        "-c",
+        "prog.c",
+    ];
+    let mut orig = flags.to_vec();
+    orig.extend(["-o", "orig.o"]);
+    gcc(dir, &orig);
+    let def = format!("-D{define}");
+    let mut fixed = flags.to_vec();
+    fixed.extend([def.as_str(), "-o", "fixed.o"]);
+    gcc(dir, &fixed);
+    gcc(dir, &["orig.o", "-o", "prog", "-lpthread"]);
+    let a = std::fs::read(dir.join("orig.o")).unwrap();
+    let b = std::fs::read(dir.join("fixed.o")).unwrap();
+    let (a, b) = (
+        suture_object::Object::parse(&a).unwrap(),
+        suture_object::Object::parse(&b).unwrap(),
+    );
+    let emit = |osr: bool| {
+        let d = suture_object::analyze_with(
+            &a,
+            &b,
+            suture_object::Options {
+                osr,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(d.report.status, suture_object::Status::Patchable);
+        suture_object::emit::emit(&d).unwrap()
+    };
+    Built {
+        prog: dir.join("prog"),
+        patch: emit(true),
+        plain: emit(false),
+    }
+}
+
+struct Client {
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect(port: u16) -> Client {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        Client {
+            reader: BufReader::new(s),
+        }
+    }
+
+    /// Sends one request and returns the reply line.
+    fn ask(&mut self, request: &[u8]) -> String {
+        self.reader.get_mut().write_all(request).unwrap();
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        assert!(
+            line.ends_with('\n'),
+            "the server dropped the connection: {line:?}"
+        );
+        line.trim_end().to_string()
+    }
+}
+
+fn port_of(line: &str) -> u16 {
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn opts(id: &str, timeout: Duration) -> ApplyOptions {
+    ApplyOptions {
+        patch_id: id.into(),
+        timeout,
+        ..Default::default()
+    }
+}
+
+/// Without the maps the patch waits for threads that never leave the loop and is refused.
+fn refused_as_busy(pid: Pid, plain: &[u8]) {
+    match apply(pid, plain, &opts("plain", Duration::from_millis(500))) {
+        Err(e @ ApplyError::Busy { .. }) => assert!(
+            e.to_string()
+                .contains("target rolled back to its original code"),
+            "{e}"
+        ),
+        other => panic!("expected a busy refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn connection_threads_move_to_the_fixed_code_and_back() {
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "osr", "conn");
+    let b = build(&dir, CONN, "FIXED");
+    let (child, lines) = spawn_lines(&mut Command::new(&b.prog));
+    let port = port_of(&lines.wait_for("port "));
+    let pid = Pid(child.0.id() as i32);
+
+    let mut clients: Vec<Client> = (0..3).map(|_| Client::connect(port)).collect();
+    for c in &mut clients {
+        assert_eq!(c.ask(b"hello"), "v=1 served=1");
+    }
+    refused_as_busy(pid, &b.plain);
+    for c in &mut clients {
+        assert_eq!(c.ask(b"hello"), "v=1 served=2", "untouched by the refusal");
+    }
+
+    let applied = apply(pid, &b.patch, &opts("osr", TIMEOUT)).expect("apply with OSR");
+    assert_eq!(
+        applied.moved_frames.len(),
+        3,
+        "one frame per connection thread: {applied:?}"
+    );
+    assert!(applied.moved_frames.iter().all(|m| m.thread != pid.0));
+    // The open connections run the fix, and each thread kept its count (a register that moved).
+    for c in &mut clients {
+        assert_eq!(c.ask(b"hello"), "v=2 served=3");
+    }
+    assert_eq!(clients[0].ask(&[b'x'; 250]), "v=-1 served=4");
+    // A new connection gets it at once.
+    let mut fresh = Client::connect(port);
+    assert_eq!(fresh.ask(b"hello"), "v=2 served=1");
+
+    let reverted = revert_timed(pid, "osr", TIMEOUT).expect("revert with OSR");
+    assert_eq!(
+        reverted.moved_frames.len(),
+        4,
+        "the three moved threads and the new one: {:?}",
+        reverted.moved_frames
+    );
+    assert_eq!(clients[1].ask(b"hello"), "v=1 served=4");
+    assert_eq!(clients[0].ask(&[b'x'; 250]), "v=1 served=5");
+    assert_eq!(fresh.ask(b"hello"), "v=1 served=2");
+
+    // And once more, from the reused region.
+    let again = apply(pid, &b.patch, &opts("osr", TIMEOUT)).expect("second apply");
+    assert_eq!(again.moved_frames.len(), 4);
+    assert_eq!(clients[2].ask(b"hello"), "v=2 served=4");
+}
+
+#[test]
+fn a_main_epoll_loop_moves_to_the_fixed_code_and_back() {
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "osr", "evloop");
+    let b = build(&dir, EVLOOP, "FIXED");
+    let (child, lines) = spawn_lines(&mut Command::new(&b.prog));
+    let port = port_of(&lines.wait_for("port "));
+    let pid = Pid(child.0.id() as i32);
+
+    let mut c = Client::connect(port);
+    assert_eq!(c.ask(b"hello"), "v=1 served=1");
+    refused_as_busy(pid, &b.plain);
+
+    let applied = apply(pid, &b.patch, &opts("osr", TIMEOUT)).expect("apply with OSR");
+    assert_eq!(applied.moved_frames.len(), 1, "{applied:?}");
+    assert_eq!(applied.moved_frames[0].thread, pid.0, "main's own frame");
+    assert_eq!(c.ask(b"hello"), "v=2 served=2");
+    assert_eq!(c.ask(&[b'x'; 250]), "v=-1 served=3");
+    let mut other = Client::connect(port);
+    assert_eq!(other.ask(b"hi"), "v=2 served=4");
+
+    let reverted = revert_timed(pid, "osr", TIMEOUT).expect("revert with OSR");
+    assert_eq!(reverted.moved_frames.len(), 1);
+    assert_eq!(c.ask(b"hello"), "v=1 served=5");
+    assert_eq!(other.ask(&[b'x'; 250]), "v=1 served=6");
+}
+
+#[test]
+fn a_forked_helper_loop_moves_to_the_fixed_code_and_back() {
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "osr", "forked");
+    let b = build(&dir, FORKED, "FIXED");
+    let (_parent, lines) = spawn_lines(&mut Command::new(&b.prog));
+    let line = lines.wait_for("port ");
+    let port = port_of(&line);
+    let helper = Pid(line.split_whitespace().nth(3).unwrap().parse().unwrap());
+    struct Reap(Pid);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0 .0),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let _reap = Reap(helper);
+
+    // The helper waits in read() on an open connection.
+    let mut c = Client::connect(port);
+    assert_eq!(c.ask(b"hello"), "v=1 served=1");
+    refused_as_busy(helper, &b.plain);
+    let applied = apply(helper, &b.patch, &opts("osr", TIMEOUT)).expect("apply with OSR");
+    assert_eq!(applied.moved_frames.len(), 1, "{applied:?}");
+    assert_eq!(c.ask(b"hello"), "v=2 served=2");
+    drop(c);
+
+    // Now it waits in accept(): revert moves that frame back.
+    let mut c = Client::connect(port);
+    assert_eq!(c.ask(&[b'x'; 250]), "v=-1 served=3");
+    drop(c);
+    std::thread::sleep(Duration::from_millis(50));
+    let reverted = revert_timed(helper, "osr", TIMEOUT).expect("revert with OSR");
+    assert_eq!(reverted.moved_frames.len(), 1);
+    let mut c = Client::connect(port);
+    assert_eq!(c.ask(&[b'x'; 250]), "v=1 served=4");
+}
+
+#[test]
+fn a_frame_that_cannot_move_is_refused_with_the_reason() {
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "osr", "frame");
+    // The fix needs a bigger frame: no call site of the loop can be mapped.
+    let b = build(&dir, CONN, "FIXED_FRAME");
+    let (child, lines) = spawn_lines(&mut Command::new(&b.prog));
+    let port = port_of(&lines.wait_for("port "));
+    let pid = Pid(child.0.id() as i32);
+    let mut c = Client::connect(port);
+    assert_eq!(c.ask(b"hello"), "v=1 served=1");
+
+    let err = apply(pid, &b.patch, &opts("frame", Duration::from_millis(500)))
+        .expect_err("the thread never leaves connection()");
+    let text = err.to_string();
+    assert!(
+        text.contains("its frame cannot move to the other version")
+            && text.contains("connection+0x")
+            && text.contains("the call to read")
+            && text.contains("the frame differs"),
+        "{text}"
+    );
+    assert!(
+        text.contains("target rolled back to its original code"),
+        "{text}"
+    );
+    let busy = err.busy().expect("a busy refusal");
+    assert!(busy.not_moved.is_some());
+    assert_eq!(c.ask(b"hello"), "v=1 served=2");
+}
