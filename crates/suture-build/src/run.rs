@@ -81,6 +81,22 @@ pub struct UnitReport {
     /// Functions whose only change is a moved source line number (left out of the patch
     /// unless `include_line_shifts`).
     pub line_shifts: Vec<String>,
+    /// On-stack replacement per replaced function (docs/osr.md).
+    pub osr: Vec<OsrSummary>,
+}
+
+/// Whether frames of a replaced function that wait in a call can move to the patched code.
+#[derive(Clone, Debug, Serialize)]
+pub struct OsrSummary {
+    pub function: String,
+    /// Why the function is likely to be on a stack when the patch is applied (`main`, a loop
+    /// around a waiting call, an entry point), or null.
+    pub on_stack: Option<String>,
+    /// Call sites whose waiting frames move (apply) / move back (revert).
+    pub sites: usize,
+    pub sites_back: usize,
+    /// Call sites that cannot, with the reason.
+    pub refused: Vec<suture_object::osr::OsrRefusal>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -102,6 +118,43 @@ pub struct BundleReport {
     pub functions: Vec<String>,
     pub units: Vec<String>,
     pub symbols_verified: usize,
+}
+
+fn osr_summaries(r: &suture_object::Report) -> Vec<OsrSummary> {
+    r.changed_functions
+        .iter()
+        .filter_map(|f| {
+            let t = f.osr.as_ref()?;
+            Some(OsrSummary {
+                function: f.name.clone(),
+                on_stack: t.on_stack.clone(),
+                sites: t.forward.len(),
+                sites_back: t.backward.len(),
+                refused: t.refused.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The note for a replaced function that is usually on a stack: whether waiting frames can
+/// move (an apply would otherwise wait for it to return).
+fn osr_note(src: &str, o: &OsrSummary, why: &str) -> String {
+    let total = o.sites + o.refused.len();
+    let mut note = format!(
+        "{src}: {} is usually on a stack ({why}); on-stack replacement moves frames waiting at \
+         {} of its {total} call sites to the fix (and {} back on revert)",
+        o.function, o.sites, o.sites_back
+    );
+    if let Some(r) = o.refused.first() {
+        note.push_str(&format!(
+            "; not at +{:#x} (the call to {}): {}",
+            r.at, r.callee, r.reason
+        ));
+        if o.refused.len() > 1 {
+            note.push_str(&format!(" (and {} more, see --json)", o.refused.len() - 1));
+        }
+    }
+    note
 }
 
 /// Whether a compile command enables link-time optimisation (the last of `-flto[=...]` and
@@ -858,7 +911,13 @@ fn verdicts(
                 .iter()
                 .map(|l| l.function.clone())
                 .collect(),
+            osr: osr_summaries(&r.report),
         });
+        for o in units.last().map_or(&[][..], |u| &u.osr[..]) {
+            if let Some(why) = &o.on_stack {
+                notes.push(osr_note(&src, o, why));
+            }
+        }
         // A patchable unit's differ notes (copied below) already say this.
         let shifts = if r.report.status == Status::Patchable {
             &[][..]

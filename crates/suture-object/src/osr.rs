@@ -72,7 +72,60 @@ pub struct OsrTable {
     pub backward: Vec<OsrSite>,
     /// Call sites of the original whose frames cannot be moved to the patched code, and why.
     pub refused: Vec<OsrRefusal>,
+    /// Why the original is likely to be on a stack whenever the patch is applied (`main`, a
+    /// thread or callback entry point, a loop around a blocking call), if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_stack: Option<String>,
 }
+
+/// Library calls that wait: a loop around one keeps its function on the stack.
+const BLOCKING: &[&str] = &[
+    "read",
+    "recv",
+    "recvfrom",
+    "recvmsg",
+    "recvmmsg",
+    "accept",
+    "accept4",
+    "poll",
+    "ppoll",
+    "select",
+    "pselect",
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "nanosleep",
+    "clock_nanosleep",
+    "sleep",
+    "usleep",
+    "pause",
+    "sigwait",
+    "sigwaitinfo",
+    "sigtimedwait",
+    "pthread_cond_wait",
+    "pthread_cond_timedwait",
+    "pthread_join",
+    "sem_wait",
+    "sem_timedwait",
+    "msgrcv",
+    "wait",
+    "waitpid",
+    "waitid",
+    "fgets",
+    "getline",
+    "getc",
+    "fgetc",
+    "getchar",
+    "fread",
+    "io_getevents",
+    "pthread_mutex_lock",
+    "flock",
+    "fcntl",
+    "event_base_loop",
+    "event_base_dispatch",
+    "uv_run",
+    "g_main_loop_run",
+];
 
 /// A frame waiting in the call whose return address is `from` (offset from the start of the
 /// source version) continues at `to` (offset in the destination version) after `moves`.
@@ -210,10 +263,44 @@ pub fn tables(d: &Diff) -> Vec<(usize, OsrTable)> {
                 forward,
                 backward,
                 refused,
+                on_stack: on_stack(&d.orig, a, &old),
             },
         ));
     }
     out
+}
+
+/// Why function `unit` is likely to be on a stack at any moment, if it is.
+fn on_stack(u: &Units, unit: UnitId, side: &Side) -> Option<String> {
+    let name = &u.unit(unit).name;
+    if name == "main" {
+        return Some("it is main".into());
+    }
+    // A call to a waiting function inside a loop: a backward branch of the function spans it.
+    let loops: Vec<(u64, u64)> = side
+        .code
+        .iter()
+        .filter(|i| i.unit == unit)
+        .flat_map(|i| {
+            i.succ
+                .iter()
+                .map(|&s| &side.code[s])
+                .filter(|t| t.unit == unit && t.off <= i.off)
+                .map(move |t| (t.off, i.off))
+        })
+        .collect();
+    let waits = side.calls.iter().find(|c| {
+        BLOCKING.contains(&c.callee.as_str())
+            && loops.iter().any(|&(lo, hi)| (lo..=hi).contains(&c.ret))
+    });
+    if let Some(c) = waits {
+        return Some(format!("a loop around a call to {}", c.callee));
+    }
+    // Its address is taken: a thread entry point or a callback.
+    let taken = u.referrers[unit.0 as usize]
+        .iter()
+        .any(|&(from, entry)| entry && from != unit && !side.calls_to(u, from, unit));
+    taken.then(|| "its address is taken (a thread entry point or callback)".into())
 }
 
 /// Pairs the call sites of `src` with those of `dst` and checks each pair.
@@ -760,6 +847,14 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                 c.inline_path = v.inline_path(pc);
             }
         }
+    }
+
+    /// Whether every reference of unit `from` to `to` is a call or jump (not an address taken).
+    fn calls_to(&self, u: &Units, from: UnitId, to: UnitId) -> bool {
+        u.relocs(from).all(|(_, t)| match t {
+            Target::Unit { unit, branch, .. } => unit != to || branch,
+            _ => true,
+        })
     }
 
     fn row(&self, unit: UnitId, off: u64) -> Option<Row> {

@@ -61,7 +61,24 @@ pub fn switch_summary(a: &suture_process::apply::Applied) -> String {
             a.caught_returns
         ));
     }
+    s.push_str(&moved_summary(&a.moved_frames));
     s
+}
+
+/// "; N frame(s) moved to the other version (threads ...)" when on-stack replacement moved
+/// any.
+fn moved_summary(moved: &[suture_process::apply::MovedFrame]) -> String {
+    if moved.is_empty() {
+        return String::new();
+    }
+    let mut threads: Vec<i32> = moved.iter().map(|m| m.thread).collect();
+    threads.dedup();
+    let list: Vec<String> = threads.iter().map(i32::to_string).collect();
+    format!(
+        "; {} waiting frame(s) moved to the other version (on-stack replacement, thread(s) {})",
+        moved.len(),
+        list.join(", ")
+    )
 }
 
 pub fn apply(patch: &Path, req: ApplyRequest) -> Result<u8> {
@@ -156,11 +173,15 @@ pub fn revert(arg: &str, pids: &[i32], all: bool, timeout: f64, json: bool) -> R
         match o.result {
             Ok(r) => {
                 if !json {
-                    crate::out(&format!("{id}: reverted in process {pid}\n"));
+                    crate::out(&format!(
+                        "{id}: reverted in process {pid}{}\n",
+                        moved_summary(&r.moved_frames)
+                    ));
                 }
                 results.push(
                     json!({"pid": pid.0, "reverted": true, "attempts": r.attempts,
-                    "stop_window_us": r.stop_window_us, "stop_phases": r.stop_phases}),
+                    "stop_window_us": r.stop_window_us, "stop_phases": r.stop_phases,
+                    "moved_frames": r.moved_frames}),
                 );
             }
             Err(e) => {

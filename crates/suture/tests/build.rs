@@ -1020,3 +1020,99 @@ fn cmake_files_count_only_where_the_build_uses_cmake() {
         "{report:#}"
     );
 }
+
+/// A fix inlined into a connection loop that never returns: the build says the function is
+/// usually on a stack and that its waiting frames can move; apply moves the waiting thread of
+/// an open connection to the fix and revert moves it back, through the CLI and a bundle.
+#[test]
+fn a_loop_that_never_returns_is_reported_and_its_waiting_frames_move() {
+    use std::io::{BufRead, BufReader, Write};
+    let w = work("osr");
+    let src = w.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("server.c"),
+        include_str!("../../suture-process/tests/fixtures/osr/conn.c"),
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("Makefile"),
+        "CFLAGS = -O2 -g\nserver: server.c\n\t$(CC) $(CFLAGS) -o server server.c -lpthread\n",
+    )
+    .unwrap();
+    let diff = make_diff(
+        &w,
+        &src,
+        &[(
+            "server.c",
+            "    (void)n;\n    return 1;\n#endif",
+            "    return n > 200 ? -1 : 2;\n#endif",
+        )],
+    );
+    let out = w.join("out");
+    let (code, report, o) = build(&src, &diff, &out, "make", &[]);
+    assert_eq!(code, 0, "{}", text(&o));
+    let osr = &report["units"][0]["osr"][0];
+    assert_eq!(osr["function"], "connection", "{report:#}");
+    assert!(
+        osr["on_stack"]
+            .as_str()
+            .is_some_and(|s| s.contains("a loop around a call to read")),
+        "{report:#}"
+    );
+    assert_eq!(osr["sites"], 4, "{report:#}");
+    assert!(
+        report["notes"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .contains("connection is usually on a stack")),
+        "{report:#}"
+    );
+    let bundle = out.join("server.suture");
+
+    let server = Running::spawn(&src.join("server"), &[]);
+    let port: u16 = server.lines.wait_for("port ")[5..].trim().parse().unwrap();
+    let conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut reader = BufReader::new(conn);
+    let mut ask = |what: &[u8]| {
+        reader.get_mut().write_all(what).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line.trim_end().to_string()
+    };
+    assert_eq!(ask(b"hello"), "v=1 served=1");
+    let pid = server.pid();
+    let o = suture(&[
+        "apply",
+        bundle.to_str().unwrap(),
+        "--pid",
+        &pid,
+        "--timeout",
+        T,
+        "--json",
+    ]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let moved = v["processes"][0]["result"]["moved_frames"]
+        .as_array()
+        .unwrap();
+    assert_eq!(moved.len(), 1, "{v:#}");
+    assert_eq!(ask(b"hello"), "v=2 served=2");
+    let o = suture(&[
+        "revert",
+        bundle.to_str().unwrap(),
+        "--pid",
+        &pid,
+        "--timeout",
+        T,
+    ]);
+    ok(&o);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("1 waiting frame(s) moved"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(ask(&[b'x'; 250]), "v=1 served=3");
+}
