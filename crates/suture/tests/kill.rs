@@ -456,3 +456,72 @@ fn sigkill_with_return_stubs_armed_leaves_the_original_code_running() {
     rx.wait_for("v=11");
     ticks(&rx, "v=11", 5, "after the revert");
 }
+
+/// SIGKILL at every point of an apply that moves a waiting frame (on-stack replacement): the
+/// frame's new return address is one of the commit's writes, so the connection thread ends up
+/// either in the original code with its frame as it was, or in the fix with its frame moved —
+/// never a moved frame without the switch or the reverse — and it keeps serving.
+#[test]
+fn sigkill_while_a_frame_moves_leaves_old_or_new_code_never_a_mixture() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "kill", "osr");
+    let src = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../suture-process/tests/fixtures/osr/conn.c"
+    ));
+    let text = std::fs::read_to_string(src).unwrap();
+    let fixed = dir.join("conn.fixed.c");
+    std::fs::write(
+        &fixed,
+        text.replace(
+            "    (void)n;\n    return 1;\n#endif",
+            "    return n > 200 ? -1 : 2;\n#endif",
+        ),
+    )
+    .unwrap();
+    let patch = patch_of(&dir, "conn", src, &fixed);
+    gcc(&dir, &["orig/conn.o", "-o", "server", "-lpthread"]);
+    let points = [
+        ("apply:stopped", false),
+        ("commit:armed", true),
+        ("commit:writing", true),
+        ("commit:started", true),
+        ("commit:midway", true),
+    ];
+    for (point, switched) in points {
+        let (child, rx) = start(&dir.join("server"));
+        let port: u16 = rx.wait_for("port ")[5..].trim().parse().unwrap();
+        let conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        let mut reader = BufReader::new(conn);
+        let mut ask = |what: &[u8]| {
+            reader.get_mut().write_all(what).unwrap();
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            line.trim_end().to_string()
+        };
+        assert_eq!(ask(b"hello"), "v=1 served=1", "{point}");
+        let pid = child.id();
+        apply_killed_at(&patch, pid, point);
+        let st = state(pid);
+        assert!(
+            st != "T" && st != "t",
+            "{point}: target left stopped ({st})"
+        );
+        if switched {
+            assert_eq!(ask(b"hello"), "v=2 served=2", "{point}");
+            assert_eq!(patch_states(pid), ["live"], "{point}");
+        } else {
+            assert_eq!(ask(b"hello"), "v=1 served=2", "{point}");
+            let v = applied(&patch, pid);
+            let moved = v["processes"][0]["result"]["moved_frames"]
+                .as_array()
+                .unwrap()
+                .len();
+            assert_eq!(moved, 1, "{point}: {v:#}");
+            assert_eq!(ask(b"hello"), "v=2 served=3", "{point}");
+        }
+        assert!(ask(&[b'x'; 250]).starts_with("v=-1 "), "{point}");
+    }
+}
