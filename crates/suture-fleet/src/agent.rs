@@ -484,6 +484,7 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         patch_id: None,
         replace: None,
         scan_suspended: true,
+        move_frames: true,
     };
     for ((index, s), b) in selected.iter().zip(&bundles) {
         let idents: Vec<Option<ProcId>> = s.pending.iter().map(|p| ProcId::of(p.0)).collect();

@@ -268,6 +268,9 @@ pub struct ApplyOptions {
     /// Catch threads inside a replaced function as they return ([`crate::retstub`]) instead
     /// of only stopping the target at random moments. On by default.
     pub catch_returns: bool,
+    /// Move frames waiting in calls from replaced functions to the patched code where the
+    /// patch maps their call sites ([`crate::osr`]). On by default.
+    pub move_frames: bool,
 }
 
 impl Default for ApplyOptions {
@@ -281,6 +284,7 @@ impl Default for ApplyOptions {
             replace: None,
             scan_suspended: true,
             catch_returns: true,
+            move_frames: true,
         }
     }
 }
@@ -1000,6 +1004,11 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
     };
     let no_stubs = no_stubs_reason(opts.catch_returns, seccomp_ok, p.shadow_stack, p.throws);
     let stubs_ok = no_stubs.is_none();
+    let osr_off = if opts.move_frames {
+        osr_off_reason(p.shadow_stack, p.throws)
+    } else {
+        Some("moving frames is turned off (--no-osr)")
+    };
     crate::failpoint::hit("apply:mapped");
     let retired = std::cell::Cell::new(false);
     let fail = |e: ApplyError| -> ApplyError {
@@ -1054,8 +1063,9 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
             no_stubs: no_stubs.unwrap_or(""),
             commit: &p.commit,
             writes: &p.writes,
-            osr: (!p.osr.is_empty()).then_some(&p.osr),
+            osr: (!p.osr.is_empty() && osr_off.is_none()).then_some(&p.osr),
             refusals: &p.refusals,
+            osr_off: osr_off.filter(|_| !p.osr.is_empty()),
             code_addr: p.code_addr,
             block_addr: p.block_addr,
             state_addr: base.offset(Header::STATE_OFFSET),
@@ -1315,6 +1325,8 @@ struct Switch<'a> {
     osr: Option<&'a crate::osr::Area>,
     /// Call sites (return addresses) the builder refused to map, with the reason.
     refusals: &'a [(u64, String)],
+    /// Why frames are not moved in this process although the patch maps sites.
+    osr_off: Option<&'static str>,
     code_addr: RemoteAddr,
     block_addr: RemoteAddr,
     state_addr: RemoteAddr,
@@ -1355,6 +1367,22 @@ pub struct StopPhases {
     pub commit_us: u64,
     /// Releasing stubs and resuming every thread.
     pub resume_us: u64,
+}
+
+/// Why waiting frames are not moved (on-stack replacement) in a process; `None` when they can
+/// be. A moved frame's return address points at a trampoline: a shadow stack (CET) would stop
+/// the return, and an unwinder (C++ `throw`, Rust panics) would find no unwind rules there.
+fn osr_off_reason(shadow_stack: bool, throws: bool) -> Option<&'static str> {
+    if shadow_stack {
+        Some("frames are not moved in a program running with a shadow stack")
+    } else if throws {
+        Some(
+            "frames are not moved in a program that can throw exceptions or unwind panics \
+             (an unwinder would meet the trampoline)",
+        )
+    } else {
+        None
+    }
 }
 
 /// Why busy threads are only polled, not caught as they return; `None` when stubs can be used.
@@ -1643,12 +1671,14 @@ fn switch_loop(
                     waited: started.elapsed(),
                     done,
                     polled_only: sw.stubs.is_none().then_some(sw.no_stubs),
-                    not_moved: unmoved.and_then(|ra| {
-                        sw.refusals
-                            .iter()
-                            .find(|(at, _)| *at == ra)
-                            .map(|(_, why)| why.clone())
-                    }),
+                    not_moved: unmoved
+                        .and_then(|ra| {
+                            sw.refusals
+                                .iter()
+                                .find(|(at, _)| *at == ra)
+                                .map(|(_, why)| why.clone())
+                        })
+                        .or_else(|| sw.osr_off.map(str::to_string)),
                     outcome: Outcome::Untouched,
                 });
             }
@@ -2201,6 +2231,9 @@ pub fn revert_timed(pid: Pid, patch_id: &str, timeout: Duration) -> Result<Rever
         .filter(|_| no_stubs.is_none())
         .map(|page| StubArea::at(p.base + u64::from(page) * PAGE));
     let osr = osr_area(&mem, &p).filter(|a| !a.is_empty());
+    let osr_off = osr_off_reason(shadow, crate::retstub::may_unwind_through(&loaded.mapped))
+        .filter(|_| osr.is_some());
+    let osr = osr.filter(|_| osr_off.is_none());
     let (done, _) = switch(
         pid,
         &Switch {
@@ -2215,6 +2248,7 @@ pub fn revert_timed(pid: Pid, patch_id: &str, timeout: Duration) -> Result<Rever
             writes: &writes,
             osr: osr.as_ref(),
             refusals: &[],
+            osr_off,
             code_addr: RemoteAddr(code_page),
             block_addr: RemoteAddr(block_addr),
             state_addr: base.offset(Header::STATE_OFFSET),

@@ -82,6 +82,8 @@ pub struct BundleOptions {
     pub replace: Option<String>,
     /// See [`ApplyOptions::scan_suspended`].
     pub scan_suspended: bool,
+    /// See [`ApplyOptions::move_frames`].
+    pub move_frames: bool,
 }
 
 /// Build-ids of mapped files, by file identity (device, inode).
@@ -251,6 +253,7 @@ fn apply_one(
         symbols: Some(symbols.clone()),
         replace: opts.replace.clone(),
         scan_suspended: opts.scan_suspended,
+        move_frames: opts.move_frames,
         ..Default::default()
     };
     let applied = apply::apply(pid, &bundle.patch_object, &apply_opts)?;

@@ -43,6 +43,8 @@ pub struct Entry {
 pub struct Area {
     pub entries: Vec<Entry>,
     pub bytes: Vec<u8>,
+    /// The end of the trampolines' code.
+    pub end: u64,
 }
 
 /// One replaced function's sites to lay out: the source and destination function addresses
@@ -226,7 +228,12 @@ impl Area {
             }
         }
         bytes.extend(code);
-        Ok(Area { entries, bytes })
+        let end = base + bytes.len() as u64;
+        Ok(Area {
+            entries,
+            bytes,
+            end,
+        })
     }
 
     /// Reads a table back from a target (untrusted: bounded, and every trampoline must lie in
@@ -259,6 +266,7 @@ impl Area {
         Some(Area {
             entries,
             bytes: Vec::new(),
+            end: pages.end,
         })
     }
 
@@ -286,6 +294,22 @@ impl Area {
             .iter()
             .find(|e| e.trampoline == ra)
             .map(|e| e.from)
+    }
+
+    /// Each trampoline's code (up to the next one) and where it goes on: a thread stopped
+    /// inside one is already on its way to `to`.
+    pub fn code_ranges(&self) -> Vec<(std::ops::Range<u64>, u64)> {
+        let mut starts: Vec<(u64, u64)> =
+            self.entries.iter().map(|e| (e.trampoline, e.to)).collect();
+        starts.sort_unstable();
+        starts
+            .iter()
+            .enumerate()
+            .map(|(i, &(at, to))| {
+                let end = starts.get(i + 1).map_or(self.end, |n| n.0);
+                (at..end.max(at), to)
+            })
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {

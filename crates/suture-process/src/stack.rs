@@ -75,6 +75,8 @@ pub struct UnwindInfo {
     /// unwound as the `from` it was moved from (the frame still has that shape) and checked
     /// as the `to` it goes on at.
     trampolines: std::collections::HashMap<u64, (u64, u64)>,
+    /// The trampolines' code, with where each goes on.
+    trampoline_code: Vec<(Range<u64>, u64)>,
 }
 
 const MAX_FRAMES: usize = 1024;
@@ -142,6 +144,15 @@ impl UnwindInfo {
         for e in &area.entries {
             self.trampolines.insert(e.trampoline, (e.from, e.to));
         }
+        self.trampoline_code.extend(area.code_ranges());
+    }
+
+    /// Where a thread whose instruction pointer is inside a trampoline goes on.
+    fn in_trampoline(&self, rip: u64) -> Option<u64> {
+        self.trampoline_code
+            .iter()
+            .find(|(r, _)| r.contains(&rip))
+            .map(|&(_, to)| to)
     }
 
     /// The return address a trampoline stands for when unwinding.
@@ -207,7 +218,7 @@ impl UnwindInfo {
         alias: impl Fn(u64) -> Option<u64>,
     ) -> Result<Vec<(u64, u64, u64)>, Option<u64>> {
         let hit = |pc: u64| busy.iter().any(|b| b.range.contains(&pc));
-        if hit(rip) {
+        if hit(rip) || self.in_trampoline(rip).is_some_and(&hit) {
             return Err(None);
         }
         let mut guard = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -280,6 +291,15 @@ impl UnwindInfo {
             }
             busy.iter().find(|b| b.range.contains(&pc))
         };
+        // Inside a trampoline, a thread is already on its way into the code it resumes.
+        if let Some(b) = self.in_trampoline(rip).and_then(hit) {
+            return Finding::Busy {
+                name: b.name.clone(),
+                depth: 0,
+                exact: true,
+                ret_slot: None,
+            };
+        }
         let mut guard = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let cache = guard.get_or_insert_with(CacheX86_64::new);
         let mut read = |addr: u64| stack.read(addr).ok_or(());

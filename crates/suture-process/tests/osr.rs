@@ -182,6 +182,13 @@ fn a_main_epoll_loop_moves_to_the_fixed_code_and_back() {
     let mut c = Client::connect(port);
     assert_eq!(c.ask(b"hello"), "v=1 served=1");
     refused_as_busy(pid, &b.plain);
+    // With the maps but moving turned off: the same refusal, saying why.
+    let off = ApplyOptions {
+        move_frames: false,
+        ..opts("off", Duration::from_millis(500))
+    };
+    let err = apply(pid, &b.patch, &off).expect_err("main never returns");
+    assert!(err.to_string().contains("turned off (--no-osr)"), "{err}");
 
     let applied = apply(pid, &b.patch, &opts("osr", TIMEOUT)).expect("apply with OSR");
     assert_eq!(applied.moved_frames.len(), 1, "{applied:?}");

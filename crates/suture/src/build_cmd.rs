@@ -165,6 +165,7 @@ pub fn apply_bundle(
         patch_id: Some(id.clone()),
         replace: req.replace.clone(),
         scan_suspended: req.scan_suspended,
+        move_frames: req.move_frames,
     };
     let mut results = Vec::new();
     let mut failed = 0;

@@ -129,6 +129,11 @@ enum Command {
         /// would finish that call in the old code.
         #[arg(long)]
         no_suspended_scan: bool,
+        /// Do not move frames that wait in calls from replaced functions to the patched code
+        /// (on-stack replacement, docs/osr.md); wait for them to return instead, as a patch
+        /// without on-stack replacement maps does.
+        #[arg(long)]
+        no_osr: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -407,6 +412,7 @@ fn main() -> ExitCode {
             replace,
             timeout,
             no_suspended_scan,
+            no_osr,
             json,
         } => process_cmd::apply(
             &patch,
@@ -418,6 +424,7 @@ fn main() -> ExitCode {
                 replace,
                 timeout,
                 scan_suspended: !no_suspended_scan,
+                move_frames: !no_osr,
                 json,
             },
         ),

@@ -44,6 +44,8 @@ pub struct ApplyRequest {
     pub timeout: f64,
     /// Look for suspended frames in the replaced functions (`--no-suspended-scan` clears it).
     pub scan_suspended: bool,
+    /// Move waiting frames to the patched code (`--no-osr` clears it).
+    pub move_frames: bool,
     pub json: bool,
 }
 
@@ -104,6 +106,7 @@ pub fn apply(patch: &Path, req: ApplyRequest) -> Result<u8> {
         object: req.object.clone(),
         replace: req.replace.clone(),
         scan_suspended: req.scan_suspended,
+        move_frames: req.move_frames,
         ..Default::default()
     };
     let json = req.json;

@@ -85,10 +85,15 @@ fn only(rx: &Lines, want: &str, what: &str) {
 
 /// `suture apply PATCH --pid PID --json`, which must succeed: its JSON.
 fn applied(patch: &Path, pid: u32) -> serde_json::Value {
+    applied_with(patch, pid, &[])
+}
+
+fn applied_with(patch: &Path, pid: u32, extra: &[&str]) -> serde_json::Value {
     let out = suture()
         .arg("apply")
         .arg(patch)
         .args(["--pid", &pid.to_string(), "--json"])
+        .args(extra)
         .output()
         .unwrap();
     assert_eq!(
@@ -128,10 +133,15 @@ fn state(pid: u32) -> String {
 
 /// `suture apply PATCH --pid PID` with `SUTURE_FAILPOINT=point`: suture must die there.
 fn apply_killed_at(patch: &Path, pid: u32, point: &str) {
+    apply_killed_at_with(patch, pid, point, &[])
+}
+
+fn apply_killed_at_with(patch: &Path, pid: u32, point: &str, extra: &[&str]) {
     let out = suture()
         .arg("apply")
         .arg(patch)
         .args(["--pid", &pid.to_string()])
+        .args(extra)
         .env("SUTURE_FAILPOINT", point)
         .output()
         .unwrap();
@@ -409,8 +419,8 @@ fn ticks(rx: &Lines, want: &str, n: usize, what: &str) {
     }
 }
 
-/// SIGKILL right after return stubs were armed for threads that are almost never outside the
-/// replaced function: each thread returns into its stub, waits there at most about a second,
+/// SIGKILL right after return stubs were armed (`--no-osr`) for threads that are almost never
+/// outside the replaced function: each thread returns into its stub, waits there at most about a second,
 /// and goes on to its real return address by itself. The program keeps running its original
 /// code, never stops or crashes, and the region stays mapped ("reverted", retired), so no
 /// thread can return into unmapped memory; the next apply reuses it and switches.
@@ -421,7 +431,9 @@ fn sigkill_with_return_stubs_armed_leaves_the_original_code_running() {
     let (mut child, rx) = start(&prog);
     let pid: u32 = rx.wait_for("pid ")[4..].trim().parse().unwrap();
     rx.wait_for("v=11");
-    apply_killed_at(&patch, pid, "apply:armed");
+    // Without on-stack replacement: the threads wait in nanosleep inside nap(), whose frames
+    // would otherwise simply move to the fix.
+    apply_killed_at_with(&patch, pid, "apply:armed", &["--no-osr"]);
     // 30 ticks of 25 naps of 2 ms: longer than a stub's longest wait.
     rx.drain();
     ticks(&rx, "v=11", 30, "after the kill");
@@ -431,7 +443,7 @@ fn sigkill_with_return_stubs_armed_leaves_the_original_code_running() {
     let states = patch_states(pid);
     assert_eq!(states, ["reverted"], "the region stays, retired");
 
-    let v = applied(&patch, pid);
+    let v = applied_with(&patch, pid, &["--no-osr"]);
     assert!(
         v["processes"][0]["result"]["caught_returns"]
             .as_u64()
