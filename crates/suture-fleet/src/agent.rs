@@ -35,7 +35,7 @@ use tough::TargetName;
 use crate::error::{Error, Result};
 use crate::host::{self, ProcId, Scan};
 use crate::meta::{Kind, TargetMeta};
-use crate::state::{self, AppliedPatch, State, Versions};
+use crate::state::{self, AppliedPatch, State, Versions, Watch};
 
 /// The schema of [`Report`].
 pub const REPORT_SCHEMA: &str = "suture.agent/1";
@@ -60,6 +60,35 @@ pub struct Options {
     pub timeout: Duration,
     /// The health gate run after each apply (see [`Health`]).
     pub health: Health,
+    /// What started this pass.
+    pub trigger: Trigger,
+    /// How the daemon watches for new processes (recorded in the state and the report;
+    /// `None` for a single pass).
+    pub watch: Option<Watch>,
+}
+
+/// What started a pass.
+#[derive(Clone, Debug, Default)]
+pub enum Trigger {
+    /// A full pass (`--once`, or the daemon's every `--interval`).
+    #[default]
+    Full,
+    /// The daemon's look at `/proc` found new processes that map a watched file.
+    Rescan,
+    /// Exec events of new processes that map a watched file: pid → when it ran `execve`
+    /// (`CLOCK_MONOTONIC` nanoseconds, from the event).
+    ExecEvent(std::collections::BTreeMap<i32, u64>),
+}
+
+impl Trigger {
+    /// The report's `trigger`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Trigger::Full => "full",
+            Trigger::Rescan => "rescan",
+            Trigger::ExecEvent(_) => "exec-event",
+        }
+    }
 }
 
 /// The health gate: after a patch goes live in a process, the agent waits `settle`, then the
@@ -160,6 +189,10 @@ pub struct AppliedReport {
     /// (milliseconds; for a process started after the patch was published, the window during
     /// which it ran unpatched).
     pub process_age_ms: Option<u64>,
+    /// For a pass started by exec events: microseconds from the process's `execve` (the
+    /// kernel's timestamp of the event) to the patch being live in it, the window during
+    /// which the new process ran unpatched.
+    pub exec_to_live_us: Option<u64>,
 }
 
 /// A withdrawn patch reverted in one process.
@@ -196,6 +229,11 @@ pub struct Report {
     pub seed: u32,
     pub started_at: u64,
     pub finished_at: u64,
+    /// What started the pass: `full`, `rescan` (new processes found by listing `/proc`) or
+    /// `exec-event` (new processes announced by the kernel's exec events).
+    pub trigger: &'static str,
+    /// How the daemon watches for new processes (null for `--once`).
+    pub watch: Option<Watch>,
     /// The verified metadata versions.
     pub metadata: Versions,
     pub targets: Vec<TargetReport>,
@@ -235,6 +273,9 @@ pub fn run_once(opts: &Options) -> Result<Report> {
     let result = pass(opts, &mut st, started_at);
     st.last_pass = Some(crate::now_secs());
     st.repo = Some(opts.repo.clone());
+    if opts.watch.is_some() {
+        st.watch = opts.watch.clone();
+    }
     match &result {
         Ok(report) => {
             st.last_error = None;
@@ -256,6 +297,7 @@ pub fn run_once(opts: &Options) -> Result<Report> {
 }
 
 fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
+    let t0 = std::time::Instant::now();
     let trust = std::fs::read(&opts.trust)
         .map_err(|e| Error::io("read the trusted root", &opts.trust, e))?;
     let url = crate::fetch::repo_url(&opts.repo)?;
@@ -268,6 +310,10 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         &trust,
         &opts.state_dir.join("tuf"),
     ))?;
+    tracing::debug!(
+        elapsed_ms = t0.elapsed().as_secs_f64() * 1000.0,
+        "repository verified"
+    );
     let metadata = Versions {
         root: repo.root().signed.version.get(),
         targets: repo.targets().signed.version.get(),
@@ -429,6 +475,10 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         bundles.push(b);
     }
 
+    tracing::debug!(
+        elapsed_ms = t0.elapsed().as_secs_f64() * 1000.0,
+        "selected and downloaded"
+    );
     let mut failed = Vec::new();
 
     // Revert withdrawn patches.
@@ -512,7 +562,9 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
                 .retain(|a| !(a.patch_id == s.meta.patch_id && Some(a.process) == process));
         };
         let outcomes = match bundle::apply(b, &Targets::Pids(s.pending.clone()), &bopts) {
-            Ok(it) => it.collect::<Vec<_>>(),
+            Ok(it) => it
+                .map(|o| (o, crate::exec_events::monotonic_ns()))
+                .collect::<Vec<_>>(),
             Err(e) => {
                 for (p, ident) in s.pending.iter().zip(&idents) {
                     forget(st, *ident);
@@ -530,10 +582,16 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
             }
         };
         let mut any = false;
-        for (o, ident) in outcomes.into_iter().zip(idents) {
+        for ((o, live_ns), ident) in outcomes.into_iter().zip(idents) {
             match o.result {
                 Ok(done) => {
                     let live_age_ms = ident.and_then(|p| p.age()).map(|d| d.as_millis() as u64);
+                    let exec_to_live_us = match &opts.trigger {
+                        Trigger::ExecEvent(seen) => seen
+                            .get(&o.pid.0)
+                            .map(|&at| live_ns.saturating_sub(at) / 1000),
+                        _ => None,
+                    };
                     if let Err(why) =
                         health_gate(&opts.health, ident, &s.meta.patch_id, &done.object)
                     {
@@ -585,6 +643,7 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
                         build_id,
                         stop_window_us: done.applied.stop_window_us,
                         process_age_ms: live_age_ms,
+                        exec_to_live_us,
                     });
                     for a in st.applied.iter_mut() {
                         if a.patch_id == s.meta.patch_id && Some(a.process) == ident {
@@ -618,6 +677,8 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         seed,
         started_at,
         finished_at: crate::now_secs(),
+        trigger: opts.trigger.name(),
+        watch: opts.watch.clone(),
         metadata,
         targets: reports,
         applied,
@@ -673,18 +734,97 @@ fn watched(r: &Report) -> Vec<String> {
         .collect()
 }
 
-/// A process younger than this that maps nothing watched is looked at again at the next
-/// rescan: it may be between its fork and its exec.
+/// A new process that maps nothing watched is looked at again, at growing intervals, until it
+/// is this old: it may be between its fork and its exec, or its dynamic loader may not have
+/// mapped the patched library yet.
 const YOUNG: Duration = Duration::from_secs(2);
 
-/// Runs forever: a full pass every `interval`, and between them, every `rescan` (zero: never),
-/// a pass for the processes that appeared since the last look and map a file with the
-/// build-id of a process target of the channel (as the last verified pass saw them). Each
-/// such pass verifies the repository again, like any pass. `each` gets every pass's result.
+/// How the daemon learns of processes started between full passes.
+pub enum NewProcesses {
+    /// The kernel's exec events (`crate::exec_events`), read by a thread into the channel.
+    ExecEvents(std::sync::mpsc::Receiver<std::io::Result<crate::exec_events::Event>>),
+    /// Listing `/proc` at this interval.
+    Polling(Duration),
+    /// Full passes only.
+    Off,
+}
+
+impl NewProcesses {
+    /// Exec events where the kernel gives them (unless `exec_events` is false), else polling
+    /// every `rescan` (zero: off); with the state's record of which and why.
+    pub fn start(exec_events: bool, rescan: Duration) -> (NewProcesses, Watch) {
+        let fallback = |reason: Option<String>| {
+            if rescan.is_zero() {
+                (
+                    NewProcesses::Off,
+                    Watch {
+                        mode: "off".into(),
+                        reason,
+                    },
+                )
+            } else {
+                (
+                    NewProcesses::Polling(rescan),
+                    Watch {
+                        mode: "polling".into(),
+                        reason,
+                    },
+                )
+            }
+        };
+        if !exec_events {
+            return fallback(Some("exec events turned off (--no-exec-events)".into()));
+        }
+        match crate::exec_events::ExecEvents::subscribe() {
+            Ok(ev) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || loop {
+                    match ev.next(Duration::from_secs(3600)) {
+                        Ok(None) => {}
+                        Ok(Some(e)) => {
+                            if tx.send(Ok(e)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                });
+                (
+                    NewProcesses::ExecEvents(rx),
+                    Watch {
+                        mode: "exec-events".into(),
+                        reason: None,
+                    },
+                )
+            }
+            Err(e) => fallback(Some(format!(
+                "the kernel's process events (proc connector) are unavailable: {e}"
+            ))),
+        }
+    }
+}
+
+/// A new process the daemon looks at until it maps a watched file or is no longer young.
+struct Candidate {
+    process: ProcId,
+    /// When it ran `execve` (`CLOCK_MONOTONIC` ns), from an exec event.
+    exec_ns: Option<u64>,
+    next: std::time::Instant,
+    step: Duration,
+}
+
+/// Runs forever: a full pass every `interval`, and between them a pass for each process that
+/// started since and maps a file with the build-id of a process target of the channel (as the
+/// last verified pass saw them), found as `new` says (exec events or polling). Each such pass
+/// verifies the repository again, like any pass. `each` gets every pass's result.
 pub fn run_daemon(
     opts: &Options,
     interval: Duration,
-    rescan: Duration,
+    mut new: NewProcesses,
+    mut watch_state: Watch,
     mut each: impl FnMut(Result<Report>),
 ) -> ! {
     use std::collections::HashSet;
@@ -695,57 +835,150 @@ pub fn run_daemon(
             .filter_map(|p| ProcId::of(p.0))
             .collect()
     };
+    let me = std::process::id() as i32;
     let mut watch: Vec<String> = Vec::new();
     loop {
         let mut known = scope(opts);
-        let r = run_once(opts);
+        let mut full = opts.clone();
+        full.watch = Some(watch_state.clone());
+        let r = run_once(&full);
         if let Ok(rep) = &r {
             watch = watched(rep);
         }
         each(r);
         let next = Instant::now() + interval;
+        let mut young: Vec<Candidate> = Vec::new();
+        // Build-ids of mapped files by file identity, kept until the next full pass (every
+        // exec of a compiler maps the same few files): a new process costs a read of its
+        // maps. A stale entry can only make a pass look at a process (where apply checks the
+        // build-id again) or miss one until the next full pass.
+        let mut scan = Scan::default();
         loop {
             let now = Instant::now();
             if now >= next {
                 break;
             }
-            let left = next - now;
-            std::thread::sleep(if rescan.is_zero() {
-                left
-            } else {
-                rescan.min(left)
+            let wake = young.iter().map(|c| c.next).min().unwrap_or(next).min(next);
+            let fresh = |p: ProcId, exec_ns: Option<u64>, young: &mut Vec<Candidate>| {
+                let now = Instant::now();
+                match young.iter_mut().find(|c| c.process == p) {
+                    Some(c) => {
+                        c.exec_ns = exec_ns.or(c.exec_ns);
+                        c.next = now;
+                        c.step = Duration::from_millis(1);
+                    }
+                    None => young.push(Candidate {
+                        process: p,
+                        exec_ns,
+                        next: now,
+                        step: Duration::from_millis(1),
+                    }),
+                }
+            };
+            let mut lost_events = false;
+            match &new {
+                NewProcesses::ExecEvents(rx) => {
+                    let mut got = rx.recv_timeout(wake.saturating_duration_since(now));
+                    loop {
+                        match got {
+                            Ok(Ok(crate::exec_events::Event::Exec { tgid, at_ns })) => {
+                                if tgid != me && host::in_scope(tgid, opts.only_pids.as_deref()) {
+                                    if let Some(p) = ProcId::of(tgid) {
+                                        fresh(p, Some(at_ns), &mut young);
+                                    }
+                                }
+                            }
+                            Ok(Ok(crate::exec_events::Event::Lost)) => lost_events = true,
+                            Ok(Err(e)) => {
+                                tracing::warn!("exec events failed ({e}); polling instead");
+                                watch_state = Watch {
+                                    mode: "polling".into(),
+                                    reason: Some(format!("reading exec events failed: {e}")),
+                                };
+                                new = NewProcesses::Polling(Duration::from_secs(1));
+                                lost_events = true;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                        got = rx
+                            .try_recv()
+                            .map_err(|_| std::sync::mpsc::RecvTimeoutError::Timeout);
+                    }
+                }
+                NewProcesses::Polling(every) => {
+                    std::thread::sleep((*every).min(wake.saturating_duration_since(now)));
+                    lost_events = true;
+                }
+                NewProcesses::Off => std::thread::sleep(wake.saturating_duration_since(now)),
+            }
+            if watch.is_empty() {
+                young.clear();
+                continue;
+            }
+            if lost_events {
+                // Every process not seen before (polling; or events were lost).
+                let current = scope(opts);
+                for &p in current.difference(&known) {
+                    if p.pid != me {
+                        fresh(p, None, &mut young);
+                    }
+                }
+                known = current;
+            }
+            let now = Instant::now();
+            let mut hits = std::collections::BTreeMap::new();
+            let mut hit_by_poll = false;
+            young.retain_mut(|c| {
+                if c.next > now {
+                    return true;
+                }
+                if !c.process.alive() {
+                    return false;
+                }
+                let pid = Pid(c.process.pid);
+                if watch.iter().any(|id| !scan.mapping(&[pid], id).is_empty()) {
+                    tracing::debug!(
+                        pid = c.process.pid,
+                        since_exec_us = c
+                            .exec_ns
+                            .map(|at| crate::exec_events::monotonic_ns().saturating_sub(at) / 1000),
+                        "a new process maps a watched file"
+                    );
+                    match c.exec_ns {
+                        Some(at) => {
+                            hits.insert(c.process.pid, at);
+                        }
+                        None => {
+                            hits.insert(c.process.pid, 0);
+                            hit_by_poll = true;
+                        }
+                    }
+                    return false;
+                }
+                if c.process.age().is_none_or(|a| a >= YOUNG) {
+                    return false;
+                }
+                c.next = now + c.step;
+                c.step = (c.step * 2).min(Duration::from_millis(250));
+                true
             });
-            if rescan.is_zero() || watch.is_empty() {
+            if hits.is_empty() {
                 continue;
             }
-            let current = scope(opts);
-            let fresh: Vec<ProcId> = current.difference(&known).copied().collect();
-            if fresh.is_empty() {
-                continue;
+            let mut o = opts.clone();
+            o.only_pids = Some(hits.keys().copied().collect());
+            o.watch = Some(watch_state.clone());
+            o.trigger = if hit_by_poll {
+                Trigger::Rescan
+            } else {
+                Trigger::ExecEvent(hits)
+            };
+            let r = run_once(&o);
+            if let Ok(rep) = &r {
+                watch = watched(rep);
             }
-            let mut scan = Scan::default();
-            let mut hits = Vec::new();
-            for p in fresh {
-                let maps_watched = watch
-                    .iter()
-                    .any(|id| !scan.mapping(&[Pid(p.pid)], id).is_empty());
-                if maps_watched {
-                    hits.push(p.pid);
-                    known.insert(p);
-                } else if p.age().is_none_or(|a| a >= YOUNG) {
-                    known.insert(p);
-                }
-            }
-            known.retain(|p| current.contains(p));
-            if !hits.is_empty() {
-                let mut o = opts.clone();
-                o.only_pids = Some(hits);
-                let r = run_once(&o);
-                if let Ok(rep) = &r {
-                    watch = watched(rep);
-                }
-                each(r);
-            }
+            each(r);
         }
     }
 }
@@ -774,6 +1007,8 @@ pub struct Status {
     pub patches: Vec<StatusEntry>,
     /// Targets held back after failing the health gate.
     pub held: Vec<state::Held>,
+    /// How the daemon watched for new processes (as its last pass recorded).
+    pub watch: Option<Watch>,
 }
 
 /// The host's state in `state_dir`, checked against the running processes.
@@ -801,5 +1036,6 @@ pub fn status(state_dir: &Path) -> Result<Status> {
         metadata: st.metadata,
         patches,
         held: st.held,
+        watch: st.watch,
     })
 }

@@ -7,6 +7,7 @@
 //! metadata a target carries (`meta`), the host scan (`host`) and the agent's state (`state`).
 
 pub mod error;
+pub mod exec_events;
 pub mod host;
 pub mod meta;
 pub mod metrics;

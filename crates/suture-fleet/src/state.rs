@@ -70,6 +70,19 @@ pub struct State {
     /// repository publishes another file (another sha256) for them.
     #[serde(default)]
     pub held: Vec<Held>,
+    /// How the daemon finds processes started between full passes (null after `--once`).
+    #[serde(default)]
+    pub watch: Option<Watch>,
+}
+
+/// How the daemon finds processes started between full passes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watch {
+    /// `exec-events` (the kernel's process connector: each exec as it happens), `polling`
+    /// (listing `/proc` every `--rescan` seconds) or `off` (full passes only).
+    pub mode: String,
+    /// Why exec events are not used, when they are not.
+    pub reason: Option<String>,
 }
 
 /// A target held back on this host after failing its health gate.
@@ -94,6 +107,7 @@ impl Default for State {
             metadata: None,
             applied: Vec::new(),
             held: Vec::new(),
+            watch: None,
         }
     }
 }

@@ -80,6 +80,8 @@ fn metadata_not_describing_its_bundle_is_refused() {
         metrics: None,
         timeout: std::time::Duration::from_secs(1),
         health: Default::default(),
+        trigger: Default::default(),
+        watch: None,
     };
 
     // The signed metadata says patch "fix" for this executable; the bundle is patch "other".

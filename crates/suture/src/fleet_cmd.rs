@@ -184,6 +184,11 @@ pub struct AgentArgs {
     /// (0: only full passes).
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
     pub rescan: f64,
+    /// Without --once: do not take new processes from the kernel's exec events (proc
+    /// connector); poll every --rescan seconds instead. Without this flag, polling is only
+    /// the fallback where exec events are unavailable.
+    #[arg(long)]
+    pub no_exec_events: bool,
     /// Only consider these processes and their descendants (repeat for several; default:
     /// every process).
     #[arg(long = "pid", value_name = "PID")]
@@ -442,6 +447,8 @@ pub fn agent(args: AgentArgs, command: Option<AgentCommand>) -> Result<u8> {
             check_timeout: Duration::from_secs_f64(args.health_timeout),
         },
         timeout: Duration::from_secs_f64(args.timeout),
+        trigger: agent::Trigger::Full,
+        watch: None,
     };
     if args.once {
         let r = agent::run_once(&opts).map_err(fleet)?;
@@ -455,10 +462,16 @@ pub fn agent(args: AgentArgs, command: Option<AgentCommand>) -> Result<u8> {
     if !(0.0..=3600.0).contains(&args.rescan) {
         bail!("--rescan must be between 0 and 3600 seconds");
     }
+    let (new, watch) =
+        agent::NewProcesses::start(!args.no_exec_events, Duration::from_secs_f64(args.rescan));
+    if let (false, Some(why)) = (args.no_exec_events, &watch.reason) {
+        eprintln!("suture: agent: {why}; new processes: {}", watch.mode);
+    }
     agent::run_daemon(
         &opts,
         Duration::from_secs(args.interval.max(1)),
-        Duration::from_secs_f64(args.rescan),
+        new,
+        watch,
         |r| match r {
             Ok(r) if args.json => {
                 let _ = print_json(&r);
@@ -530,6 +543,13 @@ fn status_text(s: &agent::Status) -> String {
             "trusted metadata: targets v{}, snapshot v{}, timestamp v{} (expires {})\n",
             m.targets, m.snapshot, m.timestamp, m.timestamp_expires
         );
+    }
+    if let Some(w) = &s.watch {
+        t += &format!("new processes: {}", w.mode);
+        if let Some(why) = &w.reason {
+            t += &format!(" ({why})");
+        }
+        t += "\n";
     }
     if s.patches.is_empty() {
         t += "no patches applied by the agent\n";

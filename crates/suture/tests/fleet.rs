@@ -814,10 +814,15 @@ fn paused_rollout_goes_nowhere_new() {
     b.prints(AFTER);
 }
 
-/// The agent as a daemon patches a process started after the patch went live on its next
-/// rescan (not its next full pass, an hour away), and reports how long it ran unpatched.
-#[test]
-fn daemon_patches_a_process_started_later() {
+/// The agent as a daemon with `extra` options, a patch live in the repository and a program
+/// started only after the daemon's first full pass (the next one is an hour away): the program
+/// gets patched by a pass for new processes. Returns that pass's report and the agent's
+/// status, or `None` when the agent says it watches new processes otherwise than `mode`
+/// (with that status, for the caller to decide).
+fn daemon_patches_a_later_process(
+    extra: &[&str],
+    mode: &str,
+) -> Result<(serde_json::Value, serde_json::Value), serde_json::Value> {
     let s = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "fleet", "daemon");
     let repo = Repo::new(&s);
     let host = Host::new(&s, "host");
@@ -840,21 +845,15 @@ fn daemon_patches_a_process_started_later() {
         }
     }
     let _children = KillChildren(shell.id());
-    let mut agent = KillOnDrop(
+    let _agent = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_suture"))
             .args(["agent", "--repo", &repo.url, "--trust"])
             .arg(&repo.root)
             .arg("--state")
             .arg(&host.state)
             .args(["--pid", &shell.id().to_string()])
-            .args([
-                "--interval",
-                "3600",
-                "--rescan",
-                "0.05",
-                "--health-settle",
-                "0",
-            ])
+            .args(["--interval", "3600", "--health-settle", "0"])
+            .args(extra)
             .args(["--timeout", "60", "--json"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -865,6 +864,10 @@ fn daemon_patches_a_process_started_later() {
     suture_testkit::wait_until("the agent's first pass", suture_testkit::WAIT, || {
         host.state.join("last-report.json").is_file()
     });
+    let st = host.status();
+    if st["watch"]["mode"] != mode {
+        return Err(st);
+    }
     shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
     // (Not waiting for the unpatched output first: on a loaded machine the agent may patch
     // the program before it prints its first line.)
@@ -878,11 +881,58 @@ fn daemon_patches_a_process_started_later() {
         serde_json::from_slice(&std::fs::read(host.state.join("last-report.json")).unwrap())
             .unwrap();
     assert_eq!(pids(&report["applied"]), [prog], "{report:#}");
-    let age = report["applied"][0]["process_age_ms"].as_u64();
-    assert!(age.is_some(), "{report:#}");
-    eprintln!("the process ran unpatched for {} ms", age.unwrap_or(0));
-    let _ = agent.0.kill();
-    let _ = agent.0.wait();
-    drop(_children);
-    let _ = shell.0.wait();
+    assert!(
+        report["applied"][0]["process_age_ms"].is_u64(),
+        "{report:#}"
+    );
+    Ok((report, st))
+}
+
+/// A process started after the patch went live is patched from its exec event (the kernel's
+/// process connector), the daemon's polling turned off (`--rescan 0`): the pass that patched
+/// it says it was started by exec events and how long after the exec the patch went live.
+#[test]
+fn daemon_patches_a_process_started_later_from_its_exec_event() {
+    let (report, st) = match daemon_patches_a_later_process(&["--rescan", "0"], "exec-events") {
+        Ok(r) => r,
+        Err(st) => {
+            let why = format!("the agent does not get exec events here: {}", st["watch"]);
+            if std::env::var_os("CI").is_some() {
+                panic!("{why}");
+            }
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    assert_eq!(st["watch"]["reason"], serde_json::Value::Null, "{st:#}");
+    assert_eq!(report["trigger"], "exec-event", "{report:#}");
+    assert_eq!(report["watch"]["mode"], "exec-events", "{report:#}");
+    let window = report["applied"][0]["exec_to_live_us"].as_u64();
+    assert!(window.is_some(), "{report:#}");
+    eprintln!("exec to patch live: {} us", window.unwrap_or(0));
+}
+
+/// Without exec events (`--no-exec-events`), the daemon finds the new process by listing
+/// `/proc` every `--rescan` seconds, and says so.
+#[test]
+fn daemon_patches_a_process_started_later_by_polling() {
+    let (report, st) =
+        daemon_patches_a_later_process(&["--no-exec-events", "--rescan", "0.05"], "polling")
+            .unwrap_or_else(|st| panic!("{st:#}"));
+    assert!(
+        st["watch"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("--no-exec-events"),
+        "{st:#}"
+    );
+    assert_eq!(report["trigger"], "rescan", "{report:#}");
+    assert_eq!(
+        report["applied"][0]["exec_to_live_us"],
+        serde_json::Value::Null
+    );
+    eprintln!(
+        "the process ran unpatched for {} ms",
+        report["applied"][0]["process_age_ms"]
+    );
 }
