@@ -161,10 +161,10 @@ pub struct TargetReport {
     pub kind: Kind,
     pub channel: String,
     pub build_ids: Vec<String>,
-    /// `applied` (in at least one process this pass), `live` (already live in every
-    /// matching process), `no-match` (no process maps a file with its build-id),
-    /// `other-channel`, `kernel-not-supported` (the agent does not load kernel modules yet),
-    /// `failed` (applying failed in every matching process), `waiting` (this host's wave
+    /// `applied` (in at least one process this pass; a kernel module: loaded), `live`
+    /// (already live in every matching process; the module's patch is enabled), `no-match`
+    /// (no process maps a file with its build-id; a module for another kernel),
+    /// `other-channel`, `failed` (applying failed in every matching process, or loading), `waiting` (this host's wave
     /// starts at `wave_start`), `not-in-wave` (no wave includes this host's seed), `held`
     /// (it failed this host's health gate earlier; see the state's `held`), `paused` (the
     /// rollout is paused: applied nowhere new).
@@ -206,7 +206,8 @@ pub struct RevertedReport {
 /// A failure in one process.
 #[derive(Clone, Debug, Serialize)]
 pub struct Failure {
-    /// `apply`, `revert` or `health` (the patch went live, then the health gate failed).
+    /// `apply`, `revert` or `health` (the patch went live, then the health gate failed);
+    /// `kernel-load` or `kernel-unload` for a kernel module (`pid` 0).
     pub stage: &'static str,
     pub patch_id: String,
     pub target: String,
@@ -239,7 +240,23 @@ pub struct Report {
     pub targets: Vec<TargetReport>,
     pub applied: Vec<AppliedReport>,
     pub reverted: Vec<RevertedReport>,
+    /// Kernel livepatch modules loaded or unloaded in this pass.
+    pub kernel: Vec<KernelReport>,
     pub failed: Vec<Failure>,
+}
+
+/// A kernel livepatch module loaded (or unloaded after a withdrawal) in this pass.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelReport {
+    pub patch_id: String,
+    pub target: String,
+    /// `loaded` or `unloaded`.
+    pub action: &'static str,
+    /// The verified copy loaded (`<state dir>/kernel/`).
+    pub file: PathBuf,
+    /// Time in `finit_module` (loaded) and in the transition.
+    pub load_seconds: Option<f64>,
+    pub transition_seconds: f64,
 }
 
 /// The patch ids live in a process (empty when it cannot be read).
@@ -254,6 +271,38 @@ fn live_ids(pid: Pid) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// The rollout's gates for a target this host wants: paused, held after a failed health gate,
+/// this host's wave. Sets the report's action and wave start; true when it may go ahead.
+fn gate(meta: &TargetMeta, report: &mut TargetReport, sha256: &str, st: &State, seed: u32) -> bool {
+    if meta.paused {
+        report.action = "paused";
+        return false;
+    }
+    if st
+        .held
+        .iter()
+        .any(|h| h.target == report.name && h.sha256 == sha256)
+    {
+        report.action = "held";
+        return false;
+    }
+    if !meta.waves.is_empty() {
+        report.wave_start = meta.wave_start(seed);
+        match report.wave_start {
+            None => {
+                report.action = "not-in-wave";
+                return false;
+            }
+            Some(t) if t > crate::now_secs() => {
+                report.action = "waiting";
+                return false;
+            }
+            Some(_) => {}
+        }
+    }
+    true
+}
+
 /// A target selected for this pass, with the processes still to patch.
 struct Selected {
     name: TargetName,
@@ -261,6 +310,40 @@ struct Selected {
     sha256: String,
     length: u64,
     pending: Vec<Pid>,
+}
+
+/// Downloads a selected target through tough (length and SHA-256 checked against the
+/// signed `targets.json` as it streams in); `Err` ends the pass with nothing applied.
+fn download(
+    rt: &tokio::runtime::Runtime,
+    repo: &tough::Repository,
+    s: &Selected,
+) -> Result<Vec<u8>> {
+    let bytes = rt.block_on(async {
+        use tough::IntoVec;
+        let stream = repo
+            .read_target(&s.name)
+            .await
+            .map_err(|e| Error::with(format!("target {} did not verify", s.name.raw()), e))?;
+        let Some(stream) = stream else {
+            return Err(Error::msg(format!(
+                "target {} is in the signed metadata but not in the repository",
+                s.name.raw()
+            )));
+        };
+        stream.into_vec().await.map_err(|e| {
+            Error::with(
+                format!(
+                    "target {} did not verify (signed length {}, sha256 {})",
+                    s.name.raw(),
+                    s.length,
+                    s.sha256
+                ),
+                e,
+            )
+        })
+    });
+    bytes.map_err(|e| Error::with("refused; nothing was applied", e))
 }
 
 /// Runs one pass. `Err` when the repository or a selected target did not verify (nothing was
@@ -326,6 +409,9 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
     let seed = state::host_seed(&opts.state_dir)?;
     let pids = host::processes(opts.only_pids.as_deref());
     let mut scan = Scan::default();
+    let klp = suture_kernel::livepatch::Kernel::default();
+    let running = crate::kernel::Running::of(&klp).ok();
+    let mut kernel_selected = Vec::new();
     let mut reports = Vec::new();
     let mut selected = Vec::new();
     let mut channel_ids = BTreeSet::new();
@@ -358,7 +444,27 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
             continue;
         }
         if meta.kind == Kind::Kernel {
-            report.action = "kernel-not-supported";
+            channel_ids.insert(meta.patch_id.clone());
+            let sha256 = suture_bundle::hex(&t.hashes.sha256);
+            if !meta.waves.is_empty() {
+                report.wave_start = meta.wave_start(seed);
+            }
+            if !running.as_ref().is_some_and(|r| r.matches(&meta)) {
+                // For another kernel (or this kernel's identity cannot be read).
+            } else if crate::kernel::is_live(&klp, &meta.patch_id) {
+                report.action = "live";
+            } else if gate(&meta, &mut report, &sha256, st, seed) {
+                kernel_selected.push((
+                    reports.len(),
+                    Selected {
+                        name: name.clone(),
+                        sha256,
+                        length: t.length,
+                        meta,
+                        pending: Vec::new(),
+                    },
+                ));
+            }
             reports.push(report);
             continue;
         }
@@ -378,35 +484,12 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         if !report.pids.is_empty() {
             report.action = "live";
         }
-        if !pending.is_empty() && meta.paused {
-            report.action = "paused";
-            pending.clear();
-        }
         let sha256 = suture_bundle::hex(&t.hashes.sha256);
-        if !pending.is_empty()
-            && st
-                .held
-                .iter()
-                .any(|h| h.target == report.name && h.sha256 == sha256)
-        {
-            report.action = "held";
-            pending.clear();
-        }
         if !meta.waves.is_empty() {
             report.wave_start = meta.wave_start(seed);
-            if !pending.is_empty() {
-                match report.wave_start {
-                    None => {
-                        report.action = "not-in-wave";
-                        pending.clear();
-                    }
-                    Some(t) if t > crate::now_secs() => {
-                        report.action = "waiting";
-                        pending.clear();
-                    }
-                    Some(_) => {}
-                }
-            }
+        }
+        if !pending.is_empty() && !gate(&meta, &mut report, &sha256, st, seed) {
+            pending.clear();
         }
         if !pending.is_empty() {
             selected.push((
@@ -423,34 +506,10 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         reports.push(report);
     }
 
-    // Download and check every selected bundle before changing anything.
+    // Download and check every selected bundle and module before changing anything.
     let mut bundles = Vec::new();
     for (_, s) in &selected {
-        let bytes = rt.block_on(async {
-            use tough::IntoVec;
-            let stream = repo
-                .read_target(&s.name)
-                .await
-                .map_err(|e| Error::with(format!("target {} did not verify", s.name.raw()), e))?;
-            let Some(stream) = stream else {
-                return Err(Error::msg(format!(
-                    "target {} is in the signed metadata but not in the repository",
-                    s.name.raw()
-                )));
-            };
-            stream.into_vec().await.map_err(|e| {
-                Error::with(
-                    format!(
-                        "target {} did not verify (signed length {}, sha256 {})",
-                        s.name.raw(),
-                        s.length,
-                        s.sha256
-                    ),
-                    e,
-                )
-            })
-        });
-        let bytes = bytes.map_err(|e| Error::with("refused; nothing was applied", e))?;
+        let bytes = download(&rt, &repo, s)?;
         let b = suture_bundle::decode(&bytes).map_err(|e| {
             Error::with(
                 format!(
@@ -473,6 +532,19 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
             )));
         }
         bundles.push(b);
+    }
+    let mut modules = Vec::new();
+    for (_, s) in &kernel_selected {
+        let bytes = download(&rt, &repo, s)?;
+        let path = crate::kernel::keep_module(&opts.state_dir, &s.sha256, &s.meta, &bytes)
+            .map_err(|e| {
+                Error::msg(format!(
+                    "target {} {}; nothing was applied",
+                    s.name.raw(),
+                    e.chain()
+                ))
+            })?;
+        modules.push(path);
     }
 
     tracing::debug!(
@@ -526,6 +598,105 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         }
     }
     st.applied = keep;
+
+    // Unload withdrawn kernel patches (those this agent loaded).
+    let mut kernel_reports = Vec::new();
+    let mut keep = Vec::new();
+    for k in std::mem::take(&mut st.kernel) {
+        let live = crate::kernel::is_live(&klp, &k.patch_id);
+        if channel_ids.contains(&k.patch_id) || !live {
+            // Still wanted (kept), or not loaded any more (unloaded by someone else, or not
+            // yet loaded again after a reboot: `--boot` does that; the selection above takes
+            // it up again if it is still wanted).
+            if live {
+                keep.push(k);
+            } else if !channel_ids.contains(&k.patch_id) {
+                let _ = std::fs::remove_file(&k.file);
+            }
+            continue;
+        }
+        let kopts = suture_kernel::livepatch::Options {
+            timeout: opts.timeout,
+            ..Default::default()
+        };
+        match klp.unload(&k.patch_id, kopts) {
+            Ok(r) => {
+                let _ = std::fs::remove_file(&k.file);
+                kernel_reports.push(KernelReport {
+                    patch_id: k.patch_id.clone(),
+                    target: k.target.clone(),
+                    action: "unloaded",
+                    file: k.file.clone(),
+                    load_seconds: None,
+                    transition_seconds: r.transition_seconds,
+                });
+            }
+            Err(e) => {
+                failed.push(Failure {
+                    stage: "kernel-unload",
+                    patch_id: k.patch_id.clone(),
+                    target: k.target.clone(),
+                    pid: 0,
+                    error: e.to_string(),
+                    outcome: None,
+                });
+                keep.push(k);
+            }
+        }
+    }
+    st.kernel = keep;
+
+    // Load kernel patches for this kernel.
+    for ((index, s), path) in kernel_selected.iter().zip(&modules) {
+        // Recorded before the load, like a process before its apply.
+        st.kernel.retain(|k| k.patch_id != s.meta.patch_id);
+        st.kernel.push(state::KernelPatch {
+            patch_id: s.meta.patch_id.clone(),
+            target: s.name.raw().to_string(),
+            sha256: s.sha256.clone(),
+            file: path.clone(),
+            kernel_release: s.meta.kernel_release.clone(),
+            kernel_build_id: s.meta.kernel_build_id.clone(),
+            loaded_at: crate::now_secs(),
+        });
+        st.save(&opts.state_dir)?;
+        let kopts = suture_kernel::livepatch::Options {
+            timeout: opts.timeout,
+            ..Default::default()
+        };
+        match klp.load(path, kopts) {
+            Ok(r) => {
+                reports[*index].action = "applied";
+                kernel_reports.push(KernelReport {
+                    patch_id: s.meta.patch_id.clone(),
+                    target: s.name.raw().to_string(),
+                    action: "loaded",
+                    file: path.clone(),
+                    load_seconds: Some(r.load_seconds),
+                    transition_seconds: r.transition_seconds,
+                });
+            }
+            Err(e) => {
+                reports[*index].action = "failed";
+                st.kernel.retain(|k| k.patch_id != s.meta.patch_id);
+                let _ = std::fs::remove_file(path);
+                failed.push(Failure {
+                    stage: "kernel-load",
+                    patch_id: s.meta.patch_id.clone(),
+                    target: s.name.raw().to_string(),
+                    pid: 0,
+                    error: e.to_string(),
+                    outcome: None,
+                });
+            }
+        }
+    }
+    if !st.kernel.is_empty() {
+        // What `--boot` verifies the kept modules against.
+        let json = serde_json::to_vec(repo.targets())
+            .map_err(|e| Error::with("cannot serialise the targets metadata", e))?;
+        crate::kernel::keep_targets(&opts.state_dir, &json)?;
+    }
 
     // Apply.
     let mut applied = Vec::new();
@@ -683,6 +854,7 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         targets: reports,
         applied,
         reverted,
+        kernel: kernel_reports,
         failed,
     })
 }
@@ -1009,6 +1181,16 @@ pub struct Status {
     pub held: Vec<state::Held>,
     /// How the daemon watched for new processes (as its last pass recorded).
     pub watch: Option<Watch>,
+    /// Kernel patches the agent loaded, with `live` (enabled in the running kernel now).
+    pub kernel: Vec<KernelStatus>,
+}
+
+/// A kernel patch of the state, as the running kernel has it.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelStatus {
+    #[serde(flatten)]
+    pub patch: state::KernelPatch,
+    pub live: bool,
 }
 
 /// The host's state in `state_dir`, checked against the running processes.
@@ -1037,5 +1219,16 @@ pub fn status(state_dir: &Path) -> Result<Status> {
         patches,
         held: st.held,
         watch: st.watch,
+        kernel: st
+            .kernel
+            .into_iter()
+            .map(|k| KernelStatus {
+                live: crate::kernel::is_live(
+                    &suture_kernel::livepatch::Kernel::default(),
+                    &k.patch_id,
+                ),
+                patch: k,
+            })
+            .collect(),
     })
 }

@@ -18,6 +18,8 @@ pub mod agent;
 #[cfg(feature = "tuf")]
 pub mod fetch;
 #[cfg(feature = "tuf")]
+pub mod kernel;
+#[cfg(feature = "tuf")]
 pub mod repo;
 
 pub use error::Error;

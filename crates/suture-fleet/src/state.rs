@@ -73,6 +73,26 @@ pub struct State {
     /// How the daemon finds processes started between full passes (null after `--once`).
     #[serde(default)]
     pub watch: Option<Watch>,
+    /// Kernel livepatch modules the agent loaded (loaded again by `suture agent --boot`).
+    #[serde(default)]
+    pub kernel: Vec<KernelPatch>,
+}
+
+/// A kernel livepatch module the agent loaded, and its verified copy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelPatch {
+    /// The patch (module) name.
+    pub patch_id: String,
+    /// The TUF target it came from.
+    pub target: String,
+    /// The target's sha256 (hex), as signed in `targets.json`.
+    pub sha256: String,
+    /// The verified copy in `<state dir>/kernel/`.
+    pub file: PathBuf,
+    pub kernel_release: Option<String>,
+    pub kernel_build_id: Option<String>,
+    /// Seconds since the epoch.
+    pub loaded_at: u64,
 }
 
 /// How the daemon finds processes started between full passes.
@@ -108,6 +128,7 @@ impl Default for State {
             applied: Vec::new(),
             held: Vec::new(),
             watch: None,
+            kernel: Vec::new(),
         }
     }
 }

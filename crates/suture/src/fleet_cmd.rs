@@ -176,6 +176,11 @@ pub struct AgentArgs {
     /// One pass, then exit. Without it the agent runs a pass every --interval seconds.
     #[arg(long)]
     pub once: bool,
+    /// At boot, before services start: load again the kernel patches the state records as
+    /// loaded, each verified again against the signed metadata kept by the last verified
+    /// pass; no network (needs neither --repo nor --trust).
+    #[arg(long, conflicts_with = "once")]
+    pub boot: bool,
     /// Seconds between full passes (without --once).
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub interval: u64,
@@ -422,6 +427,19 @@ pub fn agent(args: AgentArgs, command: Option<AgentCommand>) -> Result<u8> {
         }
         return Ok(exit::OK);
     }
+    if args.boot {
+        if !(0.0..=3600.0).contains(&args.timeout) {
+            bail!("--timeout must be between 0 and 3600 seconds");
+        }
+        let r = suture_fleet::kernel::boot(&args.state_dir, Duration::from_secs_f64(args.timeout))
+            .map_err(fleet)?;
+        if args.json {
+            print_json(&r)?;
+        } else {
+            crate::out(&boot_text(&r));
+        }
+        return Ok(if r.ok { exit::OK } else { exit::ERROR });
+    }
     let (Some(repo), Some(trust)) = (args.repo.clone(), args.trust.clone()) else {
         bail!("suture agent needs --repo URL and --trust ROOT.json (or the `status` subcommand)");
     };
@@ -482,6 +500,20 @@ pub fn agent(args: AgentArgs, command: Option<AgentCommand>) -> Result<u8> {
     )
 }
 
+fn boot_text(r: &suture_fleet::kernel::BootReport) -> String {
+    let mut t = String::new();
+    if r.modules.is_empty() {
+        t += "no kernel patches to restore\n";
+    }
+    for m in &r.modules {
+        match &m.error {
+            None => t += &format!("{}: {} ({})\n", m.patch_id, m.action, m.file.display()),
+            Some(e) => t += &format!("{}: {}: {e}\n", m.patch_id, m.action),
+        }
+    }
+    t
+}
+
 fn report_text(r: &agent::Report) -> String {
     let mut t = format!(
         "repository {} verified (targets v{}, timestamp v{}, expires {})\n",
@@ -498,6 +530,9 @@ fn report_text(r: &agent::Report) -> String {
             "{}: live in process {} on {} (stopped {} us)\n",
             a.patch_id, a.pid, a.object, a.stop_window_us
         );
+    }
+    for k in &r.kernel {
+        t += &format!("{}: kernel patch {}\n", k.patch_id, k.action);
     }
     for x in &r.targets {
         match (x.action, x.wave_start) {
@@ -523,7 +558,7 @@ fn report_text(r: &agent::Report) -> String {
             f.patch_id, f.stage, f.pid, f.error
         );
     }
-    if r.applied.is_empty() && r.reverted.is_empty() && r.failed.is_empty() {
+    if r.applied.is_empty() && r.reverted.is_empty() && r.kernel.is_empty() && r.failed.is_empty() {
         t += "nothing to do\n";
     }
     t
@@ -551,7 +586,15 @@ fn status_text(s: &agent::Status) -> String {
         }
         t += "\n";
     }
-    if s.patches.is_empty() {
+    for k in &s.kernel {
+        t += &format!(
+            "{}: kernel patch {} ({})\n",
+            k.patch.patch_id,
+            if k.live { "live" } else { "not live" },
+            k.patch.target
+        );
+    }
+    if s.patches.is_empty() && s.kernel.is_empty() {
         t += "no patches applied by the agent\n";
     }
     for h in &s.held {

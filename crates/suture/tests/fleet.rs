@@ -624,24 +624,45 @@ fn waves_channels_and_metrics() {
     );
 }
 
-/// The shipped systemd unit passes `systemd-analyze verify` (with its ExecStart pointed at the
-/// binary under test), where systemd-analyze is installed.
+/// The shipped systemd units (the agent, and the early-boot restore of kernel patches) pass
+/// `systemd-analyze verify` (with their ExecStart pointed at the binary under test), where
+/// systemd-analyze is installed.
 #[test]
-fn systemd_unit_verifies() {
+fn systemd_units_verify() {
     let Ok(o) = Command::new("systemd-analyze").arg("--version").output() else {
         eprintln!("skipped: no systemd-analyze");
         return;
     };
     assert!(o.status.success());
     let s = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "fleet", "unit");
-    let unit = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/suture-agent.service"),
-    )
-    .unwrap();
-    assert!(unit.contains("ExecStart=/usr/local/bin/suture agent"));
-    let unit = unit.replace("/usr/local/bin/suture", env!("CARGO_BIN_EXE_suture"));
-    let path = s.write("suture-agent.service", unit);
-    let o = run(Command::new("systemd-analyze").arg("verify").arg(&path));
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist");
+    let mut paths = Vec::new();
+    for (name, exec) in [
+        (
+            "suture-agent.service",
+            "ExecStart=/usr/local/bin/suture agent --repo",
+        ),
+        (
+            "suture-kernel-restore.service",
+            "ExecStart=/usr/local/bin/suture agent --boot",
+        ),
+    ] {
+        let unit = std::fs::read_to_string(dist.join(name)).unwrap();
+        assert!(unit.contains(exec), "{name}");
+        let unit = unit.replace("/usr/local/bin/suture", env!("CARGO_BIN_EXE_suture"));
+        paths.push(s.write(name, unit));
+    }
+    // The restore unit is early-boot: no default dependencies, before sysinit.target and the
+    // agent.
+    let restore = std::fs::read_to_string(&paths[1]).unwrap();
+    for want in [
+        "DefaultDependencies=no",
+        "Before=sysinit.target",
+        "suture-agent.service",
+    ] {
+        assert!(restore.contains(want), "{want}");
+    }
+    let o = run(Command::new("systemd-analyze").arg("verify").args(&paths));
     assert!(o.status.success(), "{}", text(&o));
     assert!(o.stderr.is_empty() && o.stdout.is_empty(), "{}", text(&o));
 }
