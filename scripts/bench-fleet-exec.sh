@@ -6,7 +6,7 @@
 # events: from the kernel's timestamp of the exec to the patch live) or `process_age_ms`
 # (polling: the process's age when the patch went live, in clock ticks of 10 ms).
 # Usage: scripts/bench-fleet-exec.sh SUTURE_BINARY FIXTURE_DIR [STARTS] [events|polling]
-#   FIXTURE_DIR holds src/prog and out/prog.suture, as crates/suture/tests/fleet.rs builds them
+#   FIXTURE_DIR holds src/prog and out-fix/prog.suture, as crates/suture/tests/fleet.rs builds them
 #   (target/tmp/fleet/fixture-<pid>).
 set -euo pipefail
 exec python3 - "$@" <<'PY'
@@ -20,7 +20,7 @@ procs = []
 try:
     subprocess.run([suture, "repo", "init", f"{w}/repo", "--keys", f"{w}/keys"],
                    check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([suture, "repo", "add", f"{w}/repo", f"{fixture}/out/prog.suture",
+    subprocess.run([suture, "repo", "add", f"{w}/repo", f"{fixture}/out-fix/prog.suture",
                     "--keys", f"{w}/keys"], check=True, stdout=subprocess.DEVNULL)
     http = subprocess.Popen([sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1",
                              "--directory", f"{w}/repo"], stdout=subprocess.PIPE,

@@ -167,12 +167,16 @@ pub struct TargetReport {
     /// `other-channel`, `failed` (applying failed in every matching process, or loading), `waiting` (this host's wave
     /// starts at `wave_start`), `not-in-wave` (no wave includes this host's seed), `held`
     /// (it failed this host's health gate earlier; see the state's `held`), `paused` (the
-    /// rollout is paused: applied nowhere new).
+    /// rollout is paused: applied nowhere new), `replaced` (a patch that replaces it is live
+    /// in every matching process).
     pub action: &'static str,
     /// When this host's wave starts (seconds since the epoch), for a staged target.
     pub wave_start: Option<u64>,
     /// The matching processes.
     pub pids: Vec<i32>,
+    /// The metadata's `version` and `replaces`.
+    pub version: Option<u64>,
+    pub replaces: Vec<String>,
 }
 
 /// A patch applied to one process in this pass.
@@ -193,6 +197,8 @@ pub struct AppliedReport {
     /// kernel's timestamp of the event) to the patch being live in it, the window during
     /// which the new process ran unpatched.
     pub exec_to_live_us: Option<u64>,
+    /// The patch this one replaced in the same switch (`replaces` of its metadata).
+    pub replaced: Option<String>,
 }
 
 /// A withdrawn patch reverted in one process.
@@ -310,6 +316,8 @@ struct Selected {
     sha256: String,
     length: u64,
     pending: Vec<Pid>,
+    /// Processes of `pending` where a patch this one replaces is live: pid → that patch.
+    replace: std::collections::BTreeMap<i32, String>,
 }
 
 /// Downloads a selected target through tough (length and SHA-256 checked against the
@@ -417,6 +425,20 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
     let mut channel_ids = BTreeSet::new();
     let mut all: Vec<(&TargetName, &tough::schema::Target)> = repo.all_targets().collect();
     all.sort_by(|a, b| a.0.raw().cmp(b.0.raw()));
+    // Patch id → the patch ids of the channel that replace it.
+    let mut replaced_by: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for (_, t) in &all {
+        if let Ok(Some(m)) = TargetMeta::from_custom(&t.custom) {
+            if m.channel == opts.channel {
+                for old in &m.replaces {
+                    replaced_by
+                        .entry(old.clone())
+                        .or_default()
+                        .push(m.patch_id.clone());
+                }
+            }
+        }
+    }
     for (name, t) in all {
         let meta = match TargetMeta::from_custom(&t.custom) {
             Ok(Some(m)) => m,
@@ -437,6 +459,8 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
             action: "no-match",
             wave_start: None,
             pids: Vec::new(),
+            version: meta.version,
+            replaces: meta.replaces.clone(),
         };
         if meta.channel != opts.channel {
             report.action = "other-channel";
@@ -462,6 +486,7 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
                         length: t.length,
                         meta,
                         pending: Vec::new(),
+                        replace: Default::default(),
                     },
                 ));
             }
@@ -470,19 +495,35 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         }
         channel_ids.insert(meta.patch_id.clone());
         let mut pending = Vec::new();
+        let mut replace = std::collections::BTreeMap::new();
+        let mut superseded = 0;
         for id in &meta.build_ids {
             for (pid, _) in scan.mapping(&pids, id) {
                 if report.pids.contains(&pid.0) {
                     continue; // maps files with two of the target's build-ids
                 }
                 report.pids.push(pid.0);
-                if !live_ids(pid).contains(&meta.patch_id) {
-                    pending.push(pid);
+                let live = live_ids(pid);
+                if live.contains(&meta.patch_id) {
+                    continue;
                 }
+                let newer = replaced_by.get(&meta.patch_id);
+                if newer.is_some_and(|n| n.iter().any(|n| live.contains(n))) {
+                    superseded += 1;
+                    continue;
+                }
+                if let Some(old) = meta.replaces.iter().find(|o| live.contains(*o)) {
+                    replace.insert(pid.0, old.clone());
+                }
+                pending.push(pid);
             }
         }
         if !report.pids.is_empty() {
-            report.action = "live";
+            report.action = if superseded == report.pids.len() {
+                "replaced"
+            } else {
+                "live"
+            };
         }
         let sha256 = suture_bundle::hex(&t.hashes.sha256);
         if !meta.waves.is_empty() {
@@ -500,6 +541,7 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
                     length: t.length,
                     meta,
                     pending,
+                    replace,
                 },
             ));
         }
@@ -567,7 +609,12 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
             // still wanted).
             continue;
         }
-        if channel_ids.contains(&a.patch_id) {
+        let replaced_here = selected
+            .iter()
+            .any(|(_, s)| s.replace.get(&a.process.pid) == Some(&a.patch_id));
+        if channel_ids.contains(&a.patch_id) || replaced_here {
+            // Still wanted; or withdrawn but about to be replaced in this process in one
+            // switch (reverting first would leave it unpatched in between).
             keep.push(a);
             continue;
         }
@@ -707,87 +754,97 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         scan_suspended: true,
     };
     for ((index, s), b) in selected.iter().zip(&bundles) {
-        let idents: Vec<Option<ProcId>> = s.pending.iter().map(|p| ProcId::of(p.0)).collect();
-        // Recorded before the apply: an agent killed during it still knows which processes it
-        // may have patched (the next pass drops the entries whose patch is not live).
-        for process in idents.iter().flatten() {
-            let known = st
-                .applied
-                .iter()
-                .any(|a| a.patch_id == s.meta.patch_id && a.process == *process);
-            if !known {
-                st.applied.push(AppliedPatch {
-                    patch_id: s.meta.patch_id.clone(),
-                    target: s.name.raw().to_string(),
-                    sha256: s.sha256.clone(),
-                    process: *process,
-                    object: String::new(),
-                    build_id: b.manifest.target.build_id.clone(),
-                    applied_at: crate::now_secs(),
-                });
-            }
+        // One apply per patch replaced (none, or one of `replaces`), each over its processes.
+        let mut groups: std::collections::BTreeMap<Option<&String>, Vec<Pid>> = Default::default();
+        for p in &s.pending {
+            groups.entry(s.replace.get(&p.0)).or_default().push(*p);
         }
-        st.save(&opts.state_dir)?;
-        let forget = |st: &mut State, process: Option<ProcId>| {
-            st.applied
-                .retain(|a| !(a.patch_id == s.meta.patch_id && Some(a.process) == process));
-        };
-        let outcomes = match bundle::apply(b, &Targets::Pids(s.pending.clone()), &bopts) {
-            Ok(it) => it
-                .map(|o| (o, crate::exec_events::monotonic_ns()))
-                .collect::<Vec<_>>(),
-            Err(e) => {
-                for (p, ident) in s.pending.iter().zip(&idents) {
-                    forget(st, *ident);
-                    failed.push(Failure {
-                        stage: "apply",
+        let mut any = false;
+        for (replaced, pending) in groups {
+            let bopts = BundleOptions {
+                replace: replaced.cloned(),
+                ..bopts.clone()
+            };
+            let idents: Vec<Option<ProcId>> = pending.iter().map(|p| ProcId::of(p.0)).collect();
+            // Recorded before the apply: an agent killed during it still knows which processes it
+            // may have patched (the next pass drops the entries whose patch is not live).
+            for process in idents.iter().flatten() {
+                let known = st
+                    .applied
+                    .iter()
+                    .any(|a| a.patch_id == s.meta.patch_id && a.process == *process);
+                if !known {
+                    st.applied.push(AppliedPatch {
                         patch_id: s.meta.patch_id.clone(),
                         target: s.name.raw().to_string(),
-                        pid: p.0,
-                        error: e.to_string(),
-                        outcome: Some(Outcome::Untouched),
+                        sha256: s.sha256.clone(),
+                        process: *process,
+                        object: String::new(),
+                        build_id: b.manifest.target.build_id.clone(),
+                        applied_at: crate::now_secs(),
                     });
                 }
-                reports[*index].action = "failed";
-                continue;
             }
-        };
-        let mut any = false;
-        for ((o, live_ns), ident) in outcomes.into_iter().zip(idents) {
-            match o.result {
-                Ok(done) => {
-                    let live_age_ms = ident.and_then(|p| p.age()).map(|d| d.as_millis() as u64);
-                    let exec_to_live_us = match &opts.trigger {
-                        Trigger::ExecEvent(seen) => seen
-                            .get(&o.pid.0)
-                            .map(|&at| live_ns.saturating_sub(at) / 1000),
-                        _ => None,
-                    };
-                    if let Err(why) =
-                        health_gate(&opts.health, ident, &s.meta.patch_id, &done.object)
-                    {
-                        let pid = o.pid;
-                        let reverted = !ident.is_some_and(|p| p.alive())
-                            || suture_process::targets::revert(
-                                &s.meta.patch_id,
-                                &Targets::Pids(vec![pid]),
-                                opts.timeout,
-                            )
-                            .ok()
-                            .and_then(|mut it| it.next())
-                            .is_some_and(|r| r.result.is_ok());
-                        if reverted {
-                            forget(st, ident);
-                        }
-                        st.held.retain(|h| h.target != s.name.raw());
-                        st.held.push(state::Held {
+            st.save(&opts.state_dir)?;
+            let forget = |st: &mut State, process: Option<ProcId>| {
+                st.applied
+                    .retain(|a| !(a.patch_id == s.meta.patch_id && Some(a.process) == process));
+            };
+            let outcomes = match bundle::apply(b, &Targets::Pids(pending.clone()), &bopts) {
+                Ok(it) => it
+                    .map(|o| (o, crate::exec_events::monotonic_ns()))
+                    .collect::<Vec<_>>(),
+                Err(e) => {
+                    for (p, ident) in pending.iter().zip(&idents) {
+                        forget(st, *ident);
+                        failed.push(Failure {
+                            stage: "apply",
                             patch_id: s.meta.patch_id.clone(),
                             target: s.name.raw().to_string(),
-                            sha256: s.sha256.clone(),
-                            at: crate::now_secs(),
-                            error: why.clone(),
+                            pid: p.0,
+                            error: e.to_string(),
+                            outcome: Some(Outcome::Untouched),
                         });
-                        failed.push(Failure {
+                    }
+                    reports[*index].action = "failed";
+                    continue;
+                }
+            };
+            for ((o, live_ns), ident) in outcomes.into_iter().zip(idents) {
+                match o.result {
+                    Ok(done) => {
+                        let live_age_ms = ident.and_then(|p| p.age()).map(|d| d.as_millis() as u64);
+                        let exec_to_live_us = match &opts.trigger {
+                            Trigger::ExecEvent(seen) => seen
+                                .get(&o.pid.0)
+                                .map(|&at| live_ns.saturating_sub(at) / 1000),
+                            _ => None,
+                        };
+                        if let Err(why) =
+                            health_gate(&opts.health, ident, &s.meta.patch_id, &done.object)
+                        {
+                            let pid = o.pid;
+                            let reverted = !ident.is_some_and(|p| p.alive())
+                                || suture_process::targets::revert(
+                                    &s.meta.patch_id,
+                                    &Targets::Pids(vec![pid]),
+                                    opts.timeout,
+                                )
+                                .ok()
+                                .and_then(|mut it| it.next())
+                                .is_some_and(|r| r.result.is_ok());
+                            if reverted {
+                                forget(st, ident);
+                            }
+                            st.held.retain(|h| h.target != s.name.raw());
+                            st.held.push(state::Held {
+                                patch_id: s.meta.patch_id.clone(),
+                                target: s.name.raw().to_string(),
+                                sha256: s.sha256.clone(),
+                                at: crate::now_secs(),
+                                error: why.clone(),
+                            });
+                            failed.push(Failure {
                             stage: "health",
                             patch_id: s.meta.patch_id.clone(),
                             target: s.name.raw().to_string(),
@@ -802,37 +859,44 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
                             ),
                             outcome: None,
                         });
-                        continue;
-                    }
-                    any = true;
-                    let build_id = b.manifest.target.build_id.clone();
-                    applied.push(AppliedReport {
-                        patch_id: s.meta.patch_id.clone(),
-                        target: s.name.raw().to_string(),
-                        pid: o.pid.0,
-                        object: done.object.clone(),
-                        build_id,
-                        stop_window_us: done.applied.stop_window_us,
-                        process_age_ms: live_age_ms,
-                        exec_to_live_us,
-                    });
-                    for a in st.applied.iter_mut() {
-                        if a.patch_id == s.meta.patch_id && Some(a.process) == ident {
-                            a.object = done.object.clone();
-                            a.applied_at = crate::now_secs();
+                            continue;
+                        }
+                        any = true;
+                        let build_id = b.manifest.target.build_id.clone();
+                        applied.push(AppliedReport {
+                            patch_id: s.meta.patch_id.clone(),
+                            target: s.name.raw().to_string(),
+                            pid: o.pid.0,
+                            object: done.object.clone(),
+                            build_id,
+                            stop_window_us: done.applied.stop_window_us,
+                            process_age_ms: live_age_ms,
+                            exec_to_live_us,
+                            replaced: replaced.cloned(),
+                        });
+                        if let Some(old) = replaced {
+                            // Replaced in the same switch: no longer live there.
+                            st.applied
+                                .retain(|a| !(a.patch_id == *old && Some(a.process) == ident));
+                        }
+                        for a in st.applied.iter_mut() {
+                            if a.patch_id == s.meta.patch_id && Some(a.process) == ident {
+                                a.object = done.object.clone();
+                                a.applied_at = crate::now_secs();
+                            }
                         }
                     }
-                }
-                Err(e) => {
-                    forget(st, ident);
-                    failed.push(Failure {
-                        stage: "apply",
-                        patch_id: s.meta.patch_id.clone(),
-                        target: s.name.raw().to_string(),
-                        pid: o.pid.0,
-                        error: e.to_string(),
-                        outcome: Some(e.outcome()),
-                    })
+                    Err(e) => {
+                        forget(st, ident);
+                        failed.push(Failure {
+                            stage: "apply",
+                            patch_id: s.meta.patch_id.clone(),
+                            target: s.name.raw().to_string(),
+                            pid: o.pid.0,
+                            error: e.to_string(),
+                            outcome: Some(e.outcome()),
+                        })
+                    }
                 }
             }
         }

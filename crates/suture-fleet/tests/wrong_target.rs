@@ -58,6 +58,8 @@ fn meta(patch_id: &str, build_id: &str) -> TargetMeta {
         added_at: 0,
         waves: Vec::new(),
         paused: false,
+        version: None,
+        replaces: Vec::new(),
     }
 }
 

@@ -49,6 +49,13 @@ pub enum RepoCommand {
         /// host at once.
         #[arg(long = "wave", value_name = "PERCENT@DELAY")]
         waves: Vec<String>,
+        /// The fix's version (reported by agents).
+        #[arg(long, value_name = "N")]
+        version: Option<u64>,
+        /// A patch id this bundle replaces: where it is live, agents switch to this patch in
+        /// one step (as `suture apply --replace`); repeat for several.
+        #[arg(long = "replaces", value_name = "ID")]
+        replaces: Vec<String>,
         /// Seconds until the new timestamp expires (default 7 days).
         #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
         timestamp_expires_in: Option<i64>,
@@ -310,6 +317,8 @@ pub fn repo(cmd: RepoCommand) -> Result<u8> {
             keys,
             channel,
             waves,
+            version,
+            replaces,
             timestamp_expires_in,
             json,
         } => {
@@ -317,8 +326,12 @@ pub fn repo(cmd: RepoCommand) -> Result<u8> {
                 &dir,
                 &keys,
                 &files,
-                &channel,
-                &waves,
+                &repo::Placement {
+                    channel,
+                    waves,
+                    version,
+                    replaces,
+                },
                 &expiry(timestamp_expires_in),
             )
             .map_err(fleet)?;

@@ -58,29 +58,48 @@ fn fixture() -> &'static (PathBuf, PathBuf) {
         let src = w.join("src");
         let orig = std::fs::read_to_string(src.join("version.c")).unwrap();
         std::fs::write(w.join("a.c"), &orig).unwrap();
-        std::fs::write(w.join("b.c"), orig.replace("return 1;", "return 2;")).unwrap();
-        let d = run(Command::new("diff")
-            .args([
-                "-u",
-                "--label",
-                "a/version.c",
-                "--label",
-                "b/version.c",
-                "a.c",
-                "b.c",
-            ])
-            .current_dir(&w));
-        std::fs::write(w.join("fix.patch"), &d.stdout).unwrap();
-        let o = run(Command::new(env!("CARGO_BIN_EXE_suture"))
-            .args(["build", "--source"])
-            .arg(&src)
-            .arg("--diff")
-            .arg(w.join("fix.patch"))
-            .arg("-o")
-            .arg(w.join("out"))
-            .env("SUTURE_CACHE_DIR", w.join("cache")));
-        assert!(o.status.success(), "suture build: {}", text(&o));
-        (src.join("prog"), w.join("out/prog.suture"))
+        (src.join("prog"), build_fix(&w, "fix", "return 2;"))
+    })
+}
+
+/// `suture build --id ID` of the fixture tree in `w` (its `src/`, the original `version.c`
+/// in `a.c`) with `return 1;` changed to `to`; the bundle.
+fn build_fix(w: &Path, id: &str, to: &str) -> PathBuf {
+    let orig = std::fs::read_to_string(w.join("a.c")).unwrap();
+    std::fs::write(w.join(format!("{id}.c")), orig.replace("return 1;", to)).unwrap();
+    let d = run(Command::new("diff")
+        .args([
+            "-u",
+            "--label",
+            "a/version.c",
+            "--label",
+            "b/version.c",
+            "a.c",
+        ])
+        .arg(format!("{id}.c"))
+        .current_dir(w));
+    let patch = w.join(format!("{id}.patch"));
+    std::fs::write(&patch, &d.stdout).unwrap();
+    let out = w.join(format!("out-{id}"));
+    let o = run(Command::new(env!("CARGO_BIN_EXE_suture"))
+        .args(["build", "--id", id, "--source"])
+        .arg(w.join("src"))
+        .arg("--diff")
+        .arg(&patch)
+        .arg("-o")
+        .arg(&out)
+        .env("SUTURE_CACHE_DIR", w.join("cache")));
+    assert!(o.status.success(), "suture build: {}", text(&o));
+    out.join("prog.suture")
+}
+
+/// A second bundle for the fixture program: patch `fix-3`, `v=1` → `v=3`, built from the
+/// same tree as [`fixture`] (so for the same build-id).
+fn fixture_v3() -> &'static PathBuf {
+    static F: OnceLock<PathBuf> = OnceLock::new();
+    F.get_or_init(|| {
+        let w = fixture().0.parent().unwrap().parent().unwrap();
+        build_fix(w, "fix-3", "return 3;")
     })
 }
 
@@ -956,4 +975,65 @@ fn daemon_patches_a_process_started_later_by_polling() {
         "the process ran unpatched for {} ms",
         report["applied"][0]["process_age_ms"]
     );
+}
+
+/// A patch that `replaces` another takes its place in one switch where it is live (no revert
+/// first), the replaced one is not applied again while it stays in the repository, and its
+/// later withdrawal reverts nothing.
+#[test]
+fn replacing_patch_switches_in_one_step() {
+    let s = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "fleet", "replaces");
+    let repo = Repo::new(&s);
+    let host = Host::new(&s, "host");
+    let p = Target::start();
+    repo.add();
+    let v = host.pass(&repo, &p);
+    assert_eq!(pids(&v["applied"]), [p.child.id() as i64], "{v:#}");
+    p.prints(AFTER);
+    let added = repo.sign(
+        "add",
+        &[
+            fixture_v3().to_str().unwrap(),
+            "--version",
+            "2",
+            "--replaces",
+            "fix",
+        ],
+    );
+    assert_eq!(
+        added["changed"][0]["meta"]["replaces"][0], "fix",
+        "{added:#}"
+    );
+    assert_eq!(added["changed"][0]["meta"]["version"], 2, "{added:#}");
+    let v = host.pass(&repo, &p);
+    assert_eq!(v["applied"].as_array().unwrap().len(), 1, "{v:#}");
+    assert_eq!(v["applied"][0]["patch_id"], "fix-3", "{v:#}");
+    assert_eq!(v["applied"][0]["replaced"], "fix", "{v:#}");
+    assert!(v["reverted"].as_array().unwrap().is_empty(), "{v:#}");
+    assert_eq!(p.live(), ["fix-3"]);
+    p.prints("v=3");
+    // The replaced patch, still published, is not applied again.
+    let v = host.pass(&repo, &p);
+    assert!(v["applied"].as_array().unwrap().is_empty(), "{v:#}");
+    let fix = v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["patch_id"] == "fix")
+        .unwrap();
+    assert_eq!(fix["action"], "replaced", "{v:#}");
+    let st = host.status();
+    let tracked: Vec<&str> = st["patches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["patch_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(tracked, ["fix-3"], "{st:#}");
+    // Withdrawing the replaced patch reverts nothing.
+    repo.sign("withdraw", &["fix"]);
+    let v = host.pass(&repo, &p);
+    assert!(v["reverted"].as_array().unwrap().is_empty(), "{v:#}");
+    assert_eq!(p.live(), ["fix-3"]);
+    p.prints("v=3");
 }
