@@ -151,7 +151,12 @@ impl Target {
 /// A static file server on 127.0.0.1 (ephemeral port) serving `root`, on a thread that lives
 /// as long as the test binary. GET only; 404 for anything missing or outside `root`.
 fn serve(root: &Path) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    serve_at(root, "127.0.0.1:0")
+}
+
+/// [`serve`] on the address `at`.
+fn serve_at(root: &Path, at: &str) -> String {
+    let listener = TcpListener::bind(at).unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     let root = root.to_path_buf();
     std::thread::spawn(move || {
@@ -1036,4 +1041,115 @@ fn replacing_patch_switches_in_one_step() {
     assert!(v["reverted"].as_array().unwrap().is_empty(), "{v:#}");
     assert_eq!(p.live(), ["fix-3"]);
     p.prints("v=3");
+}
+
+/// A network namespace with a veth pair to the test's namespace: the host side
+/// `10.<a>.<b>.1/30` here, `10.<a>.<b>.2/30` inside. Deleted (with the pair) when dropped.
+struct NetNs {
+    name: String,
+    host_ip: String,
+}
+
+impl NetNs {
+    /// `None` when namespaces cannot be made here (not root); under `CI` that panics.
+    fn new(n: u32) -> Option<NetNs> {
+        let pid = std::process::id();
+        let name = format!("suture-fleet-{pid}-{n}");
+        let (a, b) = (100 + pid % 100, (pid / 100 % 60) * 4 + n);
+        let host_ip = format!("10.{a}.{b}.1");
+        let (vh, vg) = (
+            format!("sfh{}n{n}", pid % 100_000),
+            format!("sfg{}n{n}", pid % 100_000),
+        );
+        let ip = |args: &str| {
+            Command::new("ip")
+                .args(args.split_whitespace())
+                .output()
+                .map(|o| {
+                    (
+                        o.status.success(),
+                        String::from_utf8_lossy(&o.stderr).into_owned(),
+                    )
+                })
+                .unwrap_or((false, "ip is not installed".into()))
+        };
+        let (ok, err) = ip(&format!("netns add {name}"));
+        if !ok {
+            return suture_testkit::tier::unavailable(
+                "network-namespace",
+                &format!("ip netns add: {err}"),
+            );
+        }
+        let ns = NetNs { name, host_ip };
+        for cmd in [
+            format!("link add {vh} type veth peer name {vg}"),
+            format!("link set {vg} netns {}", ns.name),
+            format!("addr add {}/30 dev {vh}", ns.host_ip),
+            format!("link set {vh} up"),
+            format!("-n {} addr add 10.{a}.{b}.2/30 dev {vg}", ns.name),
+            format!("-n {} link set {vg} up", ns.name),
+            format!("-n {} link set lo up", ns.name),
+        ] {
+            let (ok, err) = ip(&cmd);
+            assert!(ok, "ip {cmd}: {err}");
+        }
+        Some(ns)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Simulated hosts in network namespaces: each agent runs in a namespace of its own and
+/// reaches the repository only through its veth pair (the server on loopback is out of its
+/// reach), and each patches its own program.
+#[test]
+fn hosts_in_network_namespaces() {
+    let s = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "fleet", "netns");
+    let repo = Repo::new(&s);
+    repo.add();
+    let mut spaces = Vec::new();
+    for n in 0..2 {
+        match NetNs::new(n) {
+            Some(ns) => spaces.push(ns),
+            None => return,
+        }
+    }
+    for (n, ns) in spaces.iter().enumerate() {
+        let url = serve_at(&repo.dir, &format!("{}:0", ns.host_ip));
+        let p = Target::start();
+        let state = s.path().join(format!("ns-host{n}"));
+        let agent = |url: &str| {
+            run(Command::new("ip")
+                .args(["netns", "exec", &ns.name])
+                .arg(env!("CARGO_BIN_EXE_suture"))
+                .args(["agent", "--repo", url, "--trust"])
+                .arg(&repo.root)
+                .arg("--state")
+                .arg(&state)
+                .args([
+                    "--pid",
+                    &p.pid(),
+                    "--health-settle",
+                    "0",
+                    "--once",
+                    "--json",
+                ]))
+        };
+        // Loopback inside the namespace is not the test's: the repository is not there.
+        let o = agent(&repo.url);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        p.untouched();
+        let o = agent(&url);
+        assert!(o.status.success(), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(pids(&v["applied"]), [p.child.id() as i64], "{v:#}");
+        assert_eq!(v["repo"], url.as_str());
+        p.prints(AFTER);
+    }
 }
