@@ -117,15 +117,59 @@ fn health_gate(
     let Some(process) = process.filter(ProcId::alive) else {
         return Err("the process exited after the patch went live".into());
     };
+    run_check(
+        h,
+        &[
+            ("SUTURE_PID", process.pid.to_string()),
+            ("SUTURE_PATCH_ID", patch_id.into()),
+            ("SUTURE_OBJECT", object.into()),
+        ],
+    )?;
+    if !process.alive() {
+        return Err("the process exited during the health check".into());
+    }
+    Ok(())
+}
+
+/// The health gate for a kernel patch: after `settle`, the patch must still be enabled and
+/// `check` (environment `SUTURE_PID=0`, `SUTURE_PATCH_ID`, `SUTURE_OBJECT=vmlinux`,
+/// `SUTURE_KERNEL_PATCH=1`) must pass.
+fn kernel_health_gate(
+    h: &Health,
+    klp: &suture_kernel::livepatch::Kernel,
+    patch_id: &str,
+) -> std::result::Result<(), String> {
+    if !h.settle.is_zero() {
+        std::thread::sleep(h.settle);
+    }
+    let gone = || Err("the kernel patch is no longer enabled".to_string());
+    if !crate::kernel::is_live(klp, patch_id) {
+        return gone();
+    }
+    run_check(
+        h,
+        &[
+            ("SUTURE_PID", "0".into()),
+            ("SUTURE_PATCH_ID", patch_id.into()),
+            ("SUTURE_OBJECT", "vmlinux".into()),
+            ("SUTURE_KERNEL_PATCH", "1".into()),
+        ],
+    )?;
+    if !crate::kernel::is_live(klp, patch_id) {
+        return gone();
+    }
+    Ok(())
+}
+
+/// Runs the health check command of `h`, when there is one, with `env`.
+fn run_check(h: &Health, env: &[(&str, String)]) -> std::result::Result<(), String> {
     let Some(cmd) = &h.check else {
         return Ok(());
     };
     let mut child = std::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
-        .env("SUTURE_PID", process.pid.to_string())
-        .env("SUTURE_PATCH_ID", patch_id)
-        .env("SUTURE_OBJECT", object)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -146,9 +190,6 @@ fn health_gate(
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => return Err(format!("cannot wait for the health check: {e}")),
         }
-    }
-    if !process.alive() {
-        return Err("the process exited during the health check".into());
     }
     Ok(())
 }
@@ -307,6 +348,26 @@ fn gate(meta: &TargetMeta, report: &mut TargetReport, sha256: &str, st: &State, 
         }
     }
     true
+}
+
+/// Holds a target back on this host after its health gate failed (`why`).
+fn hold(st: &mut State, s: &Selected, why: &str) {
+    st.held.retain(|h| h.target != s.name.raw());
+    st.held.push(state::Held {
+        patch_id: s.meta.patch_id.clone(),
+        target: s.name.raw().to_string(),
+        sha256: s.sha256.clone(),
+        at: crate::now_secs(),
+        error: why.to_string(),
+    });
+}
+
+/// Kernel load and unload options of a pass: its `--timeout` for transitions.
+fn klp_options(opts: &Options) -> suture_kernel::livepatch::Options<'static> {
+    suture_kernel::livepatch::Options {
+        timeout: opts.timeout,
+        ..Default::default()
+    }
 }
 
 /// A target selected for this pass, with the processes still to patch.
@@ -662,10 +723,7 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
             }
             continue;
         }
-        let kopts = suture_kernel::livepatch::Options {
-            timeout: opts.timeout,
-            ..Default::default()
-        };
+        let kopts = klp_options(opts);
         match klp.unload(&k.patch_id, kopts) {
             Ok(r) => {
                 let _ = std::fs::remove_file(&k.file);
@@ -707,11 +765,31 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
             loaded_at: crate::now_secs(),
         });
         st.save(&opts.state_dir)?;
-        let kopts = suture_kernel::livepatch::Options {
-            timeout: opts.timeout,
-            ..Default::default()
-        };
-        match klp.load(path, kopts) {
+        let kopts = klp_options(opts);
+        let loaded = klp
+            .load(path, kopts)
+            .map_err(|e| ("kernel-load", e.to_string()));
+        let loaded = loaded.and_then(|r| match kernel_health_gate(&opts.health, &klp, &s.meta.patch_id) {
+            Ok(()) => Ok(r),
+            Err(why) => {
+                let kopts = klp_options(opts);
+                let unloaded = !crate::kernel::is_live(&klp, &s.meta.patch_id)
+                    || klp.unload(&s.meta.patch_id, kopts).is_ok();
+                hold(st, s, &why);
+                Err((
+                    "health",
+                    format!(
+                        "{why}; {}",
+                        if unloaded {
+                            "the patch was unloaded; the target is held back on this host"
+                        } else {
+                            "unloading the patch failed too; the target is held back on this host"
+                        }
+                    ),
+                ))
+            }
+        });
+        match loaded {
             Ok(r) => {
                 reports[*index].action = "applied";
                 kernel_reports.push(KernelReport {
@@ -723,16 +801,18 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
                     transition_seconds: r.transition_seconds,
                 });
             }
-            Err(e) => {
+            Err((stage, error)) => {
                 reports[*index].action = "failed";
-                st.kernel.retain(|k| k.patch_id != s.meta.patch_id);
-                let _ = std::fs::remove_file(path);
+                if !crate::kernel::is_live(&klp, &s.meta.patch_id) {
+                    st.kernel.retain(|k| k.patch_id != s.meta.patch_id);
+                    let _ = std::fs::remove_file(path);
+                }
                 failed.push(Failure {
-                    stage: "kernel-load",
+                    stage,
                     patch_id: s.meta.patch_id.clone(),
                     target: s.name.raw().to_string(),
                     pid: 0,
-                    error: e.to_string(),
+                    error,
                     outcome: None,
                 });
             }
@@ -836,14 +916,7 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
                             if reverted {
                                 forget(st, ident);
                             }
-                            st.held.retain(|h| h.target != s.name.raw());
-                            st.held.push(state::Held {
-                                patch_id: s.meta.patch_id.clone(),
-                                target: s.name.raw().to_string(),
-                                sha256: s.sha256.clone(),
-                                at: crate::now_secs(),
-                                error: why.clone(),
-                            });
+                            hold(st, s, &why);
                             failed.push(Failure {
                             stage: "health",
                             patch_id: s.meta.patch_id.clone(),
@@ -934,6 +1007,13 @@ fn metrics_of(st: &State, report: Option<&Report>) -> crate::metrics::Metrics {
     };
     for a in &st.applied {
         *m.applied_processes.entry(a.patch_id.clone()).or_default() += 1;
+    }
+    let klp = suture_kernel::livepatch::Kernel::default();
+    for k in &st.kernel {
+        m.kernel_patches.insert(
+            k.patch_id.clone(),
+            crate::kernel::is_live(&klp, &k.patch_id),
+        );
     }
     if let Some(v) = &st.metadata {
         m.versions = vec![

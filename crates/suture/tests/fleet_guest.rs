@@ -101,14 +101,36 @@ fn kernel_patch_survives_a_reboot() {
     let disk = work.join("disk.img");
     std::fs::write(&disk, vec![0u8; 16 << 20]).unwrap();
     let disk_up = "modprobe virtio_pci && modprobe virtio_blk && test -b /dev/vda";
-    let agent = "suture agent --trust /etc/suture/root.json --state /var/lib/suture --once \
-                 --json --health-settle 0";
+    let pass = |state: &str, repo: &str, extra: &str| {
+        format!(
+            "suture agent --trust /etc/suture/root.json --state {state} --repo {repo} --once \
+             --json --health-settle 0 {extra} 2>/dev/null"
+        )
+    };
 
     // First boot: the agent loads the module for this kernel, its state goes to the disk.
     let mut s1 = Script::new();
     s1.step("disk", disk_up)
         .step("before", "cat /proc/cmdline")
-        .step("pass", &format!("{agent} --repo /srv/repo 2>/dev/null"))
+        // A failing health check (run while the patch is live) unloads it and holds it back
+        // (in a state directory of its own).
+        .step(
+            "unhealthy",
+            &pass(
+                "/tmp/h",
+                "/srv/repo",
+                &format!(
+                    "--health-check 'grep -q {MARKER} /proc/cmdline && \
+                     test \"$SUTURE_KERNEL_PATCH\" = 1 && touch /tmp/saw-live; exit 3'"
+                ),
+            ),
+        )
+        .step(
+            "after-unhealthy",
+            "cat /proc/cmdline; ls /sys/kernel/livepatch; test -e /tmp/saw-live && echo saw-live",
+        )
+        .step("held", &pass("/tmp/h", "/srv/repo", ""))
+        .step("pass", &pass("/var/lib/suture", "/srv/repo", ""))
         .step("patched", "cat /proc/cmdline")
         .step(
             "status",
@@ -121,6 +143,31 @@ fn kernel_patch_survives_a_reboot() {
     b.ensure(
         !before.contains(MARKER),
         format!("patched before the agent ran: {before}"),
+    );
+    let r = b.json("unhealthy");
+    b.ensure(
+        r["ok"] == false
+            && r["failed"][0]["stage"] == "health"
+            && r["failed"][0]["patch_id"] == PATCH
+            && r["failed"][0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("the patch was unloaded")),
+        format!("{r:#}"),
+    );
+    let after = &b.expect("after-unhealthy", 0, &["saw-live"]).output;
+    b.ensure(
+        !after.contains(MARKER) && !after.lines().any(|l| l == PATCH),
+        format!("still patched after a failed health check: {after}"),
+    );
+    let r = b.json("held");
+    b.ensure(
+        r["kernel"].as_array().is_some_and(|k| k.is_empty())
+            && r["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["patch_id"] == PATCH && t["action"] == "held"),
+        format!("{r:#}"),
     );
     let r = b.json("pass");
     b.ensure(r["ok"] == true, format!("{r:#}"));
@@ -185,7 +232,7 @@ fn kernel_patch_survives_a_reboot() {
         // A pass against the repository that withdrew it unloads it.
         .step(
             "withdrawn",
-            &format!("{agent} --repo /srv/repo-withdrawn 2>/dev/null"),
+            &pass("/var/lib/suture", "/srv/repo-withdrawn", ""),
         )
         .step(
             "unpatched",
