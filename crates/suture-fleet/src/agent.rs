@@ -65,6 +65,29 @@ pub struct Options {
     /// How the daemon watches for new processes (recorded in the state and the report;
     /// `None` for a single pass).
     pub watch: Option<Watch>,
+    /// The daemon's memory of its last full pass (see [`Verified`]); `None` for `--once`.
+    pub verified: Option<std::sync::Arc<Verified>>,
+}
+
+/// What the daemon keeps from its last full pass: the repository as that pass verified it
+/// through TUF, and the targets downloaded since (each checked against its signed length
+/// and SHA-256 when it was downloaded). A pass for new processes (exec events or polling)
+/// works from it, with no network, while the verified timestamp has not expired: the host
+/// acts on the repository as of its last full pass, for new processes as for the ones it
+/// patched then. A full pass always fetches and verifies afresh, and replaces it.
+#[derive(Default)]
+pub struct Verified {
+    repo: std::sync::Mutex<Option<std::sync::Arc<tough::Repository>>>,
+    files: std::sync::Mutex<VerifiedFiles>,
+}
+
+/// (target name, sha256) → the bytes downloaded and checked against them.
+type VerifiedFiles = std::collections::HashMap<(String, String), std::sync::Arc<Vec<u8>>>;
+
+impl std::fmt::Debug for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verified").finish_non_exhaustive()
+    }
 }
 
 /// What started a pass.
@@ -282,6 +305,9 @@ pub struct Report {
     pub trigger: &'static str,
     /// How the daemon watches for new processes (null for `--once`).
     pub watch: Option<Watch>,
+    /// The metadata was fetched and verified in this pass (false: a pass for new processes
+    /// worked from the daemon's last full pass, see [`Verified`]).
+    pub metadata_fetched: bool,
     /// The verified metadata versions.
     pub metadata: Versions,
     pub targets: Vec<TargetReport>,
@@ -387,7 +413,12 @@ fn download(
     rt: &tokio::runtime::Runtime,
     repo: &tough::Repository,
     s: &Selected,
-) -> Result<Vec<u8>> {
+    verified: Option<&Verified>,
+) -> Result<std::sync::Arc<Vec<u8>>> {
+    let key = (s.name.raw().to_string(), s.sha256.clone());
+    if let Some(b) = verified.and_then(|v| v.files.lock().ok()?.get(&key).cloned()) {
+        return Ok(b);
+    }
     let bytes = rt.block_on(async {
         use tough::IntoVec;
         let stream = repo
@@ -412,7 +443,12 @@ fn download(
             )
         })
     });
-    bytes.map_err(|e| Error::with("refused; nothing was applied", e))
+    let bytes =
+        std::sync::Arc::new(bytes.map_err(|e| Error::with("refused; nothing was applied", e))?);
+    if let Some(mut files) = verified.and_then(|v| v.files.lock().ok()) {
+        files.insert(key, bytes.clone());
+    }
+    Ok(bytes)
 }
 
 /// Runs one pass. `Err` when the repository or a selected target did not verify (nothing was
@@ -431,7 +467,9 @@ pub fn run_once(opts: &Options) -> Result<Report> {
     match &result {
         Ok(report) => {
             st.last_error = None;
-            st.last_verified = Some(report.finished_at);
+            if report.metadata_fetched {
+                st.last_verified = Some(report.finished_at);
+            }
             st.metadata = Some(report.metadata.clone());
             let path = opts.state_dir.join("last-report.json");
             let text = serde_json::to_vec_pretty(report)
@@ -457,11 +495,35 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         .enable_time()
         .build()
         .map_err(|e| Error::with("cannot start the async runtime", e))?;
-    let repo = rt.block_on(crate::fetch::load(
-        &url,
-        &trust,
-        &opts.state_dir.join("tuf"),
-    ))?;
+    let cached = match (&opts.trigger, &opts.verified) {
+        (Trigger::Full, _) | (_, None) => None,
+        (_, Some(v)) => v
+            .repo
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .filter(|r| r.timestamp().signed.expires.as_second() > crate::now_secs() as i64),
+    };
+    let fetched = cached.is_none();
+    let repo = match cached {
+        Some(r) => r,
+        None => {
+            let r = std::sync::Arc::new(rt.block_on(crate::fetch::load(
+                &url,
+                &trust,
+                &opts.state_dir.join("tuf"),
+            ))?);
+            if let Some(v) = &opts.verified {
+                if let Ok(mut slot) = v.repo.lock() {
+                    *slot = Some(r.clone());
+                }
+                if let Ok(mut files) = v.files.lock() {
+                    files.clear();
+                }
+            }
+            r
+        }
+    };
     tracing::debug!(
         elapsed_ms = t0.elapsed().as_secs_f64() * 1000.0,
         "repository verified"
@@ -481,6 +543,7 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
     let klp = suture_kernel::livepatch::Kernel::default();
     let running = crate::kernel::Running::of(&klp).ok();
     let mut kernel_selected = Vec::new();
+    let mut prefetch = Vec::new();
     let mut reports = Vec::new();
     let mut selected = Vec::new();
     let mut channel_ids = BTreeSet::new();
@@ -593,18 +656,20 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         if !pending.is_empty() && !gate(&meta, &mut report, &sha256, st, seed) {
             pending.clear();
         }
-        if !pending.is_empty() {
-            selected.push((
-                reports.len(),
-                Selected {
-                    name: name.clone(),
-                    sha256: suture_bundle::hex(&t.hashes.sha256),
-                    length: t.length,
-                    meta,
-                    pending,
-                    replace,
-                },
-            ));
+        let s = Selected {
+            name: name.clone(),
+            sha256: suture_bundle::hex(&t.hashes.sha256),
+            length: t.length,
+            meta,
+            pending,
+            replace,
+        };
+        if !s.pending.is_empty() {
+            selected.push((reports.len(), s));
+        } else if fetched && opts.verified.is_some() {
+            // A daemon's full pass: downloaded now so that a new process mapping the file
+            // is patched without a download in its window.
+            prefetch.push(s);
         }
         reports.push(report);
     }
@@ -612,7 +677,7 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
     // Download and check every selected bundle and module before changing anything.
     let mut bundles = Vec::new();
     for (_, s) in &selected {
-        let bytes = download(&rt, &repo, s)?;
+        let bytes = download(&rt, &repo, s, opts.verified.as_deref())?;
         let b = suture_bundle::decode(&bytes).map_err(|e| {
             Error::with(
                 format!(
@@ -636,9 +701,14 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         }
         bundles.push(b);
     }
+    for s in &prefetch {
+        if let Err(e) = download(&rt, &repo, s, opts.verified.as_deref()) {
+            tracing::debug!("prefetching {}: {}", s.name.raw(), e.chain());
+        }
+    }
     let mut modules = Vec::new();
     for (_, s) in &kernel_selected {
-        let bytes = download(&rt, &repo, s)?;
+        let bytes = download(&rt, &repo, s, opts.verified.as_deref())?;
         let path = crate::kernel::keep_module(&opts.state_dir, &s.sha256, &s.meta, &bytes)
             .map_err(|e| {
                 Error::msg(format!(
@@ -987,6 +1057,7 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         finished_at: crate::now_secs(),
         trigger: opts.trigger.name(),
         watch: opts.watch.clone(),
+        metadata_fetched: fetched,
         metadata,
         targets: reports,
         applied,
@@ -1134,8 +1205,10 @@ struct Candidate {
 
 /// Runs forever: a full pass every `interval`, and between them a pass for each process that
 /// started since and maps a file with the build-id of a process target of the channel (as the
-/// last verified pass saw them), found as `new` says (exec events or polling). Each such pass
-/// verifies the repository again, like any pass. `each` gets every pass's result.
+/// last verified pass saw them), found as `new` says (exec events or polling). Such a pass
+/// works from the repository as the last full pass verified it and the targets downloaded
+/// since ([`Verified`]; no network while the verified timestamp has not expired, else it
+/// fetches and verifies like any pass). `each` gets every pass's result.
 pub fn run_daemon(
     opts: &Options,
     interval: Duration,
@@ -1145,6 +1218,9 @@ pub fn run_daemon(
 ) -> ! {
     use std::collections::HashSet;
     use std::time::Instant;
+    let mut opts = opts.clone();
+    opts.verified = Some(Default::default());
+    let opts = &opts;
     let scope = |opts: &Options| -> HashSet<ProcId> {
         host::processes(opts.only_pids.as_deref())
             .into_iter()

@@ -84,6 +84,7 @@ fn metadata_not_describing_its_bundle_is_refused() {
         health: Default::default(),
         trigger: Default::default(),
         watch: None,
+        verified: None,
     };
 
     // The signed metadata says patch "fix" for this executable; the bundle is patch "other".

@@ -480,6 +480,7 @@ pub fn agent(args: AgentArgs, command: Option<AgentCommand>) -> Result<u8> {
         timeout: Duration::from_secs_f64(args.timeout),
         trigger: agent::Trigger::Full,
         watch: None,
+        verified: None,
     };
     if args.once {
         let r = agent::run_once(&opts).map_err(fleet)?;

@@ -295,6 +295,7 @@ impl Host {
         let v = ok(&self.pass_output_with(repo, target, extra));
         assert_eq!(v["schema"], "suture.agent/1", "{v:#}");
         assert_eq!(v["ok"], true, "{v:#}");
+        assert_eq!(v["metadata_fetched"], true, "{v:#}");
         v
     }
 
@@ -905,9 +906,9 @@ fn daemon_patches_a_later_process(
             .spawn()
             .unwrap(),
     );
-    // The first full pass has found nothing to patch.
+    // The first full pass has found nothing to patch (the state is written after the report).
     suture_testkit::wait_until("the agent's first pass", suture_testkit::WAIT, || {
-        host.state.join("last-report.json").is_file()
+        host.state.join("last-report.json").is_file() && !host.status()["last_pass"].is_null()
     });
     let st = host.status();
     if st["watch"]["mode"] != mode {
@@ -951,6 +952,8 @@ fn daemon_patches_a_process_started_later_from_its_exec_event() {
     };
     assert_eq!(st["watch"]["reason"], serde_json::Value::Null, "{st:#}");
     assert_eq!(report["trigger"], "exec-event", "{report:#}");
+    // Worked from the daemon's last full pass: no fetch in the exec's window.
+    assert_eq!(report["metadata_fetched"], false, "{report:#}");
     assert_eq!(report["watch"]["mode"], "exec-events", "{report:#}");
     let window = report["applied"][0]["exec_to_live_us"].as_u64();
     assert!(window.is_some(), "{report:#}");
@@ -972,6 +975,7 @@ fn daemon_patches_a_process_started_later_by_polling() {
         "{st:#}"
     );
     assert_eq!(report["trigger"], "rescan", "{report:#}");
+    assert_eq!(report["metadata_fetched"], false, "{report:#}");
     assert_eq!(
         report["applied"][0]["exec_to_live_us"],
         serde_json::Value::Null
