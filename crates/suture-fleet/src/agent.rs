@@ -1164,6 +1164,12 @@ impl NewProcesses {
         }
         match crate::exec_events::ExecEvents::subscribe() {
             Ok(ev) => {
+                if let Err(e) = ev
+                    .closer()
+                    .and_then(crate::exec_events::unsubscribe_on_termination)
+                {
+                    tracing::warn!("exec events stay subscribed if the agent is stopped: {e}");
+                }
                 let (tx, rx) = std::sync::mpsc::channel();
                 std::thread::spawn(move || loop {
                     match ev.next(Duration::from_secs(3600)) {

@@ -190,15 +190,67 @@ impl ExecEvents {
     }
 }
 
+impl ExecEvents {
+    /// A handle that ends this subscription from another thread (e.g. on SIGTERM, when the
+    /// thread reading events will never drop it).
+    pub fn closer(&self) -> io::Result<Closer> {
+        Ok(Closer {
+            sock: self.sock.try_clone()?,
+            port: self.port,
+        })
+    }
+}
+
+/// Ends a subscription (see [`ExecEvents::closer`]).
+pub struct Closer {
+    sock: socket2::Socket,
+    port: u32,
+}
+
+impl Closer {
+    /// Tells the kernel this listener is gone: kernels that count listeners by their
+    /// messages go on building events while the count is above zero.
+    pub fn unsubscribe(&self) {
+        ignore(&self.sock, self.port);
+    }
+}
+
+/// Sends `PROC_CN_MCAST_IGNORE` (errors ignored: nothing more can be done).
+fn ignore(sock: &socket2::Socket, port: u32) {
+    let _ = nsock::send(
+        sock.as_raw_fd(),
+        &control(port, PROC_CN_MCAST_IGNORE, 0),
+        nsock::MsgFlags::empty(),
+    );
+}
+
 impl Drop for ExecEvents {
     fn drop(&mut self) {
-        // The kernel counts listeners and sends events while there is one.
-        let _ = nsock::send(
-            self.sock.as_raw_fd(),
-            &control(self.port, PROC_CN_MCAST_IGNORE, 0),
-            nsock::MsgFlags::empty(),
-        );
+        ignore(&self.sock, self.port);
     }
+}
+
+/// Unsubscribes when the process is told to stop: SIGTERM and SIGINT are blocked in the
+/// calling thread (call it before other threads start: they inherit the mask; children
+/// started with `std::process::Command` get an empty mask) and taken by a thread of their
+/// own, which unsubscribes, then lets the signal end the process as it would have.
+pub fn unsubscribe_on_termination(closer: Closer) -> io::Result<()> {
+    use nix::sys::signal::{self, SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_block().map_err(errno)?;
+    std::thread::spawn(move || {
+        if let Ok(sig) = set.wait() {
+            closer.unsubscribe();
+            // Default disposition, unblocked here: the signal ends the process.
+            let mut only = SigSet::empty();
+            only.add(sig);
+            let _ = only.thread_unblock();
+            let _ = signal::raise(sig);
+        }
+    });
+    Ok(())
 }
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds (the clock of [`Event::Exec`]'s `at_ns`).
