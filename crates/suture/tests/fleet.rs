@@ -891,7 +891,7 @@ fn daemon_patches_a_later_process(
         }
     }
     let _children = KillChildren(shell.id());
-    let _agent = KillOnDrop(
+    let mut agent = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_suture"))
             .args(["agent", "--repo", &repo.url, "--trust"])
             .arg(&repo.root)
@@ -931,6 +931,17 @@ fn daemon_patches_a_later_process(
         report["applied"][0]["process_age_ms"].is_u64(),
         "{report:#}"
     );
+    // SIGTERM still ends the daemon by that signal (with exec events a thread of its own takes
+    // it, unsubscribes, then lets it through).
+    let o = run(Command::new("kill").args(["-TERM", &agent.id().to_string()]));
+    assert!(o.status.success(), "{}", text(&o));
+    let mut ended = None;
+    suture_testkit::wait_until("the agent to end on SIGTERM", suture_testkit::WAIT, || {
+        ended = agent.0.try_wait().unwrap();
+        ended.is_some()
+    });
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(ended.and_then(|s| s.signal()), Some(15), "{ended:?}");
     Ok((report, st))
 }
 
