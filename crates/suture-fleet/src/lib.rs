@@ -16,6 +16,8 @@ pub mod state;
 #[cfg(feature = "tuf")]
 pub mod agent;
 #[cfg(feature = "tuf")]
+pub mod daemon;
+#[cfg(feature = "tuf")]
 pub mod fetch;
 #[cfg(feature = "tuf")]
 pub mod kernel;

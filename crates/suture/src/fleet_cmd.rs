@@ -494,12 +494,14 @@ pub fn agent(args: AgentArgs, command: Option<AgentCommand>) -> Result<u8> {
     if !(0.0..=3600.0).contains(&args.rescan) {
         bail!("--rescan must be between 0 and 3600 seconds");
     }
-    let (new, watch) =
-        agent::NewProcesses::start(!args.no_exec_events, Duration::from_secs_f64(args.rescan));
+    let (new, watch) = suture_fleet::daemon::NewProcesses::start(
+        !args.no_exec_events,
+        Duration::from_secs_f64(args.rescan),
+    );
     if let (false, Some(why)) = (args.no_exec_events, &watch.reason) {
         eprintln!("suture: agent: {why}; new processes: {}", watch.mode);
     }
-    agent::run_daemon(
+    suture_fleet::daemon::run_daemon(
         &opts,
         Duration::from_secs(args.interval.max(1)),
         new,
