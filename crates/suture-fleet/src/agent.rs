@@ -788,7 +788,9 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
             // it up again if it is still wanted).
             if live {
                 keep.push(k);
-            } else if !channel_ids.contains(&k.patch_id) {
+            } else if !modules.contains(&k.file) {
+                // Not loaded and not about to be (withdrawn, or for another kernel now): its
+                // copy goes too.
                 let _ = std::fs::remove_file(&k.file);
             }
             continue;
