@@ -4,7 +4,7 @@
 # repository served over HTTP on loopback by python3's http.server), and the agent's CPU time
 # and peak memory for an idle pass (nothing to do) over every process of the machine.
 # Usage: scripts/bench-fleet.sh SUTURE_BINARY FIXTURE_DIR [HOSTS]
-#   FIXTURE_DIR holds src/prog and out/prog.suture, as crates/suture/tests/fleet.rs builds them
+#   FIXTURE_DIR holds src/prog and out-fix/prog.suture, as crates/suture/tests/fleet.rs builds them
 #   (target/tmp/fleet/fixture-<pid>).
 set -euo pipefail
 suture=$1 fixture=$2 hosts=${3:-4}
@@ -31,7 +31,7 @@ for i in $(seq "$hosts"); do
 done
 
 t0=$(ms)
-"$suture" repo add "$w/repo" "$fixture/out/prog.suture" --keys "$w/keys" >/dev/null
+"$suture" repo add "$w/repo" "$fixture/out-fix/prog.suture" --keys "$w/keys" >/dev/null
 t1=$(ms)
 for i in $(seq "$hosts"); do
     "$suture" agent --repo "$url" --trust "$w/repo/metadata/1.root.json" --state "$w/host$i" \

@@ -79,6 +79,27 @@ pub fn processes(only: Option<&[i32]>) -> Vec<Pid> {
     out.into_iter().map(Pid).collect()
 }
 
+/// Whether `pid` is among the processes [`processes`] gives for `only` (itself or a
+/// descendant of one of them; every process when `only` is `None`).
+pub fn in_scope(pid: i32, only: Option<&[i32]>) -> bool {
+    let Some(roots) = only else {
+        return true;
+    };
+    let mut p = pid;
+    // Bounded: a parent chain is never longer than the pid space, and a cycle cannot occur
+    // (but a racing exit can make a chain end early).
+    for _ in 0..4096 {
+        if roots.contains(&p) {
+            return true;
+        }
+        match ppid(p) {
+            Some(pp) if pp > 0 && pp != p => p = pp,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// Build-ids of the files mapped by processes, cached by file identity for one pass.
 #[derive(Default)]
 pub struct Scan {
@@ -129,11 +150,16 @@ mod tests {
             .unwrap();
         let me = std::process::id() as i32;
         let scope = processes(Some(&[me]));
+        let child_in_scope = in_scope(child.id() as i32, Some(&[me]));
         let _ = child.kill();
         let _ = child.wait();
         assert!(scope.contains(&Pid(me)), "{scope:?}");
         assert!(scope.contains(&Pid(child.id() as i32)), "{scope:?}");
         assert!(!scope.contains(&Pid(1)), "{scope:?}");
+        assert!(child_in_scope);
+        assert!(in_scope(me, Some(&[me])));
+        assert!(!in_scope(1, Some(&[me])));
+        assert!(in_scope(1, None));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! metadata a target carries (`meta`), the host scan (`host`) and the agent's state (`state`).
 
 pub mod error;
+pub mod exec_events;
 pub mod host;
 pub mod meta;
 pub mod metrics;
@@ -15,7 +16,11 @@ pub mod state;
 #[cfg(feature = "tuf")]
 pub mod agent;
 #[cfg(feature = "tuf")]
+pub mod daemon;
+#[cfg(feature = "tuf")]
 pub mod fetch;
+#[cfg(feature = "tuf")]
+pub mod kernel;
 #[cfg(feature = "tuf")]
 pub mod repo;
 

@@ -59,6 +59,16 @@ pub struct TargetMeta {
     /// `repo resume`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+    /// The fix's version, as the operator numbers it (`repo add --version`): reported by
+    /// agents, not used to choose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Bundles: patch ids this patch replaces (`repo add --replaces`). Where one of them is
+    /// live in a process, the agent applies this one in its place in the same switch (`suture
+    /// apply --replace`), never leaving the process unpatched in between; and it does not
+    /// apply a replaced patch where one replacing it is live.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<String>,
 }
 
 /// Host seeds are in `0..SEED_RANGE` (each host draws its own once, `crate::state`).
@@ -172,6 +182,8 @@ mod tests {
             added_at: 7,
             waves: parse_waves(&["10@0".into(), "100@1h".into()], 1000).unwrap(),
             paused: true,
+            version: Some(3),
+            replaces: vec!["fix-1".into()],
         };
         let mut custom = std::collections::HashMap::new();
         custom.insert(CUSTOM_KEY.to_string(), serde_json::to_value(&m).unwrap());
@@ -213,6 +225,8 @@ mod tests {
             added_at: 0,
             waves: w,
             paused: false,
+            version: None,
+            replaces: Vec::new(),
         };
         assert_eq!(m.wave_start(0), Some(1000));
         assert_eq!(m.wave_start(999), Some(1000));

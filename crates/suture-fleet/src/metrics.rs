@@ -29,6 +29,8 @@ pub struct Metrics {
     pub pass_applied: u64,
     pub pass_reverted: u64,
     pub pass_failed: u64,
+    /// Kernel patches the agent loaded (its state): patch id → enabled in the kernel now.
+    pub kernel_patches: BTreeMap<String, bool>,
     /// (patch id, target, action of the last pass).
     pub targets: Vec<(String, String, String)>,
 }
@@ -124,6 +126,15 @@ pub fn render(m: &Metrics) -> String {
     );
     gauge(
         &mut o,
+        "suture_agent_kernel_patch_live",
+        "Kernel livepatch modules the agent loaded: 1 while enabled in the running kernel.",
+        &m.kernel_patches
+            .iter()
+            .map(|(id, live)| (format!("{{patch_id=\"{}\"}}", label(id)), b(*live)))
+            .collect::<Vec<_>>(),
+    );
+    gauge(
+        &mut o,
         "suture_agent_target",
         "Targets of the repository with what the last pass did (action label).",
         &m.targets
@@ -170,6 +181,7 @@ mod tests {
             ..Default::default()
         };
         m.applied_processes.insert("fix \"1\"".into(), 2);
+        m.kernel_patches.insert("klp_fix".into(), true);
         m.targets
             .push(("fix".into(), "fix.prog.suture".into(), "applied".into()));
         let t = render(&m);
@@ -180,6 +192,7 @@ mod tests {
             "suture_agent_target{patch_id=\"fix\",target=\"fix.prog.suture\",action=\"applied\"} 1\n"
         ));
         assert!(t.contains("suture_agent_seed 42\n"));
+        assert!(t.contains("suture_agent_kernel_patch_live{patch_id=\"klp_fix\"} 1\n"));
         // Every sample line is `name{labels} value` or `name value`.
         for l in t.lines().filter(|l| !l.starts_with('#')) {
             let value = l.rsplit(' ').next().unwrap();

@@ -447,6 +447,8 @@ pub fn describe(path: &Path, channel: &str) -> Result<(TargetMeta, String)> {
                 added_at: now,
                 waves: Vec::new(),
                 paused: false,
+                version: None,
+                replaces: Vec::new(),
             },
             name,
         ));
@@ -482,6 +484,8 @@ pub fn describe(path: &Path, channel: &str) -> Result<(TargetMeta, String)> {
                 added_at: now,
                 waves: Vec::new(),
                 paused: false,
+                version: None,
+                replaces: Vec::new(),
             },
             format!("{name}.ko"),
         ));
@@ -552,18 +556,27 @@ async fn next_version_of(
     })
 }
 
-/// Adds `files` (bundles, kernel modules) as targets of `channel`, rolled out in `waves`
-/// (`repo add --wave` specifications, see [`crate::meta::parse_waves`]; none: every host at
-/// once), and re-signs.
+/// How `repo add` places its files: the channel, the waves (`repo add --wave`
+/// specifications, see [`crate::meta::parse_waves`]; none: every host at once), the version
+/// and the patch ids replaced (see [`TargetMeta`]).
+#[derive(Clone, Debug, Default)]
+pub struct Placement {
+    pub channel: String,
+    pub waves: Vec<String>,
+    pub version: Option<u64>,
+    pub replaces: Vec<String>,
+}
+
+/// Adds `files` (bundles, kernel modules) as targets placed as `p` says, and re-signs.
 pub fn add(
     dir: &Path,
     keys: &Path,
     files: &[PathBuf],
-    channel: &str,
-    waves: &[String],
+    p: &Placement,
     expiry: &Expiry,
 ) -> Result<Signed> {
-    let waves = crate::meta::parse_waves(waves, crate::now_secs()).map_err(Error::msg)?;
+    let channel = p.channel.as_str();
+    let waves = crate::meta::parse_waves(&p.waves, crate::now_secs()).map_err(Error::msg)?;
     if files.is_empty() {
         return Err(Error::msg("no file to add"));
     }
@@ -581,10 +594,28 @@ pub fn add(
         .map(|f| {
             describe(f, channel).map(|(mut m, n)| {
                 m.waves = waves.clone();
+                m.version = p.version;
+                m.replaces = p.replaces.clone();
                 (f.clone(), m, n)
             })
         })
         .collect::<Result<_>>()?;
+    for (f, m, _) in &described {
+        if !m.replaces.is_empty() && m.kind == Kind::Kernel {
+            return Err(Error::msg(format!(
+                "{}: --replaces is for process bundles; a kernel patch replaces others when \
+                 built with `suture build --kernel --replace`",
+                f.display()
+            )));
+        }
+        if m.replaces.contains(&m.patch_id) {
+            return Err(Error::msg(format!(
+                "{}: patch {} cannot replace itself",
+                f.display(),
+                m.patch_id
+            )));
+        }
+    }
     add_described(dir, keys, &described, expiry)
 }
 

@@ -70,6 +70,39 @@ pub struct State {
     /// repository publishes another file (another sha256) for them.
     #[serde(default)]
     pub held: Vec<Held>,
+    /// How the daemon finds processes started between full passes (null after `--once`).
+    #[serde(default)]
+    pub watch: Option<Watch>,
+    /// Kernel livepatch modules the agent loaded (loaded again by `suture agent --boot`).
+    #[serde(default)]
+    pub kernel: Vec<KernelPatch>,
+}
+
+/// A kernel livepatch module the agent loaded, and its verified copy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelPatch {
+    /// The patch (module) name.
+    pub patch_id: String,
+    /// The TUF target it came from.
+    pub target: String,
+    /// The target's sha256 (hex), as signed in `targets.json`.
+    pub sha256: String,
+    /// The verified copy in `<state dir>/kernel/`.
+    pub file: PathBuf,
+    pub kernel_release: Option<String>,
+    pub kernel_build_id: Option<String>,
+    /// Seconds since the epoch.
+    pub loaded_at: u64,
+}
+
+/// How the daemon finds processes started between full passes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watch {
+    /// `exec-events` (the kernel's process connector: each exec as it happens), `polling`
+    /// (listing `/proc` every `--rescan` seconds) or `off` (full passes only).
+    pub mode: String,
+    /// Why exec events are not used, when they are not.
+    pub reason: Option<String>,
 }
 
 /// A target held back on this host after failing its health gate.
@@ -94,6 +127,8 @@ impl Default for State {
             metadata: None,
             applied: Vec::new(),
             held: Vec::new(),
+            watch: None,
+            kernel: Vec::new(),
         }
     }
 }

@@ -58,6 +58,8 @@ fn meta(patch_id: &str, build_id: &str) -> TargetMeta {
         added_at: 0,
         waves: Vec::new(),
         paused: false,
+        version: None,
+        replaces: Vec::new(),
     }
 }
 
@@ -80,6 +82,9 @@ fn metadata_not_describing_its_bundle_is_refused() {
         metrics: None,
         timeout: std::time::Duration::from_secs(1),
         health: Default::default(),
+        trigger: Default::default(),
+        watch: None,
+        verified: None,
     };
 
     // The signed metadata says patch "fix" for this executable; the bundle is patch "other".

@@ -49,6 +49,13 @@ pub enum RepoCommand {
         /// host at once.
         #[arg(long = "wave", value_name = "PERCENT@DELAY")]
         waves: Vec<String>,
+        /// The fix's version (reported by agents).
+        #[arg(long, value_name = "N")]
+        version: Option<u64>,
+        /// A patch id this bundle replaces: where it is live, agents switch to this patch in
+        /// one step (as `suture apply --replace`); repeat for several.
+        #[arg(long = "replaces", value_name = "ID")]
+        replaces: Vec<String>,
         /// Seconds until the new timestamp expires (default 7 days).
         #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
         timestamp_expires_in: Option<i64>,
@@ -176,6 +183,11 @@ pub struct AgentArgs {
     /// One pass, then exit. Without it the agent runs a pass every --interval seconds.
     #[arg(long)]
     pub once: bool,
+    /// At boot, before services start: load again the kernel patches the state records as
+    /// loaded, each verified again against the signed metadata kept by the last verified
+    /// pass; no network (needs neither --repo nor --trust).
+    #[arg(long, conflicts_with = "once")]
+    pub boot: bool,
     /// Seconds between full passes (without --once).
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub interval: u64,
@@ -184,6 +196,11 @@ pub struct AgentArgs {
     /// (0: only full passes).
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
     pub rescan: f64,
+    /// Without --once: do not take new processes from the kernel's exec events (proc
+    /// connector); poll every --rescan seconds instead. Without this flag, polling is only
+    /// the fallback where exec events are unavailable.
+    #[arg(long)]
+    pub no_exec_events: bool,
     /// Only consider these processes and their descendants (repeat for several; default:
     /// every process).
     #[arg(long = "pid", value_name = "PID")]
@@ -300,6 +317,8 @@ pub fn repo(cmd: RepoCommand) -> Result<u8> {
             keys,
             channel,
             waves,
+            version,
+            replaces,
             timestamp_expires_in,
             json,
         } => {
@@ -307,8 +326,12 @@ pub fn repo(cmd: RepoCommand) -> Result<u8> {
                 &dir,
                 &keys,
                 &files,
-                &channel,
-                &waves,
+                &repo::Placement {
+                    channel,
+                    waves,
+                    version,
+                    replaces,
+                },
                 &expiry(timestamp_expires_in),
             )
             .map_err(fleet)?;
@@ -417,6 +440,19 @@ pub fn agent(args: AgentArgs, command: Option<AgentCommand>) -> Result<u8> {
         }
         return Ok(exit::OK);
     }
+    if args.boot {
+        if !(0.0..=3600.0).contains(&args.timeout) {
+            bail!("--timeout must be between 0 and 3600 seconds");
+        }
+        let r = suture_fleet::kernel::boot(&args.state_dir, Duration::from_secs_f64(args.timeout))
+            .map_err(fleet)?;
+        if args.json {
+            print_json(&r)?;
+        } else {
+            crate::out(&boot_text(&r));
+        }
+        return Ok(if r.ok { exit::OK } else { exit::ERROR });
+    }
     let (Some(repo), Some(trust)) = (args.repo.clone(), args.trust.clone()) else {
         bail!("suture agent needs --repo URL and --trust ROOT.json (or the `status` subcommand)");
     };
@@ -442,6 +478,9 @@ pub fn agent(args: AgentArgs, command: Option<AgentCommand>) -> Result<u8> {
             check_timeout: Duration::from_secs_f64(args.health_timeout),
         },
         timeout: Duration::from_secs_f64(args.timeout),
+        trigger: agent::Trigger::Full,
+        watch: None,
+        verified: None,
     };
     if args.once {
         let r = agent::run_once(&opts).map_err(fleet)?;
@@ -455,10 +494,18 @@ pub fn agent(args: AgentArgs, command: Option<AgentCommand>) -> Result<u8> {
     if !(0.0..=3600.0).contains(&args.rescan) {
         bail!("--rescan must be between 0 and 3600 seconds");
     }
-    agent::run_daemon(
+    let (new, watch) = suture_fleet::daemon::NewProcesses::start(
+        !args.no_exec_events,
+        Duration::from_secs_f64(args.rescan),
+    );
+    if let (false, Some(why)) = (args.no_exec_events, &watch.reason) {
+        eprintln!("suture: agent: {why}; new processes: {}", watch.mode);
+    }
+    suture_fleet::daemon::run_daemon(
         &opts,
         Duration::from_secs(args.interval.max(1)),
-        Duration::from_secs_f64(args.rescan),
+        new,
+        watch,
         |r| match r {
             Ok(r) if args.json => {
                 let _ = print_json(&r);
@@ -467,6 +514,20 @@ pub fn agent(args: AgentArgs, command: Option<AgentCommand>) -> Result<u8> {
             Err(e) => eprintln!("suture: agent: {}", e.chain()),
         },
     )
+}
+
+fn boot_text(r: &suture_fleet::kernel::BootReport) -> String {
+    let mut t = String::new();
+    if r.modules.is_empty() {
+        t += "no kernel patches to restore\n";
+    }
+    for m in &r.modules {
+        match &m.error {
+            None => t += &format!("{}: {} ({})\n", m.patch_id, m.action, m.file.display()),
+            Some(e) => t += &format!("{}: {}: {e}\n", m.patch_id, m.action),
+        }
+    }
+    t
 }
 
 fn report_text(r: &agent::Report) -> String {
@@ -485,6 +546,9 @@ fn report_text(r: &agent::Report) -> String {
             "{}: live in process {} on {} (stopped {} us)\n",
             a.patch_id, a.pid, a.object, a.stop_window_us
         );
+    }
+    for k in &r.kernel {
+        t += &format!("{}: kernel patch {}\n", k.patch_id, k.action);
     }
     for x in &r.targets {
         match (x.action, x.wave_start) {
@@ -510,7 +574,7 @@ fn report_text(r: &agent::Report) -> String {
             f.patch_id, f.stage, f.pid, f.error
         );
     }
-    if r.applied.is_empty() && r.reverted.is_empty() && r.failed.is_empty() {
+    if r.applied.is_empty() && r.reverted.is_empty() && r.kernel.is_empty() && r.failed.is_empty() {
         t += "nothing to do\n";
     }
     t
@@ -531,7 +595,22 @@ fn status_text(s: &agent::Status) -> String {
             m.targets, m.snapshot, m.timestamp, m.timestamp_expires
         );
     }
-    if s.patches.is_empty() {
+    if let Some(w) = &s.watch {
+        t += &format!("new processes: {}", w.mode);
+        if let Some(why) = &w.reason {
+            t += &format!(" ({why})");
+        }
+        t += "\n";
+    }
+    for k in &s.kernel {
+        t += &format!(
+            "{}: kernel patch {} ({})\n",
+            k.patch.patch_id,
+            if k.live { "live" } else { "not live" },
+            k.patch.target
+        );
+    }
+    if s.patches.is_empty() && s.kernel.is_empty() {
         t += "no patches applied by the agent\n";
     }
     for h in &s.held {

@@ -58,29 +58,48 @@ fn fixture() -> &'static (PathBuf, PathBuf) {
         let src = w.join("src");
         let orig = std::fs::read_to_string(src.join("version.c")).unwrap();
         std::fs::write(w.join("a.c"), &orig).unwrap();
-        std::fs::write(w.join("b.c"), orig.replace("return 1;", "return 2;")).unwrap();
-        let d = run(Command::new("diff")
-            .args([
-                "-u",
-                "--label",
-                "a/version.c",
-                "--label",
-                "b/version.c",
-                "a.c",
-                "b.c",
-            ])
-            .current_dir(&w));
-        std::fs::write(w.join("fix.patch"), &d.stdout).unwrap();
-        let o = run(Command::new(env!("CARGO_BIN_EXE_suture"))
-            .args(["build", "--source"])
-            .arg(&src)
-            .arg("--diff")
-            .arg(w.join("fix.patch"))
-            .arg("-o")
-            .arg(w.join("out"))
-            .env("SUTURE_CACHE_DIR", w.join("cache")));
-        assert!(o.status.success(), "suture build: {}", text(&o));
-        (src.join("prog"), w.join("out/prog.suture"))
+        (src.join("prog"), build_fix(&w, "fix", "return 2;"))
+    })
+}
+
+/// `suture build --id ID` of the fixture tree in `w` (its `src/`, the original `version.c`
+/// in `a.c`) with `return 1;` changed to `to`; the bundle.
+fn build_fix(w: &Path, id: &str, to: &str) -> PathBuf {
+    let orig = std::fs::read_to_string(w.join("a.c")).unwrap();
+    std::fs::write(w.join(format!("{id}.c")), orig.replace("return 1;", to)).unwrap();
+    let d = run(Command::new("diff")
+        .args([
+            "-u",
+            "--label",
+            "a/version.c",
+            "--label",
+            "b/version.c",
+            "a.c",
+        ])
+        .arg(format!("{id}.c"))
+        .current_dir(w));
+    let patch = w.join(format!("{id}.patch"));
+    std::fs::write(&patch, &d.stdout).unwrap();
+    let out = w.join(format!("out-{id}"));
+    let o = run(Command::new(env!("CARGO_BIN_EXE_suture"))
+        .args(["build", "--id", id, "--source"])
+        .arg(w.join("src"))
+        .arg("--diff")
+        .arg(&patch)
+        .arg("-o")
+        .arg(&out)
+        .env("SUTURE_CACHE_DIR", w.join("cache")));
+    assert!(o.status.success(), "suture build: {}", text(&o));
+    out.join("prog.suture")
+}
+
+/// A second bundle for the fixture program: patch `fix-3`, `v=1` → `v=3`, built from the
+/// same tree as [`fixture`] (so for the same build-id).
+fn fixture_v3() -> &'static PathBuf {
+    static F: OnceLock<PathBuf> = OnceLock::new();
+    F.get_or_init(|| {
+        let w = fixture().0.parent().unwrap().parent().unwrap();
+        build_fix(w, "fix-3", "return 3;")
     })
 }
 
@@ -132,7 +151,12 @@ impl Target {
 /// A static file server on 127.0.0.1 (ephemeral port) serving `root`, on a thread that lives
 /// as long as the test binary. GET only; 404 for anything missing or outside `root`.
 fn serve(root: &Path) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    serve_at(root, "127.0.0.1:0")
+}
+
+/// [`serve`] on the address `at`.
+fn serve_at(root: &Path, at: &str) -> String {
+    let listener = TcpListener::bind(at).unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     let root = root.to_path_buf();
     std::thread::spawn(move || {
@@ -271,6 +295,7 @@ impl Host {
         let v = ok(&self.pass_output_with(repo, target, extra));
         assert_eq!(v["schema"], "suture.agent/1", "{v:#}");
         assert_eq!(v["ok"], true, "{v:#}");
+        assert_eq!(v["metadata_fetched"], true, "{v:#}");
         v
     }
 
@@ -624,24 +649,45 @@ fn waves_channels_and_metrics() {
     );
 }
 
-/// The shipped systemd unit passes `systemd-analyze verify` (with its ExecStart pointed at the
-/// binary under test), where systemd-analyze is installed.
+/// The shipped systemd units (the agent, and the early-boot restore of kernel patches) pass
+/// `systemd-analyze verify` (with their ExecStart pointed at the binary under test), where
+/// systemd-analyze is installed.
 #[test]
-fn systemd_unit_verifies() {
+fn systemd_units_verify() {
     let Ok(o) = Command::new("systemd-analyze").arg("--version").output() else {
         eprintln!("skipped: no systemd-analyze");
         return;
     };
     assert!(o.status.success());
     let s = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "fleet", "unit");
-    let unit = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/suture-agent.service"),
-    )
-    .unwrap();
-    assert!(unit.contains("ExecStart=/usr/local/bin/suture agent"));
-    let unit = unit.replace("/usr/local/bin/suture", env!("CARGO_BIN_EXE_suture"));
-    let path = s.write("suture-agent.service", unit);
-    let o = run(Command::new("systemd-analyze").arg("verify").arg(&path));
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist");
+    let mut paths = Vec::new();
+    for (name, exec) in [
+        (
+            "suture-agent.service",
+            "ExecStart=/usr/local/bin/suture agent --repo",
+        ),
+        (
+            "suture-kernel-restore.service",
+            "ExecStart=/usr/local/bin/suture agent --boot",
+        ),
+    ] {
+        let unit = std::fs::read_to_string(dist.join(name)).unwrap();
+        assert!(unit.contains(exec), "{name}");
+        let unit = unit.replace("/usr/local/bin/suture", env!("CARGO_BIN_EXE_suture"));
+        paths.push(s.write(name, unit));
+    }
+    // The restore unit is early-boot: no default dependencies, before sysinit.target and the
+    // agent.
+    let restore = std::fs::read_to_string(&paths[1]).unwrap();
+    for want in [
+        "DefaultDependencies=no",
+        "Before=sysinit.target",
+        "suture-agent.service",
+    ] {
+        assert!(restore.contains(want), "{want}");
+    }
+    let o = run(Command::new("systemd-analyze").arg("verify").args(&paths));
     assert!(o.status.success(), "{}", text(&o));
     assert!(o.stderr.is_empty() && o.stdout.is_empty(), "{}", text(&o));
 }
@@ -814,10 +860,15 @@ fn paused_rollout_goes_nowhere_new() {
     b.prints(AFTER);
 }
 
-/// The agent as a daemon patches a process started after the patch went live on its next
-/// rescan (not its next full pass, an hour away), and reports how long it ran unpatched.
-#[test]
-fn daemon_patches_a_process_started_later() {
+/// The agent as a daemon with `extra` options, a patch live in the repository and a program
+/// started only after the daemon's first full pass (the next one is an hour away): the program
+/// gets patched by a pass for new processes. Returns that pass's report and the agent's
+/// status, or `None` when the agent says it watches new processes otherwise than `mode`
+/// (with that status, for the caller to decide).
+fn daemon_patches_a_later_process(
+    extra: &[&str],
+    mode: &str,
+) -> Result<(serde_json::Value, serde_json::Value), serde_json::Value> {
     let s = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "fleet", "daemon");
     let repo = Repo::new(&s);
     let host = Host::new(&s, "host");
@@ -847,24 +898,22 @@ fn daemon_patches_a_process_started_later() {
             .arg("--state")
             .arg(&host.state)
             .args(["--pid", &shell.id().to_string()])
-            .args([
-                "--interval",
-                "3600",
-                "--rescan",
-                "0.05",
-                "--health-settle",
-                "0",
-            ])
+            .args(["--interval", "3600", "--health-settle", "0"])
+            .args(extra)
             .args(["--timeout", "60", "--json"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    // The first full pass has found nothing to patch.
+    // The first full pass has found nothing to patch (the state is written after the report).
     suture_testkit::wait_until("the agent's first pass", suture_testkit::WAIT, || {
-        host.state.join("last-report.json").is_file()
+        host.state.join("last-report.json").is_file() && !host.status()["last_pass"].is_null()
     });
+    let st = host.status();
+    if st["watch"]["mode"] != mode {
+        return Err(st);
+    }
     shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
     // (Not waiting for the unpatched output first: on a loaded machine the agent may patch
     // the program before it prints its first line.)
@@ -878,11 +927,244 @@ fn daemon_patches_a_process_started_later() {
         serde_json::from_slice(&std::fs::read(host.state.join("last-report.json")).unwrap())
             .unwrap();
     assert_eq!(pids(&report["applied"]), [prog], "{report:#}");
-    let age = report["applied"][0]["process_age_ms"].as_u64();
-    assert!(age.is_some(), "{report:#}");
-    eprintln!("the process ran unpatched for {} ms", age.unwrap_or(0));
-    let _ = agent.0.kill();
-    let _ = agent.0.wait();
-    drop(_children);
-    let _ = shell.0.wait();
+    assert!(
+        report["applied"][0]["process_age_ms"].is_u64(),
+        "{report:#}"
+    );
+    // SIGTERM still ends the daemon by that signal (with exec events a thread of its own takes
+    // it, unsubscribes, then lets it through).
+    let o = run(Command::new("kill").args(["-TERM", &agent.id().to_string()]));
+    assert!(o.status.success(), "{}", text(&o));
+    let mut ended = None;
+    suture_testkit::wait_until("the agent to end on SIGTERM", suture_testkit::WAIT, || {
+        ended = agent.0.try_wait().unwrap();
+        ended.is_some()
+    });
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(ended.and_then(|s| s.signal()), Some(15), "{ended:?}");
+    Ok((report, st))
+}
+
+/// A process started after the patch went live is patched from its exec event (the kernel's
+/// process connector), the daemon's polling turned off (`--rescan 0`): the pass that patched
+/// it says it was started by exec events and how long after the exec the patch went live.
+#[test]
+fn daemon_patches_a_process_started_later_from_its_exec_event() {
+    let (report, st) = match daemon_patches_a_later_process(&["--rescan", "0"], "exec-events") {
+        Ok(r) => r,
+        Err(st) => {
+            let why = format!("the agent does not get exec events here: {}", st["watch"]);
+            if std::env::var_os("CI").is_some() {
+                panic!("{why}");
+            }
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    assert_eq!(st["watch"]["reason"], serde_json::Value::Null, "{st:#}");
+    assert_eq!(report["trigger"], "exec-event", "{report:#}");
+    // Worked from the daemon's last full pass: no fetch in the exec's window.
+    assert_eq!(report["metadata_fetched"], false, "{report:#}");
+    assert_eq!(report["watch"]["mode"], "exec-events", "{report:#}");
+    let window = report["applied"][0]["exec_to_live_us"].as_u64();
+    assert!(window.is_some(), "{report:#}");
+    eprintln!("exec to patch live: {} us", window.unwrap_or(0));
+}
+
+/// Without exec events (`--no-exec-events`), the daemon finds the new process by listing
+/// `/proc` every `--rescan` seconds, and says so.
+#[test]
+fn daemon_patches_a_process_started_later_by_polling() {
+    let (report, st) =
+        daemon_patches_a_later_process(&["--no-exec-events", "--rescan", "0.05"], "polling")
+            .unwrap_or_else(|st| panic!("{st:#}"));
+    assert!(
+        st["watch"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("--no-exec-events"),
+        "{st:#}"
+    );
+    assert_eq!(report["trigger"], "rescan", "{report:#}");
+    assert_eq!(report["metadata_fetched"], false, "{report:#}");
+    assert_eq!(
+        report["applied"][0]["exec_to_live_us"],
+        serde_json::Value::Null
+    );
+    eprintln!(
+        "the process ran unpatched for {} ms",
+        report["applied"][0]["process_age_ms"]
+    );
+}
+
+/// A patch that `replaces` another takes its place in one switch where it is live (no revert
+/// first), the replaced one is not applied again while it stays in the repository, and its
+/// later withdrawal reverts nothing.
+#[test]
+fn replacing_patch_switches_in_one_step() {
+    let s = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "fleet", "replaces");
+    let repo = Repo::new(&s);
+    let host = Host::new(&s, "host");
+    let p = Target::start();
+    repo.add();
+    let v = host.pass(&repo, &p);
+    assert_eq!(pids(&v["applied"]), [p.child.id() as i64], "{v:#}");
+    p.prints(AFTER);
+    let added = repo.sign(
+        "add",
+        &[
+            fixture_v3().to_str().unwrap(),
+            "--version",
+            "2",
+            "--replaces",
+            "fix",
+        ],
+    );
+    assert_eq!(
+        added["changed"][0]["meta"]["replaces"][0], "fix",
+        "{added:#}"
+    );
+    assert_eq!(added["changed"][0]["meta"]["version"], 2, "{added:#}");
+    let v = host.pass(&repo, &p);
+    assert_eq!(v["applied"].as_array().unwrap().len(), 1, "{v:#}");
+    assert_eq!(v["applied"][0]["patch_id"], "fix-3", "{v:#}");
+    assert_eq!(v["applied"][0]["replaced"], "fix", "{v:#}");
+    assert!(v["reverted"].as_array().unwrap().is_empty(), "{v:#}");
+    assert_eq!(p.live(), ["fix-3"]);
+    p.prints("v=3");
+    // The replaced patch, still published, is not applied again.
+    let v = host.pass(&repo, &p);
+    assert!(v["applied"].as_array().unwrap().is_empty(), "{v:#}");
+    let fix = v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["patch_id"] == "fix")
+        .unwrap();
+    assert_eq!(fix["action"], "replaced", "{v:#}");
+    let st = host.status();
+    let tracked: Vec<&str> = st["patches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["patch_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(tracked, ["fix-3"], "{st:#}");
+    // Withdrawing the replaced patch reverts nothing.
+    repo.sign("withdraw", &["fix"]);
+    let v = host.pass(&repo, &p);
+    assert!(v["reverted"].as_array().unwrap().is_empty(), "{v:#}");
+    assert_eq!(p.live(), ["fix-3"]);
+    p.prints("v=3");
+}
+
+/// A network namespace with a veth pair to the test's namespace: the host side
+/// `10.<a>.<b>.1/30` here, `10.<a>.<b>.2/30` inside. Deleted (with the pair) when dropped.
+struct NetNs {
+    name: String,
+    host_ip: String,
+}
+
+impl NetNs {
+    /// `None` when namespaces cannot be made here (not root); under `CI` that panics.
+    fn new(n: u32) -> Option<NetNs> {
+        let pid = std::process::id();
+        let name = format!("suture-fleet-{pid}-{n}");
+        let (a, b) = (100 + pid % 100, (pid / 100 % 60) * 4 + n);
+        let host_ip = format!("10.{a}.{b}.1");
+        let (vh, vg) = (
+            format!("sfh{}n{n}", pid % 100_000),
+            format!("sfg{}n{n}", pid % 100_000),
+        );
+        let ip = |args: &str| {
+            Command::new("ip")
+                .args(args.split_whitespace())
+                .output()
+                .map(|o| {
+                    (
+                        o.status.success(),
+                        String::from_utf8_lossy(&o.stderr).into_owned(),
+                    )
+                })
+                .unwrap_or((false, "ip is not installed".into()))
+        };
+        let (ok, err) = ip(&format!("netns add {name}"));
+        if !ok {
+            return suture_testkit::tier::unavailable(
+                "network-namespace",
+                &format!("ip netns add: {err}"),
+            );
+        }
+        let ns = NetNs { name, host_ip };
+        for cmd in [
+            format!("link add {vh} type veth peer name {vg}"),
+            format!("link set {vg} netns {}", ns.name),
+            format!("addr add {}/30 dev {vh}", ns.host_ip),
+            format!("link set {vh} up"),
+            format!("-n {} addr add 10.{a}.{b}.2/30 dev {vg}", ns.name),
+            format!("-n {} link set {vg} up", ns.name),
+            format!("-n {} link set lo up", ns.name),
+        ] {
+            let (ok, err) = ip(&cmd);
+            assert!(ok, "ip {cmd}: {err}");
+        }
+        Some(ns)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Simulated hosts in network namespaces: each agent runs in a namespace of its own and
+/// reaches the repository only through its veth pair (the server on loopback is out of its
+/// reach), and each patches its own program.
+#[test]
+fn hosts_in_network_namespaces() {
+    let s = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "fleet", "netns");
+    let repo = Repo::new(&s);
+    repo.add();
+    let mut spaces = Vec::new();
+    for n in 0..2 {
+        match NetNs::new(n) {
+            Some(ns) => spaces.push(ns),
+            None => return,
+        }
+    }
+    for (n, ns) in spaces.iter().enumerate() {
+        let url = serve_at(&repo.dir, &format!("{}:0", ns.host_ip));
+        let p = Target::start();
+        let state = s.path().join(format!("ns-host{n}"));
+        let agent = |url: &str| {
+            run(Command::new("ip")
+                .args(["netns", "exec", &ns.name])
+                .arg(env!("CARGO_BIN_EXE_suture"))
+                .args(["agent", "--repo", url, "--trust"])
+                .arg(&repo.root)
+                .arg("--state")
+                .arg(&state)
+                .args([
+                    "--pid",
+                    &p.pid(),
+                    "--health-settle",
+                    "0",
+                    "--once",
+                    "--json",
+                ]))
+        };
+        // Loopback inside the namespace is not the test's: the repository is not there.
+        let o = agent(&repo.url);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        p.untouched();
+        let o = agent(&url);
+        assert!(o.status.success(), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(pids(&v["applied"]), [p.child.id() as i64], "{v:#}");
+        assert_eq!(v["repo"], url.as_str());
+        p.prints(AFTER);
+    }
 }

@@ -541,6 +541,31 @@ fn guest_timeout() -> Duration {
 /// 512 MB, serial console) and collects every step. `tag` names the scratch directory, which
 /// keeps `initramfs.cpio` and `console.log`.
 pub fn boot(kernel: &GuestKernel, tag: &str, initramfs: &mut Initramfs, script: &Script) -> Boot {
+    boot_with(kernel, tag, initramfs, script, &[])
+}
+
+/// [`boot`] with a raw disk image as the guest's first virtio disk (`/dev/vda` once the
+/// `virtio_pci` and `virtio_blk` modules are loaded: put them in with
+/// [`Initramfs::stock_module`]). The image outlives the guest: booting again with it is a
+/// reboot of the same machine.
+pub fn boot_with_disk(
+    kernel: &GuestKernel,
+    tag: &str,
+    initramfs: &mut Initramfs,
+    script: &Script,
+    disk: &Path,
+) -> Boot {
+    let drive = format!("file={},format=raw,if=virtio", disk.display());
+    boot_with(kernel, tag, initramfs, script, &["-drive", &drive])
+}
+
+fn boot_with(
+    kernel: &GuestKernel,
+    tag: &str,
+    initramfs: &mut Initramfs,
+    script: &Script,
+    qemu_args: &[&str],
+) -> Boot {
     let dir = scratch(&format!("boot-{tag}"));
     initramfs.bytes("/init", script.init(), 0o755);
     let cpio = dir.join("initramfs.cpio");
@@ -571,6 +596,7 @@ pub fn boot(kernel: &GuestKernel, tag: &str, initramfs: &mut Initramfs, script: 
         // loglevel=1: kernel messages stay off the console (they would interleave with step
         // output); tests read them with dmesg. panic=-1: a panic ends QEMU at once.
         .args(["-append", "console=ttyS0 panic=-1 loglevel=1"])
+        .args(qemu_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
