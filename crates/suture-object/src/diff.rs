@@ -215,17 +215,12 @@ pub fn diff_with<'o, 'a>(
             ),
         });
     }
-    for (side, obj) in [("original", orig), ("patched", patched)] {
-        for name in special::malformed_tables(obj) {
-            unsupported.push(Unsupported {
-                symbol: String::new(),
-                kind: UnsupportedKind::SpecialSection,
-                reason: format!(
-                    "{name} of the {side} object is not a whole number of entries of the \
-                     layout suture knows (Linux 6.1, x86-64); its entries cannot be carried"
-                ),
-            });
-        }
+    for reason in special::refusals(orig, patched) {
+        unsupported.push(Unsupported {
+            symbol: String::new(),
+            kind: UnsupportedKind::SpecialSection,
+            reason,
+        });
     }
 
     // Symbols that exist on both sides but changed kind cannot be correlated.
@@ -1015,10 +1010,10 @@ impl Cmp<'_, '_, '_> {
             })
         };
         let count = |es: &[Entry], name: &str| es.iter().filter(|e| e.table.name == name).count();
-        for t in special::TABLES {
-            let (na, nb) = (count(ea, t.name), count(eb, t.name));
+        for name in special::table_names() {
+            let (na, nb) = (count(ea, name), count(eb, name));
             if na != nb {
-                return metadata(format!("{nb} entries in {} instead of {na}", t.name));
+                return metadata(format!("{nb} entries in {name} instead of {na}"));
             }
         }
         for (x, y) in ea.iter().zip(eb) {

@@ -440,7 +440,7 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
             .map(|(u, _)| *u)
             .collect();
         let mut repl_out: Option<(SectionId, SymbolId)> = None;
-        for t in special::TABLES.iter().filter(|t| t.carry) {
+        for t in special::resolve(p.obj).0.into_iter().filter(|t| t.carry) {
             let mine: Vec<&special::Entry> = included
                 .iter()
                 .flat_map(|u| entries[u.0 as usize].iter())
@@ -455,11 +455,14 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
             let mut repl_relocs: Vec<(u64, Reloc, Target)> = Vec::new();
             let mut alt_links = Vec::new();
             for e in &mine {
+                // Entries keep the table's stride (an entry without its padding may come last).
+                data.resize(data.len().next_multiple_of(t.entry as usize), 0);
                 let at = data.len() as u64;
                 data.extend_from_slice(src.bytes(e.start(), e.end()));
                 for (r, target) in p.section_relocs(e.sec, e.start(), e.end()) {
-                    if let Some((rsec, r0, r1)) = special::replacement(p, e)
-                        .filter(|_| r.offset == e.start() + special::ALT_REPL)
+                    let repl_field = t.repl.map(|(repl, _)| e.start() + repl);
+                    if let Some((rsec, r0, r1)) =
+                        special::replacement(p, e).filter(|_| Some(r.offset) == repl_field)
                     {
                         // The replacement code moves to the patch's `.altinstr_replacement`.
                         let (rs, _) = *repl_out.get_or_insert_with(|| {
@@ -479,7 +482,7 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
                             moved.offset = rr.offset - r0 + new_at;
                             repl_relocs.push((new_at, moved, rt));
                         }
-                        alt_links.push((at + special::ALT_REPL, r.r_type, new_at as i64));
+                        alt_links.push((at + r.offset - e.start(), r.r_type, new_at as i64));
                         continue;
                     }
                     let mut moved = *r;

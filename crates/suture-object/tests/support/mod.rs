@@ -402,3 +402,34 @@ pub fn build_with_script(
     let read = |f: &Path| std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()));
     Ok((read(&o)?, read(&p)?))
 }
+
+/// The two objects of a kernel fixture case (`orig.o`, `patched.o`) built in `tree` by
+/// scripts/kernel-case.sh, cached in `cache/<case>-<key>` (the key hashes the case's files, the
+/// scripts and `tree_id`, what identifies the tree's build), and that directory.
+pub fn kernel_case_objects(
+    repo: &Path,
+    tree: &Path,
+    case: &Path,
+    cache: &Path,
+    tree_id: &str,
+) -> Result<(Vec<u8>, Vec<u8>, PathBuf), String> {
+    let script = repo.join("scripts/kernel-case.sh");
+    let key = suture_testkit::cc::hash_files(
+        &[
+            &case.join("fix.diff"),
+            &case.join("case.txt"),
+            &script,
+            &repo.join("scripts/kernel-tu.sh"),
+        ],
+        tree_id,
+    );
+    let name = case.file_name().unwrap().to_string_lossy();
+    let out = cache.join(format!("{name}-{key}"));
+    let (a, b) = build_with_script(
+        &script,
+        &[tree.as_os_str(), case.as_os_str(), out.as_os_str()],
+        &out,
+        &tree.join(".suture-lock"),
+    )?;
+    Ok((a, b, out))
+}
