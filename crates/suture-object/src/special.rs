@@ -481,3 +481,72 @@ pub fn replacement(u: &Units, e: &Entry) -> Option<(SecIdx, u64, u64)> {
     let at = u64::try_from(at).ok()?;
     (at.checked_add(len)? <= size).then_some((sec, at, at + len))
 }
+
+/// What a kernel's own headers declare about one table's entries (`sizeof` and `offsetof` of
+/// the structure the kernel walks it with), to check a layout derived from an object against.
+/// `None` fields are not declared (the headers do not say, or the option is off).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Declared {
+    /// The section.
+    pub name: &'static str,
+    /// The structure, for messages (`struct alt_instr`).
+    pub source: &'static str,
+    pub entry: u64,
+    /// Offset of an alternative's replacement field and of its length byte.
+    pub repl: Option<(u64, u64)>,
+    /// Offset of a bug entry's `line`.
+    pub line: Option<u64>,
+    /// How many fields are addresses (an exception entry's third field is a handler pointer
+    /// before 5.16, a number since).
+    pub fields: Option<usize>,
+    /// Entry size of the parallel table (`struct orc_entry`).
+    pub parallel: Option<u64>,
+}
+
+/// Where the layouts derived from `obj` disagree with what the target kernel's headers declare:
+/// one message per table, naming it, the layout its entries fit and what the headers say.
+pub fn disagreements(obj: &Object, declared: &[Declared]) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in resolve(obj).0 {
+        for d in declared.iter().filter(|d| d.name == t.name) {
+            let mut differ = Vec::new();
+            if d.entry != t.entry {
+                differ.push(format!("{} bytes per entry", d.entry));
+            }
+            if let Some((repl, len)) = d.repl {
+                if t.repl != Some((repl, len)) {
+                    differ.push(format!(
+                        "the replacement at offset {repl} and its length at {len}"
+                    ));
+                }
+            }
+            if let Some(line) = d.line {
+                if t.ignore.map(|(lo, _)| lo) != Some(line) {
+                    differ.push(format!("the line number at offset {line}"));
+                }
+            }
+            if let Some(n) = d.fields {
+                if t.fields.len() != n {
+                    differ.push(format!("{n} address fields"));
+                }
+            }
+            if let Some(size) = d.parallel {
+                if t.parallel.map(|(_, s)| s) != Some(size) {
+                    differ.push(format!("{size}-byte parallel entries"));
+                }
+            }
+            if !differ.is_empty() {
+                out.push(format!(
+                    "{}: the entries fit the {}-byte layout of {}, but the target kernel's {} \
+                     has {}; the entries cannot be read either way",
+                    t.name,
+                    t.entry,
+                    t.kernels,
+                    d.source,
+                    differ.join(", ")
+                ));
+            }
+        }
+    }
+    out
+}
