@@ -54,10 +54,17 @@
 //!
 //! Checked on real objects (Debian's configurations, kbuild's flags, gcc-12): 6.1 (Debian 12),
 //! 6.12 (Debian 13), 5.10 (Debian 11); the absolute jump entries and 13-byte alternatives of the
-//! 4.x kernels come from their headers only (no 4.x archive was reachable to build them). Not code tables, so not here: `.printk_index` (pointers to `struct pi_entry`
-//! objects, which have symbols and point at strings: a patched function's new `printk` sites
-//! are simply not listed in the debugfs index), `__tracepoints_ptrs` (pointers to
-//! `struct tracepoint` objects, data with symbols).
+//! 4.x kernels come from their headers only (no 4.x archive was reachable to build them). The
+//! kernel pipeline also checks the layouts found against the target tree's own headers
+//! (`suture_kernel::layouts`).
+//!
+//! Not code tables, so not here: `.printk_index` (pointers `_entry_ptr.N` to `struct pi_entry`
+//! objects `_entry.N`, both with symbols, pointing at strings, not code: the units layer
+//! handles them as data, and a fix's new `printk` site brings its entry and pointer as new
+//! data, still in `.printk_index`, where the module loader finds it for the patch module; checked on 6.12
+//! built with `CONFIG_PRINTK_INDEX`) and `__tracepoints_ptrs` (`s32` relative pointers to the
+//! `struct tracepoint` objects `__tracepoint_<event>` in `__tracepoints`, data with symbols;
+//! checked on 6.12's `drivers/hwmon/hwmon.c`, which defines its events).
 //!
 //! `.altinstructions` entries own the bytes of `.altinstr_replacement` their `repl` field points
 //! at (`repllen` bytes), which are compared and carried with them.

@@ -110,8 +110,9 @@ fn check_layouts(case: &Case, orig: &[u8], patched: &[u8]) -> Result<(), String>
 }
 
 /// The tables judge's emitted patch object carries resolve to the patched object's layouts,
-/// hold the entry counts `carried:` lists (`name=<entries>`, every table listed), and each of
-/// its alternatives still owns replacement bytes.
+/// hold the entry counts `carried:` lists (`name=<entries>`, every table listed), each of its
+/// alternatives still owns replacement bytes, and it has the sections `emitted-sections:`
+/// names.
 fn check_emitted_layouts(case: &Case, patched: &[u8], work: &Path) -> Result<(), String> {
     let path = work.join("patch.o");
     let Ok(bytes) = std::fs::read(&path) else {
@@ -145,6 +146,13 @@ fn check_emitted_layouts(case: &Case, patched: &[u8], work: &Path) -> Result<(),
         return Err(format!(
             "the emitted object carries {counts:?}, case.txt says {carried:?}"
         ));
+    }
+    if let Ok(names) = extra(case, "emitted-sections") {
+        for name in names.split_whitespace() {
+            if special::section_named(&e, name).is_none() {
+                return Err(format!("the emitted object has no {name}"));
+            }
+        }
     }
     let units = suture_object::units::Units::new(&e);
     for entry in special::entries_by_unit(&units).iter().flatten() {
