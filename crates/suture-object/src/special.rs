@@ -2,8 +2,8 @@
 //! (the Linux kernel's jump labels, bug and exception tables, alternatives, ORC unwind data,
 //! ftrace call sites, ...).
 //!
-//! An entry belongs to the function its *anchor* field points into (the first field of every
-//! table here). The differ compares the entries of correlated functions, so a function whose
+//! An entry belongs to the function its *anchor* field points into (its first address field,
+//! at offset 0 in every layout here). The differ compares the entries of correlated functions, so a function whose
 //! bytes are identical but whose jump label now tests another key is a change; the emitter
 //! carries the entries of included functions into the patch object, split per function, with
 //! their relocations rewritten (the anchor and anything else inside included code point at the
@@ -28,8 +28,9 @@
 //!   relocation kind of each field (32-bit PC-relative, 64-bit PC-relative or 64-bit absolute),
 //!   and nothing else is relocated. This is the relocation pattern of the objects themselves:
 //!   its period is the entry size (a pattern check alone cannot tell a 12-byte entry of three
-//!   relative pointers from three 4-byte entries, the catalogue can), and two catalogue layouts
-//!   of one table never accept the same section.
+//!   relative pointers from three 4-byte entries, the catalogue can). Two catalogue layouts of
+//!   one table never accept the same section: their sizes, relocation kinds or numbers of
+//!   address fields differ, and every address field must be relocated in every entry.
 //!
 //! A table that matches no layout, or layouts that differ between the original and the patched
 //! object, is refused naming the section and what did not match ([`refusals`]); nothing in such
@@ -44,8 +45,8 @@
 //! | `__jump_table` | 16 | `s32 code, s32 target; s64 key` (PC-relative) | 5.0–6.12 |
 //! | `__jump_table` | 24 | `u64 code, target, key` (absolute) | 4.18–4.20 |
 //! | `.altinstructions` | 14 | `s32 instr, s32 repl; u32 ft_flags; u8 instrlen, repllen` | 6.3–6.12 |
-//! | `.altinstructions` | 12 | `s32 instr, s32 repl; u16 cpuid; u8 instrlen, repllen` | 5.10.y (after its 2022 backports)–6.2 |
-//! | `.altinstructions` | 13 | `s32 instr, s32 repl; u16 cpuid; u8 instrlen, repllen, padlen` | 4.18 until `padlen` was dropped |
+//! | `.altinstructions` | 12 | `s32 instr, s32 repl; u16 cpuid; u8 instrlen, repllen` | 5.13–6.2, and 5.10.y (5.10.262 has it) |
+//! | `.altinstructions` | 13 | `s32 instr, s32 repl; u16 cpuid; u8 instrlen, repllen, padlen` | 4.18 until `padlen` was dropped (5.13, later in 5.10.y) |
 //! | `.parainstructions` | 16 | `u64 instr; u8 type, len; u16 clobbers` (padding after, which 4.18–5.x leave out after an object's last entry) | 4.18–6.7 |
 //! | `.static_call_sites` | 8 | `s32 addr, s32 key` (compared, never carried: see below) | 5.10–6.12 |
 //! | `.retpoline_sites`, `.return_sites`, `.smp_locks`, `.ibt_endbr_seal`, `.call_sites` | 4 | `s32 addr` | each since it exists |
@@ -179,12 +180,12 @@ pub static CATALOGUE: &[Table] = &[
     },
     Table {
         repl: Some((4, 11)),
-        kernels: "5.10 stable (since its 2022 backports)-6.2 (u16 cpuid)",
+        kernels: "5.13-6.2 and 5.10.y (u16 cpuid)",
         ..table(ALTINSTRUCTIONS, 12, ALT)
     },
     Table {
         repl: Some((4, 11)),
-        kernels: "4.18 up to the drop of padlen (u8 padlen)",
+        kernels: "4.18 until padlen was dropped (u8 padlen)",
         ..table(ALTINSTRUCTIONS, 13, ALT)
     },
     Table {
