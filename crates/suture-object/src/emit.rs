@@ -455,8 +455,6 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
             let mut repl_relocs: Vec<(u64, Reloc, Target)> = Vec::new();
             let mut alt_links = Vec::new();
             for e in &mine {
-                // Entries keep the table's stride (an entry without its padding may come last).
-                data.resize(data.len().next_multiple_of(t.entry as usize), 0);
                 let at = data.len() as u64;
                 data.extend_from_slice(src.bytes(e.start(), e.end()));
                 for (r, target) in p.section_relocs(e.sec, e.start(), e.end()) {
@@ -501,6 +499,9 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
                     }
                     parallel.extend_from_slice(s.bytes(e.index * size, (e.index + 1) * size));
                 }
+                // Entries keep the table's stride, padded even where the object left an
+                // entry's padding out (5.10's last `.parainstructions` entry).
+                data.resize(data.len().next_multiple_of(t.entry as usize), 0);
             }
             let out_sec = self.section(t.name, src.sh_type, flags, &data, src.align);
             self.relocate(out_sec, relocs, 0, true)?;

@@ -257,3 +257,48 @@ int handle(int x)
         "{reasons:#?}"
     );
 }
+
+/// Linux 5.10's `.parainstructions`: `.balign 8` before each 12-byte entry and none after, so
+/// an object's table is `16n - 4` bytes; the carried entries keep the 16-byte stride.
+fn paravirt_sites(add: i32) -> String {
+    format!(
+        r#"
+#define PV_SITE() asm volatile("1: nop; nop\n2:\n.pushsection .parainstructions, \"a\"\n" \
+    ".balign 8\n.quad 1b\n.byte 3, 2b - 1b\n.short 0\n.popsection")
+int handle(int x)
+{{
+    PV_SITE();
+    x = x * 5 + {add};
+    PV_SITE();
+    return x;
+}}
+int other(int x) {{ PV_SITE(); return x - 1; }}
+"#
+    )
+}
+
+#[test]
+fn paravirt_entries_without_trailing_padding_keep_their_stride() {
+    let a = build("pv510", &paravirt_sites(7));
+    let b = build("pv510", &paravirt_sites(9));
+    let ob = Object::parse(&b).unwrap();
+    let pv = special::section_named(&ob, ".parainstructions").unwrap();
+    assert_eq!(ob.section(pv).size, 3 * 16 - 4, "5.10's shape");
+    assert_eq!(resolved(&b, ".parainstructions").0, 16);
+    let oa = Object::parse(&a).unwrap();
+    let d = analyze(&oa, &ob).unwrap();
+    assert_eq!(d.report.status, Status::Patchable, "{:?}", d.report);
+    let emitted = suture_object::emit::emit(&d).unwrap();
+    let e = Object::parse(&emitted).unwrap();
+    let pv = special::section_named(&e, ".parainstructions").unwrap();
+    let s = e.section(pv);
+    assert_eq!(s.size, 2 * 16, "handle's two entries, each a full stride");
+    let offsets: Vec<u64> = s.relocs.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, [0, 16]);
+    assert_eq!(s.bytes(8, 10), [3, 2], "type and length of the first entry");
+    assert_eq!(
+        s.bytes(24, 26),
+        [3, 2],
+        "type and length of the second entry"
+    );
+}
