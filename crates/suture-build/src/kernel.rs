@@ -5,7 +5,8 @@
 //! headers; [`compile`] every touched unit with kbuild before and after the fix (the fix
 //! applied to copies by [`crate::patchset`], the patched compile in [`crate::sandbox`]);
 //! [`diff`] each unit with `suture_object`; [`generate()`] the module with
-//! `suture_kernel::generate`. The result is a [`KernelBuildReport`] (schema
+//! `suture_kernel::generate`. The descriptor-table layouts the tree's headers declare
+//! ([`declared_layouts`]) are checked against those derived from each unit's objects. The result is a [`KernelBuildReport`] (schema
 //! `suture.kernel-build/1`), whatever the verdict; only failures to run are errors.
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use suture_kernel::identity::{self, KernelIdentity};
 use suture_kernel::kbuild::Headers;
 use suture_kernel::tree::{self, Tree};
 use suture_object::report::{Report, Status, UnsupportedKind};
+use suture_object::special::Declared;
 
 use crate::patchset::{PatchSet, Touched};
 use crate::sandbox::{self, Mount};
@@ -262,6 +264,21 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 /// Removes the scratch directory when dropped.
 struct Scratch(PathBuf);
 
+impl Scratch {
+    /// A fresh, empty path under the temporary directory (`suture-<what>-<pid>-<n>`) and the
+    /// guard that removes it.
+    fn new(what: &str) -> (PathBuf, Scratch) {
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "suture-{what}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        (dir.clone(), Scratch(dir))
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -282,14 +299,7 @@ pub fn compile(
             return Err(BuildError::NotInTree { file: f.clone() });
         }
     }
-    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let scratch = std::env::temp_dir().join(format!(
-        "suture-kbuild-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&scratch);
-    let _cleanup = Scratch(scratch.clone());
+    let (scratch, _cleanup) = Scratch::new("kbuild");
     let touched = set.apply(&tree.dir, diff_text, &scratch)?;
     let mounts = mounts(&tree.dir, &touched);
     let result = (|| -> Result<Vec<Built>, BuildError> {
@@ -318,6 +328,13 @@ pub fn compile(
         tree.remove_object(f);
     }
     result
+}
+
+/// What the tree's headers declare about descriptor-table entries (a probe compiled against
+/// the tree in a scratch directory; see `suture_kernel::layouts`).
+pub fn declared_layouts(tree: &Tree) -> Result<Vec<Declared>, BuildError> {
+    let (scratch, _cleanup) = Scratch::new("layouts");
+    Ok(suture_kernel::layouts::declared(tree, &scratch)?)
 }
 
 fn rel_name(rel: &Path) -> String {
@@ -352,10 +369,13 @@ fn compile_error(e: tree::Error) -> BuildError {
 }
 
 /// The differ's verdict on every unit: the patchable ones, or the refusal. `diff_text` (the
-/// fix) confirms functions that differ only by moved line numbers, which are left out.
+/// fix) confirms functions that differ only by moved line numbers, which are left out;
+/// `declared` (from [`declared_layouts`]) is what the tree's headers say the descriptor
+/// tables look like: a unit whose tables fit other layouts is refused.
 pub fn diff<'b>(
     built: &'b [Built],
     diff_text: &str,
+    declared: &[Declared],
     progress: &mut dyn FnMut(&str),
 ) -> Result<Result<Vec<Patched<'b>>, KernelBuildReport>, BuildError> {
     let options = suture_object::Options {
@@ -380,6 +400,21 @@ pub fn diff<'b>(
                 source,
             }
         })?;
+        let mut disagree = suture_object::special::disagreements(&o, declared);
+        disagree.extend(suture_object::special::disagreements(&p, declared));
+        disagree.dedup();
+        if !disagree.is_empty() {
+            for reason in disagree {
+                lines.push(format!("{}: {reason}", b.file));
+                reasons.push(KernelRefusal {
+                    unit: Some(b.file.clone()),
+                    symbol: None,
+                    kind: Some(UnsupportedKind::SpecialSection),
+                    reason,
+                });
+            }
+            continue;
+        }
         match d.report.status {
             Status::NoChange => progress(&format!("{}: no functional change", b.file)),
             Status::Unsupported => {
@@ -503,6 +538,7 @@ pub fn build(
     let t = Tree::open(&opts.source, &headers.cc)?;
     let t_build = Instant::now();
     let built = compile(&t, &set, &text, progress)?;
+    let declared = declared_layouts(&t)?;
     drop(t);
     let compile_s = t_build.elapsed().as_secs_f64();
 
@@ -541,7 +577,7 @@ pub fn build(
         }
     };
 
-    let patches = match diff(&built, &text, progress)? {
+    let patches = match diff(&built, &text, &declared, progress)? {
         Ok(p) => p,
         Err(mut refused) => {
             refused.not_built = not_built;

@@ -23,6 +23,16 @@ fn tree() -> Option<PathBuf> {
     }
 }
 
+/// The names of the functions a unit's patch replaces.
+fn changed<'p>(patch: &'p kernel::Patched) -> Vec<&'p str> {
+    patch
+        .report
+        .changed_functions
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect()
+}
+
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("suture-build-kernel-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -123,24 +133,40 @@ fn changed_body_is_patchable_in_vmlinux() {
     };
     let t = suture_kernel::tree::Tree::open(&tree, &checked.headers.cc).unwrap();
     let built = kernel::compile(&t, &set, &text, &mut |_| {}).unwrap();
+    let declared = kernel::declared_layouts(&t).unwrap();
     drop(t);
     assert_eq!(built.len(), 1);
     assert_eq!(
         (built[0].file.as_str(), built[0].object.as_str()),
         ("fs/proc/cmdline.c", "vmlinux")
     );
-    let patches = match kernel::diff(&built, &text, &mut |_| {}).unwrap() {
+    let patches = match kernel::diff(&built, &text, &declared, &mut |_| {}).unwrap() {
         Ok(p) => p,
         Err(r) => panic!("refused: {}", r.message),
     };
+    // The unit's ORC table fits the layout 6.1's headers declare; headers that declared
+    // another `struct orc_entry` would refuse the unit, naming the table.
+    let mut other = declared.clone();
+    let orc = other
+        .iter_mut()
+        .find(|d| d.name == ".orc_unwind_ip")
+        .expect("6.1 declares struct orc_entry");
+    assert_eq!(orc.parallel, Some(6));
+    orc.parallel = Some(8);
+    let refused = match kernel::diff(&built, &text, &other, &mut |_| {}).unwrap() {
+        Ok(_) => panic!("layouts the headers contradict were accepted"),
+        Err(r) => r,
+    };
+    assert!(
+        refused.message.contains(
+            "fs/proc/cmdline.c: .orc_unwind_ip: the entries fit the 4-byte layout of 4.18-6.12, \
+             but the target kernel's struct orc_entry has 8-byte parallel entries"
+        ),
+        "{}",
+        refused.message
+    );
     assert_eq!(patches.len(), 1);
-    let changed: Vec<&str> = patches[0]
-        .report
-        .changed_functions
-        .iter()
-        .map(|f| f.name.as_str())
-        .collect();
-    assert_eq!(changed, ["cmdline_proc_show"]);
+    assert_eq!(changed(&patches[0]), ["cmdline_proc_show"]);
 }
 
 /// A change the differ refuses gives one reason per symbol, with the unit and the kind.
@@ -165,4 +191,85 @@ fn changed_data_is_refused_per_symbol() {
         r.message
     );
     assert!(!work.join("out").exists());
+}
+
+/// The 6.12 and 5.10 trees (scripts/kernel-version-tree.sh under SUTURE_KERNEL_VERSIONS):
+/// locally skipped when unset, a failure under CI.
+fn version_trees() -> Vec<(&'static str, PathBuf)> {
+    match std::env::var_os("SUTURE_KERNEL_VERSIONS").map(PathBuf::from) {
+        Some(root) => vec![
+            ("6.12", root.join("linux-6.12")),
+            ("5.10", root.join("linux-5.10")),
+        ],
+        None if std::env::var_os("CI").is_some() => {
+            panic!("SUTURE_KERNEL_VERSIONS is not set (scripts/test.sh prepares the trees)")
+        }
+        None => {
+            eprintln!("note: 6.12 and 5.10 skipped: set SUTURE_KERNEL_VERSIONS");
+            Vec::new()
+        }
+    }
+}
+
+/// The pipeline's compile and diff phases on other kernel versions: a real upstream fix
+/// (blk-iocost, 6.12.117 -> 6.12.118, and the same fix on 5.10) compiled by kbuild in the
+/// sandbox, its tables' layouts agreeing with what the tree's headers declare.
+#[test]
+fn other_kernel_versions_compile_and_diff_with_their_own_layouts() {
+    for (version, tree) in version_trees() {
+        let diff = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
+            "../suture-object/tests/kernel-versions/{version}-iocost-skip-flush-sequence/fix.diff"
+        ));
+        let text = std::fs::read_to_string(&diff).unwrap();
+        let set = PatchSet::parse(&tree, &text).unwrap();
+        let t = suture_kernel::tree::Tree::open(&tree, "gcc-12").unwrap();
+        let built = kernel::compile(&t, &set, &text, &mut |_| {}).unwrap();
+        let declared = kernel::declared_layouts(&t).unwrap();
+        drop(t);
+        let patches = match kernel::diff(&built, &text, &declared, &mut |_| {}).unwrap() {
+            Ok(p) => p,
+            Err(r) => panic!("{version}: refused: {}", r.message),
+        };
+        assert_eq!(changed(&patches[0]), ["ioc_rqos_done"], "{version}");
+        assert!(!tree.join("block/blk-iocost.o").exists(), "{version}");
+    }
+}
+
+/// What each kernel's headers declare, from the probe compiled against its tree: 6.1 (the
+/// prepared tree) and, when SUTURE_KERNEL_VERSIONS is set (scripts/kernel-version-tree.sh),
+/// Debian 13's 6.12 and Debian 11's 5.10.
+#[test]
+fn headers_declare_each_kernel_versions_layouts() {
+    let mut trees = Vec::new();
+    if let Some(t) = tree() {
+        trees.push(("6.1", t));
+    }
+    trees.extend(version_trees());
+    for (version, dir) in trees {
+        let t = suture_kernel::tree::Tree::open(&dir, "gcc-12").unwrap();
+        let declared = kernel::declared_layouts(&t).unwrap();
+        let get = |name: &str| {
+            declared
+                .iter()
+                .find(|d| d.name == name)
+                .unwrap_or_else(|| panic!("{version}: {name} not declared: {declared:?}"))
+        };
+        let alt = get(".altinstructions");
+        let (alt_size, repl) = if version == "6.12" {
+            (14, (4, 13))
+        } else {
+            (12, (4, 11))
+        };
+        assert_eq!((alt.entry, alt.repl), (alt_size, Some(repl)), "{version}");
+        let ex = get("__ex_table");
+        let fields = if version == "5.10" { 3 } else { 2 };
+        assert_eq!((ex.entry, ex.fields), (12, Some(fields)), "{version}");
+        assert_eq!(get("__jump_table").entry, 16, "{version}");
+        let bug = get("__bug_table");
+        assert_eq!((bug.entry, bug.line), (12, Some(8)), "{version}");
+        assert_eq!(get(".static_call_sites").entry, 8, "{version}");
+        assert_eq!(get(".orc_unwind_ip").parallel, Some(6), "{version}");
+        // The probe is built in a scratch directory: nothing is left in the tree.
+        assert!(!dir.join("suture_layouts.o").exists());
+    }
 }

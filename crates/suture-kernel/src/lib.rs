@@ -7,6 +7,8 @@
 //! - [`identity`]: a kernel build's release and vmlinux build-id, recorded in a patch module
 //!   and checked before it loads.
 //! - [`tree`]: the kernel source tree (checked against the headers, units compiled by kbuild).
+//! - [`layouts`]: the descriptor-table layouts the tree's headers declare (a probe compiled
+//!   against it), which the derived layouts of the units must agree with.
 //!
 //! The pipeline of `suture build --kernel` (diff, patched copies, compiles, diffs, generation)
 //! is `suture_build::kernel`.
@@ -16,5 +18,6 @@ pub mod identity;
 pub mod kallsyms;
 pub mod kbuild;
 pub mod klp;
+pub mod layouts;
 pub mod livepatch;
 pub mod tree;

@@ -63,9 +63,20 @@ pub enum Error {
     },
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
+}
+
+/// A failed kbuild compile of `what`, with the last 30 lines make wrote on stderr.
+pub(crate) fn compile_failed(what: &str, out: &std::process::Output) -> Error {
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    Error::Compile {
+        file: what.into(),
+        code: out.status.code(),
+        tail: lines[lines.len().saturating_sub(30)..].join("\n"),
+    }
 }
 
 fn config_lines(path: &Path) -> Result<Vec<String>, Error> {
@@ -229,13 +240,7 @@ impl Tree {
             .output()
             .map_err(io("running make"))?;
         if !out.status.success() {
-            let text = String::from_utf8_lossy(&out.stderr);
-            let lines: Vec<&str> = text.lines().collect();
-            return Err(Error::Compile {
-                file: file.into(),
-                code: out.status.code(),
-                tail: lines[lines.len().saturating_sub(30)..].join("\n"),
-            });
+            return Err(compile_failed(file, &out));
         }
         let path = self.dir.join(&obj);
         std::fs::read(&path).map_err(io(format!(

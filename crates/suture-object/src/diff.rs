@@ -217,17 +217,12 @@ pub fn diff_with<'o, 'a>(
             ),
         });
     }
-    for (side, obj) in [("original", orig), ("patched", patched)] {
-        for name in special::malformed_tables(obj) {
-            unsupported.push(Unsupported {
-                symbol: String::new(),
-                kind: UnsupportedKind::SpecialSection,
-                reason: format!(
-                    "{name} of the {side} object is not a whole number of entries of the \
-                     layout suture knows (Linux 6.1, x86-64); its entries cannot be carried"
-                ),
-            });
-        }
+    for reason in special::refusals(orig, patched) {
+        unsupported.push(Unsupported {
+            symbol: String::new(),
+            kind: UnsupportedKind::SpecialSection,
+            reason,
+        });
     }
 
     // Symbols that exist on both sides but changed kind cannot be correlated.
@@ -741,7 +736,8 @@ fn pair_by_use_position(
 }
 
 /// The kernel's dynamic-debug descriptor section and where `lineno:18` sits in its entries
-/// (`struct _ddebug` of Linux 6.1, x86-64: four pointers, then the bit-field word).
+/// (`struct _ddebug` on x86-64: four pointers, then the bit-field word; the same from 4.18 to
+/// 6.12, checked in the 5.10, 6.1 and 6.12 headers).
 const DYNDBG_SECTION: &str = "__dyndbg";
 const DDEBUG_LINENO_AT: usize = 32;
 
@@ -1017,10 +1013,10 @@ impl Cmp<'_, '_, '_> {
             })
         };
         let count = |es: &[Entry], name: &str| es.iter().filter(|e| e.table.name == name).count();
-        for t in special::TABLES {
-            let (na, nb) = (count(ea, t.name), count(eb, t.name));
+        for name in special::table_names() {
+            let (na, nb) = (count(ea, name), count(eb, name));
             if na != nb {
-                return metadata(format!("{nb} entries in {} instead of {na}", t.name));
+                return metadata(format!("{nb} entries in {name} instead of {na}"));
             }
         }
         for (x, y) in ea.iter().zip(eb) {

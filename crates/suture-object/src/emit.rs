@@ -440,7 +440,7 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
             .map(|(u, _)| *u)
             .collect();
         let mut repl_out: Option<(SectionId, SymbolId)> = None;
-        for t in special::TABLES.iter().filter(|t| t.carry) {
+        for t in special::resolve(p.obj).0.into_iter().filter(|t| t.carry) {
             let mine: Vec<&special::Entry> = included
                 .iter()
                 .flat_map(|u| entries[u.0 as usize].iter())
@@ -458,8 +458,9 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
                 let at = data.len() as u64;
                 data.extend_from_slice(src.bytes(e.start(), e.end()));
                 for (r, target) in p.section_relocs(e.sec, e.start(), e.end()) {
-                    if let Some((rsec, r0, r1)) = special::replacement(p, e)
-                        .filter(|_| r.offset == e.start() + special::ALT_REPL)
+                    let repl_field = t.repl.map(|(repl, _)| e.start() + repl);
+                    if let Some((rsec, r0, r1)) =
+                        special::replacement(p, e).filter(|_| Some(r.offset) == repl_field)
                     {
                         // The replacement code moves to the patch's `.altinstr_replacement`.
                         let (rs, _) = *repl_out.get_or_insert_with(|| {
@@ -479,7 +480,7 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
                             moved.offset = rr.offset - r0 + new_at;
                             repl_relocs.push((new_at, moved, rt));
                         }
-                        alt_links.push((at + special::ALT_REPL, r.r_type, new_at as i64));
+                        alt_links.push((at + r.offset - e.start(), r.r_type, new_at as i64));
                         continue;
                     }
                     let mut moved = *r;
@@ -498,6 +499,9 @@ impl<'d, 'o, 'a> Emitter<'d, 'o, 'a> {
                     }
                     parallel.extend_from_slice(s.bytes(e.index * size, (e.index + 1) * size));
                 }
+                // Entries keep the table's stride, padded even where the object left an
+                // entry's padding out (5.10's last `.parainstructions` entry).
+                data.resize(data.len().next_multiple_of(t.entry as usize), 0);
             }
             let out_sec = self.section(t.name, src.sh_type, flags, &data, src.align);
             self.relocate(out_sec, relocs, 0, true)?;

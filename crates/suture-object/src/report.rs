@@ -234,7 +234,8 @@ pub enum UnsupportedKind {
     /// a shared section).
     ShortBranch,
     /// A changed function has entries in a symbol-less table suture does not know, or a known
-    /// descriptor table (kernel special section) does not have the layout suture knows.
+    /// descriptor table (kernel special section) fits none of the entry layouts suture knows
+    /// (or different ones in the two objects, or not the one the target's headers declare).
     SpecialSection,
 }
 

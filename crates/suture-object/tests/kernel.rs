@@ -9,7 +9,6 @@ use std::path::PathBuf;
 
 use libtest_mimic::{Arguments, Trial};
 use support::*;
-use suture_testkit::cc::hash_files;
 use suture_testkit::tier::root as tier_root;
 
 fn main() {
@@ -29,25 +28,9 @@ fn main() {
             Trial::test(name.clone(), move || {
                 let tree = tree?.expect("skipped when unset");
                 let case = parse_case(&dir)?;
-                let script = repo.join("scripts/kernel-case.sh");
                 let version = std::fs::read_to_string(tree.join("include/config/kernel.release"))
                     .unwrap_or_default();
-                let key = hash_files(
-                    &[
-                        &dir.join("fix.diff"),
-                        &dir.join("case.txt"),
-                        &script,
-                        &repo.join("scripts/kernel-tu.sh"),
-                    ],
-                    &version,
-                );
-                let out = cache.join(format!("{name}-{key}"));
-                let (a, b) = build_with_script(
-                    &script,
-                    &[tree.as_os_str(), dir.as_os_str(), out.as_os_str()],
-                    &out,
-                    &tree.join(".suture-lock"),
-                )?;
+                let (a, b, out) = kernel_case_objects(&repo, &tree, &dir, &cache, &version)?;
                 judge(&case, "kernel", &a, &b, &out.join("emitted")).map_err(Into::into)
             })
             .with_ignored_flag(skip),

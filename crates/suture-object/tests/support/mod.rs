@@ -379,6 +379,17 @@ pub fn build_with_script(
     out: &Path,
     lock: &Path,
 ) -> Result<(Vec<u8>, Vec<u8>), String> {
+    build_with_script_env(script, args, &[], out, lock)
+}
+
+/// [`build_with_script`] with environment variables for the script.
+pub fn build_with_script_env(
+    script: &Path,
+    args: &[&std::ffi::OsStr],
+    envs: &[(&str, String)],
+    out: &Path,
+    lock: &Path,
+) -> Result<(Vec<u8>, Vec<u8>), String> {
     let (o, p) = (out.join("orig.o"), out.join("patched.o"));
     if !(o.is_file() && p.is_file()) {
         std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
@@ -387,6 +398,7 @@ pub fn build_with_script(
             .arg("bash")
             .arg(script)
             .args(args)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null())
             .output()
             .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
@@ -401,4 +413,49 @@ pub fn build_with_script(
     }
     let read = |f: &Path| std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()));
     Ok((read(&o)?, read(&p)?))
+}
+
+/// The two objects of a kernel fixture case (`orig.o`, `patched.o`) built in `tree` by
+/// scripts/kernel-case.sh, cached in `cache/<case>-<key>` (the key hashes the case's files, the
+/// scripts and `tree_id`, what identifies the tree's build), and that directory. A `kcflags:`
+/// line of the case adds compiler flags to kbuild's (scripts/kernel-tu.sh's SUTURE_KCFLAGS).
+pub fn kernel_case_objects(
+    repo: &Path,
+    tree: &Path,
+    case: &Path,
+    cache: &Path,
+    tree_id: &str,
+) -> Result<(Vec<u8>, Vec<u8>, PathBuf), String> {
+    let script = repo.join("scripts/kernel-case.sh");
+    let key = suture_testkit::cc::hash_files(
+        &[
+            &case.join("fix.diff"),
+            &case.join("case.txt"),
+            &script,
+            &repo.join("scripts/kernel-tu.sh"),
+        ],
+        tree_id,
+    );
+    let name = case.file_name().unwrap().to_string_lossy();
+    let out = cache.join(format!("{name}-{key}"));
+    let mut envs = Vec::new();
+    if let Some(extra) = parse_case(case)?
+        .extra
+        .iter()
+        .find(|(k, _)| k == "kcflags")
+        .map(|(_, v)| v.clone())
+    {
+        envs.push((
+            "SUTURE_KCFLAGS",
+            format!("-ffunction-sections -fdata-sections {extra}"),
+        ));
+    }
+    let (a, b) = build_with_script_env(
+        &script,
+        &[tree.as_os_str(), case.as_os_str(), out.as_os_str()],
+        &envs,
+        &out,
+        &tree.join(".suture-lock"),
+    )?;
+    Ok((a, b, out))
 }
