@@ -78,6 +78,34 @@ pub struct OsrTable {
     pub on_stack: Option<String>,
 }
 
+/// Functions that never return: a call to one has no fall-through.
+const NORETURN: &[&str] = &[
+    "__stack_chk_fail",
+    "__stack_chk_fail_local",
+    "abort",
+    "exit",
+    "_exit",
+    "_Exit",
+    "quick_exit",
+    "__assert_fail",
+    "__assert_perror_fail",
+    "__fortify_fail",
+    "__chk_fail",
+    "err",
+    "errx",
+    "verr",
+    "verrx",
+    "pthread_exit",
+    "longjmp",
+    "siglongjmp",
+    "__longjmp_chk",
+    "_Unwind_Resume",
+    "__cxa_throw",
+    "__cxa_rethrow",
+    "__cxa_bad_cast",
+    "__libc_fatal",
+];
+
 /// Library calls that wait: a loop around one keeps its function on the stack.
 const BLOCKING: &[&str] = &[
     "read",
@@ -388,7 +416,7 @@ fn check(
     };
     let vsrc = at(src, &values.0, from);
     let vdst = at(dst, &values.1, to);
-    let (src_floor, dst_floor) = (src.escape_floor(), dst.escape_floor());
+    let (src_esc, dst_esc) = (src.escaped(), dst.escaped());
     let (Some(rs), Some(rd)) = (src.row(src.unit, from), dst.row(dst.unit, to)) else {
         return Err("no unwind information (.eh_frame) at the call".into());
     };
@@ -427,7 +455,7 @@ fn check(
     };
     // A slot may be written for the destination only where neither version ever takes an
     // address (a spill slot in both): elsewhere a pointer the callee holds may reach it.
-    let private = |off: i64, size: u8| off + i64::from(size) <= src_floor.min(dst_floor);
+    let private = |off: i64, size: u8| src_esc.private(off, size) && dst_esc.private(off, size);
     // Memory variables with an address never move: the callee may hold it.
     for (k, v) in &vd {
         if let Loc::Frame(off) = v.loc {
@@ -451,7 +479,7 @@ fn check(
             Val::Imm(c) => Some(OsrSource::Constant { value: c }),
             Val::Frame(k) => Some(OsrSource::Frame { offset: k }),
             Val::RipLea(off) => Some(OsrSource::Address { at: off as u32 }),
-            Val::Entry(..) => CALLEE_SAVED
+            Val::Entry(..) | Val::Canary => CALLEE_SAVED
                 .iter()
                 .find(|&&s| vsrc.regs[usize::from(s)] == want)
                 .map(|&s| OsrSource::Register { reg: s, add: 0 })
@@ -768,12 +796,15 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                             }
                             None => (String::new(), true),
                         };
-                        self.calls.push(Call {
-                            ret: off + len,
-                            callee,
-                            inline_path: String::new(),
-                            indirect,
-                        });
+                        // A frame never waits in a call that does not return.
+                        if !NORETURN.contains(&callee.as_str()) {
+                            self.calls.push(Call {
+                                ret: off + len,
+                                callee,
+                                inline_path: String::new(),
+                                indirect,
+                            });
+                        }
                     }
                     FlowControl::Call | FlowControl::IndirectCall => {}
                     FlowControl::Return => exit = true,
@@ -804,20 +835,29 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                         exit = true;
                     }
                 }
-                let falls = matches!(
+                let is_call = matches!(
                     insn.flow_control(),
-                    FlowControl::Next
-                        | FlowControl::ConditionalBranch
-                        | FlowControl::Call
-                        | FlowControl::IndirectCall
-                        | FlowControl::XbeginXabortXend
+                    FlowControl::Call | FlowControl::IndirectCall
                 );
+                // A call to a function that does not return has no fall-through (gcc puts
+                // other code, or nothing, after `call __stack_chk_fail`).
+                let noreturn = is_call
+                    && reloc.is_some_and(|(_, t)| NORETURN.contains(&callee_name(u, t).as_str()));
+                let falls = !noreturn
+                    && (is_call
+                        || matches!(
+                            insn.flow_control(),
+                            FlowControl::Next
+                                | FlowControl::ConditionalBranch
+                                | FlowControl::XbeginXabortXend
+                        ));
                 if falls {
-                    tg.push(if off + len < bytes.len() as u64 {
-                        Ok((unit, off + len))
-                    } else {
-                        Err(())
-                    });
+                    if off + len < bytes.len() as u64 {
+                        tg.push(Ok((unit, off + len)));
+                    } else if !is_call {
+                        tg.push(Err(()));
+                    }
+                    // A call that is the last instruction cannot return either.
                 }
                 self.index.insert((unit, off), self.code.len());
                 self.code.push(Ins {
@@ -910,7 +950,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
             regs,
             slots: Default::default(),
         });
-        let floor = self.escape_floor();
+        let floor = self.escaped();
         let mut factory = InstructionInfoFactory::new();
         let mut work = vec![entry];
         while let Some(i) = work.pop() {
@@ -918,7 +958,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                 continue;
             };
             let ins = &self.code[i];
-            self.transfer(ins, &mut v, floor, &mut factory);
+            self.transfer(ins, &mut v, &floor, &mut factory);
             for &s in &ins.succ {
                 let merged = match &state[s] {
                     None => v.clone(),
@@ -937,12 +977,14 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
         state
     }
 
-    /// The lowest CFA offset whose address the function computes (`lea` of a frame address,
-    /// `mov rsp` to a register): objects there and above may be reached through pointers;
-    /// slots below it are the function's own spill slots, reached only by name.
-    fn escape_floor(&self) -> i64 {
+    /// The frame ranges (CFA offsets) that pointers may reach: from every frame address the
+    /// function computes (`lea` of a frame address, `mov rsp` to a register) to the end of the
+    /// variable DWARF places there, or to the CFA when no variable of known size starts there.
+    /// Bytes outside them are the function's own spill slots and stack-protector canary,
+    /// reached only by name.
+    fn escaped(&self) -> Escaped {
         use iced_x86::{Mnemonic, OpKind};
-        let mut floor = 0i64;
+        let mut starts = BTreeSet::new();
         for ins in &self.code {
             let x = &ins.insn;
             let cfa = self.row(ins.unit, ins.off).and_then(|r| r.cfa);
@@ -965,18 +1007,43 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                 }
                 _ => None,
             };
-            if let Some(k) = k {
-                floor = floor.min(k);
+            starts.extend(k);
+        }
+        // Sizes of the frame variables by their offset (any scope, any address).
+        let mut sized: HashMap<i64, u64> = HashMap::new();
+        if let Some(d) = self.debug.filter(|d| d.frame_base_cfa) {
+            for v in &d.vars {
+                let exprs: Vec<&[u8]> = match &v.loc {
+                    VarLoc::Expr(e) => vec![&e[..]],
+                    VarLoc::List(l) => l.iter().map(|(_, e)| &e[..]).collect(),
+                };
+                for e in exprs {
+                    let mut i = 1;
+                    if e.first() == Some(&0x91) {
+                        if let Some(k) = read_leb(e, &mut i, true).filter(|_| i == e.len()) {
+                            let size = sized.entry(k).or_insert(v.size);
+                            *size = (*size).max(v.size);
+                        }
+                    }
+                }
             }
         }
-        floor
+        Escaped(
+            starts
+                .into_iter()
+                .map(|k| match sized.get(&k) {
+                    Some(&size) if size > 0 => (k, k.saturating_add(size as i64)),
+                    _ => (k, i64::MAX),
+                })
+                .collect(),
+        )
     }
 
     fn transfer(
         &self,
         ins: &Ins,
         st: &mut VState,
-        floor: i64,
+        floor: &Escaped,
         factory: &mut InstructionInfoFactory,
     ) {
         use iced_x86::{Mnemonic, OpKind};
@@ -1022,11 +1089,20 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                     _ => Some(Val::Unknown),
                 }
             }
+            (Mnemonic::Mov, Some(d))
+                if x.op1_kind() == OpKind::Memory
+                    && x.segment_prefix() == Register::FS
+                    && x.memory_base() == Register::None
+                    && x.memory_displacement64() == 0x28
+                    && d.is_gpr64() =>
+            {
+                Some(Val::Canary)
+            }
             (Mnemonic::Mov, Some(d)) if x.op1_kind() == OpKind::Memory => {
                 match slot_of(x).and_then(|(off, size)| {
                     st.slots
                         .get(&off)
-                        .filter(|(_, stored)| *stored == size && off < floor)
+                        .filter(|(_, stored)| *stored == size && floor.private(off, size))
                         .map(|(val, _)| *val)
                 }) {
                     Some(val) => Some(narrow(val, d)),
@@ -1047,7 +1123,9 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                 }))
             }
             (Mnemonic::Mov, None) if x.op0_kind() == OpKind::Memory => {
-                if let Some((off, size)) = slot_of(x).filter(|(off, _)| *off < floor) {
+                if let Some((off, size)) =
+                    slot_of(x).filter(|&(off, size)| floor.private(off, size))
+                {
                     let val = match x.op1_kind() {
                         OpKind::Register => dwarf_reg(x.op1_register())
                             .map(|r| v[usize::from(r)])
@@ -1390,6 +1468,8 @@ enum Val {
     /// The result of the RIP-relative `lea` at this offset of the function.
     RipLea(u64),
     Imm(i64),
+    /// The thread's stack-protector canary (`%fs:0x28`), the same for both versions.
+    Canary,
     Unknown,
 }
 
@@ -1409,6 +1489,17 @@ impl VState {
             }
         }
         self.slots.retain(|k, v| o.slots.get(k) == Some(v));
+    }
+}
+
+/// Frame ranges pointers may reach (see [`Side::escaped`]).
+struct Escaped(Vec<(i64, i64)>);
+
+impl Escaped {
+    /// Whether `size` bytes at CFA + `off` lie outside every range.
+    fn private(&self, off: i64, size: u8) -> bool {
+        let end = off + i64::from(size);
+        self.0.iter().all(|&(lo, hi)| end <= lo || off >= hi)
     }
 }
 

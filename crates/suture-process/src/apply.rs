@@ -379,6 +379,7 @@ pub struct LivePatch {
     pub header: Header,
 }
 
+#[derive(Clone)]
 struct ChangedFn {
     name: String,
     request: Request,
@@ -447,8 +448,29 @@ fn check_original_code(
     from: RemoteAddr,
     object: &str,
 ) -> Result<(), ApplyError> {
+    match original_difference(mem, existing, f, from)? {
+        None => Ok(()),
+        Some(off) => Err(ApplyError::Patch(format!(
+            "{object} does not run the code this patch was made from: {} at {:#x} differs from the \
+             original object at +{off:#x} (another build or version of the program?). A patch \
+             object is only for the exact build its original object went into; build a bundle \
+             with `suture build` to bind a patch to a build-id",
+            f.name, from.0
+        ))),
+    }
+}
+
+/// Where the running code of `f` (at `from`, with the entry bytes of live patches restored)
+/// first differs from the original code recorded in the patch object, outside the
+/// instructions the linker fills in; `None` when it does not (or nothing was recorded).
+fn original_difference(
+    mem: &ProcessMemory,
+    existing: &[LivePatch],
+    f: &ChangedFn,
+    from: RemoteAddr,
+) -> Result<Option<usize>, ApplyError> {
     let Some(code) = &f.original_code else {
-        return Ok(());
+        return Ok(None);
     };
     let len = code.bytes.len() / 2;
     let mut running = mem
@@ -467,16 +489,7 @@ fn check_original_code(
             }
         }
     }
-    match code.first_difference(&running) {
-        None => Ok(()),
-        Some(off) => Err(ApplyError::Patch(format!(
-            "{object} does not run the code this patch was made from: {} at {:#x} differs from the \
-             original object at +{off:#x} (another build or version of the program?). A patch \
-             object is only for the exact build its original object went into; build a bundle \
-             with `suture build` to bind a patch to a build-id",
-            f.name, from.0
-        ))),
-    }
+    Ok(code.first_difference(&running))
 }
 
 /// The mapped ELF files of a process: the patched object first, then the others in map order.
@@ -712,8 +725,9 @@ struct Prepared {
     /// The switch's writes (the commit routine is generated again from them, with the
     /// return addresses of moved frames added, when frames move).
     writes: Vec<Write>,
-    /// Return addresses of call sites the builder refused to map, with the reason.
-    refusals: Vec<(u64, String)>,
+    /// Return addresses of call sites the builder refused to map (or whole functions whose
+    /// maps do not fit the running code), with the reason.
+    refusals: Vec<(std::ops::Range<u64>, String)>,
     /// The linked segments to write (empty for a reused region: its bytes are there).
     segments: Vec<(Segment, RemoteAddr, Vec<u8>)>,
     redirects: Vec<Redirect>,
@@ -811,6 +825,41 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
             check_original_code(&mem, &existing, f, *from, &patched.path)?;
         }
     }
+    // On-stack replacement maps are offsets into the code they were computed on: they are
+    // used only where the running function is that code (a bundle's build may compile the
+    // original differently, e.g. with GOT access to extern data; its own binding covers the
+    // symbols the patch uses, not these bodies).
+    let mut osr_dropped: Vec<(std::ops::Range<u64>, String)> = Vec::new();
+    let mut checked: Vec<(ChangedFn, RemoteAddr)> = Vec::with_capacity(originals.len());
+    for (f, from) in &originals {
+        let mut f = ChangedFn::clone(f);
+        if let Some(table) = f.osr.take() {
+            let why = match (
+                &f.original_code,
+                original_difference(&mem, &existing, &f, *from)?,
+            ) {
+                (None, _) => Some("the patch does not record the original code".to_string()),
+                (Some(_), Some(off)) => Some(format!(
+                    "the running code differs from the object the builder mapped at +{off:#x} \
+                     (it compiled the unit differently)"
+                )),
+                (Some(_), None) => None,
+            };
+            match why {
+                None => f.osr = Some(table),
+                Some(why) => {
+                    tracing::info!(function = %f.name, %why, "frames of this function are not moved");
+                    osr_dropped.push((
+                        from.0..from.0 + f.size.max(1),
+                        format!("{}: {why}", f.request.name()),
+                    ));
+                }
+            }
+        }
+        checked.push((f, *from));
+    }
+    let originals: Vec<(&ChangedFn, RemoteAddr)> =
+        checked.iter().map(|(f, from)| (f, *from)).collect();
     let mut unwind = UnwindInfo::default();
     for (name, bytes, bias, code) in &loaded.files {
         unwind.add_elf(name, bytes, *bias, code.clone());
@@ -944,20 +993,21 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
         },
         osr,
         writes,
-        refusals: originals
-            .iter()
-            .flat_map(|(f, from)| {
+        refusals: osr_dropped
+            .into_iter()
+            .chain(originals.iter().flat_map(|(f, from)| {
                 let name = f.request.name().to_string();
                 f.osr.iter().flat_map(move |t| {
                     let name = name.clone();
                     t.refused.iter().map(move |r| {
+                        let at = from.0 + u64::from(r.at);
                         (
-                            from.0 + u64::from(r.at),
+                            at..at + 1,
                             format!("{name}+{:#x}, the call to {}: {}", r.at, r.callee, r.reason),
                         )
                     })
                 })
-            })
+            }))
             .collect(),
         segments: if reused { Vec::new() } else { linked.segments },
         shadow_stack: std::fs::read_to_string(crate::maps::live_proc_dir(pid).join("status"))
@@ -1324,7 +1374,7 @@ struct Switch<'a> {
     /// The region's on-stack replacement table: busy frames it maps are moved, not waited for.
     osr: Option<&'a crate::osr::Area>,
     /// Call sites (return addresses) the builder refused to map, with the reason.
-    refusals: &'a [(u64, String)],
+    refusals: &'a [(std::ops::Range<u64>, String)],
     /// Why frames are not moved in this process although the patch maps sites.
     osr_off: Option<&'static str>,
     code_addr: RemoteAddr,
@@ -1675,7 +1725,7 @@ fn switch_loop(
                         .and_then(|ra| {
                             sw.refusals
                                 .iter()
-                                .find(|(at, _)| *at == ra)
+                                .find(|(at, _)| at.contains(&ra))
                                 .map(|(_, why)| why.clone())
                         })
                         .or_else(|| sw.osr_off.map(str::to_string)),

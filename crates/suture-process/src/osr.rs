@@ -206,10 +206,15 @@ impl Area {
         let mut entries = Vec::with_capacity(count);
         for f in functions {
             for s in f.sites {
+                // A site whose trampoline cannot be made (its destination code is not what
+                // the map describes) is left out: its frames are waited for, as without OSR.
+                let Ok(t) = trampoline(s, f, measure) else {
+                    continue;
+                };
                 // 16-byte aligned trampolines.
                 code.resize(code.len().next_multiple_of(16), 0xcc);
                 let at = code_at + code.len() as u64;
-                code.extend(trampoline(s, f, measure)?);
+                code.extend(t);
                 entries.push(Entry {
                     from: f.src + u64::from(s.from),
                     trampoline: at,
@@ -218,15 +223,17 @@ impl Area {
                 });
             }
         }
+        // The table was laid out for every site; unused entries stay zero (never matched).
         let mut bytes = Vec::with_capacity(16 + count * ENTRY + code.len());
         bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&(count as u32).to_le_bytes());
+        bytes.extend_from_slice(&(entries.len() as u32).to_le_bytes());
         bytes.extend_from_slice(&0u32.to_le_bytes());
         for e in &entries {
             for v in [e.from, e.trampoline, e.to, u64::from(e.revert)] {
                 bytes.extend_from_slice(&v.to_le_bytes());
             }
         }
+        bytes.resize(16 + count * ENTRY, 0);
         bytes.extend(code);
         let end = base + bytes.len() as u64;
         Ok(Area {
