@@ -146,10 +146,12 @@ fn osr_note(src: &str, o: &OsrSummary, why: &str) -> String {
         o.function, o.sites, o.sites_back
     );
     if let Some(r) = o.refused.first() {
-        note.push_str(&format!(
-            "; not at +{:#x} (the call to {}): {}",
-            r.at, r.callee, r.reason
-        ));
+        let call = if r.callee.is_empty() {
+            "an indirect call".to_string()
+        } else {
+            format!("the call to {}", r.callee)
+        };
+        note.push_str(&format!("; not at +{:#x} ({call}): {}", r.at, r.reason));
         if o.refused.len() > 1 {
             note.push_str(&format!(" (and {} more, see --json)", o.refused.len() - 1));
         }

@@ -317,12 +317,32 @@ fn on_stack(u: &Units, unit: UnitId, side: &Side) -> Option<String> {
                 .map(move |t| (t.off, i.off))
         })
         .collect();
-    let waits = side.calls.iter().find(|c| {
-        BLOCKING.contains(&c.callee.as_str())
-            && loops.iter().any(|&(lo, hi)| (lo..=hi).contains(&c.ret))
+    // A local function of the unit that calls a waiting function itself (a `my_read`
+    // wrapper) waits as well.
+    let waits_in = |callee: &str| -> Option<String> {
+        if BLOCKING.contains(&callee) {
+            return Some(callee.to_string());
+        }
+        let wrapper = u.ids().find(|&id| {
+            let x = u.unit(id);
+            x.kind == crate::units::UnitKind::Func && x.key == callee
+        })?;
+        u.relocs(wrapper).find_map(|(_, t)| {
+            let name = callee_name(u, &t);
+            BLOCKING
+                .contains(&name.as_str())
+                .then(|| format!("{callee} (which calls {name})"))
+        })
+    };
+    let waits = side.calls.iter().find_map(|c| {
+        loops
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&c.ret))
+            .then(|| waits_in(&c.callee))
+            .flatten()
     });
-    if let Some(c) = waits {
-        return Some(format!("a loop around a call to {}", c.callee));
+    if let Some(what) = waits {
+        return Some(format!("a loop around a call to {what}"));
     }
     // Its address is taken: a thread entry point or a callback.
     let taken = u.referrers[unit.0 as usize]

@@ -1003,7 +1003,16 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
                         let at = from.0 + u64::from(r.at);
                         (
                             at..at + 1,
-                            format!("{name}+{:#x}, the call to {}: {}", r.at, r.callee, r.reason),
+                            format!(
+                                "{name}+{:#x}, {}: {}",
+                                r.at,
+                                if r.callee.is_empty() {
+                                    "an indirect call".to_string()
+                                } else {
+                                    format!("the call to {}", r.callee)
+                                },
+                                r.reason
+                            ),
                         )
                     })
                 })
