@@ -3,8 +3,6 @@
 //! move to the fixed code at the equivalent call site while their connections stay open, and
 //! revert moves them back. Without the builder's maps the same patches are refused as busy.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -12,6 +10,7 @@ use std::time::Duration;
 use suture_process::apply::{apply, revert_timed, ApplyError, ApplyOptions};
 use suture_process::ids::Pid;
 use suture_testkit::cc::gcc;
+use suture_testkit::net::LineClient;
 use suture_testkit::{spawn_lines, Scratch, TIMEOUT};
 
 const CONN: &str = include_str!("fixtures/osr/conn.c");
@@ -71,32 +70,6 @@ fn build(dir: &Path, src: &str, define: &str) -> Built {
     }
 }
 
-struct Client {
-    reader: BufReader<TcpStream>,
-}
-
-impl Client {
-    fn connect(port: u16) -> Client {
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(TIMEOUT)).unwrap();
-        Client {
-            reader: BufReader::new(s),
-        }
-    }
-
-    /// Sends one request and returns the reply line.
-    fn ask(&mut self, request: &[u8]) -> String {
-        self.reader.get_mut().write_all(request).unwrap();
-        let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap();
-        assert!(
-            line.ends_with('\n'),
-            "the server dropped the connection: {line:?}"
-        );
-        line.trim_end().to_string()
-    }
-}
-
 fn port_of(line: &str) -> u16 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
@@ -129,7 +102,7 @@ fn connection_threads_move_to_the_fixed_code_and_back() {
     let port = port_of(&lines.wait_for("port "));
     let pid = Pid(child.0.id() as i32);
 
-    let mut clients: Vec<Client> = (0..3).map(|_| Client::connect(port)).collect();
+    let mut clients: Vec<LineClient> = (0..3).map(|_| LineClient::connect(port)).collect();
     for c in &mut clients {
         assert_eq!(c.ask(b"hello"), "v=1 served=1");
     }
@@ -151,7 +124,7 @@ fn connection_threads_move_to_the_fixed_code_and_back() {
     }
     assert_eq!(clients[0].ask(&[b'x'; 250]), "v=-1 served=4");
     // A new connection gets it at once.
-    let mut fresh = Client::connect(port);
+    let mut fresh = LineClient::connect(port);
     assert_eq!(fresh.ask(b"hello"), "v=2 served=1");
 
     let reverted = revert_timed(pid, "osr", TIMEOUT).expect("revert with OSR");
@@ -179,7 +152,7 @@ fn a_main_epoll_loop_moves_to_the_fixed_code_and_back() {
     let port = port_of(&lines.wait_for("port "));
     let pid = Pid(child.0.id() as i32);
 
-    let mut c = Client::connect(port);
+    let mut c = LineClient::connect(port);
     assert_eq!(c.ask(b"hello"), "v=1 served=1");
     refused_as_busy(pid, &b.plain);
     // With the maps but moving turned off: the same refusal, saying why.
@@ -195,7 +168,7 @@ fn a_main_epoll_loop_moves_to_the_fixed_code_and_back() {
     assert_eq!(applied.moved_frames[0].thread, pid.0, "main's own frame");
     assert_eq!(c.ask(b"hello"), "v=2 served=2");
     assert_eq!(c.ask(&[b'x'; 250]), "v=-1 served=3");
-    let mut other = Client::connect(port);
+    let mut other = LineClient::connect(port);
     assert_eq!(other.ask(b"hi"), "v=2 served=4");
 
     let reverted = revert_timed(pid, "osr", TIMEOUT).expect("revert with OSR");
@@ -224,7 +197,7 @@ fn a_forked_helper_loop_moves_to_the_fixed_code_and_back() {
     let _reap = Reap(helper);
 
     // The helper waits in read() on an open connection.
-    let mut c = Client::connect(port);
+    let mut c = LineClient::connect(port);
     assert_eq!(c.ask(b"hello"), "v=1 served=1");
     refused_as_busy(helper, &b.plain);
     let applied = apply(helper, &b.patch, &opts("osr", TIMEOUT)).expect("apply with OSR");
@@ -233,13 +206,13 @@ fn a_forked_helper_loop_moves_to_the_fixed_code_and_back() {
     drop(c);
 
     // Now it waits in accept(): revert moves that frame back.
-    let mut c = Client::connect(port);
+    let mut c = LineClient::connect(port);
     assert_eq!(c.ask(&[b'x'; 250]), "v=-1 served=3");
     drop(c);
     std::thread::sleep(Duration::from_millis(50));
     let reverted = revert_timed(helper, "osr", TIMEOUT).expect("revert with OSR");
     assert_eq!(reverted.moved_frames.len(), 1);
-    let mut c = Client::connect(port);
+    let mut c = LineClient::connect(port);
     assert_eq!(c.ask(&[b'x'; 250]), "v=1 served=4");
 }
 
@@ -251,7 +224,7 @@ fn a_frame_that_cannot_move_is_refused_with_the_reason() {
     let (child, lines) = spawn_lines(&mut Command::new(&b.prog));
     let port = port_of(&lines.wait_for("port "));
     let pid = Pid(child.0.id() as i32);
-    let mut c = Client::connect(port);
+    let mut c = LineClient::connect(port);
     assert_eq!(c.ask(b"hello"), "v=1 served=1");
 
     let err = apply(pid, &b.patch, &opts("frame", Duration::from_millis(500)))

@@ -26,6 +26,7 @@
 use std::time::Duration;
 
 pub mod cc;
+pub mod net;
 pub mod proc;
 pub mod scratch;
 pub mod tier;

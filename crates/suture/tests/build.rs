@@ -1026,7 +1026,6 @@ fn cmake_files_count_only_where_the_build_uses_cmake() {
 /// an open connection to the fix and revert moves it back, through the CLI and a bundle.
 #[test]
 fn a_loop_that_never_returns_is_reported_and_its_waiting_frames_move() {
-    use std::io::{BufRead, BufReader, Write};
     let w = work("osr");
     let src = w.join("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -1072,16 +1071,8 @@ fn a_loop_that_never_returns_is_reported_and_its_waiting_frames_move() {
 
     let server = Running::spawn(&src.join("server"), &[]);
     let port: u16 = server.lines.wait_for("port ")[5..].trim().parse().unwrap();
-    let conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(60)))
-        .unwrap();
-    let mut reader = BufReader::new(conn);
-    let mut ask = |what: &[u8]| {
-        reader.get_mut().write_all(what).unwrap();
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        line.trim_end().to_string()
-    };
+    let mut client = suture_testkit::net::LineClient::connect(port);
+    let mut ask = |what: &[u8]| client.ask(what);
     assert_eq!(ask(b"hello"), "v=1 served=1");
     let pid = server.pid();
     let o = suture(&[

@@ -475,7 +475,6 @@ fn sigkill_with_return_stubs_armed_leaves_the_original_code_running() {
 /// never a moved frame without the switch or the reverse — and it keeps serving.
 #[test]
 fn sigkill_while_a_frame_moves_leaves_old_or_new_code_never_a_mixture() {
-    use std::io::{BufRead, BufReader, Write};
     let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "kill", "osr");
     let src = Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -503,16 +502,8 @@ fn sigkill_while_a_frame_moves_leaves_old_or_new_code_never_a_mixture() {
     for (point, switched) in points {
         let (child, rx) = start(&dir.join("server"));
         let port: u16 = rx.wait_for("port ")[5..].trim().parse().unwrap();
-        let conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        conn.set_read_timeout(Some(std::time::Duration::from_secs(60)))
-            .unwrap();
-        let mut reader = BufReader::new(conn);
-        let mut ask = |what: &[u8]| {
-            reader.get_mut().write_all(what).unwrap();
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            line.trim_end().to_string()
-        };
+        let mut client = suture_testkit::net::LineClient::connect(port);
+        let mut ask = |what: &[u8]| client.ask(what);
         assert_eq!(ask(b"hello"), "v=1 served=1", "{point}");
         let pid = child.id();
         apply_killed_at(&patch, pid, point);
