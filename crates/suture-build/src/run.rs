@@ -807,6 +807,7 @@ fn diff(
     src: &str,
     ui: usize,
     (a, b): (&Path, &Path),
+    as_built: Option<&Path>,
     options: suture_object::Options,
 ) -> Result<UnitResult, BuildError> {
     let (ab, bb) = (
@@ -815,7 +816,20 @@ fn diff(
     );
     let oa = suture_object::Object::parse(&ab).map_err(analysis(a.display().to_string()))?;
     let ob = suture_object::Object::parse(&bb).map_err(analysis(b.display().to_string()))?;
-    let d = suture_object::analyze_with(&oa, &ob, options).map_err(analysis(src.to_string()))?;
+    let mut d =
+        suture_object::analyze_with(&oa, &ob, options).map_err(analysis(src.to_string()))?;
+    if let (Some(path), Status::Patchable) = (as_built, d.report.status) {
+        let bytes = std::fs::read(path).map_err(|e| BuildError::io(path, e))?;
+        let deployed =
+            suture_object::Object::parse(&bytes).map_err(analysis(path.display().to_string()))?;
+        let units = suture_object::units::Units::new(&deployed);
+        for f in &mut d.report.changed_functions {
+            f.osr = None;
+        }
+        for (i, table) in suture_object::osr::tables_against(&d, &units) {
+            d.report.changed_functions[i].osr = Some(table);
+        }
+    }
     let patch = if d.report.status == Status::Patchable {
         Some(suture_object::emit::emit(&d).map_err(analysis(src.to_string()))?)
     } else {
@@ -1334,7 +1348,25 @@ pub fn build(
             n + 1
         ));
         let (a, b) = compile(&ws, &graph, ui, (&compiler, &patched_compiler))?;
-        let r = diff(&src, ui, (&a, &b), diff_options.clone())?;
+        // On-stack replacement maps describe the running code: the original as the build
+        // compiled it, when the two compiles above added a flag.
+        let as_built = if diff_options.osr {
+            let unit = &graph.units[ui];
+            let dir = unit_dir(&ws.work, ui);
+            let path = dir.join("orig-as-built.o");
+            compiler
+                .compile_as_built(&unit.compile, &path, &dir.join("orig-as-built.log"))?
+                .map(|()| path)
+        } else {
+            None
+        };
+        let r = diff(
+            &src,
+            ui,
+            (&a, &b),
+            as_built.as_deref(),
+            diff_options.clone(),
+        )?;
         progress(&format!(
             "[{}/{total}] {src}: {}",
             n + 1,

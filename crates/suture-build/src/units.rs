@@ -229,8 +229,34 @@ impl Compiler<'_> {
         patched: bool,
         log: &Path,
     ) -> Result<(), BuildError> {
+        self.compile_with(unit, out, patched, log, true)
+    }
+
+    /// The original `unit` compiled exactly as the build did (no GOT access flag), with one
+    /// section per function: what the running program's code is, for on-stack replacement
+    /// maps. `None` when [`Compiler::compile`] adds no flag (its original is that already).
+    pub fn compile_as_built(
+        &self,
+        unit: &Compile,
+        out: &Path,
+        log: &Path,
+    ) -> Result<Option<()>, BuildError> {
+        if indirect_extern_access(&unit.compiler).is_none() {
+            return Ok(None);
+        }
+        self.compile_with(unit, out, false, log, false).map(Some)
+    }
+
+    fn compile_with(
+        &self,
+        unit: &Compile,
+        out: &Path,
+        patched: bool,
+        log: &Path,
+        extern_flag: bool,
+    ) -> Result<(), BuildError> {
         let mut args = record::unit_args(unit, out);
-        if let Some(flag) = indirect_extern_access(&unit.compiler) {
+        if let Some(flag) = indirect_extern_access(&unit.compiler).filter(|_| extern_flag) {
             // Before the trailing `-c -o OUT`, after the build's own flags.
             args.insert(args.len() - 3, flag.to_string());
         }

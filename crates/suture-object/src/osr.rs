@@ -76,6 +76,10 @@ pub struct OsrTable {
     /// thread or callback entry point, a loop around a blocking call), if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_stack: Option<String>,
+    /// The original code the maps were computed on, when that is not the diff's original
+    /// (`changed_functions[].original_code`): the unit compiled exactly as deployed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_code: Option<crate::report::OriginalCode>,
 }
 
 /// Functions that never return: a call to one has no fall-through.
@@ -259,7 +263,34 @@ fn dwarf_reg(r: Register) -> Option<u16> {
 /// Computes the tables of every replaced function of `d` (by index in
 /// `d.report.changed_functions`).
 pub fn tables(d: &Diff) -> Vec<(usize, OsrTable)> {
-    let od = FnDebug::index(&d.orig);
+    tables_with(d, &d.orig, |_, a| Some(a), false)
+}
+
+/// [`tables`] computed against `deployed`, the original unit compiled exactly as the running
+/// program was (the diff's original may be compiled differently, e.g. with GOT access to
+/// extern data): original functions are looked up there by name, and each table records the
+/// code it was computed on (`original_code`).
+pub fn tables_against(d: &Diff, deployed: &Units) -> Vec<(usize, OsrTable)> {
+    tables_with(
+        d,
+        deployed,
+        |name, _| {
+            deployed.ids().find(|&id| {
+                let u = deployed.unit(id);
+                u.kind == crate::units::UnitKind::Func && u.names.iter().any(|n| n == name)
+            })
+        },
+        true,
+    )
+}
+
+fn tables_with<'o, 'a>(
+    d: &Diff,
+    orig: &Units<'o, 'a>,
+    find: impl Fn(&str, UnitId) -> Option<UnitId>,
+    record_code: bool,
+) -> Vec<(usize, OsrTable)> {
+    let od = FnDebug::index(orig);
     let pd = FnDebug::index(&d.patched);
     let mut out = Vec::new();
     for (&b, role) in &d.included {
@@ -273,6 +304,9 @@ pub fn tables(d: &Diff) -> Vec<(usize, OsrTable)> {
         let Some(a) = d.p2o[b.0 as usize] else {
             continue;
         };
+        let Some(a) = find(&d.orig.unit(a).name, a) else {
+            continue;
+        };
         let Some(idx) = d
             .report
             .changed_functions
@@ -281,7 +315,7 @@ pub fn tables(d: &Diff) -> Vec<(usize, OsrTable)> {
         else {
             continue;
         };
-        let old = Side::new(&d.orig, a, od.as_ref());
+        let old = Side::new(orig, a, od.as_ref());
         let new = Side::new(&d.patched, b, pd.as_ref());
         let (forward, refused) = map(&old, &new);
         let (backward, _) = map(&new, &old);
@@ -291,7 +325,14 @@ pub fn tables(d: &Diff) -> Vec<(usize, OsrTable)> {
                 forward,
                 backward,
                 refused,
-                on_stack: on_stack(&d.orig, a, &old),
+                on_stack: on_stack(orig, a, &old),
+                original_code: record_code.then(|| {
+                    let offsets: Vec<u64> = orig
+                        .relocs(a)
+                        .map(|(r, _)| r.offset - orig.unit(a).start)
+                        .collect();
+                    crate::report::OriginalCode::new(orig.bytes(a), &offsets)
+                }),
             },
         ));
     }

@@ -448,7 +448,10 @@ fn check_original_code(
     from: RemoteAddr,
     object: &str,
 ) -> Result<(), ApplyError> {
-    match original_difference(mem, existing, f, from)? {
+    let Some(code) = &f.original_code else {
+        return Ok(());
+    };
+    match original_difference(mem, existing, code, from)? {
         None => Ok(()),
         Some(off) => Err(ApplyError::Patch(format!(
             "{object} does not run the code this patch was made from: {} at {:#x} differs from the \
@@ -460,18 +463,14 @@ fn check_original_code(
     }
 }
 
-/// Where the running code of `f` (at `from`, with the entry bytes of live patches restored)
-/// first differs from the original code recorded in the patch object, outside the
-/// instructions the linker fills in; `None` when it does not (or nothing was recorded).
+/// Where the running code at `from` (with the entry bytes of live patches restored) first
+/// differs from `code`, outside the instructions the linker fills in; `None` when it does not.
 fn original_difference(
     mem: &ProcessMemory,
     existing: &[LivePatch],
-    f: &ChangedFn,
+    code: &suture_object::report::OriginalCode,
     from: RemoteAddr,
 ) -> Result<Option<usize>, ApplyError> {
-    let Some(code) = &f.original_code else {
-        return Ok(None);
-    };
     let len = code.bytes.len() / 2;
     let mut running = mem
         .read_vec(from, len)
@@ -834,16 +833,16 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
     for (f, from) in &originals {
         let mut f = ChangedFn::clone(f);
         if let Some(table) = f.osr.take() {
-            let why = match (
-                &f.original_code,
-                original_difference(&mem, &existing, &f, *from)?,
-            ) {
-                (None, _) => Some("the patch does not record the original code".to_string()),
-                (Some(_), Some(off)) => Some(format!(
-                    "the running code differs from the object the builder mapped at +{off:#x} \
-                     (it compiled the unit differently)"
-                )),
-                (Some(_), None) => None,
+            // The code the maps were computed on: recorded with them when the builder used
+            // another compile than the diff's original.
+            let why = match table.original_code.as_ref().or(f.original_code.as_ref()) {
+                None => Some("the patch does not record the original code".to_string()),
+                Some(code) => original_difference(&mem, &existing, code, *from)?.map(|off| {
+                    format!(
+                        "the running code differs from the object the builder mapped at \
+                         +{off:#x} (it compiled the unit differently)"
+                    )
+                }),
             };
             match why {
                 None => f.osr = Some(table),

@@ -245,3 +245,83 @@ fn a_frame_that_cannot_move_is_refused_with_the_reason() {
     assert!(busy.not_moved.is_some());
     assert_eq!(c.ask(b"hello"), "v=1 served=2");
 }
+
+/// On-stack replacement maps are offsets into the code they were computed on: a patch whose
+/// original was compiled differently from the running program (here with GOT access to
+/// extern data, as a rebuild may be) must not move a frame by them. Found by trying OSR on
+/// real programs, where a thread waiting in `read` was moved as if it returned from another
+/// call. The apply waits and refuses, saying why; the program keeps its original code.
+#[test]
+fn maps_of_other_code_are_not_used() {
+    use std::io::Write;
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "osr", "other-code");
+    std::fs::write(dir.join("main.c"), include_str!("fixtures/osr/extern.c")).unwrap();
+    std::fs::write(dir.join("flags.c"), "int quiet;\n").unwrap();
+    std::fs::write(
+        dir.join("fixed.c"),
+        include_str!("fixtures/osr/extern.c").replace("return n > 3;", "return n > 3 ? 2 : 0;"),
+    )
+    .unwrap();
+    let flags = ["-O2", "-g", "-ffunction-sections", "-fdata-sections", "-c"];
+    gcc(&dir, &[&flags[..], &["main.c", "-o", "main.o"]].concat());
+    gcc(&dir, &["-O2", "-c", "flags.c", "-o", "flags.o"]);
+    gcc(&dir, &["main.o", "flags.o", "-o", "prog"]);
+    // The patch's original and fix, both through the GOT.
+    let got = "-mno-direct-extern-access";
+    gcc(
+        &dir,
+        &[&flags[..], &[got, "main.c", "-o", "orig-got.o"]].concat(),
+    );
+    gcc(
+        &dir,
+        &[&flags[..], &[got, "fixed.c", "-o", "fixed-got.o"]].concat(),
+    );
+    let a = std::fs::read(dir.join("orig-got.o")).unwrap();
+    let b = std::fs::read(dir.join("fixed-got.o")).unwrap();
+    let (a, b) = (
+        suture_object::Object::parse(&a).unwrap(),
+        suture_object::Object::parse(&b).unwrap(),
+    );
+    let d = suture_object::analyze_with(
+        &a,
+        &b,
+        suture_object::Options {
+            osr: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let main = &d.report.changed_functions[0];
+    assert!(
+        !main.osr.as_ref().unwrap().forward.is_empty(),
+        "the maps exist"
+    );
+    let patch = suture_object::emit::emit(&d).unwrap();
+
+    let mut cmd = Command::new(dir.join("prog"));
+    cmd.stdin(std::process::Stdio::piped());
+    let (mut child, lines) = spawn_lines(&mut cmd);
+    lines.wait_for("ready");
+    let mut stdin = child.0.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").unwrap();
+    lines.wait_for("v=1");
+    let pid = Pid(child.id() as i32);
+    // A bundle's apply: bound by build-id, so the bare object check is not what refuses.
+    let opts = ApplyOptions {
+        build_id: suture_process::symbols::ElfSymbols::parse(
+            "prog",
+            &std::fs::read(dir.join("prog")).unwrap(),
+        )
+        .unwrap()
+        .build_id,
+        ..opts("other", Duration::from_millis(500))
+    };
+    let err = apply(pid, &patch, &opts).expect_err("main waits in read");
+    let text = err.to_string();
+    assert!(
+        text.contains("the running code differs from the object the builder mapped"),
+        "{text}"
+    );
+    stdin.write_all(b"hello\n").unwrap();
+    lines.wait_for("v=1");
+}
