@@ -824,7 +824,7 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
             reused,
         },
         segments: if reused { Vec::new() } else { linked.segments },
-        shadow_stack: std::fs::read_to_string(crate::maps::live_proc_dir(pid).join("status"))
+        shadow_stack: crate::maps::read_proc_string(crate::maps::live_proc_dir(pid).join("status"))
             .map_or(true, |st| crate::retstub::shadow_stack_enabled(&st)),
         throws: crate::retstub::may_unwind_through(&loaded.mapped),
         sites: if opts.scan_suspended {
@@ -1485,8 +1485,10 @@ fn switch_loop(
                 })
                 .collect();
             // The mappings as they are now: a stack mapped since `prepare` must be read too.
-            let found = Maps::read(pid).and_then(|maps| {
-                crate::suspended::scan(pid, sp.mem(), &maps, &threads, sites, sw.busy, pre.as_ref())
+            let dir = crate::maps::live_proc_dir(pid);
+            let found = Maps::read_mappings(pid, &dir).and_then(|maps| {
+                let now = (dir.as_path(), &maps);
+                crate::suspended::scan(pid, sp.mem(), now, &threads, sites, sw.busy, pre.as_ref())
             });
             match found {
                 Err(e) => {
@@ -1587,7 +1589,7 @@ fn commit_in_target() -> bool {
 /// process does not catch (0 when it catches them all). Read before the stop; a handler
 /// installed in between only matters if suture also dies while the routine runs.
 pub(crate) fn marker_signal(pid: Pid) -> i32 {
-    let status = std::fs::read_to_string(crate::maps::live_proc_dir(pid).join("status"));
+    let status = crate::maps::read_proc_string(crate::maps::live_proc_dir(pid).join("status"));
     let caught = status.ok().and_then(|s| {
         s.lines()
             .find_map(|l| l.strip_prefix("SigCgt:"))
@@ -1604,7 +1606,8 @@ pub(crate) fn marker_signal(pid: Pid) -> i32 {
 
 /// The process's id in its own (innermost) PID namespace, from `NSpid:` of its status.
 pub(crate) fn namespace_pid(pid: Pid) -> Option<i32> {
-    let status = std::fs::read_to_string(crate::maps::live_proc_dir(pid).join("status")).ok()?;
+    let status =
+        crate::maps::read_proc_string(crate::maps::live_proc_dir(pid).join("status")).ok()?;
     let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
     line.split_whitespace().last()?.parse().ok()
 }
@@ -1847,17 +1850,32 @@ pub fn revert_timed(pid: Pid, patch_id: &str, timeout: Duration) -> Result<Rever
     let maps = Maps::read(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let mem = ProcessMemory::open(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     check_on_top(&mem, &patches, &p)?;
-    let mut writes = Vec::new();
-    for r in &p.header.redirects {
-        let current = mem
-            .read_vec(RemoteAddr(r.from), r.saved.len())
-            .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-        writes.push(Write {
+    // The entries as they are now (one read for all of them).
+    let mut current: Vec<(RemoteAddr, Vec<u8>)> = p
+        .header
+        .redirects
+        .iter()
+        .map(|r| (RemoteAddr(r.from), vec![0; r.saved.len()]))
+        .collect();
+    let filled = mem.read_many(&mut current);
+    for ((addr, buf), ok) in current.iter_mut().zip(filled) {
+        if !ok {
+            // Read again for the error (it failed once already, in `read_many`).
+            mem.read(*addr, buf)
+                .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+        }
+    }
+    let writes: Vec<Write> = p
+        .header
+        .redirects
+        .iter()
+        .zip(current)
+        .map(|(r, (_, old))| Write {
             addr: r.from,
             new: r.saved.clone(),
-            old: current,
-        });
-    }
+            old,
+        })
+        .collect();
     // The routine goes in the region's own commit pages, as the header records them (older
     // headers: the last executable mapping of the region, then the next mapping).
     let (code_page, block_addr) = match p.header.commit_pages {
