@@ -725,11 +725,7 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
             check_original_code(&mem, &existing, f, *from, &patched.path)?;
         }
     }
-    let mut unwind = UnwindInfo::default();
-    for (name, bytes, bias, code) in &loaded.files {
-        unwind.add_elf(name, bytes, *bias, code.clone());
-    }
-    add_live_patches(&mut unwind, &mem, &maps, &existing);
+    let unwind = unwind_info(&loaded, &mem, &maps, &existing);
     let dummy = Commit::generate(
         0,
         0,
@@ -1771,6 +1767,38 @@ fn check_on_top(
     Ok(())
 }
 
+/// The unwind rules of everything a thread of the target can be running: its mapped ELF
+/// files, the vDSO and every live patch.
+fn unwind_info(
+    loaded: &Loaded,
+    mem: &ProcessMemory,
+    maps: &Maps,
+    patches: &[LivePatch],
+) -> UnwindInfo {
+    let mut unwind = UnwindInfo::default();
+    for (name, bytes, bias, code) in &loaded.files {
+        unwind.add_elf(name, bytes, *bias, code.clone());
+    }
+    if !unwind.add_vdso(mem, maps) {
+        tracing::debug!(
+            pid = mem.pid().0,
+            "no vDSO unwind rules: the scan covers it"
+        );
+    }
+    add_live_patches(&mut unwind, mem, maps, patches);
+    unwind
+}
+
+/// The unwind rules apply and revert use for the process `pid` (its files, vDSO and live
+/// patches), read while it runs: for tools and tests that check stacks themselves.
+pub fn process_unwind_info(pid: Pid) -> Result<UnwindInfo, ApplyError> {
+    let maps = Maps::read(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    let mem = ProcessMemory::open(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    let loaded = load_objects(pid, &maps, None, None)?;
+    let patches = status(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    Ok(unwind_info(&loaded, &mem, &maps, &patches))
+}
+
 /// Adds the unwind rules (`.eh_frame`, located by the header) of every live patch, so a thread
 /// inside patch code is unwound exactly.
 fn add_live_patches(
@@ -1926,15 +1954,11 @@ pub fn revert_timed(pid: Pid, patch_id: &str, timeout: Duration) -> Result<Rever
     let sites = ReturnSites::read(&mem, &busy);
     // Unwind exactly through the program's files and every live patch's code (the scan of
     // every stack word remains the fallback when an unwind is incomplete).
-    let mut unwind = UnwindInfo::default();
     let loaded = load_objects(pid, &maps, None, None)?;
-    for (name, bytes, bias, code) in &loaded.files {
-        unwind.add_elf(name, bytes, *bias, code.clone());
-    }
-    add_live_patches(&mut unwind, &mem, &maps, &patches);
+    let unwind = unwind_info(&loaded, &mem, &maps, &patches);
     let base = RemoteAddr(p.base);
     // The region's return stubs (regions from before they existed have none).
-    let shadow = std::fs::read_to_string(crate::maps::live_proc_dir(pid).join("status"))
+    let shadow = crate::maps::read_proc_string(crate::maps::live_proc_dir(pid).join("status"))
         .map_or(true, |st| crate::retstub::shadow_stack_enabled(&st));
     let no_stubs = if p.header.stubs.is_none() {
         Some("the patch region has none (made by an older suture)")

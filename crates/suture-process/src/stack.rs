@@ -2,7 +2,8 @@
 //! about to be replaced?
 //!
 //! Each thread's stack is read in one bulk copy ([`StackSnapshot`]) and unwound with the
-//! `.eh_frame` of the mapped objects and of live patch regions. When unwinding cannot reach the
+//! `.eh_frame` of the mapped objects, of the vDSO (read from the target's memory: a thread
+//! stopped in `clock_gettime` is inside it) and of live patch regions. When unwinding cannot reach the
 //! end of the stack (missing unwind info, hand-written assembly), the check falls back to a
 //! conservative scan: any word of the stack that points into a busy function counts as a frame.
 //! A false "busy" only delays the patch; a false "clear" could break the target, so every doubt
@@ -107,6 +108,33 @@ impl UnwindInfo {
         self.ranges.push(code.clone());
         self.unwinder
             .add_module(Module::new(name.to_string(), code, bias, info));
+    }
+
+    /// Adds the target's vDSO, read from its memory (the kernel maps it; no file holds it):
+    /// a thread stopped inside `clock_gettime` or `gettimeofday` is then unwound exactly
+    /// through the vDSO's own `.eh_frame` instead of falling back to the conservative scan.
+    /// Returns whether unwind rules were added (no vDSO, an unreadable one or one without
+    /// `.eh_frame` leaves the scan as the fallback).
+    pub fn add_vdso(&mut self, mem: &crate::mem::ProcessMemory, maps: &crate::maps::Maps) -> bool {
+        use object::{Object as _, ObjectSegment as _};
+        let Some(vdso) = maps.vdso() else {
+            return false;
+        };
+        let (start, end) = (vdso.start.0, vdso.end.0);
+        let Ok(image) = mem.read_vec(vdso.start, (end - start) as usize) else {
+            return false;
+        };
+        // The image is linked at 0 on x86-64 (its lowest `PT_LOAD` address, in general).
+        let Some(lowest) = object::File::parse(&image[..])
+            .ok()
+            .and_then(|elf| elf.segments().map(|s| s.address()).min())
+        else {
+            return false;
+        };
+        let before = self.ranges.len();
+        let bias = start.wrapping_sub(lowest & !(crate::maps::PAGE_SIZE - 1));
+        self.add_elf("[vdso]", &image, bias, start..end);
+        self.ranges.len() > before
     }
 
     /// Adds a live patch region whose linked `.eh_frame` bytes sit at `eh_frame_addr`.
