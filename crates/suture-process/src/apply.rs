@@ -403,7 +403,12 @@ fn check_original_code(
 /// The mapped ELF files of a process: the patched object first, then the others in map order.
 struct Loaded {
     mapped: Vec<Mapped>,
-    files: Vec<(String, crate::sys::MappedFile, u64, std::ops::Range<u64>)>,
+    files: Vec<(
+        String,
+        std::sync::Arc<crate::sys::MappedFile>,
+        u64,
+        std::ops::Range<u64>,
+    )>,
     patched: usize,
 }
 
@@ -474,7 +479,7 @@ fn load_objects(
             bias,
             is_exec: *path == exe,
         });
-        files.push((name, bytes, bias, code));
+        files.push((name, std::sync::Arc::new(bytes), bias, code));
     }
     let Some(patched) = patched_at else {
         return Err(ApplyError::Target(
@@ -646,7 +651,7 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
     let mem = ProcessMemory::open(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     // The patch regions already in the target, read once: live ones (to replace, to unwind
     // through), retired ones (to reuse), leftovers of an interrupted apply (to reclaim).
-    let existing = status(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    let existing = status_in(pid, &maps, &mem);
     let replaced = match &opts.replace {
         Some(id) => {
             let p = latest_live(&existing, id, pid)?;
@@ -1653,6 +1658,11 @@ fn routine_thread(
 pub fn status(pid: Pid) -> Result<Vec<LivePatch>, crate::error::Error> {
     let maps = Maps::read(pid)?;
     let mem = ProcessMemory::open(pid)?;
+    Ok(status_in(pid, &maps, &mem))
+}
+
+/// [`status`] with the process's mappings and memory already at hand.
+fn status_in(pid: Pid, maps: &Maps, mem: &ProcessMemory) -> Vec<LivePatch> {
     let mut out = Vec::new();
     for m in maps.iter() {
         if !matches!(m.name, MapName::Anonymous) || !m.perms.read || m.perms.write || m.perms.exec {
@@ -1681,7 +1691,7 @@ pub fn status(pid: Pid) -> Result<Vec<LivePatch>, crate::error::Error> {
             Err(e) => tracing::warn!(pid = pid.0, base = m.start.0, %e, "unreadable suture header"),
         }
     }
-    Ok(out)
+    out
 }
 
 /// A retired (reverted) region of patch `patch_id`, of `size` bytes, where the patch links to
@@ -1777,7 +1787,7 @@ fn unwind_info(
 ) -> UnwindInfo {
     let mut unwind = UnwindInfo::default();
     for (name, bytes, bias, code) in &loaded.files {
-        unwind.add_elf(name, bytes, *bias, code.clone());
+        unwind.add_elf(name, bytes.clone(), *bias, code.clone());
     }
     if !unwind.add_vdso(mem, maps) {
         tracing::debug!(
@@ -1873,10 +1883,10 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
 
 /// [`revert`], also saying how long the switch stopped the target.
 pub fn revert_timed(pid: Pid, patch_id: &str, timeout: Duration) -> Result<Reverted, ApplyError> {
-    let patches = status(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-    let p = latest_live(&patches, patch_id, pid)?;
     let maps = Maps::read(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let mem = ProcessMemory::open(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    let patches = status_in(pid, &maps, &mem);
+    let p = latest_live(&patches, patch_id, pid)?;
     check_on_top(&mem, &patches, &p)?;
     // The entries as they are now (one read for all of them).
     let mut current: Vec<(RemoteAddr, Vec<u8>)> = p

@@ -62,10 +62,34 @@ pub enum Finding {
     },
 }
 
+/// Bytes of a section, shared with the file (or buffer) they are part of: unwind rules are
+/// used where they lie, in the mapped file, not copied out of it.
+#[derive(Clone)]
+pub struct Section {
+    owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>,
+    range: Range<usize>,
+}
+
+impl Default for Section {
+    fn default() -> Section {
+        Section {
+            owner: std::sync::Arc::new(Vec::new()),
+            range: 0..0,
+        }
+    }
+}
+
+impl std::ops::Deref for Section {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &(*self.owner).as_ref()[self.range.clone()]
+    }
+}
+
 /// Unwind information of the objects in one target.
 #[derive(Default)]
 pub struct UnwindInfo {
-    unwinder: UnwinderX86_64<Vec<u8>>,
+    unwinder: UnwinderX86_64<Section>,
     /// Code ranges that have unwind information. A frame outside them means framehop fell
     /// back to frame pointers, which -O2 code does not keep: such an unwind is not trusted.
     ranges: Vec<Range<u64>>,
@@ -78,14 +102,26 @@ const MAX_FRAMES: usize = 1024;
 
 impl UnwindInfo {
     /// Adds an ELF file mapped with load `bias`, whose executable code occupies `code`.
-    /// Files without `.eh_frame` are skipped (the conservative scan covers them).
-    pub fn add_elf(&mut self, name: &str, file: &[u8], bias: u64, code: Range<u64>) {
-        let Ok(elf) = object::File::parse(file) else {
+    /// Files without `.eh_frame` are skipped (the conservative scan covers them). The unwind
+    /// sections stay in `file`, which is kept alive as long as this value.
+    pub fn add_elf<F>(&mut self, name: &str, file: std::sync::Arc<F>, bias: u64, code: Range<u64>)
+    where
+        F: AsRef<[u8]> + Send + Sync + 'static,
+    {
+        let owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync> = file;
+        let bytes: &[u8] = (*owner).as_ref();
+        let Ok(elf) = object::File::parse(bytes) else {
             return;
         };
         let section = |n: &str| {
             elf.section_by_name(n).and_then(|s| {
-                let data = s.data().ok()?.to_vec();
+                let (offset, size) = s.file_range()?;
+                let range = usize::try_from(offset).ok()?..usize::try_from(offset + size).ok()?;
+                bytes.get(range.clone())?;
+                let data = Section {
+                    owner: owner.clone(),
+                    range,
+                };
                 Some((s.address()..s.address() + s.size(), data))
             })
         };
@@ -94,11 +130,14 @@ impl UnwindInfo {
             return;
         }
         let hdr = section(".eh_frame_hdr");
-        let text = section(".text");
+        // `.text`'s address only (for text-relative pointer encodings): framehop reads code
+        // bytes for Mach-O compact unwind info alone.
+        let text = elf
+            .section_by_name(".text")
+            .map(|s| s.address()..s.address() + s.size());
         let info = ExplicitModuleSectionInfo {
             base_svma: 0,
-            text_svma: text.as_ref().map(|t| t.0.clone()),
-            text: text.map(|t| t.1),
+            text_svma: text,
             eh_frame_svma: eh_frame.as_ref().map(|t| t.0.clone()),
             eh_frame: eh_frame.map(|t| t.1),
             eh_frame_hdr_svma: hdr.as_ref().map(|t| t.0.clone()),
@@ -133,7 +172,7 @@ impl UnwindInfo {
         };
         let before = self.ranges.len();
         let bias = start.wrapping_sub(lowest & !(crate::maps::PAGE_SIZE - 1));
-        self.add_elf("[vdso]", &image, bias, start..end);
+        self.add_elf("[vdso]", std::sync::Arc::new(image), bias, start..end);
         self.ranges.len() > before
     }
 
@@ -150,6 +189,10 @@ impl UnwindInfo {
         // be near the code (a base of 0 truncates them, every lookup misses, and framehop
         // falls back to frame pointers). Addresses are the same in both spaces here.
         let base = code.start.min(eh_frame_addr);
+        let eh_frame = Section {
+            range: 0..eh_frame.len(),
+            owner: std::sync::Arc::new(eh_frame),
+        };
         let info = ExplicitModuleSectionInfo {
             base_svma: base,
             eh_frame_svma: Some(eh_frame_addr..eh_frame_addr + len),
