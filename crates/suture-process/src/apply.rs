@@ -1960,8 +1960,15 @@ pub fn revert_timed(pid: Pid, patch_id: &str, timeout: Duration) -> Result<Rever
         .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let busy = region_code(&maps, &p);
     // A revert always looks for suspended frames in the patch: "reverted" while a coroutine
-    // is parked in patch code would be untrue.
-    let sites = ReturnSites::read(&mem, &busy);
+    // is parked in patch code would be untrue. The commit routine's own pages are left out of
+    // that search (not of the threads' check): the routine makes no calls, so no return
+    // address can point into it, but bytes of its addresses that look like a call made the
+    // stop read all writable memory on some reverts and not others, by where things lay.
+    let routine = p
+        .header
+        .commit_pages
+        .map(|_| code_page..code_page + (commit.code.len() as u64).div_ceil(PAGE) * PAGE);
+    let sites = ReturnSites::read_except(&mem, &busy, routine.as_slice());
     // Unwind exactly through the program's files and every live patch's code (the scan of
     // every stack word remains the fallback when an unwind is incomplete).
     let loaded = load_objects(pid, &maps, None, None)?;

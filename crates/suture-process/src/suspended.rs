@@ -77,17 +77,32 @@ impl ReturnSites {
     /// Reads the code of `busy` from the target (while it runs: the code is not changing) and
     /// finds the return address of every call in it.
     pub fn read(mem: &ProcessMemory, busy: &[BusyRange]) -> ReturnSites {
+        ReturnSites::read_except(mem, busy, &[])
+    }
+
+    /// [`read`](ReturnSites::read) of `busy` less the ranges of `callless`: code known to
+    /// make no calls (suture's own routines), where bytes that look like a call are not one.
+    pub fn read_except(
+        mem: &ProcessMemory,
+        busy: &[BusyRange],
+        callless: &[Range<u64>],
+    ) -> ReturnSites {
         let mut sites = Vec::new();
-        for (i, b) in busy.iter().enumerate() {
+        let pieces = busy.iter().enumerate().flat_map(|(i, b)| {
+            without(b.range.clone(), callless)
+                .into_iter()
+                .map(move |r| (i, r))
+        });
+        for (i, range) in pieces {
             // A call that ends inside the range may start up to 15 bytes before it.
-            let lead = 15.min(b.range.start);
-            let from = b.range.start - lead;
-            let len = (b.range.end - from) as usize;
+            let lead = 15.min(range.start);
+            let from = range.start - lead;
+            let len = (range.end - from) as usize;
             let code = match mem.read_vec(RemoteAddr(from), len) {
                 Ok(code) => code,
                 Err(_) => {
                     // Unreadable code: every position counts (the conservative answer).
-                    sites.extend((b.range.start + 1..=b.range.end).map(|a| (a, i)));
+                    sites.extend((range.start + 1..=range.end).map(|a| (a, i)));
                     continue;
                 }
             };
