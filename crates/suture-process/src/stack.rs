@@ -130,6 +130,15 @@ impl UnwindInfo {
             return;
         }
         let hdr = section(".eh_frame_hdr");
+        // Fault the unwind sections' pages in now, while the target runs: the first unwind
+        // reads them inside the stop.
+        for (_, data) in eh_frame.iter().chain(hdr.iter()) {
+            let sum = data
+                .iter()
+                .step_by(crate::maps::PAGE_SIZE as usize)
+                .fold(0u8, |a, b| a ^ b);
+            std::hint::black_box(sum);
+        }
         // `.text`'s address only (for text-relative pointer encodings): framehop reads code
         // bytes for Mach-O compact unwind info alone.
         let text = elf
