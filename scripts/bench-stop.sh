@@ -74,17 +74,24 @@ for spec in sys.argv[5:]:
 funcs = 1 if os.path.basename(d) == "one" else 101
 ops = []  # (design, op, t0, t1, json)
 probe = open(f"{d}/gaps.{extra}")
+partial = ""
 def shows(want, since):
     """Waits (up to 2 s) for the probe's line saying version() returns `want` now: every
     apply must show v=2 and every revert v=1 (the probe prints a line whenever version()
     changes; a probe whose call the compiler hoisted out of its loop never would). Waiting
     also keeps the next operation from starting before the probe ran again."""
+    global partial
     limit = time.monotonic() + 2
     while time.monotonic() < limit:
         line = probe.readline()
         if not line:
             time.sleep(0.0005)
             continue
+        # A line the probe has not finished writing comes back in pieces.
+        partial += line
+        if not partial.endswith("\n"):
+            continue
+        line, partial = partial, ""
         f = line.split()
         if f and f[0] == "GAP" and f[3] == want and int(f[1]) >= since:
             return True

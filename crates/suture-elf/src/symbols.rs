@@ -2,6 +2,11 @@
 
 use std::collections::HashMap;
 
+/// The maps of symbol names: apply parses every mapped library's tables (thousands of names in
+/// libc) on each call, and std's SipHash was the largest part of that; foldhash is seeded per
+/// process as well.
+pub type SymbolMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use object::elf;
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, Rela, SectionHeader, Sym as _};
 use object::{LittleEndian as LE, Object as _, ObjectSymbol, SymbolKind};
@@ -26,9 +31,9 @@ pub struct ElfSymbols {
     /// Link-time virtual address of the first `PT_LOAD` (page-aligned) and its file offset.
     pub first_load: (u64, u64),
     /// Defined global and weak symbols from `.symtab` and `.dynsym`.
-    pub globals: HashMap<String, Sym>,
+    pub globals: SymbolMap<String, Sym>,
     /// Defined local symbols from `.symtab`, keyed by (source file, name).
-    pub locals: HashMap<(String, String), Vec<Sym>>,
+    pub locals: SymbolMap<(String, String), Vec<Sym>>,
     /// `PT_TLS` size and alignment (for static TLS offsets of the executable).
     pub tls: Option<(u64, u64)>,
     /// True when the file has a `.symtab` (it is not stripped).
@@ -127,6 +132,9 @@ impl ElfSymbols {
             }
         }
         out.first_load = first.unwrap_or((0, 0));
+        // Sized once: growing the maps symbol by symbol rehashed them a dozen times.
+        out.globals
+            .reserve(file.symbols().count() + file.dynamic_symbols().count());
         let mut file_name = String::new();
         for s in file.symbols() {
             out.has_symtab = true;

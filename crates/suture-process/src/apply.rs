@@ -494,7 +494,12 @@ fn original_difference(
 /// The mapped ELF files of a process: the patched object first, then the others in map order.
 struct Loaded {
     mapped: Vec<Mapped>,
-    files: Vec<(String, crate::sys::MappedFile, u64, std::ops::Range<u64>)>,
+    files: Vec<(
+        String,
+        std::sync::Arc<crate::sys::MappedFile>,
+        u64,
+        std::ops::Range<u64>,
+    )>,
     patched: usize,
 }
 
@@ -565,7 +570,7 @@ fn load_objects(
             bias,
             is_exec: *path == exe,
         });
-        files.push((name, bytes, bias, code));
+        files.push((name, std::sync::Arc::new(bytes), bias, code));
     }
     let Some(patched) = patched_at else {
         return Err(ApplyError::Target(
@@ -745,7 +750,7 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
     let mem = ProcessMemory::open(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     // The patch regions already in the target, read once: live ones (to replace, to unwind
     // through), retired ones (to reuse), leftovers of an interrupted apply (to reclaim).
-    let existing = status(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    let existing = status_in(pid, &maps, &mem);
     let replaced = match &opts.replace {
         Some(id) => {
             let p = latest_live(&existing, id, pid)?;
@@ -859,11 +864,7 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
     }
     let originals: Vec<(&ChangedFn, RemoteAddr)> =
         checked.iter().map(|(f, from)| (f, *from)).collect();
-    let mut unwind = UnwindInfo::default();
-    for (name, bytes, bias, code) in &loaded.files {
-        unwind.add_elf(name, bytes, *bias, code.clone());
-    }
-    add_live_patches(&mut unwind, &mem, &maps, &existing);
+    let mut unwind = unwind_info(&loaded, &mem, &maps, &existing);
     // On-stack replacement (crate::osr): the trampolines' size does not depend on where
     // anything is, so the pages are counted before the region is placed.
     let osr_len = crate::osr::Area::measure(&osr_functions(&originals, None))
@@ -1018,7 +1019,7 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
             }))
             .collect(),
         segments: if reused { Vec::new() } else { linked.segments },
-        shadow_stack: std::fs::read_to_string(crate::maps::live_proc_dir(pid).join("status"))
+        shadow_stack: crate::maps::read_proc_string(crate::maps::live_proc_dir(pid).join("status"))
             .map_or(true, |st| crate::retstub::shadow_stack_enabled(&st)),
         throws: crate::retstub::may_unwind_through(&loaded.mapped),
         sites: if opts.scan_suspended {
@@ -1770,8 +1771,10 @@ fn switch_loop(
                 })
                 .collect();
             // The mappings as they are now: a stack mapped since `prepare` must be read too.
-            let found = Maps::read(pid).and_then(|maps| {
-                crate::suspended::scan(pid, sp.mem(), &maps, &threads, sites, sw.busy, pre.as_ref())
+            let dir = crate::maps::live_proc_dir(pid);
+            let found = Maps::read_mappings(pid, &dir).and_then(|maps| {
+                let now = (dir.as_path(), &maps);
+                crate::suspended::scan(pid, sp.mem(), now, &threads, sites, sw.busy, pre.as_ref())
             });
             match found {
                 Err(e) => {
@@ -1919,7 +1922,7 @@ fn commit_in_target() -> bool {
 /// process does not catch (0 when it catches them all). Read before the stop; a handler
 /// installed in between only matters if suture also dies while the routine runs.
 pub(crate) fn marker_signal(pid: Pid) -> i32 {
-    let status = std::fs::read_to_string(crate::maps::live_proc_dir(pid).join("status"));
+    let status = crate::maps::read_proc_string(crate::maps::live_proc_dir(pid).join("status"));
     let caught = status.ok().and_then(|s| {
         s.lines()
             .find_map(|l| l.strip_prefix("SigCgt:"))
@@ -1936,7 +1939,8 @@ pub(crate) fn marker_signal(pid: Pid) -> i32 {
 
 /// The process's id in its own (innermost) PID namespace, from `NSpid:` of its status.
 pub(crate) fn namespace_pid(pid: Pid) -> Option<i32> {
-    let status = std::fs::read_to_string(crate::maps::live_proc_dir(pid).join("status")).ok()?;
+    let status =
+        crate::maps::read_proc_string(crate::maps::live_proc_dir(pid).join("status")).ok()?;
     let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
     line.split_whitespace().last()?.parse().ok()
 }
@@ -1986,6 +1990,11 @@ fn routine_thread(
 pub fn status(pid: Pid) -> Result<Vec<LivePatch>, crate::error::Error> {
     let maps = Maps::read(pid)?;
     let mem = ProcessMemory::open(pid)?;
+    Ok(status_in(pid, &maps, &mem))
+}
+
+/// [`status`] with the process's mappings and memory already at hand.
+fn status_in(pid: Pid, maps: &Maps, mem: &ProcessMemory) -> Vec<LivePatch> {
     let mut out = Vec::new();
     for m in maps.iter() {
         if !matches!(m.name, MapName::Anonymous) || !m.perms.read || m.perms.write || m.perms.exec {
@@ -2014,7 +2023,7 @@ pub fn status(pid: Pid) -> Result<Vec<LivePatch>, crate::error::Error> {
             Err(e) => tracing::warn!(pid = pid.0, base = m.start.0, %e, "unreadable suture header"),
         }
     }
-    Ok(out)
+    out
 }
 
 /// A retired (reverted) region of patch `patch_id`, of `size` bytes, where the patch links to
@@ -2098,6 +2107,38 @@ fn check_on_top(
         }
     }
     Ok(())
+}
+
+/// The unwind rules of everything a thread of the target can be running: its mapped ELF
+/// files, the vDSO and every live patch.
+fn unwind_info(
+    loaded: &Loaded,
+    mem: &ProcessMemory,
+    maps: &Maps,
+    patches: &[LivePatch],
+) -> UnwindInfo {
+    let mut unwind = UnwindInfo::default();
+    for (name, bytes, bias, code) in &loaded.files {
+        unwind.add_elf(name, bytes.clone(), *bias, code.clone());
+    }
+    if !unwind.add_vdso(mem, maps) {
+        tracing::debug!(
+            pid = mem.pid().0,
+            "no vDSO unwind rules: the scan covers it"
+        );
+    }
+    add_live_patches(&mut unwind, mem, maps, patches);
+    unwind
+}
+
+/// The unwind rules apply and revert use for the process `pid` (its files, vDSO and live
+/// patches), read while it runs: for tools and tests that check stacks themselves.
+pub fn process_unwind_info(pid: Pid) -> Result<UnwindInfo, ApplyError> {
+    let maps = Maps::read(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    let mem = ProcessMemory::open(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    let loaded = load_objects(pid, &maps, None, None)?;
+    let patches = status(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    Ok(unwind_info(&loaded, &mem, &maps, &patches))
 }
 
 /// Adds the unwind rules (`.eh_frame`, located by the header) of every live patch, so a thread
@@ -2197,22 +2238,37 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
 
 /// [`revert`], also saying how long the switch stopped the target.
 pub fn revert_timed(pid: Pid, patch_id: &str, timeout: Duration) -> Result<Reverted, ApplyError> {
-    let patches = status(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-    let p = latest_live(&patches, patch_id, pid)?;
     let maps = Maps::read(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let mem = ProcessMemory::open(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    let patches = status_in(pid, &maps, &mem);
+    let p = latest_live(&patches, patch_id, pid)?;
     check_on_top(&mem, &patches, &p)?;
-    let mut writes = Vec::new();
-    for r in &p.header.redirects {
-        let current = mem
-            .read_vec(RemoteAddr(r.from), r.saved.len())
-            .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-        writes.push(Write {
+    // The entries as they are now (one read for all of them).
+    let mut current: Vec<(RemoteAddr, Vec<u8>)> = p
+        .header
+        .redirects
+        .iter()
+        .map(|r| (RemoteAddr(r.from), vec![0; r.saved.len()]))
+        .collect();
+    let filled = mem.read_many(&mut current);
+    for ((addr, buf), ok) in current.iter_mut().zip(filled) {
+        if !ok {
+            // Read again for the error (it failed once already, in `read_many`).
+            mem.read(*addr, buf)
+                .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+        }
+    }
+    let writes: Vec<Write> = p
+        .header
+        .redirects
+        .iter()
+        .zip(current)
+        .map(|(r, (_, old))| Write {
             addr: r.from,
             new: r.saved.clone(),
-            old: current,
-        });
-    }
+            old,
+        })
+        .collect();
     // The routine goes in the region's own commit pages, as the header records them (older
     // headers: the last executable mapping of the region, then the next mapping).
     let (code_page, block_addr) = match p.header.commit_pages {
@@ -2259,19 +2315,22 @@ pub fn revert_timed(pid: Pid, patch_id: &str, timeout: Duration) -> Result<Rever
         .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let busy = region_code(&maps, &p);
     // A revert always looks for suspended frames in the patch: "reverted" while a coroutine
-    // is parked in patch code would be untrue.
-    let sites = ReturnSites::read(&mem, &busy);
+    // is parked in patch code would be untrue. The commit routine's own pages are left out of
+    // that search (not of the threads' check): the routine makes no calls, so no return
+    // address can point into it, but bytes of its addresses that look like a call made the
+    // stop read all writable memory on some reverts and not others, by where things lay.
+    let routine = p
+        .header
+        .commit_pages
+        .map(|_| code_page..code_page + (commit.code.len() as u64).div_ceil(PAGE) * PAGE);
+    let sites = ReturnSites::read_except(&mem, &busy, routine.as_slice());
     // Unwind exactly through the program's files and every live patch's code (the scan of
     // every stack word remains the fallback when an unwind is incomplete).
-    let mut unwind = UnwindInfo::default();
     let loaded = load_objects(pid, &maps, None, None)?;
-    for (name, bytes, bias, code) in &loaded.files {
-        unwind.add_elf(name, bytes, *bias, code.clone());
-    }
-    add_live_patches(&mut unwind, &mem, &maps, &patches);
+    let unwind = unwind_info(&loaded, &mem, &maps, &patches);
     let base = RemoteAddr(p.base);
     // The region's return stubs (regions from before they existed have none).
-    let shadow = std::fs::read_to_string(crate::maps::live_proc_dir(pid).join("status"))
+    let shadow = crate::maps::read_proc_string(crate::maps::live_proc_dir(pid).join("status"))
         .map_or(true, |st| crate::retstub::shadow_stack_enabled(&st));
     let no_stubs = if p.header.stubs.is_none() {
         Some("the patch region has none (made by an older suture)")

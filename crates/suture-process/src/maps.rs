@@ -25,6 +25,36 @@ pub const DEFAULT_STACK_RESERVE: u64 = 128 << 20;
 /// The stack guard gap the kernel enforces below a growing stack (`stack_guard_gap`, 256 pages).
 pub const STACK_GUARD_GAP: u64 = 256 * PAGE_SIZE;
 
+/// The whole of a `/proc` file, read with as few system calls as it takes (usually two): the
+/// kernel reports such files as empty, so `std::fs::read` starts with a 32-byte buffer and
+/// doubles it, one `read` per step, which costs ~10 calls on a maps file and counts inside a
+/// stop.
+pub(crate) fn read_proc(path: impl AsRef<Path>) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 16 << 10];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(2 * len, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// [`read_proc`] as text (`/proc` text files are ASCII apart from names).
+pub(crate) fn read_proc_string(path: impl AsRef<Path>) -> std::io::Result<String> {
+    String::from_utf8(read_proc(path)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// The `/proc` directory to read a process's memory-related files from: `/proc/PID`, or
 /// `/proc/PID/task/TID` of a live thread when the thread-group leader has exited while other
 /// threads run on (the leader's own `maps`, `mem`, `exe` and `root` are then empty or gone).
@@ -45,7 +75,7 @@ pub fn live_proc_dir(pid: Pid) -> PathBuf {
 }
 
 fn task_state(stat: &Path) -> Option<char> {
-    let text = std::fs::read_to_string(stat).ok()?;
+    let text = read_proc_string(stat).ok()?;
     text.get(text.rfind(')')? + 2..)?.chars().next()
 }
 
@@ -197,8 +227,25 @@ pub struct Maps {
 impl Maps {
     /// Read and parse `/proc/PID/maps` (plus the stack rlimit and `vm.mmap_min_addr`).
     pub fn read(pid: Pid) -> Result<Maps> {
-        let path = live_proc_dir(pid).join("maps");
-        let text = std::fs::read(&path).map_err(|source| {
+        let mut maps = Maps::read_mappings(pid, &live_proc_dir(pid))?;
+        if let Some(limit) = stack_rlimit(pid) {
+            maps.stack_reserve = maps.stack_reserve.max(limit);
+        }
+        if let Some(min) = read_proc_string("/proc/sys/vm/mmap_min_addr")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+        {
+            maps.min_addr = maps.min_addr.max(min);
+        }
+        Ok(maps)
+    }
+
+    /// Only the mappings of `dir/maps` (`dir` from [`live_proc_dir`]), without what placing
+    /// new mappings needs (the stack rlimit and `vm.mmap_min_addr`): for readers of the
+    /// mappings inside a stop.
+    pub fn read_mappings(pid: Pid, dir: &Path) -> Result<Maps> {
+        let path = dir.join("maps");
+        let text = read_proc(&path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
                 Error::NoSuchProcess { pid }
             } else if source.kind() == std::io::ErrorKind::PermissionDenied {
@@ -216,17 +263,7 @@ impl Maps {
                 }
             }
         })?;
-        let mut maps = Maps::parse_named(&text, &path.display().to_string())?;
-        if let Some(limit) = stack_rlimit(pid) {
-            maps.stack_reserve = maps.stack_reserve.max(limit);
-        }
-        if let Some(min) = std::fs::read_to_string("/proc/sys/vm/mmap_min_addr")
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-        {
-            maps.min_addr = maps.min_addr.max(min);
-        }
-        Ok(maps)
+        Maps::parse_named(&text, &path.display().to_string())
     }
 
     /// Parse the text of a maps file.
@@ -364,7 +401,7 @@ fn align_down(v: u64, align: u64) -> u64 {
 
 /// The soft stack rlimit of `pid` from `/proc/PID/limits` (`None` when unlimited or unknown).
 fn stack_rlimit(pid: Pid) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{}/limits", pid.0)).ok()?;
+    let text = read_proc_string(format!("/proc/{}/limits", pid.0)).ok()?;
     let line = text.lines().find(|l| l.starts_with("Max stack size"))?;
     let soft = line["Max stack size".len()..].split_whitespace().next()?;
     soft.parse().ok()

@@ -183,7 +183,7 @@ pub fn under_seccomp_filter(pid: crate::ids::Pid) -> bool {
         return true;
     };
     tasks.flatten().any(|t| {
-        std::fs::read_to_string(t.path().join("status")).map_or(true, |st| {
+        crate::maps::read_proc_string(t.path().join("status")).map_or(true, |st| {
             st.lines()
                 .any(|l| l.strip_prefix("Seccomp:").is_some_and(|v| v.trim() != "0"))
         })

@@ -545,7 +545,8 @@ pub fn check(threads: &[(Tid, Vec<Program>)], calls: &[Injected]) -> Option<Forb
 /// binds only its thread (and the threads it creates later), so the leader's mode says
 /// nothing about the others.
 fn thread_mode(pid: Pid, tid: Tid) -> Option<u32> {
-    let text = std::fs::read_to_string(format!("/proc/{}/task/{}/status", pid.0, tid.0)).ok()?;
+    let text =
+        crate::maps::read_proc_string(format!("/proc/{}/task/{}/status", pid.0, tid.0)).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("Seccomp:"))
         .and_then(|v| v.trim().parse().ok())

@@ -2,7 +2,8 @@
 //! about to be replaced?
 //!
 //! Each thread's stack is read in one bulk copy ([`StackSnapshot`]) and unwound with the
-//! `.eh_frame` of the mapped objects and of live patch regions. When unwinding cannot reach the
+//! `.eh_frame` of the mapped objects, of the vDSO (read from the target's memory: a thread
+//! stopped in `clock_gettime` is inside it) and of live patch regions. When unwinding cannot reach the
 //! end of the stack (missing unwind info, hand-written assembly), the check falls back to a
 //! conservative scan: any word of the stack that points into a busy function counts as a frame.
 //! A false "busy" only delays the patch; a false "clear" could break the target, so every doubt
@@ -61,10 +62,34 @@ pub enum Finding {
     },
 }
 
+/// Bytes of a section, shared with the file (or buffer) they are part of: unwind rules are
+/// used where they lie, in the mapped file, not copied out of it.
+#[derive(Clone)]
+pub struct Section {
+    owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>,
+    range: Range<usize>,
+}
+
+impl Default for Section {
+    fn default() -> Section {
+        Section {
+            owner: std::sync::Arc::new(Vec::new()),
+            range: 0..0,
+        }
+    }
+}
+
+impl std::ops::Deref for Section {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &(*self.owner).as_ref()[self.range.clone()]
+    }
+}
+
 /// Unwind information of the objects in one target.
 #[derive(Default)]
 pub struct UnwindInfo {
-    unwinder: UnwinderX86_64<Vec<u8>>,
+    unwinder: UnwinderX86_64<Section>,
     /// Code ranges that have unwind information. A frame outside them means framehop fell
     /// back to frame pointers, which -O2 code does not keep: such an unwind is not trusted.
     ranges: Vec<Range<u64>>,
@@ -83,14 +108,26 @@ const MAX_FRAMES: usize = 1024;
 
 impl UnwindInfo {
     /// Adds an ELF file mapped with load `bias`, whose executable code occupies `code`.
-    /// Files without `.eh_frame` are skipped (the conservative scan covers them).
-    pub fn add_elf(&mut self, name: &str, file: &[u8], bias: u64, code: Range<u64>) {
-        let Ok(elf) = object::File::parse(file) else {
+    /// Files without `.eh_frame` are skipped (the conservative scan covers them). The unwind
+    /// sections stay in `file`, which is kept alive as long as this value.
+    pub fn add_elf<F>(&mut self, name: &str, file: std::sync::Arc<F>, bias: u64, code: Range<u64>)
+    where
+        F: AsRef<[u8]> + Send + Sync + 'static,
+    {
+        let owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync> = file;
+        let bytes: &[u8] = (*owner).as_ref();
+        let Ok(elf) = object::File::parse(bytes) else {
             return;
         };
         let section = |n: &str| {
             elf.section_by_name(n).and_then(|s| {
-                let data = s.data().ok()?.to_vec();
+                let (offset, size) = s.file_range()?;
+                let range = usize::try_from(offset).ok()?..usize::try_from(offset + size).ok()?;
+                bytes.get(range.clone())?;
+                let data = Section {
+                    owner: owner.clone(),
+                    range,
+                };
                 Some((s.address()..s.address() + s.size(), data))
             })
         };
@@ -99,11 +136,23 @@ impl UnwindInfo {
             return;
         }
         let hdr = section(".eh_frame_hdr");
-        let text = section(".text");
+        // Fault the unwind sections' pages in now, while the target runs: the first unwind
+        // reads them inside the stop.
+        for (_, data) in eh_frame.iter().chain(hdr.iter()) {
+            let sum = data
+                .iter()
+                .step_by(crate::maps::PAGE_SIZE as usize)
+                .fold(0u8, |a, b| a ^ b);
+            std::hint::black_box(sum);
+        }
+        // `.text`'s address only (for text-relative pointer encodings): framehop reads code
+        // bytes for Mach-O compact unwind info alone.
+        let text = elf
+            .section_by_name(".text")
+            .map(|s| s.address()..s.address() + s.size());
         let info = ExplicitModuleSectionInfo {
             base_svma: 0,
-            text_svma: text.as_ref().map(|t| t.0.clone()),
-            text: text.map(|t| t.1),
+            text_svma: text,
             eh_frame_svma: eh_frame.as_ref().map(|t| t.0.clone()),
             eh_frame: eh_frame.map(|t| t.1),
             eh_frame_hdr_svma: hdr.as_ref().map(|t| t.0.clone()),
@@ -113,6 +162,33 @@ impl UnwindInfo {
         self.ranges.push(code.clone());
         self.unwinder
             .add_module(Module::new(name.to_string(), code, bias, info));
+    }
+
+    /// Adds the target's vDSO, read from its memory (the kernel maps it; no file holds it):
+    /// a thread stopped inside `clock_gettime` or `gettimeofday` is then unwound exactly
+    /// through the vDSO's own `.eh_frame` instead of falling back to the conservative scan.
+    /// Returns whether unwind rules were added (no vDSO, an unreadable one or one without
+    /// `.eh_frame` leaves the scan as the fallback).
+    pub fn add_vdso(&mut self, mem: &crate::mem::ProcessMemory, maps: &crate::maps::Maps) -> bool {
+        use object::{Object as _, ObjectSegment as _};
+        let Some(vdso) = maps.vdso() else {
+            return false;
+        };
+        let (start, end) = (vdso.start.0, vdso.end.0);
+        let Ok(image) = mem.read_vec(vdso.start, (end - start) as usize) else {
+            return false;
+        };
+        // The image is linked at 0 on x86-64 (its lowest `PT_LOAD` address, in general).
+        let Some(lowest) = object::File::parse(&image[..])
+            .ok()
+            .and_then(|elf| elf.segments().map(|s| s.address()).min())
+        else {
+            return false;
+        };
+        let before = self.ranges.len();
+        let bias = start.wrapping_sub(lowest & !(crate::maps::PAGE_SIZE - 1));
+        self.add_elf("[vdso]", std::sync::Arc::new(image), bias, start..end);
+        self.ranges.len() > before
     }
 
     /// Adds a live patch region whose linked `.eh_frame` bytes sit at `eh_frame_addr`.
@@ -128,6 +204,10 @@ impl UnwindInfo {
         // be near the code (a base of 0 truncates them, every lookup misses, and framehop
         // falls back to frame pointers). Addresses are the same in both spaces here.
         let base = code.start.min(eh_frame_addr);
+        let eh_frame = Section {
+            range: 0..eh_frame.len(),
+            owner: std::sync::Arc::new(eh_frame),
+        };
         let info = ExplicitModuleSectionInfo {
             base_svma: base,
             eh_frame_svma: Some(eh_frame_addr..eh_frame_addr + len),

@@ -919,7 +919,7 @@ fn process_gone(pid: Pid) -> bool {
 
 /// Whether a thread is running or runnable (`R` in its `stat`), as opposed to blocked.
 fn task_running(pid: Pid, tid: Tid) -> bool {
-    let Ok(stat) = std::fs::read_to_string(task_path(pid, tid, "stat")) else {
+    let Ok(stat) = crate::maps::read_proc_string(task_path(pid, tid, "stat")) else {
         return false;
     };
     // "TID (COMM) STATE ...": COMM may contain spaces and parentheses; the last ')' ends it.
@@ -956,7 +956,7 @@ pub(crate) struct Status {
 }
 
 fn read_status(path: &std::path::Path) -> std::io::Result<Status> {
-    Ok(parse_status(&std::fs::read_to_string(path)?))
+    Ok(parse_status(&crate::maps::read_proc_string(path)?))
 }
 
 fn parse_status(text: &str) -> Status {

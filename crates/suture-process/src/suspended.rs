@@ -63,6 +63,8 @@ const PAGE: u64 = 4096;
 const RED_ZONE: u64 = 128;
 /// Largest single read of target memory.
 const CHUNK: u64 = 1 << 20;
+/// Bytes the stop's scan reads with one `process_vm_readv` (several pieces at once).
+const BATCH: u64 = 8 << 20;
 
 /// Every address right after a call instruction inside the busy ranges (sorted), with the
 /// index of its range.
@@ -75,25 +77,40 @@ impl ReturnSites {
     /// Reads the code of `busy` from the target (while it runs: the code is not changing) and
     /// finds the return address of every call in it.
     pub fn read(mem: &ProcessMemory, busy: &[BusyRange]) -> ReturnSites {
+        ReturnSites::read_except(mem, busy, &[])
+    }
+
+    /// [`read`](ReturnSites::read) of `busy` less the ranges of `callless`: code known to
+    /// make no calls (suture's own routines), where bytes that look like a call are not one.
+    pub fn read_except(
+        mem: &ProcessMemory,
+        busy: &[BusyRange],
+        callless: &[Range<u64>],
+    ) -> ReturnSites {
         let mut sites = Vec::new();
-        for (i, b) in busy.iter().enumerate() {
+        let pieces = busy.iter().enumerate().flat_map(|(i, b)| {
+            without(b.range.clone(), callless)
+                .into_iter()
+                .map(move |r| (i, r))
+        });
+        for (i, range) in pieces {
             // A call that ends inside the range may start up to 15 bytes before it.
-            let lead = 15.min(b.range.start);
-            let from = b.range.start - lead;
-            let len = (b.range.end - from) as usize;
+            let lead = 15.min(range.start);
+            let from = range.start - lead;
+            let len = (range.end - from) as usize;
             let code = match mem.read_vec(RemoteAddr(from), len) {
                 Ok(code) => code,
                 Err(_) => {
                     // Unreadable code: every position counts (the conservative answer).
-                    sites.extend((b.range.start + 1..=b.range.end).map(|a| (a, i)));
+                    sites.extend((range.start + 1..=range.end).map(|a| (a, i)));
                     continue;
                 }
             };
-            for end in lead as usize + 1..=len {
-                if call_ends_at(&code, end) {
-                    sites.push((from + end as u64, i));
-                }
-            }
+            sites.extend(
+                call_ends(&code)
+                    .filter(|&end| end > lead as usize)
+                    .map(|end| (from + end as u64, i)),
+            );
         }
         sites.sort_unstable();
         sites.dedup_by_key(|s| s.0);
@@ -145,6 +162,17 @@ impl ReturnSites {
 pub fn call_ends_at(code: &[u8], end: usize) -> bool {
     (end.saturating_sub(15)..end.saturating_sub(1))
         .any(|start| call_length(&code[start..end]).is_some_and(|n| start + n == end))
+}
+
+/// Every position of `code` where a call instruction ends (the set of `end`s for which
+/// [`call_ends_at`] holds), in one pass over the possible starts: the length of a call at a
+/// start depends only on its own bytes, so each start is decoded once, not once for each of
+/// the 14 ends it could reach.
+fn call_ends(code: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    (0..code.len()).filter_map(move |start| {
+        let n = call_length(&code[start..code.len().min(start + 15)])?;
+        (start + n <= code.len()).then_some(start + n)
+    })
 }
 
 /// The length of the call instruction at the start of `b`, if it is one.
@@ -326,7 +354,7 @@ fn read_runs(
 pub fn scan(
     pid: Pid,
     mem: &ProcessMemory,
-    maps: &Maps,
+    (proc_dir, maps): (&std::path::Path, &Maps),
     threads: &[ThreadStack],
     sites: &ReturnSites,
     busy: &[BusyRange],
@@ -336,15 +364,20 @@ pub fn scan(
     if sites.is_empty() {
         return Ok((None, stats));
     }
-    let pagemap_path = crate::maps::live_proc_dir(pid).join("pagemap");
+    let pagemap_path = proc_dir.join("pagemap");
     let pagemap =
         std::fs::File::open(&pagemap_path).map_err(|source| crate::error::Error::Proc {
             path: pagemap_path.clone(),
             source,
             state: crate::error::TargetState::Untouched,
         })?;
-    let mut buf = Vec::new();
-    let mut found = None;
+    let small: Vec<Range<u64>> = threads
+        .iter()
+        .flat_map(|t| t.small_frames.iter().cloned())
+        .collect();
+    // Every piece to read, with its mapping; read in batches of one `process_vm_readv` each
+    // (a few dozen pieces of a page or two are typical: one call instead of one per piece).
+    let mut pieces: Vec<(Range<u64>, &crate::maps::Mapping)> = Vec::new();
     for m in writable(maps) {
         let live = live_part(m.start.0..m.end.0, m.is_pseudo("stack"), threads);
         if live.is_empty() {
@@ -358,17 +391,43 @@ pub fn scan(
             }
             None => e & (PRESENT | SWAPPED) != 0,
         });
-        let small: Vec<Range<u64>> = threads
-            .iter()
-            .flat_map(|t| t.small_frames.iter().cloned())
-            .collect();
         for run in runs.into_iter().flat_map(|r| without(r, &small)) {
-            let stop = read_runs(mem, &run, &mut buf, &mut stats, |at, bytes| {
-                found = sites.find_in(at, bytes);
-                found.is_some()
-            });
-            if stop {
-                let (addr, value, i) = found.expect("a hit");
+            let mut at = run.start;
+            while at < run.end {
+                let end = run.end.min(at + CHUNK);
+                pieces.push((at..end, m));
+                at = end;
+            }
+        }
+    }
+    let mut bufs: Vec<(RemoteAddr, Vec<u8>)> = Vec::new();
+    let mut next = 0;
+    while next < pieces.len() {
+        // A batch: up to BATCH bytes (at least one piece), buffers reused across batches.
+        let mut total = 0;
+        let mut count = 0;
+        while next + count < pieces.len() && (count == 0 || total < BATCH) {
+            let r = &pieces[next + count].0;
+            total += r.end - r.start;
+            count += 1;
+        }
+        bufs.resize_with(count, || (RemoteAddr(0), Vec::new()));
+        for ((addr, buf), (r, _)) in bufs.iter_mut().zip(&pieces[next..next + count]) {
+            *addr = RemoteAddr(r.start);
+            buf.resize((r.end - r.start) as usize, 0);
+        }
+        let filled = mem.read_many(&mut bufs[..count]);
+        for (((addr, buf), ok), (_, m)) in bufs[..count]
+            .iter()
+            .zip(filled)
+            .zip(&pieces[next..next + count])
+        {
+            if !ok {
+                stats.unreadable_pages += (buf.len() as u64).div_ceil(PAGE);
+                continue;
+            }
+            stats.bytes += buf.len() as u64;
+            if let Some((at, value, i)) = sites.find_in(addr.0, buf) {
                 let mapping = m
                     .path()
                     .map(|p| p.display().to_string())
@@ -379,7 +438,7 @@ pub fn scan(
                 return Ok((
                     Some(SuspendedFrame {
                         name: busy[i].name.clone(),
-                        at: addr,
+                        at,
                         returns_to: value,
                         mapping,
                     }),
@@ -387,6 +446,7 @@ pub fn scan(
                 ));
             }
         }
+        next += count;
     }
     if stats.unreadable_pages > 0 {
         tracing::warn!(
@@ -529,6 +589,32 @@ mod tests {
             code.extend_from_slice(c);
             assert!(!call_ends_at(&code, code.len()), "{c:x?}");
         }
+    }
+
+    #[test]
+    fn one_pass_finds_the_same_call_ends_as_every_end_checked() {
+        // Bytes where calls and their prefixes are frequent, with calls overlapping.
+        let mut code = Vec::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let pick = [0xe8, 0xff, 0x41, 0x66, 0xf2, 0x15, 0x14, 0x24, 0x90, 0xd0];
+            code.push(if x % 3 == 0 {
+                (x >> 8) as u8
+            } else {
+                pick[(x >> 16) as usize % 10]
+            });
+        }
+        let every: Vec<usize> = (1..=code.len())
+            .filter(|&e| call_ends_at(&code, e))
+            .collect();
+        let mut once: Vec<usize> = call_ends(&code).collect();
+        once.sort_unstable();
+        once.dedup();
+        assert!(every.len() > 1000, "{}", every.len());
+        assert_eq!(once, every);
     }
 
     #[test]

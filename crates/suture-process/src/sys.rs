@@ -228,6 +228,12 @@ impl std::ops::Deref for MappedFile {
     }
 }
 
+impl AsRef<[u8]> for MappedFile {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
 impl Drop for MappedFile {
     fn drop(&mut self) {
         if self.len > 0 {

@@ -818,3 +818,106 @@ fn refuses_a_32_bit_process() {
     drop(p);
     let _ = std::fs::remove_file(&path);
 }
+
+// ---- the vDSO ------------------------------------------------------------------------------
+
+/// Threads stopped inside the vDSO (`clock_gettime`, `gettimeofday`) unwind exactly through
+/// the vDSO's own unwind rules, read from the target's memory: the function that called into
+/// the vDSO is found as a busy frame with its return slot (exact, not the conservative scan's
+/// guess), and a function that is not on the stack leaves the thread clear.
+#[test]
+fn threads_inside_the_vdso_unwind_exactly() {
+    use suture_process::stack::{BusyRange, Finding, StackSnapshot};
+    let exe = compile(
+        &programs().dir,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ptrace/vdso.c"),
+        "vdso",
+        &["-pthread"],
+    );
+    let proc = Proc::spawn(&mut Command::new(&exe)).unwrap();
+    proc.expect("ready");
+    let pid = proc.pid;
+    let maps = Maps::read(pid).unwrap();
+    let vdso = maps.vdso().expect("the target maps a vDSO");
+    let vdso = vdso.start.0..vdso.end.0;
+    // Function ranges from the executable's symbols, at its load address.
+    let bytes = std::fs::read(&exe).unwrap();
+    let syms = suture_elf::ElfSymbols::parse("vdso", &bytes).unwrap();
+    let first = maps
+        .iter()
+        .find(|m| m.path() == Some(exe.as_path()))
+        .expect("the executable is mapped");
+    let bias = syms.bias(first.start.0);
+    let range = |name: &str| {
+        let s = &syms.globals[name];
+        assert!(s.size > 0, "{name} has a size");
+        BusyRange {
+            range: bias + s.value..bias + s.value + s.size,
+            name: name.into(),
+        }
+    };
+    let unwind = suture_process::apply::process_unwind_info(pid).unwrap();
+
+    // Stop until each spinning thread has been caught inside the vDSO (it spends most of its
+    // time there; a stop that finds it in its own loop is simply retried).
+    let mut caught: BTreeMap<&str, (u64, u64, u64, StackSnapshot)> = BTreeMap::new();
+    let deadline = Instant::now() + PATIENCE;
+    while caught.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "threads never stopped inside the vDSO {vdso:x?}: caught {:?}",
+            caught.keys()
+        );
+        let sp = StoppedProcess::stop(pid).unwrap();
+        for (tid, r) in sp.all_regs().unwrap() {
+            if !vdso.contains(&r.rip) {
+                continue;
+            }
+            let which = if tid.0 == pid.0 {
+                "spin_clock"
+            } else {
+                "spin_gtod"
+            };
+            let end = maps
+                .find(RemoteAddr(r.rsp))
+                .map_or(r.rsp + 4096, |m| m.end.0);
+            let end = end.min(r.rsp + (256 << 10));
+            let stack = StackSnapshot {
+                base: r.rsp,
+                bytes: sp
+                    .mem()
+                    .read_vec(RemoteAddr(r.rsp), (end - r.rsp) as usize)
+                    .unwrap(),
+            };
+            caught.insert(which, (r.rip, r.rsp, r.rbp, stack));
+        }
+        sp.resume().unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for (which, (rip, rsp, rbp, stack)) in &caught {
+        let frames = unwind.frames(*rip, *rsp, *rbp, stack);
+        assert!(
+            frames.is_some(),
+            "{which}: the unwind from {rip:#x} in the vDSO is incomplete"
+        );
+        match unwind.check(*rip, *rsp, *rbp, stack, &[range(which)]) {
+            Finding::Busy {
+                name,
+                depth,
+                exact,
+                ret_slot,
+            } => {
+                assert_eq!(&name, which);
+                assert!(exact, "{which}: found by the scan, not by the unwind");
+                assert!(depth >= 1, "{which} is below the vDSO frame: depth {depth}");
+                assert!(ret_slot.is_some(), "{which}: no return slot");
+            }
+            Finding::Clear => panic!("{which} is on the stack below the vDSO"),
+        }
+        assert_eq!(
+            unwind.check(*rip, *rsp, *rbp, stack, &[range("not_on_stack")]),
+            Finding::Clear,
+            "{which}"
+        );
+    }
+}
