@@ -1021,6 +1021,25 @@ fn cmake_files_count_only_where_the_build_uses_cmake() {
     );
 }
 
+/// `suture apply BUNDLE --pid PID --json`, which must succeed: how many frames it moved.
+fn moved_frames_of_apply(bundle: &Path, pid: &str) -> usize {
+    let o = suture(&[
+        "apply",
+        bundle.to_str().unwrap(),
+        "--pid",
+        pid,
+        "--timeout",
+        T,
+        "--json",
+    ]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["processes"][0]["result"]["moved_frames"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v:#}"))
+        .len()
+}
+
 /// A fix inlined into a connection loop that never returns: the build says the function is
 /// usually on a stack and that its waiting frames can move; apply moves the waiting thread of
 /// an open connection to the fix and revert moves it back, through the CLI and a bundle.
@@ -1075,21 +1094,7 @@ fn a_loop_that_never_returns_is_reported_and_its_waiting_frames_move() {
     let mut ask = |what: &[u8]| client.ask(what);
     assert_eq!(ask(b"hello"), "v=1 served=1");
     let pid = server.pid();
-    let o = suture(&[
-        "apply",
-        bundle.to_str().unwrap(),
-        "--pid",
-        &pid,
-        "--timeout",
-        T,
-        "--json",
-    ]);
-    ok(&o);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let moved = v["processes"][0]["result"]["moved_frames"]
-        .as_array()
-        .unwrap();
-    assert_eq!(moved.len(), 1, "{v:#}");
+    assert_eq!(moved_frames_of_apply(&bundle, &pid), 1);
     assert_eq!(ask(b"hello"), "v=2 served=2");
     let o = suture(&[
         "revert",
@@ -1149,21 +1154,7 @@ fn a_loop_reading_another_units_global_moves_too() {
     lines.wait_for("v=1");
     let pid = child.id().to_string();
     let bundle = out.join("prog.suture");
-    let o = suture(&[
-        "apply",
-        bundle.to_str().unwrap(),
-        "--pid",
-        &pid,
-        "--timeout",
-        T,
-        "--json",
-    ]);
-    ok(&o);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let moved = v["processes"][0]["result"]["moved_frames"]
-        .as_array()
-        .unwrap();
-    assert_eq!(moved.len(), 1, "{v:#}");
+    assert_eq!(moved_frames_of_apply(&bundle, &pid), 1);
     stdin.write_all(b"hello\n").unwrap();
     lines.wait_for("v=2");
 }
