@@ -477,7 +477,7 @@ fn check(
     };
     let vsrc = at(src, &values.0, from);
     let vdst = at(dst, &values.1, to);
-    let (src_esc, dst_esc) = (src.escaped(), dst.escaped());
+    let (src_esc, dst_esc) = (&src.escaped, &dst.escaped);
     let (Some(rs), Some(rd)) = (src.row(src.unit, from), dst.row(dst.unit, to)) else {
         return Err("no unwind information (.eh_frame) at the call".into());
     };
@@ -783,6 +783,8 @@ struct Side<'x, 'o, 'a> {
     index: HashMap<(UnitId, u64), usize>,
     rows: HashMap<UnitId, Vec<Row>>,
     debug: Option<&'x FnVars>,
+    /// Frame ranges pointers may reach ([`Side::compute_escaped`]), once per function.
+    escaped: Escaped,
 }
 
 impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
@@ -798,8 +800,10 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
             index: HashMap::new(),
             rows: HashMap::new(),
             debug: vars,
+            escaped: Escaped(Vec::new()),
         };
         side.decode();
+        side.escaped = side.compute_escaped();
         side
     }
 
@@ -1011,7 +1015,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
             regs,
             slots: Default::default(),
         });
-        let floor = self.escaped();
+        let floor = &self.escaped;
         let mut factory = InstructionInfoFactory::new();
         let mut work = vec![entry];
         while let Some(i) = work.pop() {
@@ -1019,7 +1023,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                 continue;
             };
             let ins = &self.code[i];
-            self.transfer(ins, &mut v, &floor, &mut factory);
+            self.transfer(ins, &mut v, floor, &mut factory);
             for &s in &ins.succ {
                 let merged = match &state[s] {
                     None => v.clone(),
@@ -1043,7 +1047,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
     /// variable DWARF places there, or to the CFA when no variable of known size starts there.
     /// Bytes outside them are the function's own spill slots and stack-protector canary,
     /// reached only by name.
-    fn escaped(&self) -> Escaped {
+    fn compute_escaped(&self) -> Escaped {
         use iced_x86::{Mnemonic, OpKind};
         let mut starts = BTreeSet::new();
         for ins in &self.code {
@@ -1553,7 +1557,7 @@ impl VState {
     }
 }
 
-/// Frame ranges pointers may reach (see [`Side::escaped`]).
+/// Frame ranges pointers may reach (see [`Side::compute_escaped`]).
 struct Escaped(Vec<(i64, i64)>);
 
 impl Escaped {
