@@ -905,6 +905,7 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
         replace: None,
         scan_suspended: true,
         move_frames: true,
+        transition: None,
     };
     for ((index, s), b) in selected.iter().zip(&bundles) {
         // One apply per patch replaced (none, or one of `replaces`), each over its processes.

@@ -56,6 +56,12 @@ pub enum Outcome {
     RolledBack,
     /// The target died during the operation (killed, or it exited by itself).
     Exited,
+    /// The patch went live and was reverted again: every thread runs the original code (a
+    /// per-thread transition that did not complete in time).
+    Reverted,
+    /// A per-thread transition goes on: the threads it lists run the old code, every other
+    /// thread the new code (its revert failed after a timeout).
+    InTransition,
 }
 
 #[derive(Debug, Error)]
@@ -101,6 +107,16 @@ pub enum ApplyError {
     },
     #[error("{0} ({outcome})", outcome = outcome_word(*.1))]
     Target(String, Outcome),
+    /// A per-thread transition did not complete within its timeout, nor could on-stack
+    /// replacement move the frames left in old code.
+    #[error("the transition did not complete in {:.2} s: {} still ran old code ({}){}; {outcome}", .waited.as_secs_f64(), if .threads.len() == 1 { "1 thread".to_string() } else { format!("{} threads", .threads.len()) }, .threads.iter().map(|(t, f)| format!("thread {t} in {f}")).collect::<Vec<_>>().join(", "), .revert_failed.as_ref().map(|e| format!("; reverting failed: {e}")).unwrap_or_default(), outcome = outcome_word(*.outcome))]
+    Transition {
+        /// The threads left on old code, and the replaced function each was in.
+        threads: Vec<(i32, String)>,
+        waited: Duration,
+        revert_failed: Option<String>,
+        outcome: Outcome,
+    },
     /// Applying a patch whose id is live already would stack a second copy, and a later
     /// revert would take off one copy while the fix still runs.
     #[error("patch {patch_id:?} is already live in process {pid} (target untouched); revert it first, or apply with --replace {patch_id} to swap in this version")]
@@ -133,6 +149,11 @@ fn outcome_word(o: Outcome) -> &'static str {
         Outcome::Untouched => "target untouched",
         Outcome::RolledBack => "target rolled back to its original code",
         Outcome::Exited => "target exited",
+        Outcome::Reverted => "the patch was reverted: the target runs its original code",
+        Outcome::InTransition => {
+            "the transition goes on: the threads listed run the old code, every other thread \
+             the new code; `suture revert` ends it"
+        }
     }
 }
 
@@ -160,6 +181,7 @@ impl ApplyError {
             ApplyError::Process { outcome, .. }
             | ApplyError::Busy { outcome, .. }
             | ApplyError::Suspended { outcome, .. }
+            | ApplyError::Transition { outcome, .. }
             | ApplyError::Target(_, outcome) => *outcome,
         }
     }
@@ -271,6 +293,11 @@ pub struct ApplyOptions {
     /// Move frames waiting in calls from replaced functions to the patched code where the
     /// patch maps their call sites ([`crate::osr`]). On by default.
     pub move_frames: bool,
+    /// Switch at once with a per-thread transition ([`crate::transition`]): threads inside a
+    /// replaced function keep running the old versions until they leave them; this is how long
+    /// that may take before on-stack replacement moves them or the patch is reverted. `None`:
+    /// a plain switch, which waits (up to `timeout`) until no thread is inside.
+    pub transition: Option<Duration>,
 }
 
 impl Default for ApplyOptions {
@@ -285,6 +312,7 @@ impl Default for ApplyOptions {
             scan_suspended: true,
             catch_returns: true,
             move_frames: true,
+            transition: None,
         }
     }
 }
@@ -310,6 +338,26 @@ pub struct Applied {
     pub moved_frames: Vec<MovedFrame>,
     /// The id of the patch this one replaced, if any.
     pub replaced: Option<String>,
+    /// How the per-thread transition went (`--transition`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transition: Option<TransitionReport>,
+}
+
+/// The course of a per-thread transition ([`crate::transition`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TransitionReport {
+    /// The threads that were inside a replaced function at the switch and went on in the old
+    /// code.
+    pub old_threads: Vec<i32>,
+    /// How it completed: every old-state thread left the replaced functions (`returned`), or
+    /// the last ones were moved to the new code by on-stack replacement (`moved`).
+    pub completed: &'static str,
+    /// From the switch to completion.
+    pub duration_ms: u64,
+    /// Stops made to check the old-state threads.
+    pub checks: u32,
+    /// Frames moved at the end (on-stack replacement).
+    pub moved_frames: Vec<MovedFrame>,
 }
 
 /// A frame that waited in a call from a replaced function and was moved to the other version
@@ -377,6 +425,10 @@ pub struct LivePatch {
     #[serde(serialize_with = "crate::hexjson::addr")]
     pub base: u64,
     pub header: Header,
+    /// A live patch's unfinished per-thread transition ([`crate::transition`]): the threads
+    /// that still run the old code (empty when there is none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub old_threads: Vec<crate::transition::Slot>,
 }
 
 #[derive(Clone)]
@@ -738,6 +790,20 @@ struct Prepared {
     replaced: Option<LivePatch>,
     /// Regions an interrupted apply left behind (never switched, so nothing points into them).
     leftovers: Vec<(RemoteAddr, u64)>,
+    /// The per-thread transition's table and dispatchers (`--transition`).
+    transition: Option<Transition>,
+}
+
+/// What a per-thread transition needs at and after the switch.
+struct Transition {
+    table: RemoteAddr,
+    dispatchers: (RemoteAddr, Vec<u8>),
+    /// The bytes of every replaced entry the jump overwrites, less its first, and the
+    /// function's name: no thread may be there at the switch (its next instruction would be
+    /// half a jump), nor hold an address there.
+    entries: Vec<(std::ops::Range<u64>, String)>,
+    /// How long the old-state threads may take.
+    timeout: Duration,
 }
 
 /// Step 1 of [`apply`]: everything that can be done while the target runs.
@@ -759,6 +825,26 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
         }
         None => None,
     };
+    // A patch still in its per-thread transition: its old-state threads call the old versions
+    // of its functions, and a patch over them would mix versions.
+    if let Some(t) = existing.iter().find(|p| !p.old_threads.is_empty()) {
+        return Err(ApplyError::Target(
+            format!(
+                "patch {:?} is still in its per-thread transition ({} thread(s) run its old \
+                 code): wait until it completes, or revert it first",
+                t.header.patch_id,
+                t.old_threads.len()
+            ),
+            Outcome::Untouched,
+        ));
+    }
+    if opts.transition.is_some() && opts.replace.is_some() {
+        return Err(ApplyError::Patch(
+            "a per-thread transition cannot replace another live patch yet: revert it first, \
+             or apply without --transition"
+                .into(),
+        ));
+    }
     // The same id live already (and not the one being swapped out): a second copy.
     if opts.replace.as_deref() != Some(opts.patch_id.as_str())
         && latest_live(&existing, &opts.patch_id, pid).is_ok()
@@ -874,6 +960,36 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
     } else {
         0
     };
+    // The per-thread transition's dispatchers need each old function's running code.
+    let old_code: Vec<Vec<u8>> = match opts.transition {
+        None => Vec::new(),
+        Some(_) => originals
+            .iter()
+            .map(|(f, from)| mem.read_vec(*from, f.size.max(16) as usize))
+            .collect::<Result<_, _>>()
+            .map_err(|e| ApplyError::process(e, Outcome::Untouched))?,
+    };
+    let dispatch = |to: &dyn Fn(&ChangedFn) -> u64| -> Vec<crate::transition::Function> {
+        originals
+            .iter()
+            .zip(&old_code)
+            .map(|((f, from), code)| crate::transition::Function {
+                name: f.request.name(),
+                from: from.0,
+                to: to(f),
+                code,
+            })
+            .collect()
+    };
+    let transition_pages = match opts.transition {
+        None => 0,
+        Some(_) => {
+            let len = crate::transition::measure(&dispatch(&|_| 0)).map_err(|e| {
+                ApplyError::Patch(format!("cannot apply with a per-thread transition: {e}"))
+            })?;
+            1 + len.div_ceil(PAGE)
+        }
+    };
     let dummy = Commit::generate(
         0,
         0,
@@ -888,6 +1004,11 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
             originals.len()
                 + replaced.as_ref().map_or(0, |p| p.header.redirects.len() + 1)
                 + if osr_pages > 0 { OSR_FRAMES } else { 0 }
+                + if transition_pages > 0 {
+                    crate::transition::SLOTS
+                } else {
+                    0
+                }
         ],
         0,
         [0; 4],
@@ -897,7 +1018,8 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
     let block_pages = (dummy.block.len() as u64).div_ceil(PAGE).max(1);
     let plan_size = plan.region_size();
     // Then two pages of return stubs (crate::retstub), then the OSR pages.
-    let size = plan_size + (code_pages + block_pages + 2 + osr_pages) * PAGE;
+    // Then the transition's table page and dispatchers.
+    let size = plan_size + (code_pages + block_pages + 2 + osr_pages + transition_pages) * PAGE;
     let center = RemoteAddr(originals.iter().map(|(_, a)| a.0).min().unwrap_or(0));
     let (base, linked, reused) =
         match reusable(&mem, &plan, &resolver, &existing, &opts.patch_id, size)? {
@@ -923,9 +1045,46 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
         crate::osr::Area::default()
     };
     unwind.add_trampolines(&osr);
+    let transition_at = RemoteAddr(osr_addr.0 + osr_pages * PAGE);
+    let transition = match opts.transition {
+        None => None,
+        Some(timeout) => {
+            let code_at = transition_at.offset(PAGE);
+            let d = crate::transition::build(
+                code_at.0,
+                transition_at.0,
+                &dispatch(&|f| linked.symbols.get(&f.name).map_or(0, |a| a.0)),
+            )
+            .map_err(|e| {
+                ApplyError::Patch(format!("cannot apply with a per-thread transition: {e}"))
+            })?;
+            Some((
+                d.entries,
+                Transition {
+                    table: transition_at,
+                    dispatchers: (code_at, d.bytes),
+                    entries: originals
+                        .iter()
+                        .map(|(f, from)| (from.0 + 1..from.0 + 5, f.request.name().to_string()))
+                        .collect(),
+                    timeout,
+                },
+            ))
+        }
+    };
+    let (via, transition) = match transition {
+        Some((v, t)) => (Some(v), Some(t)),
+        None => (None, None),
+    };
 
-    let (writes, redirects, busy) =
-        redirect_writes(&mem, &maps, &originals, &linked, replaced.as_ref())?;
+    let (writes, redirects, busy) = redirect_writes(
+        &mem,
+        &maps,
+        &originals,
+        &linked,
+        via.as_deref(),
+        replaced.as_ref(),
+    )?;
     let header = Header {
         // A reused region stays "reverted" until the routine publishes "live": if suture dies
         // before, it must not look like a never-live leftover (those get unmapped).
@@ -954,6 +1113,13 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
                 u16::try_from((osr_addr.0 - base.0) / PAGE)
                     .ok()
                     .zip(u16::try_from(osr_pages).ok())
+            })
+            .flatten(),
+        transition: (transition_pages > 0)
+            .then(|| {
+                u16::try_from((transition_at.0 - base.0) / PAGE)
+                    .ok()
+                    .zip(u16::try_from(transition_pages).ok())
             })
             .flatten(),
     };
@@ -989,6 +1155,7 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
             code: (code_addr, code_pages * PAGE),
             stubs,
             osr: (osr_addr, osr_pages * PAGE),
+            transition: (transition_at, transition_pages * PAGE),
             reused,
         },
         osr,
@@ -1039,6 +1206,7 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
         redirects,
         replaced,
         leftovers,
+        transition,
     })
 }
 
@@ -1104,6 +1272,13 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         if !p.osr.is_empty() {
             mem.write(p.region.osr.0, &p.osr.bytes)?;
         }
+        // An empty table until the switch fills it; the dispatchers (identical bytes in a
+        // reused region, where nothing jumps to them any more).
+        if let Some(t) = &p.transition {
+            let empty = crate::transition::table(&[]).expect("an empty table fits");
+            mem.write(t.table, &empty)?;
+            mem.write(t.dispatchers.0, &t.dispatchers.1)?;
+        }
         Ok(())
     })();
     written.map_err(|e| fail(ApplyError::process(e, Outcome::Untouched)))?;
@@ -1132,6 +1307,7 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
             timeout: opts.timeout,
             failpoint: "apply:stopped",
             failpoint_armed: "apply:armed",
+            transition: p.transition.as_ref(),
         },
         // The replaced patch's region stays mapped, retired (see the module comment).
         |_| {},
@@ -1140,6 +1316,26 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
     retired.set(armed);
     let done = done.map_err(fail)?;
     tracing::info!(pid = pid.0, patch = %opts.patch_id, functions = p.redirects.len(), "patch applied");
+    let transition = match &p.transition {
+        None => None,
+        Some(t) => Some(drive(
+            pid,
+            &opts.patch_id,
+            t,
+            &Driven {
+                maps: &p.maps,
+                unwind: &p.unwind,
+                busy: &p.busy,
+                sites: opts.scan_suspended.then_some(&p.sites),
+                stubs: stubs_ok.then_some(p.region.stubs),
+                osr: (!p.osr.is_empty() && osr_off.is_none()).then_some(&p.osr),
+                code_addr: p.code_addr,
+                block_addr: p.block_addr,
+                state_addr: base.offset(Header::STATE_OFFSET),
+            },
+            &done.old,
+        )?),
+    };
     Ok(Applied {
         pid: pid.0,
         base: base.0,
@@ -1151,6 +1347,7 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
         caught_returns: done.caught,
         moved_frames: done.moved,
         replaced: p.replaced.map(|r| r.header.patch_id),
+        transition,
     })
 }
 
@@ -1164,15 +1361,20 @@ fn redirect_writes(
     maps: &Maps,
     originals: &[(&ChangedFn, RemoteAddr)],
     linked: &crate::link::Linked,
+    via: Option<&[u64]>,
     replaced: Option<&LivePatch>,
 ) -> Result<(Vec<Write>, Vec<Redirect>, Vec<BusyRange>), ApplyError> {
     let mut writes = Vec::new();
     let mut redirects = Vec::new();
     let mut busy = Vec::new();
-    for (f, from) in originals {
-        let to = *linked.symbols.get(&f.name).ok_or_else(|| {
+    for (i, (f, from)) in originals.iter().enumerate() {
+        let mut to = *linked.symbols.get(&f.name).ok_or_else(|| {
             ApplyError::Patch(format!("the patch object does not define {}", f.name))
         })?;
+        // A per-thread transition goes through the function's dispatcher.
+        if let Some(d) = via.and_then(|v| v.get(i)) {
+            to = RemoteAddr(*d);
+        }
         let mut new = jump(from.0, to.0)?;
         // At an 8-byte aligned entry (gcc aligns functions to 16), write 8 bytes: one aligned
         // store, so no thread can ever execute half a jump.
@@ -1253,6 +1455,9 @@ struct Region {
     stubs: StubArea,
     /// The on-stack replacement pages (read-execute; length 0 without).
     osr: (RemoteAddr, u64),
+    /// The transition's table page (read-only) and dispatchers (read-execute); length 0
+    /// without.
+    transition: (RemoteAddr, u64),
     /// The region is mapped already (a retired region of the same patch).
     reused: bool,
 }
@@ -1276,6 +1481,7 @@ fn map_region(
         code: (code_addr, code_len),
         stubs,
         osr: (osr_at, osr_len),
+        transition: (trans_at, trans_len),
         reused,
     } = *region;
     let mut sp =
@@ -1299,6 +1505,17 @@ fn map_region(
         c.push(Injected::mprotect(ip, stubs.slots, PAGE, 3));
         if osr_len > 0 {
             c.push(Injected::mmap(ip, osr_at.0, osr_len, 5, fixed, -1, 0));
+        }
+        if trans_len > PAGE {
+            c.push(Injected::mmap(
+                ip,
+                trans_at.0 + PAGE,
+                trans_len - PAGE,
+                5,
+                fixed,
+                -1,
+                0,
+            ));
         }
         c.push(Injected::munmap(ip, base.0, size));
         for &(at, len) in leftovers {
@@ -1349,6 +1566,17 @@ fn map_region(
             if osr_len > 0 {
                 rm.mmap(osr_at, osr_len, Prot::RX, fixed, -1, 0)?;
             }
+            // The table page stays read-only (suture writes it through /proc/PID/mem).
+            if trans_len > PAGE {
+                rm.mmap(
+                    trans_at.offset(PAGE),
+                    trans_len - PAGE,
+                    Prot::RX,
+                    fixed,
+                    -1,
+                    0,
+                )?;
+            }
             Ok(())
         })();
         if r.is_err() {
@@ -1395,6 +1623,9 @@ struct Switch<'a> {
     failpoint: &'static str,
     /// The failpoint right after return stubs were armed (the target resumed).
     failpoint_armed: &'static str,
+    /// Switch with a per-thread transition: threads inside `busy` become old-state threads
+    /// (written to the table in the stop) instead of holding the switch up.
+    transition: Option<&'a Transition>,
 }
 
 struct Switched {
@@ -1404,6 +1635,8 @@ struct Switched {
     caught: u32,
     phases: StopPhases,
     moved: Vec<MovedFrame>,
+    /// With a transition: the threads that went on in old code, and the function each was in.
+    old: Vec<(Tid, String)>,
 }
 
 /// Where the time of the switch's stop went, in microseconds, as suture saw it (the last,
@@ -1529,6 +1762,25 @@ impl Arms {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Lets every thread parked in a stub go on (in a stop), keeping the stubs not reached yet.
+    fn release_parked(&mut self, mem: &ProcessMemory) -> crate::error::Result<()> {
+        let Some(area) = self.area else {
+            return Ok(());
+        };
+        let slots = area.read_slots(mem)?;
+        self.sync(&slots);
+        let mut kept = Vec::new();
+        for a in self.armed.drain(..) {
+            if slots[a.slot].1 == crate::retstub::PARKED {
+                area.set_state(mem, a.slot, crate::retstub::RELEASE)?;
+            } else {
+                kept.push(a);
+            }
+        }
+        self.armed = kept;
+        Ok(())
     }
 
     /// The real return address behind an armed stub's entry (for unwinding through it).
@@ -1675,10 +1927,20 @@ fn switch_loop(
         let mut unmoved: Option<u64> = None;
         let stacks = snapshots(sp.mem(), sw.maps, &regs, STACK_CAP);
         phases.stacks_us = lap();
+        // With a transition: threads that go on in old code (tid, thread pointer, function).
+        let mut old: Vec<(Tid, u64, String)> = Vec::new();
         for ((tid, r), stack) in regs.iter().zip(&stacks) {
+            if let Some(name) = sw.transition.and_then(|t| t.inside_entry(r.rip, stack)) {
+                blocked.get_or_insert((name, *tid));
+                continue;
+            }
             if let Finding::Busy { name, ret_slot, .. } =
                 sw.unwind.check(r.rip, r.rsp, r.rbp, stack, sw.busy)
             {
+                if sw.transition.is_some() {
+                    old.push((*tid, r.fs_base, name));
+                    continue;
+                }
                 // Frames waiting in calls at mapped sites move instead (crate::osr).
                 let revert = sw.want == State::Reverted;
                 let movable = (sw.osr.is_some() || !sw.refusals.is_empty()).then(|| {
@@ -1754,28 +2016,16 @@ fn switch_loop(
         phases.check_us = lap();
         // (No return site in the replaced code: nothing can be suspended in it.)
         if let Some(sites) = sw.sites.filter(|s| !s.is_empty()) {
-            let threads: Vec<crate::suspended::ThreadStack> = regs
-                .iter()
-                .zip(&stacks)
-                .map(|((_, r), stack)| crate::suspended::ThreadStack {
-                    rsp: r.rsp,
-                    fs_base: r.fs_base,
-                    red_zone: !sw.stubs.is_some_and(|a| a.contains_code(r.rip)),
-                    small_frames: sw
-                        .unwind
-                        .frames(r.rip, r.rsp, r.rbp, stack)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|f| f.end - f.start < crate::suspended::MIN_STACK)
-                        .collect(),
-                })
-                .collect();
-            // The mappings as they are now: a stack mapped since `prepare` must be read too.
-            let dir = crate::maps::live_proc_dir(pid);
-            let found = Maps::read_mappings(pid, &dir).and_then(|maps| {
-                let now = (dir.as_path(), &maps);
-                crate::suspended::scan(pid, sp.mem(), now, &threads, sites, sw.busy, pre.as_ref())
-            });
+            let found = suspended_in(
+                &sp,
+                &regs,
+                &stacks,
+                sw.unwind,
+                sw.stubs,
+                (sites, sw.busy),
+                pre.as_ref(),
+                &[],
+            );
             match found {
                 Err(e) => {
                     let _ = sp.resume();
@@ -1802,6 +2052,13 @@ fn switch_loop(
                         "no suspended frame in busy code"
                     );
                 }
+            }
+        }
+        // The transition's old-state threads, in its table before the jumps go in.
+        if let Some(t) = sw.transition {
+            if let Err(why) = t.write_table(&sp, &regs, &old) {
+                let _ = sp.resume();
+                return Err(ApplyError::Target(why, Outcome::Untouched));
             }
         }
         // Moved frames: their return addresses join the switch's writes, so the commit
@@ -1904,7 +2161,392 @@ fn switch_loop(
                     to,
                 })
                 .collect(),
+            old: old.into_iter().map(|(tid, _, f)| (tid, f)).collect(),
         });
+    }
+}
+
+/// The suspended-frame scan ([`crate::suspended`]) of a stopped process for return addresses
+/// into `busy` outside every thread's live stack. The live stacks of the threads in `skip`
+/// (old-state threads of a transition, which may hold old frames) are not read.
+#[allow(clippy::too_many_arguments)]
+fn suspended_in(
+    sp: &StoppedProcess,
+    regs: &[(Tid, Registers)],
+    stacks: &[StackSnapshot],
+    unwind: &UnwindInfo,
+    stubs: Option<StubArea>,
+    (sites, busy): (&ReturnSites, &[BusyRange]),
+    pre: Option<&crate::suspended::PreScan>,
+    skip: &[Tid],
+) -> crate::error::Result<(Option<SuspendedFrame>, crate::suspended::ScanStats)> {
+    let pid = sp.pid();
+    let threads: Vec<crate::suspended::ThreadStack> = regs
+        .iter()
+        .zip(stacks)
+        .map(|((tid, r), stack)| crate::suspended::ThreadStack {
+            rsp: r.rsp,
+            fs_base: r.fs_base,
+            red_zone: !stubs.is_some_and(|a| a.contains_code(r.rip)),
+            small_frames: if skip.contains(tid) {
+                let live = r.rsp.saturating_sub(crate::suspended::RED_ZONE)
+                    ..stack.base + stack.bytes.len() as u64;
+                std::iter::once(live).collect()
+            } else {
+                unwind
+                    .frames(r.rip, r.rsp, r.rbp, stack)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|f| f.end - f.start < crate::suspended::MIN_STACK)
+                    .collect()
+            },
+        })
+        .collect();
+    // The mappings as they are now: a stack mapped since `prepare` must be read too.
+    let dir = crate::maps::live_proc_dir(pid);
+    let maps = Maps::read_mappings(pid, &dir)?;
+    crate::suspended::scan(
+        pid,
+        sp.mem(),
+        (dir.as_path(), &maps),
+        &threads,
+        sites,
+        busy,
+        pre,
+    )
+}
+
+/// What [`drive`] needs of the apply that started the transition.
+struct Driven<'a> {
+    maps: &'a Maps,
+    unwind: &'a UnwindInfo,
+    /// The replaced (old) functions.
+    busy: &'a [BusyRange],
+    sites: Option<&'a ReturnSites>,
+    /// The region's return stubs, when threads may be caught as they leave old code.
+    stubs: Option<StubArea>,
+    /// The region's on-stack replacement pages, when frames may move in this process.
+    osr: Option<&'a crate::osr::Area>,
+    code_addr: RemoteAddr,
+    block_addr: RemoteAddr,
+    state_addr: RemoteAddr,
+}
+
+/// Drives a per-thread transition to its end: checks the old-state threads now and then (a
+/// short stop each time) and makes each one new-state once it holds no frame of a replaced
+/// function. At the timeout, frames left in old code are moved by on-stack replacement where
+/// the patch maps them; otherwise the patch is reverted.
+fn drive(
+    pid: Pid,
+    patch_id: &str,
+    t: &Transition,
+    d: &Driven,
+    old: &[(Tid, String)],
+) -> Result<TransitionReport, ApplyError> {
+    let started = Instant::now();
+    let old_threads: Vec<i32> = old.iter().map(|(tid, _)| tid.0).collect();
+    let report = |completed, checks, moved_frames| TransitionReport {
+        old_threads: old_threads.clone(),
+        completed,
+        duration_ms: started.elapsed().as_millis() as u64,
+        checks,
+        moved_frames,
+    };
+    if old.is_empty() {
+        return Ok(report("returned", 0, Vec::new()));
+    }
+    tracing::info!(pid = pid.0, threads = ?old_threads, "per-thread transition: these threads run the old code until they leave it");
+    // Old code is the replaced functions and the dispatchers (whose old path runs the old
+    // entry instructions).
+    let mut busy = d.busy.to_vec();
+    busy.push(BusyRange {
+        range: t.dispatchers.0 .0..t.dispatchers.0 .0 + t.dispatchers.1.len() as u64,
+        name: "a transition dispatcher".into(),
+    });
+    let in_transition = |e: crate::error::Error| ApplyError::process(e, Outcome::InTransition);
+    // An old-state thread that calls a replaced function in a loop is almost never found
+    // outside it: catch it as it returns from its outermost old frame (crate::retstub), so
+    // the next check finds it parked in the stub with no old frame, and releases it new-state.
+    let mut arms = Arms {
+        area: d.stubs,
+        armed: Vec::new(),
+        ever: false,
+        lingering: false,
+        caught: 0,
+    };
+    let mut checks = 0;
+    let mut pause = Duration::from_millis(2);
+    let outcome = loop {
+        if arms.armed.is_empty() {
+            std::thread::sleep(pause);
+        } else if let Ok(mem) = ProcessMemory::open(pid) {
+            arms.wait_arrivals(&mem, Instant::now() + pause);
+        }
+        pause = (pause * 2).min(Duration::from_millis(100));
+        checks += 1;
+        let step = check_old_threads(pid, t, d, &busy, &mut arms, started);
+        match step {
+            Err(e) => break Err(Ok(in_transition(e))),
+            Ok(left) if left.is_empty() => break Ok(()),
+            Ok(left) if started.elapsed() >= t.timeout => break Err(Err(left)),
+            Ok(_) => {}
+        }
+    };
+    if !arms.armed.is_empty() {
+        // Undo or release the stubs still armed (their threads stay old-state).
+        if let Ok(sp) = StoppedProcess::stop(pid) {
+            let regs = sp.all_regs().unwrap_or_default();
+            arms.release(sp.mem(), &regs);
+            let _ = sp.resume();
+        }
+    }
+    let left = match outcome {
+        Ok(()) => {
+            tracing::info!(pid = pid.0, checks, "per-thread transition complete");
+            return Ok(report("returned", checks, Vec::new()));
+        }
+        Err(Ok(e)) => return Err(e),
+        Err(Err(left)) => left,
+    };
+    // Timed out: move what is left by on-stack replacement, in one switch whose writes also
+    // make those threads new-state (all-or-nothing, like any switch).
+    if let Some(area) = d.osr {
+        match complete_by_osr(pid, t, d, area, &busy) {
+            Ok(moved) => {
+                tracing::info!(
+                    pid = pid.0,
+                    frames = moved.len(),
+                    "per-thread transition completed by on-stack replacement"
+                );
+                return Ok(report("moved", checks, moved));
+            }
+            Err(e) => {
+                tracing::info!(pid = pid.0, %e, "on-stack replacement could not complete the transition")
+            }
+        }
+    }
+    let threads: Vec<(i32, String)> = left.into_iter().map(|(tid, f)| (tid.0, f)).collect();
+    let waited = started.elapsed();
+    match revert_timed(pid, patch_id, Duration::from_secs(3)) {
+        Ok(_) => Err(ApplyError::Transition {
+            threads,
+            waited,
+            revert_failed: None,
+            outcome: Outcome::Reverted,
+        }),
+        Err(e) => Err(ApplyError::Transition {
+            threads,
+            waited,
+            revert_failed: Some(e.to_string()),
+            outcome: if e.outcome() == Outcome::Exited {
+                Outcome::Exited
+            } else {
+                Outcome::InTransition
+            },
+        }),
+    }
+}
+
+/// One check of a transition's old-state threads, in a short stop: each one found outside old
+/// code (or parked in a return stub after leaving it) becomes new-state; stubs are armed for
+/// the others while there is time. Returns the threads left in old code (and the function).
+fn check_old_threads(
+    pid: Pid,
+    t: &Transition,
+    d: &Driven,
+    busy: &[BusyRange],
+    arms: &mut Arms,
+    started: Instant,
+) -> crate::error::Result<Vec<(Tid, String)>> {
+    // Stacks mapped since the apply are read whole.
+    let maps = Maps::read(pid)?;
+    let sp = StoppedProcess::stop(pid)?;
+    let step = (|| -> crate::error::Result<Vec<(Tid, String)>> {
+        let regs = sp.all_regs()?;
+        let table = sp.mem().read_vec(t.table, PAGE as usize)?;
+        let slots = crate::transition::decode(&table).unwrap_or_default();
+        let stacks = snapshots(sp.mem(), &maps, &regs, STACK_CAP);
+        let mut clear = Vec::new();
+        let mut left = Vec::new();
+        let mut ret_slots = Vec::new();
+        for s in slots.iter().filter(|s| s.active) {
+            // The thread the slot stands for is the one with that thread pointer (glibc may
+            // have given an exited thread's to a new one).
+            match regs.iter().position(|(_, r)| r.fs_base == s.thread_pointer) {
+                None => clear.push(s.index),
+                Some(i) => {
+                    let (tid, r) = &regs[i];
+                    match d.unwind.check(r.rip, r.rsp, r.rbp, &stacks[i], busy) {
+                        Finding::Clear => clear.push(s.index),
+                        Finding::Busy {
+                            name,
+                            ret_slot,
+                            depth,
+                            exact,
+                        } => {
+                            tracing::trace!(tid = tid.0, rip = %RemoteAddr(r.rip), %name, depth, exact, "still in old code");
+                            left.push((*tid, name));
+                            ret_slots.extend(ret_slot);
+                        }
+                    }
+                }
+            }
+        }
+        // A coroutine parked in old code would return into it in whatever thread resumes it:
+        // nobody leaves the old code while one is.
+        if !clear.is_empty() {
+            if let Some(sites) = d.sites.filter(|s| !s.is_empty()) {
+                let still: Vec<Tid> = left.iter().map(|(tid, _)| *tid).collect();
+                let (frame, _) = suspended_in(
+                    &sp,
+                    &regs,
+                    &stacks,
+                    d.unwind,
+                    d.stubs,
+                    (sites, d.busy),
+                    None,
+                    &still,
+                )?;
+                if let Some(f) = frame {
+                    tracing::debug!(pid = pid.0, function = %f.name, at = %RemoteAddr(f.at), returns_to = %RemoteAddr(f.returns_to), mapping = %f.mapping, "a suspended frame in old code holds the transition");
+                    clear.clear();
+                    left.push((Tid(0), format!("{} (a suspended frame)", f.name)));
+                }
+            }
+        }
+        for i in clear {
+            sp.mem().write(
+                RemoteAddr(crate::transition::active_byte(t.table.0, i)),
+                &[0],
+            )?;
+        }
+        // Parked threads go on (new-state now, or old-state if a suspended frame held them);
+        // stubs not reached yet stay armed.
+        arms.release_parked(sp.mem())?;
+        if !left.is_empty() && started.elapsed() < t.timeout {
+            let n = arms.arm(sp.mem(), None, &ret_slots)?;
+            tracing::debug!(
+                pid = pid.0,
+                left = left.len(),
+                exits = ret_slots.len(),
+                armed = n,
+                "old-state threads checked"
+            );
+        }
+        Ok(left)
+    })();
+    let resumed = sp.resume();
+    let left = step?;
+    resumed?;
+    Ok(left)
+}
+
+/// One switch that moves every old-state thread's frames in old code to the new code
+/// (on-stack replacement) and clears its table entry, or changes nothing.
+fn complete_by_osr(
+    pid: Pid,
+    t: &Transition,
+    d: &Driven,
+    area: &crate::osr::Area,
+    busy: &[BusyRange],
+) -> Result<Vec<MovedFrame>, ApplyError> {
+    let mem = ProcessMemory::open(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    let table = mem
+        .read_vec(t.table, PAGE as usize)
+        .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    let writes: Vec<Write> = crate::transition::decode(&table)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s.active)
+        .map(|s| Write {
+            addr: crate::transition::active_byte(t.table.0, s.index),
+            new: vec![0],
+            old: vec![1],
+        })
+        .collect();
+    let commit = Commit::generate(
+        d.code_addr.0,
+        d.block_addr.0,
+        &writes,
+        d.state_addr.0,
+        Header::state_bytes(State::Live),
+        marker_signal(pid),
+    );
+    mem.write(d.code_addr, &commit.code)
+        .and_then(|()| mem.write(d.block_addr, &commit.block))
+        .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    let (done, _) = switch(
+        pid,
+        &Switch {
+            maps: d.maps,
+            unwind: d.unwind,
+            busy,
+            sites: d.sites,
+            stubs: None,
+            retire_at: None,
+            no_stubs: "not used to complete a transition",
+            commit: &commit,
+            writes: &writes,
+            osr: Some(area),
+            refusals: &[],
+            osr_off: None,
+            code_addr: d.code_addr,
+            block_addr: d.block_addr,
+            state_addr: d.state_addr,
+            want: State::Live,
+            timeout: Duration::from_secs(1),
+            failpoint: "transition:stopped",
+            failpoint_armed: "transition:armed",
+            transition: None,
+        },
+        |_| {},
+    );
+    done.map(|s| s.moved)
+}
+
+impl Transition {
+    /// The function whose overwritten entry bytes the thread is in or holds an address of.
+    fn inside_entry(&self, rip: u64, stack: &StackSnapshot) -> Option<String> {
+        let hit = |v: u64| self.entries.iter().find(|(r, _)| r.contains(&v));
+        if let Some((_, name)) = hit(rip) {
+            return Some(format!("the entry of {name}"));
+        }
+        stack
+            .bytes
+            .chunks_exact(8)
+            .find_map(|w| hit(u64::from_le_bytes(w.try_into().expect("8 bytes"))))
+            .map(|(_, name)| format!("an address inside the entry of {name}"))
+    }
+
+    /// Writes the table of old-state threads (in the stop). Every thread must have a thread
+    /// pointer the dispatchers can read: `%fs:0` holding its own address (the x86-64 TLS ABI).
+    fn write_table(
+        &self,
+        sp: &StoppedProcess,
+        regs: &[(Tid, Registers)],
+        old: &[(Tid, u64, String)],
+    ) -> Result<(), String> {
+        if let Some((tid, _)) = regs.iter().find(|(_, r)| r.fs_base == 0) {
+            return Err(format!(
+                "thread {} has no thread pointer (fs base 0): a per-thread transition cannot \
+                 tell its calls apart",
+                tid.0
+            ));
+        }
+        for (tid, fs, _) in old {
+            if sp.mem().read_u64(RemoteAddr(*fs)).ok() != Some(*fs) {
+                return Err(format!(
+                    "thread {}'s thread pointer {fs:#x} does not point at itself (not the x86-64 \
+                     TLS layout): a per-thread transition cannot tell its calls apart",
+                    tid.0
+                ));
+            }
+        }
+        let threads: Vec<(u64, i32)> = old.iter().map(|(tid, fs, _)| (*fs, tid.0)).collect();
+        let table = crate::transition::table(&threads)?;
+        sp.mem()
+            .write(self.table, &table)
+            .map_err(|e| format!("writing the transition table: {e}"))
     }
 }
 
@@ -2017,6 +2659,7 @@ fn status_in(pid: Pid, maps: &Maps, mem: &ProcessMemory) -> Vec<LivePatch> {
             Ok(header) => out.push(LivePatch {
                 pid: pid.0,
                 base: m.start.0,
+                old_threads: old_threads(mem, m.start.0, &header),
                 header,
             }),
             Err(HeaderError::NoMagic) => {}
@@ -2024,6 +2667,21 @@ fn status_in(pid: Pid, maps: &Maps, mem: &ProcessMemory) -> Vec<LivePatch> {
         }
     }
     out
+}
+
+/// The threads a live patch's transition still runs on the old code (read from its table).
+fn old_threads(mem: &ProcessMemory, base: u64, header: &Header) -> Vec<crate::transition::Slot> {
+    let Some((page, _)) = header.transition.filter(|_| header.state == State::Live) else {
+        return Vec::new();
+    };
+    let table = mem.read_vec(RemoteAddr(base + u64::from(page) * PAGE), PAGE as usize);
+    table
+        .ok()
+        .and_then(|b| crate::transition::decode(&b))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s.active)
+        .collect()
 }
 
 /// A retired (reverted) region of patch `patch_id`, of `size` bytes, where the patch links to
@@ -2373,6 +3031,7 @@ pub fn revert_timed(pid: Pid, patch_id: &str, timeout: Duration) -> Result<Rever
             timeout,
             failpoint: "revert:stopped",
             failpoint_armed: "revert:armed",
+            transition: None,
         },
         // The region stays mapped, retired: the program may still point into it (see the
         // module comment); the next apply of this patch reuses it.

@@ -84,6 +84,8 @@ pub struct BundleOptions {
     pub scan_suspended: bool,
     /// See [`ApplyOptions::move_frames`].
     pub move_frames: bool,
+    /// See [`ApplyOptions::transition`].
+    pub transition: Option<Duration>,
 }
 
 /// Build-ids of mapped files, by file identity (device, inode).
@@ -254,6 +256,7 @@ fn apply_one(
         replace: opts.replace.clone(),
         scan_suspended: opts.scan_suspended,
         move_frames: opts.move_frames,
+        transition: opts.transition,
         ..Default::default()
     };
     let applied = apply::apply(pid, &bundle.patch_object, &apply_opts)?;

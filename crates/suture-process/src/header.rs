@@ -24,6 +24,9 @@
 //!                  see `retstub.rs`); optional as eh_frame; 0 = none
 //!     osr          u32 page index (low 16 bits) and page count (high 16 bits) of the
 //!                  on-stack replacement table and trampolines (`osr.rs`); optional; 0 = none
+//!     transition   u32 page index (low 16 bits) and page count (high 16 bits) of the
+//!                  per-thread transition's table page and dispatchers (`transition.rs`);
+//!                  optional; 0 = none
 //! ```
 //! Data read back from a target is untrusted: [`Header::decode`] bounds every field.
 
@@ -101,6 +104,9 @@ pub struct Header {
     pub stubs: Option<u16>,
     /// Page index and page count of the on-stack replacement pages ([`crate::osr`]).
     pub osr: Option<(u16, u16)>,
+    /// Page index and page count of the per-thread transition's table page and dispatchers
+    /// ([`crate::transition`]); the table is the first page.
+    pub transition: Option<(u16, u16)>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -199,6 +205,10 @@ impl Header {
             .osr
             .map_or(0, |(page, n)| u32::from(page) | u32::from(n) << 16);
         out.extend_from_slice(&osr.to_le_bytes());
+        let transition = self
+            .transition
+            .map_or(0, |(page, n)| u32::from(page) | u32::from(n) << 16);
+        out.extend_from_slice(&transition.to_le_bytes());
         if out.len() > MAX_LEN {
             return Err(HeaderError::TooLarge);
         }
@@ -217,6 +227,7 @@ impl Header {
             + object.len()
             + redirects * REDIRECT_LEN
             + 8
+            + 4
             + 4
             + 4
     }
@@ -301,15 +312,21 @@ impl Header {
         } else {
             None
         };
-        // Pages that would leave the region are ignored (frames are then not moved).
-        let osr = if r.at + 4 <= r.b.len() {
+        // Pages that would leave the region are ignored (frames are then not moved; no
+        // transition is reported).
+        let mut pages = || -> Result<Option<(u16, u16)>, HeaderError> {
+            if r.at + 4 > r.b.len() {
+                return Ok(None);
+            }
             let v = r.u32()?;
             let (page, n) = ((v & 0xffff) as u16, (v >> 16) as u16);
-            (page > 0 && n > 0 && (u64::from(page) + u64::from(n)) * 4096 <= region_size)
-                .then_some((page, n))
-        } else {
-            None
+            Ok(
+                (page > 0 && n > 0 && (u64::from(page) + u64::from(n)) * 4096 <= region_size)
+                    .then_some((page, n)),
+            )
         };
+        let osr = pages()?;
+        let transition = pages()?;
         Ok(Header {
             state,
             region_size,
@@ -322,6 +339,7 @@ impl Header {
             commit_pages,
             stubs,
             osr,
+            transition,
         })
     }
 }
@@ -354,6 +372,7 @@ mod tests {
             commit_pages: Some((3, 4)),
             stubs: None,
             osr: None,
+            transition: None,
         }
     }
 
@@ -393,12 +412,33 @@ mod tests {
             Some((3, 2))
         );
         let mut b = h.encode().unwrap();
-        b.truncate(b.len() - 4);
+        // A header from before the osr record (and the transition record after it).
+        b.truncate(b.len() - 8);
         let len = b.len() as u32;
         b[8..12].copy_from_slice(&len.to_le_bytes());
         assert_eq!(Header::decode(&b).unwrap().osr, None);
         h.osr = Some((4, 2));
         assert_eq!(Header::decode(&h.encode().unwrap()).unwrap().osr, None);
+    }
+
+    /// The transition record: round-trips; absent in older headers; pages that would leave
+    /// the region are ignored (no transition is reported).
+    #[test]
+    fn transition_record_is_optional_and_bounded() {
+        let mut h = sample();
+        h.transition = Some((3, 2));
+        let b = h.encode().unwrap();
+        assert_eq!(Header::decode(&b).unwrap().transition, Some((3, 2)));
+        let mut old = b.clone();
+        old.truncate(b.len() - 4);
+        let len = old.len() as u32;
+        old[8..12].copy_from_slice(&len.to_le_bytes());
+        assert_eq!(Header::decode(&old).unwrap().transition, None);
+        h.transition = Some((4, 2));
+        assert_eq!(
+            Header::decode(&h.encode().unwrap()).unwrap().transition,
+            None
+        );
     }
 
     /// The stubs record: round-trips; absent in older headers; a page whose two pages would
@@ -409,8 +449,8 @@ mod tests {
         h.stubs = Some(3);
         assert_eq!(Header::decode(&h.encode().unwrap()).unwrap().stubs, Some(3));
         let mut b = h.encode().unwrap();
-        // A header from before the stubs record (and the osr record after it).
-        b.truncate(b.len() - 8);
+        // A header from before the stubs record (and the records after it).
+        b.truncate(b.len() - 12);
         let len = b.len() as u32;
         b[8..12].copy_from_slice(&len.to_le_bytes());
         let old = Header::decode(&b).unwrap();

@@ -31,3 +31,4 @@ pub mod suspended;
 pub mod symbols;
 mod sys;
 pub mod targets;
+pub mod transition;

@@ -60,7 +60,7 @@ use crate::stack::BusyRange;
 
 const PAGE: u64 = 4096;
 /// The x86-64 System V red zone below the stack pointer, which leaf code may use.
-const RED_ZONE: u64 = 128;
+pub const RED_ZONE: u64 = 128;
 /// Largest single read of target memory.
 const CHUNK: u64 = 1 << 20;
 /// Bytes the stop's scan reads with one `process_vm_readv` (several pieces at once).

@@ -166,6 +166,7 @@ pub fn apply_bundle(
         replace: req.replace.clone(),
         scan_suspended: req.scan_suspended,
         move_frames: req.move_frames,
+        transition: crate::process_cmd::transition(req)?,
     };
     let mut results = Vec::new();
     let mut failed = 0;

@@ -134,6 +134,22 @@ enum Command {
         /// without on-stack replacement maps does.
         #[arg(long)]
         no_osr: bool,
+        /// Switch at once with a per-thread transition instead of waiting for busy functions:
+        /// threads inside a replaced function keep running the old versions of all replaced
+        /// functions until they leave them, every other thread (and every new one) runs the
+        /// new versions; no thread mixes the two. `apply` waits for the transition to complete
+        /// (`suture status` shows it meanwhile). See docs/transition.md.
+        #[arg(long)]
+        transition: bool,
+        /// How long the transition may take; then frames still in old code are moved by
+        /// on-stack replacement where the patch maps them, or the patch is reverted.
+        #[arg(
+            long,
+            default_value_t = 60.0,
+            value_name = "SECONDS",
+            requires = "transition"
+        )]
+        transition_timeout: f64,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -413,6 +429,8 @@ fn main() -> ExitCode {
             timeout,
             no_suspended_scan,
             no_osr,
+            transition,
+            transition_timeout,
             json,
         } => process_cmd::apply(
             &patch,
@@ -425,6 +443,7 @@ fn main() -> ExitCode {
                 timeout,
                 scan_suspended: !no_suspended_scan,
                 move_frames: !no_osr,
+                transition: transition.then_some(transition_timeout),
                 json,
             },
         ),

@@ -46,7 +46,22 @@ pub struct ApplyRequest {
     pub scan_suspended: bool,
     /// Move waiting frames to the patched code (`--no-osr` clears it).
     pub move_frames: bool,
+    /// `--transition`: switch at once with a per-thread transition, which may take this many
+    /// seconds (`--transition-timeout`).
+    pub transition: Option<f64>,
     pub json: bool,
+}
+
+/// The transition's timeout, when `--transition` was given.
+pub(crate) fn transition(req: &ApplyRequest) -> Result<Option<Duration>> {
+    req.transition
+        .map(|s| {
+            if !(0.0..=86400.0).contains(&s) {
+                bail!("--transition-timeout must be between 0 and 86400 seconds");
+            }
+            Ok(Duration::from_secs_f64(s))
+        })
+        .transpose()
 }
 
 /// "N functions redirected, stopped X us for the switch", and how many threads were caught
@@ -64,7 +79,33 @@ pub fn switch_summary(a: &suture_process::apply::Applied) -> String {
         ));
     }
     s.push_str(&moved_summary(&a.moved_frames));
+    if let Some(t) = &a.transition {
+        s.push_str(&transition_summary(t));
+    }
     s
+}
+
+/// "; per-thread transition: ..." for `apply --transition`.
+fn transition_summary(t: &suture_process::apply::TransitionReport) -> String {
+    if t.old_threads.is_empty() {
+        return "; no thread was inside a replaced function, so no transition was needed".into();
+    }
+    let list: Vec<String> = t.old_threads.iter().map(i32::to_string).collect();
+    let how = if t.completed == "moved" {
+        format!(
+            "then the last ones were moved to the new code ({} frame(s), on-stack replacement)",
+            t.moved_frames.len()
+        )
+    } else {
+        "until they left the replaced functions".to_string()
+    };
+    format!(
+        "; per-thread transition: thread(s) {} ran the old code {how}, complete after {} ms \
+         ({} check(s))",
+        list.join(", "),
+        t.duration_ms,
+        t.checks
+    )
 }
 
 /// "; N frame(s) moved to the other version (threads ...)" when on-stack replacement moved
@@ -107,6 +148,7 @@ pub fn apply(patch: &Path, req: ApplyRequest) -> Result<u8> {
         replace: req.replace.clone(),
         scan_suspended: req.scan_suspended,
         move_frames: req.move_frames,
+        transition: transition(&req)?,
         ..Default::default()
     };
     let json = req.json;
@@ -269,6 +311,14 @@ pub fn status(pid: Option<i32>, json: bool) -> Result<u8> {
                 l.base
             )
         );
+        if !l.old_threads.is_empty() {
+            let list: Vec<String> = l.old_threads.iter().map(|s| s.tid.to_string()).collect();
+            text += &format!(
+                "  in transition: thread(s) {} still run the old code (every other thread the \
+                 new)\n",
+                list.join(", ")
+            );
+        }
     }
     let states: Vec<State> = live.iter().map(|l| l.header.state).collect();
     if states.contains(&State::Reverted) {

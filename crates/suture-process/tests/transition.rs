@@ -1,0 +1,240 @@
+//! The per-thread transition (`apply --transition`) on a real program built with gcc -O2:
+//! worker threads that live inside a replaced function finish their calls in the old code
+//! (never mixing old and new versions), every other thread and every new one runs the new code
+//! at once, and the transition completes as the workers leave the old code; or, when they do
+//! not, it times out into a full revert.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, Stdio};
+use std::time::Duration;
+
+use suture_process::apply::{apply, revert, status, ApplyError, ApplyOptions, Outcome};
+use suture_process::ids::Pid;
+use suture_testkit::cc::gcc;
+use suture_testkit::proc::Lines;
+use suture_testkit::{spawn_lines, wait_until, Scratch, TIMEOUT, WAIT};
+
+const WORKERS: &str = include_str!("fixtures/transition/workers.c");
+
+/// The program and the patch of its `FIXED` variant, with on-stack replacement maps or (`osr`
+/// false) without: then only a transition can apply it while the workers wait.
+fn build(dir: &Path, osr: bool) -> (PathBuf, Vec<u8>) {
+    std::fs::write(dir.join("workers.c"), WORKERS).unwrap();
+    let flags = ["-O2", "-g", "-ffunction-sections", "-c", "workers.c"];
+    let mut orig = flags.to_vec();
+    orig.extend(["-o", "orig.o"]);
+    gcc(dir, &orig);
+    let mut fixed = flags.to_vec();
+    fixed.extend(["-DFIXED", "-o", "fixed.o"]);
+    gcc(dir, &fixed);
+    gcc(dir, &["orig.o", "-o", "workers", "-lpthread"]);
+    let a = std::fs::read(dir.join("orig.o")).unwrap();
+    let b = std::fs::read(dir.join("fixed.o")).unwrap();
+    let (a, b) = (
+        suture_object::Object::parse(&a).unwrap(),
+        suture_object::Object::parse(&b).unwrap(),
+    );
+    let d = suture_object::analyze_with(
+        &a,
+        &b,
+        suture_object::Options {
+            osr,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(d.report.status, suture_object::Status::Patchable);
+    (dir.join("workers"), suture_object::emit::emit(&d).unwrap())
+}
+
+struct Target {
+    _child: suture_testkit::proc::KillOnDrop,
+    stdin: ChildStdin,
+    lines: Lines,
+    pid: Pid,
+}
+
+impl Target {
+    fn start(prog: &Path) -> Target {
+        let (mut child, lines) = spawn_lines(Command::new(prog).stdin(Stdio::piped()));
+        let stdin = child.0.stdin.take().unwrap();
+        lines.wait_for("ready");
+        let pid = Pid(child.id() as i32);
+        Target {
+            _child: child,
+            stdin,
+            lines,
+            pid,
+        }
+    }
+
+    /// Sends a command and returns the answer line that starts with `prefix`.
+    fn ask(&mut self, cmd: &str, prefix: &str) -> String {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.lines.wait_for(prefix)
+    }
+
+    /// The threads the live patch's transition still runs on old code.
+    fn old_threads(&self) -> Vec<i32> {
+        status(self.pid)
+            .unwrap()
+            .iter()
+            .flat_map(|p| p.old_threads.iter().map(|s| s.tid))
+            .collect()
+    }
+}
+
+fn transition(id: &str, limit: Duration) -> ApplyOptions {
+    ApplyOptions {
+        patch_id: id.into(),
+        timeout: TIMEOUT,
+        transition: Some(limit),
+        ..Default::default()
+    }
+}
+
+/// Wakes worker `i` until it answers from the new code. Every answer is a whole version:
+/// 11 from a call that began in the old code, 22 from the new; a mixture (12, 21) fails.
+fn until_new(t: &mut Target, i: usize) -> usize {
+    let mut old_answers = 0;
+    loop {
+        let a = t.ask(&format!("w{i}"), &format!("worker {i}: "));
+        match a.rsplit(' ').next().unwrap() {
+            "22" => return old_answers,
+            "11" => old_answers += 1,
+            other => panic!("worker {i} mixed versions: {other}"),
+        }
+        assert!(old_answers < 200, "worker {i} never left the old code");
+        // Give the transition a check to catch it (it is parked, or back in old code).
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn waiting_workers_finish_in_old_code_and_everyone_else_runs_the_fix() {
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "transition", "workers");
+    let (prog, patch) = build(&dir, false);
+    let mut t = Target::start(&prog);
+    let pid = t.pid;
+    assert_eq!(t.ask("m", "main: "), "main: 11");
+
+    // Both workers always wait inside step(): a plain switch never finds it idle.
+    let plain = ApplyOptions {
+        patch_id: "plain".into(),
+        timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    match apply(pid, &patch, &plain) {
+        Err(e @ ApplyError::Busy { .. }) => assert!(e.to_string().contains("step"), "{e}"),
+        other => panic!("expected a busy refusal, got {other:?}"),
+    }
+
+    let applying = std::thread::spawn({
+        let patch = patch.clone();
+        move || apply(pid, &patch, &transition("fix", TIMEOUT))
+    });
+    wait_until("the transition to list both workers", WAIT, || {
+        t.old_threads().len() == 2
+    });
+    // The main thread was not inside: it runs the fix at once.
+    assert_eq!(t.ask("m", "main: "), "main: 22");
+    // A new thread runs it at once too.
+    t.ask("spawn", "spawned 2");
+    assert_eq!(t.ask("w2", "worker 2: "), "worker 2: 22");
+    // Worker 0 finishes its call in the old code (old version() too), then gets the fix.
+    let first = t.ask("w0", "worker 0: ");
+    assert_eq!(
+        first, "worker 0: 11",
+        "a call begun in old code ends in old code"
+    );
+    until_new(&mut t, 0);
+    assert_eq!(t.old_threads().len(), 1, "only worker 1 is left");
+    assert!(!applying.is_finished(), "apply waits for the transition");
+    // Worker 1 likewise; then the transition is complete.
+    assert_eq!(t.ask("w1", "worker 1: "), "worker 1: 11");
+    until_new(&mut t, 1);
+    let applied = applying.join().unwrap().expect("the transition completes");
+    let report = applied.transition.expect("a transition report");
+    assert_eq!(report.old_threads.len(), 2, "{report:?}");
+    assert_eq!(report.completed, "returned");
+    assert!(t.old_threads().is_empty());
+    assert_eq!(t.ask("w0", "worker 0: "), "worker 0: 22");
+    assert_eq!(t.ask("m", "main: "), "main: 22");
+
+    // Revert is the plain one: the workers wait in the new code now, so it catches them as
+    // they leave it (wake all of them at once while it waits: each is parked until all are).
+    let reverting = std::thread::spawn(move || revert(pid, "fix", TIMEOUT));
+    while !reverting.is_finished() {
+        writeln!(t.stdin, "w0\nw1\nw2").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reverting.join().unwrap().expect("revert");
+    let answers: Vec<String> = t
+        .lines
+        .during(Duration::from_millis(500))
+        .into_iter()
+        .filter(|l| l.starts_with("worker"))
+        .collect();
+    assert!(!answers.is_empty());
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.ends_with(": 22") || a.ends_with(": 11")),
+        "{answers:?}"
+    );
+    assert_eq!(t.ask("m", "main: "), "main: 11");
+}
+
+#[test]
+fn a_transition_that_does_not_complete_is_reverted() {
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "transition", "timeout");
+    let (prog, patch) = build(&dir, false);
+    let mut t = Target::start(&prog);
+    let pid = t.pid;
+    let applying = std::thread::spawn({
+        let patch = patch.clone();
+        move || apply(pid, &patch, &transition("fix", Duration::from_millis(1500)))
+    });
+    wait_until("the transition to start", WAIT, || {
+        t.old_threads().len() == 2
+    });
+    // Meanwhile the main thread runs the fix.
+    assert_eq!(t.ask("m", "main: "), "main: 22");
+    // The workers are never woken: the transition times out and the patch is reverted.
+    match applying.join().unwrap() {
+        Err(e @ ApplyError::Transition { .. }) => {
+            assert_eq!(e.outcome(), Outcome::Reverted, "{e}");
+            let msg = e.to_string();
+            assert!(msg.contains("2 threads still ran old code"), "{msg}");
+            assert!(msg.contains("step"), "{msg}");
+        }
+        other => panic!("expected a transition timeout, got {other:?}"),
+    }
+    assert!(t.old_threads().is_empty());
+    // Everyone runs the original code; the workers' calls end as they began.
+    assert_eq!(t.ask("m", "main: "), "main: 11");
+    assert_eq!(t.ask("w0", "worker 0: "), "worker 0: 11");
+    assert_eq!(t.ask("w1", "worker 1: "), "worker 1: 11");
+    assert_eq!(t.ask("w0", "worker 0: "), "worker 0: 11");
+}
+
+#[test]
+fn on_stack_replacement_completes_a_transition_that_times_out() {
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "transition", "osr");
+    let (prog, patch) = build(&dir, true);
+    let mut t = Target::start(&prog);
+    let pid = t.pid;
+    // The workers are never woken within the transition's time: at its end their frames,
+    // waiting in read() called from the old step(), move to the new step().
+    let applied = apply(pid, &patch, &transition("fix", Duration::from_millis(800)))
+        .expect("completed by on-stack replacement");
+    let report = applied.transition.expect("a transition report");
+    assert_eq!(report.completed, "moved", "{report:?}");
+    assert_eq!(report.moved_frames.len(), 2, "{report:?}");
+    assert!(t.old_threads().is_empty());
+    // Their calls now end in the new code, with the new version().
+    assert_eq!(t.ask("w0", "worker 0: "), "worker 0: 22");
+    assert_eq!(t.ask("w1", "worker 1: "), "worker 1: 22");
+    assert_eq!(t.ask("m", "main: "), "main: 22");
+}
