@@ -2256,6 +2256,7 @@ fn drive(
         return Ok(report("returned", 0, Vec::new()));
     }
     tracing::info!(pid = pid.0, threads = ?old_threads, "per-thread transition: these threads run the old code until they leave it");
+    crate::failpoint::hit("transition:switched");
     // Old code is the replaced functions and the dispatchers (whose old path runs the old
     // entry instructions).
     let mut busy = d.busy.to_vec();
@@ -2289,6 +2290,7 @@ fn drive(
             Err(e) => break Err(Ok(in_transition(e))),
             Ok(left) if left.is_empty() => break Ok(()),
             Ok(left) if started.elapsed() >= t.timeout => break Err(Err(left)),
+            Ok(_) if !arms.armed.is_empty() => crate::failpoint::hit("transition:armed"),
             Ok(_) => {}
         }
     };

@@ -141,15 +141,10 @@ enum Command {
         /// (`suture status` shows it meanwhile). See docs/transition.md.
         #[arg(long)]
         transition: bool,
-        /// How long the transition may take; then frames still in old code are moved by
-        /// on-stack replacement where the patch maps them, or the patch is reverted.
-        #[arg(
-            long,
-            default_value_t = 60.0,
-            value_name = "SECONDS",
-            requires = "transition"
-        )]
-        transition_timeout: f64,
+        /// How long the transition may take (default 60); then frames still in old code are
+        /// moved by on-stack replacement where the patch maps them, or the patch is reverted.
+        #[arg(long, value_name = "SECONDS", requires = "transition")]
+        transition_timeout: Option<f64>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -443,7 +438,7 @@ fn main() -> ExitCode {
                 timeout,
                 scan_suspended: !no_suspended_scan,
                 move_frames: !no_osr,
-                transition: transition.then_some(transition_timeout),
+                transition: transition.then_some(transition_timeout.unwrap_or(60.0)),
                 json,
             },
         ),

@@ -528,3 +528,146 @@ fn sigkill_while_a_frame_moves_leaves_old_or_new_code_never_a_mixture() {
         assert!(ask(&[b'x'; 250]).starts_with("v=-1 "), "{point}");
     }
 }
+
+/// SIGKILL while `apply --transition` drives its transition (right after the switch, and
+/// with return stubs armed for the waiting workers): every thread stays on one version. The
+/// workers, inside the replaced function at the switch, keep running the old code (also after
+/// a stub parked them and let them go by itself); the main thread runs the fix; `status` shows
+/// the transition, and `revert` ends it.
+#[test]
+fn sigkill_during_a_transition_leaves_every_thread_on_one_version() {
+    use std::io::Write;
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "kill", "transition");
+    let src = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../suture-process/tests/fixtures/transition/workers.c"
+    ));
+    let fixed = dir.join("workers.fixed.c");
+    let text = std::fs::read_to_string(src).unwrap();
+    std::fs::write(&fixed, format!("#define FIXED 1\n{text}")).unwrap();
+    let patch = patch_of(&dir, "workers", src, &fixed);
+    gcc(&dir, &["orig/workers.o", "-o", "workers", "-lpthread"]);
+    for point in ["transition:switched", "transition:armed"] {
+        let (mut child, rx) =
+            spawn_lines(Command::new(dir.join("workers")).stdin(std::process::Stdio::piped()));
+        let mut stdin = child.0.stdin.take().unwrap();
+        rx.wait_for("ready");
+        let mut ask = |cmd: &str, prefix: &str| {
+            writeln!(stdin, "{cmd}").unwrap();
+            rx.wait_for(prefix)
+        };
+        let pid = child.id();
+        apply_killed_at_with(&patch, pid, point, &["--transition"]);
+        let st = state(pid);
+        assert!(
+            st != "T" && st != "t",
+            "{point}: target left stopped ({st})"
+        );
+        let status = suture()
+            .args(["status", "--json", "--pid", &pid.to_string()])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        assert_eq!(v["patches"][0]["header"]["state"], "live", "{point}: {v:#}");
+        assert_eq!(
+            v["patches"][0]["old_threads"].as_array().map(Vec::len),
+            Some(2),
+            "{point}: {v:#}"
+        );
+        let text = suture()
+            .args(["status", "--pid", &pid.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&text.stdout).contains("in transition: thread(s)"),
+            "{point}"
+        );
+        assert_eq!(ask("m", "main: "), "main: 22", "{point}");
+        for _ in 0..3 {
+            assert_eq!(ask("w0", "worker 0: "), "worker 0: 11", "{point}");
+        }
+        assert_eq!(ask("w1", "worker 1: "), "worker 1: 11", "{point}");
+        let out = suture()
+            .args(["revert", "workers.patch", "--pid", &pid.to_string()])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{point}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(ask("m", "main: "), "main: 11", "{point}");
+        assert_eq!(ask("w0", "worker 0: "), "worker 0: 11", "{point}");
+    }
+}
+
+/// `suture apply --transition` through the CLI: it waits for the transition, says which
+/// threads ran the old code until they left it, and reports it in `--json`.
+#[test]
+fn apply_with_a_transition_through_the_cli() {
+    use std::io::Write;
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "kill", "transition-cli");
+    let src = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../suture-process/tests/fixtures/transition/workers.c"
+    ));
+    let fixed = dir.join("workers.fixed.c");
+    let text = std::fs::read_to_string(src).unwrap();
+    std::fs::write(&fixed, format!("#define FIXED 1\n{text}")).unwrap();
+    let patch = patch_of(&dir, "workers", src, &fixed);
+    gcc(&dir, &["orig/workers.o", "-o", "workers", "-lpthread"]);
+    let (mut child, rx) =
+        spawn_lines(Command::new(dir.join("workers")).stdin(std::process::Stdio::piped()));
+    let mut stdin = child.0.stdin.take().unwrap();
+    rx.wait_for("ready");
+    let pid = child.id();
+    let applying = std::thread::spawn({
+        let patch = patch.clone();
+        move || {
+            suture()
+                .arg("apply")
+                .arg(&patch)
+                .args(["--pid", &pid.to_string(), "--transition", "--json"])
+                .output()
+                .unwrap()
+        }
+    });
+    // Wake the workers until apply is done: each call that began in the old code ends there.
+    let mut woken = 0;
+    while !applying.is_finished() {
+        writeln!(stdin, "w0\nw1").unwrap();
+        woken += 1;
+        assert!(woken < 1000, "the transition never completed");
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    let out = applying.join().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &v["processes"][0]["result"]["transition"];
+    assert_eq!(t["completed"], "returned", "{v:#}");
+    assert_eq!(t["old_threads"].as_array().map(Vec::len), Some(2), "{v:#}");
+    let out = suture()
+        .args(["revert", "workers.patch", "--pid", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = suture().args(["apply", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--transition-timeout"));
+    let bad = suture()
+        .arg("apply")
+        .arg(&patch)
+        .args(["--pid", &pid.to_string(), "--transition-timeout", "5"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("required arguments were not provided"),
+        "--transition-timeout needs --transition"
+    );
+}
