@@ -356,6 +356,8 @@ pub struct TransitionReport {
     pub duration_ms: u64,
     /// Stops made to check the old-state threads.
     pub checks: u32,
+    /// The longest of those stops, as suture saw it (stop to resume), in microseconds.
+    pub longest_check_us: u64,
     /// Frames moved at the end (on-stack replacement).
     pub moved_frames: Vec<MovedFrame>,
 }
@@ -2245,11 +2247,13 @@ fn drive(
 ) -> Result<TransitionReport, ApplyError> {
     let started = Instant::now();
     let old_threads: Vec<i32> = old.iter().map(|(tid, _)| tid.0).collect();
+    let longest = std::cell::Cell::new(Duration::ZERO);
     let report = |completed, checks, moved_frames| TransitionReport {
         old_threads: old_threads.clone(),
         completed,
         duration_ms: started.elapsed().as_millis() as u64,
         checks,
+        longest_check_us: longest.get().as_micros() as u64,
         moved_frames,
     };
     if old.is_empty() {
@@ -2285,7 +2289,10 @@ fn drive(
         }
         pause = (pause * 2).min(Duration::from_millis(100));
         checks += 1;
-        let step = check_old_threads(pid, t, d, &busy, &mut arms, started);
+        let step = check_old_threads(pid, t, d, &busy, &mut arms, started).map(|(left, took)| {
+            longest.set(longest.get().max(took));
+            left
+        });
         match step {
             Err(e) => break Err(Ok(in_transition(e))),
             Ok(left) if left.is_empty() => break Ok(()),
@@ -2351,7 +2358,8 @@ fn drive(
 
 /// One check of a transition's old-state threads, in a short stop: each one found outside old
 /// code (or parked in a return stub after leaving it) becomes new-state; stubs are armed for
-/// the others while there is time. Returns the threads left in old code (and the function).
+/// the others while there is time. Returns the threads left in old code (and the function),
+/// and how long the target was stopped.
 fn check_old_threads(
     pid: Pid,
     t: &Transition,
@@ -2359,27 +2367,37 @@ fn check_old_threads(
     busy: &[BusyRange],
     arms: &mut Arms,
     started: Instant,
-) -> crate::error::Result<Vec<(Tid, String)>> {
+) -> crate::error::Result<(Vec<(Tid, String)>, Duration)> {
     // Stacks mapped since the apply are read whole.
     let maps = Maps::read(pid)?;
+    let t0 = Instant::now();
     let sp = StoppedProcess::stop(pid)?;
     let step = (|| -> crate::error::Result<Vec<(Tid, String)>> {
         let regs = sp.all_regs()?;
         let table = sp.mem().read_vec(t.table, PAGE as usize)?;
         let slots = crate::transition::decode(&table).unwrap_or_default();
-        let stacks = snapshots(sp.mem(), &maps, &regs, STACK_CAP);
+        // The thread each active slot stands for is the one with that thread pointer (glibc
+        // may have given an exited thread's to a new one); only their stacks are read.
+        let owners: Vec<(usize, Option<(Tid, Registers)>)> = slots
+            .iter()
+            .filter(|s| s.active)
+            .map(|s| {
+                let owner = regs.iter().find(|(_, r)| r.fs_base == s.thread_pointer);
+                (s.index, owner.copied())
+            })
+            .collect();
+        let theirs: Vec<(Tid, Registers)> = owners.iter().filter_map(|(_, o)| *o).collect();
+        let mut stacks = snapshots(sp.mem(), &maps, &theirs, STACK_CAP).into_iter();
         let mut clear = Vec::new();
         let mut left = Vec::new();
         let mut ret_slots = Vec::new();
-        for s in slots.iter().filter(|s| s.active) {
-            // The thread the slot stands for is the one with that thread pointer (glibc may
-            // have given an exited thread's to a new one).
-            match regs.iter().position(|(_, r)| r.fs_base == s.thread_pointer) {
-                None => clear.push(s.index),
-                Some(i) => {
-                    let (tid, r) = &regs[i];
-                    match d.unwind.check(r.rip, r.rsp, r.rbp, &stacks[i], busy) {
-                        Finding::Clear => clear.push(s.index),
+        for (index, owner) in owners {
+            match owner {
+                None => clear.push(index),
+                Some((tid, r)) => {
+                    let stack = stacks.next().unwrap_or_default();
+                    match d.unwind.check(r.rip, r.rsp, r.rbp, &stack, busy) {
+                        Finding::Clear => clear.push(index),
                         Finding::Busy {
                             name,
                             ret_slot,
@@ -2387,7 +2405,7 @@ fn check_old_threads(
                             exact,
                         } => {
                             tracing::trace!(tid = tid.0, rip = %RemoteAddr(r.rip), %name, depth, exact, "still in old code");
-                            left.push((*tid, name));
+                            left.push((tid, name));
                             ret_slots.extend(ret_slot);
                         }
                     }
@@ -2399,6 +2417,7 @@ fn check_old_threads(
         if !clear.is_empty() {
             if let Some(sites) = d.sites.filter(|s| !s.is_empty()) {
                 let still: Vec<Tid> = left.iter().map(|(tid, _)| *tid).collect();
+                let stacks = snapshots(sp.mem(), &maps, &regs, STACK_CAP);
                 let (frame, _) = suspended_in(
                     &sp,
                     &regs,
@@ -2438,9 +2457,10 @@ fn check_old_threads(
         Ok(left)
     })();
     let resumed = sp.resume();
+    let took = t0.elapsed();
     let left = step?;
     resumed?;
-    Ok(left)
+    Ok((left, took))
 }
 
 /// One switch that moves every old-state thread's frames in old code to the new code
