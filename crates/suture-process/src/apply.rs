@@ -1325,7 +1325,6 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
             &opts.patch_id,
             t,
             &Driven {
-                maps: &p.maps,
                 unwind: &p.unwind,
                 busy: &p.busy,
                 sites: opts.scan_suspended.then_some(&p.sites),
@@ -2220,7 +2219,6 @@ fn suspended_in(
 
 /// What [`drive`] needs of the apply that started the transition.
 struct Driven<'a> {
-    maps: &'a Maps,
     unwind: &'a UnwindInfo,
     /// The replaced (old) functions.
     busy: &'a [BusyRange],
@@ -2473,6 +2471,8 @@ fn complete_by_osr(
     busy: &[BusyRange],
 ) -> Result<Vec<MovedFrame>, ApplyError> {
     let mem = ProcessMemory::open(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+    // Threads started since the apply have stacks the apply's map does not know.
+    let maps = Maps::read(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let table = mem
         .read_vec(t.table, PAGE as usize)
         .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
@@ -2500,7 +2500,7 @@ fn complete_by_osr(
     let (done, _) = switch(
         pid,
         &Switch {
-            maps: d.maps,
+            maps: &maps,
             unwind: d.unwind,
             busy,
             sites: d.sites,
