@@ -15,37 +15,23 @@ use suture_testkit::cc::gcc;
 use suture_testkit::proc::Lines;
 use suture_testkit::{spawn_lines, wait_until, Scratch, TIMEOUT, WAIT};
 
+mod common;
+
 const WORKERS: &str = include_str!("fixtures/transition/workers.c");
 
 /// The program and the patch of its `FIXED` variant, with on-stack replacement maps or (`osr`
 /// false) without: then only a transition can apply it while the workers wait.
 fn build(dir: &Path, osr: bool) -> (PathBuf, Vec<u8>) {
     std::fs::write(dir.join("workers.c"), WORKERS).unwrap();
-    let flags = ["-O2", "-g", "-ffunction-sections", "-c", "workers.c"];
-    let mut orig = flags.to_vec();
-    orig.extend(["-o", "orig.o"]);
-    gcc(dir, &orig);
-    let mut fixed = flags.to_vec();
-    fixed.extend(["-DFIXED", "-o", "fixed.o"]);
-    gcc(dir, &fixed);
-    gcc(dir, &["orig.o", "-o", "workers", "-lpthread"]);
-    let a = std::fs::read(dir.join("orig.o")).unwrap();
-    let b = std::fs::read(dir.join("fixed.o")).unwrap();
-    let (a, b) = (
-        suture_object::Object::parse(&a).unwrap(),
-        suture_object::Object::parse(&b).unwrap(),
+    let patch = common::variant_patch(
+        dir,
+        "workers.c",
+        &["-O2", "-g", "-ffunction-sections"],
+        "FIXED",
+        osr,
     );
-    let d = suture_object::analyze_with(
-        &a,
-        &b,
-        suture_object::Options {
-            osr,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(d.report.status, suture_object::Status::Patchable);
-    (dir.join("workers"), suture_object::emit::emit(&d).unwrap())
+    gcc(dir, &["orig.o", "-o", "workers", "-lpthread"]);
+    (dir.join("workers"), patch)
 }
 
 struct Target {
@@ -73,6 +59,21 @@ impl Target {
     fn ask(&mut self, cmd: &str, prefix: &str) -> String {
         writeln!(self.stdin, "{cmd}").unwrap();
         self.lines.wait_for(prefix)
+    }
+
+    /// Starts `apply --transition` (limit `limit`) on a thread, and waits until both workers
+    /// are listed as old-state.
+    fn transition_started(
+        &self,
+        patch: &[u8],
+        limit: Duration,
+    ) -> std::thread::JoinHandle<Result<suture_process::apply::Applied, ApplyError>> {
+        let (pid, patch) = (self.pid, patch.to_vec());
+        let applying = std::thread::spawn(move || apply(pid, &patch, &transition("fix", limit)));
+        wait_until("the transition to list both workers", WAIT, || {
+            self.old_threads().len() == 2
+        });
+        applying
     }
 
     /// The threads the live patch's transition still runs on old code.
@@ -130,13 +131,7 @@ fn waiting_workers_finish_in_old_code_and_everyone_else_runs_the_fix() {
         other => panic!("expected a busy refusal, got {other:?}"),
     }
 
-    let applying = std::thread::spawn({
-        let patch = patch.clone();
-        move || apply(pid, &patch, &transition("fix", TIMEOUT))
-    });
-    wait_until("the transition to list both workers", WAIT, || {
-        t.old_threads().len() == 2
-    });
+    let applying = t.transition_started(&patch, TIMEOUT);
     // The main thread was not inside: it runs the fix at once.
     assert_eq!(t.ask("m", "main: "), "main: 22");
     // A new thread runs it at once too.
@@ -191,14 +186,7 @@ fn a_transition_that_does_not_complete_is_reverted() {
     let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "transition", "timeout");
     let (prog, patch) = build(&dir, false);
     let mut t = Target::start(&prog);
-    let pid = t.pid;
-    let applying = std::thread::spawn({
-        let patch = patch.clone();
-        move || apply(pid, &patch, &transition("fix", Duration::from_millis(1500)))
-    });
-    wait_until("the transition to start", WAIT, || {
-        t.old_threads().len() == 2
-    });
+    let applying = t.transition_started(&patch, Duration::from_millis(1500));
     // Meanwhile the main thread runs the fix.
     assert_eq!(t.ask("m", "main: "), "main: 22");
     // The workers are never woken: the transition times out and the patch is reverted.

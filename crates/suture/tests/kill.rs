@@ -529,6 +529,30 @@ fn sigkill_while_a_frame_moves_leaves_old_or_new_code_never_a_mixture() {
     }
 }
 
+/// The worker program of the transition tests built in `dir` (`dir/workers`), and the patch
+/// of its `FIXED` variant made with `suture diff -o`.
+fn workers(dir: &Path) -> PathBuf {
+    let src = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../suture-process/tests/fixtures/transition/workers.c"
+    ));
+    let fixed = dir.join("workers.fixed.c");
+    let text = std::fs::read_to_string(src).unwrap();
+    std::fs::write(&fixed, format!("#define FIXED 1\n{text}")).unwrap();
+    let patch = patch_of(dir, "workers", src, &fixed);
+    gcc(dir, &["orig/workers.o", "-o", "workers", "-lpthread"]);
+    patch
+}
+
+/// Starts `dir/workers` with its commands on a pipe, once it is ready.
+fn start_workers(dir: &Path) -> (KillOnDrop, Lines, std::process::ChildStdin) {
+    let (mut child, rx) =
+        spawn_lines(Command::new(dir.join("workers")).stdin(std::process::Stdio::piped()));
+    let stdin = child.0.stdin.take().unwrap();
+    rx.wait_for("ready");
+    (child, rx, stdin)
+}
+
 /// SIGKILL while `apply --transition` drives its transition (right after the switch, and
 /// with return stubs armed for the waiting workers): every thread stays on one version. The
 /// workers, inside the replaced function at the switch, keep running the old code (also after
@@ -538,20 +562,9 @@ fn sigkill_while_a_frame_moves_leaves_old_or_new_code_never_a_mixture() {
 fn sigkill_during_a_transition_leaves_every_thread_on_one_version() {
     use std::io::Write;
     let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "kill", "transition");
-    let src = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../suture-process/tests/fixtures/transition/workers.c"
-    ));
-    let fixed = dir.join("workers.fixed.c");
-    let text = std::fs::read_to_string(src).unwrap();
-    std::fs::write(&fixed, format!("#define FIXED 1\n{text}")).unwrap();
-    let patch = patch_of(&dir, "workers", src, &fixed);
-    gcc(&dir, &["orig/workers.o", "-o", "workers", "-lpthread"]);
+    let patch = workers(&dir);
     for point in ["transition:switched", "transition:armed"] {
-        let (mut child, rx) =
-            spawn_lines(Command::new(dir.join("workers")).stdin(std::process::Stdio::piped()));
-        let mut stdin = child.0.stdin.take().unwrap();
-        rx.wait_for("ready");
+        let (child, rx, mut stdin) = start_workers(&dir);
         let mut ask = |cmd: &str, prefix: &str| {
             writeln!(stdin, "{cmd}").unwrap();
             rx.wait_for(prefix)
@@ -608,19 +621,8 @@ fn sigkill_during_a_transition_leaves_every_thread_on_one_version() {
 fn apply_with_a_transition_through_the_cli() {
     use std::io::Write;
     let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "kill", "transition-cli");
-    let src = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../suture-process/tests/fixtures/transition/workers.c"
-    ));
-    let fixed = dir.join("workers.fixed.c");
-    let text = std::fs::read_to_string(src).unwrap();
-    std::fs::write(&fixed, format!("#define FIXED 1\n{text}")).unwrap();
-    let patch = patch_of(&dir, "workers", src, &fixed);
-    gcc(&dir, &["orig/workers.o", "-o", "workers", "-lpthread"]);
-    let (mut child, rx) =
-        spawn_lines(Command::new(dir.join("workers")).stdin(std::process::Stdio::piped()));
-    let mut stdin = child.0.stdin.take().unwrap();
-    rx.wait_for("ready");
+    let patch = workers(&dir);
+    let (child, _rx, mut stdin) = start_workers(&dir);
     let pid = child.id();
     let applying = std::thread::spawn({
         let patch = patch.clone();
