@@ -44,6 +44,7 @@
 //! is pointed at it, it sets the destination registers from the red zone copies of the
 //! sources (so moves that swap registers are right) and jumps to the destination site.
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 
@@ -640,6 +641,7 @@ fn check(
     }
     // Every live byte of the frame must be explained; items explained once.
     let mut explained: BTreeSet<i64> = BTreeSet::new();
+    let undefined = std::cell::OnceCell::new();
     for &b in &live.slots {
         if (-8..0).contains(&b) || explained.contains(&b) {
             continue; // the return address (read by `ret`), or done
@@ -686,6 +688,16 @@ fn check(
             _ => false,
         });
         let Some((k, v)) = var else {
+            // A byte the destination never defines before the call: whatever the running
+            // frame holds there is a value the destination could have found itself.
+            if undefined
+                .get_or_init(|| dst.defined_before(to))
+                .as_ref()
+                .is_some_and(|d| d.private(b, 1))
+            {
+                explained.insert(b);
+                continue;
+            }
             return Err(format!(
                 "the stack slot at CFA{b:+} is read after the call in the other version and \
                  holds no variable"
@@ -785,6 +797,7 @@ struct Side<'x, 'o, 'a> {
     debug: Option<&'x FnVars>,
     /// Frame ranges pointers may reach ([`Side::compute_escaped`]), once per function.
     escaped: Escaped,
+    noreturn: NoReturn<'x, 'o, 'a>,
 }
 
 impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
@@ -801,6 +814,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
             rows: HashMap::new(),
             debug: vars,
             escaped: Escaped(Vec::new()),
+            noreturn: NoReturn::new(u, debug.map(|d| &d.noreturn)),
         };
         side.decode();
         side.escaped = side.compute_escaped();
@@ -862,7 +876,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                             None => (String::new(), true),
                         };
                         // A frame never waits in a call that does not return.
-                        if !NORETURN.contains(&callee.as_str()) {
+                        if !reloc.is_some_and(|(_, t)| self.noreturn.call(t)) {
                             self.calls.push(Call {
                                 ret: off + len,
                                 callee,
@@ -906,8 +920,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                 );
                 // A call to a function that does not return has no fall-through (gcc puts
                 // other code, or nothing, after `call __stack_chk_fail`).
-                let noreturn = is_call
-                    && reloc.is_some_and(|(_, t)| NORETURN.contains(&callee_name(u, t).as_str()));
+                let noreturn = is_call && reloc.is_some_and(|(_, t)| self.noreturn.call(t));
                 let falls = !noreturn
                     && (is_call
                         || matches!(
@@ -1048,33 +1061,40 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
     /// Bytes outside them are the function's own spill slots and stack-protector canary,
     /// reached only by name.
     fn compute_escaped(&self) -> Escaped {
+        let sized = self.frame_sizes();
+        let starts: BTreeSet<i64> = self.code.iter().filter_map(|i| self.escape(i)).collect();
+        Escaped(starts.into_iter().map(|k| extent(&sized, k)).collect())
+    }
+
+    /// The CFA offset of the frame address instruction `ins` computes (`lea` of a frame
+    /// address, `rsp` as a source operand), `i64::MIN` for one it cannot place.
+    fn escape(&self, ins: &Ins) -> Option<i64> {
         use iced_x86::{Mnemonic, OpKind};
-        let mut starts = BTreeSet::new();
-        for ins in &self.code {
-            let x = &ins.insn;
-            let cfa = self.row(ins.unit, ins.off).and_then(|r| r.cfa);
-            let k = match x.mnemonic() {
-                Mnemonic::Lea => match (x.memory_base(), cfa) {
-                    (Register::RSP, Some((7, n))) | (Register::RBP, Some((6, n))) => {
-                        Some((x.memory_displacement64() as i64).wrapping_sub(n))
-                    }
-                    (Register::RSP | Register::RBP, _) => Some(i64::MIN),
-                    _ => None,
-                },
-                _ if (0..x.op_count()).any(|i| {
-                    x.op_kind(i) == OpKind::Register && x.op_register(i) == Register::RSP && i > 0
-                }) =>
-                {
-                    match cfa {
-                        Some((7, n)) => Some(-n),
-                        _ => Some(i64::MIN),
-                    }
+        let x = &ins.insn;
+        let cfa = self.row(ins.unit, ins.off).and_then(|r| r.cfa);
+        match x.mnemonic() {
+            Mnemonic::Lea => match (x.memory_base(), cfa) {
+                (Register::RSP, Some((7, n))) | (Register::RBP, Some((6, n))) => {
+                    Some((x.memory_displacement64() as i64).wrapping_sub(n))
                 }
+                (Register::RSP | Register::RBP, _) => Some(i64::MIN),
                 _ => None,
-            };
-            starts.extend(k);
+            },
+            _ if (0..x.op_count()).any(|i| {
+                x.op_kind(i) == OpKind::Register && x.op_register(i) == Register::RSP && i > 0
+            }) =>
+            {
+                match cfa {
+                    Some((7, n)) => Some(-n),
+                    _ => Some(i64::MIN),
+                }
+            }
+            _ => None,
         }
-        // Sizes of the frame variables by their offset (any scope, any address).
+    }
+
+    /// Sizes of the frame variables by their CFA offset (any scope, any address).
+    fn frame_sizes(&self) -> HashMap<i64, u64> {
         let mut sized: HashMap<i64, u64> = HashMap::new();
         if let Some(d) = self.debug.filter(|d| d.frame_base_cfa) {
             for v in &d.vars {
@@ -1093,15 +1113,80 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                 }
             }
         }
-        Escaped(
-            starts
-                .into_iter()
-                .map(|k| match sized.get(&k) {
-                    Some(&size) if size > 0 => (k, k.saturating_add(size as i64)),
-                    _ => (k, i64::MAX),
-                })
-                .collect(),
-        )
+        sized
+    }
+
+    /// The frame bytes (CFA offsets) the function may define on some path from its entry to
+    /// the return address `to`: written there, or reachable through a frame address computed
+    /// there. A byte outside them holds, at `to`, whatever the stack held before the call
+    /// that made the frame: no value of the function's own, so any value is one the function
+    /// itself might find there. `None` when that cannot be told (jumps it cannot follow, a
+    /// frame not addressed from `rsp`).
+    fn defined_before(&self, to: u64) -> Option<Escaped> {
+        let &at = self.index.get(&(self.unit, to))?;
+        let entry = *self.index.get(&(self.unit, 0))?;
+        let n = self.code.len();
+        // Forward from the entry.
+        let mut fwd = vec![false; n];
+        let mut work = vec![entry];
+        while let Some(i) = work.pop() {
+            if std::mem::replace(&mut fwd[i], true) {
+                continue;
+            }
+            if self.code[i].unknown {
+                return None;
+            }
+            work.extend(self.code[i].succ.iter().copied());
+        }
+        // Backward from the call before `to` (the instructions that may run before it).
+        let mut preds: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, ins) in self.code.iter().enumerate() {
+            for &s in &ins.succ {
+                preds[s].push(i);
+            }
+        }
+        let mut bwd = vec![false; n];
+        let mut work: Vec<usize> = preds[at].clone();
+        while let Some(i) = work.pop() {
+            if std::mem::replace(&mut bwd[i], true) {
+                continue;
+            }
+            work.extend(preds[i].iter().copied());
+        }
+        let sized = self.frame_sizes();
+        let mut out = Vec::new();
+        let mut factory = InstructionInfoFactory::new();
+        for (i, ins) in self.code.iter().enumerate() {
+            if !(fwd[i] && bwd[i]) {
+                continue;
+            }
+            let cfa = self.row(ins.unit, ins.off).and_then(|r| r.cfa);
+            let Some((7, n)) = cfa else {
+                return None;
+            };
+            if let Some(k) = self.escape(ins) {
+                if k == i64::MIN {
+                    return None;
+                }
+                out.push(extent(&sized, k));
+            }
+            for m in factory.info(&ins.insn).used_memory() {
+                if !writes(m.access()) {
+                    continue;
+                }
+                match m.base() {
+                    Register::RSP if m.index() == Register::None => {
+                        let lo = (m.displacement() as i64).wrapping_sub(n);
+                        out.push((lo, lo + m.memory_size().size().max(1) as i64));
+                    }
+                    Register::RSP | Register::ESP => return None,
+                    // Through a pointer (`rbp` too: the frame is addressed from `rsp`): one
+                    // computed by a frame address above, if into the frame.
+                    _ => {}
+                }
+            }
+        }
+        Some(Escaped(out))
     }
 
     fn transfer(
@@ -1226,13 +1311,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
         };
         let info = factory.info(x);
         for r in info.used_registers() {
-            if matches!(
-                r.access(),
-                OpAccess::Write
-                    | OpAccess::ReadWrite
-                    | OpAccess::CondWrite
-                    | OpAccess::ReadCondWrite
-            ) {
+            if writes(r.access()) {
                 if let Some(d) = dwarf_reg(r.register()) {
                     v[usize::from(d)] = Val::Unknown;
                 }
@@ -1240,13 +1319,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
         }
         // Any other write to the frame forgets the slots it overlaps.
         for m in info.used_memory() {
-            if !matches!(
-                m.access(),
-                OpAccess::Write
-                    | OpAccess::ReadWrite
-                    | OpAccess::CondWrite
-                    | OpAccess::ReadCondWrite
-            ) {
+            if !writes(m.access()) {
                 continue;
             }
             let n = match (m.base(), cfa) {
@@ -1393,6 +1466,157 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
         }
         e
     }
+}
+
+/// Which calls never return, each proven: a call to one has no fall-through, so the code
+/// the compiler placed after it (often another path's code, with other values in the
+/// callee-saved registers) is neither live after nor a predecessor of anything.
+struct NoReturn<'x, 'o, 'a> {
+    u: &'x Units<'o, 'a>,
+    declared: Option<&'x BTreeSet<String>>,
+    /// Per function of the object: whether it never returns (`false` while being decided,
+    /// so recursion counts as returning).
+    memo: RefCell<HashMap<UnitId, bool>>,
+}
+
+impl<'x, 'o, 'a> NoReturn<'x, 'o, 'a> {
+    fn new(u: &'x Units<'o, 'a>, declared: Option<&'x BTreeSet<String>>) -> Self {
+        NoReturn {
+            u,
+            declared,
+            memo: RefCell::default(),
+        }
+    }
+
+    /// Whether a call to `t` never returns: a C library function that never does
+    /// ([`NORETURN`]), a function the compilation unit declares `noreturn` (the compiler
+    /// relied on it: nothing after such a call belongs to it), or a function of this object
+    /// that no other definition can replace at run time (local or non-default visibility)
+    /// whose code reaches no `ret` ([`NoReturn::proven`]).
+    fn call(&self, t: &Target) -> bool {
+        self.call_at(t, 0)
+    }
+
+    fn call_at(&self, t: &Target, depth: u32) -> bool {
+        let name = callee_name(self.u, t);
+        if NORETURN.contains(&name.as_str()) {
+            return true;
+        }
+        let declared = |n: &str| self.declared.is_some_and(|d| d.contains(n));
+        match *t {
+            Target::External { .. } => declared(&name),
+            Target::Unit {
+                unit, entry: true, ..
+            } => {
+                let x = self.u.unit(unit);
+                x.kind == crate::units::UnitKind::Func
+                    && (x.names.iter().any(|n| declared(n)) || self.proven(unit, depth))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether no path from the entry of function `f` (and of its `.cold` parts) reaches a
+    /// `ret`, a jump suture cannot follow, a tail call to a function that may return, or the
+    /// end of its code; calls fall through unless they provably do not return.
+    fn proven(&self, f: UnitId, depth: u32) -> bool {
+        if let Some(&known) = self.memo.borrow().get(&f) {
+            return known;
+        }
+        let u = self.u;
+        let x = u.unit(f);
+        let fixed = x.bind == crate::elf::Bind::Local
+            || x.bind == crate::elf::Bind::Global && u.obj.symbol(x.sym).visibility != 0;
+        if !fixed || x.ifunc || depth > 8 {
+            return false;
+        }
+        self.memo.borrow_mut().insert(f, false);
+        let never = self.walk(f, depth);
+        self.memo.borrow_mut().insert(f, never);
+        never
+    }
+
+    fn walk(&self, f: UnitId, depth: u32) -> bool {
+        let u = self.u;
+        let fname = &u.unit(f).name;
+        let mut relocs: HashMap<UnitId, Vec<(u64, Target)>> = HashMap::new();
+        let mut seen = BTreeSet::new();
+        let mut work = vec![(f, 0u64)];
+        while let Some((unit, off)) = work.pop() {
+            if !seen.insert((unit, off)) {
+                continue;
+            }
+            let bytes = u.bytes(unit);
+            let Some(rest) = bytes.get(off as usize..).filter(|r| !r.is_empty()) else {
+                return false; // off the end of the code
+            };
+            let insn = Decoder::with_ip(64, rest, off, DecoderOptions::NONE).decode();
+            if insn.is_invalid() {
+                return false;
+            }
+            let len = insn.len() as u64;
+            let ustart = u.unit(unit).start;
+            let rs = relocs.entry(unit).or_insert_with(|| {
+                u.relocs(unit)
+                    .map(|(r, t)| (r.offset - ustart, t))
+                    .collect()
+            });
+            let reloc = rs
+                .iter()
+                .find(|(at, _)| (off..off + len).contains(at))
+                .map(|(_, t)| *t);
+            let next = (unit, off + len);
+            match insn.flow_control() {
+                FlowControl::Next | FlowControl::XbeginXabortXend | FlowControl::Interrupt => {
+                    work.push(next)
+                }
+                FlowControl::Call | FlowControl::IndirectCall => {
+                    if !reloc.is_some_and(|t| self.call_at(&t, depth + 1)) {
+                        work.push(next);
+                    }
+                }
+                // `ud2`: traps.
+                FlowControl::Exception => {}
+                FlowControl::Return | FlowControl::IndirectBranch => return false,
+                FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch => {
+                    if insn.flow_control() == FlowControl::ConditionalBranch {
+                        work.push(next);
+                    }
+                    match reloc {
+                        Some(Target::Unit { unit: tu, rel, .. })
+                            if tu == f
+                                || names::is_fragment(&u.unit(tu).name)
+                                    && belongs(&u.unit(tu).name, fname) =>
+                        {
+                            work.push((tu, rel as u64))
+                        }
+                        // A tail call.
+                        Some(t) => {
+                            if !self.call_at(&t, depth + 1) {
+                                return false;
+                            }
+                        }
+                        None => {
+                            let t = insn.near_branch_target();
+                            if t >= bytes.len() as u64 {
+                                return false;
+                            }
+                            work.push((unit, t));
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Whether an access may write.
+fn writes(a: OpAccess) -> bool {
+    matches!(
+        a,
+        OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite
+    )
 }
 
 /// Whether `.cold` fragment `frag` belongs to function `f` (`f.cold`, `f.cold.1`...).
@@ -1560,6 +1784,15 @@ impl VState {
 /// Frame ranges pointers may reach (see [`Side::compute_escaped`]).
 struct Escaped(Vec<(i64, i64)>);
 
+/// The frame range a pointer to CFA + `k` may reach: the variable DWARF places there, or up
+/// to the CFA's end of the address space when no variable of known size starts there.
+fn extent(sized: &HashMap<i64, u64>, k: i64) -> (i64, i64) {
+    match sized.get(&k) {
+        Some(&size) if size > 0 => (k, k.saturating_add(size as i64)),
+        _ => (k, i64::MAX),
+    }
+}
+
 impl Escaped {
     /// Whether `size` bytes at CFA + `off` lie outside every range.
     fn private(&self, off: i64, size: u8) -> bool {
@@ -1670,6 +1903,9 @@ impl FnVars {
 
 struct FnDebug {
     functions: Vec<FnVars>,
+    /// Functions the compilation unit declares `noreturn` (`DW_AT_noreturn`): the compiler
+    /// put no code after a call to one, so nothing after such a call is reachable.
+    noreturn: BTreeSet<String>,
 }
 
 fn read_leb(b: &[u8], i: &mut usize, signed: bool) -> Option<i64> {
@@ -1795,6 +2031,7 @@ impl FnDebug {
         };
         let dwarf = gimli::Dwarf::load(load).ok()?;
         let mut functions = Vec::new();
+        let mut noreturn = BTreeSet::new();
         let mut headers = dwarf.units();
         while let Ok(Some(h)) = headers.next() {
             let Ok(unit) = dwarf.unit(h) else { continue };
@@ -1802,9 +2039,12 @@ impl FnDebug {
                 continue;
             };
             let Ok(root) = tree.root() else { continue };
-            let _ = collect_functions(&dwarf, &unit, root, &mut functions);
+            let _ = collect_functions(&dwarf, &unit, root, &mut functions, &mut noreturn);
         }
-        Some(FnDebug { functions })
+        Some(FnDebug {
+            functions,
+            noreturn,
+        })
     }
 }
 
@@ -1892,11 +2132,18 @@ fn collect_functions<'a, 'r>(
     unit: &DwUnit<'a, 'r>,
     node: gimli::EntriesTreeNode<Reader<'a, 'r>>,
     out: &mut Vec<FnVars>,
+    noreturn: &mut BTreeSet<String>,
 ) -> gimli::Result<()> {
     let mut children = node.children();
     while let Some(child) = children.next()? {
         let e = child.entry();
         if e.tag() == gimli::DW_TAG_subprogram {
+            if matches!(
+                e.attr_value(gimli::DW_AT_noreturn),
+                Some(gimli::AttributeValue::Flag(true))
+            ) {
+                noreturn.extend(attr_name(dwarf, unit, e));
+            }
             let rs = ranges(dwarf, unit, e);
             if let Some(entry) = rs.first().map(|r| r.start).filter(|_| !rs.is_empty()) {
                 let low = match e.attr_value(gimli::DW_AT_low_pc) {
@@ -1921,7 +2168,7 @@ fn collect_functions<'a, 'r>(
                 continue;
             }
         }
-        collect_functions(dwarf, unit, child, out)?;
+        collect_functions(dwarf, unit, child, out, noreturn)?;
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ use suture_testkit::{spawn_lines, Scratch, TIMEOUT};
 const CONN: &str = include_str!("fixtures/osr/conn.c");
 const EVLOOP: &str = include_str!("fixtures/osr/evloop.c");
 const FORKED: &str = include_str!("fixtures/osr/forked.c");
+const REQLOOP: &str = include_str!("fixtures/osr/reqloop.c");
 
 struct Built {
     prog: PathBuf,
@@ -23,6 +24,8 @@ struct Built {
     patch: Vec<u8>,
     /// The same patch without them.
     plain: Vec<u8>,
+    /// The builder's maps of the changed functions, by name.
+    osr: Vec<(String, suture_object::osr::OsrTable)>,
 }
 
 /// Builds the program from `src` and the patch of the variant `define` (`FIXED`...).
@@ -61,12 +64,20 @@ fn build(dir: &Path, src: &str, define: &str) -> Built {
         )
         .unwrap();
         assert_eq!(d.report.status, suture_object::Status::Patchable);
-        suture_object::emit::emit(&d).unwrap()
+        let maps = d
+            .report
+            .changed_functions
+            .iter()
+            .filter_map(|f| Some((f.name.clone(), f.osr.clone()?)))
+            .collect();
+        (suture_object::emit::emit(&d).unwrap(), maps)
     };
+    let (patch, osr) = emit(true);
     Built {
         prog: dir.join("prog"),
-        patch: emit(true),
-        plain: emit(false),
+        patch,
+        plain: emit(false).0,
+        osr,
     }
 }
 
@@ -79,6 +90,18 @@ fn opts(id: &str, timeout: Duration) -> ApplyOptions {
         patch_id: id.into(),
         timeout,
         ..Default::default()
+    }
+}
+
+/// Kills a forked helper when the test ends.
+struct Reap(Pid);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 .0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -185,15 +208,6 @@ fn a_forked_helper_loop_moves_to_the_fixed_code_and_back() {
     let line = lines.wait_for("port ");
     let port = port_of(&line);
     let helper = Pid(line.split_whitespace().nth(3).unwrap().parse().unwrap());
-    struct Reap(Pid);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0 .0),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
     let _reap = Reap(helper);
 
     // The helper waits in read() on an open connection.
@@ -324,4 +338,105 @@ fn maps_of_other_code_are_not_used() {
     );
     stdin.write_all(b"hello\n").unwrap();
     lines.wait_for("v=1");
+}
+
+/// Waits until process `pid` is blocked in read(2) (`/proc/<pid>/syscall` starts with its
+/// number, 0).
+fn wait_in_read(pid: Pid) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let now = std::fs::read_to_string(format!("/proc/{}/syscall", pid.0)).unwrap_or_default();
+        if now.starts_with("0 ") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pid:?} never waited in read: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// mini_httpd's request loop, reduced (`fixtures/osr/reqloop.c`): a forked child reads its
+/// request into a buffer of its frame in a loop around a read wrapper, and every error goes
+/// through a `send_error()` gcc finds never returns (not declared so) and places other code
+/// after. Taking such a call for one that returns joined a path with other values into the
+/// loop head, and the wait in `my_read` was refused ("rbx ... holds no value the running
+/// frame has", rbx being the buffer's address in both versions); and a local the reply
+/// after the loop fills through its address and reads directly made a frame slot live at
+/// the wait ("the stack slot ... holds no variable"), although nothing defines it before.
+/// The builder now proves `send_error()` never returns from its code and that the loop
+/// never defines that slot; the waiting child moves with its buffer address and read count
+/// intact, reverts, and runs the fix's own check.
+#[test]
+fn a_request_loop_past_calls_that_never_return_moves_to_the_fixed_code_and_back() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpStream;
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "osr", "reqloop");
+    let b = build(&dir, REQLOOP, "FIXED");
+    let (_, table) = b
+        .osr
+        .iter()
+        .find(|(f, _)| f == "handle_request")
+        .expect("handle_request changed");
+    let waits = |sites: &[suture_object::osr::OsrSite]| {
+        sites
+            .iter()
+            .filter(|s| s.callee.starts_with("my_read"))
+            .count()
+    };
+    assert_eq!(waits(&table.forward), 1, "{table:#?}");
+    assert_eq!(waits(&table.backward), 1, "{table:#?}");
+    // Bytes of the frame the code defines before the call (here through the address of a
+    // local, handed to `start_contents()`) and reads after it without a variable there
+    // still refuse the site: only bytes never defined before it may hold anything.
+    assert!(
+        table.refused.iter().any(|r| r.callee == "snprintf"
+            && r.reason
+                .contains("is read after the call in the other version and holds no variable")),
+        "{table:#?}"
+    );
+    // A call that never returns is no site: a frame never continues after it.
+    assert!(
+        !table.refused.iter().any(|r| r.callee == "send_error")
+            && !table.forward.iter().any(|s| s.callee == "send_error"),
+        "{table:#?}"
+    );
+
+    let (_parent, lines) = spawn_lines(&mut Command::new(&b.prog));
+    let port = port_of(&lines.wait_for("port "));
+    // A connection whose child has read the first part of a request and waits for the rest.
+    let open = |first: &[u8]| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(suture_testkit::WAIT)).unwrap();
+        s.write_all(first).unwrap();
+        let line = lines.wait_for("child ");
+        let child = Pid(line.split_whitespace().nth(1).unwrap().parse().unwrap());
+        wait_in_read(child);
+        (s, Reap(child))
+    };
+    let finish = |mut s: TcpStream, rest: &[u8]| {
+        s.write_all(rest).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line.trim_end().to_string()
+    };
+
+    let (s, child) = open(b"GET /a");
+    refused_as_busy(child.0, &b.plain);
+    let applied = apply(child.0, &b.patch, &opts("osr", TIMEOUT)).expect("apply with OSR");
+    assert_eq!(applied.moved_frames.len(), 1, "{applied:?}");
+    assert_eq!(finish(s, b"?q HTTP/1.0\n\n"), "v=2 GET /a reads=2");
+
+    let (s, child) = open(b"GET /b");
+    let applied = apply(child.0, &b.patch, &opts("osr", TIMEOUT)).expect("apply with OSR");
+    assert_eq!(applied.moved_frames.len(), 1, "{applied:?}");
+    let reverted = revert_timed(child.0, "osr", TIMEOUT).expect("revert with OSR");
+    assert_eq!(reverted.moved_frames.len(), 1, "{reverted:?}");
+    assert_eq!(finish(s, b" HTTP/1.0\n\n"), "v=1 GET /b reads=2");
+
+    // The fix's new check, reached from the moved frame.
+    let (s, child) = open(b"GET /c");
+    apply(child.0, &b.patch, &opts("osr", TIMEOUT)).expect("apply with OSR");
+    assert_eq!(finish(s, &[b'x'; 80]), "error 413 too large");
 }
