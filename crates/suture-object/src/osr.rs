@@ -13,10 +13,12 @@
 //!    `DW_TAG_inlined_subroutine`); the n-th call with a key in one version pairs with the n-th
 //!    in the other, and only when both versions have the same number of them. Indirect calls
 //!    are never paired (their callee cannot be compared).
-//! 2. **The frame.** The CFA rule and the save rule of every callee-saved register
-//!    (`rbx rbp r12-r15`) must be identical at both return addresses (from `.eh_frame`): the
-//!    frame is then the same size and holds the caller's registers in the same places, so the
-//!    stack above the frame and the epilogue work unchanged.
+//! 2. **The frame.** The CFA rule must be identical at both return addresses (from
+//!    `.eh_frame`): the frame is then the same size, so the stack above it works unchanged.
+//!    Where the versions keep a caller's callee-saved register (`rbx rbp r12-r15`)
+//!    differently (another save slot, or saved in one and untouched in the other), the
+//!    caller's value moves to where the destination keeps it, so its epilogue restores it: a
+//!    save slot is written only where neither version takes an address.
 //! 3. **Everything the new code reads.** A liveness analysis of the destination function
 //!    (iced-x86's register and memory use per instruction, a backward data flow over its
 //!    control-flow graph including `.cold` parts and jump tables) gives the callee-saved
@@ -494,16 +496,6 @@ fn check(
             cfa_d.1
         ));
     }
-    for (i, r) in CALLEE_SAVED.iter().enumerate() {
-        if rs.saves[i] != rd.saves[i] {
-            return Err(format!(
-                "the caller's {} is kept differently ({:?} vs {:?})",
-                reg_name(*r),
-                rs.saves[i],
-                rd.saves[i]
-            ));
-        }
-    }
     let Some(live) = liveness.at(dst.unit, to) else {
         return Err("the call is the function's last instruction".into());
     };
@@ -586,8 +578,39 @@ fn check(
         }
     };
     let mut moves = Vec::new();
+    // The caller's registers, where the other version keeps them: the same frame size, so
+    // a save slot the other version uses (never addressed: a `push` or spill) is written
+    // with the caller's value from wherever the running version keeps it.
+    let mut callers = 0u8;
     for (i, &r) in CALLEE_SAVED.iter().enumerate() {
-        if live.regs & (1 << i) == 0 {
+        if rs.saves[i] == rd.saves[i] {
+            continue;
+        }
+        let differs = || {
+            format!(
+                "the caller's {} is kept differently ({:?} vs {:?})",
+                reg_name(r),
+                rs.saves[i],
+                rd.saves[i]
+            )
+        };
+        let src = match rs.saves[i] {
+            Save::Same => OsrSource::Register { reg: r, add: 0 },
+            Save::At(n) => OsrSource::Slot { offset: n, size: 8 },
+            Save::Other => return Err(differs()),
+        };
+        let dst = match rd.saves[i] {
+            Save::Same => {
+                callers |= 1 << i;
+                OsrDest::Register { reg: r }
+            }
+            Save::At(n) if private(n, 8) => OsrDest::Frame { offset: n, size: 8 },
+            _ => return Err(differs()),
+        };
+        moves.push(OsrMove { dst, src });
+    }
+    for (i, &r) in CALLEE_SAVED.iter().enumerate() {
+        if live.regs & (1 << i) == 0 || callers & (1 << i) != 0 {
             continue;
         }
         if rd.saves[i] == Save::Same && rs.saves[i] == Save::Same {

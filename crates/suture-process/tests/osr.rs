@@ -17,6 +17,7 @@ const CONN: &str = include_str!("fixtures/osr/conn.c");
 const EVLOOP: &str = include_str!("fixtures/osr/evloop.c");
 const FORKED: &str = include_str!("fixtures/osr/forked.c");
 const REQLOOP: &str = include_str!("fixtures/osr/reqloop.c");
+const SAVES: &str = include_str!("fixtures/osr/saves.c");
 
 struct Built {
     prog: PathBuf,
@@ -439,4 +440,62 @@ fn a_request_loop_past_calls_that_never_return_moves_to_the_fixed_code_and_back(
     let (s, child) = open(b"GET /c");
     apply(child.0, &b.patch, &opts("osr", TIMEOUT)).expect("apply with OSR");
     assert_eq!(finish(s, &[b'x'; 80]), "error 413 too large");
+}
+
+/// libcare's `simplest` test (`fixtures/osr/saves.c`, waiting on its input instead of
+/// sleeping): the fix empties a function inlined into the loop, and gcc then keeps the
+/// caller's registers differently in the same frame size (rbx at CFA-24 and rbp at CFA-16,
+/// against rbx alone at CFA-16). Refused before ("the caller's rbx is kept differently");
+/// now the trampoline moves the caller's values to where the other version keeps them,
+/// and `main`, which holds two values in callee-saved registers across the loop, finds
+/// them intact when the loop ends after an apply and a revert.
+#[test]
+fn a_loop_whose_fix_keeps_the_callers_registers_elsewhere_moves_and_back() {
+    use std::io::Write;
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "osr", "saves");
+    let b = build(&dir, SAVES, "FIXED");
+    let (_, table) = b
+        .osr
+        .iter()
+        .find(|(f, _)| f == "greet_loop")
+        .expect("greet_loop changed");
+    let waits: Vec<_> = table
+        .forward
+        .iter()
+        .filter(|s| s.callee == "getc")
+        .collect();
+    assert_eq!(waits.len(), 2, "{table:#?}");
+    assert!(
+        waits.iter().all(|s| s
+            .moves
+            .iter()
+            .any(|m| matches!(m.dst, suture_object::osr::OsrDest::Frame { .. }))),
+        "a save slot is written: {table:#?}"
+    );
+
+    let mut cmd = Command::new(&b.prog);
+    cmd.stdin(std::process::Stdio::piped());
+    let (mut child, lines) = spawn_lines(&mut cmd);
+    let next = || lines.0.recv_timeout(suture_testkit::WAIT).expect("a line");
+    assert_eq!(next(), "Hello. This is an UNPATCHED version!");
+    let mut stdin = child.0.stdin.take().unwrap();
+    let pid = Pid(child.id() as i32);
+    wait_in_read(pid);
+    refused_as_busy(pid, &b.plain);
+
+    let applied = apply(pid, &b.patch, &opts("osr", TIMEOUT)).expect("apply with OSR");
+    assert_eq!(applied.moved_frames.len(), 1, "{applied:?}");
+    // Three turns: the emptied greeting prints nothing between the other two.
+    stdin.write_all(b"\n\n\n").unwrap();
+    assert_eq!(next(), "Hello from another function");
+    assert_eq!(next(), "Hello from another function");
+    wait_in_read(pid);
+
+    let reverted = revert_timed(pid, "osr", TIMEOUT).expect("revert with OSR");
+    assert_eq!(reverted.moved_frames.len(), 1, "{reverted:?}");
+    stdin.write_all(b"\n").unwrap();
+    assert_eq!(next(), "Hello. This is an UNPATCHED version!");
+    drop(stdin);
+    assert_eq!(next(), "bye 0 0", "main's registers survived both moves");
+    assert!(child.0.wait().unwrap().success());
 }
