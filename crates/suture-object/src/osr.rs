@@ -409,6 +409,7 @@ fn map(src: &Side, dst: &Side) -> (Vec<OsrSite>, Vec<OsrRefusal>) {
         src_by_key.entry(key(c)).or_default().push(c);
     }
     let liveness = dst.liveness();
+    let past = std::cell::OnceCell::new();
     let values = (src.values(), dst.values());
     for c in &src.calls {
         let refuse = |reason: String| OsrRefusal {
@@ -445,7 +446,7 @@ fn map(src: &Side, dst: &Side) -> (Vec<OsrSite>, Vec<OsrRefusal>) {
             .position(|x| std::ptr::eq(*x, c))
             .expect("a call is in its own group");
         let d = theirs[n];
-        match check(src, c.ret, dst, d.ret, &liveness, &values) {
+        match check(src, c.ret, dst, d.ret, (&liveness, &past), &values) {
             Ok((cfa, moves)) => sites.push(OsrSite {
                 from: c.ret as u32,
                 to: d.ret as u32,
@@ -466,9 +467,34 @@ fn check(
     from: u64,
     dst: &Side,
     to: u64,
-    liveness: &Liveness,
+    (liveness, past): (&Liveness, &std::cell::OnceCell<(Liveness, BTreeSet<usize>)>),
     values: &(Values, Values),
 ) -> Result<(i64, Vec<OsrMove>), String> {
+    // Why a value is read after the call, when only past calls that may not return.
+    let hint = |live: &dyn Fn(&Live) -> bool| -> String {
+        let (cut, calls) = past.get_or_init(|| {
+            let calls = dst.padded_calls();
+            (dst.liveness_cut(&calls), calls)
+        });
+        if calls.is_empty() || cut.at(dst.unit, to).is_none_or(live) {
+            return String::new();
+        }
+        let names: BTreeSet<String> = calls
+            .iter()
+            .filter_map(|&i| {
+                let c = &dst.code[i];
+                dst.calls
+                    .iter()
+                    .find(|x| x.ret == c.off + c.insn.len() as u64)
+                    .map(|x| format!("the call to {} at +{:#x}", x.callee, c.off))
+            })
+            .collect();
+        format!(
+            "; it is read only on paths past {}, which the compiler may have known never \
+             returns (only padding follows), but nothing in the object says so",
+            names.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    };
     let at = |side: &Side, vals: &Values, off: u64| {
         side.index
             .get(&(side.unit, off))
@@ -651,13 +677,14 @@ fn check(
             None => {
                 return Err(format!(
                     "{} is read after the call in the other version and holds no value the \
-                     running frame has{}",
+                     running frame has{}{}",
                     reg_name(r),
                     if why.is_empty() {
                         String::new()
                     } else {
                         format!(" ({})", why.join("; "))
-                    }
+                    },
+                    hint(&|l: &Live| l.regs & (1 << i) != 0)
                 ))
             }
         }
@@ -723,7 +750,8 @@ fn check(
             }
             return Err(format!(
                 "the stack slot at CFA{b:+} is read after the call in the other version and \
-                 holds no variable"
+                 holds no variable{}",
+                hint(&|l: &Live| l.slots.contains(&b))
             ));
         };
         let Loc::Frame(off) = v.loc else {
@@ -1381,6 +1409,27 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
     }
 
     fn liveness(&self) -> Liveness {
+        self.liveness_cut(&BTreeSet::new())
+    }
+
+    /// Direct calls followed by padding (`nop`, `int3`): a compiler puts nothing after a
+    /// call it knows does not return, such as one followed by `__builtin_unreachable()`,
+    /// which no object says. Only ever used to explain a refusal.
+    fn padded_calls(&self) -> BTreeSet<usize> {
+        use iced_x86::Mnemonic;
+        (0..self.code.len().saturating_sub(1))
+            .filter(|&i| {
+                let (c, next) = (&self.code[i], &self.code[i + 1]);
+                c.insn.flow_control() == FlowControl::Call
+                    && next.unit == c.unit
+                    && c.succ.contains(&(i + 1))
+                    && matches!(next.insn.mnemonic(), Mnemonic::Nop | Mnemonic::Int3)
+            })
+            .collect()
+    }
+
+    /// [`Side::liveness`] with the fall-through of the calls `cut` removed.
+    fn liveness_cut(&self, cut: &BTreeSet<usize>) -> Liveness {
         let n = self.code.len();
         let mut effects = Vec::with_capacity(n);
         let mut factory = InstructionInfoFactory::new();
@@ -1390,7 +1439,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
         let mut live_in: Vec<Live> = vec![Live::default(); n];
         let mut preds: Vec<Vec<usize>> = vec![Vec::new(); n];
         for (i, ins) in self.code.iter().enumerate() {
-            for &s in &ins.succ {
+            for &s in ins.succ.iter().filter(|_| !cut.contains(&i)) {
                 preds[s].push(i);
             }
         }
@@ -1408,7 +1457,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                 out.regs = 0x3f;
                 out.unknown = true;
             }
-            for &s in &ins.succ {
+            for &s in ins.succ.iter().filter(|_| !cut.contains(&i)) {
                 out.union(&live_in[s]);
             }
             let e = &effects[i];
