@@ -898,8 +898,14 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                 let mut tg = Vec::new();
                 let mut exit = false;
                 let mut unknown = insn.is_invalid();
-                let resolved = |t: &Target, units: &mut Vec<UnitId>| -> Option<(UnitId, u64)> {
+                // A branch's relocation holds the target minus the distance from the field to
+                // the instruction's end (`.text.unlikely.f-4`).
+                let resolved = |r: &crate::elf::Reloc,
+                                t: &Target,
+                                units: &mut Vec<UnitId>|
+                 -> Option<(UnitId, u64)> {
                     if let Target::Unit { unit: tu, rel, .. } = *t {
+                        let rel = rel + (ustart + off + len) as i64 - r.offset as i64;
                         let name = &u.unit(tu).name;
                         if tu == self.unit || names::is_fragment(name) && belongs(name, &self.name)
                         {
@@ -941,7 +947,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                     FlowControl::Interrupt | FlowControl::Exception => {}
                     FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch => {
                         match reloc {
-                            Some((_, t)) => match resolved(t, &mut units) {
+                            Some((r, t)) => match resolved(r, t, &mut units) {
                                 Some(x) => tg.push(Ok(x)),
                                 None => exit = true,
                             },
@@ -1636,14 +1642,14 @@ impl<'x, 'o, 'a> NoReturn<'x, 'o, 'a> {
             let reloc = rs
                 .iter()
                 .find(|(at, _)| (off..off + len).contains(at))
-                .map(|(_, t)| *t);
+                .copied();
             let next = (unit, off + len);
             match insn.flow_control() {
                 FlowControl::Next | FlowControl::XbeginXabortXend | FlowControl::Interrupt => {
                     work.push(next)
                 }
                 FlowControl::Call | FlowControl::IndirectCall => {
-                    if !reloc.is_some_and(|t| self.call_at(&t, depth + 1)) {
+                    if !reloc.is_some_and(|(_, t)| self.call_at(&t, depth + 1)) {
                         work.push(next);
                     }
                 }
@@ -1655,15 +1661,16 @@ impl<'x, 'o, 'a> NoReturn<'x, 'o, 'a> {
                         work.push(next);
                     }
                     match reloc {
-                        Some(Target::Unit { unit: tu, rel, .. })
+                        Some((at, Target::Unit { unit: tu, rel, .. }))
                             if tu == f
                                 || names::is_fragment(&u.unit(tu).name)
                                     && belongs(&u.unit(tu).name, fname) =>
                         {
-                            work.push((tu, rel as u64))
+                            // The field's distance to the instruction's end, as in `decode`.
+                            work.push((tu, (rel + (off + len) as i64 - at as i64) as u64))
                         }
                         // A tail call.
-                        Some(t) => {
+                        Some((_, t)) => {
                             if !self.call_at(&t, depth + 1) {
                                 return false;
                             }

@@ -18,6 +18,7 @@ const EVLOOP: &str = include_str!("fixtures/osr/evloop.c");
 const FORKED: &str = include_str!("fixtures/osr/forked.c");
 const REQLOOP: &str = include_str!("fixtures/osr/reqloop.c");
 const SAVES: &str = include_str!("fixtures/osr/saves.c");
+const COLD: &str = include_str!("fixtures/osr/cold.c");
 
 struct Built {
     prog: PathBuf,
@@ -497,5 +498,47 @@ fn a_loop_whose_fix_keeps_the_callers_registers_elsewhere_moves_and_back() {
     assert_eq!(next(), "Hello. This is an UNPATCHED version!");
     drop(stdin);
     assert_eq!(next(), "bye 0 0", "main's registers survived both moves");
+    assert!(child.0.wait().unwrap().success());
+}
+
+/// A loop whose error path gcc moves to a `.cold` part (`fixtures/osr/cold.c`): the code
+/// after the wait in `read` jumps there and back. The analyses followed those jumps 4 bytes
+/// short (a branch's relocation holds the target minus the field's distance to the
+/// instruction's end), saw jumps into nothing, and refused every site ("jumps suture cannot
+/// follow"). The waiting frame now moves with its running total and moves back.
+#[test]
+fn a_loop_with_a_cold_part_moves_to_the_fixed_code_and_back() {
+    use std::io::Write;
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "osr", "cold");
+    let b = build(&dir, COLD, "FIXED");
+    assert!(
+        b.osr.iter().any(|(f, t)| f == "serve"
+            && t.forward.iter().any(|s| s.callee == "read")
+            && t.backward.iter().any(|s| s.callee == "read")),
+        "{:#?}",
+        b.osr
+    );
+    let mut cmd = Command::new(&b.prog);
+    cmd.stdin(std::process::Stdio::piped());
+    let (mut child, lines) = spawn_lines(&mut cmd);
+    lines.wait_for("ready");
+    let mut stdin = child.0.stdin.take().unwrap();
+    let pid = Pid(child.id() as i32);
+    stdin.write_all(b"abc\n").unwrap();
+    assert_eq!(lines.wait_for("total="), "v=1 total=4");
+    wait_in_read(pid);
+    refused_as_busy(pid, &b.plain);
+
+    let applied = apply(pid, &b.patch, &opts("osr", TIMEOUT)).expect("apply with OSR");
+    assert_eq!(applied.moved_frames.len(), 1, "{applied:?}");
+    stdin.write_all(b"de\n").unwrap();
+    assert_eq!(lines.wait_for("total="), "v=2 total=7");
+    wait_in_read(pid);
+    let reverted = revert_timed(pid, "osr", TIMEOUT).expect("revert with OSR");
+    assert_eq!(reverted.moved_frames.len(), 1, "{reverted:?}");
+    stdin.write_all(b"f\n").unwrap();
+    assert_eq!(lines.wait_for("total="), "v=1 total=9");
+    drop(stdin);
+    lines.wait_for("bye");
     assert!(child.0.wait().unwrap().success());
 }
