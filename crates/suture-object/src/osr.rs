@@ -502,6 +502,7 @@ fn check(
             .unwrap_or(VState {
                 regs: [Val::Unknown; 16],
                 slots: Default::default(),
+                zero: None,
             })
     };
     let vsrc = at(src, &values.0, from);
@@ -571,7 +572,8 @@ fn check(
                         })
                         .map(|(&offset, &(_, size))| OsrSource::Slot { offset, size })
                 }),
-            Val::Unknown => None,
+            // Meaningful only within one version.
+            Val::Def(..) | Val::Unknown => None,
         }
     };
     // What a variable of the destination is, from where the running frame has it.
@@ -696,6 +698,15 @@ fn check(
         if (-8..0).contains(&b) || explained.contains(&b) {
             continue; // the return address (read by `ret`), or done
         }
+        // The stack-protector canary's slot, the same in both versions: only the epilogue
+        // reads it, comparing it with the thread's canary, whatever wrote it since.
+        if let Some(c) = dst
+            .canary
+            .filter(|c| src.canary == Some(*c) && (*c..*c + 8).contains(&b))
+        {
+            explained.extend(c..c + 8);
+            continue;
+        }
         // A callee-saved register's save slot (identical in both versions).
         if let Some(n) = rd.saves.iter().find_map(|s| match s {
             Save::At(n) if (*n..*n + 8).contains(&b) => Some(*n),
@@ -708,7 +719,7 @@ fn check(
         if let Some((&off, &(val, size))) = vdst
             .slots
             .range(b - 7..=b)
-            .find(|(&off, (_, size))| off + i64::from(*size) > b)
+            .find(|(&off, (v, size))| off + i64::from(*size) > b && !matches!(v, Val::Def(..)))
         {
             explained.extend(off..off + i64::from(size));
             if vsrc.slots.get(&off) == Some(&(val, size)) {
@@ -849,6 +860,8 @@ struct Side<'x, 'o, 'a> {
     /// Frame ranges pointers may reach ([`Side::compute_escaped`]), once per function.
     escaped: Escaped,
     noreturn: NoReturn<'x, 'o, 'a>,
+    /// Where the prologue stores the stack-protector canary (CFA offset).
+    canary: Option<i64>,
 }
 
 impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
@@ -866,9 +879,11 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
             debug: vars,
             escaped: Escaped(Vec::new()),
             noreturn: NoReturn::new(u, debug.map(|d| &d.noreturn)),
+            canary: None,
         };
         side.decode();
         side.escaped = side.compute_escaped();
+        side.canary = side.canary_slot();
         side
     }
 
@@ -879,6 +894,9 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
         let mut i = 0;
         // Raw branch targets per instruction: Ok((unit, offset)) or Err(()) for leaving.
         let mut targets: Vec<Vec<Result<(UnitId, u64), ()>>> = Vec::new();
+        // Jump table entries that may belong to the next table (used where they land on an
+        // instruction).
+        let mut maybe: Vec<Vec<(UnitId, u64)>> = Vec::new();
         while i < units.len() {
             let unit = units[i];
             i += 1;
@@ -896,6 +914,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                     .iter()
                     .find(|(r, _)| (ustart + off..ustart + off + len).contains(&r.offset));
                 let mut tg = Vec::new();
+                let mut tg_maybe = Vec::new();
                 let mut exit = false;
                 let mut unknown = insn.is_invalid();
                 // A branch's relocation holds the target minus the distance from the field to
@@ -963,11 +982,12 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                         }
                     }
                     FlowControl::IndirectBranch => {
-                        let cands = table_targets(u, &units, unit);
+                        let (cands, past) = table_targets(u, &units);
                         if cands.is_empty() {
                             unknown = true;
                         }
                         tg.extend(cands.into_iter().map(Ok));
+                        tg_maybe = past;
                         exit = true;
                     }
                 }
@@ -1004,9 +1024,10 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                     unknown,
                 });
                 targets.push(tg);
+                maybe.push(tg_maybe);
             }
         }
-        for (n, tg) in targets.into_iter().enumerate() {
+        for (n, (tg, mb)) in targets.into_iter().zip(maybe).enumerate() {
             for t in tg {
                 match t.ok().and_then(|k| self.index.get(&k).copied()) {
                     Some(s) => self.code[n].succ.push(s),
@@ -1014,6 +1035,11 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                     None => self.code[n].unknown = true,
                 }
             }
+            let found: Vec<usize> = mb
+                .iter()
+                .filter_map(|k| self.index.get(k).copied())
+                .collect();
+            self.code[n].succ.extend(found);
         }
         if let Some(v) = self.debug {
             for c in &mut self.calls {
@@ -1084,6 +1110,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
         state[entry] = Some(VState {
             regs,
             slots: Default::default(),
+            zero: None,
         });
         let floor = &self.escaped;
         let mut factory = InstructionInfoFactory::new();
@@ -1093,13 +1120,30 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                 continue;
             };
             let ins = &self.code[i];
-            self.transfer(ins, &mut v, floor, &mut factory);
+            let zero = v.zero;
+            self.transfer(i as u32, ins, &mut v, floor, &mut factory);
+            // The edge of `je`/`jne` on which the tested value is zero.
+            let next = (ins.unit, ins.off + ins.insn.len() as u64);
+            let zero_edge = match (zero, ins.insn.mnemonic()) {
+                (Some(t), iced_x86::Mnemonic::Je) => Some((t, true)),
+                (Some(t), iced_x86::Mnemonic::Jne) => Some((t, false)),
+                _ => None,
+            };
             for &s in &ins.succ {
+                let mut edge = v.clone();
+                if let Some((t, taken)) = zero_edge {
+                    let falls = (self.code[s].unit, self.code[s].off) == next;
+                    let target_is_next = ins.succ.iter().all(|&x| x == s);
+                    if falls != taken && !target_is_next {
+                        edge.zeroed(t);
+                    }
+                }
+                let v = &edge;
                 let merged = match &state[s] {
                     None => v.clone(),
                     Some(old) => {
                         let mut m = old.clone();
-                        m.join(&v);
+                        m.join(v);
                         m
                     }
                 };
@@ -1145,6 +1189,38 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                     Some((7, n)) => Some(-n),
                     _ => Some(i64::MIN),
                 }
+            }
+            _ => None,
+        }
+    }
+
+    /// Where the function stores the stack-protector canary: `mov %fs:0x28, reg` followed
+    /// by a store of that register to the frame, the first time the function loads it.
+    fn canary_slot(&self) -> Option<i64> {
+        use iced_x86::OpKind;
+        let i = self.code.iter().position(|ins| {
+            let x = &ins.insn;
+            x.op0_kind() == OpKind::Register
+                && x.op_count() == 2
+                && x.op1_kind() == OpKind::Memory
+                && x.segment_prefix() == Register::FS
+                && x.memory_base() == Register::None
+                && x.memory_displacement64() == 0x28
+        })?;
+        let reg = self.code[i].insn.op0_register();
+        let st = self.code.get(i + 1)?;
+        let x = &st.insn;
+        let cfa = self.row(st.unit, st.off).and_then(|r| r.cfa);
+        match (x.mnemonic(), cfa) {
+            (iced_x86::Mnemonic::Mov, Some((7, n)))
+                if x.op0_kind() == OpKind::Memory
+                    && x.memory_base() == Register::RSP
+                    && x.memory_index() == Register::None
+                    && x.op1_kind() == OpKind::Register
+                    && x.op1_register() == reg
+                    && reg.is_gpr64() =>
+            {
+                Some((x.memory_displacement64() as i64).wrapping_sub(n))
             }
             _ => None,
         }
@@ -1248,6 +1324,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
 
     fn transfer(
         &self,
+        idx: u32,
         ins: &Ins,
         st: &mut VState,
         floor: &Escaped,
@@ -1255,6 +1332,27 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
     ) {
         use iced_x86::{Mnemonic, OpKind};
         let x = &ins.insn;
+        st.redefine(idx);
+        // `test r, r`: the flags say whether r's value is zero; anything else that writes
+        // the flags says something else.
+        let zero = match (x.mnemonic(), dst_reg_of(x)) {
+            (Mnemonic::Test, Some(r))
+                if x.op1_kind() == OpKind::Register && x.op1_register() == r =>
+            {
+                dwarf_reg(r)
+                    .map(|d| st.regs[usize::from(d)])
+                    .filter(|v| !matches!(v, Val::Unknown | Val::Imm(_)))
+                    .map(|v| match v {
+                        Val::Entry(d, _) if r.is_gpr32() => Val::Entry(d, 32),
+                        Val::Def(d, _) if r.is_gpr32() => Val::Def(d, 32),
+                        v => v,
+                    })
+                    .filter(|_| r.is_gpr32() || r.is_gpr64())
+            }
+            _ if x.rflags_modified() != 0 => None,
+            _ => st.zero,
+        };
+        st.zero = zero;
         let v = &mut st.regs;
         let cfa = self.row(ins.unit, ins.off).and_then(|r| r.cfa);
         // A frame slot named by an rsp/rbp-relative operand, as (CFA offset, bytes).
@@ -1277,6 +1375,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
             .filter(|r| reg64(*r));
         let narrow = |val: Val, d: Register| match val {
             Val::Entry(r, w) if d.is_gpr32() => Val::Entry(r, w.min(32)),
+            Val::Def(i, w) if d.is_gpr32() => Val::Def(i, w.min(32)),
             Val::Imm(c) if d.is_gpr32() => Val::Imm(i64::from(c as u32)),
             val if d.is_gpr64() => val,
             _ => Val::Unknown,
@@ -1313,7 +1412,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                         .map(|(val, _)| *val)
                 }) {
                     Some(val) => Some(narrow(val, d)),
-                    None => Some(Val::Unknown),
+                    None => Some(narrow(Val::Def(idx, 64), d)),
                 }
             }
             (Mnemonic::Mov, Some(d))
@@ -1339,6 +1438,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                             .map_or(Val::Unknown, |val| match (val, size) {
                                 (val, 8) => val,
                                 (Val::Entry(r, _), 4) => Val::Entry(r, 32),
+                                (Val::Def(i, _), 4) => Val::Def(i, 32),
                                 _ => Val::Unknown,
                             }),
                         OpKind::Immediate32 | OpKind::Immediate32to64 => {
@@ -1408,6 +1508,8 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
             for r in CALLER_SAVED {
                 v[usize::from(r)] = Val::Unknown;
             }
+            // The result.
+            v[0] = Val::Def(idx, 64);
         }
         if let (Some(val), Some(d)) = (new, dst.and_then(dwarf_reg)) {
             v[usize::from(d)] = val;
@@ -1529,8 +1631,11 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
             };
             let Some(n) = frame_rel else { continue };
             if m.index() != Register::None {
-                // An indexed frame access (an array in the frame): any of its slots.
-                e.unknown = true;
+                // An indexed frame access (an array in the frame): a write may be left out
+                // (it only ever ends a value's life); a read may read any of its slots.
+                if !matches!(m.access(), OpAccess::Write | OpAccess::CondWrite) {
+                    e.unknown = true;
+                }
                 continue;
             }
             let off = (m.displacement() as i64).wrapping_sub(n);
@@ -1690,6 +1795,11 @@ impl<'x, 'o, 'a> NoReturn<'x, 'o, 'a> {
     }
 }
 
+/// The register operand 0 of `x`, if it is one.
+fn dst_reg_of(x: &Instruction) -> Option<Register> {
+    (x.op_count() >= 1 && x.op0_kind() == iced_x86::OpKind::Register).then(|| x.op0_register())
+}
+
 /// Whether an access may write.
 fn writes(a: OpAccess) -> bool {
     matches!(
@@ -1721,10 +1831,17 @@ fn tagged(u: &Units, unit: UnitId, off: u64) -> u64 {
     (u64::from(x.section.0) + 1) << TAG | (x.start + off)
 }
 
+/// Places in the code: (unit, offset).
+type Places = Vec<(UnitId, u64)>;
+
 /// Offsets (in `units`) that jump tables in data sections point at: for every data
 /// reference of the function's code to the start of a table, the consecutive code addresses
 /// stored from there (8-byte absolute entries, or 4-byte entries relative to the table).
-fn table_targets(u: &Units, units: &[UnitId], _here: UnitId) -> Vec<(UnitId, u64)> {
+/// Entries from the next place the code refers to on are returned apart: gcc puts a
+/// function's tables one after the other, so they are usually the next table's, read
+/// against the wrong start (they are read again from their own); but the code may also
+/// refer into a table (`.L4-8`), so they may be this table's too.
+fn table_targets(u: &Units, units: &[UnitId]) -> (Places, Places) {
     let mut starts = BTreeSet::new();
     for &unit in units {
         for (_, t) in u.relocs(unit) {
@@ -1733,9 +1850,14 @@ fn table_targets(u: &Units, units: &[UnitId], _here: UnitId) -> Vec<(UnitId, u64
             }
         }
     }
-    let mut out = Vec::new();
-    for (sec, start) in starts {
+    let (mut out, mut past) = (Vec::new(), Vec::new());
+    for &(sec, start) in &starts {
         let section = u.obj.section(sec);
+        let next = starts
+            .range((sec, start + 1)..)
+            .next()
+            .filter(|&&(s, _)| s == sec)
+            .map_or(u64::MAX, |&(_, n)| n);
         if section.flags & 0x4 != 0 {
             continue; // executable: not a table
         }
@@ -1758,11 +1880,15 @@ fn table_targets(u: &Units, units: &[UnitId], _here: UnitId) -> Vec<(UnitId, u64
                 2 | 24 => (4, rel - (r.offset - start) as i64), // PC32, PC64-ish
                 _ => break,
             };
-            out.push((unit, target as u64));
+            if r.offset < next {
+                out.push((unit, target as u64));
+            } else {
+                past.push((unit, target as u64));
+            }
             expect += stride;
         }
     }
-    out
+    (out, past)
 }
 
 fn rows_of(u: &Units, unit: UnitId) -> Vec<Row> {
@@ -1838,6 +1964,10 @@ enum Val {
     Imm(i64),
     /// The thread's stack-protector canary (`%fs:0x28`), the same for both versions.
     Canary,
+    /// The value the instruction at this index last computed (a call's result, a load) or
+    /// its low 32 bits zero-extended (`w` = 32): unknown, but the same in every register
+    /// and slot holding it. Meaningful only within one version.
+    Def(u32, u8),
     Unknown,
 }
 
@@ -1847,6 +1977,8 @@ struct VState {
     regs: [Val; 16],
     /// By CFA offset: (value, bytes stored).
     slots: std::collections::BTreeMap<i64, (Val, u8)>,
+    /// The value whose being zero the flags say (`test r, r`).
+    zero: Option<Val>,
 }
 
 impl VState {
@@ -1857,6 +1989,39 @@ impl VState {
             }
         }
         self.slots.retain(|k, v| o.slots.get(k) == Some(v));
+        if self.zero != o.zero {
+            self.zero = None;
+        }
+    }
+
+    /// On the edge where the flags say `t` is zero: every copy of it is the constant 0.
+    fn zeroed(&mut self, t: Val) {
+        let low = match t {
+            Val::Def(i, 64) => Some(Val::Def(i, 32)),
+            Val::Entry(r, 64) => Some(Val::Entry(r, 32)),
+            _ => None,
+        };
+        let hit = |v: &Val| *v == t || Some(*v) == low;
+        for r in self.regs.iter_mut().filter(|v| hit(v)) {
+            *r = Val::Imm(0);
+        }
+        for (v, _) in self.slots.values_mut().filter(|(v, _)| hit(v)) {
+            *v = Val::Imm(0);
+        }
+    }
+
+    /// Forgets the values instruction `i` computed before (it computes a new one).
+    fn redefine(&mut self, i: u32) {
+        for r in self.regs.iter_mut() {
+            if matches!(*r, Val::Def(j, _) if j == i) {
+                *r = Val::Unknown;
+            }
+        }
+        self.slots
+            .retain(|_, (v, _)| !matches!(*v, Val::Def(j, _) if j == i));
+        if matches!(self.zero, Some(Val::Def(j, _)) if j == i) {
+            self.zero = None;
+        }
     }
 }
 

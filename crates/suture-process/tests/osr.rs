@@ -11,7 +11,7 @@ use suture_process::apply::{apply, revert_timed, ApplyError, ApplyOptions};
 use suture_process::ids::Pid;
 use suture_testkit::cc::gcc;
 use suture_testkit::net::LineClient;
-use suture_testkit::{spawn_lines, Scratch, TIMEOUT};
+use suture_testkit::{spawn_lines, KillOnDrop, Lines, Scratch, TIMEOUT};
 
 const CONN: &str = include_str!("fixtures/osr/conn.c");
 const EVLOOP: &str = include_str!("fixtures/osr/evloop.c");
@@ -19,6 +19,7 @@ const FORKED: &str = include_str!("fixtures/osr/forked.c");
 const REQLOOP: &str = include_str!("fixtures/osr/reqloop.c");
 const SAVES: &str = include_str!("fixtures/osr/saves.c");
 const COLD: &str = include_str!("fixtures/osr/cold.c");
+const RETVAL: &str = include_str!("fixtures/osr/retval.c");
 
 struct Built {
     prog: PathBuf,
@@ -32,15 +33,15 @@ struct Built {
 
 /// Builds the program from `src` and the patch of the variant `define` (`FIXED`...).
 fn build(dir: &Path, src: &str, define: &str) -> Built {
+    build_with(dir, src, define, &[])
+}
+
+/// [`build`] with more compiler flags.
+fn build_with(dir: &Path, src: &str, define: &str, extra: &[&str]) -> Built {
     std::fs::write(dir.join("prog.c"), src).unwrap();
-    let flags = [
-        "-O2",
-        "-g",
-        "-ffunction-sections",
-        "-fdata-sections",
-        "-c",
-        "prog.c",
-    ];
+    let mut flags = vec!["-O2", "-g", "-ffunction-sections", "-fdata-sections"];
+    flags.extend(extra);
+    flags.extend(["-c", "prog.c"]);
     let mut orig = flags.to_vec();
     orig.extend(["-o", "orig.o"]);
     gcc(dir, &orig);
@@ -501,6 +502,35 @@ fn a_loop_whose_fix_keeps_the_callers_registers_elsewhere_moves_and_back() {
     assert!(child.0.wait().unwrap().success());
 }
 
+/// Runs `b`'s program, which prints `ready` and then a line with `key` per input, and waits
+/// in read(2) on its input: the first input runs the original; with the waiting frame moved
+/// by an apply, the second the fix; moved back by a revert, the third the original again
+/// (`steps`: input and the line it must print). Stdin is closed at the end.
+fn round_trip(b: &Built, key: &str, steps: [(&[u8], &str); 3]) -> (KillOnDrop, Lines) {
+    use std::io::Write;
+    let mut cmd = Command::new(&b.prog);
+    cmd.stdin(std::process::Stdio::piped());
+    let (mut child, lines) = spawn_lines(&mut cmd);
+    lines.wait_for("ready");
+    let mut stdin = child.0.stdin.take().unwrap();
+    let pid = Pid(child.id() as i32);
+    let step = |stdin: &mut std::process::ChildStdin, (input, want): (&[u8], &str)| {
+        stdin.write_all(input).unwrap();
+        assert_eq!(lines.wait_for(key), want);
+        wait_in_read(pid);
+    };
+    step(&mut stdin, steps[0]);
+    refused_as_busy(pid, &b.plain);
+    let applied = apply(pid, &b.patch, &opts("osr", TIMEOUT)).expect("apply with OSR");
+    assert_eq!(applied.moved_frames.len(), 1, "{applied:?}");
+    step(&mut stdin, steps[1]);
+    let reverted = revert_timed(pid, "osr", TIMEOUT).expect("revert with OSR");
+    assert_eq!(reverted.moved_frames.len(), 1, "{reverted:?}");
+    step(&mut stdin, steps[2]);
+    drop(stdin);
+    (child, lines)
+}
+
 /// A loop whose error path gcc moves to a `.cold` part (`fixtures/osr/cold.c`): the code
 /// after the wait in `read` jumps there and back. The analyses followed those jumps 4 bytes
 /// short (a branch's relocation holds the target minus the field's distance to the
@@ -508,7 +538,6 @@ fn a_loop_whose_fix_keeps_the_callers_registers_elsewhere_moves_and_back() {
 /// follow"). The waiting frame now moves with its running total and moves back.
 #[test]
 fn a_loop_with_a_cold_part_moves_to_the_fixed_code_and_back() {
-    use std::io::Write;
     let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "osr", "cold");
     let b = build(&dir, COLD, "FIXED");
     assert!(
@@ -518,27 +547,49 @@ fn a_loop_with_a_cold_part_moves_to_the_fixed_code_and_back() {
         "{:#?}",
         b.osr
     );
-    let mut cmd = Command::new(&b.prog);
-    cmd.stdin(std::process::Stdio::piped());
-    let (mut child, lines) = spawn_lines(&mut cmd);
-    lines.wait_for("ready");
-    let mut stdin = child.0.stdin.take().unwrap();
-    let pid = Pid(child.id() as i32);
-    stdin.write_all(b"abc\n").unwrap();
-    assert_eq!(lines.wait_for("total="), "v=1 total=4");
-    wait_in_read(pid);
-    refused_as_busy(pid, &b.plain);
-
-    let applied = apply(pid, &b.patch, &opts("osr", TIMEOUT)).expect("apply with OSR");
-    assert_eq!(applied.moved_frames.len(), 1, "{applied:?}");
-    stdin.write_all(b"de\n").unwrap();
-    assert_eq!(lines.wait_for("total="), "v=2 total=7");
-    wait_in_read(pid);
-    let reverted = revert_timed(pid, "osr", TIMEOUT).expect("revert with OSR");
-    assert_eq!(reverted.moved_frames.len(), 1, "{reverted:?}");
-    stdin.write_all(b"f\n").unwrap();
-    assert_eq!(lines.wait_for("total="), "v=1 total=9");
-    drop(stdin);
+    let (mut child, lines) = round_trip(
+        &b,
+        "total=",
+        [
+            (b"abc\n", "v=1 total=4"),
+            (b"de\n", "v=2 total=7"),
+            (b"f\n", "v=1 total=9"),
+        ],
+    );
     lines.wait_for("bye");
     assert!(child.0.wait().unwrap().success());
+}
+
+/// memcached's `main`, reduced (`fixtures/osr/retval.c`, with Debian's
+/// `-fstack-protector-strong`): gcc keeps the return value in a callee-saved register it
+/// sets from a call's result on the path where that result was tested zero, so no
+/// instruction writes 0 there; and an array of the frame written at a variable index made
+/// the analysis forget that the canary's slot holds the canary. The site where `main` waits
+/// was refused ("r12 is read after the call in the other version and holds no value the
+/// running frame has", then "the stack slot at CFA-40 ... holds no variable"). The analysis
+/// now learns from `test r, r; jne` that the value is 0 on the way on, and takes the canary's
+/// slot, the same in both versions, for what it is (only the epilogue reads it). The frame
+/// moves, keeps its array's address and its return value, and moves back.
+#[test]
+fn a_main_whose_return_value_is_known_from_a_test_moves_and_back() {
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "osr", "retval");
+    let b = build_with(&dir, RETVAL, "FIXED", &["-fstack-protector-strong"]);
+    assert!(
+        b.osr.iter().any(|(f, t)| f == "main"
+            && t.forward.iter().any(|s| s.callee == "wait_once")
+            && t.backward.iter().any(|s| s.callee == "wait_once")),
+        "{:#?}",
+        b.osr
+    );
+    let (mut child, lines) = round_trip(
+        &b,
+        "served=",
+        [
+            (b"ab\n", "v=1 served=3"),
+            (b"cd\n", "v=2 served=6"),
+            (b"e\n", "v=1 served=8"),
+        ],
+    );
+    assert!(lines.wait_for("bye ").ends_with("_prog"), "the array kept");
+    assert!(child.0.wait().unwrap().success(), "the return value kept");
 }
