@@ -694,6 +694,7 @@ fn check(
     // Every live byte of the frame must be explained; items explained once.
     let mut explained: BTreeSet<i64> = BTreeSet::new();
     let undefined = std::cell::OnceCell::new();
+    let homes = std::cell::OnceCell::new();
     for &b in &live.slots {
         if (-8..0).contains(&b) || explained.contains(&b) {
             continue; // the return address (read by `ret`), or done
@@ -759,6 +760,16 @@ fn check(
                 explained.insert(b);
                 continue;
             }
+            // The home of variables not in scope here, the same ones at the same place in both
+            // versions and nothing else there: what the running frame holds there is their
+            // value, read by the destination as its own, as for a variable in scope (above).
+            if let (Some(s), Some(d)) = homes.get_or_init(|| (src.frame_homes(), dst.frame_homes()))
+            {
+                if let Some(home) = sole_home(s, d, b) {
+                    explained.extend(home);
+                    continue;
+                }
+            }
             return Err(format!(
                 "the stack slot at CFA{b:+} is read after the call in the other version and \
                  holds no variable{}",
@@ -798,6 +809,30 @@ fn check(
         return Err("a frame slot or address would move in a frame-pointer function".into());
     }
     Ok((cfa_d.1, moves))
+}
+
+/// The bytes of the variables whose homes hold byte `b`, when both versions (`src`, `dst`:
+/// [`Side::frame_homes`]) keep the very same variables there (gcc may share a slot between
+/// variables whose lives do not overlap: the same ones in both) and no other.
+fn sole_home(src: &[(i64, u64, &str)], dst: &[(i64, u64, &str)], b: i64) -> Option<Range<i64>> {
+    let over = |homes: &[(i64, u64, &str)], r: &Range<i64>| -> Vec<(i64, i64, String)> {
+        let mut v: Vec<(i64, i64, String)> = homes
+            .iter()
+            .map(|&(k, size, key)| (k, k + size.max(1) as i64, key.to_string()))
+            .filter(|(lo, hi, _)| *lo < r.end && r.start < *hi)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let hull = |v: &[(i64, i64, String)]| -> Option<Range<i64>> {
+        let lo = v.iter().map(|x| x.0).min()?;
+        let hi = v.iter().map(|x| x.1).max()?;
+        Some(lo..hi)
+    };
+    let home = hull(&over(dst, &(b..b + 1)))?;
+    let (a, d) = (over(src, &home), over(dst, &home));
+    (a == d && hull(&d) == Some(home.clone())).then_some(home)
 }
 
 fn describe(l: Option<Loc>) -> String {
@@ -1229,24 +1264,39 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
     /// Sizes of the frame variables by their CFA offset (any scope, any address).
     fn frame_sizes(&self) -> HashMap<i64, u64> {
         let mut sized: HashMap<i64, u64> = HashMap::new();
-        if let Some(d) = self.debug.filter(|d| d.frame_base_cfa) {
-            for v in &d.vars {
-                let exprs: Vec<&[u8]> = match &v.loc {
-                    VarLoc::Expr(e) => vec![&e[..]],
-                    VarLoc::List(l) => l.iter().map(|(_, e)| &e[..]).collect(),
-                };
-                for e in exprs {
-                    let mut i = 1;
-                    if e.first() == Some(&0x91) {
-                        if let Some(k) = read_leb(e, &mut i, true).filter(|_| i == e.len()) {
-                            let size = sized.entry(k).or_insert(v.size);
-                            *size = (*size).max(v.size);
-                        }
+        for (k, size, _) in self.frame_homes().unwrap_or_default() {
+            let s = sized.entry(k).or_insert(size);
+            *s = (*s).max(size);
+        }
+        sized
+    }
+
+    /// The frame homes of the variables (any scope, any address): (CFA offset, size, key);
+    /// `None` when a location names the frame in a way this does not read (then a slot may
+    /// be a home it does not see).
+    fn frame_homes(&self) -> Option<Vec<(i64, u64, &str)>> {
+        let mut out = Vec::new();
+        let Some(d) = self.debug.filter(|d| d.frame_base_cfa) else {
+            return Some(out);
+        };
+        for v in &d.vars {
+            let exprs: Vec<&[u8]> = match &v.loc {
+                VarLoc::Expr(e) => vec![&e[..]],
+                VarLoc::List(l) => l.iter().map(|(_, e)| &e[..]).collect(),
+            };
+            for e in exprs {
+                let mut i = 1;
+                if e.first() == Some(&0x91) {
+                    match read_leb(e, &mut i, true).filter(|_| i == e.len()) {
+                        Some(k) => out.push((k, v.size, v.key.as_str())),
+                        None => return None,
                     }
+                } else if e.contains(&0x91) {
+                    return None;
                 }
             }
         }
-        sized
+        Some(out)
     }
 
     /// The frame bytes (CFA offsets) the function may define on some path from its entry to

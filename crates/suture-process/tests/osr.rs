@@ -20,6 +20,7 @@ const REQLOOP: &str = include_str!("fixtures/osr/reqloop.c");
 const SAVES: &str = include_str!("fixtures/osr/saves.c");
 const COLD: &str = include_str!("fixtures/osr/cold.c");
 const RETVAL: &str = include_str!("fixtures/osr/retval.c");
+const OUTPARAM: &str = include_str!("fixtures/osr/outparam.c");
 
 struct Built {
     prog: PathBuf,
@@ -343,13 +344,13 @@ fn maps_of_other_code_are_not_used() {
     lines.wait_for("v=1");
 }
 
-/// Waits until process `pid` is blocked in read(2) (`/proc/<pid>/syscall` starts with its
-/// number, 0).
+/// Waits until process `pid` is blocked in read(2) or poll(2) (`/proc/<pid>/syscall` starts
+/// with its number, 0 or 7).
 fn wait_in_read(pid: Pid) {
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
         let now = std::fs::read_to_string(format!("/proc/{}/syscall", pid.0)).unwrap_or_default();
-        if now.starts_with("0 ") {
+        if now.starts_with("0 ") || now.starts_with("7 ") {
             return;
         }
         assert!(
@@ -592,4 +593,35 @@ fn a_main_whose_return_value_is_known_from_a_test_moves_and_back() {
     );
     assert!(lines.wait_for("bye ").ends_with("_prog"), "the array kept");
     assert!(child.0.wait().unwrap().success(), "the return value kept");
+}
+
+/// dnsmasq's main loop, reduced (`fixtures/osr/outparam.c`): it waits in `do_poll()`, then an
+/// inlined `async_event()` reads an event through the address of a local computed once
+/// before the loop and reads that local directly. The local's slot was live at the wait with
+/// no variable in scope there ("the stack slot at CFA-60 ... holds no variable"); it is the
+/// home of the same variable at the same place in both versions, and nothing else's, so the
+/// value there is that variable's. The frame moves and moves back; the events carry on.
+#[test]
+fn a_loop_reading_an_out_parameter_moves_and_back() {
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "osr", "outparam");
+    let b = build(&dir, OUTPARAM, "FIXED");
+    assert!(
+        b.osr
+            .iter()
+            .any(|(f, t)| f == "main"
+                && t.forward.iter().filter(|s| s.callee == "do_poll").count() == 2),
+        "{:#?}",
+        b.osr
+    );
+    let (mut child, lines) = round_trip(
+        &b,
+        "v=",
+        [
+            (b"eHello\n", "v=1 event 1 Hello"),
+            (b"x12\n", "v=2 other 2 3"),
+            (b"eBye\n", "v=1 event 3 Bye"),
+        ],
+    );
+    lines.wait_for("bye");
+    assert!(child.0.wait().unwrap().success());
 }
