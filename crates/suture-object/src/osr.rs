@@ -1264,7 +1264,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
     /// Sizes of the frame variables by their CFA offset (any scope, any address).
     fn frame_sizes(&self) -> HashMap<i64, u64> {
         let mut sized: HashMap<i64, u64> = HashMap::new();
-        for (k, size, _) in self.frame_homes().unwrap_or_default() {
+        for (k, size, _) in self.homes().0 {
             let s = sized.entry(k).or_insert(size);
             *s = (*s).max(size);
         }
@@ -1275,9 +1275,17 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
     /// `None` when a location names the frame in a way this does not read (then a slot may
     /// be a home it does not see).
     fn frame_homes(&self) -> Option<Vec<(i64, u64, &str)>> {
+        let (homes, complete) = self.homes();
+        complete.then_some(homes)
+    }
+
+    /// The plain frame locations of the variables, and whether no other location names the
+    /// frame.
+    fn homes(&self) -> (Vec<(i64, u64, &str)>, bool) {
         let mut out = Vec::new();
+        let mut complete = true;
         let Some(d) = self.debug.filter(|d| d.frame_base_cfa) else {
-            return Some(out);
+            return (out, complete);
         };
         for v in &d.vars {
             let exprs: Vec<&[u8]> = match &v.loc {
@@ -1286,17 +1294,14 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
             };
             for e in exprs {
                 let mut i = 1;
-                if e.first() == Some(&0x91) {
-                    match read_leb(e, &mut i, true).filter(|_| i == e.len()) {
-                        Some(k) => out.push((k, v.size, v.key.as_str())),
-                        None => return None,
-                    }
-                } else if e.contains(&0x91) {
-                    return None;
+                match read_leb(e, &mut i, true).filter(|_| e.first() == Some(&0x91) && i == e.len())
+                {
+                    Some(k) => out.push((k, v.size, v.key.as_str())),
+                    None => complete &= !e.contains(&0x91),
                 }
             }
         }
-        Some(out)
+        (out, complete)
     }
 
     /// The frame bytes (CFA offsets) the function may define on some path from its entry to
