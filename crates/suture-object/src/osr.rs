@@ -21,19 +21,25 @@
 //!    save slot is written only where neither version takes an address.
 //! 3. **Everything the new code reads.** A liveness analysis of the destination function
 //!    (iced-x86's register and memory use per instruction, a backward data flow over its
-//!    control-flow graph including `.cold` parts and jump tables) gives the callee-saved
-//!    registers and the frame's stack slots that are read after the call before being written.
-//!    Caller-saved registers are dead after a call by the ABI (`rax`/`rdx` hold the callee's
-//!    result, the same callee's in both versions). Each live register must be
-//!    - still the caller's own value in both versions (CFI "same value"), or
+//!    control-flow graph including `.cold` parts and jump tables; a call proven never to
+//!    return has no fall-through, `NoReturn`) gives the callee-saved registers and the
+//!    frame's stack slots that are read after the call before being written. Caller-saved
+//!    registers are dead after a call by the ABI (`rax`/`rdx` hold the callee's result, the
+//!    same callee's in both versions). Each live register must be
+//!    - still the caller's own value (see 2.), or
+//!    - a value a forward must-analysis of both versions proves (entry values, constants,
+//!      frame and RIP-relative addresses, values a `test r, r; je/jne` found zero), found in
+//!      the running frame or recomputed, or
 //!    - the location, at the destination's return address, of a variable (DWARF location
 //!      lists) that the source has at its return address in a callee-saved register, as
 //!      `reg + k`, or as a constant: the value is then moved (`dst = src + k`).
 //!
-//!    Each live stack slot must be a callee-saved register's save slot (identical by 2.) or a
-//!    variable's memory that the source keeps in the very same slot; every variable the
-//!    destination has in the frame's memory must be in the same slot in the source (its address
-//!    may have escaped, so memory never moves). A variable is only used when its name (with its
+//!    Each live stack slot must be a callee-saved register's save slot, the canary's slot at
+//!    the same place in both, a proven value, a variable's memory that the source keeps in
+//!    the very same slot, the home of the same variables alone in both versions, or a byte
+//!    no path to the call defines (`Side::defined_before`); every variable the destination
+//!    has in the frame's memory must be in the same slot in the source (its address may have
+//!    escaped, so memory never moves). A variable is only used when its name (with its
 //!    inlined-function chain) is unique among the variables in scope at the address.
 //!
 //! Anything else refuses the site with a reason ([`OsrRefusal`]); apply then treats a frame at
