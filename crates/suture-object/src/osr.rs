@@ -1222,8 +1222,11 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                 (Register::RSP | Register::RBP, _) => Some(i64::MIN),
                 _ => None,
             },
+            // `rsp` as a source: `mov %rsp, reg`, `push %rsp`.
             _ if (0..x.op_count()).any(|i| {
-                x.op_kind(i) == OpKind::Register && x.op_register(i) == Register::RSP && i > 0
+                x.op_kind(i) == OpKind::Register
+                    && x.op_register(i) == Register::RSP
+                    && (i > 0 || x.mnemonic() == Mnemonic::Push)
             }) =>
             {
                 match cfa {
