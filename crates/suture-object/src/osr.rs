@@ -818,28 +818,35 @@ fn check(
 }
 
 /// The bytes of the variables whose homes hold byte `b`, when both versions (`src`, `dst`:
-/// [`Side::frame_homes`]) keep the very same variables there (gcc may share a slot between
-/// variables whose lives do not overlap: the same ones in both) and no other.
-fn sole_home(src: &[(i64, u64, &str)], dst: &[(i64, u64, &str)], b: i64) -> Option<Range<i64>> {
-    let over = |homes: &[(i64, u64, &str)], r: &Range<i64>| -> Vec<(i64, i64, String)> {
-        let mut v: Vec<(i64, i64, String)> = homes
+/// [`Side::frame_homes`]) keep the very same variables there for their whole lives (gcc may
+/// share a slot between variables whose lives do not overlap: the same ones in both) and no
+/// other.
+fn sole_home(src: &[Home], dst: &[Home], b: i64) -> Option<Range<i64>> {
+    let over = |homes: &[Home], r: &Range<i64>| -> Vec<(i64, i64, String, bool)> {
+        let mut v: Vec<(i64, i64, String, bool)> = homes
             .iter()
-            .map(|&(k, size, key)| (k, k + size.max(1) as i64, key.to_string()))
-            .filter(|(lo, hi, _)| *lo < r.end && r.start < *hi)
+            .map(|&(k, size, key, whole)| (k, k + size.max(1) as i64, key.to_string(), whole))
+            .filter(|(lo, hi, ..)| *lo < r.end && r.start < *hi)
             .collect();
         v.sort();
         v.dedup();
         v
     };
-    let hull = |v: &[(i64, i64, String)]| -> Option<Range<i64>> {
+    let hull = |v: &[(i64, i64, String, bool)]| -> Option<Range<i64>> {
         let lo = v.iter().map(|x| x.0).min()?;
         let hi = v.iter().map(|x| x.1).max()?;
         Some(lo..hi)
     };
     let home = hull(&over(dst, &(b..b + 1)))?;
     let (a, d) = (over(src, &home), over(dst, &home));
-    (a == d && hull(&d) == Some(home.clone())).then_some(home)
+    // Only homes for a variable's whole life (one location, a variable kept in memory):
+    // a spilled register's slot, named in a location list, may hold compiler temporaries
+    // between its ranges.
+    (a == d && d.iter().all(|x| x.3) && hull(&d) == Some(home.clone())).then_some(home)
 }
+
+/// A variable's plain frame location: (CFA offset, size, key, for its whole life).
+type Home<'a> = (i64, u64, &'a str, bool);
 
 fn describe(l: Option<Loc>) -> String {
     match l {
@@ -1273,7 +1280,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
     /// Sizes of the frame variables by their CFA offset (any scope, any address).
     fn frame_sizes(&self) -> HashMap<i64, u64> {
         let mut sized: HashMap<i64, u64> = HashMap::new();
-        for (k, size, _) in self.homes().0 {
+        for (k, size, ..) in self.homes().0 {
             let s = sized.entry(k).or_insert(size);
             *s = (*s).max(size);
         }
@@ -1283,29 +1290,29 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
     /// The frame homes of the variables (any scope, any address): (CFA offset, size, key);
     /// `None` when a location names the frame in a way this does not read (then a slot may
     /// be a home it does not see).
-    fn frame_homes(&self) -> Option<Vec<(i64, u64, &str)>> {
+    fn frame_homes(&self) -> Option<Vec<Home<'_>>> {
         let (homes, complete) = self.homes();
         complete.then_some(homes)
     }
 
     /// The plain frame locations of the variables, and whether no other location names the
     /// frame.
-    fn homes(&self) -> (Vec<(i64, u64, &str)>, bool) {
+    fn homes(&self) -> (Vec<Home<'_>>, bool) {
         let mut out = Vec::new();
         let mut complete = true;
         let Some(d) = self.debug.filter(|d| d.frame_base_cfa) else {
             return (out, complete);
         };
         for v in &d.vars {
-            let exprs: Vec<&[u8]> = match &v.loc {
-                VarLoc::Expr(e) => vec![&e[..]],
-                VarLoc::List(l) => l.iter().map(|(_, e)| &e[..]).collect(),
+            let (exprs, whole): (Vec<&[u8]>, bool) = match &v.loc {
+                VarLoc::Expr(e) => (vec![&e[..]], true),
+                VarLoc::List(l) => (l.iter().map(|(_, e)| &e[..]).collect(), false),
             };
             for e in exprs {
                 let mut i = 1;
                 match read_leb(e, &mut i, true).filter(|_| e.first() == Some(&0x91) && i == e.len())
                 {
-                    Some(k) => out.push((k, v.size, v.key.as_str())),
+                    Some(k) => out.push((k, v.size, v.key.as_str(), whole)),
                     None => complete &= !e.contains(&0x91),
                 }
             }
