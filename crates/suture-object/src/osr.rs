@@ -13,25 +13,33 @@
 //!    `DW_TAG_inlined_subroutine`); the n-th call with a key in one version pairs with the n-th
 //!    in the other, and only when both versions have the same number of them. Indirect calls
 //!    are never paired (their callee cannot be compared).
-//! 2. **The frame.** The CFA rule and the save rule of every callee-saved register
-//!    (`rbx rbp r12-r15`) must be identical at both return addresses (from `.eh_frame`): the
-//!    frame is then the same size and holds the caller's registers in the same places, so the
-//!    stack above the frame and the epilogue work unchanged.
+//! 2. **The frame.** The CFA rule must be identical at both return addresses (from
+//!    `.eh_frame`): the frame is then the same size, so the stack above it works unchanged.
+//!    Where the versions keep a caller's callee-saved register (`rbx rbp r12-r15`)
+//!    differently (another save slot, or saved in one and untouched in the other), the
+//!    caller's value moves to where the destination keeps it, so its epilogue restores it: a
+//!    save slot is written only where neither version takes an address.
 //! 3. **Everything the new code reads.** A liveness analysis of the destination function
 //!    (iced-x86's register and memory use per instruction, a backward data flow over its
-//!    control-flow graph including `.cold` parts and jump tables) gives the callee-saved
-//!    registers and the frame's stack slots that are read after the call before being written.
-//!    Caller-saved registers are dead after a call by the ABI (`rax`/`rdx` hold the callee's
-//!    result, the same callee's in both versions). Each live register must be
-//!    - still the caller's own value in both versions (CFI "same value"), or
+//!    control-flow graph including `.cold` parts and jump tables; a call proven never to
+//!    return has no fall-through, `NoReturn`) gives the callee-saved registers and the
+//!    frame's stack slots that are read after the call before being written. Caller-saved
+//!    registers are dead after a call by the ABI (`rax`/`rdx` hold the callee's result, the
+//!    same callee's in both versions). Each live register must be
+//!    - still the caller's own value (see 2.), or
+//!    - a value a forward must-analysis of both versions proves (entry values, constants,
+//!      frame and RIP-relative addresses, values a `test r, r; je/jne` found zero), found in
+//!      the running frame or recomputed, or
 //!    - the location, at the destination's return address, of a variable (DWARF location
 //!      lists) that the source has at its return address in a callee-saved register, as
 //!      `reg + k`, or as a constant: the value is then moved (`dst = src + k`).
 //!
-//!    Each live stack slot must be a callee-saved register's save slot (identical by 2.) or a
-//!    variable's memory that the source keeps in the very same slot; every variable the
-//!    destination has in the frame's memory must be in the same slot in the source (its address
-//!    may have escaped, so memory never moves). A variable is only used when its name (with its
+//!    Each live stack slot must be a callee-saved register's save slot, the canary's slot at
+//!    the same place in both, a proven value, a variable's memory that the source keeps in
+//!    the very same slot, the home of the same variables alone in both versions, or a byte
+//!    no path to the call defines (`Side::defined_before`); every variable the destination
+//!    has in the frame's memory must be in the same slot in the source (its address may have
+//!    escaped, so memory never moves). A variable is only used when its name (with its
 //!    inlined-function chain) is unique among the variables in scope at the address.
 //!
 //! Anything else refuses the site with a reason ([`OsrRefusal`]); apply then treats a frame at
@@ -44,6 +52,7 @@
 //! is pointed at it, it sets the destination registers from the red zone copies of the
 //! sources (so moves that swap registers are right) and jumps to the destination site.
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 
@@ -406,6 +415,7 @@ fn map(src: &Side, dst: &Side) -> (Vec<OsrSite>, Vec<OsrRefusal>) {
         src_by_key.entry(key(c)).or_default().push(c);
     }
     let liveness = dst.liveness();
+    let past = std::cell::OnceCell::new();
     let values = (src.values(), dst.values());
     for c in &src.calls {
         let refuse = |reason: String| OsrRefusal {
@@ -442,7 +452,7 @@ fn map(src: &Side, dst: &Side) -> (Vec<OsrSite>, Vec<OsrRefusal>) {
             .position(|x| std::ptr::eq(*x, c))
             .expect("a call is in its own group");
         let d = theirs[n];
-        match check(src, c.ret, dst, d.ret, &liveness, &values) {
+        match check(src, c.ret, dst, d.ret, (&liveness, &past), &values) {
             Ok((cfa, moves)) => sites.push(OsrSite {
                 from: c.ret as u32,
                 to: d.ret as u32,
@@ -463,9 +473,34 @@ fn check(
     from: u64,
     dst: &Side,
     to: u64,
-    liveness: &Liveness,
+    (liveness, past): (&Liveness, &std::cell::OnceCell<(Liveness, BTreeSet<usize>)>),
     values: &(Values, Values),
 ) -> Result<(i64, Vec<OsrMove>), String> {
+    // Why a value is read after the call, when only past calls that may not return.
+    let hint = |live: &dyn Fn(&Live) -> bool| -> String {
+        let (cut, calls) = past.get_or_init(|| {
+            let calls = dst.padded_calls();
+            (dst.liveness_cut(&calls), calls)
+        });
+        if calls.is_empty() || cut.at(dst.unit, to).is_none_or(live) {
+            return String::new();
+        }
+        let names: BTreeSet<String> = calls
+            .iter()
+            .filter_map(|&i| {
+                let c = &dst.code[i];
+                dst.calls
+                    .iter()
+                    .find(|x| x.ret == c.off + c.insn.len() as u64)
+                    .map(|x| format!("the call to {} at +{:#x}", x.callee, c.off))
+            })
+            .collect();
+        format!(
+            "; it is read only on paths past {}, which the compiler may have known never \
+             returns (only padding follows), but nothing in the object says so",
+            names.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    };
     let at = |side: &Side, vals: &Values, off: u64| {
         side.index
             .get(&(side.unit, off))
@@ -473,6 +508,7 @@ fn check(
             .unwrap_or(VState {
                 regs: [Val::Unknown; 16],
                 slots: Default::default(),
+                zero: None,
             })
     };
     let vsrc = at(src, &values.0, from);
@@ -492,16 +528,6 @@ fn check(
             reg_name(cfa_d.0),
             cfa_d.1
         ));
-    }
-    for (i, r) in CALLEE_SAVED.iter().enumerate() {
-        if rs.saves[i] != rd.saves[i] {
-            return Err(format!(
-                "the caller's {} is kept differently ({:?} vs {:?})",
-                reg_name(*r),
-                rs.saves[i],
-                rd.saves[i]
-            ));
-        }
     }
     let Some(live) = liveness.at(dst.unit, to) else {
         return Err("the call is the function's last instruction".into());
@@ -552,7 +578,8 @@ fn check(
                         })
                         .map(|(&offset, &(_, size))| OsrSource::Slot { offset, size })
                 }),
-            Val::Unknown => None,
+            // Meaningful only within one version.
+            Val::Def(..) | Val::Unknown => None,
         }
     };
     // What a variable of the destination is, from where the running frame has it.
@@ -585,8 +612,39 @@ fn check(
         }
     };
     let mut moves = Vec::new();
+    // The caller's registers, where the other version keeps them: the same frame size, so
+    // a save slot the other version uses (never addressed: a `push` or spill) is written
+    // with the caller's value from wherever the running version keeps it.
+    let mut callers = 0u8;
     for (i, &r) in CALLEE_SAVED.iter().enumerate() {
-        if live.regs & (1 << i) == 0 {
+        if rs.saves[i] == rd.saves[i] {
+            continue;
+        }
+        let differs = || {
+            format!(
+                "the caller's {} is kept differently ({:?} vs {:?})",
+                reg_name(r),
+                rs.saves[i],
+                rd.saves[i]
+            )
+        };
+        let src = match rs.saves[i] {
+            Save::Same => OsrSource::Register { reg: r, add: 0 },
+            Save::At(n) => OsrSource::Slot { offset: n, size: 8 },
+            Save::Other => return Err(differs()),
+        };
+        let dst = match rd.saves[i] {
+            Save::Same => {
+                callers |= 1 << i;
+                OsrDest::Register { reg: r }
+            }
+            Save::At(n) if private(n, 8) => OsrDest::Frame { offset: n, size: 8 },
+            _ => return Err(differs()),
+        };
+        moves.push(OsrMove { dst, src });
+    }
+    for (i, &r) in CALLEE_SAVED.iter().enumerate() {
+        if live.regs & (1 << i) == 0 || callers & (1 << i) != 0 {
             continue;
         }
         if rd.saves[i] == Save::Same && rs.saves[i] == Save::Same {
@@ -627,22 +685,34 @@ fn check(
             None => {
                 return Err(format!(
                     "{} is read after the call in the other version and holds no value the \
-                     running frame has{}",
+                     running frame has{}{}",
                     reg_name(r),
                     if why.is_empty() {
                         String::new()
                     } else {
                         format!(" ({})", why.join("; "))
-                    }
+                    },
+                    hint(&|l: &Live| l.regs & (1 << i) != 0)
                 ))
             }
         }
     }
     // Every live byte of the frame must be explained; items explained once.
     let mut explained: BTreeSet<i64> = BTreeSet::new();
+    let undefined = std::cell::OnceCell::new();
+    let homes = std::cell::OnceCell::new();
     for &b in &live.slots {
         if (-8..0).contains(&b) || explained.contains(&b) {
             continue; // the return address (read by `ret`), or done
+        }
+        // The stack-protector canary's slot, the same in both versions: only the epilogue
+        // reads it, comparing it with the thread's canary, whatever wrote it since.
+        if let Some(c) = dst
+            .canary
+            .filter(|c| src.canary == Some(*c) && (*c..*c + 8).contains(&b))
+        {
+            explained.extend(c..c + 8);
+            continue;
         }
         // A callee-saved register's save slot (identical in both versions).
         if let Some(n) = rd.saves.iter().find_map(|s| match s {
@@ -656,7 +726,7 @@ fn check(
         if let Some((&off, &(val, size))) = vdst
             .slots
             .range(b - 7..=b)
-            .find(|(&off, (_, size))| off + i64::from(*size) > b)
+            .find(|(&off, (v, size))| off + i64::from(*size) > b && !matches!(v, Val::Def(..)))
         {
             explained.extend(off..off + i64::from(size));
             if vsrc.slots.get(&off) == Some(&(val, size)) {
@@ -686,9 +756,30 @@ fn check(
             _ => false,
         });
         let Some((k, v)) = var else {
+            // A byte the destination never defines before the call: whatever the running
+            // frame holds there is a value the destination could have found itself.
+            if undefined
+                .get_or_init(|| dst.defined_before(to))
+                .as_ref()
+                .is_some_and(|d| d.private(b, 1))
+            {
+                explained.insert(b);
+                continue;
+            }
+            // The home of variables not in scope here, the same ones at the same place in both
+            // versions and nothing else there: what the running frame holds there is their
+            // value, read by the destination as its own, as for a variable in scope (above).
+            if let (Some(s), Some(d)) = homes.get_or_init(|| (src.frame_homes(), dst.frame_homes()))
+            {
+                if let Some(home) = sole_home(s, d, b) {
+                    explained.extend(home);
+                    continue;
+                }
+            }
             return Err(format!(
                 "the stack slot at CFA{b:+} is read after the call in the other version and \
-                 holds no variable"
+                 holds no variable{}",
+                hint(&|l: &Live| l.slots.contains(&b))
             ));
         };
         let Loc::Frame(off) = v.loc else {
@@ -725,6 +816,37 @@ fn check(
     }
     Ok((cfa_d.1, moves))
 }
+
+/// The bytes of the variables whose homes hold byte `b`, when both versions (`src`, `dst`:
+/// [`Side::frame_homes`]) keep the very same variables there for their whole lives (gcc may
+/// share a slot between variables whose lives do not overlap: the same ones in both) and no
+/// other.
+fn sole_home(src: &[Home], dst: &[Home], b: i64) -> Option<Range<i64>> {
+    let over = |homes: &[Home], r: &Range<i64>| -> Vec<(i64, i64, String, bool)> {
+        let mut v: Vec<(i64, i64, String, bool)> = homes
+            .iter()
+            .map(|&(k, size, key, whole)| (k, k + size.max(1) as i64, key.to_string(), whole))
+            .filter(|(lo, hi, ..)| *lo < r.end && r.start < *hi)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let hull = |v: &[(i64, i64, String, bool)]| -> Option<Range<i64>> {
+        let lo = v.iter().map(|x| x.0).min()?;
+        let hi = v.iter().map(|x| x.1).max()?;
+        Some(lo..hi)
+    };
+    let home = hull(&over(dst, &(b..b + 1)))?;
+    let (a, d) = (over(src, &home), over(dst, &home));
+    // Only homes for a variable's whole life (one location, a variable kept in memory):
+    // a spilled register's slot, named in a location list, may hold compiler temporaries
+    // between its ranges.
+    (a == d && d.iter().all(|x| x.3) && hull(&d) == Some(home.clone())).then_some(home)
+}
+
+/// A variable's plain frame location: (CFA offset, size, key, for its whole life).
+type Home<'a> = (i64, u64, &'a str, bool);
 
 fn describe(l: Option<Loc>) -> String {
     match l {
@@ -785,6 +907,9 @@ struct Side<'x, 'o, 'a> {
     debug: Option<&'x FnVars>,
     /// Frame ranges pointers may reach ([`Side::compute_escaped`]), once per function.
     escaped: Escaped,
+    noreturn: NoReturn<'x, 'o, 'a>,
+    /// Where the prologue stores the stack-protector canary (CFA offset).
+    canary: Option<i64>,
 }
 
 impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
@@ -801,9 +926,12 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
             rows: HashMap::new(),
             debug: vars,
             escaped: Escaped(Vec::new()),
+            noreturn: NoReturn::new(u, debug.map(|d| &d.noreturn)),
+            canary: None,
         };
         side.decode();
         side.escaped = side.compute_escaped();
+        side.canary = side.canary_slot();
         side
     }
 
@@ -814,6 +942,9 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
         let mut i = 0;
         // Raw branch targets per instruction: Ok((unit, offset)) or Err(()) for leaving.
         let mut targets: Vec<Vec<Result<(UnitId, u64), ()>>> = Vec::new();
+        // Jump table entries that may belong to the next table (used where they land on an
+        // instruction).
+        let mut maybe: Vec<Vec<(UnitId, u64)>> = Vec::new();
         while i < units.len() {
             let unit = units[i];
             i += 1;
@@ -831,10 +962,17 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                     .iter()
                     .find(|(r, _)| (ustart + off..ustart + off + len).contains(&r.offset));
                 let mut tg = Vec::new();
+                let mut tg_maybe = Vec::new();
                 let mut exit = false;
                 let mut unknown = insn.is_invalid();
-                let resolved = |t: &Target, units: &mut Vec<UnitId>| -> Option<(UnitId, u64)> {
+                // A branch's relocation holds the target minus the distance from the field to
+                // the instruction's end (`.text.unlikely.f-4`).
+                let resolved = |r: &crate::elf::Reloc,
+                                t: &Target,
+                                units: &mut Vec<UnitId>|
+                 -> Option<(UnitId, u64)> {
                     if let Target::Unit { unit: tu, rel, .. } = *t {
+                        let rel = rel + (ustart + off + len) as i64 - r.offset as i64;
                         let name = &u.unit(tu).name;
                         if tu == self.unit || names::is_fragment(name) && belongs(name, &self.name)
                         {
@@ -862,7 +1000,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                             None => (String::new(), true),
                         };
                         // A frame never waits in a call that does not return.
-                        if !NORETURN.contains(&callee.as_str()) {
+                        if !reloc.is_some_and(|(_, t)| self.noreturn.call(t)) {
                             self.calls.push(Call {
                                 ret: off + len,
                                 callee,
@@ -876,7 +1014,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                     FlowControl::Interrupt | FlowControl::Exception => {}
                     FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch => {
                         match reloc {
-                            Some((_, t)) => match resolved(t, &mut units) {
+                            Some((r, t)) => match resolved(r, t, &mut units) {
                                 Some(x) => tg.push(Ok(x)),
                                 None => exit = true,
                             },
@@ -892,11 +1030,12 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                         }
                     }
                     FlowControl::IndirectBranch => {
-                        let cands = table_targets(u, &units, unit);
+                        let (cands, past) = table_targets(u, &units);
                         if cands.is_empty() {
                             unknown = true;
                         }
                         tg.extend(cands.into_iter().map(Ok));
+                        tg_maybe = past;
                         exit = true;
                     }
                 }
@@ -906,8 +1045,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                 );
                 // A call to a function that does not return has no fall-through (gcc puts
                 // other code, or nothing, after `call __stack_chk_fail`).
-                let noreturn = is_call
-                    && reloc.is_some_and(|(_, t)| NORETURN.contains(&callee_name(u, t).as_str()));
+                let noreturn = is_call && reloc.is_some_and(|(_, t)| self.noreturn.call(t));
                 let falls = !noreturn
                     && (is_call
                         || matches!(
@@ -934,9 +1072,10 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                     unknown,
                 });
                 targets.push(tg);
+                maybe.push(tg_maybe);
             }
         }
-        for (n, tg) in targets.into_iter().enumerate() {
+        for (n, (tg, mb)) in targets.into_iter().zip(maybe).enumerate() {
             for t in tg {
                 match t.ok().and_then(|k| self.index.get(&k).copied()) {
                     Some(s) => self.code[n].succ.push(s),
@@ -944,6 +1083,11 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                     None => self.code[n].unknown = true,
                 }
             }
+            let found: Vec<usize> = mb
+                .iter()
+                .filter_map(|k| self.index.get(k).copied())
+                .collect();
+            self.code[n].succ.extend(found);
         }
         if let Some(v) = self.debug {
             for c in &mut self.calls {
@@ -1014,6 +1158,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
         state[entry] = Some(VState {
             regs,
             slots: Default::default(),
+            zero: None,
         });
         let floor = &self.escaped;
         let mut factory = InstructionInfoFactory::new();
@@ -1023,13 +1168,30 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                 continue;
             };
             let ins = &self.code[i];
-            self.transfer(ins, &mut v, floor, &mut factory);
+            let zero = v.zero;
+            self.transfer(i as u32, ins, &mut v, floor, &mut factory);
+            // The edge of `je`/`jne` on which the tested value is zero.
+            let next = (ins.unit, ins.off + ins.insn.len() as u64);
+            let zero_edge = match (zero, ins.insn.mnemonic()) {
+                (Some(t), iced_x86::Mnemonic::Je) => Some((t, true)),
+                (Some(t), iced_x86::Mnemonic::Jne) => Some((t, false)),
+                _ => None,
+            };
             for &s in &ins.succ {
+                let mut edge = v.clone();
+                if let Some((t, taken)) = zero_edge {
+                    let falls = (self.code[s].unit, self.code[s].off) == next;
+                    let target_is_next = ins.succ.iter().all(|&x| x == s);
+                    if falls != taken && !target_is_next {
+                        edge.zeroed(t);
+                    }
+                }
+                let v = &edge;
                 let merged = match &state[s] {
                     None => v.clone(),
                     Some(old) => {
                         let mut m = old.clone();
-                        m.join(&v);
+                        m.join(v);
                         m
                     }
                 };
@@ -1048,64 +1210,192 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
     /// Bytes outside them are the function's own spill slots and stack-protector canary,
     /// reached only by name.
     fn compute_escaped(&self) -> Escaped {
+        let sized = self.frame_sizes();
+        let starts: BTreeSet<i64> = self.code.iter().filter_map(|i| self.escape(i)).collect();
+        Escaped(starts.into_iter().map(|k| extent(&sized, k)).collect())
+    }
+
+    /// The CFA offset of the frame address instruction `ins` computes (`lea` of a frame
+    /// address, `rsp` as a source operand), `i64::MIN` for one it cannot place.
+    fn escape(&self, ins: &Ins) -> Option<i64> {
         use iced_x86::{Mnemonic, OpKind};
-        let mut starts = BTreeSet::new();
-        for ins in &self.code {
-            let x = &ins.insn;
-            let cfa = self.row(ins.unit, ins.off).and_then(|r| r.cfa);
-            let k = match x.mnemonic() {
-                Mnemonic::Lea => match (x.memory_base(), cfa) {
-                    (Register::RSP, Some((7, n))) | (Register::RBP, Some((6, n))) => {
-                        Some((x.memory_displacement64() as i64).wrapping_sub(n))
-                    }
-                    (Register::RSP | Register::RBP, _) => Some(i64::MIN),
-                    _ => None,
-                },
-                _ if (0..x.op_count()).any(|i| {
-                    x.op_kind(i) == OpKind::Register && x.op_register(i) == Register::RSP && i > 0
-                }) =>
-                {
-                    match cfa {
-                        Some((7, n)) => Some(-n),
-                        _ => Some(i64::MIN),
-                    }
+        let x = &ins.insn;
+        let cfa = self.row(ins.unit, ins.off).and_then(|r| r.cfa);
+        match x.mnemonic() {
+            Mnemonic::Lea => match (x.memory_base(), cfa) {
+                (Register::RSP, Some((7, n))) | (Register::RBP, Some((6, n))) => {
+                    Some((x.memory_displacement64() as i64).wrapping_sub(n))
                 }
+                (Register::RSP | Register::RBP, _) => Some(i64::MIN),
                 _ => None,
-            };
-            starts.extend(k);
+            },
+            // `rsp` as a source: `mov %rsp, reg`, `push %rsp`.
+            _ if (0..x.op_count()).any(|i| {
+                x.op_kind(i) == OpKind::Register
+                    && x.op_register(i) == Register::RSP
+                    && (i > 0 || x.mnemonic() == Mnemonic::Push)
+            }) =>
+            {
+                match cfa {
+                    Some((7, n)) => Some(-n),
+                    _ => Some(i64::MIN),
+                }
+            }
+            _ => None,
         }
-        // Sizes of the frame variables by their offset (any scope, any address).
+    }
+
+    /// Where the function stores the stack-protector canary: `mov %fs:0x28, reg` followed
+    /// by a store of that register to the frame, the first time the function loads it.
+    fn canary_slot(&self) -> Option<i64> {
+        use iced_x86::OpKind;
+        let i = self.code.iter().position(|ins| {
+            let x = &ins.insn;
+            x.op0_kind() == OpKind::Register
+                && x.op_count() == 2
+                && x.op1_kind() == OpKind::Memory
+                && x.segment_prefix() == Register::FS
+                && x.memory_base() == Register::None
+                && x.memory_displacement64() == 0x28
+        })?;
+        let reg = self.code[i].insn.op0_register();
+        let st = self.code.get(i + 1)?;
+        let x = &st.insn;
+        let cfa = self.row(st.unit, st.off).and_then(|r| r.cfa);
+        match (x.mnemonic(), cfa) {
+            (iced_x86::Mnemonic::Mov, Some((7, n)))
+                if x.op0_kind() == OpKind::Memory
+                    && x.memory_base() == Register::RSP
+                    && x.memory_index() == Register::None
+                    && x.op1_kind() == OpKind::Register
+                    && x.op1_register() == reg
+                    && reg.is_gpr64() =>
+            {
+                Some((x.memory_displacement64() as i64).wrapping_sub(n))
+            }
+            _ => None,
+        }
+    }
+
+    /// Sizes of the frame variables by their CFA offset (any scope, any address).
+    fn frame_sizes(&self) -> HashMap<i64, u64> {
         let mut sized: HashMap<i64, u64> = HashMap::new();
-        if let Some(d) = self.debug.filter(|d| d.frame_base_cfa) {
-            for v in &d.vars {
-                let exprs: Vec<&[u8]> = match &v.loc {
-                    VarLoc::Expr(e) => vec![&e[..]],
-                    VarLoc::List(l) => l.iter().map(|(_, e)| &e[..]).collect(),
-                };
-                for e in exprs {
-                    let mut i = 1;
-                    if e.first() == Some(&0x91) {
-                        if let Some(k) = read_leb(e, &mut i, true).filter(|_| i == e.len()) {
-                            let size = sized.entry(k).or_insert(v.size);
-                            *size = (*size).max(v.size);
-                        }
-                    }
+        for (k, size, ..) in self.homes().0 {
+            let s = sized.entry(k).or_insert(size);
+            *s = (*s).max(size);
+        }
+        sized
+    }
+
+    /// The frame homes of the variables (any scope, any address): (CFA offset, size, key);
+    /// `None` when a location names the frame in a way this does not read (then a slot may
+    /// be a home it does not see).
+    fn frame_homes(&self) -> Option<Vec<Home<'_>>> {
+        let (homes, complete) = self.homes();
+        complete.then_some(homes)
+    }
+
+    /// The plain frame locations of the variables, and whether no other location names the
+    /// frame.
+    fn homes(&self) -> (Vec<Home<'_>>, bool) {
+        let mut out = Vec::new();
+        let mut complete = true;
+        let Some(d) = self.debug.filter(|d| d.frame_base_cfa) else {
+            return (out, complete);
+        };
+        for v in &d.vars {
+            let (exprs, whole): (Vec<&[u8]>, bool) = match &v.loc {
+                VarLoc::Expr(e) => (vec![&e[..]], true),
+                VarLoc::List(l) => (l.iter().map(|(_, e)| &e[..]).collect(), false),
+            };
+            for e in exprs {
+                let mut i = 1;
+                match read_leb(e, &mut i, true).filter(|_| e.first() == Some(&0x91) && i == e.len())
+                {
+                    Some(k) => out.push((k, v.size, v.key.as_str(), whole)),
+                    None => complete &= !e.contains(&0x91),
                 }
             }
         }
-        Escaped(
-            starts
-                .into_iter()
-                .map(|k| match sized.get(&k) {
-                    Some(&size) if size > 0 => (k, k.saturating_add(size as i64)),
-                    _ => (k, i64::MAX),
-                })
-                .collect(),
-        )
+        (out, complete)
+    }
+
+    /// The frame bytes (CFA offsets) the function may define on some path from its entry to
+    /// the return address `to`: written there, or reachable through a frame address computed
+    /// there. A byte outside them holds, at `to`, whatever the stack held before the call
+    /// that made the frame: no value of the function's own, so any value is one the function
+    /// itself might find there. `None` when that cannot be told (jumps it cannot follow, a
+    /// frame not addressed from `rsp`).
+    fn defined_before(&self, to: u64) -> Option<Escaped> {
+        let &at = self.index.get(&(self.unit, to))?;
+        let entry = *self.index.get(&(self.unit, 0))?;
+        let n = self.code.len();
+        // Forward from the entry.
+        let mut fwd = vec![false; n];
+        let mut work = vec![entry];
+        while let Some(i) = work.pop() {
+            if std::mem::replace(&mut fwd[i], true) {
+                continue;
+            }
+            if self.code[i].unknown {
+                return None;
+            }
+            work.extend(self.code[i].succ.iter().copied());
+        }
+        // Backward from the call before `to` (the instructions that may run before it).
+        let mut preds: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, ins) in self.code.iter().enumerate() {
+            for &s in &ins.succ {
+                preds[s].push(i);
+            }
+        }
+        let mut bwd = vec![false; n];
+        let mut work: Vec<usize> = preds[at].clone();
+        while let Some(i) = work.pop() {
+            if std::mem::replace(&mut bwd[i], true) {
+                continue;
+            }
+            work.extend(preds[i].iter().copied());
+        }
+        let sized = self.frame_sizes();
+        let mut out = Vec::new();
+        let mut factory = InstructionInfoFactory::new();
+        for (i, ins) in self.code.iter().enumerate() {
+            if !(fwd[i] && bwd[i]) {
+                continue;
+            }
+            let cfa = self.row(ins.unit, ins.off).and_then(|r| r.cfa);
+            let Some((7, n)) = cfa else {
+                return None;
+            };
+            if let Some(k) = self.escape(ins) {
+                if k == i64::MIN {
+                    return None;
+                }
+                out.push(extent(&sized, k));
+            }
+            for m in factory.info(&ins.insn).used_memory() {
+                if !writes(m.access()) {
+                    continue;
+                }
+                match m.base() {
+                    Register::RSP if m.index() == Register::None => {
+                        let lo = (m.displacement() as i64).wrapping_sub(n);
+                        out.push((lo, lo + m.memory_size().size().max(1) as i64));
+                    }
+                    Register::RSP | Register::ESP => return None,
+                    // Through a pointer (`rbp` too: the frame is addressed from `rsp`): one
+                    // computed by a frame address above, if into the frame.
+                    _ => {}
+                }
+            }
+        }
+        Some(Escaped(out))
     }
 
     fn transfer(
         &self,
+        idx: u32,
         ins: &Ins,
         st: &mut VState,
         floor: &Escaped,
@@ -1113,6 +1403,27 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
     ) {
         use iced_x86::{Mnemonic, OpKind};
         let x = &ins.insn;
+        st.redefine(idx);
+        // `test r, r`: the flags say whether r's value is zero; anything else that writes
+        // the flags says something else.
+        let zero = match (x.mnemonic(), dst_reg_of(x)) {
+            (Mnemonic::Test, Some(r))
+                if x.op1_kind() == OpKind::Register && x.op1_register() == r =>
+            {
+                dwarf_reg(r)
+                    .map(|d| st.regs[usize::from(d)])
+                    .filter(|v| !matches!(v, Val::Unknown | Val::Imm(_)))
+                    .map(|v| match v {
+                        Val::Entry(d, _) if r.is_gpr32() => Val::Entry(d, 32),
+                        Val::Def(d, _) if r.is_gpr32() => Val::Def(d, 32),
+                        v => v,
+                    })
+                    .filter(|_| r.is_gpr32() || r.is_gpr64())
+            }
+            _ if x.rflags_modified() != 0 => None,
+            _ => st.zero,
+        };
+        st.zero = zero;
         let v = &mut st.regs;
         let cfa = self.row(ins.unit, ins.off).and_then(|r| r.cfa);
         // A frame slot named by an rsp/rbp-relative operand, as (CFA offset, bytes).
@@ -1135,6 +1446,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
             .filter(|r| reg64(*r));
         let narrow = |val: Val, d: Register| match val {
             Val::Entry(r, w) if d.is_gpr32() => Val::Entry(r, w.min(32)),
+            Val::Def(i, w) if d.is_gpr32() => Val::Def(i, w.min(32)),
             Val::Imm(c) if d.is_gpr32() => Val::Imm(i64::from(c as u32)),
             val if d.is_gpr64() => val,
             _ => Val::Unknown,
@@ -1171,7 +1483,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                         .map(|(val, _)| *val)
                 }) {
                     Some(val) => Some(narrow(val, d)),
-                    None => Some(Val::Unknown),
+                    None => Some(narrow(Val::Def(idx, 64), d)),
                 }
             }
             (Mnemonic::Mov, Some(d))
@@ -1197,6 +1509,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                             .map_or(Val::Unknown, |val| match (val, size) {
                                 (val, 8) => val,
                                 (Val::Entry(r, _), 4) => Val::Entry(r, 32),
+                                (Val::Def(i, _), 4) => Val::Def(i, 32),
                                 _ => Val::Unknown,
                             }),
                         OpKind::Immediate32 | OpKind::Immediate32to64 => {
@@ -1226,13 +1539,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
         };
         let info = factory.info(x);
         for r in info.used_registers() {
-            if matches!(
-                r.access(),
-                OpAccess::Write
-                    | OpAccess::ReadWrite
-                    | OpAccess::CondWrite
-                    | OpAccess::ReadCondWrite
-            ) {
+            if writes(r.access()) {
                 if let Some(d) = dwarf_reg(r.register()) {
                     v[usize::from(d)] = Val::Unknown;
                 }
@@ -1240,13 +1547,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
         }
         // Any other write to the frame forgets the slots it overlaps.
         for m in info.used_memory() {
-            if !matches!(
-                m.access(),
-                OpAccess::Write
-                    | OpAccess::ReadWrite
-                    | OpAccess::CondWrite
-                    | OpAccess::ReadCondWrite
-            ) {
+            if !writes(m.access()) {
                 continue;
             }
             let n = match (m.base(), cfa) {
@@ -1278,6 +1579,8 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
             for r in CALLER_SAVED {
                 v[usize::from(r)] = Val::Unknown;
             }
+            // The result.
+            v[0] = Val::Def(idx, 64);
         }
         if let (Some(val), Some(d)) = (new, dst.and_then(dwarf_reg)) {
             v[usize::from(d)] = val;
@@ -1285,6 +1588,27 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
     }
 
     fn liveness(&self) -> Liveness {
+        self.liveness_cut(&BTreeSet::new())
+    }
+
+    /// Direct calls followed by padding (`nop`, `int3`): a compiler puts nothing after a
+    /// call it knows does not return, such as one followed by `__builtin_unreachable()`,
+    /// which no object says. Only ever used to explain a refusal.
+    fn padded_calls(&self) -> BTreeSet<usize> {
+        use iced_x86::Mnemonic;
+        (0..self.code.len().saturating_sub(1))
+            .filter(|&i| {
+                let (c, next) = (&self.code[i], &self.code[i + 1]);
+                c.insn.flow_control() == FlowControl::Call
+                    && next.unit == c.unit
+                    && c.succ.contains(&(i + 1))
+                    && matches!(next.insn.mnemonic(), Mnemonic::Nop | Mnemonic::Int3)
+            })
+            .collect()
+    }
+
+    /// [`Side::liveness`] with the fall-through of the calls `cut` removed.
+    fn liveness_cut(&self, cut: &BTreeSet<usize>) -> Liveness {
         let n = self.code.len();
         let mut effects = Vec::with_capacity(n);
         let mut factory = InstructionInfoFactory::new();
@@ -1294,7 +1618,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
         let mut live_in: Vec<Live> = vec![Live::default(); n];
         let mut preds: Vec<Vec<usize>> = vec![Vec::new(); n];
         for (i, ins) in self.code.iter().enumerate() {
-            for &s in &ins.succ {
+            for &s in ins.succ.iter().filter(|_| !cut.contains(&i)) {
                 preds[s].push(i);
             }
         }
@@ -1312,7 +1636,7 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
                 out.regs = 0x3f;
                 out.unknown = true;
             }
-            for &s in &ins.succ {
+            for &s in ins.succ.iter().filter(|_| !cut.contains(&i)) {
                 out.union(&live_in[s]);
             }
             let e = &effects[i];
@@ -1378,8 +1702,11 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
             };
             let Some(n) = frame_rel else { continue };
             if m.index() != Register::None {
-                // An indexed frame access (an array in the frame): any of its slots.
-                e.unknown = true;
+                // An indexed frame access (an array in the frame): a write may be left out
+                // (it only ever ends a value's life); a read may read any of its slots.
+                if !matches!(m.access(), OpAccess::Write | OpAccess::CondWrite) {
+                    e.unknown = true;
+                }
                 continue;
             }
             let off = (m.displacement() as i64).wrapping_sub(n);
@@ -1393,6 +1720,163 @@ impl<'x, 'o, 'a> Side<'x, 'o, 'a> {
         }
         e
     }
+}
+
+/// Which calls never return, each proven: a call to one has no fall-through, so the code
+/// the compiler placed after it (often another path's code, with other values in the
+/// callee-saved registers) is neither live after nor a predecessor of anything.
+struct NoReturn<'x, 'o, 'a> {
+    u: &'x Units<'o, 'a>,
+    declared: Option<&'x BTreeSet<String>>,
+    /// Per function of the object: whether it never returns (`false` while being decided,
+    /// so recursion counts as returning).
+    memo: RefCell<HashMap<UnitId, bool>>,
+}
+
+impl<'x, 'o, 'a> NoReturn<'x, 'o, 'a> {
+    fn new(u: &'x Units<'o, 'a>, declared: Option<&'x BTreeSet<String>>) -> Self {
+        NoReturn {
+            u,
+            declared,
+            memo: RefCell::default(),
+        }
+    }
+
+    /// Whether a call to `t` never returns: a C library function that never does
+    /// ([`NORETURN`]), a function the compilation unit declares `noreturn` (the compiler
+    /// relied on it: nothing after such a call belongs to it), or a function of this object
+    /// that no other definition can replace at run time (local or non-default visibility)
+    /// whose code reaches no `ret` ([`NoReturn::proven`]).
+    fn call(&self, t: &Target) -> bool {
+        self.call_at(t, 0)
+    }
+
+    fn call_at(&self, t: &Target, depth: u32) -> bool {
+        let name = callee_name(self.u, t);
+        if NORETURN.contains(&name.as_str()) {
+            return true;
+        }
+        let declared = |n: &str| self.declared.is_some_and(|d| d.contains(n));
+        match *t {
+            Target::External { .. } => declared(&name),
+            Target::Unit {
+                unit, entry: true, ..
+            } => {
+                let x = self.u.unit(unit);
+                x.kind == crate::units::UnitKind::Func
+                    && (x.names.iter().any(|n| declared(n)) || self.proven(unit, depth))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether no path from the entry of function `f` (and of its `.cold` parts) reaches a
+    /// `ret`, a jump suture cannot follow, a tail call to a function that may return, or the
+    /// end of its code; calls fall through unless they provably do not return.
+    fn proven(&self, f: UnitId, depth: u32) -> bool {
+        if let Some(&known) = self.memo.borrow().get(&f) {
+            return known;
+        }
+        let u = self.u;
+        let x = u.unit(f);
+        let fixed = x.bind == crate::elf::Bind::Local
+            || x.bind == crate::elf::Bind::Global && u.obj.symbol(x.sym).visibility != 0;
+        if !fixed || x.ifunc || depth > 8 {
+            return false;
+        }
+        self.memo.borrow_mut().insert(f, false);
+        let never = self.walk(f, depth);
+        self.memo.borrow_mut().insert(f, never);
+        never
+    }
+
+    fn walk(&self, f: UnitId, depth: u32) -> bool {
+        let u = self.u;
+        let fname = &u.unit(f).name;
+        let mut relocs: HashMap<UnitId, Vec<(u64, Target)>> = HashMap::new();
+        let mut seen = BTreeSet::new();
+        let mut work = vec![(f, 0u64)];
+        while let Some((unit, off)) = work.pop() {
+            if !seen.insert((unit, off)) {
+                continue;
+            }
+            let bytes = u.bytes(unit);
+            let Some(rest) = bytes.get(off as usize..).filter(|r| !r.is_empty()) else {
+                return false; // off the end of the code
+            };
+            let insn = Decoder::with_ip(64, rest, off, DecoderOptions::NONE).decode();
+            if insn.is_invalid() {
+                return false;
+            }
+            let len = insn.len() as u64;
+            let ustart = u.unit(unit).start;
+            let rs = relocs.entry(unit).or_insert_with(|| {
+                u.relocs(unit)
+                    .map(|(r, t)| (r.offset - ustart, t))
+                    .collect()
+            });
+            let reloc = rs
+                .iter()
+                .find(|(at, _)| (off..off + len).contains(at))
+                .copied();
+            let next = (unit, off + len);
+            match insn.flow_control() {
+                FlowControl::Next | FlowControl::XbeginXabortXend | FlowControl::Interrupt => {
+                    work.push(next)
+                }
+                FlowControl::Call | FlowControl::IndirectCall => {
+                    if !reloc.is_some_and(|(_, t)| self.call_at(&t, depth + 1)) {
+                        work.push(next);
+                    }
+                }
+                // `ud2`: traps.
+                FlowControl::Exception => {}
+                FlowControl::Return | FlowControl::IndirectBranch => return false,
+                FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch => {
+                    if insn.flow_control() == FlowControl::ConditionalBranch {
+                        work.push(next);
+                    }
+                    match reloc {
+                        Some((at, Target::Unit { unit: tu, rel, .. }))
+                            if tu == f
+                                || names::is_fragment(&u.unit(tu).name)
+                                    && belongs(&u.unit(tu).name, fname) =>
+                        {
+                            // The field's distance to the instruction's end, as in `decode`.
+                            work.push((tu, (rel + (off + len) as i64 - at as i64) as u64))
+                        }
+                        // A tail call.
+                        Some((_, t)) => {
+                            if !self.call_at(&t, depth + 1) {
+                                return false;
+                            }
+                        }
+                        None => {
+                            let t = insn.near_branch_target();
+                            if t >= bytes.len() as u64 {
+                                return false;
+                            }
+                            work.push((unit, t));
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The register operand 0 of `x`, if it is one.
+fn dst_reg_of(x: &Instruction) -> Option<Register> {
+    (x.op_count() >= 1 && x.op0_kind() == iced_x86::OpKind::Register).then(|| x.op0_register())
+}
+
+/// Whether an access may write.
+fn writes(a: OpAccess) -> bool {
+    matches!(
+        a,
+        OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite
+    )
 }
 
 /// Whether `.cold` fragment `frag` belongs to function `f` (`f.cold`, `f.cold.1`...).
@@ -1418,10 +1902,17 @@ fn tagged(u: &Units, unit: UnitId, off: u64) -> u64 {
     (u64::from(x.section.0) + 1) << TAG | (x.start + off)
 }
 
+/// Places in the code: (unit, offset).
+type Places = Vec<(UnitId, u64)>;
+
 /// Offsets (in `units`) that jump tables in data sections point at: for every data
 /// reference of the function's code to the start of a table, the consecutive code addresses
 /// stored from there (8-byte absolute entries, or 4-byte entries relative to the table).
-fn table_targets(u: &Units, units: &[UnitId], _here: UnitId) -> Vec<(UnitId, u64)> {
+/// Entries from the next place the code refers to on are returned apart: gcc puts a
+/// function's tables one after the other, so they are usually the next table's, read
+/// against the wrong start (they are read again from their own); but the code may also
+/// refer into a table (`.L4-8`), so they may be this table's too.
+fn table_targets(u: &Units, units: &[UnitId]) -> (Places, Places) {
     let mut starts = BTreeSet::new();
     for &unit in units {
         for (_, t) in u.relocs(unit) {
@@ -1430,9 +1921,14 @@ fn table_targets(u: &Units, units: &[UnitId], _here: UnitId) -> Vec<(UnitId, u64
             }
         }
     }
-    let mut out = Vec::new();
-    for (sec, start) in starts {
+    let (mut out, mut past) = (Vec::new(), Vec::new());
+    for &(sec, start) in &starts {
         let section = u.obj.section(sec);
+        let next = starts
+            .range((sec, start + 1)..)
+            .next()
+            .filter(|&&(s, _)| s == sec)
+            .map_or(u64::MAX, |&(_, n)| n);
         if section.flags & 0x4 != 0 {
             continue; // executable: not a table
         }
@@ -1455,11 +1951,15 @@ fn table_targets(u: &Units, units: &[UnitId], _here: UnitId) -> Vec<(UnitId, u64
                 2 | 24 => (4, rel - (r.offset - start) as i64), // PC32, PC64-ish
                 _ => break,
             };
-            out.push((unit, target as u64));
+            if r.offset < next {
+                out.push((unit, target as u64));
+            } else {
+                past.push((unit, target as u64));
+            }
             expect += stride;
         }
     }
-    out
+    (out, past)
 }
 
 fn rows_of(u: &Units, unit: UnitId) -> Vec<Row> {
@@ -1535,6 +2035,10 @@ enum Val {
     Imm(i64),
     /// The thread's stack-protector canary (`%fs:0x28`), the same for both versions.
     Canary,
+    /// The value the instruction at this index last computed (a call's result, a load) or
+    /// its low 32 bits zero-extended (`w` = 32): unknown, but the same in every register
+    /// and slot holding it. Meaningful only within one version.
+    Def(u32, u8),
     Unknown,
 }
 
@@ -1544,6 +2048,8 @@ struct VState {
     regs: [Val; 16],
     /// By CFA offset: (value, bytes stored).
     slots: std::collections::BTreeMap<i64, (Val, u8)>,
+    /// The value whose being zero the flags say (`test r, r`).
+    zero: Option<Val>,
 }
 
 impl VState {
@@ -1554,11 +2060,53 @@ impl VState {
             }
         }
         self.slots.retain(|k, v| o.slots.get(k) == Some(v));
+        if self.zero != o.zero {
+            self.zero = None;
+        }
+    }
+
+    /// On the edge where the flags say `t` is zero: every copy of it is the constant 0.
+    fn zeroed(&mut self, t: Val) {
+        let low = match t {
+            Val::Def(i, 64) => Some(Val::Def(i, 32)),
+            Val::Entry(r, 64) => Some(Val::Entry(r, 32)),
+            _ => None,
+        };
+        let hit = |v: &Val| *v == t || Some(*v) == low;
+        for r in self.regs.iter_mut().filter(|v| hit(v)) {
+            *r = Val::Imm(0);
+        }
+        for (v, _) in self.slots.values_mut().filter(|(v, _)| hit(v)) {
+            *v = Val::Imm(0);
+        }
+    }
+
+    /// Forgets the values instruction `i` computed before (it computes a new one).
+    fn redefine(&mut self, i: u32) {
+        for r in self.regs.iter_mut() {
+            if matches!(*r, Val::Def(j, _) if j == i) {
+                *r = Val::Unknown;
+            }
+        }
+        self.slots
+            .retain(|_, (v, _)| !matches!(*v, Val::Def(j, _) if j == i));
+        if matches!(self.zero, Some(Val::Def(j, _)) if j == i) {
+            self.zero = None;
+        }
     }
 }
 
 /// Frame ranges pointers may reach (see [`Side::compute_escaped`]).
 struct Escaped(Vec<(i64, i64)>);
+
+/// The frame range a pointer to CFA + `k` may reach: the variable DWARF places there, or up
+/// to the CFA's end of the address space when no variable of known size starts there.
+fn extent(sized: &HashMap<i64, u64>, k: i64) -> (i64, i64) {
+    match sized.get(&k) {
+        Some(&size) if size > 0 => (k, k.saturating_add(size as i64)),
+        _ => (k, i64::MAX),
+    }
+}
 
 impl Escaped {
     /// Whether `size` bytes at CFA + `off` lie outside every range.
@@ -1670,6 +2218,9 @@ impl FnVars {
 
 struct FnDebug {
     functions: Vec<FnVars>,
+    /// Functions the compilation unit declares `noreturn` (`DW_AT_noreturn`): the compiler
+    /// put no code after a call to one, so nothing after such a call is reachable.
+    noreturn: BTreeSet<String>,
 }
 
 fn read_leb(b: &[u8], i: &mut usize, signed: bool) -> Option<i64> {
@@ -1795,6 +2346,7 @@ impl FnDebug {
         };
         let dwarf = gimli::Dwarf::load(load).ok()?;
         let mut functions = Vec::new();
+        let mut noreturn = BTreeSet::new();
         let mut headers = dwarf.units();
         while let Ok(Some(h)) = headers.next() {
             let Ok(unit) = dwarf.unit(h) else { continue };
@@ -1802,9 +2354,12 @@ impl FnDebug {
                 continue;
             };
             let Ok(root) = tree.root() else { continue };
-            let _ = collect_functions(&dwarf, &unit, root, &mut functions);
+            let _ = collect_functions(&dwarf, &unit, root, &mut functions, &mut noreturn);
         }
-        Some(FnDebug { functions })
+        Some(FnDebug {
+            functions,
+            noreturn,
+        })
     }
 }
 
@@ -1892,11 +2447,18 @@ fn collect_functions<'a, 'r>(
     unit: &DwUnit<'a, 'r>,
     node: gimli::EntriesTreeNode<Reader<'a, 'r>>,
     out: &mut Vec<FnVars>,
+    noreturn: &mut BTreeSet<String>,
 ) -> gimli::Result<()> {
     let mut children = node.children();
     while let Some(child) = children.next()? {
         let e = child.entry();
         if e.tag() == gimli::DW_TAG_subprogram {
+            if matches!(
+                e.attr_value(gimli::DW_AT_noreturn),
+                Some(gimli::AttributeValue::Flag(true))
+            ) {
+                noreturn.extend(attr_name(dwarf, unit, e));
+            }
             let rs = ranges(dwarf, unit, e);
             if let Some(entry) = rs.first().map(|r| r.start).filter(|_| !rs.is_empty()) {
                 let low = match e.attr_value(gimli::DW_AT_low_pc) {
@@ -1921,7 +2483,7 @@ fn collect_functions<'a, 'r>(
                 continue;
             }
         }
-        collect_functions(dwarf, unit, child, out)?;
+        collect_functions(dwarf, unit, child, out, noreturn)?;
     }
     Ok(())
 }
