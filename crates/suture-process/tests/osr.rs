@@ -13,6 +13,8 @@ use suture_testkit::cc::gcc;
 use suture_testkit::net::LineClient;
 use suture_testkit::{spawn_lines, KillOnDrop, Lines, Scratch, TIMEOUT};
 
+mod common;
+
 const CONN: &str = include_str!("fixtures/osr/conn.c");
 const EVLOOP: &str = include_str!("fixtures/osr/evloop.c");
 const FORKED: &str = include_str!("fixtures/osr/forked.c");
@@ -42,39 +44,18 @@ fn build_with(dir: &Path, src: &str, define: &str, extra: &[&str]) -> Built {
     std::fs::write(dir.join("prog.c"), src).unwrap();
     let mut flags = vec!["-O2", "-g", "-ffunction-sections", "-fdata-sections"];
     flags.extend(extra);
-    flags.extend(["-c", "prog.c"]);
-    let mut orig = flags.to_vec();
-    orig.extend(["-o", "orig.o"]);
-    gcc(dir, &orig);
-    let def = format!("-D{define}");
-    let mut fixed = flags.to_vec();
-    fixed.extend([def.as_str(), "-o", "fixed.o"]);
-    gcc(dir, &fixed);
+    common::variants(dir, "prog.c", &flags, define);
     gcc(dir, &["orig.o", "-o", "prog", "-lpthread"]);
-    let a = std::fs::read(dir.join("orig.o")).unwrap();
-    let b = std::fs::read(dir.join("fixed.o")).unwrap();
-    let (a, b) = (
-        suture_object::Object::parse(&a).unwrap(),
-        suture_object::Object::parse(&b).unwrap(),
-    );
     let emit = |osr: bool| {
-        let d = suture_object::analyze_with(
-            &a,
-            &b,
-            suture_object::Options {
-                osr,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(d.report.status, suture_object::Status::Patchable);
-        let maps = d
-            .report
-            .changed_functions
-            .iter()
-            .filter_map(|f| Some((f.name.clone(), f.osr.clone()?)))
-            .collect();
-        (suture_object::emit::emit(&d).unwrap(), maps)
+        common::with_diff(dir, osr, |d| {
+            let maps = d
+                .report
+                .changed_functions
+                .iter()
+                .filter_map(|f| Some((f.name.clone(), f.osr.clone()?)))
+                .collect();
+            (suture_object::emit::emit(d).unwrap(), maps)
+        })
     };
     let (patch, osr) = emit(true);
     Built {
@@ -294,27 +275,14 @@ fn maps_of_other_code_are_not_used() {
         &dir,
         &[&flags[..], &[got, "fixed.c", "-o", "fixed-got.o"]].concat(),
     );
-    let a = std::fs::read(dir.join("orig-got.o")).unwrap();
-    let b = std::fs::read(dir.join("fixed-got.o")).unwrap();
-    let (a, b) = (
-        suture_object::Object::parse(&a).unwrap(),
-        suture_object::Object::parse(&b).unwrap(),
-    );
-    let d = suture_object::analyze_with(
-        &a,
-        &b,
-        suture_object::Options {
-            osr: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let main = &d.report.changed_functions[0];
-    assert!(
-        !main.osr.as_ref().unwrap().forward.is_empty(),
-        "the maps exist"
-    );
-    let patch = suture_object::emit::emit(&d).unwrap();
+    let patch = common::with_diff_of(&dir, ["orig-got.o", "fixed-got.o"], true, |d| {
+        let main = &d.report.changed_functions[0];
+        assert!(
+            !main.osr.as_ref().unwrap().forward.is_empty(),
+            "the maps exist"
+        );
+        suture_object::emit::emit(d).unwrap()
+    });
 
     let mut cmd = Command::new(dir.join("prog"));
     cmd.stdin(std::process::Stdio::piped());

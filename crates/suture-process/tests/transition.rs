@@ -23,13 +23,9 @@ const WORKERS: &str = include_str!("fixtures/transition/workers.c");
 /// false) without: then only a transition can apply it while the workers wait.
 fn build(dir: &Path, osr: bool) -> (PathBuf, Vec<u8>) {
     std::fs::write(dir.join("workers.c"), WORKERS).unwrap();
-    let patch = common::variant_patch(
-        dir,
-        "workers.c",
-        &["-O2", "-g", "-ffunction-sections"],
-        "FIXED",
-        osr,
-    );
+    let flags = ["-O2", "-g", "-ffunction-sections"];
+    common::variants(dir, "workers.c", &flags, "FIXED");
+    let patch = common::with_diff(dir, osr, |d| suture_object::emit::emit(d).unwrap());
     gcc(dir, &["orig.o", "-o", "workers", "-lpthread"]);
     (dir.join("workers"), patch)
 }
