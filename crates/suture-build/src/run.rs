@@ -155,6 +155,10 @@ fn osr_note(src: &str, o: &OsrSummary, why: &str) -> String {
         if o.refused.len() > 1 {
             note.push_str(&format!(" (and {} more, see --json)", o.refused.len() - 1));
         }
+        note.push_str(
+            "; a thread waiting there holds a plain apply up: `suture apply --transition` \
+             switches every other thread at once and lets it finish in the old code",
+        );
     }
     note
 }
@@ -1411,4 +1415,34 @@ pub fn build(
         report.outcome = Outcome::Written;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_on_stack_function_with_refused_sites_points_at_the_transition() {
+        let mut o = OsrSummary {
+            function: "serve".into(),
+            on_stack: Some("a loop around a call to read".into()),
+            sites: 3,
+            sites_back: 3,
+            refused: Vec::new(),
+        };
+        let all = osr_note("server.c", &o, "a loop around a call to read");
+        assert!(all.contains("at 3 of its 3 call sites"), "{all}");
+        assert!(!all.contains("--transition"), "{all}");
+        o.refused.push(suture_object::osr::OsrRefusal {
+            at: 0x40,
+            callee: "poll".into(),
+            reason: "the frame differs".into(),
+        });
+        let some = osr_note("server.c", &o, "a loop around a call to read");
+        assert!(
+            some.contains("not at +0x40 (the call to poll): the frame differs"),
+            "{some}"
+        );
+        assert!(some.contains("suture apply --transition"), "{some}");
+    }
 }
