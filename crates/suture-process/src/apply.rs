@@ -794,6 +794,8 @@ struct Prepared {
     leftovers: Vec<(RemoteAddr, u64)>,
     /// The per-thread transition's table and dispatchers (`--transition`).
     transition: Option<Transition>,
+    /// The return stubs of every patch region in the process, this one's included.
+    stub_areas: Vec<StubArea>,
 }
 
 /// What a per-thread transition needs at and after the switch.
@@ -1209,6 +1211,10 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
         replaced,
         leftovers,
         transition,
+        stub_areas: stub_areas(&existing)
+            .into_iter()
+            .chain(std::iter::once(stubs))
+            .collect(),
     })
 }
 
@@ -1310,6 +1316,7 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
             failpoint: "apply:stopped",
             failpoint_armed: "apply:armed",
             transition: p.transition.as_ref(),
+            stub_areas: &p.stub_areas,
         },
         // The replaced patch's region stays mapped, retired (see the module comment).
         |_| {},
@@ -1329,6 +1336,7 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
                 busy: &p.busy,
                 sites: opts.scan_suspended.then_some(&p.sites),
                 stubs: stubs_ok.then_some(p.region.stubs),
+                stub_areas: &p.stub_areas,
                 osr: (!p.osr.is_empty() && osr_off.is_none()).then_some(&p.osr),
                 code_addr: p.code_addr,
                 block_addr: p.block_addr,
@@ -1627,6 +1635,9 @@ struct Switch<'a> {
     /// Switch with a per-thread transition: threads inside `busy` become old-state threads
     /// (written to the table in the stop) instead of holding the switch up.
     transition: Option<&'a Transition>,
+    /// The return stubs of every patch region in the process: stubs a killed suture left
+    /// armed are undone in the stop ([`crate::retstub::reclaim`]).
+    stub_areas: &'a [StubArea],
 }
 
 struct Switched {
@@ -1926,7 +1937,8 @@ fn switch_loop(
         let mut moved: Vec<(Tid, u64, u64, u64)> = Vec::new();
         // A return address into busy code at a call site the builder refused to map.
         let mut unmoved: Option<u64> = None;
-        let stacks = snapshots(sp.mem(), sw.maps, &regs, STACK_CAP);
+        let mut stacks = snapshots(sp.mem(), sw.maps, &regs, STACK_CAP);
+        reclaim_stubs(&sp, &regs, &mut stacks, sw.stub_areas, arms);
         phases.stacks_us = lap();
         // With a transition: threads that go on in old code (tid, thread pointer, function).
         let mut old: Vec<(Tid, u64, String)> = Vec::new();
@@ -2167,6 +2179,48 @@ fn switch_loop(
     }
 }
 
+/// The return stubs of the patch regions of a process.
+fn stub_areas(patches: &[LivePatch]) -> Vec<StubArea> {
+    patches
+        .iter()
+        .filter_map(|p| {
+            p.header
+                .stubs
+                .map(|page| StubArea::at(p.base + u64::from(page) * PAGE))
+        })
+        .collect()
+}
+
+/// Undoes, in a stop, the return stubs a killed suture left armed (see
+/// [`crate::retstub::reclaim`]); this operation's own stubs (`arms`) stay.
+fn reclaim_stubs(
+    sp: &StoppedProcess,
+    regs: &[(Tid, Registers)],
+    stacks: &mut [StackSnapshot],
+    areas: &[StubArea],
+    arms: &Arms,
+) {
+    if areas.is_empty() {
+        return;
+    }
+    let own: Vec<(u64, usize)> = arms
+        .area
+        .map(|a| arms.armed.iter().map(|x| (a.code, x.slot)).collect())
+        .unwrap_or_default();
+    let rips: Vec<u64> = regs.iter().map(|(_, r)| r.rip).collect();
+    match crate::retstub::reclaim(sp.mem(), areas, &rips, stacks, &own) {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(
+                pid = sp.pid().0,
+                stubs = n,
+                "return stubs a killed suture left armed were undone"
+            )
+        }
+        Err(e) => tracing::warn!(pid = sp.pid().0, %e, "could not undo return stubs left armed"),
+    }
+}
+
 /// The suspended-frame scan ([`crate::suspended`]) of a stopped process for return addresses
 /// into `busy` outside every thread's live stack. The live stacks of the threads in `skip`
 /// (old-state threads of a transition, which may hold old frames) are not read.
@@ -2225,6 +2279,8 @@ struct Driven<'a> {
     sites: Option<&'a ReturnSites>,
     /// The region's return stubs, when threads may be caught as they leave old code.
     stubs: Option<StubArea>,
+    /// The return stubs of every patch region in the process.
+    stub_areas: &'a [StubArea],
     /// The region's on-stack replacement pages, when frames may move in this process.
     osr: Option<&'a crate::osr::Area>,
     code_addr: RemoteAddr,
@@ -2385,7 +2441,9 @@ fn check_old_threads(
             })
             .collect();
         let theirs: Vec<(Tid, Registers)> = owners.iter().filter_map(|(_, o)| *o).collect();
-        let mut stacks = snapshots(sp.mem(), &maps, &theirs, STACK_CAP).into_iter();
+        let mut stacks = snapshots(sp.mem(), &maps, &theirs, STACK_CAP);
+        reclaim_stubs(&sp, &regs, &mut stacks, d.stub_areas, arms);
+        let mut stacks = stacks.into_iter();
         let mut clear = Vec::new();
         let mut left = Vec::new();
         let mut ret_slots = Vec::new();
@@ -2520,6 +2578,7 @@ fn complete_by_osr(
             failpoint: "transition:stopped",
             failpoint_armed: "transition:armed",
             transition: None,
+            stub_areas: d.stub_areas,
         },
         |_| {},
     );
@@ -3054,6 +3113,7 @@ pub fn revert_timed(pid: Pid, patch_id: &str, timeout: Duration) -> Result<Rever
             failpoint: "revert:stopped",
             failpoint_armed: "revert:armed",
             transition: None,
+            stub_areas: &stub_areas(&patches),
         },
         // The region stays mapped, retired: the program may still point into it (see the
         // module comment); the next apply of this patch reuses it.

@@ -216,6 +216,44 @@ pub fn shadow_stack_enabled(status: &str) -> bool {
     })
 }
 
+/// Undoes the return stubs an earlier suture armed and never released because it died: an
+/// armed slot of `areas` that `own` (this operation's slots: area code page, slot) does not
+/// name, whose entry address a thread's live stack holds, gets its real return address back in
+/// that stack word (and in the snapshot), and the slot is freed. An area a thread is running
+/// is left alone (its thread may be about to read its slot). Runs in a stop; returns how many
+/// stubs were undone.
+pub fn reclaim(
+    mem: &ProcessMemory,
+    areas: &[StubArea],
+    rips: &[u64],
+    stacks: &mut [crate::stack::StackSnapshot],
+    own: &[(u64, usize)],
+) -> crate::error::Result<usize> {
+    let mut undone = 0;
+    for area in areas {
+        if rips.iter().any(|&ip| area.contains_code(ip)) {
+            continue;
+        }
+        let slots = area.read_slots(mem)?;
+        for (i, &(ret, state)) in slots.iter().enumerate() {
+            if ret == 0 || state != ARMED || own.contains(&(area.code, i)) {
+                continue;
+            }
+            let entry = area.entry(i).to_le_bytes();
+            let found = stacks.iter_mut().find_map(|s| {
+                let k = s.bytes.chunks_exact(8).position(|w| w == entry)?;
+                Some((s, k * 8))
+            });
+            let Some((stack, off)) = found else { continue };
+            mem.write(RemoteAddr(stack.base + off as u64), &ret.to_le_bytes())?;
+            stack.bytes[off..off + 8].copy_from_slice(&ret.to_le_bytes());
+            area.free(mem, i)?;
+            undone += 1;
+        }
+    }
+    Ok(undone)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
