@@ -431,6 +431,10 @@ pub struct LivePatch {
     /// that still run the old code (empty when there is none).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub old_threads: Vec<crate::transition::Slot>,
+    /// For an unfinished transition: the suture process driving it, when it still runs
+    /// (`None`: it was killed, and nothing will complete the transition; revert ends it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transition_driver: Option<i32>,
 }
 
 #[derive(Clone)]
@@ -835,9 +839,17 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
         return Err(ApplyError::Target(
             format!(
                 "patch {:?} is still in its per-thread transition ({} thread(s) run its old \
-                 code): wait until it completes, or revert it first",
+                 code): {}",
                 t.header.patch_id,
-                t.old_threads.len()
+                t.old_threads.len(),
+                match t.transition_driver {
+                    Some(d) => format!(
+                        "suture process {d} drives it; wait until it completes, or revert it first"
+                    ),
+                    None => "nothing drives it any more (the suture that started it was \
+                             killed): revert it first"
+                        .to_string(),
+                }
             ),
             Outcome::Untouched,
         ));
@@ -2348,6 +2360,11 @@ fn drive(
             left
         });
         match step {
+            // A process that ended has no thread left on old code.
+            Err(e) if gone(pid, &e) => {
+                tracing::info!(pid = pid.0, "the process ended during its transition");
+                return Ok(report("exited", checks, Vec::new()));
+            }
             Err(e) => break Err(Ok(in_transition(e))),
             Ok(left) if left.is_empty() => break Ok(()),
             Ok(left) if started.elapsed() >= t.timeout => break Err(Err(left)),
@@ -2408,6 +2425,16 @@ fn drive(
             },
         }),
     }
+}
+
+/// Whether `e` says the process is gone (or only a zombie is left).
+fn gone(pid: Pid, e: &crate::error::Error) -> bool {
+    e.target_exited()
+        || matches!(
+            e,
+            crate::error::Error::NoSuchProcess { .. } | crate::error::Error::Zombie { .. }
+        )
+        || !crate::maps::live_proc_dir(pid).exists()
 }
 
 /// One check of a transition's old-state threads, in a short stop: each one found outside old
@@ -2624,7 +2651,8 @@ impl Transition {
             }
         }
         let threads: Vec<(u64, i32)> = old.iter().map(|(tid, fs, _)| (*fs, tid.0)).collect();
-        let table = crate::transition::table(&threads)?;
+        let mut table = crate::transition::table(&threads)?;
+        crate::transition::set_driver(&mut table, std::process::id());
         sp.mem()
             .write(self.table, &table)
             .map_err(|e| format!("writing the transition table: {e}"))
@@ -2737,12 +2765,16 @@ fn status_in(pid: Pid, maps: &Maps, mem: &ProcessMemory) -> Vec<LivePatch> {
             continue;
         };
         match Header::decode(&bytes) {
-            Ok(header) => out.push(LivePatch {
-                pid: pid.0,
-                base: m.start.0,
-                old_threads: old_threads(mem, m.start.0, &header),
-                header,
-            }),
+            Ok(header) => {
+                let (old_threads, transition_driver) = old_threads(mem, m.start.0, &header);
+                out.push(LivePatch {
+                    pid: pid.0,
+                    base: m.start.0,
+                    old_threads,
+                    transition_driver,
+                    header,
+                })
+            }
             Err(HeaderError::NoMagic) => {}
             Err(e) => tracing::warn!(pid = pid.0, base = m.start.0, %e, "unreadable suture header"),
         }
@@ -2750,19 +2782,29 @@ fn status_in(pid: Pid, maps: &Maps, mem: &ProcessMemory) -> Vec<LivePatch> {
     out
 }
 
-/// The threads a live patch's transition still runs on the old code (read from its table).
-fn old_threads(mem: &ProcessMemory, base: u64, header: &Header) -> Vec<crate::transition::Slot> {
+/// The threads a live patch's transition still runs on the old code (read from its table), and
+/// the suture process driving it if one still runs.
+fn old_threads(
+    mem: &ProcessMemory,
+    base: u64,
+    header: &Header,
+) -> (Vec<crate::transition::Slot>, Option<i32>) {
     let Some((page, _)) = header.transition.filter(|_| header.state == State::Live) else {
-        return Vec::new();
+        return (Vec::new(), None);
     };
-    let table = mem.read_vec(RemoteAddr(base + u64::from(page) * PAGE), PAGE as usize);
-    table
-        .ok()
-        .and_then(|b| crate::transition::decode(&b))
+    let Ok(table) = mem.read_vec(RemoteAddr(base + u64::from(page) * PAGE), PAGE as usize) else {
+        return (Vec::new(), None);
+    };
+    let old: Vec<crate::transition::Slot> = crate::transition::decode(&table)
         .unwrap_or_default()
         .into_iter()
         .filter(|s| s.active)
-        .collect()
+        .collect();
+    // (A process id can be reused; a dead driver is what matters, and a reused id only
+    // hides that until the other process ends.)
+    let driver = crate::transition::driver(&table)
+        .filter(|d| !old.is_empty() && std::path::Path::new(&format!("/proc/{d}")).exists());
+    (old, driver.map(|d| d as i32))
 }
 
 /// A retired (reverted) region of patch `patch_id`, of `size` bytes, where the patch links to

@@ -26,7 +26,7 @@
 //! for the target; suture writes it through `/proc/PID/mem`), then the dispatchers' code.
 //! ```text
 //! table:  0  magic  b"SUTTRN\0\x01"
-//!         8  reserved u64
+//!         8  driver u32 (process id of the suture driving the transition), reserved u32
 //!        16  slots: SLOTS × { key u64 (thread pointer; 0 ends the table), tid u32,
 //!                             active u8 (1 = runs old code), reserved [u8; 3] }
 //! ```
@@ -116,6 +116,18 @@ pub fn decode(b: &[u8]) -> Option<Vec<Slot>> {
         });
     }
     Some(out)
+}
+
+/// Records in a table the process id of the suture that drives the transition (the reserved
+/// word after the magic), so `status` can tell a transition nobody drives any more.
+pub fn set_driver(table: &mut [u8], pid: u32) {
+    table[8..12].copy_from_slice(&pid.to_le_bytes());
+}
+
+/// The driver's process id a table records (0: none).
+pub fn driver(table: &[u8]) -> Option<u32> {
+    let pid = u32::from_le_bytes(table.get(8..12)?.try_into().ok()?);
+    (pid != 0).then_some(pid)
 }
 
 /// Where the `active` byte of slot `index` is, for a table at `table`.

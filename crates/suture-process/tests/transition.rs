@@ -31,7 +31,7 @@ fn build(dir: &Path, osr: bool) -> (PathBuf, Vec<u8>) {
 }
 
 struct Target {
-    _child: suture_testkit::proc::KillOnDrop,
+    child: suture_testkit::proc::KillOnDrop,
     stdin: ChildStdin,
     lines: Lines,
     pid: Pid,
@@ -44,7 +44,7 @@ impl Target {
         lines.wait_for("ready");
         let pid = Pid(child.id() as i32);
         Target {
-            _child: child,
+            child,
             stdin,
             lines,
             pid,
@@ -128,6 +128,12 @@ fn waiting_workers_finish_in_old_code_and_everyone_else_runs_the_fix() {
     }
 
     let applying = t.transition_started(&patch, TIMEOUT);
+    let live = status(pid).unwrap();
+    assert_eq!(
+        live[0].transition_driver,
+        Some(std::process::id() as i32),
+        "status names the process driving the transition"
+    );
     // The main thread was not inside: it runs the fix at once.
     assert_eq!(t.ask("m", "main: "), "main: 22");
     // A new thread runs it at once too.
@@ -221,4 +227,20 @@ fn on_stack_replacement_completes_a_transition_that_times_out() {
     assert_eq!(t.ask("w0", "worker 0: "), "worker 0: 22");
     assert_eq!(t.ask("w1", "worker 1: "), "worker 1: 22");
     assert_eq!(t.ask("m", "main: "), "main: 22");
+}
+
+#[test]
+fn a_process_that_ends_during_its_transition_ends_it() {
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "transition", "exit");
+    let (prog, patch) = build(&dir, false);
+    let mut t = Target::start(&prog);
+    let applying = t.transition_started(&patch, TIMEOUT);
+    t.child.0.kill().unwrap();
+    let _ = t.child.0.wait();
+    let applied = applying
+        .join()
+        .unwrap()
+        .expect("nothing is left on old code");
+    let report = applied.transition.expect("a transition report");
+    assert_eq!(report.completed, "exited", "{report:?}");
 }

@@ -91,13 +91,13 @@ fn transition_summary(t: &suture_process::apply::TransitionReport) -> String {
         return "; no thread was inside a replaced function, so no transition was needed".into();
     }
     let list: Vec<String> = t.old_threads.iter().map(i32::to_string).collect();
-    let how = if t.completed == "moved" {
-        format!(
+    let how = match t.completed {
+        "moved" => format!(
             "then the last ones were moved to the new code ({} frame(s), on-stack replacement)",
             t.moved_frames.len()
-        )
-    } else {
-        "until they left the replaced functions".to_string()
+        ),
+        "exited" => "until the process ended".to_string(),
+        _ => "until they left the replaced functions".to_string(),
     };
     format!(
         "; per-thread transition: thread(s) {} ran the old code {how}, complete after {} ms \
@@ -313,9 +313,15 @@ pub fn status(pid: Option<i32>, json: bool) -> Result<u8> {
         );
         if !l.old_threads.is_empty() {
             let list: Vec<String> = l.old_threads.iter().map(|s| s.tid.to_string()).collect();
+            let driver = match l.transition_driver {
+                Some(d) => format!("suture process {d} drives it"),
+                None => "nothing drives it any more (its suture was killed): `suture revert` \
+                         ends it"
+                    .to_string(),
+            };
             text += &format!(
                 "  in transition: thread(s) {} still run the old code (every other thread the \
-                 new)\n",
+                 new); {driver}\n",
                 list.join(", ")
             );
         }

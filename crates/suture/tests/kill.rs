@@ -591,9 +591,15 @@ fn sigkill_during_a_transition_leaves_every_thread_on_one_version() {
             .args(["status", "--pid", &pid.to_string()])
             .output()
             .unwrap();
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(text.contains("in transition: thread(s)"), "{point}: {text}");
         assert!(
-            String::from_utf8_lossy(&text.stdout).contains("in transition: thread(s)"),
-            "{point}"
+            text.contains("nothing drives it any more"),
+            "{point}: {text}"
+        );
+        assert!(
+            v["patches"][0].get("transition_driver").is_none(),
+            "{point}: {v:#}"
         );
         assert_eq!(ask("m", "main: "), "main: 22", "{point}");
         for _ in 0..3 {
