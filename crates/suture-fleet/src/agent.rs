@@ -749,13 +749,17 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
             keep.push(a);
             continue;
         }
-        let result =
-            suture_process::targets::revert(&a.patch_id, &Targets::Pids(vec![pid]), opts.timeout)
-                .map_err(|e| e.to_string())
-                .and_then(|mut it| match it.next() {
-                    Some(o) => o.result.map(|_| ()).map_err(|e| e.to_string()),
-                    None => Ok(()),
-                });
+        let result = suture_process::targets::revert(
+            &a.patch_id,
+            &Targets::Pids(vec![pid]),
+            opts.timeout,
+            true,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|mut it| match it.next() {
+            Some(o) => o.result.map(|_| ()).map_err(|e| e.to_string()),
+            None => Ok(()),
+        });
         match result {
             Ok(()) => reverted.push(RevertedReport {
                 patch_id: a.patch_id.clone(),
@@ -983,6 +987,7 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
                                     &s.meta.patch_id,
                                     &Targets::Pids(vec![pid]),
                                     opts.timeout,
+                                    true,
                                 )
                                 .ok()
                                 .and_then(|mut it| it.next())

@@ -3019,6 +3019,18 @@ pub fn revert(pid: Pid, patch_id: &str, timeout: Duration) -> Result<LivePatch, 
 
 /// [`revert`], also saying how long the switch stopped the target.
 pub fn revert_timed(pid: Pid, patch_id: &str, timeout: Duration) -> Result<Reverted, ApplyError> {
+    revert_with(pid, patch_id, timeout, true)
+}
+
+/// [`revert_timed`]; `scan_suspended` false skips the suspended-frame scan of the patch's code
+/// (as `apply --no-suspended-scan` does: only for a target known to run no coroutines, since
+/// a coroutine suspended in patch code would finish that call in it after the revert).
+pub fn revert_with(
+    pid: Pid,
+    patch_id: &str,
+    timeout: Duration,
+    scan_suspended: bool,
+) -> Result<Reverted, ApplyError> {
     let maps = Maps::read(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let mem = ProcessMemory::open(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let patches = status_in(pid, &maps, &mem);
@@ -3138,7 +3150,7 @@ pub fn revert_timed(pid: Pid, patch_id: &str, timeout: Duration) -> Result<Rever
             maps: &maps,
             unwind: &unwind,
             busy: &busy,
-            sites: Some(&sites),
+            sites: scan_suspended.then_some(&sites),
             stubs,
             retire_at: None,
             no_stubs: no_stubs.unwrap_or(""),

@@ -122,6 +122,7 @@ pub fn revert<'a>(
     patch_id: &'a str,
     targets: &Targets,
     timeout: Duration,
+    scan_suspended: bool,
 ) -> Result<impl Iterator<Item = ProcessOutcome<apply::Reverted>> + 'a, NoTargets> {
     let pids = match targets {
         Targets::Pids(p) => p.clone(),
@@ -134,7 +135,7 @@ pub fn revert<'a>(
     }
     Ok(pids.into_iter().map(move |pid| ProcessOutcome {
         pid,
-        result: apply::revert_timed(pid, patch_id, timeout),
+        result: apply::revert_with(pid, patch_id, timeout, scan_suspended),
     }))
 }
 

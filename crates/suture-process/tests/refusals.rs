@@ -611,6 +611,18 @@ fn without_the_scan_a_suspended_call_finishes_old_and_revert_still_refuses() {
     }
     // Still fully patched.
     t.wait_tick("main=12 coro=32");
+    // The operator's way out (`revert --no-suspended-scan`): the revert goes through, and the
+    // suspended call finishes in the patch's code, as the apply's did in the old code.
+    suture_process::apply::revert_with(t.pid, "coro", Duration::from_secs(3), false)
+        .expect("revert without the scan");
+    let first_old = loop {
+        let l = t.expect("tick ");
+        if l.contains("main=11") {
+            break l;
+        }
+    };
+    assert!(first_old.ends_with("main=11 coro=32"), "{first_old}");
+    t.wait_tick("main=11 coro=31");
 }
 
 /// A thread currently running on a coroutine's heap stack inside a replaced function (asleep

@@ -166,6 +166,12 @@ enum Command {
         /// Seconds to keep retrying while patched code is running.
         #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
         timeout: f64,
+        /// Do not look for coroutines or saved contexts suspended inside the patch's code (by
+        /// default the stop reads the target's resident writable memory for return addresses
+        /// into it, and waits while one is found). Only for targets known to run no
+        /// coroutines: a coroutine suspended in the patch would finish that call in it.
+        #[arg(long)]
+        no_suspended_scan: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -447,8 +453,9 @@ fn main() -> ExitCode {
             pids,
             all,
             timeout,
+            no_suspended_scan,
             json,
-        } => process_cmd::revert(&id, &pids, all, timeout, json),
+        } => process_cmd::revert(&id, &pids, all, timeout, !no_suspended_scan, json),
         Command::Status { pid, json } => process_cmd::status(pid, json),
         Command::Build {
             source,

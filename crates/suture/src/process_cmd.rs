@@ -208,12 +208,19 @@ fn patch_id_of(arg: &str) -> Result<String> {
     Ok(arg.to_string())
 }
 
-pub fn revert(arg: &str, pids: &[i32], all: bool, timeout: f64, json: bool) -> Result<u8> {
+pub fn revert(
+    arg: &str,
+    pids: &[i32],
+    all: bool,
+    timeout: f64,
+    scan_suspended: bool,
+    json: bool,
+) -> Result<u8> {
     let timeout = seconds(timeout)?;
     let id = &patch_id_of(arg)?;
     let mut results = Vec::new();
     let mut failed = 0;
-    for o in targets::revert(id, &pids_or_all(pids, all), timeout)? {
+    for o in targets::revert(id, &pids_or_all(pids, all), timeout, scan_suspended)? {
         let pid = o.pid;
         match o.result {
             Ok(r) => {
