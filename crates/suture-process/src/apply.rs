@@ -2046,7 +2046,6 @@ fn switch_loop(
                 &regs,
                 &stacks,
                 sw.unwind,
-                sw.stubs,
                 (sites, sw.busy),
                 pre.as_ref(),
                 &[],
@@ -2242,7 +2241,6 @@ fn suspended_in(
     regs: &[(Tid, Registers)],
     stacks: &[StackSnapshot],
     unwind: &UnwindInfo,
-    stubs: Option<StubArea>,
     (sites, busy): (&ReturnSites, &[BusyRange]),
     pre: Option<&crate::suspended::PreScan>,
     skip: &[Tid],
@@ -2254,7 +2252,6 @@ fn suspended_in(
         .map(|((tid, r), stack)| crate::suspended::ThreadStack {
             rsp: r.rsp,
             fs_base: r.fs_base,
-            red_zone: !stubs.is_some_and(|a| a.contains_code(r.rip)),
             small_frames: if skip.contains(tid) {
                 let live = r.rsp.saturating_sub(crate::suspended::RED_ZONE)
                     ..stack.base + stack.bytes.len() as u64;
@@ -2501,16 +2498,8 @@ fn check_old_threads(
             if let Some(sites) = d.sites.filter(|s| !s.is_empty()) {
                 let still: Vec<Tid> = left.iter().map(|(tid, _)| *tid).collect();
                 let stacks = snapshots(sp.mem(), &maps, &regs, STACK_CAP);
-                let (frame, _) = suspended_in(
-                    &sp,
-                    &regs,
-                    &stacks,
-                    d.unwind,
-                    d.stubs,
-                    (sites, d.busy),
-                    None,
-                    &still,
-                )?;
+                let (frame, _) =
+                    suspended_in(&sp, &regs, &stacks, d.unwind, (sites, d.busy), None, &still)?;
                 if let Some(f) = frame {
                     tracing::debug!(pid = pid.0, function = %f.name, at = %RemoteAddr(f.at), returns_to = %RemoteAddr(f.returns_to), mapping = %f.mapping, "a suspended frame in old code holds the transition");
                     clear.clear();

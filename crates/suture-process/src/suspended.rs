@@ -485,9 +485,6 @@ pub struct ThreadStack {
     pub rsp: u64,
     /// The TLS base (`fs_base`): glibc puts it at the top of the thread's own stack mapping.
     pub fs_base: u64,
-    /// Whether the 128 bytes below `rsp` may be in use (false for a thread parked in a return
-    /// stub, whose code uses none: what lies there is the returned function's dead frame).
-    pub red_zone: bool,
     /// For a thread whose stack unwound completely: its frames smaller than [`MIN_STACK`]
     /// (stack pointer to CFA). They hold its own live data, often stale copies of return
     /// addresses in uninitialised slots, and are too small to hold a coroutine's stack.
@@ -498,14 +495,17 @@ pub struct ThreadStack {
 /// cannot contain one.
 pub const MIN_STACK: u64 = 2048;
 
-/// The part of `range` that can hold live data: without the dead stack below the stack
-/// pointer (less the red zone, where it may be in use) of a thread whose own stack it is
-/// (`main_stack`, or the thread's TLS base lies in it as well).
+/// The part of `range` that can hold a suspended frame: without the stack below the stack
+/// pointer of a thread whose own stack it is (`main_stack`, or the thread's TLS base lies in it
+/// as well). Below it lie dead frames, full of stale return addresses, and at most the red zone
+/// of the function the thread runs, which holds that function's data: neither is a context
+/// something will switch back to (a coroutine's saved frames are on a stack no thread runs on,
+/// which is read whole).
 fn live_part(range: Range<u64>, main_stack: bool, threads: &[ThreadStack]) -> Range<u64> {
     let lowest_live = threads
         .iter()
         .filter(|t| range.contains(&t.rsp) && (main_stack || range.contains(&t.fs_base)))
-        .map(|t| t.rsp.saturating_sub(if t.red_zone { RED_ZONE } else { 0 }) & !7)
+        .map(|t| t.rsp & !7)
         .min();
     match lowest_live {
         Some(from) => from.max(range.start)..range.end,
@@ -641,29 +641,22 @@ mod tests {
         let t = |rsp: u64, fs_base: u64| ThreadStack {
             rsp,
             fs_base,
-            red_zone: true,
             small_frames: Vec::new(),
         };
         let live = |main: bool, threads: &[ThreadStack]| live_part(0x1000..0x9000, main, threads);
         // The main stack, and a thread stack holding its thread's TLS at the top.
-        assert_eq!(live(true, &[t(0x8000, 0)]), 0x7f80..0x9000);
+        assert_eq!(live(true, &[t(0x8000, 0)]), 0x8000..0x9000);
         let tls = 0x8f00;
-        assert_eq!(live(false, &[t(0x8000, tls)]), 0x7f80..0x9000);
+        assert_eq!(live(false, &[t(0x8000, tls)]), 0x8000..0x9000);
         assert_eq!(
             live(false, &[t(0x8000, tls), t(0x6008, tls)]),
-            0x5f88..0x9000
+            0x6008..0x9000
         );
         assert_eq!(live(true, &[t(0xa000, 0)]), 0x1000..0x9000);
-        assert_eq!(live(true, &[t(0x1010, 0)]), 0x1000..0x9000);
+        assert_eq!(live(true, &[t(0x1010, 0)]), 0x1010..0x9000);
         // A stack pointer in memory that is not the thread's own stack (a coroutine stack in
         // the heap): what lies below it may be another coroutine's, so nothing is left out.
         assert_eq!(live(false, &[t(0x8000, 0x20000)]), 0x1000..0x9000);
-        // A thread parked in a return stub keeps no red zone.
-        let parked = ThreadStack {
-            red_zone: false,
-            ..t(0x8000, tls)
-        };
-        assert_eq!(live(false, &[parked]), 0x8000..0x9000);
     }
 
     #[test]
