@@ -825,6 +825,34 @@ impl Tracer {
         Ok(())
     }
 
+    /// The registers that issue again a system call that returned EINTR because suture's
+    /// interrupt woke it, when the call is one that has no effect when it fails with EINTR and
+    /// whose repetition is what the kernel does itself when no timeout is set: reads, writes,
+    /// sends, receives and accepts on sockets with `SO_RCVTIMEO`/`SO_SNDTIMEO` (whose timeout
+    /// then starts again). `None` for anything else (`connect` goes on in the background and
+    /// may not be issued again).
+    fn restart_interrupted(&self, r: Registers) -> Option<Registers> {
+        const EINTR: u64 = (-4i64) as u64;
+        // read write pread64 pwrite64 readv writev accept sendto recvfrom sendmsg recvmsg
+        // accept4 preadv pwritev preadv2 pwritev2
+        const SAFE: [u64; 16] = [
+            0, 1, 17, 18, 19, 20, 43, 44, 45, 46, 47, 288, 295, 296, 327, 328,
+        ];
+        if r.rax != EINTR || !SAFE.contains(&r.orig_rax) {
+            return None;
+        }
+        // The instruction before the stop must be the `syscall` that is issued again.
+        let mut insn = [0u8; 2];
+        self.mem
+            .read(crate::ids::RemoteAddr(r.rip.checked_sub(2)?), &mut insn)
+            .ok()?;
+        (insn == [0x0f, 0x05]).then(|| Registers {
+            rax: r.orig_rax,
+            rip: r.rip - 2,
+            ..r
+        })
+    }
+
     /// Restore registers, hand back held signals, detach every thread.
     pub(crate) fn release(&mut self) -> Result<()> {
         if self.released {
@@ -840,6 +868,24 @@ impl Tracer {
             if let Some(regs) = th.saved_regs {
                 if let Err(e) = ptrace::setregs(npid(tid), regs) {
                     problems.push(format!("restoring registers of thread {tid}: {e}"));
+                }
+            }
+            // A system call our interrupt broke with EINTR (one with a timeout, which the
+            // kernel does not restart by itself) is issued again, as without the stop.
+            if th.stop == StopKind::Interrupt && th.held.is_empty() {
+                let regs = th
+                    .saved_regs
+                    .map_or_else(|| ptrace::getregs(npid(tid)).ok(), Some);
+                if let Some(again) = regs.and_then(|r| self.restart_interrupted(r)) {
+                    match ptrace::setregs(npid(tid), again) {
+                        Ok(()) => tracing::debug!(
+                            tid = tid.0,
+                            nr = again.orig_rax,
+                            "system call interrupted by the stop issued again"
+                        ),
+                        Err(e) => problems
+                            .push(format!("restarting the system call of thread {tid}: {e}")),
+                    }
                 }
             }
             let mut held = th.held.into_iter();

@@ -921,3 +921,24 @@ fn threads_inside_the_vdso_unwind_exactly() {
         );
     }
 }
+
+/// A thread blocked in `recv` on a socket with a receive timeout sees no EINTR from suture's
+/// stops: the kernel fails such a call with EINTR when the interrupt wakes it (it restarts only
+/// calls without a timeout), and suture issues it again before resuming the thread.
+#[test]
+fn a_receive_with_a_timeout_is_not_broken_by_stops() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ptrace/timeo.c");
+    let prog = compile(&programs().dir, &src, "timeo", &["-pthread"]);
+    let mut p = Proc::spawn(&mut Command::new(prog)).unwrap();
+    p.expect("ready");
+    for round in 0..20 {
+        let sp = StoppedProcess::stop(p.pid).unwrap();
+        sp.resume().unwrap();
+        if round % 5 == 4 {
+            p.send("x");
+            assert_eq!(p.expect(""), "got 1", "round {round}");
+        }
+    }
+    p.send("x");
+    assert_eq!(p.expect(""), "got 1");
+}
