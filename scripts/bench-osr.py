@@ -10,10 +10,7 @@ only it: nothing waits in replaced code (the plain switch) with the same threads
 side by side with 1, 8 and 64 open connections of each build (and one inline server with none).
 Each cycle applies and reverts the patch object on every server in turn (the order rotates per
 cycle, so a loaded moment hits all of them) and records suture's own stop window
-(`stop_window_us`) and its phases from `--json`. On the inline servers each cycle also applies
-the patch with a per-thread transition (`--transition`, 50 ms): the switch happens at once with
-every connection thread left on the old code, and as none returns in time, on-stack replacement
-completes it; it records the switch's stop and the longest of the transition's check stops.
+(`stop_window_us`) and its phases from `--json`.
 
     scripts/bench-osr.py SUTURE [CYCLES]
 """
@@ -62,8 +59,7 @@ def run(args):
     return json.loads(out.stdout)["processes"][0]
 
 
-rows = {n: {"apply": [], "revert": [], "moved": set(), "phases": [], "tswitch": [],
-            "tcheck": []} for n in servers}
+rows = {n: {"apply": [], "revert": [], "moved": set(), "phases": []} for n in servers}
 order = list(servers)
 for c in range(cycles):
     order = order[1:] + order[:1]
@@ -75,14 +71,6 @@ for c in range(cycles):
         rows[n]["revert"].append(r["stop_window_us"])
         rows[n]["moved"].add(len(a["result"]["moved_frames"]))
         rows[n]["phases"].append(a["result"]["stop_phases"])
-        if n[0] == "osr" and n[1] > 0:
-            t = run(["apply", f"{work}/{n[0]}-fix.o", "--pid", pid, "--id", "bench-t",
-                     "--transition", "--transition-timeout", "0.05"])
-            run(["revert", "bench-t", "--pid", pid])
-            report = t["result"]["transition"]
-            assert len(report["old_threads"]) == n[1], report
-            rows[n]["tswitch"].append(t["result"]["stop_window_us"])
-            rows[n]["tcheck"].append(report["longest_check_us"])
         # Every waiting thread answers from the original code again.
         for s in servers[n][1][:2]:
             s.sendall(b"hi")
@@ -90,8 +78,8 @@ for c in range(cycles):
 
 print(f"{cycles} cycles per case, suture's own view of the stop (stop_window_us), medians\n")
 print("| build | open connections (frames moved) | apply stop | revert stop | apply vs plain | "
-      "check | commit | transition: switch stop | longest check stop |")
-print("|---|---|---|---|---|---|---|---|---|")
+      "check | commit |")
+print("|---|---|---|---|---|---|---|")
 for (kind, n), r in rows.items():
     a = statistics.median(r["apply"])
     v = statistics.median(r["revert"])
@@ -100,10 +88,8 @@ for (kind, n), r in rows.items():
     check = statistics.median(p["check_us"] for p in r["phases"])
     commit = statistics.median(p["commit_us"] for p in r["phases"])
     moved = "/".join(str(m) for m in sorted(r["moved"]))
-    tsw, tck = (f"{statistics.median(r[k]) / 1000:.3f} ms" if r[k] else "-"
-                for k in ("tswitch", "tcheck"))
     print(f"| {kind} | {n} ({moved}) | {a / 1000:.3f} ms | {v / 1000:.3f} ms | {ratio} | "
-          f"{check} us | {commit} us | {tsw} | {tck} |")
+          f"{check} us | {commit} us |")
 for p, conns in servers.values():
     for s in conns:
         s.close()

@@ -1962,10 +1962,6 @@ fn switch_loop(
             if let Finding::Busy { name, ret_slot, .. } =
                 sw.unwind.check(r.rip, r.rsp, r.rbp, stack, sw.busy)
             {
-                if sw.transition.is_some() {
-                    old.push((*tid, r.fs_base, name));
-                    continue;
-                }
                 // Frames waiting in calls at mapped sites move instead (crate::osr).
                 let revert = sw.want == State::Reverted;
                 let movable = (sw.osr.is_some() || !sw.refusals.is_empty()).then(|| {
@@ -1981,6 +1977,9 @@ fn switch_loop(
                     Some(Ok(m)) if !m.is_empty() => {
                         moved.extend(m.into_iter().map(|(slot, ra, to)| (*tid, slot, ra, to)));
                     }
+                    // With a transition, a thread whose frames cannot move goes on in the old
+                    // code.
+                    _ if sw.transition.is_some() => old.push((*tid, r.fs_base, name)),
                     other => {
                         if let Some(Err(Some(ra))) = other {
                             unmoved.get_or_insert(ra);

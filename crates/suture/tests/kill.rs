@@ -553,8 +553,9 @@ fn start_workers(dir: &Path) -> (KillOnDrop, Lines, std::process::ChildStdin) {
     (child, rx, stdin)
 }
 
-/// SIGKILL while `apply --transition` drives its transition (right after the switch, and
-/// with return stubs armed for the waiting workers): every thread stays on one version. The
+/// SIGKILL while `apply --transition --no-osr` drives its transition (right after the switch,
+/// and with return stubs armed for the waiting workers; without `--no-osr` their frames would
+/// move at the switch): every thread stays on one version. The
 /// workers, inside the replaced function at the switch, keep running the old code (also after
 /// a stub parked them and let them go by itself); the main thread runs the fix; `status` shows
 /// the transition, and `revert` ends it.
@@ -570,7 +571,7 @@ fn sigkill_during_a_transition_leaves_every_thread_on_one_version() {
             rx.wait_for(prefix)
         };
         let pid = child.id();
-        apply_killed_at_with(&patch, pid, point, &["--transition"]);
+        apply_killed_at_with(&patch, pid, point, &["--transition", "--no-osr"]);
         let st = state(pid);
         assert!(
             st != "T" && st != "t",
@@ -629,8 +630,9 @@ fn sigkill_during_a_transition_leaves_every_thread_on_one_version() {
     }
 }
 
-/// `suture apply --transition` through the CLI: it waits for the transition, says which
-/// threads ran the old code until they left it, and reports it in `--json`.
+/// `suture apply --transition` through the CLI (`--no-osr`, so that the waiting workers are
+/// not moved at the switch): it waits for the transition, says which threads ran the old code
+/// until they left it, and reports it in `--json`.
 #[test]
 fn apply_with_a_transition_through_the_cli() {
     use std::io::Write;
@@ -644,7 +646,13 @@ fn apply_with_a_transition_through_the_cli() {
             suture()
                 .arg("apply")
                 .arg(&patch)
-                .args(["--pid", &pid.to_string(), "--transition", "--json"])
+                .args([
+                    "--pid",
+                    &pid.to_string(),
+                    "--transition",
+                    "--no-osr",
+                    "--json",
+                ])
                 .output()
                 .unwrap()
         }
