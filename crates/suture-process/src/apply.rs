@@ -109,10 +109,12 @@ pub enum ApplyError {
     Target(String, Outcome),
     /// A per-thread transition did not complete within its timeout, nor could on-stack
     /// replacement move the frames left in old code.
-    #[error("the transition did not complete in {:.2} s: {} still ran old code ({}){}; {outcome}", .waited.as_secs_f64(), if .threads.len() == 1 { "1 thread".to_string() } else { format!("{} threads", .threads.len()) }, .threads.iter().map(|(t, f)| format!("thread {t} in {f}")).collect::<Vec<_>>().join(", "), .revert_failed.as_ref().map(|e| format!("; reverting failed: {e}")).unwrap_or_default(), outcome = outcome_word(*.outcome))]
+    #[error("the transition did not complete in {:.2} s: {} still ran old code ({}){}{}; {outcome}", .waited.as_secs_f64(), if .threads.len() == 1 { "1 thread".to_string() } else { format!("{} threads", .threads.len()) }, .threads.iter().map(|(t, f)| format!("thread {t} in {f}")).collect::<Vec<_>>().join(", "), .why.iter().map(|w| format!("; {w}")).collect::<String>(), .revert_failed.as_ref().map(|e| format!("; reverting failed: {e}")).unwrap_or_default(), outcome = outcome_word(*.outcome))]
     Transition {
         /// The threads left on old code, and the replaced function each was in.
         threads: Vec<(i32, String)>,
+        /// Why neither a return stub nor on-stack replacement ended it.
+        why: Vec<String>,
         waited: Duration,
         revert_failed: Option<String>,
         outcome: Outcome,
@@ -1348,6 +1350,8 @@ pub fn apply(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Applied, App
                 busy: &p.busy,
                 sites: opts.scan_suspended.then_some(&p.sites),
                 stubs: stubs_ok.then_some(p.region.stubs),
+                no_stubs,
+                osr_off: osr_off.filter(|_| !p.osr.is_empty()),
                 stub_areas: &p.stub_areas,
                 osr: (!p.osr.is_empty() && osr_off.is_none()).then_some(&p.osr),
                 code_addr: p.code_addr,
@@ -2287,6 +2291,10 @@ struct Driven<'a> {
     sites: Option<&'a ReturnSites>,
     /// The region's return stubs, when threads may be caught as they leave old code.
     stubs: Option<StubArea>,
+    /// Why there are none.
+    no_stubs: Option<&'static str>,
+    /// Why frames are not moved in this process, when the patch has maps.
+    osr_off: Option<&'static str>,
     /// The return stubs of every patch region in the process.
     stub_areas: &'a [StubArea],
     /// The region's on-stack replacement pages, when frames may move in this process.
@@ -2386,8 +2394,14 @@ fn drive(
     };
     // Timed out: move what is left by on-stack replacement, in one switch whose writes also
     // make those threads new-state (all-or-nothing, like any switch).
-    if let Some(area) = d.osr {
-        match complete_by_osr(pid, t, d, area, &busy) {
+    let mut why = Vec::new();
+    if let Some(reason) = d.no_stubs {
+        why.push(format!(
+            "threads were only checked, not caught as they left the old code ({reason})"
+        ));
+    }
+    match d.osr {
+        Some(area) => match complete_by_osr(pid, t, d, area, &busy) {
             Ok(moved) => {
                 tracing::info!(
                     pid = pid.0,
@@ -2397,21 +2411,31 @@ fn drive(
                 return Ok(report("moved", checks, moved));
             }
             Err(e) => {
-                tracing::info!(pid = pid.0, %e, "on-stack replacement could not complete the transition")
+                tracing::info!(pid = pid.0, %e, "on-stack replacement could not complete the transition");
+                why.push(format!(
+                    "on-stack replacement could not move their frames: {}",
+                    without_state(&e.to_string())
+                ));
             }
-        }
+        },
+        None => why.push(match d.osr_off {
+            Some(off) => format!("on-stack replacement is off: {off}"),
+            None => "the patch has no on-stack replacement maps".to_string(),
+        }),
     }
     let threads: Vec<(i32, String)> = left.into_iter().map(|(tid, f)| (tid.0, f)).collect();
     let waited = started.elapsed();
     match revert_timed(pid, patch_id, Duration::from_secs(3)) {
         Ok(_) => Err(ApplyError::Transition {
             threads,
+            why,
             waited,
             revert_failed: None,
             outcome: Outcome::Reverted,
         }),
         Err(e) => Err(ApplyError::Transition {
             threads,
+            why,
             waited,
             revert_failed: Some(e.to_string()),
             outcome: if e.outcome() == Outcome::Exited {

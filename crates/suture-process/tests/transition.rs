@@ -198,6 +198,10 @@ fn a_transition_that_does_not_complete_is_reverted() {
             let msg = e.to_string();
             assert!(msg.contains("2 threads still ran old code"), "{msg}");
             assert!(msg.contains("step"), "{msg}");
+            assert!(
+                msg.contains("the patch has no on-stack replacement maps"),
+                "{msg}"
+            );
         }
         other => panic!("expected a transition timeout, got {other:?}"),
     }
