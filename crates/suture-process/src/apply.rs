@@ -2447,14 +2447,36 @@ fn drive(
     }
 }
 
-/// Whether `e` says the process is gone (or only a zombie is left).
+/// Whether the process is gone (or only a zombie is left) after an operation on it failed with
+/// `e`: said by `e`, or by `/proc` within a moment (a process that is exiting fails reads of
+/// its memory before it becomes a zombie).
 fn gone(pid: Pid, e: &crate::error::Error) -> bool {
-    e.target_exited()
+    if e.target_exited()
         || matches!(
             e,
             crate::error::Error::NoSuchProcess { .. } | crate::error::Error::Zombie { .. }
         )
-        || !crate::maps::live_proc_dir(pid).exists()
+    {
+        return true;
+    }
+    let dead = || {
+        std::fs::read_to_string(format!("/proc/{}/stat", pid.0)).map_or(true, |st| {
+            st.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next())
+                .is_some_and(|state| state == "Z" || state == "X")
+        })
+    };
+    let until = Instant::now() + Duration::from_millis(200);
+    loop {
+        if dead() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// One check of a transition's old-state threads, in a short stop: each one found outside old

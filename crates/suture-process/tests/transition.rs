@@ -256,6 +256,8 @@ fn a_process_that_ends_during_its_transition_ends_it() {
     let (prog, patch) = build(&dir, false);
     let mut t = Target::start(&prog);
     let applying = t.transition_started(&patch, TIMEOUT);
+    // (Once the main thread answers from the fix, the switch is over and the transition runs.)
+    assert_eq!(t.ask("m", "main: "), "main: 22");
     t.child.0.kill().unwrap();
     let _ = t.child.0.wait();
     let applied = applying
