@@ -407,15 +407,14 @@ pub fn units_to_build(
             })
             .collect();
         let message = format!(
-            "the fix changes headers that {} units of this configuration include, more than the \
-             limit of {max} (--max-header-units): {}. Each would be compiled before and after \
-             the fix, about {}-{} minutes at 10-30 s per compile; a header that many units share \
-             usually declares data layouts or code the whole kernel depends on. Raise the limit \
-             to try anyway",
+            "the fix's headers reach {} units of this configuration besides the fix's own, \
+             more than the limit of {max} (--max-header-units): {}. Each would be compiled \
+             before and after the fix, about {} at 10-30 s per compile; a header that many \
+             units share usually declares data layouts or code the whole kernel depends on. \
+             Raise the limit to try anyway",
             extra.len(),
             per.join("; "),
-            extra.len() * 2 * 10 / 60,
-            (extra.len() * 2 * 30).div_ceil(60),
+            duration(extra.len() * 2 * 10, extra.len() * 2 * 30),
         );
         let mut refused = KernelBuildReport::refused(message, Vec::new());
         refused.headers = reaches;
@@ -470,6 +469,15 @@ pub fn layout_refusals(b: &Built) -> Result<Vec<KernelRefusal>, BuildError> {
             ),
         })
         .collect())
+}
+
+/// `a`-`b` seconds for people: minutes, or hours above two.
+fn duration(a: usize, b: usize) -> String {
+    if b > 2 * 3600 {
+        format!("{}-{} hours", a / 3600, b.div_ceil(3600))
+    } else {
+        format!("{}-{} minutes", a / 60, b.div_ceil(60))
+    }
 }
 
 /// Compiles every unit of `units` before and after the fix, the fix's own units first. The

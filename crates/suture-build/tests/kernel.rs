@@ -66,24 +66,35 @@ fn options(tree: &Path, diff: &Path, out: &Path) -> KernelBuildOptions {
     }
 }
 
+/// `kernel::build` of `text` written as a diff in a fresh scratch directory: its report and
+/// progress lines.
+fn build_text(
+    tree: &Path,
+    name: &str,
+    text: &str,
+) -> (kernel::KernelBuildReport, Vec<String>, PathBuf) {
+    let work = scratch(name);
+    let diff = work.join(format!("{name}.diff"));
+    std::fs::write(&diff, text).unwrap();
+    let mut lines = Vec::new();
+    let r = kernel::build(&options(tree, &diff, &work.join("out")), &mut |l| {
+        lines.push(l.to_string())
+    })
+    .unwrap();
+    (r, lines, work)
+}
+
 /// Files that are neither C units nor headers are refused, with one reason per file, before
 /// anything is compiled; nothing is written.
 #[test]
 fn non_c_files_are_refused_before_compiling() {
     let Some(tree) = tree() else { return };
-    let work = scratch("refused");
-    let diff = work.join("hdr.diff");
-    std::fs::write(
-        &diff,
+    let (r, lines, work) = build_text(
+        &tree,
+        "refused",
         "--- a/include/linux/kernel.h\n+++ b/include/linux/kernel.h\n@@ -1,1 +1,1 @@\n-x\n+y\n\
          --- a/arch/x86/entry/entry_64.S\n+++ b/arch/x86/entry/entry_64.S\n@@ -1,1 +1,1 @@\n-x\n+y\n",
-    )
-    .unwrap();
-    let mut lines = Vec::new();
-    let r = kernel::build(&options(&tree, &diff, &work.join("out")), &mut |l| {
-        lines.push(l.to_string())
-    })
-    .unwrap();
+    );
     assert_eq!(r.status, KernelOutcome::Unsupported);
     // The header is not refused for being one (its units would be rebuilt).
     assert!(!r.message.contains("kernel.h"), "{}", r.message);
@@ -91,6 +102,41 @@ fn non_c_files_are_refused_before_compiling() {
     assert_eq!(r.reasons.len(), 1, "{:?}", r.reasons);
     assert!(lines.is_empty(), "compiled something: {lines:?}");
     assert!(!work.join("out").exists());
+}
+
+/// A header most of the kernel includes is refused before anything is compiled, with the
+/// count of units it reaches; the limit can be raised (not done here: hours of compiles).
+#[test]
+fn a_core_header_is_refused_before_compiling() {
+    let Some(tree) = tree() else { return };
+    let (r, lines, work) = build_text(
+        &tree,
+        "core-header",
+        "--- a/include/linux/list.h\n+++ b/include/linux/list.h\n@@ -1,1 +1,2 @@\n \
+         /* SPDX-License-Identifier: GPL-2.0 */\n+/* a comment */\n",
+    );
+    assert_eq!(r.status, KernelOutcome::Unsupported);
+    assert!(
+        r.message
+            .contains("more than the limit of 50 (--max-header-units)"),
+        "{}",
+        r.message
+    );
+    assert_eq!(r.headers.len(), 1);
+    assert_eq!(r.headers[0].header, "include/linux/list.h");
+    assert!(
+        r.headers[0].units.len() > 5000,
+        "{}",
+        r.headers[0].units.len()
+    );
+    assert!(r.headers[0]
+        .units
+        .contains(&"fs/proc/cmdline.c".to_string()));
+    assert!(
+        !lines.iter().any(|l| l.starts_with("compiling")),
+        "compiled something: {lines:?}"
+    );
+    let _ = std::fs::remove_dir_all(&work);
 }
 
 /// Regression: the kernel pipeline used to cut the first path component of every file
