@@ -118,7 +118,7 @@ fn a_core_header_is_refused_before_compiling() {
     assert_eq!(r.status, KernelOutcome::Unsupported);
     assert!(
         r.message
-            .contains("more than the limit of 50 (--max-header-units)"),
+            .contains("more than the limit of 100 (--max-header-units)"),
         "{}",
         r.message
     );
