@@ -327,30 +327,46 @@ pub struct ToBuild {
 pub struct Plan {
     pub units: Vec<ToBuild>,
     pub headers: Vec<HeaderReach>,
+    /// Units of the fix that the configuration leaves out by their Makefiles (not compiled).
+    pub not_built: Vec<NotBuilt>,
 }
 
-/// The units to compile for a fix: its own `.c` files, then the units its headers reach that
-/// the configuration builds (sorted, each once with every header reaching it), and what each
-/// header reaches. Refused (`Err`) when more than `max` units are reached.
+/// The units to compile for a fix: its own `.c` files that the configuration builds (by their
+/// Makefiles, `crate::includes::configured`; the others are not built), then the units its
+/// headers reach that the configuration builds (sorted, each once with every header reaching
+/// it), and what each header reaches. Refused (`Err`) when more than `max` units are reached.
 pub fn units_to_build(
     source: &Path,
     files: &[String],
     max: usize,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Result<Plan, KernelBuildReport>, BuildError> {
-    let mut units: Vec<ToBuild> = files
-        .iter()
-        .filter(|f| f.ends_with(".c"))
-        .map(|f| ToBuild {
-            file: f.clone(),
-            because_of: Vec::new(),
-        })
-        .collect();
+    let config = crate::includes::config(source);
+    let mut units = Vec::new();
+    let mut not_built = Vec::new();
+    for f in files.iter().filter(|f| f.ends_with(".c")) {
+        let object = Path::new(f).with_extension("o");
+        match crate::includes::configured(source, &object.to_string_lossy(), &config) {
+            Ok(()) => units.push(ToBuild {
+                file: f.clone(),
+                because_of: Vec::new(),
+            }),
+            Err(why) => {
+                let reason = format!("not built in the target kernel: {why}");
+                progress(&format!("{f}: {reason}"));
+                not_built.push(NotBuilt {
+                    unit: f.clone(),
+                    reason,
+                });
+            }
+        }
+    }
     let headers: Vec<&String> = files.iter().filter(|f| f.ends_with(".h")).collect();
     if headers.is_empty() {
         return Ok(Ok(Plan {
             units,
             headers: Vec::new(),
+            not_built,
         }));
     }
     let t = Instant::now();
@@ -360,7 +376,6 @@ pub fn units_to_build(
         scan.unit_count(),
         t.elapsed().as_secs_f64()
     ));
-    let config = crate::includes::config(source);
     let mut reaches = Vec::new();
     let mut extra: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for h in headers {
@@ -429,6 +444,7 @@ pub fn units_to_build(
     Ok(Ok(Plan {
         units,
         headers: reaches,
+        not_built,
     }))
 }
 
@@ -774,6 +790,7 @@ pub fn build(
     let Plan {
         units: to_build,
         headers: reaches,
+        not_built: left_out,
     } = match units_to_build(&opts.source, &files, opts.max_header_units, progress)? {
         Ok(u) => u,
         Err(refused) => return Ok(refused),
@@ -787,9 +804,11 @@ pub fn build(
     let t_build = Instant::now();
     let Compiled {
         built,
-        mut not_built,
+        not_built: failed,
         layout,
     } = compile(&t, &set, &text, &to_build, progress)?;
+    let mut not_built = left_out;
+    not_built.extend(failed);
     if !layout.is_empty() {
         let lines: Vec<String> = layout
             .iter()

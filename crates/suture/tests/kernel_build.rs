@@ -195,6 +195,9 @@ fn a_unit_the_target_does_not_build_is_left_out() {
             .contains("not built in the target kernel"),
         "{j:#}"
     );
+    // Known from its Makefile, without compiling it.
+    let reason = not_built[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("only with CONFIG_UDMABUF"), "{j:#}");
     let units: Vec<&str> = j["units"]
         .as_array()
         .unwrap()
