@@ -27,6 +27,7 @@
 //! | 6.1.0-56 (6.1.192-2) | 6.1.0-57 | nfsd: preflight SEQUENCE replies before accepting a slot (CVE-2026-99362) | fs/nfsd/nfs4state.c | nfsd | loaded with nfsd loaded and unloaded (needs an NFSv4.1 client) |
 //! | 6.1.0-54 | 6.1.0-55 | codel: reset first_above_time when the queue empties (stable) | include/net/codel_impl.h | vmlinux (fq_codel), sch_codel, mac80211 | loaded with sch_codel and mac80211 loaded, unloaded (a header-only fix: the units including it rebuilt) |
 //! | 6.1.0-54 | 6.1.0-55 | wireguard: keep mono_delivery_time of encapsulated packets (stable) | drivers/net/wireguard/queueing.h | wireguard | loaded with wireguard loaded, unloaded (ten units include the header; send.c's code changes) |
+//! | 6.1.0-54 | 6.1.0-55 | f2fs: the stable updates to compress.c | fs/f2fs/compress.c | f2fs | loaded with f2fs loaded, unloaded (a changed out-of-line copy of a header's inline function, `zero_user_segments.constprop.0`, has no ftrace entry: carried as a new function, its caller replaced) |
 //!
 //! Header changes of the same update that suture refuses (`release_6_1_0_54_header_fixes_refused`,
 //! build only): struct unicode_map and struct key_type change their layouts (found in the
@@ -336,6 +337,19 @@ const HEADER_FIXES: &[Fix] = &[
         modules: &["wireguard"],
         observe: None,
         rebuilt: &[("drivers/net/wireguard/send.c", "wireguard")],
+    },
+    // f2fs: the fix changes a caller of zero_user_segments, a header's inline function gcc
+    // kept out of line as `zero_user_segments.constprop.0`, without an ftrace entry (the
+    // kernel's `inline` is notrace): the patch carries that copy as a new function and
+    // replaces its callers.
+    Fix {
+        name: "f2fs_inline_clone",
+        next: "6.1.0-55",
+        files: &["fs/f2fs/compress.c"],
+        object: "f2fs",
+        modules: &["f2fs"],
+        observe: None,
+        rebuilt: &[],
     },
 ];
 
