@@ -230,15 +230,12 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The `.config` of a tree as option → value (`y`, `m`, a number or string).
-pub fn config(tree: &Path) -> HashMap<String, String> {
-    let text = std::fs::read_to_string(tree.join(".config")).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once('=')?;
-            Some((k.trim().to_string(), v.trim().to_string()))
-        })
-        .collect()
+/// The configuration of a tree as its Makefiles apply it: the `.config` (option → value:
+/// `y`, `m`, a number or string) and the Makefiles read so far.
+pub struct Gate<'t> {
+    tree: &'t Path,
+    options: HashMap<String, String>,
+    makefiles: std::cell::RefCell<HashMap<std::path::PathBuf, std::rc::Rc<str>>>,
 }
 
 /// Makefile lines with continuations joined.
@@ -264,93 +261,145 @@ fn logical_lines(text: &str) -> Vec<String> {
     out
 }
 
-/// Whether the configuration builds `object` (a `.o` path relative to the tree): `Err` names
-/// the options whose absence leaves it out. Only a Makefile that positively gates every
-/// mention of the object on unset options says no.
-pub fn configured(
-    tree: &Path,
-    object: &str,
-    config: &HashMap<String, String>,
-) -> Result<(), String> {
-    configured_at(tree, Path::new(object), config, 0).map_err(|options| {
-        format!(
-            "its Makefile builds {object} only with {}, which the configuration leaves out",
-            options.join(" or ")
-        )
-    })
-}
-
-fn configured_at(
-    tree: &Path,
-    object: &Path,
-    config: &HashMap<String, String>,
-    depth: u32,
-) -> Result<(), Vec<String>> {
-    if depth > 4 {
-        return Ok(());
+impl<'t> Gate<'t> {
+    /// The tree's `.config`.
+    pub fn new(tree: &'t Path) -> Gate<'t> {
+        let text = std::fs::read_to_string(tree.join(".config")).unwrap_or_default();
+        let options = text
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                Some((k.trim().to_string(), v.trim().to_string()))
+            })
+            .collect();
+        Gate::with_options(tree, options)
     }
-    let Some(dir) = object.parent() else {
-        return Ok(());
-    };
-    let Some(name) = object.file_name().and_then(|n| n.to_str()) else {
-        return Ok(());
-    };
-    let text = ["Makefile", "Kbuild"]
-        .iter()
-        .filter_map(|m| std::fs::read_to_string(tree.join(dir).join(m)).ok())
-        .collect::<Vec<_>>()
-        .join("\n");
-    let mut unset = Vec::new();
-    for line in logical_lines(&text) {
-        let Some((lhs, rhs)) = line
-            .split_once(":=")
-            .or_else(|| line.split_once("+="))
-            .or_else(|| line.split_once('='))
-        else {
-            continue;
-        };
-        if !rhs.split_whitespace().any(|w| w == name) {
-            continue;
+
+    pub fn with_options(tree: &'t Path, options: HashMap<String, String>) -> Gate<'t> {
+        Gate {
+            tree,
+            options,
+            makefiles: Default::default(),
         }
-        let lhs = lhs.trim();
-        // `obj-y`, `obj-$(CONFIG_X)`, `ext4-y`, `ext4-$(CONFIG_X)`, `ext4-objs`, `lib-y`...
-        let (owner, gate) = match lhs.find("-$(") {
-            Some(i) => {
-                let inner = &lhs[i + 3..];
-                match inner.strip_suffix(')') {
-                    Some(opt) if opt.starts_with("CONFIG_") && !opt.contains('(') => {
-                        (&lhs[..i], Some(opt))
-                    }
-                    _ => return Ok(()), // an expression suture does not read
+    }
+
+    /// `Makefile` and `Kbuild` of `dir` (relative to the tree), read once.
+    fn makefile(&self, dir: &Path) -> std::rc::Rc<str> {
+        if let Some(t) = self.makefiles.borrow().get(dir) {
+            return t.clone();
+        }
+        let text: std::rc::Rc<str> = ["Makefile", "Kbuild"]
+            .iter()
+            .filter_map(|m| std::fs::read_to_string(self.tree.join(dir).join(m)).ok())
+            .collect::<Vec<_>>()
+            .join("\n")
+            .into();
+        self.makefiles
+            .borrow_mut()
+            .insert(dir.to_path_buf(), text.clone());
+        text
+    }
+
+    /// Whether the configuration builds `object` (a `.o` path relative to the tree): `Err`
+    /// names the options whose absence leaves it out. Only a Makefile that positively gates
+    /// every mention of the object on unset options says no.
+    pub fn configured(&self, object: &str) -> Result<(), String> {
+        if self.named_above(Path::new(object)) {
+            return Ok(()); // another Makefile builds it by its path: compiled, to be sure
+        }
+        self.configured_at(Path::new(object), 0).map_err(|options| {
+            format!(
+                "its Makefile builds {object} only with {}, which the configuration leaves out",
+                options.join(" or ")
+            )
+        })
+    }
+
+    /// Whether a Makefile of a directory above `object`'s names it by its path from there
+    /// (`obj-$(CONFIG_X) += dir/file.o`): its own directory's gating is then not the whole
+    /// story.
+    fn named_above(&self, object: &Path) -> bool {
+        let mut dir = object.parent();
+        while let Some(d) = dir {
+            let Some(parent) = d.parent() else { break };
+            if let Ok(rel) = object.strip_prefix(parent) {
+                let rel = rel.to_string_lossy();
+                if self
+                    .makefile(parent)
+                    .split(|c: char| c.is_whitespace() || c == '=')
+                    .any(|w| w == rel)
+                {
+                    return true;
                 }
             }
-            None => match lhs.rsplit_once('-') {
-                Some((owner, "y" | "m" | "objs")) => (owner, None),
-                Some((_, _)) => continue, // `-n`, `ccflags-y` style variables never name objects to build
-                None => continue,
-            },
-        };
-        if let Some(opt) = gate {
-            if !matches!(config.get(opt).map(String::as_str), Some("y" | "m")) {
-                unset.push(opt.to_string());
-                continue;
-            }
+            dir = Some(parent);
         }
-        if matches!(owner, "obj" | "lib" | "extra" | "core" | "head") {
+        false
+    }
+
+    fn configured_at(&self, object: &Path, depth: u32) -> Result<(), Vec<String>> {
+        if depth > 4 {
             return Ok(());
         }
-        // A part of a composite object: built when that object is.
-        match configured_at(tree, &dir.join(format!("{owner}.o")), config, depth + 1) {
-            Ok(()) => return Ok(()),
-            Err(options) => unset.extend(options),
+        let Some(dir) = object.parent() else {
+            return Ok(());
+        };
+        let Some(name) = object.file_name().and_then(|n| n.to_str()) else {
+            return Ok(());
+        };
+        let text = self.makefile(dir);
+        let mut unset = Vec::new();
+        for line in logical_lines(&text) {
+            let Some((lhs, rhs)) = line
+                .split_once(":=")
+                .or_else(|| line.split_once("+="))
+                .or_else(|| line.split_once('='))
+            else {
+                continue;
+            };
+            if !rhs.split_whitespace().any(|w| w == name) {
+                continue;
+            }
+            let lhs = lhs.trim();
+            // `obj-y`, `obj-$(CONFIG_X)`, `ext4-y`, `ext4-$(CONFIG_X)`, `ext4-objs`, `lib-y`...
+            let (owner, gate) = match lhs.find("-$(") {
+                Some(i) => {
+                    let inner = &lhs[i + 3..];
+                    match inner.strip_suffix(')') {
+                        Some(opt) if opt.starts_with("CONFIG_") && !opt.contains('(') => {
+                            (&lhs[..i], Some(opt))
+                        }
+                        _ => return Ok(()), // an expression suture does not read
+                    }
+                }
+                None => match lhs.rsplit_once('-') {
+                    Some((owner, "y" | "m" | "objs")) => (owner, None),
+                    // `-n`, `ccflags-y` style variables never name objects to build
+                    _ => continue,
+                },
+            };
+            if let Some(opt) = gate {
+                if !matches!(self.options.get(opt).map(String::as_str), Some("y" | "m")) {
+                    unset.push(opt.to_string());
+                    continue;
+                }
+            }
+            if matches!(owner, "obj" | "lib" | "extra" | "core" | "head") {
+                return Ok(());
+            }
+            // A part of a composite object: built when that object is.
+            match self.configured_at(&dir.join(format!("{owner}.o")), depth + 1) {
+                Ok(()) => return Ok(()),
+                Err(options) => unset.extend(options),
+            }
         }
+        if unset.is_empty() {
+            return Ok(());
+        }
+        unset.sort();
+        unset.dedup();
+        Err(unset)
     }
-    if unset.is_empty() {
-        return Ok(());
-    }
-    unset.sort();
-    unset.dedup();
-    Err(unset)
 }
 
 #[cfg(test)]
@@ -447,6 +496,8 @@ mod tests {
                     "drivers/w/Makefile",
                     "obj-$(subst m,y,$(CONFIG_W)) += w.o\n",
                 ),
+                ("drivers/Makefile", "obj-$(CONFIG_OTHER) += q/shared.o\n"),
+                ("drivers/q/Kbuild", "obj-$(CONFIG_Q) += shared.o\n"),
             ],
         );
         let config: HashMap<String, String> =
@@ -454,18 +505,23 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
-        assert_eq!(configured(&t, "fs/ext4/inode.o", &config), Ok(()));
-        assert_eq!(configured(&t, "fs/ext4/acl.o", &config), Ok(()));
-        let e = configured(&t, "fs/ext4/kunit.o", &config).unwrap_err();
+        let gate = Gate::with_options(&t, config.clone());
+        assert_eq!(gate.configured("fs/ext4/inode.o"), Ok(()));
+        assert_eq!(gate.configured("fs/ext4/acl.o"), Ok(()));
+        let e = gate.configured("fs/ext4/kunit.o").unwrap_err();
         assert!(e.contains("only with CONFIG_EXT4_KUNIT"), "{e}");
-        let e = configured(&t, "drivers/q/q.o", &config).unwrap_err();
+        let e = gate.configured("drivers/q/q.o").unwrap_err();
         assert!(e.contains("CONFIG_Q"), "{e}");
         // Not named, or named in an expression suture does not read: compiled.
-        assert_eq!(configured(&t, "drivers/q/other.o", &config), Ok(()));
-        assert_eq!(configured(&t, "drivers/w/w.o", &config), Ok(()));
+        assert_eq!(gate.configured("drivers/q/other.o"), Ok(()));
+        assert_eq!(gate.configured("drivers/w/w.o"), Ok(()));
+        // Gated in its directory, but named by its path from above: compiled to be sure.
+        assert_eq!(gate.configured("drivers/q/shared.o"), Ok(()));
         let mut off = config.clone();
         off.remove("CONFIG_EXT4_FS");
-        let e = configured(&t, "fs/ext4/inode.o", &off).unwrap_err();
+        let e = Gate::with_options(&t, off.clone())
+            .configured("fs/ext4/inode.o")
+            .unwrap_err();
         assert!(e.contains("CONFIG_EXT4_FS"), "{e}");
         let _ = std::fs::remove_dir_all(&t);
     }

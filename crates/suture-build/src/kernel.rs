@@ -332,7 +332,7 @@ pub struct Plan {
 }
 
 /// The units to compile for a fix: its own `.c` files that the configuration builds (by their
-/// Makefiles, `crate::includes::configured`; the others are not built), then the units its
+/// Makefiles, `crate::includes::Gate`; the others are not built), then the units its
 /// headers reach that the configuration builds (sorted, each once with every header reaching
 /// it), and what each header reaches. Refused (`Err`) when more than `max` units are reached.
 pub fn units_to_build(
@@ -341,12 +341,12 @@ pub fn units_to_build(
     max: usize,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Result<Plan, KernelBuildReport>, BuildError> {
-    let config = crate::includes::config(source);
+    let gate = crate::includes::Gate::new(source);
     let mut units = Vec::new();
     let mut not_built = Vec::new();
     for f in files.iter().filter(|f| f.ends_with(".c")) {
         let object = Path::new(f).with_extension("o");
-        match crate::includes::configured(source, &object.to_string_lossy(), &config) {
+        match gate.configured(&object.to_string_lossy()) {
             Ok(()) => units.push(ToBuild {
                 file: f.clone(),
                 because_of: Vec::new(),
@@ -384,7 +384,7 @@ pub fn units_to_build(
         let mut left_out = 0;
         for u in &reach.units {
             let object = Path::new(u).with_extension("o");
-            match crate::includes::configured(source, &object.to_string_lossy(), &config) {
+            match gate.configured(&object.to_string_lossy()) {
                 Ok(()) => kept.push(u.clone()),
                 Err(_) => left_out += 1,
             }
