@@ -235,7 +235,13 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
 pub struct Gate<'t> {
     tree: &'t Path,
     options: HashMap<String, String>,
-    makefiles: std::cell::RefCell<HashMap<std::path::PathBuf, std::rc::Rc<str>>>,
+    makefiles: std::cell::RefCell<HashMap<std::path::PathBuf, std::rc::Rc<Makefile>>>,
+}
+
+/// A directory's `Makefile` and `Kbuild` text, and its words (what `=` and blanks separate).
+struct Makefile {
+    text: String,
+    words: HashSet<String>,
 }
 
 /// Makefile lines with continuations joined.
@@ -284,20 +290,25 @@ impl<'t> Gate<'t> {
     }
 
     /// `Makefile` and `Kbuild` of `dir` (relative to the tree), read once.
-    fn makefile(&self, dir: &Path) -> std::rc::Rc<str> {
-        if let Some(t) = self.makefiles.borrow().get(dir) {
-            return t.clone();
+    fn makefile(&self, dir: &Path) -> std::rc::Rc<Makefile> {
+        if let Some(m) = self.makefiles.borrow().get(dir) {
+            return m.clone();
         }
-        let text: std::rc::Rc<str> = ["Makefile", "Kbuild"]
+        let text = ["Makefile", "Kbuild"]
             .iter()
             .filter_map(|m| std::fs::read_to_string(self.tree.join(dir).join(m)).ok())
             .collect::<Vec<_>>()
-            .join("\n")
-            .into();
+            .join("\n");
+        let words = text
+            .split(|c: char| c.is_whitespace() || c == '=')
+            .filter(|w| w.ends_with(".o"))
+            .map(str::to_string)
+            .collect();
+        let m = std::rc::Rc::new(Makefile { text, words });
         self.makefiles
             .borrow_mut()
-            .insert(dir.to_path_buf(), text.clone());
-        text
+            .insert(dir.to_path_buf(), m.clone());
+        m
     }
 
     /// Whether the configuration builds `object` (a `.o` path relative to the tree): `Err`
@@ -324,11 +335,7 @@ impl<'t> Gate<'t> {
             let Some(parent) = d.parent() else { break };
             if let Ok(rel) = object.strip_prefix(parent) {
                 let rel = rel.to_string_lossy();
-                if self
-                    .makefile(parent)
-                    .split(|c: char| c.is_whitespace() || c == '=')
-                    .any(|w| w == rel)
-                {
+                if self.makefile(parent).words.contains(rel.as_ref()) {
                     return true;
                 }
             }
@@ -347,9 +354,12 @@ impl<'t> Gate<'t> {
         let Some(name) = object.file_name().and_then(|n| n.to_str()) else {
             return Ok(());
         };
-        let text = self.makefile(dir);
+        let makefile = self.makefile(dir);
+        if !makefile.words.contains(name) {
+            return Ok(()); // not named here: nothing says no
+        }
         let mut unset = Vec::new();
-        for line in logical_lines(&text) {
+        for line in logical_lines(&makefile.text) {
             let Some((lhs, rhs)) = line
                 .split_once(":=")
                 .or_else(|| line.split_once("+="))

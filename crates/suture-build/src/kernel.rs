@@ -53,9 +53,9 @@ pub struct KernelBuildOptions {
     pub max_header_units: usize,
 }
 
-/// Default of [`KernelBuildOptions::max_header_units`]: each unit is compiled twice (3-10 s
-/// per compile of a warm tree on a loaded 2-core machine, docs/kernel-sweep.md), so 100 units
-/// are 10-35 minutes; a header a whole subsystem includes (ext4.h: 37 units, Bluetooth's
+/// Default of [`KernelBuildOptions::max_header_units`]: each unit is compiled twice (2-4 s
+/// per compile of a warm tree measured on a loaded 2-core machine, docs/benchmarks.md; 3-10 s
+/// assumed), so 100 units are 10-35 minutes; a header a whole subsystem includes (ext4.h: 37 units, Bluetooth's
 /// hci_core.h: 58, key-type.h: 69) stays under it, a core header of `include/linux/` (list.h:
 /// 14,427 units of Debian's configuration) or tty_driver.h (304) does not.
 pub const DEFAULT_MAX_HEADER_UNITS: usize = 100;
