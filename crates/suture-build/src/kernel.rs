@@ -48,7 +48,17 @@ pub struct KernelBuildOptions {
     pub module_dirs: Vec<PathBuf>,
     /// A cumulative patch (`.replace = true`).
     pub replace: bool,
+    /// The most units a changed header may make suture rebuild (those the configuration
+    /// builds); more is refused before compiling ([`DEFAULT_MAX_HEADER_UNITS`]).
+    pub max_header_units: usize,
 }
+
+/// Default of [`KernelBuildOptions::max_header_units`]: each unit is compiled twice (2-4 s
+/// per compile of a warm tree measured on a loaded 2-core machine, docs/benchmarks.md; 3-10 s
+/// assumed), so 100 units are 10-35 minutes; a header a whole subsystem includes (ext4.h: 37 units, Bluetooth's
+/// hci_core.h: 58, key-type.h: 69) stays under it, a core header of `include/linux/` (list.h:
+/// 14,427 units of Debian's configuration) or tty_driver.h (304) does not.
+pub const DEFAULT_MAX_HEADER_UNITS: usize = 100;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -78,7 +88,24 @@ pub struct KernelRefusal {
 pub struct KernelUnitReport {
     pub file: String,
     pub object: String,
+    /// The changed headers that made suture rebuild this unit (empty: the fix changes it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub because_of: Vec<String>,
     pub report: Report,
+}
+
+/// The units a changed header reaches.
+#[derive(Clone, Debug, Serialize)]
+pub struct HeaderReach {
+    pub header: String,
+    /// Units including it (directly or through other headers) that the configuration builds:
+    /// each was compiled before and after the fix.
+    pub units: Vec<String>,
+    /// Units including it that the configuration leaves out (by their Makefiles): not compiled.
+    pub left_out: usize,
+    /// The header reaches kbuild's forced headers, hence every unit.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub everything: bool,
 }
 
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -104,6 +131,9 @@ pub struct KernelBuildReport {
     pub release: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub units: Vec<KernelUnitReport>,
+    /// Changed headers and the units each made suture rebuild.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderReach>,
     /// Units the fix changes that the target kernel does not contain (its configuration leaves
     /// them out): left out of the module, with the reason.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -131,6 +161,7 @@ impl KernelBuildReport {
             module: None,
             release: None,
             units: Vec::new(),
+            headers: Vec::new(),
             not_built: Vec::new(),
             seconds: None,
         }
@@ -158,6 +189,8 @@ impl KernelBuildReport {
 pub struct Built {
     /// Source path relative to the tree.
     pub file: String,
+    /// The changed headers that reach it, when the fix does not change the unit itself.
+    pub because_of: Vec<String>,
     /// `vmlinux` or the module's name.
     pub object: String,
     pub orig: Vec<u8>,
@@ -171,19 +204,16 @@ pub struct Patched<'b> {
     pub report: Report,
 }
 
-/// Checks the files a fix touches: only C translation units can be rebuilt and diffed.
-/// `Err` is the refusal's text.
+/// Checks the files a fix touches: C translation units and headers (whose including units
+/// are rebuilt) can be diffed. `Err` is the refusal's text.
 pub fn check_files(files: &[String]) -> Result<(), String> {
     if files.is_empty() {
         return Err("the diff touches no file".into());
     }
     let mut bad = Vec::new();
     for f in files {
-        let why = if f.ends_with(".c") {
+        let why = if f.ends_with(".c") || f.ends_with(".h") {
             continue;
-        } else if f.ends_with(".h") {
-            "a header: the units that include it are not rebuilt by suture; move the change \
-             into the .c files that need it"
         } else if f.ends_with(".S") || f.ends_with(".s") {
             "assembly: assembly code has no ftrace entries livepatch could redirect"
         } else if f.contains("Makefile") || f.contains("Kconfig") || f.ends_with("Kbuild") {
@@ -285,47 +315,274 @@ impl Drop for Scratch {
     }
 }
 
-/// Compiles every touched unit before and after the fix. The fix is applied to copies in a
-/// scratch directory; the patched compile sees them over the originals in the sandbox.
+/// A unit to compile: one the fix changes, or one that changed headers reach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToBuild {
+    pub file: String,
+    /// The changed headers reaching it; empty for a unit the fix changes.
+    pub because_of: Vec<String>,
+}
+
+/// What [`units_to_build`] decided.
+pub struct Plan {
+    pub units: Vec<ToBuild>,
+    pub headers: Vec<HeaderReach>,
+    /// Units of the fix that the configuration leaves out by their Makefiles (not compiled).
+    pub not_built: Vec<NotBuilt>,
+}
+
+/// The units to compile for a fix: its own `.c` files that the configuration builds (by their
+/// Makefiles, `crate::includes::Gate`; the others are not built), then the units its
+/// headers reach that the configuration builds (sorted, each once with every header reaching
+/// it), and what each header reaches. Refused (`Err`) when more than `max` units are reached.
+pub fn units_to_build(
+    source: &Path,
+    files: &[String],
+    max: usize,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Result<Plan, KernelBuildReport>, BuildError> {
+    let gate = crate::includes::Gate::new(source);
+    let mut units = Vec::new();
+    let mut not_built = Vec::new();
+    for f in files.iter().filter(|f| f.ends_with(".c")) {
+        let object = Path::new(f).with_extension("o");
+        match gate.configured(&object.to_string_lossy()) {
+            Ok(()) => units.push(ToBuild {
+                file: f.clone(),
+                because_of: Vec::new(),
+            }),
+            Err(why) => {
+                let reason = format!("not built in the target kernel: {why}");
+                progress(&format!("{f}: {reason}"));
+                not_built.push(NotBuilt {
+                    unit: f.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+    let headers: Vec<&String> = files.iter().filter(|f| f.ends_with(".h")).collect();
+    if headers.is_empty() {
+        return Ok(Ok(Plan {
+            units,
+            headers: Vec::new(),
+            not_built,
+        }));
+    }
+    let t = Instant::now();
+    let scan = crate::includes::Scan::tree(source).map_err(|e| BuildError::io(source, e))?;
+    progress(&format!(
+        "scanned the includes of {} units in {:.1} s",
+        scan.unit_count(),
+        t.elapsed().as_secs_f64()
+    ));
+    let mut reaches = Vec::new();
+    let mut extra: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for h in headers {
+        let reach = scan.reach(h);
+        let mut kept = Vec::new();
+        let mut left_out = 0;
+        for u in &reach.units {
+            let object = Path::new(u).with_extension("o");
+            match gate.configured(&object.to_string_lossy()) {
+                Ok(()) => kept.push(u.clone()),
+                Err(_) => left_out += 1,
+            }
+        }
+        progress(&format!(
+            "{h}: included by {} unit(s), {} of them built by this configuration",
+            reach.units.len(),
+            kept.len()
+        ));
+        for u in &kept {
+            if !files.contains(u) {
+                extra.entry(u.clone()).or_default().push(h.clone());
+            }
+        }
+        reaches.push(HeaderReach {
+            header: h.clone(),
+            units: kept,
+            left_out,
+            everything: reach.everything,
+        });
+    }
+    if extra.len() > max {
+        let per: Vec<String> = reaches
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} reaches {} configured unit(s){}",
+                    r.header,
+                    r.units.len(),
+                    if r.everything {
+                        " (every unit: kbuild includes it into all of them)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect();
+        let message = format!(
+            "the fix's headers reach {} units of this configuration besides the fix's own, \
+             more than the limit of {max} (--max-header-units): {}. Each would be compiled \
+             before and after the fix, about {} at 3-10 s per compile; a header that many \
+             units share usually declares data layouts or code the whole kernel depends on. \
+             Raise the limit to try anyway",
+            extra.len(),
+            per.join("; "),
+            duration(extra.len() * 2 * 3, extra.len() * 2 * 10),
+        );
+        let mut refused = KernelBuildReport::refused(message, Vec::new());
+        refused.headers = reaches;
+        return Ok(Err(refused));
+    }
+    units.extend(
+        extra
+            .into_iter()
+            .map(|(file, because_of)| ToBuild { file, because_of }),
+    );
+    Ok(Ok(Plan {
+        units,
+        headers: reaches,
+        not_built,
+    }))
+}
+
+/// What [`compile`] produced.
+pub struct Compiled {
+    pub built: Vec<Built>,
+    /// Units only a header reaches that do not compile in this configuration.
+    pub not_built: Vec<NotBuilt>,
+    /// The layout changes of the first unit that has any ([`layout_refusals`]); compiling
+    /// stopped there, since they refuse the whole fix.
+    pub layout: Vec<KernelRefusal>,
+}
+
+/// The data layouts one unit's two builds disagree on (`suture_object::layout`), as refusals:
+/// the running kernel's data keeps the old layout whatever code is patched.
+pub fn layout_refusals(b: &Built) -> Result<Vec<KernelRefusal>, BuildError> {
+    let bad = |what: &str| {
+        let what = format!("{} ({what})", b.file);
+        move |source| BuildError::Analysis { what, source }
+    };
+    let o = suture_object::Object::parse(&b.orig).map_err(bad("original"))?;
+    let p = suture_object::Object::parse(&b.patched).map_err(bad("patched"))?;
+    let (Some(lo), Some(lp)) = (
+        suture_object::layout::Layouts::read(&o),
+        suture_object::layout::Layouts::read(&p),
+    ) else {
+        return Ok(Vec::new());
+    };
+    Ok(suture_object::layout::changes(&lo, &lp)
+        .into_iter()
+        .map(|c| KernelRefusal {
+            unit: Some(b.file.clone()),
+            symbol: Some(c.what.clone()),
+            kind: Some(UnsupportedKind::TypeLayout),
+            reason: format!(
+                "{} changes its layout: {}; the running kernel's data keeps the old layout, \
+                 which a live patch cannot change",
+                c.what, c.reason
+            ),
+        })
+        .collect())
+}
+
+/// `a`-`b` seconds for people: minutes, or hours above two.
+fn duration(a: usize, b: usize) -> String {
+    if b > 2 * 3600 {
+        format!("{}-{} hours", a / 3600, b.div_ceil(3600))
+    } else {
+        format!("{}-{} minutes", a / 60, b.div_ceil(60))
+    }
+}
+
+/// Compiles every unit of `units` before and after the fix, the fix's own units first. The
+/// fix is applied to copies in a scratch directory; the patched compile sees them over the
+/// originals in the sandbox. A unit only a header reaches whose original does not compile is
+/// not part of this configuration: it is returned as not built, with kbuild's last line. The
+/// first unit whose data layouts change stops the compiles.
 pub fn compile(
     tree: &Tree,
     set: &PatchSet,
     diff_text: &str,
+    units: &[ToBuild],
     progress: &mut dyn FnMut(&str),
-) -> Result<Vec<Built>, BuildError> {
-    let files: Vec<String> = set.files.iter().map(|f| rel_name(&f.rel)).collect();
-    for f in &files {
-        if !tree.dir.join(f).is_file() {
-            return Err(BuildError::NotInTree { file: f.clone() });
+) -> Result<Compiled, BuildError> {
+    for f in set.files.iter().map(|f| rel_name(&f.rel)) {
+        if !tree.dir.join(&f).is_file() {
+            return Err(BuildError::NotInTree { file: f });
         }
     }
     let (scratch, _cleanup) = Scratch::new("kbuild");
     let touched = set.apply(&tree.dir, diff_text, &scratch)?;
     let mounts = mounts(&tree.dir, &touched);
-    let result = (|| -> Result<Vec<Built>, BuildError> {
+    let result = (|| -> Result<Compiled, BuildError> {
         let mut out = Vec::new();
-        for f in &files {
-            progress(&format!("compiling {f} (original)"));
-            let orig = tree
-                .compile(f, std::process::Command::new("make"))
-                .map_err(compile_error)?;
-            progress(&format!("compiling {f} (patched)"));
+        let mut not_built = Vec::new();
+        for (i, u) in units.iter().enumerate() {
+            let f = &u.file;
+            let why = if u.because_of.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " [{}/{}, includes {}]",
+                    i + 1,
+                    units.len(),
+                    u.because_of.join(", ")
+                )
+            };
+            progress(&format!("compiling {f} (original){why}"));
+            let orig = match tree.compile(f, std::process::Command::new("make")) {
+                Ok(o) => o,
+                Err(tree::Error::Compile { tail, .. }) if !u.because_of.is_empty() => {
+                    let reason = format!(
+                        "does not compile in this configuration: {}",
+                        tail.lines().last().unwrap_or("")
+                    );
+                    progress(&format!("{f}: {reason}"));
+                    not_built.push(NotBuilt {
+                        unit: f.clone(),
+                        reason,
+                    });
+                    continue;
+                }
+                Err(e) => return Err(compile_error(e)),
+            };
+            progress(&format!("compiling {f} (patched){why}"));
             let patched = tree
                 .compile(f, sandbox::command(&mounts, "make"))
                 .map_err(compile_error)?;
             let object = tree::object_of(&tree.dir, f)?;
-            out.push(Built {
+            let b = Built {
                 file: f.clone(),
+                because_of: u.because_of.clone(),
                 object,
                 orig,
                 patched,
-            });
+            };
+            let layout = layout_refusals(&b)?;
+            out.push(b);
+            if !layout.is_empty() {
+                progress(&format!(
+                    "{f}: data layouts change; not compiling the other units"
+                ));
+                return Ok(Compiled {
+                    built: out,
+                    not_built,
+                    layout,
+                });
+            }
         }
-        Ok(out)
+        Ok(Compiled {
+            built: out,
+            not_built,
+            layout: Vec::new(),
+        })
     })();
     // Leave no object built from patched sources behind.
-    for f in &files {
-        tree.remove_object(f);
+    for u in units {
+        tree.remove_object(&u.file);
     }
     result
 }
@@ -530,21 +787,47 @@ pub fn build(
         }),
         None => None,
     };
+    let Plan {
+        units: to_build,
+        headers: reaches,
+        not_built: left_out,
+    } = match units_to_build(&opts.source, &files, opts.max_header_units, progress)? {
+        Ok(u) => u,
+        Err(refused) => return Ok(refused),
+    };
     progress(&format!(
         "kernel {release}: rebuilding {} unit(s) of {}",
-        files.len(),
+        to_build.len(),
         opts.source.display()
     ));
     let t = Tree::open(&opts.source, &headers.cc)?;
     let t_build = Instant::now();
-    let built = compile(&t, &set, &text, progress)?;
+    let Compiled {
+        built,
+        not_built: failed,
+        layout,
+    } = compile(&t, &set, &text, &to_build, progress)?;
+    let mut not_built = left_out;
+    not_built.extend(failed);
+    if !layout.is_empty() {
+        let lines: Vec<String> = layout
+            .iter()
+            .map(|r| format!("{}: {}", r.unit.as_deref().unwrap_or(""), r.reason))
+            .collect();
+        let mut refused = KernelBuildReport::refused(
+            format!("the fix cannot be live-patched:\n  {}", lines.join("\n  ")),
+            layout,
+        );
+        refused.not_built = not_built;
+        refused.headers = reaches;
+        return Ok(refused);
+    }
     let declared = declared_layouts(&t)?;
     drop(t);
     let compile_s = t_build.elapsed().as_secs_f64();
 
     // Units the target's configuration leaves out: nothing to patch there, whatever the
     // fix changes in them (a fix often touches drivers of other architectures or options).
-    let mut not_built = Vec::new();
     let built = match &opts.kallsyms {
         None => built,
         Some(p) => {
@@ -581,12 +864,14 @@ pub fn build(
         Ok(p) => p,
         Err(mut refused) => {
             refused.not_built = not_built;
+            refused.headers = reaches;
             return Ok(refused);
         }
     };
     if patches.is_empty() {
         return Ok(KernelBuildReport {
             not_built,
+            headers: reaches,
             ..KernelBuildReport::outcome(KernelOutcome::NoChange)
         });
     }
@@ -612,6 +897,7 @@ pub fn build(
         Ok(m) => m,
         Err(mut refused) => {
             refused.not_built = not_built;
+            refused.headers = reaches;
             return Ok(refused);
         }
     };
@@ -623,9 +909,11 @@ pub fn build(
             .map(|p| KernelUnitReport {
                 file: p.built.file.clone(),
                 object: p.built.object.clone(),
+                because_of: p.built.because_of.clone(),
                 report: p.report.clone(),
             })
             .collect(),
+        headers: reaches,
         not_built,
         seconds: Some(Seconds {
             compile: compile_s,
@@ -640,15 +928,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_c_units_are_accepted() {
+    fn c_units_and_headers_are_accepted() {
         let d = "diff --git a/fs/proc/cmdline.c b/fs/proc/cmdline.c\n--- a/fs/proc/cmdline.c\n\
                  +++ b/fs/proc/cmdline.c\n@@ -1 +1 @@\n-a\n+b\n--- a/x.h\t2020\n+++ b/x.h\t2020\n";
         let set = PatchSet::parse(Path::new("/nonexistent"), d).unwrap();
         let files: Vec<String> = set.files.iter().map(|f| rel_name(&f.rel)).collect();
         assert_eq!(files, vec!["fs/proc/cmdline.c", "x.h"]);
-        let why = check_files(&files).unwrap_err();
-        assert!(why.contains("  x.h: a header"), "{why}");
-        assert!(check_files(&["a.c".into()]).is_ok());
+        assert!(check_files(&files).is_ok());
+        assert!(check_files(&["a.c".into(), "b.h".into()]).is_ok());
         assert!(check_files(&["arch/x86/entry/entry_64.S".into()])
             .unwrap_err()
             .contains("assembly"));

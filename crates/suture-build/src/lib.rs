@@ -25,6 +25,7 @@ use thiserror::Error;
 pub mod bind;
 pub mod deb;
 pub mod elfinfo;
+pub mod includes;
 pub mod kernel;
 pub mod patchset;
 pub mod record;

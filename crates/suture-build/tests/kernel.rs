@@ -40,6 +40,17 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// The units a fix changes itself.
+fn own_units(set: &PatchSet) -> Vec<kernel::ToBuild> {
+    set.files
+        .iter()
+        .map(|f| kernel::ToBuild {
+            file: f.rel.display().to_string(),
+            because_of: Vec::new(),
+        })
+        .collect()
+}
+
 fn options(tree: &Path, diff: &Path, out: &Path) -> KernelBuildOptions {
     KernelBuildOptions {
         source: tree.to_path_buf(),
@@ -51,37 +62,81 @@ fn options(tree: &Path, diff: &Path, out: &Path) -> KernelBuildOptions {
         kernel_notes: None,
         module_dirs: Vec::new(),
         replace: false,
+        max_header_units: kernel::DEFAULT_MAX_HEADER_UNITS,
     }
 }
 
-/// Files that are not C units are refused, with one reason per file, before anything is
-/// compiled; nothing is written.
-#[test]
-fn non_c_files_are_refused_before_compiling() {
-    let Some(tree) = tree() else { return };
-    let work = scratch("refused");
-    let diff = work.join("hdr.diff");
-    std::fs::write(
-        &diff,
-        "--- a/include/linux/kernel.h\n+++ b/include/linux/kernel.h\n@@ -1,1 +1,1 @@\n-x\n+y\n\
-         --- a/arch/x86/entry/entry_64.S\n+++ b/arch/x86/entry/entry_64.S\n@@ -1,1 +1,1 @@\n-x\n+y\n",
-    )
-    .unwrap();
+/// `kernel::build` of `text` written as a diff in a fresh scratch directory: its report and
+/// progress lines.
+fn build_text(
+    tree: &Path,
+    name: &str,
+    text: &str,
+) -> (kernel::KernelBuildReport, Vec<String>, PathBuf) {
+    let work = scratch(name);
+    let diff = work.join(format!("{name}.diff"));
+    std::fs::write(&diff, text).unwrap();
     let mut lines = Vec::new();
-    let r = kernel::build(&options(&tree, &diff, &work.join("out")), &mut |l| {
+    let r = kernel::build(&options(tree, &diff, &work.join("out")), &mut |l| {
         lines.push(l.to_string())
     })
     .unwrap();
-    assert_eq!(r.status, KernelOutcome::Unsupported);
-    assert!(
-        r.message.contains("include/linux/kernel.h: a header"),
-        "{}",
-        r.message
+    (r, lines, work)
+}
+
+/// Files that are neither C units nor headers are refused, with one reason per file, before
+/// anything is compiled; nothing is written.
+#[test]
+fn non_c_files_are_refused_before_compiling() {
+    let Some(tree) = tree() else { return };
+    let (r, lines, work) = build_text(
+        &tree,
+        "refused",
+        "--- a/include/linux/kernel.h\n+++ b/include/linux/kernel.h\n@@ -1,1 +1,1 @@\n-x\n+y\n\
+         --- a/arch/x86/entry/entry_64.S\n+++ b/arch/x86/entry/entry_64.S\n@@ -1,1 +1,1 @@\n-x\n+y\n",
     );
+    assert_eq!(r.status, KernelOutcome::Unsupported);
+    // The header is not refused for being one (its units would be rebuilt).
+    assert!(!r.message.contains("kernel.h"), "{}", r.message);
     assert!(r.message.contains("entry_64.S: assembly"), "{}", r.message);
     assert_eq!(r.reasons.len(), 1, "{:?}", r.reasons);
     assert!(lines.is_empty(), "compiled something: {lines:?}");
     assert!(!work.join("out").exists());
+}
+
+/// A header most of the kernel includes is refused before anything is compiled, with the
+/// count of units it reaches; the limit can be raised (not done here: hours of compiles).
+#[test]
+fn a_core_header_is_refused_before_compiling() {
+    let Some(tree) = tree() else { return };
+    let (r, lines, work) = build_text(
+        &tree,
+        "core-header",
+        "--- a/include/linux/list.h\n+++ b/include/linux/list.h\n@@ -1,1 +1,2 @@\n \
+         /* SPDX-License-Identifier: GPL-2.0 */\n+/* a comment */\n",
+    );
+    assert_eq!(r.status, KernelOutcome::Unsupported);
+    assert!(
+        r.message
+            .contains("more than the limit of 100 (--max-header-units)"),
+        "{}",
+        r.message
+    );
+    assert_eq!(r.headers.len(), 1);
+    assert_eq!(r.headers[0].header, "include/linux/list.h");
+    assert!(
+        r.headers[0].units.len() > 5000,
+        "{}",
+        r.headers[0].units.len()
+    );
+    assert!(r.headers[0]
+        .units
+        .contains(&"fs/proc/cmdline.c".to_string()));
+    assert!(
+        !lines.iter().any(|l| l.starts_with("compiling")),
+        "compiled something: {lines:?}"
+    );
+    let _ = std::fs::remove_dir_all(&work);
 }
 
 /// Regression: the kernel pipeline used to cut the first path component of every file
@@ -132,7 +187,9 @@ fn changed_body_is_patchable_in_vmlinux() {
         Err(r) => panic!("refused: {}", r.message),
     };
     let t = suture_kernel::tree::Tree::open(&tree, &checked.headers.cc).unwrap();
-    let built = kernel::compile(&t, &set, &text, &mut |_| {}).unwrap();
+    let built = kernel::compile(&t, &set, &text, &own_units(&set), &mut |_| {})
+        .unwrap()
+        .built;
     let declared = kernel::declared_layouts(&t).unwrap();
     drop(t);
     assert_eq!(built.len(), 1);
@@ -223,7 +280,9 @@ fn other_kernel_versions_compile_and_diff_with_their_own_layouts() {
         let text = std::fs::read_to_string(&diff).unwrap();
         let set = PatchSet::parse(&tree, &text).unwrap();
         let t = suture_kernel::tree::Tree::open(&tree, "gcc-12").unwrap();
-        let built = kernel::compile(&t, &set, &text, &mut |_| {}).unwrap();
+        let built = kernel::compile(&t, &set, &text, &own_units(&set), &mut |_| {})
+            .unwrap()
+            .built;
         let declared = kernel::declared_layouts(&t).unwrap();
         drop(t);
         let patches = match kernel::diff(&built, &text, &declared, &mut |_| {}).unwrap() {

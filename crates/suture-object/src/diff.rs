@@ -259,13 +259,18 @@ pub fn diff_with<'o, 'a>(
     code_address_tables(&p, &p2o, &mut changed, &mut copies, &mut unsupported);
     refuse_escaped_copies(&p, &changed, &mut copies, &mut unsupported);
     refuse_alias_splits(&o, &p, &mut unsupported);
-    let notes = refuse_ambiguous_statics(&o, &p, &o2p, &p2o, &mut unsupported);
+    let mut notes = refuse_ambiguous_statics(&o, &p, &o2p, &p2o, &mut unsupported);
     refuse_new_constructors(&o, &p, &p2o, &mut unsupported);
+    let untraceable =
+        replace_callers_of_untraceable(&o, &p, &p2o, &mut changed, &mut unsupported, &mut notes);
 
     // What goes into the patch.
     let mut included: BTreeMap<UnitId, Role> = BTreeMap::new();
     for &b in changed.keys() {
         included.insert(b, Role::Changed);
+    }
+    for &b in &untraceable {
+        included.insert(b, Role::NewFunc);
     }
     for b in p.ids() {
         if p2o[b.0 as usize].is_none() {
@@ -351,6 +356,103 @@ pub fn diff_with<'o, 'a>(
     d.report.unsupported.extend(references.1);
     fill_report(&mut d, changed);
     d
+}
+
+/// Whether a kernel function starts with its ftrace call (`call __fentry__`, after an
+/// `endbr64` or not). `None` when the object makes no ftrace calls at all (not built with
+/// `-mfentry`: a userspace object).
+fn has_fentry(u: &Units, f: UnitId) -> Option<bool> {
+    let fentry = |r: &crate::elf::Reloc| u.obj.symbol(r.sym).name == "__fentry__";
+    let uf = u.unit(f);
+    if u.relocs(f)
+        .any(|(r, _)| fentry(r) && (r.offset == uf.start + 1 || r.offset == uf.start + 5))
+    {
+        return Some(true);
+    }
+    let any = u.obj.sections.iter().any(|s| s.relocs.iter().any(&fentry));
+    any.then_some(false)
+}
+
+/// A changed static function of a kernel unit that has no ftrace entry (a `static inline` of a
+/// header that gcc kept out of line, which the kernel's `inline` makes `notrace`, or a clone of
+/// one: `zero_user_segments.constprop.0`) cannot be redirected by livepatch. Its patched copy
+/// goes into the patch as a new function instead, and every function of the unit that refers
+/// to it is replaced so as to call that copy (transitively, when such a caller is itself
+/// untraceable). A reference from data (a table of function pointers) would keep the original
+/// in use: refused. Returns the functions so moved.
+fn replace_callers_of_untraceable(
+    o: &Units,
+    p: &Units,
+    p2o: &[Option<UnitId>],
+    changed: &mut BTreeMap<UnitId, Vec<Reason>>,
+    unsupported: &mut Vec<Unsupported>,
+    notes: &mut Vec<String>,
+) -> BTreeSet<UnitId> {
+    let untraceable = |b: UnitId| {
+        let ub = p.unit(b);
+        ub.kind == UnitKind::Func
+            && ub.bind == Bind::Local
+            && !names::is_fragment(&ub.name)
+            && p2o[b.0 as usize].is_some_and(|a| has_fentry(o, a) == Some(false))
+    };
+    let mut work: Vec<UnitId> = changed
+        .keys()
+        .copied()
+        .filter(|&b| untraceable(b))
+        .collect();
+    let mut moved = BTreeSet::new();
+    while let Some(b) = work.pop() {
+        if !moved.insert(b) {
+            continue;
+        }
+        changed.remove(&b);
+        let name = p.unit(b).name.clone();
+        let mut callers = Vec::new();
+        for &(r, _) in &p.referrers[b.0 as usize] {
+            if r == b || moved.contains(&r) {
+                continue;
+            }
+            let ur = p.unit(r);
+            if ur.kind == UnitKind::Data {
+                unsupported.push(Unsupported {
+                    symbol: name.clone(),
+                    kind: UnsupportedKind::EscapedData,
+                    reason: format!(
+                        "has no ftrace entry, so its callers would be replaced to call the \
+                         patched copy, but {} holds its address, and whoever reads it keeps \
+                         calling the original",
+                        ur.name
+                    ),
+                });
+                continue;
+            }
+            if p2o[r.0 as usize].is_none() || names::is_fragment(&ur.name) {
+                continue; // new code, or a part of a function patched with it
+            }
+            callers.push(ur.name.clone());
+            if untraceable(r) {
+                work.push(r);
+            } else {
+                changed.entry(r).or_default().push(Reason {
+                    kind: ReasonKind::Relocation,
+                    detail: format!(
+                        "calls {name}, which livepatch cannot redirect (no ftrace entry)"
+                    ),
+                });
+            }
+        }
+        callers.sort();
+        notes.push(format!(
+            "{name} has no ftrace entry: the patch carries its new code and replaces its callers \
+             ({}) instead",
+            if callers.is_empty() {
+                "none left".to_string()
+            } else {
+                callers.join(", ")
+            }
+        ));
+    }
+    moved
 }
 
 /// Finds the changed functions whose every difference is a line number (see [`LineShift`])

@@ -13,6 +13,7 @@ pub mod diff;
 pub mod elf;
 pub mod emit;
 mod error;
+pub mod layout;
 pub mod lines;
 pub mod names;
 pub mod osr;

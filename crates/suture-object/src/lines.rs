@@ -47,6 +47,59 @@ pub(crate) fn reloc_map(obj: &Object, s: &crate::elf::Section) -> Relocs {
     map
 }
 
+/// The relocations of every debug section of an object, indexed like its sections (other
+/// sections get none), for [`load_dwarf`].
+pub(crate) fn debug_relocs(obj: &Object) -> Vec<Relocs> {
+    obj.sections
+        .iter()
+        .map(|s| {
+            if s.name.starts_with(".debug") {
+                reloc_map(obj, s)
+            } else {
+                Relocs::default()
+            }
+        })
+        .collect()
+}
+
+/// The object's DWARF with `relocs` (from [`debug_relocs`]) applied; `None` without
+/// `.debug_info`.
+pub(crate) fn load_dwarf<'a, 'r>(
+    obj: &Object<'a>,
+    relocs: &'r [Relocs],
+    empty: &'r Relocs,
+) -> Option<gimli::Dwarf<Reader<'a, 'r>>> {
+    obj.sections.iter().find(|s| s.name == ".debug_info")?;
+    let load = |id: gimli::SectionId| -> Result<Reader<'a, 'r>, ()> {
+        let found = obj
+            .sections
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name == id.name());
+        Ok(match found {
+            Some((i, s)) => RelocateReader::new(EndianSlice::new(s.data, LittleEndian), &relocs[i]),
+            None => RelocateReader::new(EndianSlice::new(&[], LittleEndian), empty),
+        })
+    };
+    gimli::Dwarf::load(load).ok()
+}
+
+/// Calls `f` with every compile unit of `dwarf` and the root of its entries.
+pub(crate) fn each_unit<'a, 'r>(
+    dwarf: &gimli::Dwarf<Reader<'a, 'r>>,
+    mut f: impl FnMut(&gimli::Unit<Reader<'a, 'r>>, gimli::EntriesTreeNode<Reader<'a, 'r>>),
+) {
+    let mut headers = dwarf.units();
+    while let Ok(Some(h)) = headers.next() {
+        let Ok(unit) = dwarf.unit(h) else { continue };
+        let Ok(mut tree) = unit.entries_tree(None) else {
+            continue;
+        };
+        let Ok(root) = tree.root() else { continue };
+        f(&unit, root);
+    }
+}
+
 /// The line of each instruction address, by code section.
 #[derive(Debug, Default)]
 pub struct LineTable {

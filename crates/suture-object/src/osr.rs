@@ -56,14 +56,14 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 
-use gimli::{EndianSlice, LittleEndian, RelocateReader, UnwindSection as _};
+use gimli::{LittleEndian, UnwindSection as _};
 use iced_x86::{
     Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, OpAccess, Register,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::diff::{Diff, Role};
-use crate::lines::{reloc_map, Reader, Relocs, TAG};
+use crate::lines::{debug_relocs, each_unit, load_dwarf, Reader, Relocs, TAG};
 use crate::names;
 use crate::units::{Target, UnitId, Units};
 
@@ -2328,34 +2328,13 @@ impl FnDebug {
     /// The variables of every function of an object with DWARF (`-g`).
     fn index(u: &Units) -> Option<FnDebug> {
         let obj = u.obj;
-        obj.sections.iter().find(|s| s.name == ".debug_info")?;
-        let relocs: Vec<Relocs> = obj.sections.iter().map(|s| reloc_map(obj, s)).collect();
-        let empty = Relocs::default();
-        let load = |id: gimli::SectionId| -> Result<Reader, ()> {
-            let found = obj
-                .sections
-                .iter()
-                .enumerate()
-                .find(|(_, s)| s.name == id.name());
-            Ok(match found {
-                Some((i, s)) => {
-                    RelocateReader::new(EndianSlice::new(s.data, LittleEndian), &relocs[i])
-                }
-                None => RelocateReader::new(EndianSlice::new(&[], LittleEndian), &empty),
-            })
-        };
-        let dwarf = gimli::Dwarf::load(load).ok()?;
+        let (relocs, empty) = (debug_relocs(obj), Relocs::default());
+        let dwarf = load_dwarf(obj, &relocs, &empty)?;
         let mut functions = Vec::new();
         let mut noreturn = BTreeSet::new();
-        let mut headers = dwarf.units();
-        while let Ok(Some(h)) = headers.next() {
-            let Ok(unit) = dwarf.unit(h) else { continue };
-            let Ok(mut tree) = unit.entries_tree(None) else {
-                continue;
-            };
-            let Ok(root) = tree.root() else { continue };
-            let _ = collect_functions(&dwarf, &unit, root, &mut functions, &mut noreturn);
-        }
+        each_unit(&dwarf, |unit, root| {
+            let _ = collect_functions(&dwarf, unit, root, &mut functions, &mut noreturn);
+        });
         Some(FnDebug {
             functions,
             noreturn,
@@ -2400,7 +2379,7 @@ fn ranges<'a, 'r>(
     out
 }
 
-fn type_size<'a, 'r>(
+pub(crate) fn type_size<'a, 'r>(
     unit: &DwUnit<'a, 'r>,
     e: &gimli::DebuggingInformationEntry<Reader<'a, 'r>>,
     depth: u32,

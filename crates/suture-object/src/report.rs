@@ -237,6 +237,9 @@ pub enum UnsupportedKind {
     /// descriptor table (kernel special section) fits none of the entry layouts suture knows
     /// (or different ones in the two objects, or not the one the target's headers declare).
     SpecialSection,
+    /// A struct or union's size or member offsets, or a global's type size, differ between the
+    /// original and patched builds: data the running code holds keeps the old layout.
+    TypeLayout,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -18,6 +18,7 @@ pub struct Args {
     pub kernel_notes: Option<PathBuf>,
     pub modules: Vec<PathBuf>,
     pub replace: bool,
+    pub max_header_units: usize,
     pub json: bool,
 }
 
@@ -37,6 +38,7 @@ pub fn run(a: Args) -> Result<u8> {
         kernel_notes: a.kernel_notes,
         module_dirs: a.modules,
         replace: a.replace,
+        max_header_units: a.max_header_units,
     };
     let mut progress = |m: &str| {
         if !json {

@@ -314,6 +314,12 @@ enum Command {
         /// (--kernel) A cumulative patch: enabling it replaces every livepatch already loaded.
         #[arg(long, requires = "kernel")]
         replace: bool,
+        /// (--kernel) The most units a changed header may make suture rebuild (the units that
+        /// include it, directly or through other headers, and that the configuration builds;
+        /// each is compiled before and after the fix). More is refused before compiling.
+        #[arg(long = "max-header-units", value_name = "N", requires = "kernel",
+              default_value_t = suture_build::kernel::DEFAULT_MAX_HEADER_UNITS)]
+        max_header_units: usize,
         /// Print the result as JSON (schema `suture.build/1`, see docs/bundle.md; with
         /// --kernel `suture.kernel-build/1`: status, module, per-unit reports, reasons).
         #[arg(long)]
@@ -468,6 +474,7 @@ fn main() -> ExitCode {
             modules,
             headers,
             replace,
+            max_header_units,
             json,
             ..
         } => kernel_build::run(kernel_build::Args {
@@ -480,6 +487,7 @@ fn main() -> ExitCode {
             kernel_notes,
             modules,
             replace,
+            max_header_units,
             json,
         }),
         Command::Build {

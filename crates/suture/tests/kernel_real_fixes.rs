@@ -25,6 +25,13 @@
 //! | 6.1.0-54 | 6.1.0-55 | iio: st_accel: log ACPI mount-matrix messages on the parent device (stable) | drivers/iio/accel/st_accel_core.c | st_accel | loaded and unloaded (dynamic-debug jump labels, exports of the IIO_ST_SENSORS namespace) |
 //! | 6.1.0-55 (6.1.192-1) | 6.1.0-56 | ext4: fix NULL folio dereference in mballoc (#1154101) | fs/ext4/mballoc.c | ext4 | loaded with ext4 in use and unloaded (needs an allocation failure) |
 //! | 6.1.0-56 (6.1.192-2) | 6.1.0-57 | nfsd: preflight SEQUENCE replies before accepting a slot (CVE-2026-99362) | fs/nfsd/nfs4state.c | nfsd | loaded with nfsd loaded and unloaded (needs an NFSv4.1 client) |
+//! | 6.1.0-54 | 6.1.0-55 | codel: reset first_above_time when the queue empties (stable) | include/net/codel_impl.h | vmlinux (fq_codel), sch_codel, mac80211 | loaded with sch_codel and mac80211 loaded, unloaded (a header-only fix: the units including it rebuilt) |
+//! | 6.1.0-54 | 6.1.0-55 | wireguard: keep mono_delivery_time of encapsulated packets (stable) | drivers/net/wireguard/queueing.h | wireguard | loaded with wireguard loaded, unloaded (ten units include the header; send.c's code changes) |
+//! | 6.1.0-54 | 6.1.0-55 | f2fs: the stable updates to compress.c | fs/f2fs/compress.c | f2fs | loaded with f2fs loaded, unloaded (a changed out-of-line copy of a header's inline function, `zero_user_segments.constprop.0`, has no ftrace entry: carried as a new function, its caller replaced) |
+//!
+//! Header changes of the same update that suture refuses (`release_6_1_0_54_header_fixes_refused`,
+//! build only): struct unicode_map and struct key_type change their layouts (found in the
+//! units' DWARF), and include/linux/list.h reaches more units than `--max-header-units`.
 //!
 //! The ext4 case was refused before suture gave the patch its own copies of `__func__`
 //! strings (gcc's `__func__.25` is defined five times in that ext4.ko).
@@ -47,6 +54,9 @@ struct Fix {
     modules: &'static [&'static str],
     /// A guest command and what it prints before the patch and with it.
     observe: Option<(&'static str, &'static str, &'static str)>,
+    /// For a fix that changes headers: the units of the module the headers made suture
+    /// rebuild (each with the objects' code changed), as (unit, object).
+    rebuilt: &'static [(&'static str, &'static str)],
 }
 
 /// Sets FS_IMMUTABLE_FL on a file and tries F_SET_RW_HINT on it.
@@ -177,6 +187,7 @@ const FIXES: &[(&str, &[Fix])] = &[
                     "rw_hint=set",
                     "rw_hint=Operation not permitted",
                 )),
+                rebuilt: &[],
             },
             Fix {
                 name: "timens_offset",
@@ -185,6 +196,7 @@ const FIXES: &[(&str, &[Fix])] = &[
                 object: "vmlinux",
                 modules: &[],
                 observe: Some(("/bin/timens", "offset=accepted", "offset=Invalid argument")),
+                rebuilt: &[],
             },
             Fix {
                 name: "algif_short_read",
@@ -193,6 +205,7 @@ const FIXES: &[(&str, &[Fix])] = &[
                 object: "algif_skcipher",
                 modules: &["algif_skcipher"],
                 observe: Some(("/bin/alg", "short_read=0", "short_read=Invalid argument")),
+                rebuilt: &[],
             },
             Fix {
                 name: "mlock_counter",
@@ -201,6 +214,7 @@ const FIXES: &[(&str, &[Fix])] = &[
                 object: "vmlinux",
                 modules: &[],
                 observe: None,
+                rebuilt: &[],
             },
             // The patched functions of these three module fixes hold jump labels on keys of
             // their own module (a tracepoint, dynamic-debug descriptors), which the module
@@ -214,6 +228,7 @@ const FIXES: &[(&str, &[Fix])] = &[
                 object: "binder_linux",
                 modules: &["binder_linux"],
                 observe: None,
+                rebuilt: &[],
             },
             Fix {
                 name: "ixgbe_ddebug",
@@ -222,6 +237,7 @@ const FIXES: &[(&str, &[Fix])] = &[
                 object: "ixgbe",
                 modules: &["ixgbe"],
                 observe: None,
+                rebuilt: &[],
             },
             // route.c's dst_discard is one of five in vmlinux, and the unit's __init
             // function lies far from the rest of it: found by its neighbours.
@@ -232,6 +248,7 @@ const FIXES: &[(&str, &[Fix])] = &[
                 object: "vmlinux",
                 modules: &[],
                 observe: None,
+                rebuilt: &[],
             },
             // Debian's modules have no file symbols: the once-flags (`__already_done.N`, each
             // defined several times in mlx5_core.ko) are found by their neighbours in the
@@ -243,6 +260,7 @@ const FIXES: &[(&str, &[Fix])] = &[
                 object: "mlx5_core",
                 modules: &["mlx5_core"],
                 observe: None,
+                rebuilt: &[],
             },
             Fix {
                 name: "hci_req_pend",
@@ -251,6 +269,7 @@ const FIXES: &[(&str, &[Fix])] = &[
                 object: "bluetooth",
                 modules: &["bluetooth"],
                 observe: None,
+                rebuilt: &[],
             },
             Fix {
                 name: "st_accel_namespace",
@@ -259,6 +278,7 @@ const FIXES: &[(&str, &[Fix])] = &[
                 object: "st_accel",
                 modules: &["st_accel"],
                 observe: None,
+                rebuilt: &[],
             },
         ],
     ),
@@ -271,6 +291,7 @@ const FIXES: &[(&str, &[Fix])] = &[
             object: "ext4",
             modules: &["ext4"],
             observe: None,
+            rebuilt: &[],
         }],
     ),
     (
@@ -282,7 +303,108 @@ const FIXES: &[(&str, &[Fix])] = &[
             object: "nfsd",
             modules: &["nfsd"],
             observe: None,
+            rebuilt: &[],
         }],
+    ),
+];
+
+/// Real fixes of 6.1.0-55 that change a header: suture rebuilds the units including it, keeps
+/// those whose code changed and patches them like any changed function.
+const HEADER_FIXES: &[Fix] = &[
+    // codel: reset first_above_time when the queue runs empty. A header-only fix to an inline
+    // function three units include: fq_codel (built into vmlinux), sch_codel and mac80211.
+    Fix {
+        name: "codel_empty_queue",
+        next: "6.1.0-55",
+        files: &["include/net/codel_impl.h"],
+        object: "sch_codel",
+        modules: &["sch_codel", "mac80211"],
+        observe: None,
+        rebuilt: &[
+            ("net/mac80211/tx.c", "mac80211"),
+            ("net/sched/sch_codel.c", "sch_codel"),
+            ("net/sched/sch_fq_codel.c", "vmlinux"),
+        ],
+    },
+    // wireguard: keep mono_delivery_time when a packet is reset for encapsulation. Ten units
+    // include queueing.h; only send.c's code changes (receive.c calls the helper with
+    // `encapsulating` false, where the change is dead code).
+    Fix {
+        name: "wireguard_reset_packet",
+        next: "6.1.0-55",
+        files: &["drivers/net/wireguard/queueing.h"],
+        object: "wireguard",
+        modules: &["wireguard"],
+        observe: None,
+        rebuilt: &[("drivers/net/wireguard/send.c", "wireguard")],
+    },
+    // f2fs: the fix changes a caller of zero_user_segments, a header's inline function gcc
+    // kept out of line as `zero_user_segments.constprop.0`, without an ftrace entry (the
+    // kernel's `inline` is notrace): the patch carries that copy as a new function and
+    // replaces its callers.
+    Fix {
+        name: "f2fs_inline_clone",
+        next: "6.1.0-55",
+        files: &["fs/f2fs/compress.c"],
+        object: "f2fs",
+        modules: &["f2fs"],
+        observe: None,
+        rebuilt: &[],
+    },
+];
+
+/// Real updates of 6.1.0-55 that change headers and that suture refuses: (fix, extra
+/// arguments, a text the refusal must contain).
+const REFUSED_HEADER_FIXES: &[(Fix, &[&str], &str)] = &[
+    // struct unicode_map gains an rcu_head: its objects live in the running kernel.
+    (
+        Fix {
+            name: "unicode_map_rcu",
+            next: "6.1.0-55",
+            files: &["include/linux/unicode.h", "fs/unicode/utf8-core.c"],
+            object: "vmlinux",
+            modules: &[],
+            observe: None,
+            rebuilt: &[],
+        },
+        &[],
+        "struct unicode_map changes its layout: its size changes from 32 to 48 bytes; member \
+         `rcu` is added at byte 32",
+    ),
+    // struct key_type gains index_id: every key type (key_type_user...) is such an object.
+    // key-type.h reaches 66 configured units besides the fix's own; the layout change is
+    // found in the first unit compiled (the fix's own), so none of them is compiled.
+    (
+        Fix {
+            name: "key_type_index",
+            next: "6.1.0-55",
+            files: &[
+                "include/linux/key-type.h",
+                "security/keys/key.c",
+                "security/keys/keyctl.c",
+                "security/keys/keyring.c",
+            ],
+            object: "vmlinux",
+            modules: &[],
+            observe: None,
+            rebuilt: &[],
+        },
+        &[],
+        "struct key_type changes its layout: its size changes from 168 to 176 bytes",
+    ),
+    // list.h: a core header; the update's change reaches most of the kernel.
+    (
+        Fix {
+            name: "list_core_header",
+            next: "6.1.0-55",
+            files: &["include/linux/list.h"],
+            object: "vmlinux",
+            modules: &[],
+            observe: None,
+            rebuilt: &[],
+        },
+        &[],
+        "more than the limit of 100 (--max-header-units): include/linux/list.h reaches",
     ),
 ];
 
@@ -290,7 +412,8 @@ const FIXES: &[(&str, &[Fix])] = &[
 /// (under `CI`).
 fn releases() -> Option<PathBuf> {
     let cache = suture_testkit::tier::require("SUTURE_KERNEL_RELEASES", "kernel-releases")?;
-    for (release, fixes) in FIXES {
+    let header = ("6.1.0-54", HEADER_FIXES);
+    for (release, fixes) in FIXES.iter().chain([&header]) {
         for r in std::iter::once(*release).chain(fixes.iter().map(|f| f.next)) {
             let tree = cache.join(format!("kernel-tree-{r}"));
             if !tree.join(".suture-ready").exists() {
@@ -336,8 +459,15 @@ fn fix_diff(cache: &Path, release: &str, fix: &Fix, out: &Path) {
     std::fs::write(out, diff).unwrap();
 }
 
-/// `suture build --kernel --json` of one fix for `kernel`; the module's path.
-fn build(cache: &Path, release: &str, kernel: &GuestKernel, fix: &Fix, work: &Path) -> PathBuf {
+/// `suture build --kernel --json` of one fix for `kernel`: its exit code and report.
+fn suture_build(
+    cache: &Path,
+    release: &str,
+    kernel: &GuestKernel,
+    fix: &Fix,
+    work: &Path,
+    extra: &[&str],
+) -> (Option<i32>, serde_json::Value, String) {
     let diff = work.join(format!("{}.diff", fix.name));
     fix_diff(cache, release, fix, &diff);
     let kallsyms = guest::kallsyms(kernel);
@@ -357,18 +487,49 @@ fn build(cache: &Path, release: &str, kernel: &GuestKernel, fix: &Fix, work: &Pa
         .arg(&notes)
         .arg("--modules")
         .arg(kernel.dir.join("modules"))
+        .args(extra)
         .output()
         .expect("suture runs");
     let stdout = String::from_utf8_lossy(&o.stdout);
     let stderr = String::from_utf8_lossy(&o.stderr);
+    let j: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{}: build JSON: {e}\n{stdout}{stderr}", fix.name));
+    (o.status.code(), j, stderr.into_owned())
+}
+
+/// `suture build --kernel --json` of one fix for `kernel`; the module's path.
+fn build(cache: &Path, release: &str, kernel: &GuestKernel, fix: &Fix, work: &Path) -> PathBuf {
+    let id = format!("suture_{}", fix.name);
+    let out = work.join(fix.name);
+    let (code, j, stderr) = suture_build(cache, release, kernel, fix, work, &[]);
     assert_eq!(
-        o.status.code(),
+        code,
         Some(0),
-        "{}: suture build --kernel for {release}:\n{stdout}{stderr}",
+        "{}: suture build --kernel for {release}:\n{j}\n{stderr}",
         fix.name
     );
-    let j: serde_json::Value = serde_json::from_str(&stdout).expect("build JSON");
     assert_eq!(j["status"], "built", "{j}");
+    if !fix.rebuilt.is_empty() {
+        let mut rebuilt: Vec<(String, String)> = j["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|u| u["because_of"].as_array().is_some_and(|a| !a.is_empty()))
+            .map(|u| {
+                (
+                    u["file"].as_str().unwrap().into(),
+                    u["object"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        rebuilt.sort();
+        let want: Vec<(String, String)> = fix
+            .rebuilt
+            .iter()
+            .map(|(u, o)| (u.to_string(), o.to_string()))
+            .collect();
+        assert_eq!(rebuilt, want, "{}: {j}", fix.name);
+    }
     let ko = out.join(format!("{id}.ko"));
     assert!(ko.exists(), "{} missing:\n{j}", ko.display());
     ko
@@ -462,4 +623,29 @@ fn release_6_1_0_55_ext4_fix_live() {
 fn release_6_1_0_56_nfsd_fix_live() {
     let Some(cache) = releases() else { return };
     run_release(&cache, FIXES[2].0, FIXES[2].1);
+}
+
+#[test]
+fn release_6_1_0_54_header_fixes_live() {
+    let Some(cache) = releases() else { return };
+    run_release(&cache, "6.1.0-54", HEADER_FIXES);
+}
+
+/// Header changes suture must refuse, with the reason: a changed struct layout (from the
+/// units' DWARF, found in the fix's own unit before any other is compiled) and a core header
+/// reaching more units than the limit (before anything is compiled).
+#[test]
+fn release_6_1_0_54_header_fixes_refused() {
+    let Some(cache) = releases() else { return };
+    let kernel = guest::release(&cache, "6.1.0-54").expect("6.1.0-54 prepared");
+    let work = guest::scratch("real-kernel-headers-refused");
+    for (fix, extra, why) in REFUSED_HEADER_FIXES {
+        let (code, j, stderr) = suture_build(&cache, "6.1.0-54", &kernel, fix, &work, extra);
+        assert_eq!(code, Some(2), "{}: {j}\n{stderr}", fix.name);
+        assert_eq!(j["status"], "unsupported", "{j}");
+        let reasons = j["reasons"].to_string();
+        assert!(reasons.contains(why), "{}: {reasons}", fix.name);
+        assert!(j["headers"][0]["header"].is_string(), "{j}");
+    }
+    let _ = std::fs::remove_dir_all(&work);
 }
