@@ -105,6 +105,20 @@ fn applied_with(patch: &Path, pid: u32, extra: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `suture revert ID --pid PID`, which must succeed (`what` names the case).
+fn reverted(id: &str, pid: u32, what: &str) {
+    let out = suture()
+        .args(["revert", id, "--pid", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The state of every patch region in `pid`, as `suture status --json` reports it.
 fn patch_states(pid: u32) -> Vec<String> {
     let status = suture()
@@ -454,16 +468,7 @@ fn sigkill_with_return_stubs_armed_leaves_the_original_code_running() {
     rx.drain();
     rx.wait_for("v=12");
     ticks(&rx, "v=12", 5, "after the apply");
-    let out = suture()
-        .args(["revert", "nap.patch", "--pid", &pid.to_string()])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    reverted("nap.patch", pid, "nap");
     rx.drain();
     rx.wait_for("v=11");
     ticks(&rx, "v=11", 5, "after the revert");
@@ -607,16 +612,7 @@ fn sigkill_during_a_transition_leaves_every_thread_on_one_version() {
             assert_eq!(ask("w0", "worker 0: "), "worker 0: 11", "{point}");
         }
         // Worker 1 is left waiting (with a stub armed at "transition:armed").
-        let out = suture()
-            .args(["revert", "workers.patch", "--pid", &pid.to_string()])
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{point}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        reverted("workers.patch", pid, point);
         assert_eq!(ask("m", "main: "), "main: 11", "{point}");
         // A stub the killed suture left armed is undone at the next stop: a plain apply moves
         // both waiting workers (on-stack replacement) as on a fresh process.
@@ -676,11 +672,7 @@ fn apply_with_a_transition_through_the_cli() {
     let t = &v["processes"][0]["result"]["transition"];
     assert_eq!(t["completed"], "returned", "{v:#}");
     assert_eq!(t["old_threads"].as_array().map(Vec::len), Some(2), "{v:#}");
-    let out = suture()
-        .args(["revert", "workers.patch", "--pid", &pid.to_string()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    reverted("workers.patch", pid, "after the transition");
     let help = suture().args(["apply", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("--transition-timeout"));
     let bad = suture()
