@@ -400,7 +400,8 @@ fn osr_functions<'a>(
                     .iter()
                     .find(|(_, at, b)| (at.0..at.0 + b.len() as u64).contains(&to.0))
                     .map_or(&[][..], |(_, at, b)| &b[(to.0 - at.0) as usize..]);
-                (to.0, code, &codes[i][..])
+                let old = &codes[i];
+                (to.0, code, &old[..old.len().min(f.size as usize)])
             }
         };
         let old = if linked.is_some() { from.0 } else { 0 };
@@ -751,13 +752,10 @@ fn unmap(pid: Pid, site: &SyscallSite, base: RemoteAddr, size: u64) -> Outcome {
     });
     match done {
         Ok(()) => Outcome::RolledBack,
-        Err(
-            e @ (crate::error::Error::NoSuchProcess { .. } | crate::error::Error::Zombie { .. }),
-        ) => {
+        Err(e) if e.process_gone() => {
             tracing::debug!(pid = pid.0, %e, "the target died before its region was released");
             Outcome::Exited
         }
-        Err(e) if e.target_exited() => Outcome::Exited,
         Err(e) => {
             tracing::error!(pid = pid.0, %e, "could not release the patch region");
             Outcome::RolledBack
@@ -800,7 +798,7 @@ struct Prepared {
     leftovers: Vec<(RemoteAddr, u64)>,
     /// The per-thread transition's table and dispatchers (`--transition`).
     transition: Option<Transition>,
-    /// The return stubs of every patch region in the process, this one's included.
+    /// The return stubs of the patch regions in the process that a killed suture left armed.
     stub_areas: Vec<StubArea>,
 }
 
@@ -979,13 +977,16 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
         0
     };
     // The per-thread transition's dispatchers need each old function's running code.
-    let old_code: Vec<Vec<u8>> = match opts.transition {
-        None => Vec::new(),
-        Some(_) => originals
+    // The running code of each replaced function, read once for the transition's dispatchers
+    // and the OSR trampolines.
+    let old_code: Vec<Vec<u8>> = if opts.transition.is_some() || osr_pages > 0 {
+        originals
             .iter()
             .map(|(f, from)| mem.read_vec(*from, f.size.max(16) as usize))
             .collect::<Result<_, _>>()
-            .map_err(|e| ApplyError::process(e, Outcome::Untouched))?,
+            .map_err(|e| ApplyError::process(e, Outcome::Untouched))?
+    } else {
+        Vec::new()
     };
     let dispatch = |to: &dyn Fn(&ChangedFn) -> u64| -> Vec<crate::transition::Function> {
         originals
@@ -1052,11 +1053,7 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
     let stubs = StubArea::at(block_addr.0 + block_pages * PAGE);
     let osr_addr = RemoteAddr(stubs.code + 2 * PAGE);
     let osr = if osr_pages > 0 {
-        let originals_code: Vec<Vec<u8>> = originals
-            .iter()
-            .map(|(f, from)| mem.read_vec(*from, f.size as usize).unwrap_or_default())
-            .collect();
-        let functions = osr_functions(&originals, Some((&linked, &originals_code)));
+        let functions = osr_functions(&originals, Some((&linked, &old_code)));
         crate::osr::Area::build(osr_addr.0, &functions)
             .map_err(|e| ApplyError::Patch(format!("on-stack replacement: {e}")))?
     } else {
@@ -1160,6 +1157,7 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
         .map(|p| (RemoteAddr(p.base), p.header.region_size))
         .collect();
 
+    let stub_areas = crate::retstub::with_armed_slots(&mem, &stub_areas(&existing));
     let text_at = base.offset(plan.segment_offset(Segment::Text));
     let text_len = plan.segment_offset(Segment::Rodata) - plan.segment_offset(Segment::Text);
     let data_at = base.offset(plan.segment_offset(Segment::Data));
@@ -1225,10 +1223,7 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
         replaced,
         leftovers,
         transition,
-        stub_areas: stub_areas(&existing)
-            .into_iter()
-            .chain(std::iter::once(stubs))
-            .collect(),
+        stub_areas,
     })
 }
 
@@ -1651,8 +1646,8 @@ struct Switch<'a> {
     /// Switch with a per-thread transition: threads inside `busy` become old-state threads
     /// (written to the table in the stop) instead of holding the switch up.
     transition: Option<&'a Transition>,
-    /// The return stubs of every patch region in the process: stubs a killed suture left
-    /// armed are undone in the stop ([`crate::retstub::reclaim`]).
+    /// The return stubs of patch regions in the process that had armed slots before the stop:
+    /// stubs a killed suture left armed are undone in it ([`crate::retstub::reclaim`]).
     stub_areas: &'a [StubArea],
 }
 
@@ -1744,6 +1739,35 @@ struct Armed {
 }
 
 impl Arms {
+    fn new(area: Option<StubArea>) -> Arms {
+        Arms {
+            area,
+            armed: Vec::new(),
+            ever: false,
+            lingering: false,
+            caught: 0,
+        }
+    }
+
+    /// Undoes or releases every stub still armed, in one more stop of the target (nothing to do
+    /// when none is).
+    fn release_in_stop(&mut self, pid: Pid) {
+        if self.armed.is_empty() {
+            return;
+        }
+        match StoppedProcess::stop(pid) {
+            Ok(sp) => {
+                let regs = sp.all_regs().unwrap_or_default();
+                self.release(sp.mem(), &regs);
+                let _ = sp.resume();
+            }
+            Err(e) => {
+                self.lingering = true;
+                tracing::warn!(pid = pid.0, %e, "could not stop the target to release return stubs; they release themselves within a second");
+            }
+        }
+    }
+
     /// Forgets stubs whose thread passed through by itself (its slot is free again).
     fn sync(&mut self, slots: &[(u64, u32)]) {
         self.armed.retain(|a| slots[a.slot].0 == a.ret);
@@ -1881,28 +1905,10 @@ fn switch(
     sw: &Switch,
     then: impl FnOnce(&mut StoppedProcess),
 ) -> (Result<Switched, ApplyError>, bool) {
-    let mut arms = Arms {
-        area: sw.stubs,
-        armed: Vec::new(),
-        ever: false,
-        lingering: false,
-        caught: 0,
-    };
+    let mut arms = Arms::new(sw.stubs);
     let result = switch_loop(pid, sw, &mut arms, then);
-    if !arms.armed.is_empty() {
-        // Failed with stubs armed: undo or release them in one more stop.
-        match StoppedProcess::stop(pid) {
-            Ok(sp) => {
-                let regs = sp.all_regs().unwrap_or_default();
-                arms.release(sp.mem(), &regs);
-                let _ = sp.resume();
-            }
-            Err(e) => {
-                arms.lingering = true;
-                tracing::warn!(pid = pid.0, %e, "could not stop the target to release return stubs; they release themselves within a second");
-            }
-        }
-    }
+    // Failed with stubs armed: undo or release them.
+    arms.release_in_stop(pid);
     (result, arms.lingering)
 }
 
@@ -2109,22 +2115,14 @@ fn switch_loop(
                 new: to.to_le_bytes().to_vec(),
                 old: ra.to_le_bytes().to_vec(),
             }));
-            regenerated = Commit::generate(
-                sw.code_addr.0,
-                sw.block_addr.0,
-                &writes,
-                sw.state_addr.0,
-                Header::state_bytes(sw.want),
-                marker_signal(pid),
-            );
-            let written = sp
-                .mem()
-                .write(sw.code_addr, &regenerated.code)
-                .and_then(|()| sp.mem().write(sw.block_addr, &regenerated.block));
-            if let Err(e) = written {
-                let _ = sp.resume();
-                return Err(ApplyError::process(e, Outcome::Untouched));
-            }
+            let at = (sw.code_addr, sw.block_addr);
+            regenerated = match write_commit(sp.mem(), pid, at, &writes, sw.state_addr, sw.want) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = sp.resume();
+                    return Err(ApplyError::process(e, Outcome::Untouched));
+                }
+            };
             &regenerated
         };
         phases.scan_us = lap();
@@ -2295,7 +2293,7 @@ struct Driven<'a> {
     no_stubs: Option<&'static str>,
     /// Why frames are not moved in this process, when the patch has maps.
     osr_off: Option<&'static str>,
-    /// The return stubs of every patch region in the process.
+    /// The return stubs of patch regions in the process that a killed suture left armed.
     stub_areas: &'a [StubArea],
     /// The region's on-stack replacement pages, when frames may move in this process.
     osr: Option<&'a crate::osr::Area>,
@@ -2342,13 +2340,7 @@ fn drive(
     // An old-state thread that calls a replaced function in a loop is almost never found
     // outside it: catch it as it returns from its outermost old frame (crate::retstub), so
     // the next check finds it parked in the stub with no old frame, and releases it new-state.
-    let mut arms = Arms {
-        area: d.stubs,
-        armed: Vec::new(),
-        ever: false,
-        lingering: false,
-        caught: 0,
-    };
+    let mut arms = Arms::new(d.stubs);
     let mut checks = 0;
     let mut pause = Duration::from_millis(2);
     let outcome = loop {
@@ -2376,14 +2368,8 @@ fn drive(
             Ok(_) => {}
         }
     };
-    if !arms.armed.is_empty() {
-        // Undo or release the stubs still armed (their threads stay old-state).
-        if let Ok(sp) = StoppedProcess::stop(pid) {
-            let regs = sp.all_regs().unwrap_or_default();
-            arms.release(sp.mem(), &regs);
-            let _ = sp.resume();
-        }
-    }
+    // Undo or release the stubs still armed (their threads stay old-state).
+    arms.release_in_stop(pid);
     let left = match outcome {
         Ok(()) => {
             tracing::info!(pid = pid.0, checks, "per-thread transition complete");
@@ -2451,22 +2437,10 @@ fn drive(
 /// `e`: said by `e`, or by `/proc` within a moment (a process that is exiting fails reads of
 /// its memory before it becomes a zombie).
 fn gone(pid: Pid, e: &crate::error::Error) -> bool {
-    if e.target_exited()
-        || matches!(
-            e,
-            crate::error::Error::NoSuchProcess { .. } | crate::error::Error::Zombie { .. }
-        )
-    {
+    if e.process_gone() {
         return true;
     }
-    let dead = || {
-        std::fs::read_to_string(format!("/proc/{}/stat", pid.0)).map_or(true, |st| {
-            st.rsplit(')')
-                .next()
-                .and_then(|rest| rest.split_whitespace().next())
-                .is_some_and(|state| state == "Z" || state == "X")
-        })
-    };
+    let dead = || crate::stop::precheck(pid).is_err_and(|e| e.process_gone());
     let until = Instant::now() + Duration::from_millis(200);
     loop {
         if dead() {
@@ -2605,16 +2579,8 @@ fn complete_by_osr(
             old: vec![1],
         })
         .collect();
-    let commit = Commit::generate(
-        d.code_addr.0,
-        d.block_addr.0,
-        &writes,
-        d.state_addr.0,
-        Header::state_bytes(State::Live),
-        marker_signal(pid),
-    );
-    mem.write(d.code_addr, &commit.code)
-        .and_then(|()| mem.write(d.block_addr, &commit.block))
+    let at = (d.code_addr, d.block_addr);
+    let commit = write_commit(&mem, pid, at, &writes, d.state_addr, State::Live)
         .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let (done, _) = switch(
         pid,
@@ -2691,6 +2657,29 @@ impl Transition {
             .write(self.table, &table)
             .map_err(|e| format!("writing the transition table: {e}"))
     }
+}
+
+/// Generates the commit routine of `writes` (ending in header state `want` at `state`) for the
+/// region's commit pages `(code, block)` and writes it there.
+fn write_commit(
+    mem: &ProcessMemory,
+    pid: Pid,
+    (code, block): (RemoteAddr, RemoteAddr),
+    writes: &[Write],
+    state: RemoteAddr,
+    want: State,
+) -> crate::error::Result<Commit> {
+    let commit = Commit::generate(
+        code.0,
+        block.0,
+        writes,
+        state.0,
+        Header::state_bytes(want),
+        marker_signal(pid),
+    );
+    mem.write(code, &commit.code)?;
+    mem.write(block, &commit.block)?;
+    Ok(commit)
 }
 
 /// Whether the switch runs the commit routine in the target (the design before the direct
@@ -3129,16 +3118,9 @@ pub fn revert_with(
             (code_page, block_addr)
         }
     };
-    let commit = Commit::generate(
-        code_page,
-        block_addr,
-        &writes,
-        p.base + Header::STATE_OFFSET,
-        Header::state_bytes(State::Reverted),
-        marker_signal(pid),
-    );
-    mem.write(RemoteAddr(code_page), &commit.code)
-        .and_then(|()| mem.write(RemoteAddr(block_addr), &commit.block))
+    let at = (RemoteAddr(code_page), RemoteAddr(block_addr));
+    let state = RemoteAddr(p.base + Header::STATE_OFFSET);
+    let commit = write_commit(&mem, pid, at, &writes, state, State::Reverted)
         .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
     let busy = region_code(&maps, &p);
     // A revert always looks for suspended frames in the patch: "reverted" while a coroutine
@@ -3201,7 +3183,7 @@ pub fn revert_with(
             failpoint: "revert:stopped",
             failpoint_armed: "revert:armed",
             transition: None,
-            stub_areas: &stub_areas(&patches),
+            stub_areas: &crate::retstub::with_armed_slots(&mem, &stub_areas(&patches)),
         },
         // The region stays mapped, retired: the program may still point into it (see the
         // module comment); the next apply of this patch reuses it.

@@ -172,6 +172,12 @@ impl Error {
             _ => false,
         }
     }
+
+    /// Whether the process is gone or only a zombie is left: the target died, or it was found
+    /// so before anything was done to it.
+    pub fn process_gone(&self) -> bool {
+        self.target_exited() || matches!(self, Error::NoSuchProcess { .. } | Error::Zombie { .. })
+    }
 }
 
 /// `Result` of the process layer.

@@ -216,6 +216,19 @@ pub fn shadow_stack_enabled(status: &str) -> bool {
     })
 }
 
+/// The areas of `areas` that have an armed slot now (read while the target runs, so that the
+/// stop only looks at those: a stub a killed suture left armed stays armed until undone).
+pub fn with_armed_slots(mem: &ProcessMemory, areas: &[StubArea]) -> Vec<StubArea> {
+    areas
+        .iter()
+        .filter(|a| {
+            a.read_slots(mem)
+                .is_ok_and(|slots| slots.iter().any(|&(ret, state)| ret != 0 && state == ARMED))
+        })
+        .copied()
+        .collect()
+}
+
 /// Undoes the return stubs an earlier suture armed and never released because it died: an
 /// armed slot of `areas` that `own` (this operation's slots: area code page, slot) does not
 /// name, whose entry address a thread's live stack holds, gets its real return address back in
