@@ -1207,6 +1207,7 @@ fn prepare(pid: Pid, patch: &[u8], opts: &ApplyOptions) -> Result<Prepared, Appl
         throws: crate::retstub::may_unwind_through(&loaded.mapped),
         sites: if opts.scan_suspended {
             ReturnSites::read(&mem, &busy)
+                .with_thread_library(crate::nptl::ThreadLibrary::find(&loaded.mapped, &mem))
         } else {
             ReturnSites::default()
         },
@@ -3132,10 +3133,11 @@ pub fn revert_with(
         .header
         .commit_pages
         .map(|_| code_page..code_page + (commit.code.len() as u64).div_ceil(PAGE) * PAGE);
-    let sites = ReturnSites::read_except(&mem, &busy, routine.as_slice());
     // Unwind exactly through the program's files and every live patch's code (the scan of
     // every stack word remains the fallback when an unwind is incomplete).
     let loaded = load_objects(pid, &maps, None, None)?;
+    let sites = ReturnSites::read_except(&mem, &busy, routine.as_slice())
+        .with_thread_library(crate::nptl::ThreadLibrary::find(&loaded.mapped, &mem));
     let unwind = unwind_info(&loaded, &mem, &maps, &patches);
     let base = RemoteAddr(p.base);
     // The region's return stubs (regions from before they existed have none).

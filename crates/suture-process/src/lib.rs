@@ -21,6 +21,7 @@ pub mod ifunc;
 pub mod link;
 pub mod maps;
 pub mod mem;
+pub mod nptl;
 pub mod osr;
 pub mod remote;
 pub mod retstub;

@@ -29,12 +29,15 @@
 //!   as a coroutine stack) are read;
 //! - below the stack pointer of a thread parked in a return stub, even the red zone (the stub
 //!   uses none; what lies there is the dead frame of the function that just returned);
+//! - the stacks glibc keeps for threads that exited (joinable ones not yet joined, and its
+//!   cache for reuse), when [`crate::nptl`] proves them dead from glibc's own lists and the
+//!   thread ids the kernel cleared: no code returns into their stale frames;
 //! - mappings that cannot be read (device memory): counted and logged.
 //!
 //! A word only counts if it points right after a call (any encoding: `e8`, `ff /2`, `ff /3`
 //! with prefixes), which leaves out function pointers and most data that happens to point
 //! into the code. Stale return addresses remain possible (a finished coroutine's stack that
-//! was not freed, an exited thread's cached stack); they make the switch wait and then refuse,
+//! was not freed, an exited thread's stack the proof does not cover); they make the switch wait and then refuse,
 //! never pass: a refusal names the address and the mapping so the operator can see why.
 //!
 //! Pointer-mangled saved state (glibc's `jmp_buf`) is invisible to the scan, but a coroutine
@@ -71,6 +74,9 @@ const BATCH: u64 = 8 << 20;
 #[derive(Debug, Default)]
 pub struct ReturnSites {
     sites: Vec<(u64, usize)>,
+    /// Where the target's glibc keeps the stacks of exited threads, which the scan leaves
+    /// out when they are proven dead ([`crate::nptl`]).
+    library: Option<crate::nptl::ThreadLibrary>,
 }
 
 impl ReturnSites {
@@ -114,13 +120,25 @@ impl ReturnSites {
         }
         sites.sort_unstable();
         sites.dedup_by_key(|s| s.0);
-        ReturnSites { sites }
+        ReturnSites {
+            sites,
+            library: None,
+        }
+    }
+
+    /// The same sites, with the target's thread library (found before the stop), whose
+    /// proven-dead thread stacks the scan then leaves out.
+    pub fn with_thread_library(self, library: Option<crate::nptl::ThreadLibrary>) -> ReturnSites {
+        ReturnSites { library, ..self }
     }
 
     /// Builds the set from known return addresses (tests).
     pub fn from_sites(mut sites: Vec<(u64, usize)>) -> ReturnSites {
         sites.sort_unstable();
-        ReturnSites { sites }
+        ReturnSites {
+            sites,
+            library: None,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -240,6 +258,8 @@ pub struct ScanStats {
     pub bytes: u64,
     /// Pages that were present (or swapped) but could not be read.
     pub unreadable_pages: u64,
+    /// Stacks of exited threads left out (proven dead, [`crate::nptl`]).
+    pub dead_stacks: usize,
 }
 
 /// What a scan made of the target before the stop (see [`prescan`]): the mappings it read
@@ -375,12 +395,24 @@ pub fn scan(
         .iter()
         .flat_map(|t| t.small_frames.iter().cloned())
         .collect();
+    // Stacks glibc keeps for threads that exited: their frames never run again.
+    let dead = sites.library.as_ref().map_or_else(Vec::new, |lib| {
+        lib.dead_stacks(&|a, b| mem.read(RemoteAddr(a), b).is_ok(), maps, threads)
+    });
+    if !dead.is_empty() {
+        tracing::debug!(
+            pid = pid.0,
+            stacks = dead.len(),
+            "stacks of exited threads left out of the suspended-frame scan"
+        );
+    }
+    stats.dead_stacks = dead.len();
     // Every piece to read, with its mapping; read in batches of one `process_vm_readv` each
     // (a few dozen pieces of a page or two are typical: one call instead of one per piece).
     let mut pieces: Vec<(Range<u64>, &crate::maps::Mapping)> = Vec::new();
     for m in writable(maps) {
         let live = live_part(m.start.0..m.end.0, m.is_pseudo("stack"), threads);
-        if live.is_empty() {
+        if live.is_empty() || dead.contains(&(m.start.0..m.end.0)) {
             continue;
         }
         stats.mappings += 1;

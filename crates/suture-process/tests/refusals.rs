@@ -25,6 +25,9 @@ const ANSWER_FIXED: &str = include_str!("fixtures/refusals/answer.fixed.c");
 const CORO_MAIN: &str = include_str!("fixtures/coroutine/main.c");
 const CORO: &str = include_str!("fixtures/coroutine/coro.c");
 const CORO_FIXED: &str = include_str!("fixtures/coroutine/coro.fixed.c");
+const DEAD_MAIN: &str = include_str!("fixtures/deadstack/main.c");
+const DEAD_WORK: &str = include_str!("fixtures/deadstack/work.c");
+const DEAD_WORK_FIXED: &str = include_str!("fixtures/deadstack/work.fixed.c");
 
 // ---- building ------------------------------------------------------------------------------
 
@@ -623,6 +626,85 @@ fn without_the_scan_a_suspended_call_finishes_old_and_revert_still_refuses() {
     };
     assert!(first_old.ends_with("main=11 coro=32"), "{first_old}");
     t.wait_tick("main=11 coro=31");
+}
+
+// ---- stacks of exited threads --------------------------------------------------------------
+
+fn deadstack_fixture(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let patch = unit_and_patch(dir, "work", DEAD_WORK, DEAD_WORK_FIXED, &[]);
+    std::fs::write(dir.join("main.c"), DEAD_MAIN).unwrap();
+    gcc(
+        dir,
+        &["-O2", "main.c", "orig/work.o", "-lpthread", "-o", "prog"],
+    );
+    (dir.join("prog"), patch)
+}
+
+/// Runs the fixture in `mode` and expects `apply` to find a suspended frame in hold() outside
+/// every live thread's stack pointer, and the target to go on unchanged.
+fn expect_suspended_in_hold(mode: &str) {
+    let dir = work(&format!("dead-{mode}"));
+    let (prog, patch) = deadstack_fixture(&dir);
+    let mut t = Target::start(Command::new(&prog).arg(mode));
+    t.expect("ready");
+    t.wait_tick("v=11");
+    let before = maps(t.pid);
+    let o = ApplyOptions {
+        timeout: Duration::from_millis(300),
+        ..opts("dead")
+    };
+    match apply(t.pid, &patch, &o) {
+        Err(e @ ApplyError::Suspended { .. }) => {
+            assert_eq!(e.busy().expect("a busy detail").function, "hold", "{e}");
+        }
+        other => panic!("expected a suspended frame in hold, got {other:?}"),
+    }
+    t.assert_unchanged("v=11");
+    assert_eq!(before, maps(t.pid));
+}
+
+/// Two threads called deep() (replaced) and exited, one joined (its stack in glibc's cache),
+/// one not (its stack still on glibc's list of used stacks): both stacks still hold the return
+/// address into deep() (the fixture checks), and no code will ever return to it. The scan
+/// proves those stacks dead from glibc's own lists and the kernel-cleared thread ids, so the
+/// apply goes through (without that it waited for them and refused at the timeout).
+#[test]
+fn stale_frames_on_the_stacks_of_exited_threads_do_not_hold_the_apply() {
+    let dir = work("dead-exited");
+    let (prog, patch) = deadstack_fixture(&dir);
+    let t = Target::start(Command::new(&prog).arg("exited"));
+    assert_eq!(
+        t.expect("stale "),
+        "1",
+        "the joined thread's stack lost the frame"
+    );
+    assert_eq!(
+        t.expect("stale "),
+        "2",
+        "the unjoined thread's stack lost the frame"
+    );
+    t.expect("ready");
+    t.wait_tick("v=11");
+    apply(t.pid, &patch, &opts("dead")).expect("apply");
+    t.wait_tick("v=12");
+    revert(t.pid, "dead", TIMEOUT).expect("revert");
+    t.wait_tick("v=11");
+}
+
+/// A live thread keeps a coroutine on an array in its own stack frame, suspended inside
+/// hold(): that stack is glibc's too, but its thread is alive, so it is read and the frame
+/// found.
+#[test]
+fn a_coroutine_suspended_on_a_live_threads_stack_is_still_found() {
+    expect_suspended_in_hold("live");
+}
+
+/// A thread on a stack the program supplied exited and was joined, and the program reused
+/// the memory for a coroutine suspended inside hold(): the thread descriptor glibc left at its
+/// top is on none of glibc's lists (the memory is the program's), so the stack is read.
+#[test]
+fn a_coroutine_on_the_supplied_stack_of_an_exited_thread_is_still_found() {
+    expect_suspended_in_hold("userstack");
 }
 
 /// A thread currently running on a coroutine's heap stack inside a replaced function (asleep
