@@ -1497,7 +1497,10 @@ fn collect_references(d: &Diff) -> (Vec<Reference>, Vec<Unsupported>) {
                 }
                 Target::Anon { sec, .. } => {
                     let section = p.obj.section(sec);
-                    if section.is_write() && !section.name.starts_with(".data.rel.ro") {
+                    if section.is_write()
+                        && !section.name.starts_with(".data.rel.ro")
+                        && !constant_pool(p, sec)
+                    {
                         let name = p.unit(u).name.clone();
                         if !bad.iter().any(|x: &Unsupported| x.symbol == name) {
                             bad.push(Unsupported {
@@ -1518,6 +1521,28 @@ fn collect_references(d: &Diff) -> (Vec<Reference>, Vec<Unsupported>) {
         }
     }
     (refs.into_values().collect(), bad)
+}
+
+/// Whether writable section `sec` holds nothing but the compiler's unnamed constants: no
+/// symbol defines anything in it. gcc compiling PIC or PIE code puts the initializer image of
+/// an automatic aggregate that holds addresses (a local `struct option longopts[]` with its
+/// strings, copied onto the stack on each call) into plain `.data` as a label-less constant,
+/// since it needs load-time relocations; every variable of the program has a symbol (statics
+/// a local one), and with `-fdata-sections` a section of its own. The constant is only ever
+/// read (the function copies it), so a copy in the patch with the patched object's contents
+/// and relocations is exact, as for unnamed read-only data. A writable section that also holds
+/// named variables (an object built without `-fdata-sections`) gives no such assurance.
+fn constant_pool(u: &Units, sec: SecIdx) -> bool {
+    u.by_section
+        .get(sec.0 as usize)
+        .is_some_and(|units| units.is_empty())
+        && !u.obj.symbols.iter().any(|s| {
+            s.section() == Some(sec)
+                && !matches!(
+                    s.kind,
+                    crate::elf::SymKind::Section | crate::elf::SymKind::File
+                )
+        })
 }
 
 fn fill_report(d: &mut Diff, changed: BTreeMap<UnitId, Vec<Reason>>) {

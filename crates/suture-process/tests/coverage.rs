@@ -765,6 +765,40 @@ fn stderr_first_used_by_the_fix() {
     prog.assert_alive();
 }
 
+/// A fix of a function whose local table of options gcc initialises from an unnamed constant
+/// in plain `.data` (PIE: the table holds string addresses): the patch carries its own copy of
+/// the constant with its relocations, and the patched lookup finds the same options.
+#[test]
+fn unnamed_constant_initialiser_in_data_is_carried() {
+    let dir = work_dir("options-table");
+    let src = |f: &str| fixture("options-table", f);
+    let orig = object(&dir, "orig", "unit", &src("unit.c"), &[]);
+    let fixed = object(&dir, "fixed", "unit", &src("unit.fixed.c"), &[]);
+    std::fs::write(dir.join("main.c"), src("main.c")).unwrap();
+    gcc(&dir, &["-O2", "main.c", s(&orig), "-o", "prog"]);
+    // The construct is there: the unit's .data holds no symbol at all.
+    let o = std::fs::read(&orig).unwrap();
+    let o = suture_object::Object::parse(&o).unwrap();
+    let data = o
+        .sections
+        .iter()
+        .position(|x| x.name == ".data" && x.size > 0)
+        .expect("an unnamed constant in .data");
+    assert!(!o.symbols.iter().any(|x| {
+        x.section().is_some_and(|i| i.0 as usize == data)
+            && x.kind == suture_object::elf::SymKind::Object
+    }));
+
+    let mut prog = Program::spawn(&mut Command::new(dir.join("prog")));
+    let pid = prog.pid;
+    prog.expect_all(&["v=7 w=40".to_string()]);
+    apply(pid, &patch(&orig, &fixed), &opts("table", None)).expect("apply");
+    prog.expect_all(&["v=107 w=140".to_string()]);
+    revert_now(pid, "table");
+    prog.expect_all(&["v=7 w=40".to_string()]);
+    prog.assert_alive();
+}
+
 /// No patch is live in `pid` (reverted regions stay mapped, retired: see apply.rs).
 fn no_live(pid: Pid) -> bool {
     status(pid)
