@@ -18,9 +18,10 @@
 //!   list head in `_rtld_global` with every node's `prev` pointing at the node before it and
 //!   the walk closing at the head (a list glibc is changing at the stop fails this and proves
 //!   nothing). `_dl_stack_cache` is not published (libthread_db does not need it): it is the
-//!   `list_t` after `_dl_stack_user` in `struct rtld_global` (glibc 2.34 to 2.42), and the same
-//!   checks apply to every node of it. Stacks a program supplied (`pthread_attr_setstack`) are
-//!   on `_dl_stack_user` or on no list: never left out, the memory is the program's;
+//!   `list_t` after `_dl_stack_user` in `struct rtld_global` (glibc 2.34 and later; checked in
+//!   2.36's `ldsodefs.h`), and the same checks apply to every node of it. Stacks a program
+//!   supplied (`pthread_attr_setstack`) are on `_dl_stack_user` or on no list: never left out,
+//!   the memory is the program's;
 //! - the descriptor's thread control block points at itself twice (x86-64 `tcbhead_t`: `tcb`
 //!   and `self`), it sits at the top of a writable mapping (less than a page from its end), and
 //!   no stopped thread's thread pointer (`fs_base`) is it;
