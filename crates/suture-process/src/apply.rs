@@ -2274,7 +2274,7 @@ fn suspended_in(
     crate::suspended::scan(
         pid,
         sp.mem(),
-        (dir.as_path(), &maps),
+        (dir.as_path(), &maps, Some(unwind)),
         &threads,
         sites,
         busy,

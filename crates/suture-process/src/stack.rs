@@ -244,6 +244,45 @@ impl UnwindInfo {
         self.ranges.len()
     }
 
+    /// The frame a suspended call would belong to: the return address `ra` into a function,
+    /// stored at `slot`, taken as the slot a `call` in that function pushed, and the
+    /// function's own frame unwound one step by its exact rule at `ra` (its stack pointer just
+    /// above the slot). Returns that frame's CFA and the word at CFA - 8 (its own return
+    /// address). `None` when that is not known: no unwind information for `ra`, a rule that
+    /// needs another register (a frame pointer: `rbp` is unknown here, so such a rule stops
+    /// the unwind), or memory `read` cannot give.
+    pub fn suspended_frame(
+        &self,
+        ra: u64,
+        slot: u64,
+        read: impl Fn(u64) -> Option<u64>,
+    ) -> Option<(u64, u64)> {
+        if !self
+            .ranges
+            .iter()
+            .any(|r| r.contains(&(ra.wrapping_sub(1))))
+        {
+            return None;
+        }
+        let mut guard = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = guard.get_or_insert_with(CacheX86_64::new);
+        let mut regs = UnwindRegsX86_64::new(ra, slot.checked_add(8)?, 0);
+        let address = FrameAddress::from_return_address(ra)?;
+        // framehop ends an unwind at a zero return address without giving the CFA: words
+        // read as 0 are given to it as 1, and the real word at CFA - 8 is read afterwards.
+        let mut nonzero = |addr: u64| read(addr).map(|v| v.max(1)).ok_or(());
+        match self
+            .unwinder
+            .unwind_frame(address, &mut regs, cache, &mut nonzero)
+        {
+            Ok(Some(_)) => {
+                let cfa = regs.sp();
+                Some((cfa, read(cfa.checked_sub(8)?)?))
+            }
+            _ => None,
+        }
+    }
+
     /// The frames of a thread whose stack unwinds completely, as address ranges from each
     /// frame's stack pointer to its CFA (innermost first); `None` when the unwind is incomplete.
     pub fn frames(

@@ -36,7 +36,10 @@
 //!
 //! A word only counts if it points right after a call (any encoding: `e8`, `ff /2`, `ff /3`
 //! with prefixes), which leaves out function pointers and most data that happens to point
-//! into the code. Stale return addresses remain possible (a finished coroutine's stack that
+//! into the code, and if the frame of the function it returns into could lie above it
+//! ([`could_be_frame`]: that function's exact unwind rule puts its CFA on a 16-byte boundary
+//! and finds its own return address, 0 or an address in executable memory, at CFA - 8), which
+//! leaves out return addresses programs record as data (allocators that note their callers). Stale return addresses remain possible (a finished coroutine's stack that
 //! was not freed, an exited thread's stack the proof does not cover); they make the switch wait and then refuse,
 //! never pass: a refusal names the address and the mapping so the operator can see why.
 //!
@@ -260,6 +263,8 @@ pub struct ScanStats {
     pub unreadable_pages: u64,
     /// Stacks of exited threads left out (proven dead, [`crate::nptl`]).
     pub dead_stacks: usize,
+    /// Return addresses found that are no suspended call (see [`could_be_frame`]).
+    pub not_frames: usize,
 }
 
 /// What a scan made of the target before the stop (see [`prescan`]): the mappings it read
@@ -374,7 +379,7 @@ fn read_runs(
 pub fn scan(
     pid: Pid,
     mem: &ProcessMemory,
-    (proc_dir, maps): (&std::path::Path, &Maps),
+    (proc_dir, maps, unwind): (&std::path::Path, &Maps, Option<&crate::stack::UnwindInfo>),
     threads: &[ThreadStack],
     sites: &ReturnSites,
     busy: &[BusyRange],
@@ -459,7 +464,14 @@ pub fn scan(
                 continue;
             }
             stats.bytes += buf.len() as u64;
-            if let Some((at, value, i)) = sites.find_in(addr.0, buf) {
+            let mut from = 0;
+            while let Some((at, value, i)) = sites.find_in(addr.0 + from as u64, &buf[from..]) {
+                from = (at + 8 - addr.0) as usize;
+                if unwind.is_some_and(|u| !could_be_frame(u, mem, maps, at, value)) {
+                    stats.not_frames += 1;
+                    tracing::debug!(pid = pid.0, at = %RemoteAddr(at), returns_to = %RemoteAddr(value), "a return address whose function's frame has no return address above it: a record of a caller, not a suspended call");
+                    continue;
+                }
                 let mapping = m
                     .path()
                     .map(|p| p.display().to_string())
@@ -488,6 +500,40 @@ pub fn scan(
         );
     }
     Ok((None, stats))
+}
+
+/// Whether the return address `value` into a busy function f, stored at `at`, can be the
+/// return slot of a suspended call in f. If it is, f's frame lies right above it and f's exact
+/// unwind rule at `value` (stack-pointer based, from `.eh_frame`) gives its CFA and, at CFA - 8,
+/// f's own return address. Two facts of every such frame are then checked:
+/// - the CFA is 16-byte aligned: the x86-64 psABI aligns the stack to 16 bytes at every call,
+///   so the stack pointer before the call that entered f (the CFA) is; context libraries start
+///   a coroutine's first function the same way (glibc's `makecontext`, boost.context, libco);
+/// - f's return address is 0 (a first function that never returns) or points into executable
+///   memory: after the call that entered f, or, for a coroutine's first function, the code its
+///   context library made it return to (glibc's `__start_context`, boost.context's `finish`).
+///
+/// A word that fails either is a record of a caller kept as data, not a frame: haproxy built
+/// with `DEBUG_MEMORY_POOLS` (as Debian builds it) stores the return address of every pool
+/// allocation at the end of the allocated item. Whatever cannot be checked (no rule, a
+/// frame-pointer rule, unreadable memory) counts as a frame. (A context saved by a signal
+/// handler that switches away, preemptive green threads, holds the interrupted instruction
+/// rather than a call's return address: the scan sees it only when that instruction follows a
+/// call, as before, and now judges it as a call's slot.)
+fn could_be_frame(
+    unwind: &crate::stack::UnwindInfo,
+    mem: &ProcessMemory,
+    maps: &Maps,
+    at: u64,
+    value: u64,
+) -> bool {
+    let read = |a: u64| mem.read_u64(RemoteAddr(a)).ok();
+    match unwind.suspended_frame(value, at, read) {
+        None => true,
+        Some((cfa, _)) if cfa % 16 != 0 => false,
+        Some((_, 0)) => true,
+        Some((_, caller)) => maps.find(RemoteAddr(caller)).is_some_and(|m| m.perms.exec),
+    }
 }
 
 /// `range` less every range of `holes`, in order.

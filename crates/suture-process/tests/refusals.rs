@@ -28,6 +28,9 @@ const CORO_FIXED: &str = include_str!("fixtures/coroutine/coro.fixed.c");
 const DEAD_MAIN: &str = include_str!("fixtures/deadstack/main.c");
 const DEAD_WORK: &str = include_str!("fixtures/deadstack/work.c");
 const DEAD_WORK_FIXED: &str = include_str!("fixtures/deadstack/work.fixed.c");
+const REC_MAIN: &str = include_str!("fixtures/records/main.c");
+const REC_WORK: &str = include_str!("fixtures/records/work.c");
+const REC_WORK_FIXED: &str = include_str!("fixtures/records/work.fixed.c");
 
 // ---- building ------------------------------------------------------------------------------
 
@@ -640,9 +643,9 @@ fn deadstack_fixture(dir: &Path) -> (PathBuf, Vec<u8>) {
     (dir.join("prog"), patch)
 }
 
-/// Runs the fixture in `mode` and expects `apply` to find a suspended frame in hold() outside
+/// Runs the fixture in `mode` and expects `apply` to find a suspended frame in `function` outside
 /// every live thread's stack pointer, and the target to go on unchanged.
-fn expect_suspended_in_hold(mode: &str) {
+fn expect_suspended_in(mode: &str, function: &str) {
     let dir = work(&format!("dead-{mode}"));
     let (prog, patch) = deadstack_fixture(&dir);
     let mut t = Target::start(Command::new(&prog).arg(mode));
@@ -655,9 +658,9 @@ fn expect_suspended_in_hold(mode: &str) {
     };
     match apply(t.pid, &patch, &o) {
         Err(e @ ApplyError::Suspended { .. }) => {
-            assert_eq!(e.busy().expect("a busy detail").function, "hold", "{e}");
+            assert_eq!(e.busy().expect("a busy detail").function, function, "{e}");
         }
-        other => panic!("expected a suspended frame in hold, got {other:?}"),
+        other => panic!("expected a suspended frame in {function}, got {other:?}"),
     }
     t.assert_unchanged("v=11");
     assert_eq!(before, maps(t.pid));
@@ -696,7 +699,34 @@ fn stale_frames_on_the_stacks_of_exited_threads_do_not_hold_the_apply() {
 /// found.
 #[test]
 fn a_coroutine_suspended_on_a_live_threads_stack_is_still_found() {
-    expect_suspended_in_hold("live");
+    expect_suspended_in("live", "hold");
+}
+
+/// A coroutine's first function (started by `makecontext`) suspended in itself: its frame's
+/// return slot holds glibc's `__start_context`, not the return address of a call, and the
+/// frame is still recognised as one (the check that leaves out records of callers keeps it).
+#[test]
+fn a_coroutine_suspended_in_its_first_function_is_still_found() {
+    expect_suspended_in("entry", "park");
+}
+
+/// Return addresses into a replaced function that the program keeps as data (an allocator
+/// that records its callers, as haproxy's pools do in Debian's build): the function's frame
+/// above such a word would hold its own return address, and holds a pattern that is no
+/// address, so it is no suspended call and the apply goes through (before, it waited and
+/// refused at the timeout).
+#[test]
+fn records_of_callers_kept_as_data_do_not_hold_the_apply() {
+    let dir = work("records");
+    let patch = unit_and_patch(&dir, "work", REC_WORK, REC_WORK_FIXED, &[]);
+    std::fs::write(dir.join("main.c"), REC_MAIN).unwrap();
+    gcc(&dir, &["-O2", "main.c", "orig/work.o", "-o", "prog"]);
+    let t = Target::start(&mut Command::new(dir.join("prog")));
+    t.wait_tick("v=11");
+    apply(t.pid, &patch, &opts("records")).expect("apply");
+    t.wait_tick("v=12");
+    revert(t.pid, "records", TIMEOUT).expect("revert");
+    t.wait_tick("v=11");
 }
 
 /// A thread on a stack the program supplied exited and was joined, and the program reused
@@ -704,7 +734,7 @@ fn a_coroutine_suspended_on_a_live_threads_stack_is_still_found() {
 /// top is on none of glibc's lists (the memory is the program's), so the stack is read.
 #[test]
 fn a_coroutine_on_the_supplied_stack_of_an_exited_thread_is_still_found() {
-    expect_suspended_in_hold("userstack");
+    expect_suspended_in("userstack", "hold");
 }
 
 /// A thread currently running on a coroutine's heap stack inside a replaced function (asleep
