@@ -763,23 +763,33 @@ const APT_MEMCACHED: &str = "/usr/bin/memcached";
 /// `authenticated()` in proto_bin.c); the fix makes it require authentication. The line is
 /// replaced by a comment, so no line number below it moves.
 fn own_fix(tree: &Path, dir: &Path) -> PathBuf {
-    let src = std::fs::read_to_string(tree.join("proto_bin.c")).unwrap();
-    let line = "    case PROTOCOL_BINARY_CMD_VERSION:         /* FALLTHROUGH */\n";
-    assert_eq!(src.matches(line).count(), 1, "proto_bin.c changed upstream");
-    let fixed = src.replace(
-        line,
-        "    /* VERSION requires authentication (suture test fix) */\n",
-    );
+    one_line_fix(
+        tree,
+        dir,
+        "proto_bin.c",
+        (
+            "    case PROTOCOL_BINARY_CMD_VERSION:         /* FALLTHROUGH */\n",
+            "    /* VERSION requires authentication (suture test fix) */\n",
+        ),
+    )
+}
+
+/// The unified diff (`a/FILE`, `b/FILE`) that replaces the one occurrence of `from` in `file`
+/// of `tree` with `to`, written into `dir`.
+fn one_line_fix(tree: &Path, dir: &Path, file: &str, (from, to): (&str, &str)) -> PathBuf {
+    let src = std::fs::read_to_string(tree.join(file)).unwrap();
+    assert_eq!(src.matches(from).count(), 1, "{file} changed upstream");
+    let fixed = src.replace(from, to);
     let (a, b) = (dir.join("a"), dir.join("b"));
     for (d, text) in [(&a, &src), (&b, &fixed)] {
         std::fs::create_dir_all(d).unwrap();
-        std::fs::write(d.join("proto_bin.c"), text).unwrap();
+        std::fs::write(d.join(file), text).unwrap();
     }
     let out = run(Command::new("diff")
-        .args(["-u", "a/proto_bin.c", "b/proto_bin.c"])
+        .args(["-u", &format!("a/{file}"), &format!("b/{file}")])
         .current_dir(dir));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let diff = dir.join("version-auth.diff");
+    let diff = dir.join(format!("{file}.diff"));
     std::fs::write(&diff, &out.stdout).unwrap();
     diff
 }
@@ -840,4 +850,29 @@ fn own_fix_binds_to_the_apt_binary_and_goes_live() {
             assert_eq!(version_unauthenticated(port).as_deref(), Some("1.6.18"));
         },
     );
+}
+
+/// A fix in `main()` (one word of an error message): gcc builds main()'s local getopt_long
+/// table from an unnamed constant in plain `.data` (it holds string addresses and the unit is
+/// PIE), which `suture build` used to refuse as "writable data in .data that has no symbol".
+/// The constant is carried by the patch: the build writes a bundle replacing main for the apt
+/// binary.
+#[test]
+fn fix_in_main_with_its_options_table_is_built() {
+    let Some(case) = case_dir() else { return };
+    let dir = tmpdir("main-fix");
+    let apt = Path::new(APT_MEMCACHED);
+    let diff = one_line_fix(
+        &case.join("debian-src"),
+        &dir,
+        "memcached.c",
+        (
+            "perror(\"failed to ignore SIGPIPE; sigaction\");",
+            "perror(\"could not ignore SIGPIPE; sigaction\");",
+        ),
+    );
+    let (code, report, _) = suture_build(&case, "debian", &diff, apt, &dir);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(verdict(&report, "memcached.c"), "patched");
+    bundle(&report, apt, &["main"]);
 }
