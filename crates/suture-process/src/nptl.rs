@@ -134,13 +134,19 @@ impl ThreadLibrary {
             read(addr, &mut b).then(|| u64::from_le_bytes(b))
         };
         let mut dead = Vec::new();
+        // The descriptors of the stopped threads (their thread pointers): alive, not read.
+        let live: std::collections::HashSet<u64> = threads.iter().map(|t| t.fs_base).collect();
         for head in self.heads {
             let Some(nodes) = self.walk(head, &word) else {
                 continue;
             };
-            dead.extend(nodes.into_iter().filter_map(|node| {
-                self.dead_stack(node.wrapping_sub(self.list), read, maps, threads)
-            }));
+            dead.extend(
+                nodes
+                    .into_iter()
+                    .map(|node| node.wrapping_sub(self.list))
+                    .filter(|pd| !live.contains(pd))
+                    .filter_map(|pd| self.dead_stack(pd, read, maps, threads)),
+            );
         }
         dead.sort_by_key(|r| r.start);
         dead.dedup();
