@@ -142,10 +142,8 @@ impl BuildIds {
 /// The bundle's symbols as a symbol table for the patched object (used where the mapped file
 /// is stripped).
 pub fn bundle_symbols(m: &Manifest) -> ElfSymbols {
-    let mut t = ElfSymbols {
-        has_symtab: true,
-        ..Default::default()
-    };
+    let mut t = ElfSymbols::default();
+    t.has_symtab = true;
     for s in &m.symbols {
         let sym = Sym {
             value: s.address,
@@ -160,7 +158,7 @@ pub fn bundle_symbols(m: &Manifest) -> ElfSymbols {
                 .or_default()
                 .push(sym),
             None => {
-                t.globals.insert(s.name.clone(), sym);
+                t.insert_global(s.name.clone(), sym);
             }
         }
     }
