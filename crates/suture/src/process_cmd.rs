@@ -297,7 +297,11 @@ pub fn status(pid: Option<i32>, json: bool) -> Result<u8> {
     }
     let mut text = String::new();
     if !live.iter().any(|l| l.header.state == State::Live) {
-        text.push_str("no live patches\n");
+        text.push_str(if live.is_empty() {
+            "no live patches\n"
+        } else {
+            "no live patches; regions of patches that are not live:\n"
+        });
     }
     // Live patches first; then regions kept after a revert ("reverted": the program may still
     // point into them, and the next apply of that patch reuses them) and leftovers of an

@@ -367,7 +367,12 @@ fn apply_status_revert_through_the_cli() {
     );
     only(&rx, OLD, "after revert");
     let out = suture().args(["status", "--pid", &pid]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("no live patches"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("no live patches; regions of patches that are not live:\n")
+            && text.contains("(reverted)"),
+        "{text}"
+    );
 
     // Errors: a process that does not exist, a patch that is not live.
     let out = suture()
