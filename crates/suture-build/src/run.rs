@@ -1068,7 +1068,7 @@ fn out_of_reach(
                 continue;
             }
             for name in &needed {
-                let here = syms.globals.contains_key(name)
+                let here = syms.global(name).is_some()
                     || syms.linker_local(name).is_ok_and(|x| x.is_some());
                 if here {
                     continue;

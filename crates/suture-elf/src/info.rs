@@ -142,9 +142,7 @@ pub fn lookup(symbols: &ElfSymbols, name: &str, file: Option<&str>) -> Result<Sy
         return match any.as_slice() {
             [one] => Ok(**one),
             [] => symbols
-                .globals
-                .get(name)
-                .copied()
+                .global(name)
                 .ok_or_else(|| format!("no static {name} of {file}")),
             _ => Err(format!("several statics named {name} and none in {file}")),
         };
@@ -153,9 +151,7 @@ pub fn lookup(symbols: &ElfSymbols, name: &str, file: Option<&str>) -> Result<Sy
         return Ok(own);
     }
     symbols
-        .globals
-        .get(name)
-        .copied()
+        .global(name)
         .ok_or_else(|| format!("no symbol {name}"))
 }
 

@@ -13,7 +13,7 @@ mod info;
 mod symbols;
 
 pub use info::{build_id, build_id_of_file, bytes_at, lookup, ElfInfo};
-pub use symbols::{DynReloc, ElfSymbols, Sym};
+pub use symbols::{DynReloc, ElfSymbols, SharedBytes, Sym};
 
 /// Why a linked ELF file could not be used.
 #[derive(Debug, thiserror::Error)]

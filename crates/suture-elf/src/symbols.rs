@@ -30,8 +30,12 @@ pub struct ElfSymbols {
     pub relocatable: bool,
     /// Link-time virtual address of the first `PT_LOAD` (page-aligned) and its file offset.
     pub first_load: (u64, u64),
-    /// Defined global and weak symbols from `.symtab` and `.dynsym`.
-    pub globals: SymbolMap<String, Sym>,
+    /// Defined global and weak symbols from `.symtab`, and from `.dynsym` unless that is
+    /// looked up through its hash table (`dynamic`); read them with [`ElfSymbols::global`].
+    globals: SymbolMap<String, Sym>,
+    /// The file, for a `.dynsym` looked up by name through `.gnu.hash` instead of being read
+    /// whole ([`ElfSymbols::parse_shared`]).
+    dynamic: Option<SharedBytes>,
     /// Defined local symbols from `.symtab`, keyed by (source file, name).
     pub locals: SymbolMap<(String, String), Vec<Sym>>,
     /// `PT_TLS` size and alignment (for static TLS offsets of the executable).
@@ -44,6 +48,16 @@ pub struct ElfSymbols {
     pub dyn_relocs: Vec<DynReloc>,
     /// Link-time address ranges of the PLT sections (a lazy `JUMP_SLOT` still points there).
     pub plt: Vec<std::ops::Range<u64>>,
+}
+
+/// The bytes of a file kept for lookups after parsing (a mapped file, a `Vec<u8>`).
+#[derive(Clone)]
+pub struct SharedBytes(pub std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>);
+
+impl std::fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedBytes({} bytes)", (*self.0).as_ref().len())
+    }
 }
 
 /// One dynamic relocation of a GOT slot, as written in `.rela.dyn` / `.rela.plt`.
@@ -66,6 +80,30 @@ const KEPT_DYN_RELOCS: [u32; 6] = [
     elf::R_X86_64_TPOFF64.0,
     elf::R_X86_64_IRELATIVE.0,
 ];
+
+/// `name` in the `.dynsym` of `data` through its `.gnu.hash` table, as the dynamic linker
+/// finds it: the first defined, non-local entry of that name whose version is not hidden.
+/// (The chain holds the entries of one name next to each other, in symbol-table order, so
+/// this is the entry [`ElfSymbols::parse`] keeps when it reads the whole table.)
+fn dynamic_lookup(data: &[u8], name: &str) -> Option<Sym> {
+    let header = elf::FileHeader64::<LE>::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let sections = header.sections(endian, data).ok()?;
+    let (hash, link) = sections.gnu_hash(endian, data).ok()??;
+    let symbols = sections.symbol_table_by_index(endian, data, link).ok()?;
+    let versions = sections.versions(endian, data).ok()?.unwrap_or_default();
+    let key = name.as_bytes();
+    let (_, s) = hash.find(endian, key, elf::gnu_hash(key), None, &symbols, &versions)?;
+    if s.is_undefined(endian) || s.st_bind() == elf::STB_LOCAL {
+        return None;
+    }
+    Some(Sym {
+        value: s.st_value(endian),
+        size: s.st_size(endian),
+        tls: s.st_type() == elf::STT_TLS,
+        ifunc: s.st_type() == elf::STT_GNU_IFUNC,
+    })
+}
 
 fn sym_of(s: &object::read::elf::ElfSymbol<'_, '_, elf::FileHeader64<LE>>) -> Sym {
     Sym {
@@ -98,6 +136,23 @@ impl ElfSymbols {
     }
 
     pub fn parse(path: &str, data: &[u8]) -> Result<ElfSymbols, ElfError> {
+        Self::parse_with(path, data, None)
+    }
+
+    /// Like [`ElfSymbols::parse`], but keeps `data` and, when the file has a `.gnu.hash`
+    /// table, looks `.dynsym` names up through it on demand rather than reading every
+    /// exported name now: apply needs a few names of each mapped library, and reading all of
+    /// libc's (about 3,000 allocations and hash insertions) was a tenth of a call's time.
+    pub fn parse_shared(path: &str, data: SharedBytes) -> Result<ElfSymbols, ElfError> {
+        let bytes: &[u8] = (*data.0).as_ref();
+        Self::parse_with(path, bytes, Some(data.clone()))
+    }
+
+    fn parse_with(
+        path: &str,
+        data: &[u8],
+        shared: Option<SharedBytes>,
+    ) -> Result<ElfSymbols, ElfError> {
         if data.get(4) == Some(&1) {
             return Err(ElfError::Class32 {
                 path: path.to_string(),
@@ -159,8 +214,12 @@ impl ElfSymbols {
             }
         }
         let sections = file.elf_section_table();
+        let hashed = shared.is_some() && sections.gnu_hash(endian, data).map_err(bad)?.is_some();
+        if hashed {
+            out.dynamic = shared;
+        }
         let versions = sections.versions(endian, data).map_err(bad)?;
-        for s in file.dynamic_symbols() {
+        for s in file.dynamic_symbols().filter(|_| !hashed) {
             if s.is_undefined() || s.is_local() {
                 continue;
             }
@@ -214,6 +273,21 @@ impl ElfSymbols {
         Ok(out)
     }
 
+    /// The defined global or weak symbol `name` a new reference would bind to in this file:
+    /// from `.symtab` first, then the default version (not hidden, `name@@VER`) in `.dynsym`.
+    pub fn global(&self, name: &str) -> Option<Sym> {
+        if let Some(s) = self.globals.get(name) {
+            return Some(*s);
+        }
+        let data: &[u8] = (*self.dynamic.as_ref()?.0).as_ref();
+        dynamic_lookup(data, name)
+    }
+
+    /// Records a global symbol (a patch bundle's record of a stripped file's symbols).
+    pub fn insert_global(&mut self, name: String, sym: Sym) {
+        self.globals.insert(name, sym);
+    }
+
     /// True when the link-time address `addr` lies in a PLT section.
     pub fn in_plt(&self, addr: u64) -> bool {
         self.plt.iter().any(|r| r.contains(&addr))
@@ -224,7 +298,9 @@ impl ElfSymbols {
     /// bundle records). The caller guarantees both describe the same build (same build-id).
     pub fn add_missing(&mut self, twin: &ElfSymbols) {
         for (name, sym) in &twin.globals {
-            self.globals.entry(name.clone()).or_insert(*sym);
+            if self.global(name).is_none() {
+                self.globals.insert(name.clone(), *sym);
+            }
         }
         for (key, syms) in &twin.locals {
             self.locals
@@ -283,5 +359,73 @@ mod tests {
         s.relocatable = false;
         s.first_load = (0x400000, 0);
         assert_eq!(s.bias(0x400000u64), 0);
+    }
+
+    /// Every exported name of real system libraries binds to the same symbol whether
+    /// `.dynsym` was read whole or is looked up through `.gnu.hash` (libc has versioned
+    /// duplicates such as `memcpy@GLIBC_2.2.5` / `memcpy@@GLIBC_2.14`, IFUNCs and TLS).
+    #[test]
+    fn hashed_lookups_agree_with_the_whole_table() {
+        let mut checked = 0;
+        for path in [
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib/x86_64-linux-gnu/libm.so.6",
+            "/lib/x86_64-linux-gnu/libstdc++.so.6",
+            "/lib64/ld-linux-x86-64.so.2",
+        ] {
+            let Ok(data) = std::fs::read(path) else {
+                continue;
+            };
+            let eager = ElfSymbols::parse(path, &data).unwrap();
+            let lazy =
+                ElfSymbols::parse_shared(path, SharedBytes(std::sync::Arc::new(data.clone())))
+                    .unwrap();
+            assert!(lazy.dynamic.is_some(), "{path} has a .gnu.hash table");
+            let file = ElfFile64::<LE>::parse(&*data).unwrap();
+            for s in file.dynamic_symbols() {
+                let name = s.name().unwrap();
+                assert_eq!(lazy.global(name), eager.global(name), "{name} in {path}");
+                checked += 1;
+            }
+            assert_eq!(lazy.global("no_such_symbol_anywhere"), None);
+            assert_eq!(
+                lazy.global("memcpy").is_some(),
+                eager.global("memcpy").is_some()
+            );
+        }
+        assert!(checked > 1000, "only {checked} names checked");
+        let libc = std::fs::read("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
+        let lazy =
+            ElfSymbols::parse_shared("libc", SharedBytes(std::sync::Arc::new(libc))).unwrap();
+        let memcpy = lazy.global("memcpy").unwrap();
+        assert!(memcpy.ifunc, "the default memcpy is an IFUNC");
+        assert!(
+            lazy.global("errno").unwrap().tls,
+            "glibc exports errno as TLS"
+        );
+    }
+
+    /// A library linked with only the SysV hash table is read whole, as before.
+    #[test]
+    fn a_file_without_gnu_hash_is_read_whole() {
+        let dir = std::env::temp_dir().join(format!("suture-elf-sysv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("l.c");
+        std::fs::write(&src, "int exported_one(void) { return 1; }\n").unwrap();
+        let so = dir.join("l.so");
+        let st = std::process::Command::new("gcc")
+            .args(["-shared", "-fPIC", "-Wl,--hash-style=sysv", "-o"])
+            .arg(&so)
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let data = std::fs::read(&so).unwrap();
+        let lazy =
+            ElfSymbols::parse_shared("l.so", SharedBytes(std::sync::Arc::new(data))).unwrap();
+        assert!(lazy.dynamic.is_none());
+        assert!(lazy.globals.contains_key("exported_one"));
+        assert!(lazy.global("exported_one").is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -749,17 +749,7 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
             keep.push(a);
             continue;
         }
-        let result = suture_process::targets::revert(
-            &a.patch_id,
-            &Targets::Pids(vec![pid]),
-            opts.timeout,
-            true,
-        )
-        .map_err(|e| e.to_string())
-        .and_then(|mut it| match it.next() {
-            Some(o) => o.result.map(|_| ()).map_err(|e| e.to_string()),
-            None => Ok(()),
-        });
+        let result = revert_in(&a.patch_id, pid, opts.timeout);
         match result {
             Ok(()) => reverted.push(RevertedReport {
                 patch_id: a.patch_id.clone(),
@@ -948,10 +938,21 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
                 st.applied
                     .retain(|a| !(a.patch_id == s.meta.patch_id && Some(a.process) == process));
             };
-            let outcomes = match bundle::apply(b, &Targets::Pids(pending.clone()), &bopts) {
-                Ok(it) => it
-                    .map(|o| (o, crate::exec_events::monotonic_ns()))
-                    .collect::<Vec<_>>(),
+            let mut done = Vec::new();
+            let each = |o: suture_process::targets::ProcessOutcome<_, _>| {
+                done.push((o, crate::exec_events::monotonic_ns()));
+            };
+            let started = bundle::apply(
+                b,
+                &Targets::Pids(pending.clone()),
+                &bopts,
+                suture_process::targets::DEFAULT_JOBS,
+                each,
+            );
+            // Outcomes arrive as processes finish; the reports below pair them with `pending`.
+            done.sort_by_key(|(o, _)| pending.iter().position(|p| *p == o.pid));
+            let outcomes = match started {
+                Ok(()) => done,
                 Err(e) => {
                     for (p, ident) in pending.iter().zip(&idents) {
                         forget(st, *ident);
@@ -983,15 +984,7 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
                         {
                             let pid = o.pid;
                             let reverted = !ident.is_some_and(|p| p.alive())
-                                || suture_process::targets::revert(
-                                    &s.meta.patch_id,
-                                    &Targets::Pids(vec![pid]),
-                                    opts.timeout,
-                                    true,
-                                )
-                                .ok()
-                                .and_then(|mut it| it.next())
-                                .is_some_and(|r| r.result.is_ok());
+                                || revert_in(&s.meta.patch_id, pid, opts.timeout).is_ok();
                             if reverted {
                                 forget(st, ident);
                             }
@@ -1196,4 +1189,19 @@ pub fn status(state_dir: &Path) -> Result<Status> {
             })
             .collect(),
     })
+}
+
+/// Reverts `patch_id` in process `pid` (with the suspended-frame scan); `Ok` when it is not
+/// live there either.
+fn revert_in(
+    patch_id: &str,
+    pid: Pid,
+    timeout: std::time::Duration,
+) -> std::result::Result<(), String> {
+    let mut result = Ok(());
+    suture_process::targets::revert(patch_id, &Targets::Pids(vec![pid]), timeout, true, 1, |o| {
+        result = o.result.map(|_| ()).map_err(|e| e.to_string());
+    })
+    .map_err(|e| e.to_string())?;
+    result
 }

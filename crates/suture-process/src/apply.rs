@@ -44,7 +44,7 @@ use crate::retstub::StubArea;
 use crate::stack::{BusyRange, Finding, StackSnapshot, UnwindInfo};
 use crate::stop::{Registers, StoppedProcess};
 use crate::suspended::{ReturnSites, SuspendedFrame};
-use crate::symbols::{ElfSymbols, LiveResolver, Mapped, TargetResolver};
+use crate::symbols::{ElfSymbols, LiveResolver, Mapped, SharedBytes, TargetResolver};
 
 /// What happened to the target when an operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -608,8 +608,9 @@ fn load_objects(
         let Ok(bytes) = crate::sys::MappedFile::open(&open) else {
             continue;
         };
+        let bytes = std::sync::Arc::new(bytes);
         let name = path.to_string_lossy().into_owned();
-        let Ok(symbols) = ElfSymbols::parse(&name, &bytes) else {
+        let Ok(symbols) = ElfSymbols::parse_shared(&name, SharedBytes(bytes.clone())) else {
             continue;
         };
         let bias = symbols.bias(m.start);
@@ -631,7 +632,7 @@ fn load_objects(
             bias,
             is_exec: *path == exe,
         });
-        files.push((name, std::sync::Arc::new(bytes), bias, code));
+        files.push((name, bytes, bias, code));
     }
     let Some(patched) = patched_at else {
         return Err(ApplyError::Target(

@@ -142,10 +142,8 @@ impl BuildIds {
 /// The bundle's symbols as a symbol table for the patched object (used where the mapped file
 /// is stripped).
 pub fn bundle_symbols(m: &Manifest) -> ElfSymbols {
-    let mut t = ElfSymbols {
-        has_symtab: true,
-        ..Default::default()
-    };
+    let mut t = ElfSymbols::default();
+    t.has_symtab = true;
     for s in &m.symbols {
         let sym = Sym {
             value: s.address,
@@ -160,7 +158,7 @@ pub fn bundle_symbols(m: &Manifest) -> ElfSymbols {
                 .or_default()
                 .push(sym),
             None => {
-                t.globals.insert(s.name.clone(), sym);
+                t.insert_global(s.name.clone(), sym);
             }
         }
     }
@@ -186,12 +184,15 @@ pub fn verify_symbols(file: &[u8], symbols: &[Symbol]) -> Vec<String> {
 }
 
 /// Applies `bundle` to each target ([`Targets::All`]: every process mapping a file with the
-/// bundle's build-id). One process per iteration step.
-pub fn apply<'a>(
-    bundle: &'a Bundle,
+/// bundle's build-id), `jobs` at a time ([`crate::targets::for_each_process`]); `each` gets
+/// every outcome as it completes.
+pub fn apply(
+    bundle: &Bundle,
     targets: &Targets,
-    opts: &'a BundleOptions,
-) -> Result<impl Iterator<Item = ProcessOutcome<BundleApplied, BundleError>> + 'a, NoTargets> {
+    opts: &BundleOptions,
+    jobs: usize,
+    each: impl FnMut(ProcessOutcome<BundleApplied, BundleError>),
+) -> Result<(), NoTargets> {
     let m = &bundle.manifest;
     let build_id = suture_bundle::parse_hex(&m.target.build_id).unwrap_or_default();
     let mut cache = BuildIds::default();
@@ -213,12 +214,10 @@ pub fn apply<'a>(
     };
     let symbols = Arc::new(bundle_symbols(m));
     let patch_id = opts.patch_id.clone().unwrap_or_else(|| m.patch_id.clone());
-    Ok(pids.into_iter().map(move |pid| {
-        let result = apply_one(
-            bundle, pid, &build_id, &symbols, &patch_id, opts, &mut cache,
-        );
-        ProcessOutcome { pid, result }
-    }))
+    let cache = std::sync::Mutex::new(cache);
+    let work = |pid| apply_one(bundle, pid, &build_id, &symbols, &patch_id, opts, &cache);
+    crate::targets::for_each_process(pids, jobs, work, each);
+    Ok(())
 }
 
 fn apply_one(
@@ -228,17 +227,18 @@ fn apply_one(
     symbols: &Arc<ElfSymbols>,
     patch_id: &str,
     opts: &BundleOptions,
-    cache: &mut BuildIds,
+    cache: &std::sync::Mutex<BuildIds>,
 ) -> Result<BundleApplied, BundleError> {
     let m = &bundle.manifest;
-    let (object, open) =
-        cache
-            .find_object(pid, build_id)
-            .map_err(|maps| BundleError::NotMapped {
-                build_id: m.target.build_id.clone(),
-                file_name: m.target.file_name.clone(),
-                maps,
-            })?;
+    let (object, open) = cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .find_object(pid, build_id)
+        .map_err(|maps| BundleError::NotMapped {
+            build_id: m.target.build_id.clone(),
+            file_name: m.target.file_name.clone(),
+            maps,
+        })?;
     let data = std::fs::read(&open).map_err(|error| BundleError::Read {
         object: object.clone(),
         error,

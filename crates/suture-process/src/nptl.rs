@@ -74,15 +74,12 @@ impl ThreadLibrary {
         let read = |addr: u64, buf: &mut [u8]| mem.read(crate::ids::RemoteAddr(addr), buf).is_ok();
         let libc = mapped
             .iter()
-            .find(|m| m.symbols.globals.contains_key("_thread_db_pthread_tid"))?;
-        let rtld = mapped.iter().find_map(|m| {
-            Some(
-                m.bias
-                    .wrapping_add(m.symbols.globals.get("_rtld_global")?.value),
-            )
-        })?;
+            .find(|m| m.symbols.global("_thread_db_pthread_tid").is_some())?;
+        let rtld = mapped
+            .iter()
+            .find_map(|m| Some(m.bias.wrapping_add(m.symbols.global("_rtld_global")?.value)))?;
         let at = |name: &str| {
-            let s = libc.symbols.globals.get(name)?;
+            let s = libc.symbols.global(name)?;
             Some(libc.bias.wrapping_add(s.value))
         };
         // A field descriptor: { size in bits, element count, offset } (nptl_db's db_desc_t).

@@ -203,7 +203,7 @@ pub fn may_unwind_through(mapped: &[crate::symbols::Mapped]) -> bool {
             .dyn_relocs
             .iter()
             .any(|r| r.symbol.as_deref().is_some_and(|s| THROW.contains(&s)))
-            || (m.is_exec && THROW.iter().any(|s| m.symbols.globals.contains_key(*s)))
+            || (m.is_exec && THROW.iter().any(|s| m.symbols.global(s).is_some()))
     })
 }
 

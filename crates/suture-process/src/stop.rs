@@ -29,7 +29,7 @@ use nix::sys::ptrace;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -115,6 +115,16 @@ impl Thread {
 /// mistake the first one's tracees for its own.
 static HELD: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
+/// Signalled when a process leaves [`HELD`].
+static RELEASED: Condvar = Condvar::new();
+
+/// How long a stop waits for another process's stop (of this suture) to end. Operations on
+/// several processes run side by side ([`crate::targets`]), but their stops take turns: two
+/// stops at once would share the processors and lengthen both targets' stop windows. A stop
+/// lasts milliseconds; the bound only keeps a caller that holds one process stopped while it
+/// stops another from waiting for itself.
+const TURN_WAIT: Duration = Duration::from_secs(2);
+
 fn npid(tid: Tid) -> nix::unistd::Pid {
     nix::unistd::Pid::from_raw(tid.0)
 }
@@ -168,6 +178,17 @@ impl StoppedProcess {
         let mem = ProcessMemory::open(pid)?;
         {
             let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+            let deadline = Instant::now() + TURN_WAIT;
+            while !held.is_empty() && !held.contains(&pid.0) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                held = RELEASED
+                    .wait_timeout(held, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
             if !held.insert(pid.0) {
                 return Err(Error::AlreadyTraced {
                     pid,
@@ -391,6 +412,7 @@ fn unhold(pid: Pid) {
     HELD.lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&pid.0);
+    RELEASED.notify_all();
 }
 
 fn tracer_main(

@@ -10,7 +10,7 @@ use crate::ids::RemoteAddr;
 use crate::link::{Request, Resolver, Value};
 
 /// The symbols of linked ELF files (parsed by `suture-elf`, shared with `suture-build`).
-pub use suture_elf::{DynReloc, ElfError as SymbolsError, ElfSymbols, Sym};
+pub use suture_elf::{DynReloc, ElfError as SymbolsError, ElfSymbols, SharedBytes, Sym};
 
 /// One file mapped into the target.
 pub struct Mapped {
@@ -63,7 +63,7 @@ impl<'m> TargetResolver<'m> {
     pub fn definer(&self, name: &str) -> Option<(&'m Mapped, Sym)> {
         self.search
             .iter()
-            .find_map(|m| m.symbols.globals.get(name).map(|s| (*m, *s)))
+            .find_map(|m| m.symbols.global(name).map(|s| (*m, s)))
     }
 
     /// The definition a request binds to (`None`: a weak symbol the target does not define).

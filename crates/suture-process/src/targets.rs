@@ -2,9 +2,14 @@
 //! operation concerns (found by scanning `/proc`). What an agent or the CLI calls; each
 //! process gets its own typed outcome, and one process's failure never stops the others.
 //!
-//! The operations return iterators that do one process per step, so a caller can report each
-//! process as soon as it is done.
+//! Apply and revert work on up to `jobs` processes at once ([`for_each_process`]) and hand
+//! each outcome to the caller's `each` as soon as that process is done, in completion order.
+//! Running several at once matters when processes wait: a busy target's retries and a
+//! transition's checks can take seconds, and a host runs many processes of one binary. Only
+//! one process is stopped at a time (the stop lock of [`crate::stop`]), so overlapping work
+//! never lengthens a target's stop window. Status reads one process per step.
 
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -92,11 +97,56 @@ pub fn with_patch(patch_id: &str) -> Vec<Pid> {
 
 /// Applies a bare patch object (from `suture diff -o`) with `opts` to each target. With
 /// [`Targets::All`], the targets are the processes mapping `opts.object` (a path suffix).
-pub fn apply_object<'a>(
-    patch: &'a [u8],
+/// How many processes apply and revert work on at once unless told otherwise.
+pub const DEFAULT_JOBS: usize = 8;
+
+/// Runs `work` for every pid, on up to `jobs` threads (1: one after another, in order), and
+/// calls `each` on the calling thread with every outcome as it completes.
+pub fn for_each_process<T: Send, E: Send>(
+    pids: Vec<Pid>,
+    jobs: usize,
+    work: impl Fn(Pid) -> Result<T, E> + Sync,
+    mut each: impl FnMut(ProcessOutcome<T, E>),
+) {
+    let jobs = jobs.clamp(1, pids.len().max(1));
+    if jobs == 1 {
+        for pid in pids {
+            each(ProcessOutcome {
+                pid,
+                result: work(pid),
+            });
+        }
+        return;
+    }
+    let queue = Mutex::new(pids.into_iter());
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            let (tx, queue, work) = (tx.clone(), &queue, &work);
+            s.spawn(move || loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let Some(pid) = next else { break };
+                let result = work(pid);
+                if tx.send(ProcessOutcome { pid, result }).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        for o in rx {
+            each(o);
+        }
+    });
+}
+
+/// Applies the patch object to each target, `jobs` at a time; `each` gets every outcome.
+pub fn apply_object(
+    patch: &[u8],
     targets: &Targets,
-    opts: &'a ApplyOptions,
-) -> Result<impl Iterator<Item = ProcessOutcome<Applied>> + 'a, NoTargets> {
+    opts: &ApplyOptions,
+    jobs: usize,
+    each: impl FnMut(ProcessOutcome<Applied>),
+) -> Result<(), NoTargets> {
     let pids = match targets {
         Targets::Pids(p) => p.clone(),
         Targets::All => {
@@ -110,20 +160,20 @@ pub fn apply_object<'a>(
             found
         }
     };
-    Ok(pids.into_iter().map(move |pid| ProcessOutcome {
-        pid,
-        result: apply::apply(pid, patch, opts),
-    }))
+    for_each_process(pids, jobs, |pid| apply::apply(pid, patch, opts), each);
+    Ok(())
 }
 
 /// Reverts patch `patch_id` in each target. With [`Targets::All`], the targets are the
 /// processes where it is live.
-pub fn revert<'a>(
-    patch_id: &'a str,
+pub fn revert(
+    patch_id: &str,
     targets: &Targets,
     timeout: Duration,
     scan_suspended: bool,
-) -> Result<impl Iterator<Item = ProcessOutcome<apply::Reverted>> + 'a, NoTargets> {
+    jobs: usize,
+    each: impl FnMut(ProcessOutcome<apply::Reverted>),
+) -> Result<(), NoTargets> {
     let pids = match targets {
         Targets::Pids(p) => p.clone(),
         Targets::All => with_patch(patch_id),
@@ -133,10 +183,9 @@ pub fn revert<'a>(
             patch_id: patch_id.to_string(),
         });
     }
-    Ok(pids.into_iter().map(move |pid| ProcessOutcome {
-        pid,
-        result: apply::revert_with(pid, patch_id, timeout, scan_suspended),
-    }))
+    let work = |pid| apply::revert_with(pid, patch_id, timeout, scan_suspended);
+    for_each_process(pids, jobs, work, each);
+    Ok(())
 }
 
 /// The patch regions of each target ([`Targets::All`]: every process but this one; processes

@@ -427,14 +427,14 @@ fn ifunc_symbols_of_libc_and_of_the_executable() {
     std::fs::write(dir.join("main.c"), fixture("ifunc", "main.c")).unwrap();
     gcc(&dir, &["-O2", "main.c", s(&orig), s(&ifuncs), "-o", "prog"]);
     let exe = ElfSymbols::parse("prog", &std::fs::read(dir.join("prog")).unwrap()).unwrap();
-    assert!(exe.globals["add_one"].ifunc && exe.globals["sub_one"].ifunc);
+    assert!(exe.global("add_one").unwrap().ifunc && exe.global("sub_one").unwrap().ifunc);
 
     let mut prog = Program::spawn(&mut Command::new(dir.join("prog")));
     let pid = prog.pid;
     prog.expect_all(&["m=1 a=2".to_string()]);
     // The libc the program runs really implements both as IFUNCs.
     let libc = mapped_libc(pid);
-    assert!(libc.globals["strlen"].ifunc && libc.globals["memcpy"].ifunc);
+    assert!(libc.global("strlen").unwrap().ifunc && libc.global("memcpy").unwrap().ifunc);
 
     // sub_one: its resolver runs in the target (see ifunc_never_resolved_*).
     apply(pid, &cold, &opts("cold", None)).expect("apply");
@@ -510,7 +510,7 @@ fn ifunc_never_resolved_is_chosen_as_ld_so_would() {
     // glibc really has no resolved slot of its own for them.
     let libc = mapped_libc(pid);
     for name in ["wcsrchr", "strstr"] {
-        let sym = libc.globals[name];
+        let sym = libc.global(name).unwrap();
         assert!(sym.ifunc, "{name} is an IFUNC in this libc");
         assert!(
             !libc
@@ -739,7 +739,7 @@ fn stderr_first_used_by_the_fix() {
     gcc(&dir, &["-O2", "main.c", s(&orig), "-o", "prog"]);
     let exe = ElfSymbols::parse("prog", &std::fs::read(dir.join("prog")).unwrap()).unwrap();
     assert!(exe.relocatable, "a PIE executable");
-    assert!(!exe.globals.contains_key("stderr"), "no copy of stderr");
+    assert!(exe.global("stderr").is_none(), "no copy of stderr");
 
     let mut prog = Program::spawn(&mut Command::new(dir.join("prog")));
     let pid = prog.pid;

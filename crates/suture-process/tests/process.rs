@@ -849,7 +849,7 @@ fn threads_inside_the_vdso_unwind_exactly() {
         .expect("the executable is mapped");
     let bias = syms.bias(first.start.0);
     let range = |name: &str| {
-        let s = &syms.globals[name];
+        let s = &syms.global(name).unwrap();
         assert!(s.size > 0, "{name} has a size");
         BusyRange {
             range: bias + s.value..bias + s.value + s.size,

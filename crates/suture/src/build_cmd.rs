@@ -170,7 +170,8 @@ pub fn apply_bundle(
     };
     let mut results = Vec::new();
     let mut failed = 0;
-    for o in bundle::apply(&bundle, &crate::process_cmd::targets(req), &opts)? {
+    let targets = crate::process_cmd::targets(req);
+    bundle::apply(&bundle, &targets, &opts, req.jobs, |o| {
         let pid = o.pid;
         match o.result {
             Ok(bundle::BundleApplied { object, applied: a }) => {
@@ -190,7 +191,8 @@ pub fn apply_bundle(
                 results.push(json!({"pid": pid.0, "applied": false, "error": e.to_string(), "outcome": e.outcome(), "busy": e.busy()}));
             }
         }
-    }
+    })?;
+    crate::process_cmd::sort_by_pid(&mut results);
     let files = patched_files(&results);
     if req.json {
         crate::out(&format!(

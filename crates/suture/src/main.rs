@@ -145,6 +145,12 @@ enum Command {
         /// moved by on-stack replacement where the patch maps them, or the patch is reverted.
         #[arg(long, value_name = "SECONDS", requires = "transition")]
         transition_timeout: Option<f64>,
+        /// How many processes to work on at once (with several `--pid` or `--all`). Their
+        /// stops still take turns, so no target is stopped longer; waiting (a busy target's
+        /// retries, a transition) overlaps. 1: one process after another.
+        #[arg(long, default_value_t = suture_process::targets::DEFAULT_JOBS as u16,
+              value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+        jobs: u16,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -172,6 +178,12 @@ enum Command {
         /// coroutines: a coroutine suspended in the patch would finish that call in it.
         #[arg(long)]
         no_suspended_scan: bool,
+        /// How many processes to work on at once (with several `--pid` or `--all`). Their
+        /// stops still take turns, so no target is stopped longer; waiting (a busy target's
+        /// retries, a transition) overlaps. 1: one process after another.
+        #[arg(long, default_value_t = suture_process::targets::DEFAULT_JOBS as u16,
+              value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+        jobs: u16,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -438,6 +450,7 @@ fn main() -> ExitCode {
             no_osr,
             transition,
             transition_timeout,
+            jobs,
             json,
         } => process_cmd::apply(
             &patch,
@@ -451,6 +464,7 @@ fn main() -> ExitCode {
                 scan_suspended: !no_suspended_scan,
                 move_frames: !no_osr,
                 transition: transition.then_some(transition_timeout.unwrap_or(60.0)),
+                jobs: jobs.into(),
                 json,
             },
         ),
@@ -460,8 +474,17 @@ fn main() -> ExitCode {
             all,
             timeout,
             no_suspended_scan,
+            jobs,
             json,
-        } => process_cmd::revert(&id, &pids, all, timeout, !no_suspended_scan, json),
+        } => process_cmd::revert(
+            &id,
+            &pids,
+            all,
+            timeout,
+            !no_suspended_scan,
+            jobs.into(),
+            json,
+        ),
         Command::Status { pid, json } => process_cmd::status(pid, json),
         Command::Build {
             source,

@@ -49,6 +49,8 @@ pub struct ApplyRequest {
     /// `--transition`: switch at once with a per-thread transition, which may take this many
     /// seconds (`--transition-timeout`).
     pub transition: Option<f64>,
+    /// How many processes to work on at once (`--jobs`).
+    pub jobs: usize,
     pub json: bool,
 }
 
@@ -154,7 +156,7 @@ pub fn apply(patch: &Path, req: ApplyRequest) -> Result<u8> {
     let json = req.json;
     let mut results = Vec::new();
     let mut failed = 0;
-    for o in targets::apply_object(&bytes, &targets(&req), &opts)? {
+    targets::apply_object(&bytes, &targets(&req), &opts, req.jobs, |o| {
         let pid = o.pid;
         match o.result {
             Ok(a) => {
@@ -174,8 +176,9 @@ pub fn apply(patch: &Path, req: ApplyRequest) -> Result<u8> {
                 results.push(json!({"pid": pid.0, "applied": false, "error": e.to_string(), "outcome": e.outcome(), "busy": e.busy()}));
             }
         }
-    }
+    })?;
     if json {
+        sort_by_pid(&mut results);
         crate::out(&format!(
             "{}\n",
             serde_json::to_string_pretty(
@@ -184,6 +187,12 @@ pub fn apply(patch: &Path, req: ApplyRequest) -> Result<u8> {
         ));
     }
     Ok(if failed == 0 { exit::OK } else { exit::ERROR })
+}
+
+/// Orders per-process results by pid: processes are worked on side by side and finish in
+/// any order; the JSON lists them in a stable one.
+pub(crate) fn sort_by_pid(results: &mut [serde_json::Value]) {
+    results.sort_by_key(|r| r["pid"].as_i64());
 }
 
 /// The patch id `revert` means by `arg`: a bundle file stands for the id in its manifest, a
@@ -214,13 +223,15 @@ pub fn revert(
     all: bool,
     timeout: f64,
     scan_suspended: bool,
+    jobs: usize,
     json: bool,
 ) -> Result<u8> {
     let timeout = seconds(timeout)?;
     let id = &patch_id_of(arg)?;
     let mut results = Vec::new();
     let mut failed = 0;
-    for o in targets::revert(id, &pids_or_all(pids, all), timeout, scan_suspended)? {
+    let which = pids_or_all(pids, all);
+    targets::revert(id, &which, timeout, scan_suspended, jobs, |o| {
         let pid = o.pid;
         match o.result {
             Ok(r) => {
@@ -244,8 +255,9 @@ pub fn revert(
                 results.push(json!({"pid": pid.0, "reverted": false, "error": e.to_string(), "outcome": e.outcome(), "busy": e.busy()}));
             }
         }
-    }
+    })?;
     if json {
+        sort_by_pid(&mut results);
         crate::out(&format!(
             "{}\n",
             serde_json::to_string_pretty(
@@ -297,7 +309,11 @@ pub fn status(pid: Option<i32>, json: bool) -> Result<u8> {
     }
     let mut text = String::new();
     if !live.iter().any(|l| l.header.state == State::Live) {
-        text.push_str("no live patches\n");
+        text.push_str(if live.is_empty() {
+            "no live patches\n"
+        } else {
+            "no live patches; regions of patches that are not live:\n"
+        });
     }
     // Live patches first; then regions kept after a revert ("reverted": the program may still
     // point into them, and the next apply of that patch reuses them) and leftovers of an

@@ -500,7 +500,7 @@ fn fix_using_stderr_for_the_first_time_applies() {
     let exe = std::fs::read(src.join("prog")).unwrap();
     let syms = suture_process::symbols::ElfSymbols::parse("prog", &exe).unwrap();
     assert!(
-        !syms.globals.contains_key("stderr"),
+        syms.global("stderr").is_none(),
         "the executable defines stderr"
     );
 

@@ -96,13 +96,7 @@ fn applied_with(patch: &Path, pid: u32, extra: &[&str]) -> serde_json::Value {
         .args(extra)
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    succeeded(&out)
 }
 
 /// `suture revert ID --pid PID`, which must succeed (`what` names the case).
@@ -367,7 +361,12 @@ fn apply_status_revert_through_the_cli() {
     );
     only(&rx, OLD, "after revert");
     let out = suture().args(["status", "--pid", &pid]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("no live patches"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("no live patches; regions of patches that are not live:\n")
+            && text.contains("(reverted)"),
+        "{text}"
+    );
 
     // Errors: a process that does not exist, a patch that is not live.
     let out = suture()
@@ -558,6 +557,37 @@ fn start_workers(dir: &Path) -> (KillOnDrop, Lines, std::process::ChildStdin) {
     (child, rx, stdin)
 }
 
+/// Wakes both workers of every program (`w0`, `w1` on its stdin) until the `suture apply
+/// --json` running on `applying` is done (each call that began in the old code ends there),
+/// and returns its JSON once it succeeded.
+fn woken_until_applied(
+    applying: std::thread::JoinHandle<std::process::Output>,
+    stdins: &mut [&mut std::process::ChildStdin],
+) -> serde_json::Value {
+    use std::io::Write;
+    let mut woken = 0;
+    while !applying.is_finished() {
+        for stdin in stdins.iter_mut() {
+            writeln!(stdin, "w0\nw1").unwrap();
+        }
+        woken += 1;
+        assert!(woken < 1000, "the transition never completed");
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    succeeded(&applying.join().unwrap())
+}
+
+/// The JSON a suture command printed, once it exited with status 0.
+fn succeeded(out: &std::process::Output) -> serde_json::Value {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// SIGKILL while `apply --transition --no-osr` drives its transition (right after the switch,
 /// and with return stubs armed for the waiting workers; without `--no-osr` their frames would
 /// move at the switch): every thread stays on one version. The
@@ -631,7 +661,6 @@ fn sigkill_during_a_transition_leaves_every_thread_on_one_version() {
 /// until they left it, and reports it in `--json`.
 #[test]
 fn apply_with_a_transition_through_the_cli() {
-    use std::io::Write;
     let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "kill", "transition-cli");
     let patch = workers(&dir);
     let (child, _rx, mut stdin) = start_workers(&dir);
@@ -653,22 +682,7 @@ fn apply_with_a_transition_through_the_cli() {
                 .unwrap()
         }
     });
-    // Wake the workers until apply is done: each call that began in the old code ends there.
-    let mut woken = 0;
-    while !applying.is_finished() {
-        writeln!(stdin, "w0\nw1").unwrap();
-        woken += 1;
-        assert!(woken < 1000, "the transition never completed");
-        std::thread::sleep(std::time::Duration::from_millis(30));
-    }
-    let out = applying.join().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = woken_until_applied(applying, &mut [&mut stdin]);
     let t = &v["processes"][0]["result"]["transition"];
     assert_eq!(t["completed"], "returned", "{v:#}");
     assert_eq!(t["old_threads"].as_array().map(Vec::len), Some(2), "{v:#}");
@@ -686,4 +700,75 @@ fn apply_with_a_transition_through_the_cli() {
         String::from_utf8_lossy(&bad.stderr).contains("required arguments were not provided"),
         "--transition-timeout needs --transition"
     );
+}
+
+/// Several processes are worked on side by side: `apply --transition` on two programs whose
+/// workers wait inside the replaced function has both transitions running at once. Worked on
+/// one after the other, the second could not start before the first completed, and the first
+/// completes only once its workers are woken, which the test does only after it has seen both
+/// processes in transition. Then both complete, and the JSON lists the processes in pid order.
+#[test]
+fn transitions_of_several_processes_run_side_by_side() {
+    let dir = Scratch::new(env!("CARGO_TARGET_TMPDIR"), "kill", "transition-jobs");
+    let patch = workers(&dir);
+    let (a, _rxa, mut ina) = start_workers(&dir);
+    let (b, _rxb, mut inb) = start_workers(&dir);
+    let pids = [a.id(), b.id()];
+    let applying = std::thread::spawn({
+        let patch = patch.clone();
+        move || {
+            suture()
+                .arg("apply")
+                .arg(&patch)
+                .args(["--pid", &pids[0].to_string(), "--pid", &pids[1].to_string()])
+                .args(["--transition", "--transition-timeout", "300", "--no-osr"])
+                .arg("--json")
+                .output()
+                .unwrap()
+        }
+    });
+    let in_transition = |pid: u32| {
+        let out = suture()
+            .args(["status", "--json", "--pid", &pid.to_string()])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["patches"][0]["old_threads"].as_array().map(Vec::len) == Some(2)
+            && v["patches"][0].get("transition_driver").is_some()
+    };
+    suture_testkit::wait_until(
+        "both processes to be in transition at once",
+        suture_testkit::WAIT,
+        || pids.iter().all(|&p| in_transition(p)),
+    );
+    assert!(!applying.is_finished());
+    let v = woken_until_applied(applying, &mut [&mut ina, &mut inb]);
+    let listed: Vec<u64> = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap())
+        .collect();
+    let mut sorted = pids.map(u64::from).to_vec();
+    sorted.sort();
+    assert_eq!(listed, sorted, "{v:#}");
+    for p in v["processes"].as_array().unwrap() {
+        assert_eq!(p["result"]["transition"]["completed"], "returned", "{v:#}");
+    }
+    let out = suture()
+        .args(["revert", "workers.patch", "--jobs", "1"])
+        .args(["--pid", &pids[0].to_string(), "--pid", &pids[1].to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = suture()
+        .args(["revert", "workers.patch", "--jobs", "0", "--all"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1), "--jobs 0 is refused");
 }

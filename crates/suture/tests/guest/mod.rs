@@ -128,14 +128,37 @@ pub fn notes(kernel: &GuestKernel) -> PathBuf {
     path
 }
 
-/// A scratch directory for one test (unique per process and tag).
+/// A scratch directory for one test (unique per process and tag). Directories that test
+/// processes no longer running left behind (tens of MB each: initramfs, modules) are removed
+/// first, so repeated local runs do not fill the disk; a failed test's directory stays until
+/// the next run, for inspection.
 pub fn scratch(tag: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("guest")
-        .join(format!("{tag}-{}", std::process::id()));
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guest");
+    prune_dead_scratch(&root);
+    let d = root.join(format!("{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// Removes `<tag>-<pid>` directories under `root` whose process is gone.
+fn prune_dead_scratch(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.rsplit_once('-'))
+            .and_then(|(_, p)| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// The test fixtures directory (`tests/guest/fixtures`).
