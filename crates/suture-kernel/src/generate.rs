@@ -35,7 +35,9 @@
 //! the target does not have, duplicated names that cannot be told apart, jump labels,
 //! alternatives and paravirt sites whose relocations need a non-exported symbol of a *module*
 //! (the module loader processes those tables before livepatch resolves module symbols; vmlinux
-//! symbols are resolved before them), kernels built with LTO or IBT.
+//! symbols are resolved before them), kernels built with LTO or kCFI, and with IBT
+//! (`CONFIG_X86_KERNEL_IBT`) a reference that newly takes the address of a kernel function
+//! whose `ENDBR` the kernel may have sealed ([`crate::ibt`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -210,8 +212,17 @@ struct ObjectPlan {
     callbacks: BTreeMap<&'static str, String>,
 }
 
-/// Refuses kernel configurations livepatch modules built this way cannot serve.
-pub fn check_config(headers: &Headers) -> Result<(), Error> {
+/// What of the target's configuration the generator must follow.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// `CONFIG_X86_KERNEL_IBT`: unused `ENDBR`s are sealed, so a patch must not newly take
+    /// the address of a kernel function (see [`crate::ibt`]).
+    pub ibt: bool,
+}
+
+/// Refuses kernel configurations livepatch modules built this way cannot serve; returns what
+/// the generator must follow for the others.
+pub fn check_config(headers: &Headers) -> Result<Config, Error> {
     let cfg = std::fs::read_to_string(headers.dir.join(".config"))
         .map_err(io(format!("reading {}/.config", headers.dir.display())))?;
     let set = |k: &str| cfg.lines().any(|l| l == format!("{k}=y"));
@@ -224,8 +235,9 @@ pub fn check_config(headers: &Headers) -> Result<(), Error> {
             "its code is only final after link-time optimisation, so objects of single units do not match it",
         ),
         (
-            "CONFIG_X86_KERNEL_IBT",
-            "indirect-branch tracking seals function entries that suture would have to keep",
+            "CONFIG_CFI_CLANG",
+            "kCFI checks a type hash in front of every indirect-call target (and FineIBT \
+             rewrites it at boot), which suture neither compares nor emits",
         ),
     ] {
         if set(k) {
@@ -235,7 +247,9 @@ pub fn check_config(headers: &Headers) -> Result<(), Error> {
             });
         }
     }
-    Ok(())
+    Ok(Config {
+        ibt: set("CONFIG_X86_KERNEL_IBT"),
+    })
 }
 
 /// Checks that `headers.cc` is the compiler the kernel was built with.
@@ -468,7 +482,7 @@ pub fn not_in_vmlinux(
 }
 
 pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
-    check_config(&opts.headers)?;
+    let config = check_config(&opts.headers)?;
     check_compiler(&opts.headers)?;
     let symvers = read_symvers(&opts.headers)?;
     let namespaces = read_symbol_namespaces(&opts.headers)?;
@@ -677,6 +691,20 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
                 Err(e) => refuse(&mut refusals, unit, &name, e),
             }
         }
+        if config.ibt {
+            let patch = suture_object::Object::parse(unit.patch).map_err(|e| Error::BadObject {
+                unit: unit.source.clone(),
+                which: "patch object",
+                message: e.to_string(),
+            })?;
+            let target = IbtTarget {
+                symvers: &symvers,
+                tables: [own_table(&unit.object), vmlinux.as_ref()],
+            };
+            for (name, why) in crate::ibt::newly_taken(&orig, &patch, &target) {
+                refuse(&mut refusals, unit, &name, why);
+            }
+        }
         // vmlinux-specific livepatch relocations are applied by the module loader itself
         // (`apply_relocations`, before `module_finalize` and jump labels); module-specific
         // ones only when livepatch initialises the object, after those tables were processed.
@@ -794,6 +822,25 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
         klp_symbols: summary.klp_symbols,
         notes,
     })
+}
+
+/// The target's symbols as the IBT check needs them: exports and kallsyms types.
+struct IbtTarget<'a> {
+    symvers: &'a HashMap<String, String>,
+    tables: [Option<&'a ObjectSymbols>; 2],
+}
+
+impl crate::ibt::Target for IbtTarget<'_> {
+    fn exported(&self, name: &str) -> bool {
+        self.symvers.contains_key(name)
+    }
+
+    fn is_function(&self, name: &str) -> bool {
+        self.tables
+            .iter()
+            .flatten()
+            .any(|t| t.named(name).iter().any(|&i| t.syms[i].class == 't'))
+    }
 }
 
 /// A `key=value` of a module's `.modinfo`.
