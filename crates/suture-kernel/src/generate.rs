@@ -304,7 +304,9 @@ pub fn read_symvers(headers: &Headers) -> Result<HashMap<String, String>, Error>
         .collect())
 }
 
-/// Finds `<module>.ko` under `dirs` (module names use `_` where file names may use `-`).
+/// Finds `<module>.ko` under `dirs` (module names use `_` where file names may use `-`), or
+/// its compressed form (`.ko.xz`, `.ko.zst`, `.ko.gz`: Debian 13 installs `.ko.xz`), which
+/// [`kallsyms::read_module`] reads.
 pub fn find_module(dirs: &[PathBuf], module: &str) -> Option<PathBuf> {
     fn walk(dir: &Path, want: &str, depth: usize) -> Option<PathBuf> {
         if depth > 12 {
@@ -315,7 +317,11 @@ pub fn find_module(dirs: &[PathBuf], module: &str) -> Option<PathBuf> {
         for e in &entries {
             let p = e.path();
             let name = e.file_name().to_string_lossy().replace('-', "_");
-            if name == want && p.is_file() {
+            let plain = kallsyms::COMPRESSED
+                .iter()
+                .find_map(|(ext, _)| name.strip_suffix(ext))
+                .unwrap_or(&name);
+            if plain == want && p.is_file() {
                 return Some(p);
             }
         }
