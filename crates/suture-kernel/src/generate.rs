@@ -150,6 +150,8 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 pub struct Refusal {
     pub unit: String,
     pub symbol: String,
+    /// The refusal's kind where it has one of the report's kinds.
+    pub kind: Option<suture_object::report::UnsupportedKind>,
     pub reason: String,
 }
 
@@ -498,6 +500,7 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
         refusals.push(Refusal {
             unit: unit.source.clone(),
             symbol: symbol.to_string(),
+            kind: None,
             reason,
         })
     };
@@ -708,7 +711,12 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
                 tables: [own_table(&unit.object), vmlinux.as_ref()],
             };
             for (name, why) in crate::ibt::newly_taken(&orig, &patch, &target) {
-                refuse(&mut refusals, unit, &name, why);
+                refusals.push(Refusal {
+                    unit: unit.source.clone(),
+                    symbol: name,
+                    kind: Some(suture_object::report::UnsupportedKind::IbtAddressTaken),
+                    reason: why,
+                });
             }
         }
         // vmlinux-specific livepatch relocations are applied by the module loader itself

@@ -664,10 +664,24 @@ fn suture_build(
 ) -> (Option<i32>, serde_json::Value, String) {
     let diff = work.join(format!("{}.diff", fix.name));
     fix_diff(cache, release, fix, &diff);
+    suture_build_diff(cache, release, kernel, fix.name, &diff, work, extra)
+}
+
+/// `suture build --kernel --json` of the fix `diff` (called `name`) for `kernel`: its exit
+/// code and report.
+fn suture_build_diff(
+    cache: &Path,
+    release: &str,
+    kernel: &GuestKernel,
+    name: &str,
+    diff: &Path,
+    work: &Path,
+    extra: &[&str],
+) -> (Option<i32>, serde_json::Value, String) {
     let kallsyms = guest::kallsyms(kernel);
     let notes = guest::notes(kernel);
-    let out = work.join(fix.name);
-    let id = format!("suture_{}", fix.name);
+    let out = work.join(name);
+    let id = format!("suture_{name}");
     let tree = cache.join(format!("kernel-tree-{release}"));
     let args =
         |c: &mut Command, tree: &Path, diff: &Path, out: &Path, k: &Path, n: &Path, m: &Path| {
@@ -691,7 +705,7 @@ fn suture_build(
             args(
                 &mut c,
                 &tree,
-                &diff,
+                diff,
                 &out,
                 &kallsyms,
                 &notes,
@@ -702,17 +716,13 @@ fn suture_build(
         Some(root) => {
             // The release's compiler and kbuild tools run only in its chroot, so suture runs
             // there, with copies of its inputs (the modules as hard links) in a directory of it.
-            let inner = PathBuf::from(format!(
-                "/tmp/suture-real-{}-{}",
-                std::process::id(),
-                fix.name
-            ));
+            let inner = PathBuf::from(format!("/tmp/suture-real-{}-{name}", std::process::id()));
             let host = root.join(inner.strip_prefix("/").unwrap());
             let _ = std::fs::remove_dir_all(&host);
             std::fs::create_dir_all(&host).unwrap();
             for (from, to) in [
                 (PathBuf::from(env!("CARGO_BIN_EXE_suture")), "suture"),
-                (diff.clone(), "fix.diff"),
+                (diff.to_path_buf(), "fix.diff"),
                 (kallsyms.clone(), "kallsyms"),
                 (notes.clone(), "notes"),
             ] {
@@ -763,7 +773,7 @@ fn suture_build(
     let stdout = String::from_utf8_lossy(&o.stdout);
     let stderr = String::from_utf8_lossy(&o.stderr);
     let j: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("{}: build JSON: {e}\n{stdout}{stderr}", fix.name));
+        .unwrap_or_else(|e| panic!("{name}: build JSON: {e}\n{stdout}{stderr}"));
     (o.status.code(), j, stderr.into_owned())
 }
 
@@ -971,4 +981,43 @@ fn release_6_12_116_fixes_live() {
 fn release_6_12_115_layout_fix_refused() {
     let Some(cache) = releases_6_12() else { return };
     refused(&cache, "6.12.115+deb13", REFUSED_6_12);
+}
+
+/// A fix (not Debian's) that makes 6.12.116's newfstat call the static `cp_new_stat` through a
+/// pointer. The running `cp_new_stat` has no ENDBR (gcc gives a static function one only when
+/// its address is taken), so with IBT that call would oops: refused as `ibt-address-taken`.
+#[test]
+fn release_6_12_116_new_function_pointer_refused() {
+    let Some(cache) = releases_6_12() else { return };
+    let release = "6.12.116+deb13";
+    let kernel = guest::release(&cache, release).expect("release prepared");
+    let work = guest::scratch("real-kernel-6.12-ibt");
+    let diff = work.join("newfstat-pointer.diff");
+    std::fs::write(
+        &diff,
+        "--- a/fs/stat.c\n+++ b/fs/stat.c\n@@ -513,9 +513,10 @@\n {\n \tstruct kstat stat;\n \
+         \tint error = vfs_fstat(fd, &stat);\n+\tint (*volatile copy)(struct kstat *, struct stat __user *) = cp_new_stat;\n \n \
+         \tif (!error)\n-\t\terror = cp_new_stat(&stat, statbuf);\n+\t\terror = copy(&stat, statbuf);\n \n \treturn error;\n }\n",
+    )
+    .unwrap();
+    let (code, j, stderr) = suture_build_diff(
+        &cache,
+        release,
+        &kernel,
+        "newfstat_pointer",
+        &diff,
+        &work,
+        &[],
+    );
+    assert_eq!(code, Some(2), "{j}\n{stderr}");
+    assert_eq!(j["status"], "unsupported", "{j}");
+    let r = j["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "ibt-address-taken")
+        .unwrap_or_else(|| panic!("no ibt-address-taken refusal: {j}"));
+    assert_eq!(r["symbol"], "cp_new_stat", "{j}");
+    assert!(r["reason"].as_str().unwrap().contains("ENDBR"), "{j}");
+    let _ = std::fs::remove_dir_all(&work);
 }
