@@ -151,6 +151,7 @@ pub struct Refusal {
     pub unit: String,
     pub symbol: String,
     /// The refusal's kind where it has one of the report's kinds.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<suture_object::report::UnsupportedKind>,
     pub reason: String,
 }
