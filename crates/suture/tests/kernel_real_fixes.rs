@@ -1021,3 +1021,83 @@ fn release_6_12_116_new_function_pointer_refused() {
     assert!(r["reason"].as_str().unwrap().contains("ENDBR"), "{j}");
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// What the running kernel's function entries hold: `ENDBR64`, the NOP the kernel writes over a
+/// sealed one (6.12's `gen_endbr_poison`: `osp nopl (%rax)`), or neither. Reads
+/// /proc/kallsyms and /proc/kcore.
+const ENDBR_C: &str = r#"
+#include <elf.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static Elf64_Phdr ph[256];
+static int nph, kc;
+static int at(unsigned long a, unsigned char *b) {
+    for (int i = 0; i < nph; i++)
+        if (ph[i].p_type == PT_LOAD && a >= ph[i].p_vaddr && a + 4 <= ph[i].p_vaddr + ph[i].p_filesz)
+            return pread(kc, b, 4, ph[i].p_offset + (a - ph[i].p_vaddr)) == 4;
+    return 0;
+}
+static const char *kind(const unsigned char *b) {
+    static const unsigned char endbr[4] = {0xf3, 0x0f, 0x1e, 0xfa}, sealed[4] = {0x66, 0x0f, 0x1f, 0x00};
+    return !memcmp(b, endbr, 4) ? "endbr" : !memcmp(b, sealed, 4) ? "sealed" : "none";
+}
+int main(int argc, char **argv) {
+    Elf64_Ehdr eh;
+    kc = open("/proc/kcore", O_RDONLY);
+    if (kc < 0 || pread(kc, &eh, sizeof eh, 0) != sizeof eh || eh.e_phnum > 256) { perror("kcore"); return 1; }
+    nph = eh.e_phnum;
+    pread(kc, ph, sizeof(Elf64_Phdr) * nph, eh.e_phoff);
+    FILE *k = fopen("/proc/kallsyms", "r");
+    char line[512], name[256], t;
+    unsigned long a;
+    long n[3] = {0};
+    while (fgets(line, sizeof line, k)) {
+        if (sscanf(line, "%lx %c %255s", &a, &t, name) != 3 || (t != 't' && t != 'T') || strchr(line, '[')) continue;
+        unsigned char b[4];
+        if (!at(a, b)) continue;
+        const char *w = kind(b);
+        n[w[0] == 'e' ? 0 : w[0] == 's' ? 1 : 2]++;
+        for (int i = 1; i < argc; i++)
+            if (!strcmp(argv[i], name)) printf("%s=%s\n", name, w);
+    }
+    printf("entries endbr=%ld sealed=%ld none=%ld\n", n[0], n[1], n[2]);
+    return 0;
+}
+"#;
+
+/// The facts the IBT rule rests on, in the running stock 6.12.116 (built by Debian with IBT;
+/// the kernel seals even where the CPU has no IBT): the static `cp_new_stat`, whose address
+/// fs/stat.c never takes, has no ENDBR at all; the global `vfs_fstat`, not exported and
+/// called only directly, has a sealed one; the exported `fput` keeps its ENDBR; and thousands
+/// of entries are sealed.
+#[test]
+fn release_6_12_116_endbr_sealing() {
+    let Some(cache) = releases_6_12() else { return };
+    let kernel = guest::release(&cache, "6.12.116+deb13").expect("release prepared");
+    let work = guest::scratch("real-kernel-6.12-endbr");
+    let c = work.join("endbr.c");
+    std::fs::write(&c, ENDBR_C).unwrap();
+    let exe = guest::build_program(&c, &work.join("endbr"));
+    let mut initramfs = Initramfs::new();
+    initramfs.program("/bin/endbr", &exe);
+    let mut s = Script::new();
+    s.step("endbr", "/bin/endbr cp_new_stat vfs_fstat fput");
+    let b = boot(&kernel, "real-kernel-6.12-endbr", &mut initramfs, &s);
+    let out = &b
+        .expect(
+            "endbr",
+            0,
+            &["cp_new_stat=none", "vfs_fstat=sealed", "fput=endbr"],
+        )
+        .output;
+    let sealed: u64 = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("sealed="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count: {out}"));
+    assert!(sealed > 1000, "{out}");
+    let _ = std::fs::remove_dir_all(&work);
+}
