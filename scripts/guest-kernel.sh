@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare the stock Debian kernel for the booted-guest test tier (crates/suture/tests/guest).
 #
-#   scripts/guest-kernel.sh CACHE [RELEASE]
+#   scripts/guest-kernel.sh [--chroot ROOT] CACHE [RELEASE]
 #
 # RELEASE defaults to the kernel of the installed linux-headers-amd64 (e.g. 6.1.0-56-amd64), so
 # the guest runs exactly the kernel the headers describe. Into CACHE/RELEASE it puts:
@@ -11,12 +11,29 @@
 #   version                      the package version
 # The package is fetched with `apt-get download` and unpacked with `dpkg-deb -x`; nothing is
 # installed on the host. Idempotent: CACHE/RELEASE/.ready marks a finished run (~400 MB).
+# Compressed modules (Debian 13 ships .ko.xz) are decompressed, so the guest's modprobe and
+# `suture build --modules` read plain .ko files.
+# --chroot ROOT: apt runs in ROOT, a root file system of the release the kernel belongs to (the
+# host's apt lists know only the host's release), as in scripts/kernel-tree.sh --chroot.
 set -euo pipefail
 
 log() { printf 'guest-kernel: %s\n' "$*" >&2; }
 die() { printf 'guest-kernel: error: %s\n' "$*" >&2; exit 1; }
 
-[ $# -ge 1 ] && [ $# -le 2 ] || die "usage: $0 CACHE [RELEASE]"
+ROOT=
+if [ "${1:-}" = --chroot ]; then
+    [ $# -ge 2 ] || die "--chroot needs a directory"
+    ROOT=$(cd "$2" && pwd) || die "no directory $2"
+    shift 2
+fi
+# apt in ROOT (in /, or in the current directory when it lies inside ROOT), or on the host.
+apt_in() {
+    if [ -z "$ROOT" ]; then "$@"; return; fi
+    local here=/
+    case $(pwd)/ in "$ROOT"/*) here=$(pwd); here=${here#"$ROOT"} ;; esac
+    chroot "$ROOT" sh -c 'cd "$1" && shift && exec "$@"' sh "${here:-/}" "$@"
+}
+[ $# -ge 1 ] && [ $# -le 2 ] || die "usage: $0 [--chroot ROOT] CACHE [RELEASE]"
 CACHE=$1
 if [ $# -eq 2 ]; then
     RELEASE=$2
@@ -37,12 +54,17 @@ fi
 # Installed headers name the version; for another release (scripts/kernel-tree.sh --release) the
 # archive's version of linux-headers-RELEASE, the one that script prepares the tree from.
 want=$(dpkg-query -W -f='${Version}' "linux-headers-$RELEASE" 2>/dev/null ||
-       { apt-cache show --no-all-versions "linux-headers-$RELEASE" 2>/dev/null || true; } |
+       { apt_in apt-cache show --no-all-versions "linux-headers-$RELEASE" 2>/dev/null || true; } |
        sed -n 's/^Version: //p' | head -n1)
 [ -n "$want" ] || die "linux-headers-$RELEASE is neither installed nor known to apt"
 pkg=linux-image-$RELEASE
 mkdir -p "$CACHE"
-work=$(mktemp -d "$CACHE/.work.XXXXXX")
+if [ -n "$ROOT" ]; then
+    mkdir -p "$ROOT/var/cache/suture"
+    work=$(mktemp -d "$ROOT/var/cache/suture/.work.XXXXXX")
+else
+    work=$(mktemp -d "$CACHE/.work.XXXXXX")
+fi
 trap 'rm -rf "$work"' EXIT
 log "fetching $pkg=$want"
 # apt-get download runs as the _apt user when it can; a world-writable directory avoids the
@@ -50,12 +72,12 @@ log "fetching $pkg=$want"
 chmod 1777 "$work"
 ok=0
 for attempt in 1 2 3; do
-    if (cd "$work" && apt-get download -q "$pkg=$want" >/dev/null 2>"$work/apt.err"); then
+    if (cd "$work" && apt_in apt-get download -q "$pkg=$want" >/dev/null 2>"$work/apt.err"); then
         ok=1
         break
     fi
     log "apt-get download failed (attempt $attempt): $(tail -n1 "$work/apt.err")"
-    if [ "$attempt" = 1 ] && [ "$(id -u)" = 0 ]; then apt-get update -qq || true; fi
+    if [ "$attempt" = 1 ] && [ "$(id -u)" = 0 ]; then apt_in apt-get update -qq || true; fi
     sleep 2
 done
 [ "$ok" = 1 ] || die "cannot download $pkg=$want (is it still in the archive?)"
@@ -63,15 +85,20 @@ done
 log "unpacking"
 dpkg-deb -x "$work"/"${pkg}"_*.deb "$work/x"
 [ -f "$work/x/boot/vmlinuz-$RELEASE" ] || die "$pkg has no boot/vmlinuz-$RELEASE"
-[ -d "$work/x/lib/modules/$RELEASE" ] || die "$pkg has no lib/modules/$RELEASE"
+# Debian 13 ships its modules under usr/lib/modules.
+mods=lib/modules
+[ -d "$work/x/$mods/$RELEASE" ] || mods=usr/lib/modules
+[ -d "$work/x/$mods/$RELEASE" ] || die "$pkg has no lib/modules/$RELEASE"
+find "$work/x/$mods/$RELEASE" -name '*.ko.xz' -print0 | xargs -0 -r -n 500 xz -d
+find "$work/x/$mods/$RELEASE" -name '*.ko.zst' -print0 | xargs -0 -r -n 500 zstd -q -d --rm
 # modules.dep is generated at install time, not shipped: build it with busybox's depmod
 # (kmod's depmod is not needed on the host).
-busybox depmod -b "$work/x" "$RELEASE" || die "depmod failed"
+busybox depmod -b "$work/x/${mods%lib/modules}" "$RELEASE" || die "depmod failed"
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
 mv "$work/x/boot/vmlinuz-$RELEASE" "$OUT/vmlinuz"
-mv "$work/x/lib/modules/$RELEASE" "$OUT/modules"
+mv "$work/x/$mods/$RELEASE" "$OUT/modules"
 printf '%s\n' "$want" >"$OUT/version"
 touch "$OUT/.ready"
 log "ready: $OUT ($(du -sh "$OUT" | cut -f1))"

@@ -3,6 +3,7 @@
 #
 #   scripts/kernel-tree.sh DIR
 #   scripts/kernel-tree.sh --release 6.1.0-N[-amd64] DIR
+#   scripts/kernel-tree.sh --chroot ROOT --release 6.12.P+deb13[.M][-amd64] DIR
 #   scripts/kernel-tree.sh --help
 #
 # Without --release: the Debian packages are installed when missing (as root),
@@ -20,6 +21,17 @@
 # DIR/.suture-ready names the headers directory, so `suture build --kernel --source DIR` finds
 # them. The tools (make, gcc-12, ...) must be installed (the no-argument form installs them).
 #
+# Debian 13's 6.12 releases are named 6.12.P+deb13[.M] (linux-headers-6.12.115+deb13-amd64) and
+# their kbuild tools come per release (linux-kbuild-6.12.115+deb13, the one of the same version).
+#
+# --chroot ROOT: the release's compiler (and its kbuild tools, linked against its glibc) only run
+# on that Debian release, e.g. 6.12 needs trixie's gcc-14 on a bookworm host. ROOT is a root file
+# system of that release (`debootstrap --variant=minbase trixie ROOT`, with make gcc-14 bc bison
+# flex libelf-dev libssl-dev dwarves python3 xz-utils patch gcc: scripts/kernel-releases.sh makes
+# it). DIR must lie inside ROOT; apt, make and the compiler run under `chroot ROOT`, and
+# DIR/.suture-ready names paths as seen inside ROOT, so `suture build --kernel` must run there too
+# (a bookworm-built suture runs on trixie). Nothing is mounted: the tree needs no /proc or /dev.
+#
 # Idempotent: when DIR/.suture-ready exists nothing is done. Needs ~1.6 GB per tree.
 set -euo pipefail
 
@@ -28,6 +40,7 @@ die() { printf 'kernel-tree: error: %s\n' "$*" >&2; exit 1; }
 
 usage() { sed -n '2,/^$/s/^# \{0,1\}//p' "$0" | sed '$d'; }
 RELEASE=
+ROOT=
 while [ $# -gt 0 ]; do
     case $1 in
         -h | --help) usage; exit 0 ;;
@@ -37,6 +50,11 @@ while [ $# -gt 0 ]; do
             shift 2
             ;;
         --release=*) RELEASE=${1#--release=}; shift ;;
+        --chroot)
+            [ $# -ge 2 ] || die "--chroot needs a directory"
+            ROOT=$(cd "$2" && pwd) || die "no directory $2"
+            shift 2
+            ;;
         --) shift; break ;;
         -*) die "unknown option $1 (see --help)" ;;
         *) break ;;
@@ -46,9 +64,21 @@ done
 DIR=$1
 if [ -n "$RELEASE" ]; then
     RELEASE=${RELEASE%-amd64}
-    [[ $RELEASE =~ ^[0-9]+\.[0-9]+\.[0-9]+-[0-9]+$ ]] ||
-        die "--release '$RELEASE' is not a Debian kernel ABI release like 6.1.0-56"
+    [[ $RELEASE =~ ^[0-9]+\.[0-9]+\.[0-9]+-[0-9]+$ || $RELEASE =~ ^[0-9]+\.[0-9]+\.[0-9]+\+deb[0-9]+(\.[0-9]+)?$ ]] ||
+        die "--release '$RELEASE' is not a Debian kernel ABI release like 6.1.0-56 or 6.12.115+deb13"
+    SERIES=$(echo "$RELEASE" | cut -d. -f1,2)
 fi
+# Commands that must run on the release's own system (apt, make, the compiler): in ROOT when given.
+# `in_root` runs its arguments there, in the current directory when it lies inside ROOT (else in /).
+in_root() {
+    if [ -z "$ROOT" ]; then "$@"; return; fi
+    local here
+    here=$(pwd)
+    case $here/ in "$ROOT"/*) ;; *) here=$ROOT ;; esac
+    chroot "$ROOT" sh -c 'cd "$1" && shift && exec "$@"' sh "$(inner "$here")" "$@"
+}
+# A path inside ROOT as the chroot sees it.
+inner() { if [ -n "$ROOT" ]; then local p=${1#"$ROOT"}; echo "${p:-/}"; else echo "$1"; fi; }
 if [ -e "$DIR/.suture-ready" ]; then
     log "$DIR is ready (remove $DIR/.suture-ready to redo it)"
     exit 0
@@ -89,7 +119,12 @@ apt_retry() {
     return 1
 }
 
-if need_install; then
+if [ -n "$ROOT" ]; then
+    for t in "${TOOLS[@]/gcc-12/}"; do
+        [ -z "$t" ] || chroot "$ROOT" sh -c "command -v $t" >/dev/null ||
+            die "$ROOT has no $t (see --help for the packages the chroot needs)"
+    done
+elif need_install; then
     [ "$(id -u)" -eq 0 ] || die "missing packages; as root run: apt-get install ${PACKAGES[*]}"
     log "installing packages: ${PACKAGES[*]}"
     t0=$SECONDS
@@ -145,7 +180,7 @@ fetch() {
     local pkg=${1%%=*} i
     compgen -G "${pkg}_*.deb" >/dev/null && return 0
     for i in 1 2 3; do
-        if apt-get download -q "$1" >/dev/null 2>apt.err; then return 0; fi
+        if in_root apt-get download -q "$1" >/dev/null 2>apt.err; then return 0; fi
         log "apt-get download $1 failed (attempt $i of 3): $(tail -n1 apt.err)"
         sleep 2
     done
@@ -154,7 +189,7 @@ fetch() {
 
 # Version of a package in the apt lists (the candidate), empty when apt does not know it.
 archive_version() {
-    { apt-cache show --no-all-versions "$1" 2>/dev/null || true; } | sed -n 's/^Version: //p' | head -n1
+    { in_root apt-cache show --no-all-versions "$1" 2>/dev/null || true; } | sed -n 's/^Version: //p' | head -n1
 }
 
 release_tree() {
@@ -162,8 +197,8 @@ release_tree() {
     local img=linux-image-$RELEASE-amd64 imgver known
     srcver=$(archive_version "$hpkg")
     if [ -z "$srcver" ]; then
-        known=$({ apt-cache pkgnames linux-headers-6 2>/dev/null || true; } |
-                sed -n 's/^linux-headers-\([0-9.]*-[0-9]*\)-amd64$/\1/p' | sort -V | tr '\n' ' ')
+        known=$({ in_root apt-cache pkgnames linux-headers-6 2>/dev/null || true; } |
+                sed -n 's/^linux-headers-\([0-9.]*[-+][0-9a-z.]*\)-amd64$/\1/p' | sort -V | tr '\n' ' ')
         die "apt knows no $hpkg (not in the archive, or the lists are stale: apt-get update); \
 releases it knows: ${known:-none}"
     fi
@@ -174,18 +209,24 @@ releases it knows: ${known:-none}"
 
     mkdir -p "$DIR"
     DIR=$(cd "$DIR" && pwd)
+    case $DIR/ in "${ROOT:-/}"/*) ;; *) die "$DIR is not inside the chroot $ROOT" ;; esac
     local debs=$DIR/.suture-debs hr=$DIR/.suture-headers t0=$SECONDS
     mkdir -p "$debs"
     # apt-get download runs as the _apt user when it can: let it write here.
     chmod 1777 "$debs"
     (
         cd "$debs"
-        fetch "linux-source-6.1=$srcver"
+        fetch "linux-source-$SERIES=$srcver"
         fetch "$hpkg=$srcver"
         fetch "$cpkg=$srcver"
-        # Only the archive's newest linux-kbuild-6.1 stays in the archive; the headers depend on
-        # "linux-kbuild-6.1 (>= $srcver)", so that one serves them as it would on a Debian host.
-        fetch linux-kbuild-6.1
+        if [ "$SERIES" = 6.1 ]; then
+            # Only the archive's newest linux-kbuild-6.1 stays in the archive; the headers depend
+            # on "linux-kbuild-6.1 (>= $srcver)", so that one serves them as on a Debian host.
+            fetch linux-kbuild-6.1
+        else
+            # 6.12 ships one linux-kbuild-<release> per release.
+            fetch "linux-kbuild-$RELEASE=$srcver"
+        fi
     )
     log "downloaded in $((SECONDS - t0)) s ($(du -sh "$debs" | cut -f1))"
 
@@ -193,22 +234,23 @@ releases it knows: ${known:-none}"
         rm -rf "$hr"
         mkdir -p "$hr"
         local deb
-        for deb in "$debs/${hpkg}"_*.deb "$debs/${cpkg}"_*.deb "$debs"/linux-kbuild-6.1_*.deb; do
+        for deb in "$debs/${hpkg}"_*.deb "$debs/${cpkg}"_*.deb "$debs"/linux-kbuild-"$SERIES"*_*.deb; do
             dpkg-deb -x "$deb" "$hr"
         done
-        # The flavour's Makefile includes the common one by absolute path; point it into $hr.
-        sed -i "s|^include /usr/src/|include $hr/usr/src/|" "$hr/usr/src/$hpkg/Makefile"
+        # The flavour's Makefile includes the common one by absolute path; point it into $hr
+        # (as the chroot sees it).
+        sed -i "s|^include /usr/src/|include $(inner "$hr")/usr/src/|" "$hr/usr/src/$hpkg/Makefile"
         touch "$hr/.suture-unpacked"
     fi
     HDR=$hr/usr/src/$hpkg
     [ -f "$HDR/.config" ] && [ -f "$HDR/Module.symvers" ] || die "$hpkg has no .config or Module.symvers"
-    [ -d "$HDR/scripts/" ] || die "$HDR/scripts does not resolve (linux-kbuild-6.1 unpacked?)"
+    [ -d "$HDR/scripts/" ] || die "$HDR/scripts does not resolve (linux-kbuild-$SERIES unpacked?)"
 
     if [ ! -f "$DIR/.suture-unpacked" ]; then
-        dpkg-deb --fsys-tarfile "$debs"/linux-source-6.1_*.deb |
-            tar -x -C "$debs" ./usr/src/linux-source-6.1.tar.xz
+        dpkg-deb --fsys-tarfile "$debs"/linux-source-"$SERIES"_*.deb |
+            tar -x -C "$debs" ./usr/src/linux-source-"$SERIES".tar.xz
     fi
-    TARBALL=$debs/usr/src/linux-source-6.1.tar.xz
+    TARBALL=$debs/usr/src/linux-source-$SERIES.tar.xz
 }
 
 if [ -n "$RELEASE" ]; then release_tree; else installed_tree; fi
@@ -216,9 +258,11 @@ log "config: $HDR/.config ($(basename "$HDR") $srcver)"
 
 # The compiler: the one the release was built with, exactly.
 want_cc=$(sed -n 's/^CONFIG_CC_VERSION_TEXT="\(.*\)"$/\1/p' "$HDR/.config")
-have_cc=$(gcc-12 --version | head -n1)
-[ "$want_cc" = "$have_cc" ] || die "$(basename "$HDR") was built with '$want_cc' but gcc-12 is \
-'$have_cc'; a rebuilt unit would not match the running kernel's code"
+# Its first word is the command (gcc-12 on 6.1, x86_64-linux-gnu-gcc-14 on 6.12).
+CC=${want_cc%% *}
+have_cc=$(in_root "$CC" --version | head -n1 || true)
+[ "$want_cc" = "$have_cc" ] || die "$(basename "$HDR") was built with '$want_cc' but $CC${ROOT:+ in $ROOT} is \
+'${have_cc:-missing}'; a rebuilt unit would not match the running kernel's code"
 
 # --- unpack -------------------------------------------------------------------------------------
 mkdir -p "$DIR"
@@ -241,7 +285,7 @@ treever=$(mkver "$DIR/Makefile")
 # Debian's headers Makefile is a one-line wrapper: "include /usr/src/linux-headers-<x>-common/Makefile".
 common=$HDR/Makefile
 inc=$(awk '$1=="include"{print $2; exit}' "$common")
-[ -n "$inc" ] && [ -f "$inc" ] && common=$inc
+[ -n "$inc" ] && [ -f "$ROOT$inc" ] && common=$ROOT$inc
 hdrver=$(mkver "$common")
 [ "$treever" = "$hdrver" ] || die "source tree is $treever but $(basename "$HDR") is '$hdrver' (from $common)"
 case "$srcver" in
@@ -256,17 +300,17 @@ cp "$HDR/.config" "$DIR/.config"
 cp "$HDR/Module.symvers" "$DIR/Module.symvers"
 cd "$DIR"
 t0=$SECONDS
-log "make CC=gcc-12 olddefconfig"
-make CC=gcc-12 olddefconfig </dev/null
+log "make CC=$CC olddefconfig${ROOT:+ in $ROOT}"
+in_root make CC="$CC" olddefconfig </dev/null
 log "olddefconfig took $((SECONDS - t0)) s"
 
 t0=$SECONDS
-log "make CC=gcc-12 -j$JOBS modules_prepare"
-make CC=gcc-12 -j"$JOBS" modules_prepare </dev/null
+log "make CC=$CC -j$JOBS modules_prepare${ROOT:+ in $ROOT}"
+in_root make CC="$CC" -j"$JOBS" modules_prepare </dev/null
 log "modules_prepare took $((SECONDS - t0)) s"
 
 printf '%s\n' "kernel=$treever" "debian=$srcver" "headers=$(basename "$HDR")" \
-    "headers_dir=$HDR" >"$DIR/.suture-ready"
+    "headers_dir=$(inner "$HDR")" ${ROOT:+"chroot=$ROOT"} >"$DIR/.suture-ready"
 # The downloaded packages are not needed any more (the headers stay in .suture-headers).
 [ -z "$RELEASE" ] || rm -rf "$DIR/.suture-debs"
 log "ready: $DIR"

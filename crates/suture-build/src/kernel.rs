@@ -748,7 +748,7 @@ pub fn generate(
                 .map(|x| KernelRefusal {
                     unit: Some(x.unit.clone()),
                     symbol: Some(x.symbol.clone()),
-                    kind: None,
+                    kind: x.kind,
                     reason: x.reason.clone(),
                 })
                 .collect();

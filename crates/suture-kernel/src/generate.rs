@@ -35,7 +35,9 @@
 //! the target does not have, duplicated names that cannot be told apart, jump labels,
 //! alternatives and paravirt sites whose relocations need a non-exported symbol of a *module*
 //! (the module loader processes those tables before livepatch resolves module symbols; vmlinux
-//! symbols are resolved before them), kernels built with LTO or IBT.
+//! symbols are resolved before them), kernels built with LTO or kCFI, and with IBT
+//! (`CONFIG_X86_KERNEL_IBT`) a reference that newly takes the address of a kernel function
+//! whose `ENDBR` the kernel may have sealed ([`crate::ibt`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -148,6 +150,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 pub struct Refusal {
     pub unit: String,
     pub symbol: String,
+    /// The refusal's kind where it has one of the report's kinds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<suture_object::report::UnsupportedKind>,
     pub reason: String,
 }
 
@@ -210,8 +215,17 @@ struct ObjectPlan {
     callbacks: BTreeMap<&'static str, String>,
 }
 
-/// Refuses kernel configurations livepatch modules built this way cannot serve.
-pub fn check_config(headers: &Headers) -> Result<(), Error> {
+/// What of the target's configuration the generator must follow.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// `CONFIG_X86_KERNEL_IBT`: unused `ENDBR`s are sealed, so a patch must not newly take
+    /// the address of a kernel function (see [`crate::ibt`]).
+    pub ibt: bool,
+}
+
+/// Refuses kernel configurations livepatch modules built this way cannot serve; returns what
+/// the generator must follow for the others.
+pub fn check_config(headers: &Headers) -> Result<Config, Error> {
     let cfg = std::fs::read_to_string(headers.dir.join(".config"))
         .map_err(io(format!("reading {}/.config", headers.dir.display())))?;
     let set = |k: &str| cfg.lines().any(|l| l == format!("{k}=y"));
@@ -224,8 +238,9 @@ pub fn check_config(headers: &Headers) -> Result<(), Error> {
             "its code is only final after link-time optimisation, so objects of single units do not match it",
         ),
         (
-            "CONFIG_X86_KERNEL_IBT",
-            "indirect-branch tracking seals function entries that suture would have to keep",
+            "CONFIG_CFI_CLANG",
+            "kCFI checks a type hash in front of every indirect-call target (and FineIBT \
+             rewrites it at boot), which suture neither compares nor emits",
         ),
     ] {
         if set(k) {
@@ -235,7 +250,9 @@ pub fn check_config(headers: &Headers) -> Result<(), Error> {
             });
         }
     }
-    Ok(())
+    Ok(Config {
+        ibt: set("CONFIG_X86_KERNEL_IBT"),
+    })
 }
 
 /// Checks that `headers.cc` is the compiler the kernel was built with.
@@ -290,7 +307,9 @@ pub fn read_symvers(headers: &Headers) -> Result<HashMap<String, String>, Error>
         .collect())
 }
 
-/// Finds `<module>.ko` under `dirs` (module names use `_` where file names may use `-`).
+/// Finds `<module>.ko` under `dirs` (module names use `_` where file names may use `-`), or
+/// its compressed form (`.ko.xz`, `.ko.zst`, `.ko.gz`: Debian 13 installs `.ko.xz`), which
+/// [`kallsyms::read_module`] reads.
 pub fn find_module(dirs: &[PathBuf], module: &str) -> Option<PathBuf> {
     fn walk(dir: &Path, want: &str, depth: usize) -> Option<PathBuf> {
         if depth > 12 {
@@ -301,7 +320,11 @@ pub fn find_module(dirs: &[PathBuf], module: &str) -> Option<PathBuf> {
         for e in &entries {
             let p = e.path();
             let name = e.file_name().to_string_lossy().replace('-', "_");
-            if name == want && p.is_file() {
+            let plain = kallsyms::COMPRESSED
+                .iter()
+                .find_map(|(ext, _)| name.strip_suffix(ext))
+                .unwrap_or(&name);
+            if plain == want && p.is_file() {
                 return Some(p);
             }
         }
@@ -468,7 +491,7 @@ pub fn not_in_vmlinux(
 }
 
 pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
-    check_config(&opts.headers)?;
+    let config = check_config(&opts.headers)?;
     check_compiler(&opts.headers)?;
     let symvers = read_symvers(&opts.headers)?;
     let namespaces = read_symbol_namespaces(&opts.headers)?;
@@ -478,6 +501,7 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
         refusals.push(Refusal {
             unit: unit.source.clone(),
             symbol: symbol.to_string(),
+            kind: None,
             reason,
         })
     };
@@ -677,6 +701,25 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
                 Err(e) => refuse(&mut refusals, unit, &name, e),
             }
         }
+        if config.ibt {
+            let patch = suture_object::Object::parse(unit.patch).map_err(|e| Error::BadObject {
+                unit: unit.source.clone(),
+                which: "patch object",
+                message: e.to_string(),
+            })?;
+            let target = IbtTarget {
+                symvers: &symvers,
+                tables: [own_table(&unit.object), vmlinux.as_ref()],
+            };
+            for (name, why) in crate::ibt::newly_taken(&orig, &patch, &target) {
+                refusals.push(Refusal {
+                    unit: unit.source.clone(),
+                    symbol: name,
+                    kind: Some(suture_object::report::UnsupportedKind::IbtAddressTaken),
+                    reason: why,
+                });
+            }
+        }
         // vmlinux-specific livepatch relocations are applied by the module loader itself
         // (`apply_relocations`, before `module_finalize` and jump labels); module-specific
         // ones only when livepatch initialises the object, after those tables were processed.
@@ -794,6 +837,25 @@ pub fn generate(units: &[Unit], opts: &Options) -> Result<Module, Error> {
         klp_symbols: summary.klp_symbols,
         notes,
     })
+}
+
+/// The target's symbols as the IBT check needs them: exports and kallsyms types.
+struct IbtTarget<'a> {
+    symvers: &'a HashMap<String, String>,
+    tables: [Option<&'a ObjectSymbols>; 2],
+}
+
+impl crate::ibt::Target for IbtTarget<'_> {
+    fn exported(&self, name: &str) -> bool {
+        self.symvers.contains_key(name)
+    }
+
+    fn is_function(&self, name: &str) -> bool {
+        self.tables
+            .iter()
+            .flatten()
+            .any(|t| t.named(name).iter().any(|&i| t.syms[i].class == 't'))
+    }
 }
 
 /// A `key=value` of a module's `.modinfo`.

@@ -122,12 +122,45 @@ pub fn read_kallsyms(path: &Path) -> Result<ObjectSymbols, Error> {
     Ok(ObjectSymbols::new(syms))
 }
 
-/// The kallsyms of a module as the kernel builds them from its `.ko`.
-pub fn read_module(path: &Path) -> Result<ObjectSymbols, Error> {
-    let data = std::fs::read(path).map_err(|err| Error::Read {
+/// Compressed module file endings and the command that decompresses one to standard output
+/// (what kmod does when it loads them; suture runs the tools rather than carry decoders).
+pub const COMPRESSED: [(&str, &[&str]); 3] = [
+    (".xz", &["xz", "-dc"]),
+    (".zst", &["zstd", "-dcq"]),
+    (".gz", &["gzip", "-dc"]),
+];
+
+/// The bytes of a module file, decompressed when its name ends like [`COMPRESSED`].
+pub fn read_module_file(path: &Path) -> Result<Vec<u8>, Error> {
+    let read = |err| Error::Read {
         path: path.display().to_string(),
         err,
-    })?;
+    };
+    let name = path.to_string_lossy();
+    let Some((_, cmd)) = COMPRESSED.iter().find(|(ext, _)| name.ends_with(ext)) else {
+        return std::fs::read(path).map_err(read);
+    };
+    let out = std::process::Command::new(cmd[0])
+        .args(&cmd[1..])
+        .arg(path)
+        .output()
+        .map_err(read)?;
+    if !out.status.success() {
+        return Err(Error::Format {
+            path: path.display().to_string(),
+            what: format!(
+                "{} failed: {}",
+                cmd.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(out.stdout)
+}
+
+/// The kallsyms of a module as the kernel builds them from its `.ko` (or compressed `.ko`).
+pub fn read_module(path: &Path) -> Result<ObjectSymbols, Error> {
+    let data = read_module_file(path)?;
     module_symbols(&data).map_err(|what| Error::Format {
         path: path.display().to_string(),
         what,

@@ -14,6 +14,7 @@
 //! is `suture_build::kernel`.
 
 pub mod generate;
+pub mod ibt;
 pub mod identity;
 pub mod kallsyms;
 pub mod kbuild;

@@ -38,7 +38,8 @@
 //! the patch's livepatch relocations for a module that goes away (`clear_relocate_add` came
 //! in 6.2): when the module loads again, applying them finds the old values ("Invalid
 //! relocation target, existing value is nonzero") and livepatch refuses to load the module
-//! until the patch is unloaded. A load lists every patched module (`patched_modules`) and
+//! until the patch is unloaded. A load lists every patched module (`patched_modules`) and,
+//! on a kernel without `clear_relocate_add` in its kallsyms (6.1; Debian 13's 6.12 has it),
 //! warns for each one the patch has `.klp.rela.<module>.*` sections for (a patch without
 //! relocations for a module is simply applied again when it reloads).
 
@@ -1036,7 +1037,12 @@ impl Kernel {
                     self.force(&name)?;
                     self.wait_transition(&name, Target::Patched, &mut no_wait(&opts))?;
                     let status = self.patch_status(&name)?;
-                    let patched_modules = patched_modules(&info, &status, &mut warnings);
+                    let patched_modules = patched_modules(
+                        &info,
+                        &status,
+                        self.clears_module_relocations(),
+                        &mut warnings,
+                    );
                     return Ok(LoadReport {
                         status,
                         patch: name,
@@ -1066,7 +1072,12 @@ impl Kernel {
             }
         }
         let status = self.patch_status(&name)?;
-        let patched_modules = patched_modules(&info, &status, &mut warnings);
+        let patched_modules = patched_modules(
+            &info,
+            &status,
+            self.clears_module_relocations(),
+            &mut warnings,
+        );
         Ok(LoadReport {
             status,
             patch: name,
@@ -1284,11 +1295,25 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// Does the running kernel undo a patch's livepatch relocations for a module that goes
+    /// away (`clear_relocate_add`, Linux 6.2 and later, named in its kallsyms)? An unreadable
+    /// kallsyms counts as no.
+    fn clears_module_relocations(&self) -> bool {
+        std::fs::read_to_string(self.proc.join("kallsyms")).is_ok_and(|k| {
+            k.lines()
+                .any(|l| l.split_whitespace().nth(2) == Some("clear_relocate_add"))
+        })
+    }
+}
+
 /// The modules a live patch patches (from its sysfs objects); a warning for each one the
-/// patch has livepatch relocations for (see the module comment).
+/// patch has livepatch relocations for, unless the kernel clears those relocations when the
+/// module goes away (`clears_relocs`; see the module comment).
 fn patched_modules(
     module: &ModuleFile,
     status: &Option<PatchStatus>,
+    clears_relocs: bool,
     warnings: &mut Vec<String>,
 ) -> Vec<String> {
     let patch = &module.name;
@@ -1300,7 +1325,7 @@ fn patched_modules(
         .collect();
     for m in modules
         .iter()
-        .filter(|m| module.klp_rela_objects.contains(m))
+        .filter(|m| !clears_relocs && module.klp_rela_objects.contains(m))
     {
         warnings.push(reload_warning(patch, m));
     }
@@ -1310,8 +1335,9 @@ fn patched_modules(
 fn reload_warning(patch: &str, m: &str) -> String {
     format!(
         "{patch} patches module {m}: while {patch} is loaded, {m} must not be removed and \
-         loaded again: Linux 6.1 does not undo the patch's livepatch relocations for {m} when \
-         it goes away, so loading {m} again fails; unload {patch} first"
+         loaded again: this kernel (no clear_relocate_add, as before Linux 6.2) does not undo \
+         the patch's livepatch relocations for {m} when it goes away, so loading {m} again \
+         fails; unload {patch} first"
     )
 }
 
@@ -1713,11 +1739,28 @@ mod tests {
         });
         let mut warnings = Vec::new();
         assert_eq!(
-            patched_modules(&info, &status, &mut warnings),
+            patched_modules(&info, &status, false, &mut warnings),
             ["loop", "sch_fq"]
         );
         assert_eq!(warnings, [reload_warning("p", "loop")]);
         assert!(warnings[0].contains("loop must not be removed and loaded again"));
+        // A kernel that clears the relocations (6.2 and later) reloads the module fine.
+        let mut warnings = Vec::new();
+        patched_modules(&info, &status, true, &mut warnings);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let proc = d.join("proc");
+        std::fs::create_dir_all(&proc).unwrap();
+        let k = Kernel {
+            sys: d.join("sys"),
+            proc: proc.clone(),
+        };
+        assert!(!k.clears_module_relocations());
+        std::fs::write(
+            proc.join("kallsyms"),
+            "0000000000000000 T module_finalize\n0000000000000000 T clear_relocate_add\n",
+        )
+        .unwrap();
+        assert!(k.clears_module_relocations());
         let _ = std::fs::remove_dir_all(&d);
     }
 

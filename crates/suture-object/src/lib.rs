@@ -20,7 +20,7 @@ pub mod osr;
 pub mod report;
 pub mod special;
 pub mod units;
-mod x86;
+pub mod x86;
 
 pub use diff::{Diff, Options};
 pub use elf::Object;

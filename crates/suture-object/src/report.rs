@@ -240,6 +240,10 @@ pub enum UnsupportedKind {
     /// A struct or union's size or member offsets, or a global's type size, differ between the
     /// original and patched builds: data the running code holds keeps the old layout.
     TypeLayout,
+    /// With indirect-branch tracking (`CONFIG_X86_KERNEL_IBT`): patched code takes the address
+    /// of a running kernel function whose entry has no `ENDBR` or a sealed one, because
+    /// nothing took its address before (an indirect call through it would oops).
+    IbtAddressTaken,
 }
 
 #[derive(Clone, Debug, Serialize)]

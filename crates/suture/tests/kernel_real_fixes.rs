@@ -172,6 +172,74 @@ int main(void) {
 }
 "#;
 
+/// copy_file_range from an empty file to an offset past RLIMIT_FSIZE: nothing to copy.
+const COPYRANGE_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+int main(void) {
+    signal(SIGXFSZ, SIG_IGN);
+    int in = open("/tmp/cfr-in", O_RDWR | O_CREAT | O_TRUNC, 0600);
+    int out = open("/tmp/cfr-out", O_RDWR | O_CREAT | O_TRUNC, 0600);
+    struct rlimit r = {1000, 1000};
+    if (in < 0 || out < 0 || setrlimit(RLIMIT_FSIZE, &r) != 0) {
+        perror("setup");
+        return 1;
+    }
+    off64_t off = 2000;
+    ssize_t n = copy_file_range(in, NULL, out, &off, 10, 0);
+    printf("copy_range=%s\n", n >= 0 ? "0" : strerror(errno));
+    return 0;
+}
+"#;
+
+/// statx on tmpfs: whether the attributes mask names STATX_ATTR_VERITY.
+const STATX_C: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#ifndef STATX_ATTR_VERITY
+#define STATX_ATTR_VERITY 0x00100000
+#endif
+int main(void) {
+    struct statx st;
+    if (statx(AT_FDCWD, "/tmp", 0, STATX_BASIC_STATS, &st) != 0) {
+        perror("statx");
+        return 1;
+    }
+    printf("verity_mask=%d\n", (st.stx_attributes_mask & STATX_ATTR_VERITY) != 0);
+    return 0;
+}
+"#;
+
+/// mount of a block device node whose device number is 0.
+const BDEV0_C: &str = r#"
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+int main(void) {
+    unlink("/tmp/bdev0");
+    if (mknod("/tmp/bdev0", S_IFBLK | 0600, makedev(0, 0)) != 0) {
+        perror("mknod");
+        return 1;
+    }
+    mkdir("/tmp/bdev0-mnt", 0700);
+    int r = mount("/tmp/bdev0", "/tmp/bdev0-mnt", "ext4", 0, NULL);
+    printf("mount_dev0=<%s>\n", r == 0 ? "mounted" : strerror(errno));
+    return 0;
+}
+"#;
+
 const FIXES: &[(&str, &[Fix])] = &[
     (
         "6.1.0-54",
@@ -408,6 +476,132 @@ const REFUSED_HEADER_FIXES: &[(Fix, &[&str], &str)] = &[
     ),
 ];
 
+/// Debian 13's 6.12 (an IBT kernel built with gcc-14): fixes of 6.12.116 over 6.12.115 and of
+/// 6.12.117 over 6.12.116, built in the releases' trixie chroot (`scripts/kernel-releases.sh
+/// --trixie`).
+const FIXES_6_12: &[(&str, &[Fix])] = &[
+    (
+        "6.12.115+deb13",
+        &[
+            Fix {
+                name: "xen_netback_mcast",
+                next: "6.12.116+deb13",
+                files: &[
+                    "drivers/net/xen-netback/interface.c",
+                    "drivers/net/xen-netback/xenbus.c",
+                ],
+                object: "xen_netback",
+                modules: &[],
+                observe: None,
+                rebuilt: &[],
+            },
+            Fix {
+                name: "usb_audio_urb_bound",
+                next: "6.12.116+deb13",
+                files: &["sound/usb/pcm.c"],
+                object: "snd_usb_audio",
+                modules: &["snd-usb-audio"],
+                observe: None,
+                rebuilt: &[],
+            },
+        ],
+    ),
+    (
+        "6.12.116+deb13",
+        &[
+            Fix {
+                name: "copy_range_empty",
+                next: "6.12.117+deb13",
+                files: &["fs/read_write.c"],
+                object: "vmlinux",
+                modules: &[],
+                observe: Some((
+                    "/bin/copyrange",
+                    "copy_range=File too large",
+                    "copy_range=0",
+                )),
+                rebuilt: &[],
+            },
+            Fix {
+                name: "statx_verity_mask",
+                next: "6.12.117+deb13",
+                files: &["fs/stat.c"],
+                object: "vmlinux",
+                modules: &[],
+                observe: Some(("/bin/statxv", "verity_mask=0", "verity_mask=1")),
+                rebuilt: &[],
+            },
+            Fix {
+                name: "bdev_rdev0",
+                next: "6.12.117+deb13",
+                files: &["block/bdev.c"],
+                object: "vmlinux",
+                modules: &["ext4"],
+                observe: Some((
+                    "/bin/bdev0",
+                    "mount_dev0=<No such device or address>",
+                    "mount_dev0=<No such device>",
+                )),
+                rebuilt: &[],
+            },
+            Fix {
+                name: "ebtables_counters",
+                next: "6.12.117+deb13",
+                files: &["net/bridge/netfilter/ebtables.c"],
+                object: "ebtables",
+                modules: &["ebtables"],
+                observe: None,
+                rebuilt: &[],
+            },
+        ],
+    ),
+];
+
+/// Fixes of modules the guest cannot load (xen-netback needs a Xen domain): livepatch holds
+/// their patch until the module loads (`patched` stays 0).
+const NOT_LOADED: &[&str] = &["xen_netback_mcast"];
+
+/// Real updates of 6.12.116 that suture refuses: a struct layout change.
+const REFUSED_6_12: &[(Fix, &[&str], &str)] = &[(
+    Fix {
+        name: "xen_blkback_rings_lock",
+        next: "6.12.116+deb13",
+        files: &[
+            "drivers/block/xen-blkback/common.h",
+            "drivers/block/xen-blkback/xenbus.c",
+        ],
+        object: "xen_blkback",
+        modules: &[],
+        observe: None,
+        rebuilt: &[],
+    },
+    &[],
+    "struct xen_blkif changes its layout",
+)];
+
+/// The prepared 6.12 releases (SUTURE_KERNEL_RELEASES_6_12), or `None` with a note (locally) or
+/// a panic (under `CI`).
+fn releases_6_12() -> Option<PathBuf> {
+    let cache =
+        suture_testkit::tier::require("SUTURE_KERNEL_RELEASES_6_12", "kernel-releases-6.12")?;
+    for (release, fixes) in FIXES_6_12 {
+        for r in std::iter::once(*release).chain(fixes.iter().map(|f| f.next)) {
+            let tree = cache.join(format!("kernel-tree-{r}"));
+            if !tree.join(".suture-ready").exists() || tree_chroot(&tree).is_none() {
+                return suture_testkit::tier::unavailable(
+                    "kernel-releases-6.12",
+                    &format!(
+                        "{} is not prepared (scripts/kernel-releases.sh --trixie {})",
+                        tree.display(),
+                        cache.display()
+                    ),
+                );
+            }
+        }
+    }
+    Some(cache)
+}
+
 /// The prepared releases (SUTURE_KERNEL_RELEASES), or `None` with a note (locally) or a panic
 /// (under `CI`).
 fn releases() -> Option<PathBuf> {
@@ -470,31 +664,126 @@ fn suture_build(
 ) -> (Option<i32>, serde_json::Value, String) {
     let diff = work.join(format!("{}.diff", fix.name));
     fix_diff(cache, release, fix, &diff);
+    suture_build_diff(cache, release, kernel, fix.name, &diff, work, extra)
+}
+
+/// `suture build --kernel --json` of the fix `diff` (called `name`) for `kernel`: its exit
+/// code and report.
+fn suture_build_diff(
+    cache: &Path,
+    release: &str,
+    kernel: &GuestKernel,
+    name: &str,
+    diff: &Path,
+    work: &Path,
+    extra: &[&str],
+) -> (Option<i32>, serde_json::Value, String) {
     let kallsyms = guest::kallsyms(kernel);
     let notes = guest::notes(kernel);
-    let out = work.join(fix.name);
-    let id = format!("suture_{}", fix.name);
-    let o = Command::new(env!("CARGO_BIN_EXE_suture"))
-        .args(["build", "--kernel", "--json", "--id", &id, "--source"])
-        .arg(cache.join(format!("kernel-tree-{release}")))
-        .arg("--diff")
-        .arg(&diff)
-        .arg("-o")
-        .arg(&out)
-        .arg("--kallsyms")
-        .arg(&kallsyms)
-        .arg("--kernel-notes")
-        .arg(&notes)
-        .arg("--modules")
-        .arg(kernel.dir.join("modules"))
-        .args(extra)
-        .output()
-        .expect("suture runs");
+    let out = work.join(name);
+    let id = format!("suture_{name}");
+    let tree = cache.join(format!("kernel-tree-{release}"));
+    let args =
+        |c: &mut Command, tree: &Path, diff: &Path, out: &Path, k: &Path, n: &Path, m: &Path| {
+            c.args(["build", "--kernel", "--json", "--id", &id, "--source"])
+                .arg(tree)
+                .arg("--diff")
+                .arg(diff)
+                .arg("-o")
+                .arg(out)
+                .arg("--kallsyms")
+                .arg(k)
+                .arg("--kernel-notes")
+                .arg(n)
+                .arg("--modules")
+                .arg(m)
+                .args(extra);
+        };
+    let o = match tree_chroot(&tree) {
+        None => {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_suture"));
+            args(
+                &mut c,
+                &tree,
+                diff,
+                &out,
+                &kallsyms,
+                &notes,
+                &kernel.dir.join("modules"),
+            );
+            c.output().expect("suture runs")
+        }
+        Some(root) => {
+            // The release's compiler and kbuild tools run only in its chroot, so suture runs
+            // there, with copies of its inputs (the modules as hard links) in a directory of it.
+            let inner = PathBuf::from(format!("/tmp/suture-real-{}-{name}", std::process::id()));
+            let host = root.join(inner.strip_prefix("/").unwrap());
+            let _ = std::fs::remove_dir_all(&host);
+            std::fs::create_dir_all(&host).unwrap();
+            for (from, to) in [
+                (PathBuf::from(env!("CARGO_BIN_EXE_suture")), "suture"),
+                (diff.to_path_buf(), "fix.diff"),
+                (kallsyms.clone(), "kallsyms"),
+                (notes.clone(), "notes"),
+            ] {
+                std::fs::copy(&from, host.join(to)).unwrap();
+            }
+            let cp = Command::new("cp")
+                .arg("-al")
+                .arg(kernel.dir.join("modules"))
+                .arg(host.join("modules"))
+                .status()
+                .unwrap();
+            assert!(cp.success(), "linking the modules into {}", host.display());
+            let tree_in = std::fs::canonicalize(&tree).unwrap();
+            let tree_in = Path::new("/").join(tree_in.strip_prefix(&root).unwrap());
+            let mut c = Command::new("unshare");
+            // A private mount namespace: the chroot's /proc and the bind mount making its root a
+            // mount point (which suture's own `unshare --propagation private` needs) end with it.
+            c.args([
+                "--mount",
+                "--fork",
+                "sh",
+                "-c",
+                "mount --bind \"$1\" \"$1\" && mount -t proc proc \"$1/proc\" && r=$1 && shift && \
+                 exec chroot \"$r\" \"$@\"",
+                "sh",
+            ])
+            .arg(&root)
+            .arg(inner.join("suture"));
+            args(
+                &mut c,
+                &tree_in,
+                &inner.join("fix.diff"),
+                &inner.join("out"),
+                &inner.join("kallsyms"),
+                &inner.join("notes"),
+                &inner.join("modules"),
+            );
+            let o = c.output().expect("suture runs in the chroot");
+            let ko = host.join("out").join(format!("{id}.ko"));
+            if ko.exists() {
+                std::fs::create_dir_all(&out).unwrap();
+                std::fs::copy(&ko, out.join(format!("{id}.ko"))).unwrap();
+            }
+            let _ = std::fs::remove_dir_all(&host);
+            o
+        }
+    };
     let stdout = String::from_utf8_lossy(&o.stdout);
     let stderr = String::from_utf8_lossy(&o.stderr);
     let j: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("{}: build JSON: {e}\n{stdout}{stderr}", fix.name));
+        .unwrap_or_else(|e| panic!("{name}: build JSON: {e}\n{stdout}{stderr}"));
     (o.status.code(), j, stderr.into_owned())
+}
+
+/// The chroot a tree was prepared in (`scripts/kernel-tree.sh --chroot`), if any.
+fn tree_chroot(tree: &Path) -> Option<PathBuf> {
+    let ready = std::fs::read_to_string(tree.join(".suture-ready")).ok()?;
+    ready
+        .lines()
+        .find_map(|l| l.strip_prefix("chroot="))
+        .map(PathBuf::from)
 }
 
 /// `suture build --kernel --json` of one fix for `kernel`; the module's path.
@@ -546,7 +835,14 @@ fn run_release(cache: &Path, release: &str, fixes: &[Fix]) {
     let work = guest::scratch(&format!("real-kernel-{release}"));
     let mut initramfs = Initramfs::new();
     initramfs.suture();
-    for (name, src) in [("rwhint", RWHINT_C), ("timens", TIMENS_C), ("alg", ALG_C)] {
+    for (name, src) in [
+        ("rwhint", RWHINT_C),
+        ("timens", TIMENS_C),
+        ("alg", ALG_C),
+        ("copyrange", COPYRANGE_C),
+        ("statxv", STATX_C),
+        ("bdev0", BDEV0_C),
+    ] {
         let c = work.join(format!("{name}.c"));
         std::fs::write(&c, src).unwrap();
         let exe = guest::build_program(&c, &work.join(name));
@@ -598,7 +894,12 @@ fn run_release(cache: &Path, release: &str, fixes: &[Fix]) {
             .map(|(_, b, a)| (vec![b], vec![a]))
             .unwrap_or_default();
         b.expect(&format!("{n}-before"), 0, &before);
-        let mut live = vec!["transition=0", "patched=1"];
+        let patched = if NOT_LOADED.contains(&n) {
+            "patched=0"
+        } else {
+            "patched=1"
+        };
+        let mut live = vec!["transition=0", patched];
         live.extend(&after);
         b.expect(&format!("{n}-load"), 0, &live);
         let mut gone = vec!["gone=0"];
@@ -637,15 +938,166 @@ fn release_6_1_0_54_header_fixes_live() {
 #[test]
 fn release_6_1_0_54_header_fixes_refused() {
     let Some(cache) = releases() else { return };
-    let kernel = guest::release(&cache, "6.1.0-54").expect("6.1.0-54 prepared");
-    let work = guest::scratch("real-kernel-headers-refused");
-    for (fix, extra, why) in REFUSED_HEADER_FIXES {
-        let (code, j, stderr) = suture_build(&cache, "6.1.0-54", &kernel, fix, &work, extra);
+    for j in refused(&cache, "6.1.0-54", REFUSED_HEADER_FIXES) {
+        assert!(j["headers"][0]["header"].is_string(), "{j}");
+    }
+}
+
+/// Builds each fix of `release`, checks it is refused with its reason; the reports.
+fn refused(cache: &Path, release: &str, fixes: &[(Fix, &[&str], &str)]) -> Vec<serde_json::Value> {
+    let kernel = guest::release(cache, release).expect("release prepared");
+    let work = guest::scratch(&format!("real-kernel-{release}-refused"));
+    let mut out = Vec::new();
+    for (fix, extra, why) in fixes {
+        let (code, j, stderr) = suture_build(cache, release, &kernel, fix, &work, extra);
         assert_eq!(code, Some(2), "{}: {j}\n{stderr}", fix.name);
         assert_eq!(j["status"], "unsupported", "{j}");
         let reasons = j["reasons"].to_string();
         assert!(reasons.contains(why), "{}: {reasons}", fix.name);
-        assert!(j["headers"][0]["header"].is_string(), "{j}");
+        out.push(j);
     }
+    let _ = std::fs::remove_dir_all(&work);
+    out
+}
+
+/// Debian 13's 6.12.115 (IBT): two module fixes of 6.12.116, one of a module the guest cannot
+/// load.
+#[test]
+fn release_6_12_115_fixes_live() {
+    let Some(cache) = releases_6_12() else { return };
+    run_release(&cache, FIXES_6_12[0].0, FIXES_6_12[0].1);
+}
+
+/// Debian 13's 6.12.116 (IBT): three vmlinux fixes of 6.12.117 observed in the guest, and one
+/// of the ebtables module.
+#[test]
+fn release_6_12_116_fixes_live() {
+    let Some(cache) = releases_6_12() else { return };
+    run_release(&cache, FIXES_6_12[1].0, FIXES_6_12[1].1);
+}
+
+/// 6.12.116's xen-blkback fix adds a lock to struct xen_blkif: refused from the DWARF layouts.
+#[test]
+fn release_6_12_115_layout_fix_refused() {
+    let Some(cache) = releases_6_12() else { return };
+    refused(&cache, "6.12.115+deb13", REFUSED_6_12);
+}
+
+/// A fix (not Debian's) that makes 6.12.116's newfstat call the static `cp_new_stat` through a
+/// pointer. The running `cp_new_stat` has no ENDBR (gcc gives a static function one only when
+/// its address is taken), so with IBT that call would oops: refused as `ibt-address-taken`.
+#[test]
+fn release_6_12_116_new_function_pointer_refused() {
+    let Some(cache) = releases_6_12() else { return };
+    let release = "6.12.116+deb13";
+    let kernel = guest::release(&cache, release).expect("release prepared");
+    let work = guest::scratch("real-kernel-6.12-ibt");
+    let diff = work.join("newfstat-pointer.diff");
+    std::fs::write(
+        &diff,
+        "--- a/fs/stat.c\n+++ b/fs/stat.c\n@@ -513,9 +513,10 @@\n {\n \tstruct kstat stat;\n \
+         \tint error = vfs_fstat(fd, &stat);\n+\tint (*volatile copy)(struct kstat *, struct stat __user *) = cp_new_stat;\n \n \
+         \tif (!error)\n-\t\terror = cp_new_stat(&stat, statbuf);\n+\t\terror = copy(&stat, statbuf);\n \n \treturn error;\n }\n",
+    )
+    .unwrap();
+    let (code, j, stderr) = suture_build_diff(
+        &cache,
+        release,
+        &kernel,
+        "newfstat_pointer",
+        &diff,
+        &work,
+        &[],
+    );
+    assert_eq!(code, Some(2), "{j}\n{stderr}");
+    assert_eq!(j["status"], "unsupported", "{j}");
+    let r = j["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "ibt-address-taken")
+        .unwrap_or_else(|| panic!("no ibt-address-taken refusal: {j}"));
+    assert_eq!(r["symbol"], "cp_new_stat", "{j}");
+    assert!(r["reason"].as_str().unwrap().contains("ENDBR"), "{j}");
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// What the running kernel's function entries hold: `ENDBR64`, the NOP the kernel writes over a
+/// sealed one (6.12's `gen_endbr_poison`: `osp nopl (%rax)`), or neither. Reads
+/// /proc/kallsyms and /proc/kcore.
+const ENDBR_C: &str = r#"
+#include <elf.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static Elf64_Phdr ph[256];
+static int nph, kc;
+static int at(unsigned long a, unsigned char *b) {
+    for (int i = 0; i < nph; i++)
+        if (ph[i].p_type == PT_LOAD && a >= ph[i].p_vaddr && a + 4 <= ph[i].p_vaddr + ph[i].p_filesz)
+            return pread(kc, b, 4, ph[i].p_offset + (a - ph[i].p_vaddr)) == 4;
+    return 0;
+}
+static const char *kind(const unsigned char *b) {
+    static const unsigned char endbr[4] = {0xf3, 0x0f, 0x1e, 0xfa}, sealed[4] = {0x66, 0x0f, 0x1f, 0x00};
+    return !memcmp(b, endbr, 4) ? "endbr" : !memcmp(b, sealed, 4) ? "sealed" : "none";
+}
+int main(int argc, char **argv) {
+    Elf64_Ehdr eh;
+    kc = open("/proc/kcore", O_RDONLY);
+    if (kc < 0 || pread(kc, &eh, sizeof eh, 0) != sizeof eh || eh.e_phnum > 256) { perror("kcore"); return 1; }
+    nph = eh.e_phnum;
+    pread(kc, ph, sizeof(Elf64_Phdr) * nph, eh.e_phoff);
+    FILE *k = fopen("/proc/kallsyms", "r");
+    char line[512], name[256], t;
+    unsigned long a;
+    long n[3] = {0};
+    while (fgets(line, sizeof line, k)) {
+        if (sscanf(line, "%lx %c %255s", &a, &t, name) != 3 || (t != 't' && t != 'T') || strchr(line, '[')) continue;
+        unsigned char b[4];
+        if (!at(a, b)) continue;
+        const char *w = kind(b);
+        n[w[0] == 'e' ? 0 : w[0] == 's' ? 1 : 2]++;
+        for (int i = 1; i < argc; i++)
+            if (!strcmp(argv[i], name)) printf("%s=%s\n", name, w);
+    }
+    printf("entries endbr=%ld sealed=%ld none=%ld\n", n[0], n[1], n[2]);
+    return 0;
+}
+"#;
+
+/// The facts the IBT rule rests on, in the running stock 6.12.116 (built by Debian with IBT;
+/// the kernel seals even where the CPU has no IBT): the static `cp_new_stat`, whose address
+/// fs/stat.c never takes, has no ENDBR at all; the global `vfs_fstat`, not exported and
+/// called only directly, has a sealed one; the exported `fput` keeps its ENDBR; and thousands
+/// of entries are sealed.
+#[test]
+fn release_6_12_116_endbr_sealing() {
+    let Some(cache) = releases_6_12() else { return };
+    let kernel = guest::release(&cache, "6.12.116+deb13").expect("release prepared");
+    let work = guest::scratch("real-kernel-6.12-endbr");
+    let c = work.join("endbr.c");
+    std::fs::write(&c, ENDBR_C).unwrap();
+    let exe = guest::build_program(&c, &work.join("endbr"));
+    let mut initramfs = Initramfs::new();
+    initramfs.program("/bin/endbr", &exe);
+    let mut s = Script::new();
+    s.step("endbr", "/bin/endbr cp_new_stat vfs_fstat fput");
+    let b = boot(&kernel, "real-kernel-6.12-endbr", &mut initramfs, &s);
+    let out = &b
+        .expect(
+            "endbr",
+            0,
+            &["cp_new_stat=none", "vfs_fstat=sealed", "fput=endbr"],
+        )
+        .output;
+    let sealed: u64 = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("sealed="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count: {out}"));
+    assert!(sealed > 1000, "{out}");
     let _ = std::fs::remove_dir_all(&work);
 }

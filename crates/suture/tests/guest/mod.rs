@@ -82,7 +82,13 @@ pub fn release(cache: &Path, release: &str) -> Option<GuestKernel> {
     }
     let ready = std::fs::read_to_string(tree.join(".suture-ready")).ok()?;
     let headers = ready.lines().find_map(|l| l.strip_prefix("headers_dir="))?;
-    let headers = Headers::at(Path::new(headers)).ok()?;
+    // A tree prepared in a chroot (scripts/kernel-tree.sh --chroot) names its headers as the
+    // chroot sees them.
+    let headers = match ready.lines().find_map(|l| l.strip_prefix("chroot=")) {
+        Some(root) => Path::new(root).join(headers.trim_start_matches('/')),
+        None => PathBuf::from(headers),
+    };
+    let headers = Headers::at(&headers).ok()?;
     Some(GuestKernel {
         release: rel,
         dir,
