@@ -14,7 +14,7 @@ mkdir -p "$cache"
 
 packages=(gcc g++ clang binutils patch make util-linux gcc-multilib cmake autoconf automake libtool diffutils
     dpkg-dev debhelper quilt pkg-config bc libevent-dev libsasl2-dev libssl-dev sasl2-bin
-    libsasl2-modules procps iproute2)
+    libsasl2-modules procps iproute2 debootstrap xz-utils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
