@@ -82,9 +82,13 @@ const KEPT_DYN_RELOCS: [u32; 6] = [
 ];
 
 /// `name` in the `.dynsym` of `data` through its `.gnu.hash` table, as the dynamic linker
-/// finds it: the first defined, non-local entry of that name whose version is not hidden.
-/// (The chain holds the entries of one name next to each other, in symbol-table order, so
-/// this is the entry [`ElfSymbols::parse`] keeps when it reads the whole table.)
+/// finds it: the first defined, non-local entry of that name whose version is not hidden (the
+/// entry [`ElfSymbols::parse`] keeps when it reads the whole table).
+///
+/// The hash table's own search (`GnuHashTable::find` with no version wanted) accepts an entry
+/// whose version index is hidden but global (`0x8001`, e.g. libsctp's plain `sctp_connectx`
+/// beside `sctp_connectx@@VERS_3`), so its answer is only taken when that entry is one the
+/// whole-table read would keep; otherwise the table is read in order for that name.
 fn dynamic_lookup(data: &[u8], name: &str) -> Option<Sym> {
     let header = elf::FileHeader64::<LE>::parse(data).ok()?;
     let endian = header.endian().ok()?;
@@ -92,11 +96,20 @@ fn dynamic_lookup(data: &[u8], name: &str) -> Option<Sym> {
     let (hash, link) = sections.gnu_hash(endian, data).ok()??;
     let symbols = sections.symbol_table_by_index(endian, data, link).ok()?;
     let versions = sections.versions(endian, data).ok()?.unwrap_or_default();
+    let kept = |index: object::SymbolIndex, s: &elf::Sym64<LE>| {
+        !s.is_undefined(endian)
+            && s.st_bind() != elf::STB_LOCAL
+            && !versions.version_index(endian, index).is_hidden()
+    };
     let key = name.as_bytes();
-    let (_, s) = hash.find(endian, key, elf::gnu_hash(key), None, &symbols, &versions)?;
-    if s.is_undefined(endian) || s.st_bind() == elf::STB_LOCAL {
-        return None;
-    }
+    let (index, found) = hash.find(endian, key, elf::gnu_hash(key), None, &symbols, &versions)?;
+    let s = if kept(index, found) {
+        found
+    } else {
+        symbols.enumerate().find_map(|(i, s)| {
+            (symbols.symbol_name(endian, s).ok() == Some(key) && kept(i, s)).then_some(s)
+        })?
+    };
     Some(Sym {
         value: s.st_value(endian),
         size: s.st_size(endian),
@@ -187,9 +200,15 @@ impl ElfSymbols {
             }
         }
         out.first_load = first.unwrap_or((0, 0));
+        let sections = file.elf_section_table();
+        let hashed = shared.is_some() && sections.gnu_hash(endian, data).map_err(bad)?.is_some();
         // Sized once: growing the maps symbol by symbol rehashed them a dozen times.
-        out.globals
-            .reserve(file.symbols().count() + file.dynamic_symbols().count());
+        let dynamic = if hashed {
+            0
+        } else {
+            file.dynamic_symbols().count()
+        };
+        out.globals.reserve(file.symbols().count() + dynamic);
         let mut file_name = String::new();
         for s in file.symbols() {
             out.has_symtab = true;
@@ -213,8 +232,6 @@ impl ElfSymbols {
                 out.globals.entry(name.to_string()).or_insert(sym_of(&s));
             }
         }
-        let sections = file.elf_section_table();
-        let hashed = shared.is_some() && sections.gnu_hash(endian, data).map_err(bad)?.is_some();
         if hashed {
             out.dynamic = shared;
         }
@@ -403,6 +420,74 @@ mod tests {
             lazy.global("errno").unwrap().tls,
             "glibc exports errno as TLS"
         );
+    }
+
+    /// An entry whose version index is hidden but global (`0x8001`, as libsctp's plain
+    /// `sctp_connectx` beside `sctp_connectx@@VERS_3`) is not what a new reference binds to;
+    /// the hash table's search returns it first. Made here by setting a hidden `foo@VERS_1`'s
+    /// index to 0x8001 in a freshly linked library.
+    #[test]
+    fn a_hidden_global_entry_is_passed_over() {
+        let dir = std::env::temp_dir().join(format!("suture-elf-hidden-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("l.c"),
+            "int foo(void) { return 1; }\nint foo_v3(void) { return 3; }\n\
+             __asm__(\".symver foo, foo@VERS_1\");\n\
+             __asm__(\".symver foo_v3, foo@@VERS_3\");\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("v.map"),
+            "VERS_1 { global: foo; local: *; };\nVERS_3 { global: foo; } VERS_1;\n",
+        )
+        .unwrap();
+        let st = std::process::Command::new("gcc")
+            .args([
+                "-shared",
+                "-fPIC",
+                "-Wl,--version-script=v.map",
+                "-o",
+                "l.so",
+                "l.c",
+            ])
+            .current_dir(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut data = std::fs::read(dir.join("l.so")).unwrap();
+        let (versym_at, v1, v3) = {
+            let file = ElfFile64::<LE>::parse(&*data).unwrap();
+            let sections = file.elf_section_table();
+            let versym = sections
+                .iter()
+                .find(|s| s.sh_type(LE) == elf::SHT_GNU_VERSYM)
+                .unwrap();
+            let versions = sections.versions(LE, &*data).unwrap().unwrap();
+            let (mut v1, mut v3) = (None, None);
+            for s in file.dynamic_symbols().filter(|s| s.name() == Ok("foo")) {
+                if versions.version_index(LE, s.index()).is_hidden() {
+                    v1 = Some((s.index().0, s.address()));
+                } else {
+                    v3 = Some(s.address());
+                }
+            }
+            let (index, v1) = v1.unwrap();
+            (versym.sh_offset(LE) as usize + 2 * index, v1, v3.unwrap())
+        };
+        assert_ne!(v1, v3);
+        data[versym_at..versym_at + 2].copy_from_slice(&0x8001u16.to_le_bytes());
+        let eager = ElfSymbols::parse("l.so", &data).unwrap();
+        let lazy = ElfSymbols::parse_shared("l.so", SharedBytes(std::sync::Arc::new(data.clone())))
+            .unwrap();
+        assert!(lazy.dynamic.is_some());
+        assert_eq!(eager.global("foo").unwrap().value, v3);
+        assert_eq!(
+            lazy.global("foo").unwrap().value,
+            v3,
+            "the default foo@@VERS_3"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A library linked with only the SysV hash table is read whole, as before.
