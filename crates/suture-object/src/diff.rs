@@ -1531,9 +1531,15 @@ fn collect_references(d: &Diff) -> (Vec<Reference>, Vec<Unsupported>) {
 /// a local one), and with `-fdata-sections` a section of its own. The constant is only ever
 /// read (the function copies it), so a copy in the patch with the patched object's contents
 /// and relocations is exact, as for unnamed read-only data. A writable section that also holds
-/// named variables (an object built without `-fdata-sections`) gives no such assurance.
+/// named variables (an object built without `-fdata-sections`) gives no such assurance, nor
+/// does one of another name: UBSan's `.data.rel.local..Lubsan_data*` records, which the
+/// runtime writes (it reports each place once), or a section a program's assembly made.
 fn constant_pool(u: &Units, sec: SecIdx) -> bool {
-    u.by_section
+    matches!(
+        u.obj.section(sec).name.as_str(),
+        ".data" | ".data.rel" | ".data.rel.local"
+    ) && u
+        .by_section
         .get(sec.0 as usize)
         .is_some_and(|units| units.is_empty())
         && !u.obj.symbols.iter().any(|s| {
