@@ -37,11 +37,13 @@
 //! A word only counts if it points right after a call (any encoding: `e8`, `ff /2`, `ff /3`
 //! with prefixes), which leaves out function pointers and most data that happens to point
 //! into the code, and if the frame of the function it returns into could lie above it
-//! ([`could_be_frame`]: that function's exact unwind rule puts its CFA on a 16-byte boundary
-//! and finds its own return address, 0 or an address in executable memory, at CFA - 8), which
-//! leaves out return addresses programs record as data (allocators that note their callers). Stale return addresses remain possible (a finished coroutine's stack that
-//! was not freed, an exited thread's stack the proof does not cover); they make the switch wait and then refuse,
-//! never pass: a refusal names the address and the mapping so the operator can see why.
+//! ([`could_be_frame`]: that function's exact unwind rule finds, at its CFA - 8, its own
+//! return address: code, or 0 or a sentinel above a 16-byte aligned CFA), which leaves out
+//! return addresses programs record as data (allocators that note their callers). Stale
+//! return addresses remain possible (a finished coroutine's stack that was not freed, an
+//! exited thread's stack the proof does not cover); they make the switch wait and then
+//! refuse, never pass: a refusal names the address and the mapping so the operator can see
+//! why.
 //!
 //! Pointer-mangled saved state (glibc's `jmp_buf`) is invisible to the scan, but a coroutine
 //! that switched away with `setjmp`/`longjmp` called out of the busy function to do it, and
@@ -505,21 +507,25 @@ pub fn scan(
 /// Whether the return address `value` into a busy function f, stored at `at`, can be the
 /// return slot of a suspended call in f. If it is, f's frame lies right above it and f's exact
 /// unwind rule at `value` (stack-pointer based, from `.eh_frame`) gives its CFA and, at CFA - 8,
-/// f's own return address. Two facts of every such frame are then checked:
-/// - the CFA is 16-byte aligned: the x86-64 psABI aligns the stack to 16 bytes at every call,
-///   so the stack pointer before the call that entered f (the CFA) is; context libraries start
-///   a coroutine's first function the same way (glibc's `makecontext`, boost.context, libco);
-/// - f's return address is 0 (a first function that never returns) or points into executable
-///   memory: after the call that entered f, or, for a coroutine's first function, the code its
-///   context library made it return to (glibc's `__start_context`, boost.context's `finish`).
+/// f's own return address. A frame counts when that return address is in executable memory
+/// (after the call that entered f, or the code a context library made a coroutine's first
+/// function return to: glibc's `__start_context`, boost.context's `finish`), whatever the
+/// stack's alignment: a hand-written switcher, or code built with
+/// `-mpreferred-stack-boundary=3`, need not keep the psABI's 16-byte alignment. It also counts
+/// when the CFA is 16-byte aligned, as the psABI and context libraries make a coroutine's first
+/// frame, and the word is 0 or no user address (a first function that never returns, or a
+/// library's sentinel such as minicoro's `0xdeaddeaddeaddead`).
 ///
-/// A word that fails either is a record of a caller kept as data, not a frame: haproxy built
-/// with `DEBUG_MEMORY_POOLS` (as Debian builds it) stores the return address of every pool
-/// allocation at the end of the allocated item. Whatever cannot be checked (no rule, a
-/// frame-pointer rule, unreadable memory) counts as a frame. (A context saved by a signal
-/// handler that switches away, preemptive green threads, holds the interrupted instruction
-/// rather than a call's return address: the scan sees it only when that instruction follows a
-/// call, as before, and now judges it as a call's slot.)
+/// Anything else is a record of a caller kept as data, not a frame: haproxy built with
+/// `DEBUG_MEMORY_POOLS` (as Debian builds it) stores the return address of every pool
+/// allocation at the end of the allocated item (there, the frame it would belong to has a
+/// misaligned CFA and 0 above it). Whatever cannot be checked (no rule, a frame-pointer rule,
+/// unreadable memory) counts as a frame.
+///
+/// A context saved by a signal handler that switches away (preemptive green threads) holds
+/// the interrupted instruction in `gregs[REG_RIP]` with the stack pointer right below it in
+/// `gregs[REG_RSP]`: f's frame is then the one above that stack pointer, which is tried too.
+/// (The scan sees such a context only when the instruction follows a call.)
 fn could_be_frame(
     unwind: &crate::stack::UnwindInfo,
     mem: &ProcessMemory,
@@ -528,13 +534,29 @@ fn could_be_frame(
     value: u64,
 ) -> bool {
     let read = |a: u64| mem.read_u64(RemoteAddr(a)).ok();
-    match unwind.suspended_frame(value, at, read) {
+    let plausible = |slot: u64| match unwind.suspended_frame(value, slot, read) {
         None => true,
-        Some((cfa, _)) if cfa % 16 != 0 => false,
-        Some((_, 0)) => true,
-        Some((_, caller)) => maps.find(RemoteAddr(caller)).is_some_and(|m| m.perms.exec),
+        Some((cfa, caller)) => {
+            maps.find(RemoteAddr(caller)).is_some_and(|m| m.perms.exec)
+                || (cfa % 16 == 0 && (caller == 0 || caller >= USER_END))
+        }
+    };
+    if plausible(at) {
+        return true;
     }
+    // `gregs[REG_RSP]` right below `gregs[REG_RIP]`: a stack pointer into writable memory.
+    read(at.wrapping_sub(8)).is_some_and(|rsp| {
+        rsp > 8
+            && maps
+                .find(RemoteAddr(rsp - 8))
+                .is_some_and(|m| m.perms.write)
+            && plausible(rsp - 8)
+    })
 }
+
+/// The end of the user half of the x86-64 address space: a word at or above it is no user
+/// address (a sentinel, or not an address at all).
+const USER_END: u64 = 0x0000_8000_0000_0000;
 
 /// `range` less every range of `holes`, in order.
 fn without(range: Range<u64>, holes: &[Range<u64>]) -> Vec<Range<u64>> {

@@ -536,9 +536,23 @@ fn a_suspended_coroutine_outside_the_patched_functions_is_patched() {
 /// return address into it is stored. The target keeps its original code.
 #[test]
 fn a_coroutine_suspended_inside_a_replaced_function_is_refused() {
-    let dir = work("coro-suspended");
+    suspended_coroutine_is_refused("suspended");
+}
+
+/// The same with a hand-written switcher that keeps nothing but the coroutine's stack
+/// pointer and started it on a stack misaligned by 8 bytes (the psABI wants 16): hold()'s
+/// frame has code above it, so it counts although its CFA is not 16-byte aligned.
+#[test]
+fn a_coroutine_on_a_misaligned_stack_suspended_inside_a_replaced_function_is_refused() {
+    suspended_coroutine_is_refused("misaligned");
+}
+
+/// Runs the coroutine program in `mode` (its coroutine suspended inside hold()) and checks
+/// that an apply is refused for it and leaves the target as it was.
+fn suspended_coroutine_is_refused(mode: &str) {
+    let dir = work(&format!("coro-{mode}"));
     let (prog, patch) = coroutine_fixture(&dir);
-    let mut t = Target::start(Command::new(&prog).arg("suspended"));
+    let mut t = Target::start(Command::new(&prog).arg(mode));
     t.wait_tick("main=11 coro=31");
     let before = maps(t.pid);
     let o = ApplyOptions {
