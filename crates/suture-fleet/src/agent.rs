@@ -946,10 +946,11 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
                 b,
                 &Targets::Pids(pending.clone()),
                 &bopts,
-                suture_process::targets::DEFAULT_JOBS,
+                suture_process::targets::default_jobs(bopts.transition.is_some()),
                 each,
             );
-            // Outcomes arrive as processes finish; the reports below pair them with `pending`.
+            // Outcomes arrive as processes finish: each is paired with its process's identity
+            // by pid, not by position.
             done.sort_by_key(|(o, _)| pending.iter().position(|p| *p == o.pid));
             let outcomes = match started {
                 Ok(()) => done,
@@ -969,7 +970,11 @@ fn pass(opts: &Options, st: &mut State, started_at: u64) -> Result<Report> {
                     continue;
                 }
             };
-            for ((o, live_ns), ident) in outcomes.into_iter().zip(idents) {
+            for (o, live_ns) in outcomes {
+                let ident = pending
+                    .iter()
+                    .position(|p| *p == o.pid)
+                    .and_then(|i| idents[i]);
                 match o.result {
                     Ok(done) => {
                         let live_age_ms = ident.and_then(|p| p.age()).map(|d| d.as_millis() as u64);

@@ -1757,7 +1757,7 @@ impl Arms {
         if self.armed.is_empty() {
             return;
         }
-        match StoppedProcess::stop(pid) {
+        match StoppedProcess::stop_parked(pid, true) {
             Ok(sp) => {
                 let regs = sp.all_regs().unwrap_or_default();
                 self.release(sp.mem(), &regs);
@@ -1949,9 +1949,11 @@ fn switch_loop(
                 us
             }
         };
-        let mut sp =
-            StoppedProcess::stop(pid).map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
-        phases.stop_us = lap();
+        let mut sp = StoppedProcess::stop_parked(pid, !arms.armed.is_empty())
+            .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
+        // Waiting for another process's stop to end is no part of this one.
+        let queued = sp.turn_waited();
+        phases.stop_us = lap().saturating_sub(queued.as_micros() as u64);
         let regs = sp
             .all_regs()
             .map_err(|e| ApplyError::process(e, Outcome::Untouched))?;
@@ -2156,7 +2158,7 @@ fn switch_loop(
         }
         let resumed = sp.resume();
         phases.resume_us = lap();
-        let window = t0.elapsed();
+        let window = t0.elapsed().saturating_sub(queued);
         tracing::debug!(pid = pid.0, ?phases, "stop phases of the switch");
         if !switched {
             let detail = match run {
@@ -2470,7 +2472,8 @@ fn check_old_threads(
     // Stacks mapped since the apply are read whole.
     let maps = Maps::read(pid)?;
     let t0 = Instant::now();
-    let sp = StoppedProcess::stop(pid)?;
+    let sp = StoppedProcess::stop_parked(pid, !arms.armed.is_empty())?;
+    let t0 = t0 + sp.turn_waited();
     let step = (|| -> crate::error::Result<Vec<(Tid, String)>> {
         let regs = sp.all_regs()?;
         let table = sp.mem().read_vec(t.table, PAGE as usize)?;

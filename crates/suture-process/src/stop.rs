@@ -63,6 +63,9 @@ pub struct StopOptions {
     pub stop_timeout: Duration,
     /// How many scans of `/proc/PID/task` may still find new threads.
     pub max_rounds: usize,
+    /// Wait for another process's stop (of this suture) to end first ([`TURN_WAIT`]). Off
+    /// for a stop that releases threads parked at return stubs: they wait for it.
+    pub wait_turn: bool,
 }
 
 impl Default for StopOptions {
@@ -70,6 +73,7 @@ impl Default for StopOptions {
         StopOptions {
             stop_timeout: Duration::from_secs(10),
             max_rounds: 100,
+            wait_turn: true,
         }
     }
 }
@@ -121,8 +125,10 @@ static RELEASED: Condvar = Condvar::new();
 /// How long a stop waits for another process's stop (of this suture) to end. Operations on
 /// several processes run side by side ([`crate::targets`]), but their stops take turns: two
 /// stops at once would share the processors and lengthen both targets' stop windows. A stop
-/// lasts milliseconds; the bound only keeps a caller that holds one process stopped while it
-/// stops another from waiting for itself.
+/// lasts milliseconds (a suspended-frame scan of a large heap without soft-dirty tracking can
+/// take longer: then stops may overlap after this bound); the bound also keeps a caller that
+/// holds one process stopped while it stops another from waiting for itself. A stop that
+/// releases threads parked at return stubs does not wait ([`StoppedProcess::stop_parked`]).
 const TURN_WAIT: Duration = Duration::from_secs(2);
 
 fn npid(tid: Tid) -> nix::unistd::Pid {
@@ -150,6 +156,7 @@ type Job = Box<dyn FnOnce(&mut Tracer) + Send>;
 /// registers changed through it are restored and held signals handed back first.
 pub struct StoppedProcess {
     pid: Pid,
+    turn_waited: Duration,
     tids: Vec<Tid>,
     mem: ProcessMemory,
     seccomp: SeccompMode,
@@ -172,14 +179,30 @@ impl StoppedProcess {
         StoppedProcess::stop_with(pid, &StopOptions::default())
     }
 
+    /// [`StoppedProcess::stop`], but when threads of `pid` are `parked` at return stubs (they
+    /// wait for this stop), without waiting for another process's turn.
+    pub fn stop_parked(pid: Pid, parked: bool) -> Result<StoppedProcess> {
+        let opts = StopOptions {
+            wait_turn: !parked,
+            ..StopOptions::default()
+        };
+        StoppedProcess::stop_with(pid, &opts)
+    }
+
+    /// How long this stop waited for another process's stop to end before it began.
+    pub fn turn_waited(&self) -> Duration {
+        self.turn_waited
+    }
+
     /// Stop every thread of `pid`.
     pub fn stop_with(pid: Pid, opts: &StopOptions) -> Result<StoppedProcess> {
         let info = precheck(pid)?;
         let mem = ProcessMemory::open(pid)?;
+        let queued = Instant::now();
         {
             let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
             let deadline = Instant::now() + TURN_WAIT;
-            while !held.is_empty() && !held.contains(&pid.0) {
+            while opts.wait_turn && !held.is_empty() && !held.contains(&pid.0) {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
@@ -196,6 +219,7 @@ impl StoppedProcess {
                 });
             }
         }
+        let turn_waited = queued.elapsed();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Vec<Tid>>>(1);
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
         let opts = opts.clone();
@@ -223,6 +247,7 @@ impl StoppedProcess {
         match receive(&ready_rx).ok_or(()) {
             Ok(Ok(tids)) => Ok(StoppedProcess {
                 pid,
+                turn_waited,
                 tids,
                 mem,
                 seccomp: info.seccomp,

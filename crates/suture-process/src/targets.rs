@@ -4,10 +4,10 @@
 //!
 //! Apply and revert work on up to `jobs` processes at once ([`for_each_process`]) and hand
 //! each outcome to the caller's `each` as soon as that process is done, in completion order.
-//! Running several at once matters when processes wait: a busy target's retries and a
-//! transition's checks can take seconds, and a host runs many processes of one binary. Only
-//! one process is stopped at a time (the stop lock of [`crate::stop`]), so overlapping work
-//! never lengthens a target's stop window. Status reads one process per step.
+//! Running several at once matters when processes wait: a transition's checks can take
+//! seconds, and a host runs many processes of one binary. Their stops take turns (see
+//! [`crate::stop`]); the default is one process at a time except for transitions
+//! ([`default_jobs`]). Status reads one process per step.
 
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
@@ -97,17 +97,35 @@ pub fn with_patch(patch_id: &str) -> Vec<Pid> {
 
 /// Applies a bare patch object (from `suture diff -o`) with `opts` to each target. With
 /// [`Targets::All`], the targets are the processes mapping `opts.object` (a path suffix).
-/// How many processes apply and revert work on at once unless told otherwise.
-pub const DEFAULT_JOBS: usize = 8;
+/// How many processes apply and revert work on at once unless told otherwise: 1 (one after
+/// another), but [`TRANSITION_JOBS`] for an apply with a per-thread transition, which spends
+/// its time waiting. Working on several processes at once runs one's preparation (parsing
+/// files, the pre-stop scan) beside another's stop, on the same processors.
+pub const DEFAULT_JOBS: usize = 1;
+/// The default for `apply --transition`.
+pub const TRANSITION_JOBS: usize = 8;
 
-/// Runs `work` for every pid, on up to `jobs` threads (1: one after another, in order), and
-/// calls `each` on the calling thread with every outcome as it completes.
+/// The default number of processes to work on at once.
+pub fn default_jobs(transition: bool) -> usize {
+    if transition {
+        TRANSITION_JOBS
+    } else {
+        DEFAULT_JOBS
+    }
+}
+
+/// Runs `work` for every pid (a pid listed twice once), on up to `jobs` threads (1: one after
+/// another, in order), and calls `each` on the calling thread with every outcome as it
+/// completes.
 pub fn for_each_process<T: Send, E: Send>(
-    pids: Vec<Pid>,
+    mut pids: Vec<Pid>,
     jobs: usize,
     work: impl Fn(Pid) -> Result<T, E> + Sync,
     mut each: impl FnMut(ProcessOutcome<T, E>),
 ) {
+    // Two workers on one process would each take the other's region for a leftover.
+    let mut seen = std::collections::HashSet::new();
+    pids.retain(|p| seen.insert(*p));
     let jobs = jobs.clamp(1, pids.len().max(1));
     if jobs == 1 {
         for pid in pids {
@@ -201,4 +219,37 @@ pub fn status(
         pid,
         result: apply::status(pid),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every pid is worked on once (a pid listed twice too), each outcome reaches `each` on
+    /// the calling thread, in order with one job and all of them with several, which do run
+    /// at the same time.
+    #[test]
+    fn each_process_once_in_order_or_side_by_side() {
+        let pids: Vec<Pid> = [3, 1, 2, 3, 1].into_iter().map(Pid).collect();
+        let mut seen = Vec::new();
+        let ok = |p: Pid| -> Result<i32, ()> { Ok(p.0 * 10) };
+        for_each_process(pids.clone(), 1, ok, |o| seen.push((o.pid.0, o.result)));
+        assert_eq!(seen, [(3, Ok(30)), (1, Ok(10)), (2, Ok(20))]);
+
+        // Three jobs: each work item waits until all three have started, which only side by
+        // side can happen.
+        let started = std::sync::Barrier::new(3);
+        let me = std::thread::current().id();
+        let mut seen = Vec::new();
+        let work = |p: Pid| -> Result<i32, ()> {
+            started.wait();
+            Ok(p.0)
+        };
+        for_each_process(pids, 3, work, |o| {
+            assert_eq!(std::thread::current().id(), me);
+            seen.push(o.pid.0);
+        });
+        seen.sort();
+        assert_eq!(seen, [1, 2, 3]);
+    }
 }

@@ -145,12 +145,11 @@ enum Command {
         /// moved by on-stack replacement where the patch maps them, or the patch is reverted.
         #[arg(long, value_name = "SECONDS", requires = "transition")]
         transition_timeout: Option<f64>,
-        /// How many processes to work on at once (with several `--pid` or `--all`). Their
-        /// stops still take turns, so no target is stopped longer; waiting (a busy target's
-        /// retries, a transition) overlaps. 1: one process after another.
-        #[arg(long, default_value_t = suture_process::targets::DEFAULT_JOBS as u16,
-              value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
-        jobs: u16,
+        /// How many processes to work on at once (with several `--pid` or `--all`); default
+        /// 1, and 8 with `--transition`, whose transitions then overlap. Their stops take
+        /// turns, but one process's preparation runs beside another's stop.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+        jobs: Option<u16>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -178,11 +177,11 @@ enum Command {
         /// coroutines: a coroutine suspended in the patch would finish that call in it.
         #[arg(long)]
         no_suspended_scan: bool,
-        /// How many processes to work on at once (with several `--pid` or `--all`). Their
-        /// stops still take turns, so no target is stopped longer; waiting (a busy target's
-        /// retries, a transition) overlaps. 1: one process after another.
-        #[arg(long, default_value_t = suture_process::targets::DEFAULT_JOBS as u16,
-              value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+        /// How many processes to work on at once (with several `--pid` or `--all`; default
+        /// 1). Their stops take turns, but one process's preparation runs beside another's
+        /// stop.
+        #[arg(long, default_value_t = 1, value_name = "N",
+              value_parser = clap::value_parser!(u16).range(1..=256))]
         jobs: u16,
         /// Print the result as JSON.
         #[arg(long)]
@@ -464,7 +463,10 @@ fn main() -> ExitCode {
                 scan_suspended: !no_suspended_scan,
                 move_frames: !no_osr,
                 transition: transition.then_some(transition_timeout.unwrap_or(60.0)),
-                jobs: jobs.into(),
+                jobs: jobs.map_or_else(
+                    || suture_process::targets::default_jobs(transition),
+                    usize::from,
+                ),
                 json,
             },
         ),
