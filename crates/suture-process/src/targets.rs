@@ -95,8 +95,6 @@ pub fn with_patch(patch_id: &str) -> Vec<Pid> {
         .collect()
 }
 
-/// Applies a bare patch object (from `suture diff -o`) with `opts` to each target. With
-/// [`Targets::All`], the targets are the processes mapping `opts.object` (a path suffix).
 /// How many processes apply and revert work on at once unless told otherwise: 1 (one after
 /// another), but [`TRANSITION_JOBS`] for an apply with a per-thread transition, which spends
 /// its time waiting. Working on several processes at once runs one's preparation (parsing
@@ -157,7 +155,9 @@ pub fn for_each_process<T: Send, E: Send>(
     });
 }
 
-/// Applies the patch object to each target, `jobs` at a time; `each` gets every outcome.
+/// Applies a bare patch object (from `suture diff -o`) with `opts` to each target, `jobs` at
+/// a time; `each` gets every outcome. With [`Targets::All`], the targets are the processes
+/// mapping `opts.object` (a path suffix).
 pub fn apply_object(
     patch: &[u8],
     targets: &Targets,
@@ -236,20 +236,25 @@ mod tests {
         for_each_process(pids.clone(), 1, ok, |o| seen.push((o.pid.0, o.result)));
         assert_eq!(seen, [(3, Ok(30)), (1, Ok(10)), (2, Ok(20))]);
 
-        // Three jobs: each work item waits until all three have started, which only side by
-        // side can happen.
-        let started = std::sync::Barrier::new(3);
+        // Three jobs: each work item waits (at most a minute) until all three have started,
+        // which only side by side can happen, and says whether they did.
+        let started = (Mutex::new(0), std::sync::Condvar::new());
         let me = std::thread::current().id();
         let mut seen = Vec::new();
-        let work = |p: Pid| -> Result<i32, ()> {
-            started.wait();
-            Ok(p.0)
+        let work = |p: Pid| -> Result<(i32, bool), ()> {
+            let (count, all) = &started;
+            let mut n = count.lock().unwrap();
+            *n += 1;
+            all.notify_all();
+            let limit = std::time::Duration::from_secs(60);
+            let (n, _) = all.wait_timeout_while(n, limit, |n| *n < 3).unwrap();
+            Ok((p.0, *n == 3))
         };
         for_each_process(pids, 3, work, |o| {
             assert_eq!(std::thread::current().id(), me);
-            seen.push(o.pid.0);
+            seen.push(o.result.unwrap());
         });
         seen.sort();
-        assert_eq!(seen, [1, 2, 3]);
+        assert_eq!(seen, [(1, true), (2, true), (3, true)]);
     }
 }

@@ -180,7 +180,7 @@ enum Command {
         /// How many processes to work on at once (with several `--pid` or `--all`; default
         /// 1). Their stops take turns, but one process's preparation runs beside another's
         /// stop.
-        #[arg(long, default_value_t = 1, value_name = "N",
+        #[arg(long, default_value_t = suture_process::targets::DEFAULT_JOBS as u16, value_name = "N",
               value_parser = clap::value_parser!(u16).range(1..=256))]
         jobs: u16,
         /// Print the result as JSON.
