@@ -557,6 +557,20 @@ fn start_workers(dir: &Path) -> (KillOnDrop, Lines, std::process::ChildStdin) {
     (child, rx, stdin)
 }
 
+/// `suture apply PATCH ARGS --no-osr --json` on a thread of its own (`--no-osr`: waiting
+/// workers stay in the old code rather than move at the switch).
+fn applying_in_background(
+    patch: &Path,
+    args: &[&str],
+) -> std::thread::JoinHandle<std::process::Output> {
+    let mut cmd = suture();
+    cmd.arg("apply")
+        .arg(patch)
+        .args(args)
+        .args(["--no-osr", "--json"]);
+    std::thread::spawn(move || cmd.output().unwrap())
+}
+
 /// Wakes both workers of every program (`w0`, `w1` on its stdin) until the `suture apply
 /// --json` running on `applying` is done (each call that began in the old code ends there),
 /// and returns its JSON once it succeeded.
@@ -665,23 +679,8 @@ fn apply_with_a_transition_through_the_cli() {
     let patch = workers(&dir);
     let (child, _rx, mut stdin) = start_workers(&dir);
     let pid = child.id();
-    let applying = std::thread::spawn({
-        let patch = patch.clone();
-        move || {
-            suture()
-                .arg("apply")
-                .arg(&patch)
-                .args([
-                    "--pid",
-                    &pid.to_string(),
-                    "--transition",
-                    "--no-osr",
-                    "--json",
-                ])
-                .output()
-                .unwrap()
-        }
-    });
+    let pid_arg = pid.to_string();
+    let applying = applying_in_background(&patch, &["--pid", &pid_arg, "--transition"]);
     let v = woken_until_applied(applying, &mut [&mut stdin]);
     let t = &v["processes"][0]["result"]["transition"];
     assert_eq!(t["completed"], "returned", "{v:#}");
@@ -714,19 +713,17 @@ fn transitions_of_several_processes_run_side_by_side() {
     let (a, _rxa, mut ina) = start_workers(&dir);
     let (b, _rxb, mut inb) = start_workers(&dir);
     let pids = [a.id(), b.id()];
-    let applying = std::thread::spawn({
-        let patch = patch.clone();
-        move || {
-            suture()
-                .arg("apply")
-                .arg(&patch)
-                .args(["--pid", &pids[0].to_string(), "--pid", &pids[1].to_string()])
-                .args(["--transition", "--transition-timeout", "300", "--no-osr"])
-                .arg("--json")
-                .output()
-                .unwrap()
-        }
-    });
+    let (pa, pb) = (pids[0].to_string(), pids[1].to_string());
+    let args = [
+        "--pid",
+        &pa,
+        "--pid",
+        &pb,
+        "--transition",
+        "--transition-timeout",
+        "300",
+    ];
+    let applying = applying_in_background(&patch, &args);
     let in_transition = |pid: u32| {
         let out = suture()
             .args(["status", "--json", "--pid", &pid.to_string()])
