@@ -17,15 +17,8 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 cargo build --release -q -p suture
 suture=${CARGO_TARGET_DIR:-$PWD/target}/release/suture
 designs=${DESIGNS:-new=$suture}
-mkdir -p "$work/orig" "$work/fixed"
-cp "$src" "$work/orig/stopwatch.c"
-sed -e 's/^\treturn 1;$/\treturn 2;/' "$work/orig/stopwatch.c" > "$work/fixed/stopwatch.c"
-cmp -s "$work/orig/stopwatch.c" "$work/fixed/stopwatch.c" && { echo "the fix changed nothing" >&2; exit 1; }
-for side in orig fixed; do
-    (cd "$work/$side" && gcc -c -O2 -g -ffunction-sections -fdata-sections stopwatch.c -o stopwatch.o)
-done
-gcc -pthread "$work/orig/stopwatch.o" -o "$work/stopwatch"
-"$suture" diff "$work/orig/stopwatch.o" "$work/fixed/stopwatch.o" -o "$work/patch.o" >/dev/null
+source scripts/stopwatch-probe.sh
+build_probe "$work" 0
 "$work/stopwatch" > /dev/null &
 pid=$!
 sleep 0.3

@@ -29,26 +29,9 @@ cargo build --release -q -p suture
 target_dir=${CARGO_TARGET_DIR:-$PWD/target}
 suture=$target_dir/release/suture
 designs=${DESIGNS:-new=$suture}
-# build NAME EXTRA_FUNCTIONS: probe binary and patch for it in $work/NAME/, from the shared
-# probe source (its version() cannot be hoisted out of the loop).
-build() {
-    local d="$work/$1" n=$2
-    mkdir -p "$d/orig" "$d/fixed"
-    cp "$src" "$d/orig/stopwatch.c"
-    for i in $(seq 0 $((n - 1))); do
-        echo "__attribute__((noinline)) int extra$i(int x) { return x + $i; }" >> "$d/orig/stopwatch.c"
-    done
-    sed -e 's/^\treturn 1;$/\treturn 2;/' -e 's/return x + \([0-9]*\); }/return x + \1 + 1; }/' \
-        "$d/orig/stopwatch.c" > "$d/fixed/stopwatch.c"
-    cmp -s "$d/orig/stopwatch.c" "$d/fixed/stopwatch.c" && { echo "the fix changed nothing" >&2; exit 1; }
-    for side in orig fixed; do
-        (cd "$d/$side" && gcc -c -O2 -g -ffunction-sections -fdata-sections stopwatch.c -o stopwatch.o)
-    done
-    gcc -pthread "$d/orig/stopwatch.o" -o "$d/stopwatch"
-    "$suture" diff "$d/orig/stopwatch.o" "$d/fixed/stopwatch.o" -o "$d/patch.o" >/dev/null
-}
-build one 0
-build wide 100
+source scripts/stopwatch-probe.sh
+build_probe "$work/one" 0
+build_probe "$work/wide" 100
 
 echo "load before: $(uptime)"
 echo
